@@ -1,0 +1,80 @@
+"""The `schooldns` command: serve, check, explain."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import sys
+import zoneinfo
+
+from resolver import config, control
+from resolver.errors import ResolverError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="schooldns", description="DNS filter for school networks.")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="answer DNS queries until SIGTERM")
+    serve.add_argument("--config", required=True, help="path to config.yaml")
+
+    check = commands.add_parser("check", help="validate config, policies and lists; exit 1 on errors")
+    check.add_argument("--config", required=True)
+
+    explain = commands.add_parser("explain", help="show what a school gets for a name, and why")
+    explain.add_argument("--config", required=True)
+    explain.add_argument("school", help="school id (file stem in policies/)")
+    explain.add_argument("name", help="domain name, e.g. www.example.com")
+    explain.add_argument("--at", help="time to evaluate schedules at: 'YYYY-MM-DD HH:MM' in the "
+                                      "policy timezone, or ISO 8601 with offset (default: now)")
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "serve":
+            from resolver import app  # only `serve` needs the servers
+            app.serve(config.load_config(args.config))
+            return 0
+        if args.command == "check":
+            return _check(args.config)
+        return _explain(args.config, args.school, args.name, args.at)
+    except ResolverError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _check(config_path: str) -> int:
+    cfg = config.load_config(config_path)
+    report = control.check(cfg)
+    for line in report:
+        print(line)
+    print(f"{config_path}: OK")
+    return 0
+
+
+def _explain(config_path: str, school_id: str, name: str, at: str | None) -> int:
+    cfg = config.load_config(config_path)
+    snapshot = control.build_snapshot(cfg, 1)
+    when = _parse_time(at, snapshot.province.timezone) if at else datetime.datetime.now(datetime.UTC)
+    for line in control.explain(snapshot, school_id, name, when.timestamp()):
+        print(line)
+    return 0
+
+
+def _parse_time(text: str, timezone: str) -> datetime.datetime:
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise ResolverError(f"--at: cannot read {text!r}; use 'YYYY-MM-DD HH:MM'") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=zoneinfo.ZoneInfo(timezone))
+    return moment
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Control plane: build a Snapshot from the config's files, reusing the compiled index on disk when unchanged."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from resolver import config, domains, lists, pipeline, policy, schools
+from resolver.yamlfile import ConfigError, Problem
+
+log = logging.getLogger(__name__)
+
+INDEX_FILE = "index.bin"
+MANIFEST_FILE = "index.json"
+
+
+def build_snapshot(cfg: config.Config, generation: int) -> pipeline.Snapshot:
+    """Load and validate policies and lists into a new Snapshot; raise ConfigError on any problem.
+
+    Runs off the event loop (asyncio.to_thread) or before it starts.  Nothing here touches
+    the live snapshot: the caller installs the result with one assignment.
+    """
+    sources = lists.load_sources(cfg.blocklists_dir)
+    policies = policy.load_policies(cfg.policies_dir, sources.categories)
+    default_school = None
+    if cfg.default_school is not None:
+        default_school = policies.school(cfg.default_school)
+        if default_school is None:
+            raise ConfigError([Problem(cfg.file, 1, "default_school",
+                                       f"no school '{cfg.default_school}' in {cfg.policies_dir}")])
+    index, manifest = load_index(cfg, sources)
+    directory = schools.SchoolDirectory.build(policies.networks())
+    return pipeline.Snapshot(
+        generation=generation, index=index, directory=directory, default_school=default_school,
+        province=policies.province, policies=policies, categories=tuple(sources.categories),
+        entry_counts=dict(manifest["entry_counts"]), loaded_at=time.time())
+
+
+def sources_fingerprint(blocklists_dir: Path, sources: lists.Sources) -> str:
+    """Changes whenever sources.yaml or any list file it names changes (size or mtime)."""
+    digest = hashlib.sha256(f"index-format-{domains.FORMAT_VERSION}\n".encode())
+    for path in [blocklists_dir / lists.SOURCES_FILE, *sources.files()]:
+        try:
+            stat = path.stat()
+            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{path}\0missing\n".encode())
+    return digest.hexdigest()
+
+
+def load_index(cfg: config.Config, sources: lists.Sources) -> tuple[domains.DomainIndex, dict]:
+    """The memory-mapped compiled index for these sources: reused from state_dir, or compiled now.
+
+    Worker processes map the same file read-only, so its pages are shared, not copied.
+    """
+    fingerprint = sources_fingerprint(cfg.blocklists_dir, sources)
+    index_path = cfg.state_dir / INDEX_FILE
+    manifest_path = cfg.state_dir / MANIFEST_FILE
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("fingerprint") == fingerprint:
+            index = domains.DomainIndex.load(index_path)
+            log.info("using compiled lists from %s (%d entries)", index_path, index.entry_count)
+            return index, manifest
+    except (OSError, ValueError, domains.IndexFormatError) as exc:
+        if not isinstance(exc, FileNotFoundError):
+            log.warning("compiled lists in %s unusable (%s); compiling again", cfg.state_dir, exc)
+    started = time.monotonic()
+    compiled = lists.compile_lists(cfg.blocklists_dir, progress=log.info)
+    manifest = {"fingerprint": fingerprint, "categories": list(compiled.categories),
+                "entry_counts": dict(compiled.entry_counts), "compiled_at": time.time()}
+    try:
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        domains.write_index(index_path, compiled.image)
+        tmp = manifest_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(manifest, indent=1))
+        os.replace(tmp, manifest_path)
+        index = domains.DomainIndex.load(index_path)
+    except OSError as exc:
+        log.warning("cannot write compiled lists to %s (%s); keeping them in memory", cfg.state_dir, exc)
+        index = domains.DomainIndex.from_bytes(compiled.image)
+    log.info("compiled %d list entries in %.2fs", sum(compiled.entry_counts.values()),
+             time.monotonic() - started)
+    return index, manifest
+
+
+def entry_counts(snapshot: pipeline.Snapshot) -> dict[str, int]:
+    return dict(snapshot.entry_counts)
+
+
+def check(cfg: config.Config) -> list[str]:
+    """`schooldns check`: everything a reload would do; raises ConfigError; returns a summary."""
+    sources = lists.load_sources(cfg.blocklists_dir)
+    policies = policy.load_policies(cfg.policies_dir, sources.categories)
+    compiled = lists.compile_lists(cfg.blocklists_dir)
+    if cfg.default_school is not None and policies.school(cfg.default_school) is None:
+        raise ConfigError([Problem(cfg.file, 1, "default_school", f"no school '{cfg.default_school}'")])
+    schools.SchoolDirectory.build(policies.networks())
+    out = [f"{len(policies.schools)} schools, {len(compiled.categories)} categories, "
+           f"{sum(compiled.entry_counts.values())} list entries"]
+    for report in compiled.reports:
+        out.append(f"  {report.file}: {report.entries} entries, {report.skipped} skipped, "
+                   f"{report.invalid} invalid")
+    return out
+
+
+def explain(snapshot: pipeline.Snapshot, school_id: str, name: str, now_epoch_seconds: float) -> list[str]:
+    """`schooldns explain`: the decision for one school and name, with every reason."""
+    school = snapshot.policies.school(school_id)
+    if school is None:
+        known = ", ".join(s.id for s in snapshot.policies.schools)
+        raise ConfigError([Problem(str(snapshot.province.file), 1, "", f"no school '{school_id}' (known: {known})")])
+    normalized = policy.normalize_name(name)
+    mask = snapshot.index.lookup(normalized)
+    out = [f"name: {normalized}" + (f" (from {name})" if normalized != name.lower().rstrip(".") else "")]
+    for match in snapshot.index.explain(normalized):
+        categories = [c for i, c in enumerate(snapshot.categories) if match.bits >> i & 1]
+        out.append(f"listed: {match.name} ({match.kind}, {match.match}) in {', '.join(categories)}")
+    out.extend(policy.explain(school, normalized, mask, now_epoch_seconds).lines())
+    return out

@@ -1,0 +1,242 @@
+"""The per-query function: parse, identify, decide, cache, forward, inspect, count; every failure -> one rcode here.
+
+`Pipeline.handle` is the data plane.  It is synchronous for everything that can be answered
+at once (malformed input, unknown clients, blocked names, cache hits) and returns the
+answer bytes directly, so the transport never creates a task for them.  Only a cache miss
+returns a coroutine, which the transport runs as a tracked task.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import socket
+import time
+from collections.abc import Coroutine
+from typing import Any, Protocol
+
+from resolver import cache, domains, metrics, policy, schools, upstream, wire
+
+log = logging.getLogger(__name__)
+
+DECISION_MEMO_MAX = 65_536
+
+Reply = bytes | None | Coroutine[Any, Any, bytes | None]
+
+_EDE_BY_AUTHORITY = {"province": wire.EDE_CENSORED, "school": wire.EDE_FILTERED,
+                     "deny": wire.EDE_BLOCKED}
+
+
+class Forwarder(Protocol):
+    """What the pipeline needs from the upstream room (a fake in unit tests)."""
+
+    async def resolve(self, query: wire.Query) -> wire.Answer: ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything the control plane can change, installed with one assignment.
+
+    A query reads `pipeline.snapshot` once, so it never mixes two list or policy generations.
+    """
+
+    generation: int
+    index: domains.DomainIndex
+    directory: schools.SchoolDirectory
+    default_school: policy.SchoolPolicy | None
+    province: policy.Province
+    policies: policy.Policies
+    categories: tuple[str, ...]  # bit i of an index mask is categories[i]
+    entry_counts: dict[str, int]
+    loaded_at: float
+
+
+class Pipeline:
+    """Answers one query's bytes with answer bytes (or None: drop) for one client address."""
+
+    def __init__(self, snapshot: Snapshot, answers: cache.AnswerCache, forwarder: Forwarder,
+                 counters: metrics.Counters, clock: Any = time.monotonic, wall_clock: Any = time.time):
+        self.snapshot = snapshot
+        self.cache = answers
+        self.forwarder = forwarder
+        self.counters = counters
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self._memo: dict[tuple[str, str], tuple[int, policy.Decision]] = {}
+
+    def install(self, snapshot: Snapshot) -> None:
+        """Swap in a new snapshot (control plane); decisions memoised for the old one are dropped."""
+        self._memo = {}
+        self.snapshot = snapshot
+
+    # -----------------------------------------------------------------------------------
+    # The data plane, top to bottom.
+
+    def handle(self, data: bytes, client: str, transport: str) -> Reply:
+        """Answer bytes now, None to drop, or a coroutine that will produce the answer."""
+        counters = self.counters
+        # 1. Parse the question.
+        try:
+            query = wire.parse_query(data)
+        except wire.WireError as exc:
+            counters.malformed += 1
+            return self._error_answer(exc, None)
+        limit = query.payload if transport == "udp" else 65535
+        snapshot = self.snapshot
+
+        # 2. Identify the school by client address.
+        school = snapshot.directory.lookup(client) or snapshot.default_school
+        if school is None:
+            counters.count("unknown", transport, "refused")
+            return wire.make_error(query.id, query.flags, wire.REFUSED, query,
+                                   wire.ede_option(wire.EDE_PROHIBITED, "client not in any school network")
+                                   if query.edns else b"")
+
+        # 3. Decide: policy x domain index.
+        decision = self._decide(snapshot, school, query.name)
+        if decision is not policy.ALLOW:
+            if isinstance(decision, policy.Block):
+                counters.count_block(school.id, transport, decision.category)
+                return self._blocked(query, decision, snapshot)
+            return self._rewrite(query, decision.target, school, transport, limit)
+
+        # 4. Cache lookup (raw bytes: ID, question and TTLs patched).
+        now = self.clock()
+        hit = self.cache.lookup(query.key, now)
+        if hit is not None:
+            message, answer = hit
+            if answer.targets:  # 6 (on a hit): the cached chain is checked for this school
+                block = self._inspect(query, answer, school, snapshot)
+                if block is not None:
+                    counters.count_block(school.id, transport, block.category)
+                    return self._blocked(query, block, snapshot)
+            counters.count(school.id, transport, "cached")
+            return wire.replay(message, answer.question_length, query, limit)
+
+        # 5.-7. Forward upstream, inspect, cache, count: the only stage that waits.
+        return self._forward(query, school, snapshot, transport, limit, now)
+
+    async def _forward(self, query: wire.Query, school: policy.SchoolPolicy, snapshot: Snapshot,
+                       transport: str, limit: int, now: float) -> bytes | None:
+        try:
+            answer = await self.forwarder.resolve(query)
+        except upstream.UpstreamError as exc:
+            stale = self.cache.lookup_stale(query.key, self.clock())
+            if stale is not None:
+                self.counters.count(school.id, transport, "stale")
+                return wire.replay(stale[0], stale[1], query, limit)
+            self.counters.count(school.id, transport, "servfail")
+            return self._error_answer(exc, query)
+        except Exception as exc:  # a bug: answer SERVFAIL rather than leave the client waiting
+            return self._error_answer(exc, query)
+        self.cache.store(query.key, answer, self.clock())
+        if answer.targets:
+            block = self._inspect(query, answer, school, snapshot)
+            if block is not None:
+                self.counters.count_block(school.id, transport, block.category)
+                return self._blocked(query, block, snapshot)
+        self.counters.count(school.id, transport, "forwarded")
+        return wire.replay(answer.message, answer.question_length, query, limit)
+
+    # -----------------------------------------------------------------------------------
+    # Stages' helpers.
+
+    def _decide(self, snapshot: Snapshot, school: policy.SchoolPolicy, name: str) -> policy.Decision:
+        """policy.decide memoised per (school, name) for the current wall-clock minute."""
+        now = self.wall_clock()
+        minute = int(now // 60)
+        key = (school.id, name)
+        memo = self._memo.get(key)
+        if memo is not None and memo[0] == minute:
+            return memo[1]
+        decision = policy.decide(school, name, snapshot.index.lookup(name), now)
+        if len(self._memo) >= DECISION_MEMO_MAX:
+            self._memo.clear()  # cheap bound; refilling costs one index lookup per name
+        self._memo[key] = (minute, decision)
+        return decision
+
+    def _inspect(self, query: wire.Query, answer: wire.Answer, school: policy.SchoolPolicy,
+                 snapshot: Snapshot) -> policy.Block | None:
+        """CNAME cloaking: an answer whose chain (or HTTPS/SVCB target) reaches a blocked name."""
+        if policy.is_explicitly_allowed(school, query.name):
+            return None
+        for target in answer.targets:
+            decision = self._decide(snapshot, school, target)
+            if isinstance(decision, policy.Block):
+                return decision
+        return None
+
+    def _blocked(self, query: wire.Query, block: policy.Block, snapshot: Snapshot) -> bytes:
+        province = snapshot.province
+        ttl = int(province.blocked_ttl_seconds)
+        ede = b""
+        if query.edns:
+            text = f"category={block.category}; authority={block.authority}"
+            if province.info_url:
+                text += f"; info={province.info_url}"
+            ede = wire.ede_option(_EDE_BY_AUTHORITY.get(block.authority, wire.EDE_BLOCKED), text)
+        action = block.action
+        if action is policy.Action.REFUSED:
+            return wire.make_error(query.id, query.flags, wire.REFUSED, query, ede)
+        if action is policy.Action.NXDOMAIN:
+            return wire.make_local_answer(query, wire.NXDOMAIN, [], ttl, ede)
+        records: list[tuple[int, int, bytes]] = []
+        if action is policy.Action.NULL_IP:
+            if query.qtype == wire.TYPE_A:
+                records = [(wire.TYPE_A, ttl, bytes(4))]
+            elif query.qtype == wire.TYPE_AAAA:
+                records = [(wire.TYPE_AAAA, ttl, bytes(16))]
+        elif action is policy.Action.BLOCKPAGE and province.blockpage is not None:
+            page = province.blockpage
+            if query.qtype == wire.TYPE_A and page.ipv4:
+                records = [(wire.TYPE_A, ttl, socket.inet_pton(socket.AF_INET, page.ipv4))]
+            elif query.qtype == wire.TYPE_AAAA and page.ipv6:
+                records = [(wire.TYPE_AAAA, ttl, socket.inet_pton(socket.AF_INET6, page.ipv6))]
+        # NODATA, and null_ip / blockpage for other query types: NOERROR, no records, SOA.
+        return wire.make_local_answer(query, wire.NOERROR, records, ttl, ede)
+
+    async def _rewrite_async(self, query: wire.Query, target: str, school: policy.SchoolPolicy,
+                             transport: str, limit: int, key: bytes) -> bytes | None:
+        target_query = wire.make_synthetic_query(target, query.qtype, query.do)
+        try:
+            target_answer = await self.forwarder.resolve(target_query)
+        except upstream.UpstreamError as exc:
+            self.counters.count(school.id, transport, "servfail")
+            return self._error_answer(exc, query)
+        if target_answer.rcode != wire.NOERROR:
+            return self._error_answer(upstream.UpstreamError("safe-search target did not resolve"), query)
+        answer = wire.make_rewrite(query, target, target_answer, max(target_answer.ttl, 1))
+        self.cache.store(key, answer, self.clock())
+        self.counters.count(school.id, transport, "rewritten")
+        return wire.replay(answer.message, answer.question_length, query, limit)
+
+    def _rewrite(self, query: wire.Query, target: str, school: policy.SchoolPolicy,
+                 transport: str, limit: int) -> Reply:
+        """Safe search: CNAME to the engine's safe host, plus that host's addresses (cached)."""
+        key = query.key + b"\x00safe\x00" + target.encode()
+        hit = self.cache.lookup(key, self.clock())
+        if hit is not None:
+            self.counters.count(school.id, transport, "rewritten")
+            return wire.replay(hit[0], hit[1].question_length, query, limit)
+        return self._rewrite_async(query, target, school, transport, limit, key)
+
+    def _error_answer(self, exc: Exception, query: wire.Query | None) -> bytes | None:
+        """The one place failures become answers."""
+        match exc:
+            case wire.Unanswerable():
+                return None  # no header worth answering, or a response: drop
+            case wire.FormError():
+                return wire.make_error(exc.query_id, exc.flags, wire.FORMERR)
+            case wire.NotImplementedOpcode():
+                return wire.make_error(exc.query_id, exc.flags, wire.NOTIMP)
+            case wire.BadVersion():
+                q = exc.query
+                return wire.make_error(q.id, q.flags, wire.BADVERS, q)
+            case upstream.UpstreamError() if query is not None:
+                ede = wire.ede_option(exc.ede_code, "upstream unavailable") if query.edns else b""
+                return wire.make_error(query.id, query.flags, wire.SERVFAIL, query, ede)
+        log.exception("internal error answering a query", exc_info=exc)
+        self.counters.internal_errors += 1
+        if query is None:
+            return None
+        return wire.make_error(query.id, query.flags, wire.SERVFAIL, query)

@@ -1,0 +1,453 @@
+"""Reading policies/*.yaml (province baseline and school files) into policy values, reporting every problem."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import difflib
+import ipaddress
+import logging
+import re
+import zoneinfo
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from resolver import policy, safesearch, yamlfile
+
+log = logging.getLogger(__name__)
+
+_ID_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_PROFILE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_TIME_RE = re.compile(r"^(\d{1,2}):(\d{2})$")
+#: school ids are metric labels; `unknown` is the label for unmatched clients.
+_RESERVED_IDS = frozenset({"unknown", "province"})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Placed:
+    """A configured network and where it was written (for the overlap check across files)."""
+
+    network: policy.Network
+    owner: str
+    file: str
+    line: int
+    key: yamlfile.Key
+
+
+def load_policies(policies_dir: Path, categories: Sequence[str],
+                  table: safesearch.SafeSearchTable | None = None) -> policy.Policies:
+    """province.yaml plus every other *.yaml in the directory (each a school); one ConfigError for all problems."""
+    categories = tuple(categories)
+    table = table or safesearch.default_table()
+    problems: list[yamlfile.Problem] = []
+    province: policy.Province | None = None
+    try:
+        doc = yamlfile.load_yaml(policies_dir / policy.PROVINCE_FILE)
+        province = _read_province(doc, categories, table)
+        problems += doc.problems
+    except yamlfile.ConfigError as exc:
+        problems += exc.problems
+    try:
+        paths = sorted(policies_dir.iterdir())
+    except OSError as exc:
+        problems.append(yamlfile.Problem(str(policies_dir), 1, "", f"cannot read directory: {exc}"))
+        paths = []
+    schools: list[policy.SchoolPolicy] = []
+    placed: list[_Placed] = []
+    for path in paths:
+        if path.name == policy.PROVINCE_FILE or path.name.startswith(".") or not path.is_file():
+            continue
+        if path.suffix == ".yml":
+            problems.append(yamlfile.Problem(str(path), 1, "", f"policy files end in .yaml: rename it to "
+                                                                f"{path.stem}.yaml"))
+            continue
+        if path.suffix != ".yaml":
+            continue
+        try:
+            doc = yamlfile.load_yaml(path)
+        except yamlfile.ConfigError as exc:
+            problems += exc.problems
+            continue
+        school, networks = _read_school(doc, categories, province)
+        problems += doc.problems
+        placed += networks
+        if school is not None:
+            schools.append(school)
+    problems += _overlaps(placed)
+    if problems:
+        raise yamlfile.ConfigError(problems)
+    assert province is not None
+    log.debug("loaded %d school policies from %s", len(schools), policies_dir)
+    return policy.Policies(province=province, schools=tuple(schools), by_id={s.id: s for s in schools})
+
+
+def parse_province(text: str, file: str, categories: Sequence[str],
+                   table: safesearch.SafeSearchTable | None = None) -> policy.Province:
+    doc = yamlfile.parse_yaml(text, file)
+    province = _read_province(doc, tuple(categories), table or safesearch.default_table())
+    doc.raise_if_failed()
+    return province
+
+
+def parse_school(text: str, file: str, categories: Sequence[str], province: policy.Province) -> policy.SchoolPolicy:
+    doc = yamlfile.parse_yaml(text, file)
+    school, networks = _read_school(doc, tuple(categories), province)
+    doc.problems += _overlaps(networks)
+    doc.raise_if_failed()
+    assert school is not None
+    return school
+
+
+# ---------------------------------------------------------------------------------------------
+# province.yaml
+
+
+def _read_province(doc: yamlfile.Document, categories: tuple[str, ...],
+                   table: safesearch.SafeSearchTable) -> policy.Province:
+    top = doc.section()
+    mandatory = [c for c, _ in _categories(top, "mandatory", categories)]
+    timezone = top.typed("timezone", str, policy.DEFAULT_TIMEZONE)
+    tz = _zone(top, timezone)
+    info_url = top.typed("info_url", str, "", check=_check_url)
+    blocked_ttl_seconds = top.typed(
+        "blocked_ttl_seconds", (int, float), policy.DEFAULT_BLOCKED_TTL_SECONDS,
+        check=lambda v: None if 0 <= v <= policy.MAX_BLOCKED_TTL_SECONDS else
+        f"expected 0 to {policy.MAX_BLOCKED_TTL_SECONDS:g} seconds, got {v}")
+    action = _action(top, "action") or policy.Action.NXDOMAIN
+    safe_search = top.typed("safe_search", bool, True)
+    youtube = _youtube(top, "safe_search_youtube") or safesearch.YouTubeMode.MODERATE
+    bypass_prevention = top.typed("bypass_prevention", bool, True)
+    blockpage = _blockpage(top) if top.has("blockpage") else None
+    if not top.has("profiles"):
+        doc.fail((), "missing required key 'profiles'")
+    profiles_section = top.sub("profiles")
+    profiles: dict[str, policy.Profile] = {}
+    for name in list(profiles_section.values):
+        if not _PROFILE_RE.match(name):
+            profiles_section.fail(name, f"profile name '{name}' must be lower-case letters, digits, '-' or '_'")
+        section = profiles_section.sub(name)
+        profiles[name] = policy.Profile(
+            name=name, block=tuple(c for c, _ in _categories(section, "block", categories)),
+            action=_action(section, "action"), safe_search=section.typed("safe_search", bool, None),
+            safe_search_youtube=_youtube(section, "safe_search_youtube"))
+        section.done()
+        if profiles[name].action is policy.Action.BLOCKPAGE and blockpage is None:
+            section.fail("action", _NEEDS_BLOCKPAGE)
+    if action is policy.Action.BLOCKPAGE and blockpage is None:
+        top.fail("action", _NEEDS_BLOCKPAGE)
+    top.done()
+    mask = 0
+    for category in mandatory:
+        mask |= 1 << categories.index(category)
+    return policy.Province(
+        file=doc.file, mandatory=tuple(mandatory), timezone=timezone, info_url=info_url, profiles=profiles,
+        blocked_ttl_seconds=float(blocked_ttl_seconds), blockpage=blockpage,
+        blockpage_ipv4=_packed(blockpage and blockpage.ipv4), blockpage_ipv6=_packed(blockpage and blockpage.ipv6),
+        action=action,
+        safe_search=safe_search, safe_search_youtube=youtube, bypass_prevention=bypass_prevention,
+        mandatory_mask=mask, categories=categories, tz=tz, safe_search_table=table)
+
+
+_NEEDS_BLOCKPAGE = "action 'blockpage' needs `blockpage: {ipv4: ..., ipv6: ...}` in province.yaml"
+
+
+def _zone(top: yamlfile.Section, name: str | None) -> Any:
+    if name is None:
+        return datetime.timezone.utc
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        hint = "" if zoneinfo.available_timezones() else " (this system has no time zone database: install tzdata)"
+        top.fail("timezone", f"unknown time zone '{name}', expected an IANA name like Asia/Ho_Chi_Minh{hint}")
+        return datetime.timezone.utc
+
+
+def _blockpage(top: yamlfile.Section) -> policy.Blockpage | None:
+    section = top.sub("blockpage")
+    ipv4 = section.typed("ipv4", str, None, check=lambda v: _check_address(v, 4))
+    ipv6 = section.typed("ipv6", str, None, check=lambda v: _check_address(v, 6))
+    section.done()
+    if ipv4 is None and ipv6 is None:
+        if not section.values:
+            top.fail("blockpage", "give the block page's ipv4, ipv6 or both")
+        return None
+    return policy.Blockpage(ipv4=ipv4 and str(ipaddress.ip_address(ipv4)),
+                            ipv6=ipv6 and str(ipaddress.ip_address(ipv6)))
+
+
+def _packed(address: str | None) -> bytes | None:
+    return ipaddress.ip_address(address).packed if address else None
+
+
+def _check_address(value: str, version: int) -> str | None:
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        address = None
+    if address is None or address.version != version:
+        return f"'{value}' is not an IPv{version} address"
+    return None
+
+
+def _check_url(value: str) -> str | None:
+    if value.startswith(("http://", "https://")) and len(value) > len("https://"):
+        return None
+    return f"'{value}' is not an http:// or https:// URL"
+
+
+# ---------------------------------------------------------------------------------------------
+# <school-id>.yaml
+
+
+def _read_school(doc: yamlfile.Document, categories: tuple[str, ...], province: policy.Province | None,
+                 ) -> tuple[policy.SchoolPolicy | None, list[_Placed]]:
+    """The compiled school (None if its file or the province has problems) and its networks."""
+    top = doc.section()
+    file_name = Path(doc.file).name
+    stem = Path(doc.file).stem
+    school_id = top.typed("id", str, check=_check_id)
+    if school_id is not None and school_id != stem:
+        top.fail("id", f"id '{school_id}' does not match the file name '{file_name}' "
+                       f"(name the file {school_id}.yaml, or change id to '{stem}')")
+    owner = school_id or stem
+    name = top.typed("name", str, owner)
+    level = top.typed("level", str)
+    profile = None
+    if level is not None and province is not None:
+        profile = province.profiles.get(level)
+        if profile is None:
+            top.fail("level", f"unknown level '{level}'{_did_you_mean(level, province.profiles)} "
+                              f"(profiles in {policy.PROVINCE_FILE}: {', '.join(province.profiles)})")
+    networks, placed = _networks(top, owner)
+    block = _categories(top, "block", categories)
+    unblock = _categories(top, "unblock", categories)
+    blocked_names = {c for c, _ in block}
+    for category, key in unblock:
+        if province is not None and category in province.mandatory:
+            doc.fail(key, f"category '{category}' is mandatory in {policy.PROVINCE_FILE} and cannot be unblocked")
+        elif category in blocked_names:
+            doc.fail(key, f"category '{category}' is in both block and unblock")
+    allow = _domains(top, "allow")
+    deny = _domains(top, "deny")
+    defaults = province or _FALLBACK_DEFAULTS
+    safe_search = top.typed("safe_search", bool, _first(profile and profile.safe_search, defaults.safe_search))
+    youtube = _youtube(top, "safe_search_youtube") or _first(profile and profile.safe_search_youtube,
+                                                              defaults.safe_search_youtube)
+    schedules = _schedules(top, categories)
+    action = _action(top, "action") or _first(profile and profile.action, defaults.action)
+    if top.has("action") and action is policy.Action.BLOCKPAGE and province and province.blockpage is None:
+        top.fail("action", _NEEDS_BLOCKPAGE)
+    top.done()
+    if province is None or profile is None or doc.problems or school_id is None:
+        return None, placed
+    school = policy.compile_school(
+        id=school_id, name=name, level=level, file=doc.file, networks=networks, block=[c for c, _ in block],
+        unblock=[c for c, _ in unblock], allow=allow, deny=deny, safe_search=safe_search,
+        safe_search_youtube=youtube, schedules=schedules, action=action, province=province)
+    return school, placed
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Defaults:
+    safe_search: bool
+    safe_search_youtube: safesearch.YouTubeMode
+    action: policy.Action
+
+
+# Used only to keep reading a school file when province.yaml itself could not be read.
+_FALLBACK_DEFAULTS = _Defaults(True, safesearch.YouTubeMode.MODERATE, policy.Action.NXDOMAIN)
+
+
+def _first(*values: Any) -> Any:
+    return next(v for v in values if v is not None)
+
+
+def _check_id(value: str) -> str | None:
+    if not _ID_RE.match(value):
+        return (f"id '{value}' must be lower-case letters, digits and '-' (at most 63, not starting or "
+                f"ending with '-'), e.g. thpt-nguyen-du")
+    if value in _RESERVED_IDS:
+        return f"id '{value}' is reserved"
+    return None
+
+
+def _networks(top: yamlfile.Section, owner: str) -> tuple[list[policy.Network], list[_Placed]]:
+    doc = top.doc
+    networks: list[policy.Network] = []
+    placed: list[_Placed] = []
+    for text, key in _strings(top, "networks"):
+        try:
+            network = ipaddress.ip_network(text.strip(), strict=True)
+        except ValueError:
+            try:
+                loose = ipaddress.ip_network(text.strip(), strict=False)
+            except ValueError:
+                doc.fail(key, f"'{text}' is not an IPv4 or IPv6 network (e.g. 203.0.113.0/28 or 2001:db8:12::/48)")
+            else:
+                doc.fail(key, f"'{text}' has host bits set: did you mean {loose}?")
+            continue
+        if isinstance(network, ipaddress.IPv6Network) and network.network_address.ipv4_mapped and \
+                network.prefixlen >= 96:
+            mapped = ipaddress.ip_network(f"{network.network_address.ipv4_mapped}/{network.prefixlen - 96}")
+            doc.fail(key, f"'{text}' is an IPv4-mapped network: write {mapped} (mapped clients match it)")
+            continue
+        networks.append(network)
+        placed.append(_Placed(network, owner, doc.file, doc.line_of(key), key))
+    return networks, placed
+
+
+def _overlaps(placed: list[_Placed]) -> list[yamlfile.Problem]:
+    """Every network that overlaps an earlier one (by address), naming both files; CIDR blocks nest or are disjoint."""
+    problems = []
+    ordered = sorted(placed, key=lambda p: (p.network.version, int(p.network.network_address),
+                                            p.network.prefixlen, p.file, p.line))
+    current: _Placed | None = None
+    current_end = -1
+    for entry in ordered:
+        start = int(entry.network.network_address)
+        end = int(entry.network.broadcast_address)
+        if current is not None and current.network.version == entry.network.version and start <= current_end:
+            whose = "the same school" if current.file == entry.file else f"school '{current.owner}'"
+            problems.append(yamlfile.Problem(
+                entry.file, entry.line, yamlfile.key_path(entry.key),
+                f"{entry.network} overlaps {current.network} of {whose} ({current.file}:{current.line})"))
+        if current is None or current.network.version != entry.network.version or end > current_end:
+            current, current_end = entry, end
+    return problems
+
+
+def _schedules(top: yamlfile.Section, categories: tuple[str, ...]) -> list[policy.Schedule]:
+    schedules = []
+    names: set[str] = set()
+    for key, _item in top.items("schedules"):
+        section = top.doc.section(key)
+        index = key[-1]
+        name = section.typed("name", str, f"schedule-{index + 1 if isinstance(index, int) else index}")
+        if name in names:
+            section.fail("name", f"schedule name '{name}' is used twice")
+        names.add(name)
+        days = _days(section)
+        start = _time(section, "from", allow_24=False)
+        end = _time(section, "to", allow_24=True)
+        if not section.has("block"):
+            section.doc.fail(key, "missing required key 'block'")
+        block = [c for c, _ in _categories(section, "block", categories)]
+        if section.has("block") and not block and not section.values.get("block"):
+            section.fail("block", "a schedule must block at least one category")
+        if start is not None and end is not None and start == end % policy.MINUTES_PER_DAY:
+            section.fail("to", f"'to' equals 'from' ({_hhmm(start)}): the window is empty "
+                               f"(for a whole day write from: \"00:00\", to: \"24:00\")")
+            start = None
+        section.done()
+        if start is None or end is None or not days or not block:
+            continue
+        mask = 0
+        for category in block:
+            mask |= 1 << categories.index(category)
+        schedules.append(policy.Schedule(name=name, days=days, from_minute=start, to_minute=end,
+                                         block=tuple(block), mask=mask))
+    return schedules
+
+
+def _days(section: yamlfile.Section) -> tuple[int, ...]:
+    if not section.has("days"):
+        return tuple(range(7))
+    days: set[int] = set()
+    for text, key in _strings(section, "days"):
+        day = text.strip().lower()[:3]
+        if day in policy.DAYS and text.strip().lower() in (day, _FULL_DAYS[policy.DAYS.index(day)]):
+            days.add(policy.DAYS.index(day))
+        else:
+            section.doc.fail(key, f"unknown day '{text}' (expected {', '.join(policy.DAYS)})")
+    if not days and not section.values.get("days"):
+        section.fail("days", "give at least one day, or leave days out for every day")
+    return tuple(sorted(days))
+
+
+_FULL_DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+def _time(section: yamlfile.Section, key: str, *, allow_24: bool) -> int | None:
+    value = section.raw(key)
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        section.fail(key, f"write the time in quotes, like \"07:00\" (YAML read the unquoted value as the "
+                          f"number {value})")
+        return None
+    match = _TIME_RE.match(value.strip()) if isinstance(value, str) else None
+    if match:
+        hour, minute = int(match[1]), int(match[2])
+        if (hour < 24 and minute < 60) or (allow_24 and hour == 24 and minute == 0):
+            return hour * 60 + minute
+    upper = "24:00" if allow_24 else "23:59"
+    section.fail(key, f"expected a time \"HH:MM\" from 00:00 to {upper}, got {value!r}")
+    return None
+
+
+def _hhmm(minute: int) -> str:
+    return f"{minute // 60:02d}:{minute % 60:02d}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared readers
+
+
+def _strings(section: yamlfile.Section, name: str) -> list[tuple[str, yamlfile.Key]]:
+    """A list of strings; an empty value (`block:`) reads as an empty list."""
+    if section.has(name) and section.values[name] is None:
+        section.raw(name)
+        return []
+    return section.string_list(name)
+
+
+def _categories(section: yamlfile.Section, name: str, categories: tuple[str, ...],
+                ) -> list[tuple[str, yamlfile.Key]]:
+    out: list[tuple[str, yamlfile.Key]] = []
+    seen: set[str] = set()
+    for text, key in _strings(section, name):
+        if text not in categories:
+            section.doc.fail(key, f"unknown category '{text}'{_did_you_mean(text, categories)} "
+                                  f"(known categories: {', '.join(categories)})")
+        elif text not in seen:
+            seen.add(text)
+            out.append((text, key))
+    return out
+
+
+def _domains(section: yamlfile.Section, name: str) -> list[str]:
+    out: dict[str, None] = {}
+    for text, key in _strings(section, name):
+        try:
+            out[policy.normalize_name(text)] = None
+        except ValueError as exc:
+            section.doc.fail(key, str(exc))
+    return list(out)
+
+
+def _action(section: yamlfile.Section, key: str) -> policy.Action | None:
+    value = section.typed(key, str, None)
+    if value is None:
+        return None
+    if value in policy.YAML_ACTIONS:
+        return policy.Action(value)
+    section.fail(key, f"unknown action '{value}' (expected one of {', '.join(policy.YAML_ACTIONS)})")
+    return None
+
+
+def _youtube(section: yamlfile.Section, key: str) -> safesearch.YouTubeMode | None:
+    value = section.typed(key, str, None)
+    if value is None:
+        return None
+    try:
+        return safesearch.YouTubeMode(value)
+    except ValueError:
+        section.fail(key, f"unknown YouTube mode '{value}' (expected one of "
+                          f"{', '.join(m.value for m in safesearch.YouTubeMode)})")
+        return None
+
+
+def _did_you_mean(word: str, choices: Any) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""

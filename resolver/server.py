@@ -1,0 +1,220 @@
+"""DNS transports: UDP and TCP listeners that move bytes between sockets and the pipeline, with bounds."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Coroutine
+from typing import Any
+
+from resolver import config, pipeline, wire
+
+log = logging.getLogger(__name__)
+
+
+class InFlight:
+    """The capped, tracked set of query tasks of one worker (for the bound and the drain)."""
+
+    def __init__(self, limit: int, counters: Any):
+        self.limit = limit
+        self.counters = counters
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    def start(self, work: Coroutine[Any, Any, bytes | None], deliver: Any, reason: str) -> bool:
+        """Run work as a task that hands its answer to deliver(); False (work dropped) when full."""
+        if len(self.tasks) >= self.limit:
+            work.close()
+            self.counters.dropped[reason] += 1
+            return False
+        task = asyncio.get_running_loop().create_task(_deliver(work, deliver))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return True
+
+    async def drain(self, timeout_seconds: float) -> None:
+        """Let queries in flight finish for up to timeout_seconds, then cancel the rest."""
+        if self.tasks:
+            _, pending = await asyncio.wait(set(self.tasks), timeout=timeout_seconds)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+
+
+async def _deliver(work: Coroutine[Any, Any, bytes | None], deliver: Any) -> None:
+    answer = await work
+    if answer is not None:
+        deliver(answer)
+
+
+class UdpServer(asyncio.DatagramProtocol):
+    """One UDP listening socket: each datagram is one query."""
+
+    def __init__(self, pipe: pipeline.Pipeline, in_flight: InFlight):
+        self.pipeline = pipe
+        self.in_flight = in_flight
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        # Hot path: blocked names and cache hits are answered before this returns.
+        reply = self.pipeline.handle(data, addr[0], "udp")
+        if reply is None:
+            return
+        if type(reply) is bytes:
+            self.transport.sendto(reply, addr)  # type: ignore[union-attr]
+            return
+        self.in_flight.start(reply, lambda answer: self._send(answer, addr), "udp_in_flight_limit")
+
+    def _send(self, answer: bytes, addr: Any) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():  # the socket may close during a drain
+            transport.sendto(answer, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("UDP socket error: %s", exc)
+
+
+class TcpConnections:
+    """Shared state of every TCP connection of one worker: the connection cap and the set."""
+
+    def __init__(self, pipe: pipeline.Pipeline, in_flight: InFlight, limits: config.LimitsConfig):
+        self.pipeline = pipe
+        self.in_flight = in_flight
+        self.limits = limits
+        self.open: set[TcpConnection] = set()
+
+    def protocol(self) -> TcpConnection:
+        return TcpConnection(self)
+
+    def close_all(self) -> None:
+        for connection in list(self.open):
+            connection.close()
+
+
+class TcpConnection(asyncio.Protocol):
+    """One client TCP connection (RFC 7766): length-framed queries, pipelined, answered as ready."""
+
+    def __init__(self, shared: TcpConnections):
+        self.shared = shared
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.client = ""
+        self.pending = 0
+        self.paused = False
+        self.idle_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        shared = self.shared
+        if len(shared.open) >= shared.limits.tcp_max_connections:
+            shared.in_flight.counters.dropped["tcp_connection_limit"] += 1
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        shared.open.add(self)
+        peer = transport.get_extra_info("peername")
+        self.client = peer[0] if peer else ""
+        self._arm_idle_timer()
+
+    def _arm_idle_timer(self) -> None:
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+        loop = asyncio.get_running_loop()
+        self.idle_timer = loop.call_later(self.shared.limits.tcp_idle_timeout_seconds, self._idle)
+
+    def _idle(self) -> None:
+        if self.pending:
+            self._arm_idle_timer()  # still answering: not idle
+        else:
+            self.close()
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        self._arm_idle_timer()
+        buffer = self.buffer
+        while len(buffer) >= 2 and not self.paused:
+            length = buffer[0] << 8 | buffer[1]
+            if length == 0:
+                self.close()  # a zero-length message can't be DNS
+                return
+            if len(buffer) < 2 + length:
+                break
+            message = bytes(buffer[2:2 + length])
+            del buffer[:2 + length]
+            self._answer(message)
+        if len(buffer) > 2 + 65535:
+            self.close()
+
+    def _answer(self, message: bytes) -> None:
+        reply = self.shared.pipeline.handle(message, self.client, "tcp")
+        if reply is None:
+            return
+        if type(reply) is bytes:
+            self._write(reply)
+            return
+        if self.shared.in_flight.start(reply, self._finished, "tcp_in_flight_limit"):
+            self.pending += 1
+            if self.pending >= self.shared.limits.tcp_max_pipelined and self.transport is not None:
+                self.paused = True  # stop reading until some answers went out
+                self.transport.pause_reading()
+
+    def _finished(self, reply: bytes) -> None:
+        self.pending -= 1
+        self._write(reply)
+        if self.paused and self.pending < self.shared.limits.tcp_max_pipelined:
+            self.paused = False
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.resume_reading()
+                self.data_received(b"")  # frames already buffered
+
+    def _write(self, reply: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(wire.frame(reply))
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+        self.shared.open.discard(self)
+
+
+def bind_sockets(address: Any, reuse_port: bool) -> tuple[socket.socket, socket.socket]:
+    """A UDP and a TCP socket bound to the same address (port 0: the same free port for both)."""
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    for _attempt in range(20):
+        udp = socket.socket(family, socket.SOCK_DGRAM)
+        tcp = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            for sock in (udp, tcp):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if reuse_port:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            udp.bind((address.host, address.port))
+            tcp.bind((address.host, udp.getsockname()[1]))
+            udp.setblocking(False)
+            tcp.setblocking(False)
+            return udp, tcp
+        except OSError:
+            udp.close()
+            tcp.close()
+            if address.port != 0:
+                raise
+    raise OSError(f"could not bind UDP and TCP to one free port on {address.host}")
+
+
+async def serve_sockets(pipe: pipeline.Pipeline, in_flight: InFlight, limits: config.LimitsConfig,
+                        udp_sock: socket.socket, tcp_sock: socket.socket,
+                        tcp: TcpConnections) -> tuple[asyncio.DatagramTransport, asyncio.Server]:
+    """Start serving on already-bound sockets."""
+    loop = asyncio.get_running_loop()
+    udp_transport, _ = await loop.create_datagram_endpoint(lambda: UdpServer(pipe, in_flight), sock=udp_sock)
+    tcp_server = await loop.create_server(tcp.protocol, sock=tcp_sock, backlog=1024)
+    return udp_transport, tcp_server

@@ -1,0 +1,331 @@
+"""Forwarding to upstream resolvers: random IDs and ports, strict reply matching, TCP on TC, failover, coalescing."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+import secrets
+import socket
+import time
+
+from resolver import wire
+from resolver.errors import ResolverError
+
+log = logging.getLogger(__name__)
+
+DOWN_AFTER_FAILURES = 3  # consecutive failures before an upstream is tried last
+DOWN_COOLDOWN_SECONDS = 5.0  # ... for this long after its latest failure
+TCP_MAX_MESSAGE = 65535
+
+
+class UpstreamError(ResolverError):
+    """Forwarding failed; `ede_code` says why for the Extended DNS Error in the SERVFAIL."""
+
+    ede_code = wire.EDE_NETWORK_ERROR
+
+
+class UpstreamTimeout(UpstreamError):
+    ede_code = wire.EDE_NO_REACHABLE_AUTHORITY
+
+
+class UpstreamNetworkError(UpstreamError):
+    ede_code = wire.EDE_NETWORK_ERROR
+
+
+class AllUpstreamsFailed(UpstreamError):
+    """Every upstream timed out or failed; carries the EDE code of the most telling failure."""
+
+    def __init__(self, message: str, ede_code: int):
+        super().__init__(message)
+        self.ede_code = ede_code
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UpstreamAddress:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_address(text: str, default_port: int = 53) -> UpstreamAddress:
+    """'1.1.1.1:53', '1.1.1.1', '[2001:db8::1]:53' or '2001:db8::1' -> UpstreamAddress."""
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"bad address {text!r}: expected [IPv6]:port")
+        port_text = rest[1:] if rest else str(default_port)
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host, port_text = text, str(default_port)
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+    except OSError:
+        raise ValueError(f"bad address {text!r}: {host!r} is not an IP address") from None
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"bad address {text!r}: port must be 0-65535")
+    return UpstreamAddress(host, int(port_text))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AnswerLimits:
+    """How upstream TTLs are clamped before caching."""
+
+    min_ttl: int = 0
+    max_ttl: int = 86400
+    negative_max_ttl: int = 3600
+
+
+class _Pending:
+    __slots__ = ("future", "question")
+
+    def __init__(self, future: asyncio.Future[bytes], question: bytes):
+        self.future = future
+        self.question = question
+
+
+class _UdpSocket(asyncio.DatagramProtocol):
+    """One connected UDP socket (kernel-chosen random source port) with its in-flight queries."""
+
+    def __init__(self, owner: Upstream):
+        self.owner = owner
+        self.transport: asyncio.DatagramTransport | None = None
+        self.pending: dict[int, _Pending] = {}
+        self.uses = 0
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        # Connected socket: the kernel already dropped datagrams from other sources.
+        if len(data) < 12:
+            self.owner.mismatched += 1
+            return
+        pending = self.pending.get(int.from_bytes(data[:2], "big"))
+        if pending is None or not wire.reply_matches(data, data[0] << 8 | data[1], pending.question):
+            self.owner.mismatched += 1  # a stray, late or spoofed reply: ignore it
+            return
+        if not pending.future.done():
+            pending.future.set_result(data)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors (port unreachable...) on a connected socket: fail what is in flight.
+        for pending in self.pending.values():
+            if not pending.future.done():
+                pending.future.set_exception(UpstreamNetworkError(str(exc)))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        for pending in self.pending.values():
+            if not pending.future.done():
+                pending.future.set_exception(UpstreamNetworkError("socket closed"))
+
+    def close_if_idle(self) -> None:
+        if not self.pending and self.transport is not None:
+            self.transport.close()
+
+
+class Upstream:
+    """One upstream server: a rotating pool of UDP sockets, TCP for truncated answers, health."""
+
+    def __init__(self, address: UpstreamAddress, sockets: int = 16, socket_max_uses: int = 1000):
+        self.address = address
+        self.pool_size = sockets
+        self.socket_max_uses = socket_max_uses
+        self._sockets: list[_UdpSocket] = []
+        self._opening = 0
+        # Health and counters (read by metrics and ordering; never per-client).
+        self.consecutive_failures = 0
+        self.last_failure = 0.0
+        self.latency_seconds = 0.0  # exponentially weighted moving average
+        self.queries = 0
+        self.failures = 0
+        self.timeouts = 0
+        self.truncated = 0
+        self.mismatched = 0
+
+    def is_down(self, now: float) -> bool:
+        return (self.consecutive_failures >= DOWN_AFTER_FAILURES
+                and now - self.last_failure < DOWN_COOLDOWN_SECONDS)
+
+    def record(self, ok: bool, elapsed: float, now: float) -> None:
+        if ok:
+            self.consecutive_failures = 0
+            self.latency_seconds += (elapsed - self.latency_seconds) * 0.2
+        else:
+            self.consecutive_failures += 1
+            self.failures += 1
+            self.last_failure = now
+            self.latency_seconds += (elapsed - self.latency_seconds) * 0.2
+
+    async def _socket(self) -> _UdpSocket:
+        """A socket from the pool; sockets retire after socket_max_uses queries, so ports rotate."""
+        self._sockets = [s for s in self._sockets if not s.closed]
+        live = [s for s in self._sockets if s.uses < self.socket_max_uses]
+        if live and len(live) + self._opening >= self.pool_size:
+            return random.choice(live)
+        self._opening += 1
+        try:
+            family = socket.AF_INET6 if ":" in self.address.host else socket.AF_INET
+            _, sock = await asyncio.get_running_loop().create_datagram_endpoint(
+                lambda: _UdpSocket(self), remote_addr=(self.address.host, self.address.port),
+                family=family)
+        except OSError as exc:
+            raise UpstreamNetworkError(f"{self.address}: {exc}") from None
+        finally:
+            self._opening -= 1
+        self._sockets.append(sock)
+        return sock
+
+    async def exchange_udp(self, query: wire.Query, timeout_seconds: float) -> bytes:
+        """One UDP round trip with a fresh random ID; only a matching reply is accepted."""
+        sock = await self._socket()
+        question = query.question.lower()
+        upstream_id = secrets.randbits(16)
+        while upstream_id in sock.pending:
+            upstream_id = secrets.randbits(16)
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        sock.pending[upstream_id] = _Pending(future, question)
+        sock.uses += 1
+        try:
+            assert sock.transport is not None
+            sock.transport.sendto(wire.make_upstream_query(query, upstream_id))
+            async with asyncio.timeout(timeout_seconds):
+                return await future
+        except TimeoutError:
+            raise UpstreamTimeout(f"{self.address}: no answer in {timeout_seconds:.2f}s") from None
+        finally:
+            del sock.pending[upstream_id]
+            if sock.uses >= self.socket_max_uses:
+                sock.close_if_idle()
+
+    async def exchange_tcp(self, query: wire.Query, timeout_seconds: float) -> bytes:
+        """One TCP round trip (RFC 7766 framing), used when the UDP answer was truncated."""
+        question = query.question.lower()
+        upstream_id = secrets.randbits(16)
+        writer = None
+        try:
+            async with asyncio.timeout(timeout_seconds):
+                reader, writer = await asyncio.open_connection(self.address.host, self.address.port)
+                writer.write(wire.frame(wire.make_upstream_query(query, upstream_id)))
+                while True:
+                    length = int.from_bytes(await reader.readexactly(2), "big")
+                    reply = await reader.readexactly(length)
+                    if wire.reply_matches(reply, upstream_id, question):
+                        return reply
+                    self.mismatched += 1
+        except TimeoutError:
+            raise UpstreamTimeout(f"{self.address}: no TCP answer in {timeout_seconds:.2f}s") from None
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            raise UpstreamNetworkError(f"{self.address} (tcp): {exc}") from None
+        finally:
+            if writer is not None:
+                writer.close()
+
+    def close(self) -> None:
+        for sock in self._sockets:
+            if sock.transport is not None:
+                sock.transport.close()
+        self._sockets.clear()
+
+
+class UpstreamPool:
+    """Answers questions from a set of upstreams, in order of health, merging identical in-flight queries."""
+
+    def __init__(self, addresses: list[UpstreamAddress], timeout_seconds: float = 2.0,
+                 limits: AnswerLimits = AnswerLimits(), sockets_per_upstream: int = 16,
+                 max_in_flight: int = 10000):
+        if not addresses:
+            raise ValueError("at least one upstream is needed")
+        self.upstreams = [Upstream(a, sockets_per_upstream) for a in addresses]
+        self.timeout_seconds = timeout_seconds
+        self.limits = limits
+        self.max_in_flight = max_in_flight
+        self._in_flight: dict[bytes, asyncio.Future[wire.Answer]] = {}
+        self.coalesced = 0
+
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    async def resolve(self, query: wire.Query) -> wire.Answer:
+        """The upstream answer to the query's question; identical concurrent questions share one."""
+        key = query.key
+        shared = self._in_flight.get(key)
+        if shared is not None:
+            self.coalesced += 1
+            return await asyncio.shield(shared)
+        if len(self._in_flight) >= self.max_in_flight:
+            raise UpstreamError("too many queries in flight upstream")
+        future: asyncio.Future[wire.Answer] = asyncio.get_running_loop().create_future()
+        self._in_flight[key] = future
+        try:
+            answer = await self._resolve_uncoalesced(query)
+        except BaseException as exc:
+            if not future.done():
+                future.set_exception(exc if isinstance(exc, Exception) else UpstreamError("cancelled"))
+                future.exception()  # mark retrieved: waiters may be none
+            raise
+        else:
+            future.set_result(answer)
+            return answer
+        finally:
+            del self._in_flight[key]
+
+    def ordered(self, now: float) -> list[Upstream]:
+        """Healthy upstreams by latency first, then the ones recently failing."""
+        return sorted(self.upstreams, key=lambda u: (u.is_down(now), u.latency_seconds))
+
+    async def _resolve_uncoalesced(self, query: wire.Query) -> wire.Answer:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_seconds
+        candidates = self.ordered(time.monotonic())
+        last_answer: wire.Answer | None = None
+        worst: UpstreamError | None = None
+        for index, upstream in enumerate(candidates):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            # Share what is left of the budget among the upstreams still to try.
+            attempt_timeout = remaining / (len(candidates) - index)
+            started = loop.time()
+            upstream.queries += 1
+            try:
+                reply = await upstream.exchange_udp(query, attempt_timeout)
+                if wire.is_truncated(reply):
+                    upstream.truncated += 1
+                    reply = await upstream.exchange_tcp(query, max(deadline - loop.time(), 0.05))
+                answer = wire.parse_upstream_answer(
+                    reply, len(query.question), self.limits.min_ttl, self.limits.max_ttl,
+                    self.limits.negative_max_ttl)
+            except UpstreamError as exc:
+                if isinstance(exc, UpstreamTimeout):
+                    upstream.timeouts += 1
+                upstream.record(False, loop.time() - started, time.monotonic())
+                if worst is None or isinstance(exc, UpstreamTimeout):
+                    worst = exc
+                continue
+            except wire.BadReply as exc:
+                upstream.mismatched += 1
+                upstream.record(False, loop.time() - started, time.monotonic())
+                worst = worst or UpstreamNetworkError(f"{upstream.address}: bad reply: {exc}")
+                continue
+            upstream.record(True, loop.time() - started, time.monotonic())
+            if answer.rcode in (wire.SERVFAIL, wire.REFUSED):
+                last_answer = answer  # that upstream could not help; another may
+                continue
+            return answer
+        if last_answer is not None:
+            return last_answer
+        if worst is None:
+            worst = UpstreamTimeout("no time left to ask any upstream")
+        raise AllUpstreamsFailed(f"every upstream failed: {worst}", worst.ede_code)
+
+    def close(self) -> None:
+        for upstream in self.upstreams:
+            upstream.close()

@@ -1,0 +1,528 @@
+"""DNS bytes in and out, no I/O: parse queries, build answers, patch IDs, age TTLs, EDE, TCP framing.
+
+Everything on the per-query path works on raw bytes with struct: parsing a query never
+builds a message object, and a cached answer is replayed by patching its ID, question and
+TTLs.  dnslib is used only on rare paths (safe-search rewrites).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+
+from resolver.errors import ResolverError
+
+# Header flag bits (RFC 1035 4.1.1, RFC 4035 for AD/CD).
+QR = 0x8000
+AA = 0x0400
+TC = 0x0200
+RD = 0x0100
+RA = 0x0080
+AD = 0x0020
+CD = 0x0010
+OPCODE_MASK = 0x7800
+
+# Response codes.
+NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
+BADVERS = 16  # extended rcode carried in OPT (RFC 6891)
+
+# Record types used here.
+TYPE_A, TYPE_NS, TYPE_CNAME, TYPE_SOA = 1, 2, 5, 6
+TYPE_AAAA, TYPE_OPT, TYPE_SVCB, TYPE_HTTPS = 28, 41, 64, 65
+CLASS_IN = 1
+
+# Extended DNS Error info codes (RFC 8914) that schooldns emits.
+EDE_BLOCKED = 15
+EDE_CENSORED = 16
+EDE_FILTERED = 17
+EDE_PROHIBITED = 18
+EDE_NO_REACHABLE_AUTHORITY = 22
+EDE_NETWORK_ERROR = 23
+OPTION_EDE = 15
+
+# Largest UDP answer we send, whatever the client advertises (DNS flag day 2020).
+MAX_UDP_PAYLOAD = 1232
+MIN_UDP_PAYLOAD = 512
+
+_HEADER = struct.Struct("!HHHHHH")
+_U16 = struct.Struct("!H")
+_U16X2 = struct.Struct("!HH")
+_RR_FIXED = struct.Struct("!HHIH")  # type, class, ttl, rdlength
+_U32 = struct.Struct("!I")
+
+
+class WireError(ResolverError):
+    """Bytes that are not a DNS message we can work with."""
+
+
+class Unanswerable(WireError):
+    """No usable header (too short) or not a query at all: the only right move is to drop it."""
+
+
+class FormError(WireError):
+    """A readable header but a malformed question or OPT: answer FORMERR."""
+
+    def __init__(self, message: str, query_id: int, flags: int):
+        super().__init__(message)
+        self.query_id = query_id
+        self.flags = flags
+
+
+class NotImplementedOpcode(WireError):
+    """A well-formed message with an opcode other than QUERY: answer NOTIMP."""
+
+    def __init__(self, query_id: int, flags: int):
+        super().__init__(f"opcode {(flags & OPCODE_MASK) >> 11} not implemented")
+        self.query_id = query_id
+        self.flags = flags
+
+
+class BadVersion(WireError):
+    """EDNS version above 0: answer BADVERS (RFC 6891 6.1.3)."""
+
+    def __init__(self, query: Query):
+        super().__init__("unsupported EDNS version")
+        self.query = query
+
+
+class BadReply(WireError):
+    """An upstream reply that is malformed or does not match the question we asked."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Query:
+    """The client's view of one query, parsed once: everything later stages need, as values."""
+
+    id: int
+    flags: int
+    question: bytes  # the question section exactly as the client sent it (case preserved)
+    name: str  # lower-case presentation form without the trailing dot ("" for the root)
+    qtype: int
+    qclass: int
+    edns: bool  # the client sent an OPT record
+    payload: int  # the UDP size we may answer with (512 without EDNS)
+    do: bool  # DNSSEC OK bit
+
+    @property
+    def key(self) -> bytes:
+        """Cache and coalescing key: the question without case, plus the bits that change the answer."""
+        return self.question.lower() + (b"\x01" if self.do else b"\x00") + (
+            b"\x01" if self.flags & CD else b"\x00")
+
+
+def parse_query(data: bytes) -> Query:
+    """Parse a client query; raise Unanswerable, FormError, NotImplementedOpcode or BadVersion."""
+    size = len(data)
+    if size < 12:
+        raise Unanswerable("shorter than a DNS header")
+    query_id, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(data)
+    if flags & QR:
+        raise Unanswerable("a response, not a query")
+    if flags & OPCODE_MASK:
+        raise NotImplementedOpcode(query_id, flags)
+    if qdcount != 1:
+        raise FormError(f"QDCOUNT is {qdcount}, expected 1", query_id, flags)
+    if ancount or nscount:
+        raise FormError("a query with answer or authority records", query_id, flags)
+
+    # Question name: plain labels only. A compression pointer in the first name of a
+    # message could only point back into the header, so it is malformed (no loop possible).
+    pos = 12
+    labels = []
+    while True:
+        if pos >= size:
+            raise FormError("question name runs past the end", query_id, flags)
+        length = data[pos]
+        if length == 0:
+            pos += 1
+            break
+        if length > 63:
+            raise FormError("bad label length or compression in question", query_id, flags)
+        end = pos + 1 + length
+        if end > size:
+            raise FormError("question label runs past the end", query_id, flags)
+        labels.append(data[pos + 1:end])
+        pos = end
+        if pos - 12 > 254:
+            raise FormError("question name longer than 255 octets", query_id, flags)
+    if pos + 4 > size:
+        raise FormError("question has no type and class", query_id, flags)
+    qtype, qclass = _U16X2.unpack_from(data, pos)
+    question_end = pos + 4
+    name = _labels_to_text(labels)
+
+    edns = False
+    payload = MIN_UDP_PAYLOAD
+    do = False
+    version = 0
+    pos = question_end
+    for _ in range(arcount):
+        pos = _skip_name(data, pos, size, query_id, flags)
+        if pos + 10 > size:
+            raise FormError("additional record runs past the end", query_id, flags)
+        rtype, rclass, ttl, rdlength = _RR_FIXED.unpack_from(data, pos)
+        pos += 10 + rdlength
+        if pos > size:
+            raise FormError("additional record data runs past the end", query_id, flags)
+        if rtype == TYPE_OPT:
+            if edns:
+                raise FormError("more than one OPT record", query_id, flags)
+            edns = True
+            payload = min(max(rclass, MIN_UDP_PAYLOAD), MAX_UDP_PAYLOAD)
+            version = (ttl >> 16) & 0xFF
+            do = bool(ttl & 0x8000)
+    query = Query(query_id, flags, data[12:question_end], name, qtype, qclass, edns, payload, do)
+    if version != 0:
+        raise BadVersion(query)
+    return query
+
+
+def _labels_to_text(labels: list[bytes]) -> str:
+    """Lower-case presentation text of a name; unusual bytes become \\DDD escapes.
+
+    Escaping means a label holding a dot ("evil.com" as one label) can never be mistaken
+    for two labels and match a list entry it is not.
+    """
+    text = b".".join(labels).lower()
+    # Fast path: only letters, digits, '-', '_', '*' and the dots the join put there.
+    if not text.translate(None, _PLAIN_WITH_DOT) and text.count(b".") == len(labels) - 1:
+        return text.decode("ascii")
+    return ".".join("".join(chr(b) if b in _PLAIN_BYTES else f"\\{b:03d}" for b in label.lower())
+                    for label in labels)
+
+
+_PLAIN_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789-_*")
+_PLAIN_WITH_DOT = b"abcdefghijklmnopqrstuvwxyz0123456789-_*."
+
+
+def _skip_name(data: bytes, pos: int, size: int, query_id: int = 0, flags: int = 0) -> int:
+    """Offset just past a (possibly compressed) name; never follows pointers, so never loops."""
+    hops = 0
+    while True:
+        if pos >= size:
+            raise FormError("name runs past the end", query_id, flags)
+        length = data[pos]
+        if length == 0:
+            return pos + 1
+        if length & 0xC0 == 0xC0:
+            return pos + 2
+        if length > 63:
+            raise FormError("bad label length", query_id, flags)
+        pos += 1 + length
+        hops += 1
+        if hops > 128:
+            raise FormError("name has too many labels", query_id, flags)
+
+
+def read_name(data: bytes, pos: int) -> tuple[str, int]:
+    """(lower-case name, offset past it) following compression pointers, loop-safe."""
+    labels: list[bytes] = []
+    end = -1
+    jumps = 0
+    size = len(data)
+    total = 0
+    while True:
+        if pos >= size:
+            raise BadReply("name runs past the end")
+        length = data[pos]
+        if length == 0:
+            if end < 0:
+                end = pos + 1
+            break
+        if length & 0xC0 == 0xC0:
+            if pos + 1 >= size:
+                raise BadReply("truncated compression pointer")
+            if end < 0:
+                end = pos + 2
+            target = ((length & 0x3F) << 8) | data[pos + 1]
+            if target >= pos:
+                raise BadReply("forward compression pointer")
+            jumps += 1
+            if jumps > 64:
+                raise BadReply("compression loop")
+            pos = target
+            continue
+        if length > 63:
+            raise BadReply("bad label length")
+        labels.append(data[pos + 1:pos + 1 + length])
+        total += length + 1
+        if total > 255:
+            raise BadReply("name longer than 255 octets")
+        pos += 1 + length
+    return _labels_to_text(labels), end
+
+
+def encode_name(name: str) -> bytes:
+    """Presentation name ("a.example.com", no escapes) -> uncompressed wire form."""
+    if not name:
+        return b"\x00"
+    out = bytearray()
+    for label in name.encode("ascii").split(b"."):
+        if not 0 < len(label) < 64:
+            raise WireError(f"bad label in {name!r}")
+        out.append(len(label))
+        out += label
+    out.append(0)
+    if len(out) > 255:
+        raise WireError(f"name too long: {name!r}")
+    return bytes(out)
+
+
+# ---------------------------------------------------------------------------------------
+# Answers we make ourselves
+
+
+def _opt_record(payload: int, do: bool, ext_rcode: int = 0, options: bytes = b"") -> bytes:
+    ttl = (ext_rcode << 24) | (0x8000 if do else 0)
+    return b"\x00" + _RR_FIXED.pack(TYPE_OPT, payload, ttl, len(options)) + options
+
+
+def ede_option(info_code: int, text: str = "") -> bytes:
+    """An Extended DNS Error option (RFC 8914) for an OPT record."""
+    body = _U16.pack(info_code) + text.encode("utf-8")[:300]
+    return _U16X2.pack(OPTION_EDE, len(body)) + body
+
+
+def _answer_flags(query_flags: int, rcode: int, extra: int = 0) -> int:
+    # QR, keep the client's RD and CD, we are recursive (RA), the opcode is QUERY.
+    return QR | RA | (query_flags & (RD | CD)) | extra | (rcode & 0xF)
+
+
+def make_error(query_id: int, flags: int, rcode: int, query: Query | None = None,
+               ede: bytes = b"") -> bytes:
+    """An answer with no records: FORMERR/NOTIMP/REFUSED/SERVFAIL/BADVERS (+ EDE when EDNS)."""
+    opcode = flags & OPCODE_MASK
+    out_flags = QR | RA | opcode | (flags & (RD | CD)) | (rcode & 0xF)
+    if query is None:
+        return _HEADER.pack(query_id, out_flags, 0, 0, 0, 0)
+    if not query.edns:
+        return _HEADER.pack(query_id, out_flags, 1, 0, 0, 0) + query.question
+    opt = _opt_record(MAX_UDP_PAYLOAD, query.do, rcode >> 4, ede)
+    return _HEADER.pack(query_id, out_flags, 1, 0, 0, 1) + query.question + opt
+
+
+def _soa_rdata(negative_ttl: int) -> bytes:
+    mname = encode_name("schooldns.invalid")
+    rname = encode_name("hostmaster.schooldns.invalid")
+    return mname + rname + struct.pack("!IIIII", 1, 3600, 600, 86400, negative_ttl)
+
+
+def make_local_answer(query: Query, rcode: int, answers: list[tuple[int, int, bytes]],
+                      negative_ttl: int, ede: bytes = b"") -> bytes:
+    """A synthesized answer: records owned by the query name (type, ttl, rdata), or none + SOA.
+
+    Used for blocked names (NXDOMAIN / NODATA with an SOA whose MINIMUM is the blocked TTL,
+    RFC 2308) and for null-IP / block-page addresses.  The SOA owner is the query name, so a
+    negative answer can be cached by the client for exactly the blocked TTL.
+    """
+    body = bytearray()
+    for rtype, ttl, rdata in answers:
+        body += b"\xc0\x0c" + _RR_FIXED.pack(rtype, CLASS_IN, ttl, len(rdata)) + rdata
+    nscount = 0
+    if not answers:
+        soa = _soa_rdata(negative_ttl)
+        body += b"\xc0\x0c" + _RR_FIXED.pack(TYPE_SOA, CLASS_IN, negative_ttl, len(soa)) + soa
+        nscount = 1
+    arcount = 0
+    if query.edns:
+        body += _opt_record(MAX_UDP_PAYLOAD, query.do, 0, ede)
+        arcount = 1
+    flags = _answer_flags(query.flags, rcode)
+    header = _HEADER.pack(query.id, flags, 1, len(answers) if answers else 0, nscount, arcount)
+    return header + query.question + bytes(body)
+
+
+def make_synthetic_query(name: str, qtype: int, do: bool = False) -> Query:
+    """A Query of our own (e.g. for a safe-search target), as if a client had sent it."""
+    question = encode_name(name) + _U16X2.pack(qtype, CLASS_IN)
+    return Query(0, RD, question, name, qtype, CLASS_IN, True, MAX_UDP_PAYLOAD, do)
+
+
+def frame(message: bytes) -> bytes:
+    """TCP framing (RFC 1035 4.2.2): a two-byte length before the message."""
+    return _U16.pack(len(message)) + message
+
+
+# ---------------------------------------------------------------------------------------
+# Upstream: our queries out, their replies in
+
+
+def make_upstream_query(query: Query, upstream_id: int) -> bytes:
+    """Our own query for the client's question: our ID, lower-cased name, EDNS with DO as asked."""
+    flags = RD | (query.flags & CD)
+    return (_HEADER.pack(upstream_id, flags, 1, 0, 0, 1) + query.question.lower()
+            + _opt_record(MAX_UDP_PAYLOAD, query.do))
+
+
+def reply_matches(reply: bytes, upstream_id: int, question_lower: bytes) -> bool:
+    """Cheap check before anything else: our ID, a response, and exactly our question."""
+    if len(reply) < 12 + len(question_lower):
+        return False
+    reply_id, flags, qdcount = struct.unpack_from("!HHH", reply)
+    if reply_id != upstream_id or not flags & QR or qdcount != 1:
+        return False
+    return reply[12:12 + len(question_lower)].lower() == question_lower
+
+
+def is_truncated(reply: bytes) -> bool:
+    return bool(reply[2] & (TC >> 8))
+
+
+def reply_rcode(reply: bytes) -> int:
+    return reply[3] & 0x0F
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Answer:
+    """An upstream reply made ready to replay: no OPT, TTL offsets known, cache lifetime known.
+
+    `message` still carries the upstream header and question; `replay()` patches the ID,
+    flags and question bytes for each client and appends that client's OPT record.
+    """
+
+    message: bytes
+    question_length: int
+    ttl_offsets: tuple[int, ...]
+    rcode: int
+    ttl: int  # seconds this answer may be cached (0 = do not cache)
+    targets: tuple[str, ...]  # CNAME / SVCB / HTTPS target names in the answer section
+    addresses: tuple[tuple[int, bytes], ...]  # (type, rdata) of A/AAAA records in the answer
+
+
+def parse_upstream_answer(reply: bytes, question_length: int, min_ttl: int, max_ttl: int,
+                          negative_max_ttl: int) -> Answer:
+    """Walk an upstream reply once: drop its OPT, clamp TTLs, find targets and cache lifetime."""
+    size = len(reply)
+    _, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(reply)
+    rcode = flags & 0xF
+    pos = 12 + question_length
+    buf = bytearray(reply)
+    offsets: list[int] = []
+    targets: list[str] = []
+    addresses: list[tuple[int, bytes]] = []
+    answer_ttl = None
+    soa_ttl = None
+    opt_start = opt_end = -1
+    total = ancount + nscount + arcount
+    for index in range(total):
+        start = pos
+        try:
+            pos = _skip_name(reply, pos, size)
+        except FormError as exc:
+            raise BadReply(str(exc)) from None
+        if pos + 10 > size:
+            raise BadReply("record runs past the end")
+        rtype, _rclass, ttl, rdlength = _RR_FIXED.unpack_from(reply, pos)
+        rdata_at = pos + 10
+        pos = rdata_at + rdlength
+        if pos > size:
+            raise BadReply("record data runs past the end")
+        if rtype == TYPE_OPT:
+            if index < ancount + nscount or opt_start >= 0:
+                raise BadReply("misplaced OPT record")
+            opt_start, opt_end = start, pos
+            continue
+        ttl = min(max(ttl, min_ttl), max_ttl) if ttl < 0x80000000 else min_ttl
+        _U32.pack_into(buf, rdata_at - 6, ttl)
+        offsets.append(rdata_at - 6)
+        if index < ancount:
+            answer_ttl = ttl if answer_ttl is None else min(answer_ttl, ttl)
+            if rtype == TYPE_CNAME:
+                targets.append(read_name(reply, rdata_at)[0])
+            elif rtype in (TYPE_HTTPS, TYPE_SVCB) and rdlength > 2:
+                target = read_name(reply, rdata_at + 2)[0]
+                if target:
+                    targets.append(target)
+            elif rtype in (TYPE_A, TYPE_AAAA):
+                addresses.append((rtype, reply[rdata_at:pos]))
+        elif index < ancount + nscount and rtype == TYPE_SOA:
+            # RFC 2308 5: negative answers live min(SOA TTL, SOA MINIMUM).
+            minimum = _U32.unpack_from(reply, pos - 4)[0] if rdlength >= 22 else 0
+            soa_ttl = min(ttl, minimum, negative_max_ttl)
+            _U32.pack_into(buf, rdata_at - 6, soa_ttl)  # clients then cache the negative answer as long
+    if pos != size and opt_start < 0:
+        pos = size  # trailing bytes after the records: ignore them, as most resolvers do
+    if opt_start >= 0:
+        if opt_end != size:
+            del buf[opt_end:]  # drop anything after the OPT too
+        del buf[opt_start:opt_end]
+        _U16.pack_into(buf, 10, arcount - 1)
+    else:
+        del buf[pos:]
+
+    if rcode == NOERROR and ancount:
+        cache_ttl = answer_ttl or 0
+    elif rcode in (NOERROR, NXDOMAIN) and soa_ttl is not None:
+        cache_ttl = soa_ttl
+    else:
+        cache_ttl = 0  # SERVFAIL, REFUSED, referrals without SOA: never cached
+    if flags & TC:
+        cache_ttl = 0
+    return Answer(bytes(buf), question_length, tuple(offsets), rcode, cache_ttl,
+                  tuple(targets), tuple(addresses))
+
+
+def age_answer(answer: Answer, age_seconds: int) -> bytes:
+    """The answer's message with every TTL reduced by age_seconds (never below zero)."""
+    if age_seconds <= 0:
+        return answer.message
+    buf = bytearray(answer.message)
+    for offset in answer.ttl_offsets:
+        ttl = _U32.unpack_from(buf, offset)[0]
+        _U32.pack_into(buf, offset, ttl - age_seconds if ttl > age_seconds else 0)
+    return bytes(buf)
+
+
+def replay(message: bytes, question_length: int, query: Query, limit: int) -> bytes:
+    """A stored answer for this client: its ID, its question bytes, its OPT, fitted to `limit`.
+
+    `message` is an Answer's message (already aged).  When the result does not fit the
+    client's UDP limit it is cut to the header and question with TC=1 (RFC 1035 4.2.1,
+    RFC 6891 7), and the client retries over TCP.
+    """
+    flags = (message[2] << 8 | message[3]) & ~(RD | TC | OPCODE_MASK) | (query.flags & RD)
+    head = _U16X2.pack(query.id, flags)
+    rest = message[12 + question_length:]
+    if query.edns:
+        arcount = (message[10] << 8 | message[11]) + 1
+        out = (head + message[4:10] + _U16.pack(arcount) + query.question + rest
+               + _opt_record(MAX_UDP_PAYLOAD, query.do))
+    else:
+        out = head + message[4:12] + query.question + rest
+    if len(out) > limit:
+        return make_truncated(query, flags)
+    return out
+
+
+def make_truncated(query: Query, flags: int) -> bytes:
+    """Header + question (+ OPT) with TC=1: 'ask me again over TCP'."""
+    flags |= TC
+    if query.edns:
+        return (_HEADER.pack(query.id, flags, 1, 0, 0, 1) + query.question
+                + _opt_record(MAX_UDP_PAYLOAD, query.do))
+    return _HEADER.pack(query.id, flags, 1, 0, 0, 0) + query.question
+
+
+def make_rewrite(query: Query, target: str, target_answer: Answer, ttl: int) -> Answer:
+    """A safe-search answer: `name CNAME target` plus the target's address records.
+
+    Built once per (question, target) and then cached like an upstream answer.
+    """
+    target_wire = encode_name(target)
+    cname = b"\xc0\x0c" + _RR_FIXED.pack(TYPE_CNAME, CLASS_IN, ttl, len(target_wire)) + target_wire
+    records = [cname]
+    target_at = 12 + len(query.question) + 12  # the target name inside our CNAME's rdata
+    for rtype, rdata in target_answer.addresses:
+        if rtype == query.qtype:
+            owner = _U16.pack(0xC000 | target_at)
+            records.append(owner + _RR_FIXED.pack(rtype, CLASS_IN, ttl, len(rdata)) + rdata)
+    flags = QR | RA | RD
+    message = _HEADER.pack(0, flags, 1, len(records), 0, 0) + query.question.lower() + b"".join(records)
+    offsets = []
+    pos = 12 + len(query.question)
+    for record in records:
+        name_len = 2
+        offsets.append(pos + name_len + 4)
+        pos += len(record)
+    return Answer(message, len(query.question), tuple(offsets), NOERROR, ttl, (target,),
+                  tuple(a for a in target_answer.addresses if a[0] == query.qtype))

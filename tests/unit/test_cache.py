@@ -1,0 +1,61 @@
+"""cache: bounded LRU, TTL expiry and aging, negative answers, serve-stale."""
+
+import dns.message
+import dns.rrset
+
+from resolver import cache, wire
+
+
+def make_answer(name="www.example.com", ttl=100):
+    query = wire.parse_query(dns.message.make_query(name, "A").to_wire())
+    response = dns.message.make_response(dns.message.from_wire(wire.make_upstream_query(query, 1)))
+    response.answer.append(dns.rrset.from_text(name + ".", ttl, "IN", "A", "192.0.2.1"))
+    return query, wire.parse_upstream_answer(response.to_wire(), len(query.question), 0, 86400, 3600)
+
+
+def test_hit_ages_ttl_and_expires():
+    query, answer = make_answer(ttl=100)
+    answers = cache.AnswerCache(10)
+    answers.store(query.key, answer, now=1000.0)
+    message, stored = answers.lookup(query.key, 1030.5)
+    assert stored is answer
+    assert dns.message.from_wire(message).answer[0].ttl == 70
+    assert answers.lookup(query.key, 1100.0) is None
+    assert (answers.hits, answers.misses) == (1, 1)
+
+
+def test_aged_copy_is_reused_within_a_second():
+    query, answer = make_answer()
+    answers = cache.AnswerCache(10)
+    answers.store(query.key, answer, 0.0)
+    first = answers.lookup(query.key, 5.1)[0]
+    assert answers.lookup(query.key, 5.9)[0] is first
+
+
+def test_lru_evicts_least_recently_used():
+    answers = cache.AnswerCache(2)
+    entries = [make_answer(f"n{i}.example.com") for i in range(3)]
+    answers.store(entries[0][0].key, entries[0][1], 0)
+    answers.store(entries[1][0].key, entries[1][1], 0)
+    answers.lookup(entries[0][0].key, 1)  # 0 is now the most recent
+    answers.store(entries[2][0].key, entries[2][1], 2)
+    assert answers.lookup(entries[1][0].key, 3) is None
+    assert answers.lookup(entries[0][0].key, 3) is not None
+    assert len(answers) == 2 and answers.evictions == 1
+
+
+def test_zero_ttl_answers_are_not_stored():
+    query, answer = make_answer(ttl=0)
+    answers = cache.AnswerCache(10)
+    answers.store(query.key, answer, 0)
+    assert len(answers) == 0
+
+
+def test_stale_answer_within_window_has_30s_ttl():
+    query, answer = make_answer(ttl=10)
+    answers = cache.AnswerCache(10, stale_seconds=60)
+    answers.store(query.key, answer, 0)
+    assert answers.lookup(query.key, 20) is None
+    message, _ = answers.lookup_stale(query.key, 20)
+    assert dns.message.from_wire(message).answer[0].ttl == 30
+    assert answers.lookup_stale(query.key, 71) is None
