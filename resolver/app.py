@@ -61,7 +61,7 @@ class Worker:
         async with self._reloading:
             generation = self.pipeline.snapshot.generation + 1
             try:
-                snapshot = await asyncio.to_thread(control.build_snapshot, self.config, generation)
+                snapshot = await asyncio.to_thread(control.build_snapshot, self.config, generation, True)
             except Exception as exc:  # ConfigError and anything else: the old snapshot keeps serving
                 self.reload_failures += 1
                 log.error("reload rejected, still serving generation %d:\n%s",
@@ -107,6 +107,21 @@ class Worker:
         }
 
 
+async def watch_files(cfg: config.Config, reload: Any) -> None:
+    """Reload when a policy or list file changes (polling: works on every filesystem, bounded cost)."""
+    interval = cfg.reload.watch_interval_seconds
+    if interval <= 0:
+        return
+    seen = await asyncio.to_thread(control.files_signature, cfg)
+    while True:
+        await asyncio.sleep(interval)
+        current = await asyncio.to_thread(control.files_signature, cfg)
+        if current != seen:
+            seen = current
+            log.info("policy or list files changed; reloading")
+            await reload()
+
+
 def bind_all(cfg: config.Config, reuse_port: bool) -> list[tuple[socket.socket, socket.socket]]:
     return [server.bind_sockets(address, reuse_port) for address in cfg.listen]
 
@@ -124,7 +139,9 @@ async def run_single(cfg: config.Config, ready: Any = None) -> None:
     loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(worker.reload()))
     if ready is not None:
         ready(worker)
+    watcher = loop.create_task(watch_files(cfg, worker.reload))
     await stop.wait()
+    watcher.cancel()
     log.info("shutting down: draining queries in flight (up to %.1fs)", cfg.limits.shutdown_drain_seconds)
     if admin_runner is not None:
         await admin_runner.cleanup()
@@ -241,10 +258,11 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
         if ready is not None:
             ready(self)
-        watcher = loop.create_task(self._watch())
+        watchers = [loop.create_task(self._watch()), loop.create_task(watch_files(self.config, self.reload))]
         await stop.wait()
         self.stopping = True
-        watcher.cancel()
+        for watcher in watchers:
+            watcher.cancel()
         if admin_runner is not None:
             await admin_runner.cleanup()
         for process in self.processes:

@@ -38,6 +38,11 @@ class LimitsConfig:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class ReloadConfig:
+    watch_interval_seconds: float = 2.0  # check policy and list files for changes; 0 = only on SIGHUP
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class AdminConfig:
     listen: upstream.UpstreamAddress | None = None
 
@@ -53,6 +58,7 @@ class Config:
     cache: CacheConfig
     forwarding: ForwardingConfig
     limits: LimitsConfig
+    reload: ReloadConfig
     admin: AdminConfig
     policies_dir: Path
     blocklists_dir: Path
@@ -91,6 +97,7 @@ def parse_config(doc: yamlfile.Document, path: Path) -> Config:
     cache = _dataclass(top.sub("cache"), CacheConfig)
     forwarding = _dataclass(top.sub("forwarding"), ForwardingConfig)
     limits = _dataclass(top.sub("limits"), LimitsConfig)
+    reload = _dataclass(top.sub("reload"), ReloadConfig)
     admin_section = top.sub("admin")
     admin_listen = _addresses(admin_section, "listen", [], default_port=8053, single=True)
     admin_section.done()
@@ -104,7 +111,7 @@ def parse_config(doc: yamlfile.Document, path: Path) -> Config:
     doc.raise_if_failed()
     return Config(
         file=str(path), listen=tuple(listen), upstreams=tuple(upstreams), workers=workers,
-        cache=cache, forwarding=forwarding, limits=limits,
+        cache=cache, forwarding=forwarding, limits=limits, reload=reload,
         admin=AdminConfig(admin_listen[0] if admin_listen else None),
         policies_dir=policies_dir, blocklists_dir=blocklists_dir, state_dir=state_dir,
         default_school=default_school)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import time
 from pathlib import Path
@@ -18,11 +20,13 @@ INDEX_FILE = "index.bin"
 MANIFEST_FILE = "index.json"
 
 
-def build_snapshot(cfg: config.Config, generation: int) -> pipeline.Snapshot:
+def build_snapshot(cfg: config.Config, generation: int, compile_in_child: bool = False) -> pipeline.Snapshot:
     """Load and validate policies and lists into a new Snapshot; raise ConfigError on any problem.
 
     Runs off the event loop (asyncio.to_thread) or before it starts.  Nothing here touches
-    the live snapshot: the caller installs the result with one assignment.
+    the live snapshot: the caller installs the result with one assignment.  With
+    `compile_in_child`, changed lists are compiled in a separate process, so a serving
+    process's event loop never competes with a million-entry compile for the GIL.
     """
     sources = lists.load_sources(cfg.blocklists_dir)
     policies = policy.load_policies(cfg.policies_dir, sources.categories)
@@ -32,7 +36,7 @@ def build_snapshot(cfg: config.Config, generation: int) -> pipeline.Snapshot:
         if default_school is None:
             raise ConfigError([Problem(cfg.file, 1, "default_school",
                                        f"no school '{cfg.default_school}' in {cfg.policies_dir}")])
-    index, manifest = load_index(cfg, sources)
+    index, manifest = load_index(cfg, sources, compile_in_child)
     directory = schools.SchoolDirectory.build(policies.networks())
     return pipeline.Snapshot(
         generation=generation, index=index, directory=directory, default_school=default_school,
@@ -52,7 +56,8 @@ def sources_fingerprint(blocklists_dir: Path, sources: lists.Sources) -> str:
     return digest.hexdigest()
 
 
-def load_index(cfg: config.Config, sources: lists.Sources) -> tuple[domains.DomainIndex, dict]:
+def load_index(cfg: config.Config, sources: lists.Sources,
+               compile_in_child: bool = False) -> tuple[domains.DomainIndex, dict]:
     """The memory-mapped compiled index for these sources: reused from state_dir, or compiled now.
 
     Worker processes map the same file read-only, so its pages are shared, not copied.
@@ -70,22 +75,51 @@ def load_index(cfg: config.Config, sources: lists.Sources) -> tuple[domains.Doma
         if not isinstance(exc, FileNotFoundError):
             log.warning("compiled lists in %s unusable (%s); compiling again", cfg.state_dir, exc)
     started = time.monotonic()
+    if compile_in_child:
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+            manifest, image = child.submit(compile_to_state_dir, cfg, fingerprint).result()
+    else:
+        manifest, image = compile_to_state_dir(cfg, fingerprint)
+    index = domains.DomainIndex.load(index_path) if image is None else domains.DomainIndex.from_bytes(image)
+    log.info("compiled %d list entries in %.2fs", sum(manifest["entry_counts"].values()),
+             time.monotonic() - started)
+    return index, manifest
+
+
+def compile_to_state_dir(cfg: config.Config, fingerprint: str) -> tuple[dict, bytes | None]:
+    """Compile the lists and write index.bin + index.json; returns (manifest, image if not written)."""
     compiled = lists.compile_lists(cfg.blocklists_dir, progress=log.info)
     manifest = {"fingerprint": fingerprint, "categories": list(compiled.categories),
                 "entry_counts": dict(compiled.entry_counts), "compiled_at": time.time()}
+    manifest_path = cfg.state_dir / MANIFEST_FILE
     try:
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
-        domains.write_index(index_path, compiled.image)
+        domains.write_index(cfg.state_dir / INDEX_FILE, compiled.image)
         tmp = manifest_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(manifest, indent=1))
         os.replace(tmp, manifest_path)
-        index = domains.DomainIndex.load(index_path)
     except OSError as exc:
         log.warning("cannot write compiled lists to %s (%s); keeping them in memory", cfg.state_dir, exc)
-        index = domains.DomainIndex.from_bytes(compiled.image)
-    log.info("compiled %d list entries in %.2fs", sum(compiled.entry_counts.values()),
-             time.monotonic() - started)
-    return index, manifest
+        return manifest, compiled.image
+    return manifest, None
+
+
+def files_signature(cfg: config.Config) -> tuple:
+    """Names, sizes and mtimes of every policy and list file: changes when an admin edits one."""
+    out = []
+    for top in (cfg.policies_dir, cfg.blocklists_dir):
+        for directory, subdirs, files in os.walk(top):
+            subdirs.sort()
+            for name in sorted(files):
+                if name.startswith("."):
+                    continue  # editors' swap files and our own temp files
+                path = os.path.join(directory, name)
+                try:
+                    stat = os.stat(path)
+                except OSError:
+                    continue
+                out.append((path, stat.st_size, stat.st_mtime_ns))
+    return tuple(out)
 
 
 def entry_counts(snapshot: pipeline.Snapshot) -> dict[str, int]:

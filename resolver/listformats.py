@@ -216,12 +216,14 @@ def parse_hosts(lines: Iterable[str], tally: Tally | None = None, *,
     tally = tally if tally is not None else Tally()
     fast = _fast
     sinks = _SINKS
+    local_names = _LOCAL_NAMES
     for number, line in enumerate(lines, 1):
         text = line.strip()
         space = text.find(" ")
         if space > 0 and text[:space] in sinks:
             name = text[space + 1:]
-            if fast(name) and "xn--" not in name and (len(name) <= MAX_LABEL or _long_ok(name)):
+            if (fast(name) and "xn--" not in name and (len(name) <= MAX_LABEL or _long_ok(name))
+                    and name not in local_names and not name.startswith("ip6-")):
                 yield name, match, BLOCK
                 continue
         if not text:
@@ -323,6 +325,15 @@ def _adblock_rule(text: str, number: int, tally: Tally) -> Entry | None:
     if (reason := _host_pattern_problem(host)) is not None:
         tally.skip(number, reason, text)
         return None
+    # Options first: a rule narrowed by an option (e.g. `||com^$doc,ipaddress=...`) is skipped
+    # whole even when its pattern is not a usable name on its own, so it is never "invalid".
+    if has_options:
+        for option in options.split(","):
+            option_name = option.partition("=")[0].strip().lower()
+            if option_name not in ADBLOCK_OPTIONS:
+                known = option_name.removeprefix("~") in _NARROWING_OPTIONS
+                tally.skip(number, f"option ${option_name}" if known else "unknown option", text)
+                return None
     try:
         name = normalize_name(host)
     except InvalidName as exc:
@@ -332,13 +343,6 @@ def _adblock_rule(text: str, number: int, tally: Tally) -> Entry | None:
         else:
             tally.skip(number, "url pattern", text)
         return None
-    if has_options:
-        for option in options.split(","):
-            option_name = option.partition("=")[0].strip().lower()
-            if option_name not in ADBLOCK_OPTIONS:
-                known = option_name.removeprefix("~") in _NARROWING_OPTIONS
-                tally.skip(number, f"option ${option_name}" if known else "unknown option", text)
-                return None
     return name, match, kind
 
 

@@ -70,7 +70,10 @@ def load_sources(blocklists_dir: Path) -> Sources:
     """Read and validate sources.yaml; every problem (file, line, key path) in one ConfigError."""
     path = blocklists_dir / SOURCES_FILE
     doc = yamlfile.load_yaml(path)
+    if doc.data is None:
+        doc.data = {}  # an empty file: reported below as "no categories declared"
     top = doc.section()
+    doc.raise_if_failed()  # not a mapping at the top: nothing else in it can be read
     top.typed("version", int, 1)
     categories_section = top.sub("categories")
     names = list(categories_section.values)

@@ -233,7 +233,7 @@ class Pipeline:
                 q = exc.query
                 return wire.make_error(q.id, q.flags, wire.BADVERS, q)
             case upstream.UpstreamError() if query is not None:
-                ede = wire.ede_option(exc.ede_code, "upstream unavailable") if query.edns else b""
+                ede = wire.ede_option(exc.ede_code, str(exc) or "upstream unavailable") if query.edns else b""
                 return wire.make_error(query.id, query.flags, wire.SERVFAIL, query, ede)
         log.exception("internal error answering a query", exc_info=exc)
         self.counters.internal_errors += 1

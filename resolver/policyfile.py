@@ -335,7 +335,7 @@ def _schedules(top: yamlfile.Section, categories: tuple[str, ...]) -> list[polic
         block = [c for c, _ in _categories(section, "block", categories)]
         if section.has("block") and not block and not section.values.get("block"):
             section.fail("block", "a schedule must block at least one category")
-        if start is not None and end is not None and start == end % policy.MINUTES_PER_DAY:
+        if start is not None and end is not None and start == end:
             section.fail("to", f"'to' equals 'from' ({_hhmm(start)}): the window is empty "
                                f"(for a whole day write from: \"00:00\", to: \"24:00\")")
             start = None

@@ -186,7 +186,7 @@ class Upstream:
     async def exchange_udp(self, query: wire.Query, timeout_seconds: float) -> bytes:
         """One UDP round trip with a fresh random ID; only a matching reply is accepted."""
         sock = await self._socket()
-        question = query.question.lower()
+        question = query.question_lower
         upstream_id = secrets.randbits(16)
         while upstream_id in sock.pending:
             upstream_id = secrets.randbits(16)
@@ -207,7 +207,7 @@ class Upstream:
 
     async def exchange_tcp(self, query: wire.Query, timeout_seconds: float) -> bytes:
         """One TCP round trip (RFC 7766 framing), used when the UDP answer was truncated."""
-        question = query.question.lower()
+        question = query.question_lower
         upstream_id = secrets.randbits(16)
         writer = None
         try:

@@ -104,10 +104,21 @@ class Query:
     do: bool  # DNSSEC OK bit
 
     @property
+    def question_lower(self) -> bytes:
+        """The question with its name lower-cased (type and class bytes untouched)."""
+        return lower_question(self.question)
+
+    @property
     def key(self) -> bytes:
         """Cache and coalescing key: the question without case, plus the bits that change the answer."""
-        return self.question.lower() + (b"\x01" if self.do else b"\x00") + (
+        return lower_question(self.question) + (b"\x01" if self.do else b"\x00") + (
             b"\x01" if self.flags & CD else b"\x00")
+
+
+def lower_question(question: bytes) -> bytes:
+    """Lower-case the name of a question section; its last 4 bytes (type, class) are numbers
+    whose bytes may look like ASCII capitals (HTTPS = 65 = "A") and must stay as they are."""
+    return question[:-4].lower() + question[-4:]
 
 
 def parse_query(data: bytes) -> Query:
@@ -350,7 +361,7 @@ def frame(message: bytes) -> bytes:
 def make_upstream_query(query: Query, upstream_id: int) -> bytes:
     """Our own query for the client's question: our ID, lower-cased name, EDNS with DO as asked."""
     flags = RD | (query.flags & CD)
-    return (_HEADER.pack(upstream_id, flags, 1, 0, 0, 1) + query.question.lower()
+    return (_HEADER.pack(upstream_id, flags, 1, 0, 0, 1) + query.question_lower
             + _opt_record(MAX_UDP_PAYLOAD, query.do))
 
 
@@ -361,7 +372,7 @@ def reply_matches(reply: bytes, upstream_id: int, question_lower: bytes) -> bool
     reply_id, flags, qdcount = struct.unpack_from("!HHH", reply)
     if reply_id != upstream_id or not flags & QR or qdcount != 1:
         return False
-    return reply[12:12 + len(question_lower)].lower() == question_lower
+    return lower_question(reply[12:12 + len(question_lower)]) == question_lower
 
 
 def is_truncated(reply: bytes) -> bool:
@@ -517,7 +528,7 @@ def make_rewrite(query: Query, target: str, target_answer: Answer, ttl: int) -> 
             owner = _U16.pack(0xC000 | target_at)
             records.append(owner + _RR_FIXED.pack(rtype, CLASS_IN, ttl, len(rdata)) + rdata)
     flags = QR | RA | RD
-    message = _HEADER.pack(0, flags, 1, len(records), 0, 0) + query.question.lower() + b"".join(records)
+    message = _HEADER.pack(0, flags, 1, len(records), 0, 0) + query.question_lower + b"".join(records)
     offsets = []
     pos = 12 + len(query.question)
     for record in records:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
@@ -115,9 +116,11 @@ async def running_resolver(root: Path, upstreams: list[str], config_extra: str =
     await worker.start(app.bind_all(cfg, reuse_port=False))
     runner = await admin.start(cfg, admin.Control(state=worker.state, reload=worker.reload))
     running = Running(worker, cfg, root, admin.bound_port(runner) if runner else None)
+    watcher = asyncio.create_task(app.watch_files(cfg, worker.reload))  # as `schooldns serve` does
     try:
         yield running
     finally:
+        watcher.cancel()
         if runner is not None:
             await runner.cleanup()
         await worker.stop()

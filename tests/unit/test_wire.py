@@ -310,3 +310,13 @@ def test_rewrite_answers_cname_plus_target_addresses():
 
 def test_tcp_frame():
     assert wire.frame(b"abc") == b"\x00\x03abc"
+
+
+@pytest.mark.parametrize("rdtype", ["HTTPS", "SVCB", "A", "TYPE90"])  # 65 and 90 are ASCII "A" and "Z"
+def test_lowercasing_never_touches_the_question_type(rdtype):
+    query = wire.parse_query(q("WWW.Example.COM", rdtype))
+    sent = dns.message.from_wire(wire.make_upstream_query(query, 7))
+    assert sent.question[0].rdtype == dns.rdatatype.from_text(rdtype)
+    assert sent.question[0].name.to_text() == "www.example.com."
+    other = wire.parse_query(q("www.example.com", "TYPE97"))  # 97 = "a"
+    assert query.key != other.key
