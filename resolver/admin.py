@@ -70,7 +70,7 @@ async def start(cfg: config.Config, control: Control) -> web.AppRunner | None:
     await runner.setup()
     site = web.TCPSite(runner, cfg.admin.listen.host, cfg.admin.listen.port)
     await site.start()
-    log.info("admin API on http://%s/", cfg.admin.listen)
+    log.info("admin API on http://%s:%d/", cfg.admin.listen.host, bound_port(runner))
     return runner
 
 

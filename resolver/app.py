@@ -75,10 +75,12 @@ class Worker:
     async def stop(self) -> None:
         """Stop accepting, let in-flight queries finish within the drain bound, close everything."""
         for udp in self._udp:
-            udp.close()
+            udp.pause_reading()  # no new queries; the socket stays open to send the last answers
         for tcp_server in self._tcp_servers:
             tcp_server.close()
         await self.in_flight.drain(self.config.limits.shutdown_drain_seconds)
+        for udp in self._udp:
+            udp.close()
         self.tcp.close_all()
         for tcp_server in self._tcp_servers:
             with contextlib.suppress(Exception):

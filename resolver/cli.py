@@ -61,7 +61,7 @@ def _explain(config_path: str, school_id: str, name: str, at: str | None) -> int
     cfg = config.load_config(config_path)
     snapshot = control.build_snapshot(cfg, 1)
     when = _parse_time(at, snapshot.province.timezone) if at else datetime.datetime.now(datetime.UTC)
-    for line in control.explain(snapshot, school_id, name, when.timestamp()):
+    for line in control.explain(snapshot, school_id, name, when.timestamp(), cfg.blocklists_dir):
         print(line)
     return 0
 

@@ -142,17 +142,26 @@ def check(cfg: config.Config) -> list[str]:
     return out
 
 
-def explain(snapshot: pipeline.Snapshot, school_id: str, name: str, now_epoch_seconds: float) -> list[str]:
-    """`schooldns explain`: the decision for one school and name, with every reason."""
+def explain(snapshot: pipeline.Snapshot, school_id: str, name: str, now_epoch_seconds: float,
+            blocklists_dir: Path | None = None) -> list[str]:
+    """`schooldns explain`: the decision for one school and name, with every reason.
+
+    With `blocklists_dir`, each matching list entry is traced to its file and line.
+    """
     school = snapshot.policies.school(school_id)
     if school is None:
         known = ", ".join(s.id for s in snapshot.policies.schools)
         raise ConfigError([Problem(str(snapshot.province.file), 1, "", f"no school '{school_id}' (known: {known})")])
     normalized = policy.normalize_name(name)
     mask = snapshot.index.lookup(normalized)
-    out = [f"name: {normalized}" + (f" (from {name})" if normalized != name.lower().rstrip(".") else "")]
+    out = policy.explain(school, normalized, mask, now_epoch_seconds).lines()
+    if normalized != name.lower().rstrip("."):
+        out.insert(2, f"input: {name}")
+    sources = lists.load_sources(blocklists_dir) if blocklists_dir is not None else None
     for match in snapshot.index.explain(normalized):
         categories = [c for i, c in enumerate(snapshot.categories) if match.bits >> i & 1]
         out.append(f"listed: {match.name} ({match.kind}, {match.match}) in {', '.join(categories)}")
-    out.extend(policy.explain(school, normalized, mask, now_epoch_seconds).lines())
+        if sources is not None:
+            out.extend(f"  from {where}" for category in categories
+                       for where in lists.find_entry(sources, category, match.name))
     return out

@@ -162,3 +162,21 @@ def compile_lists(blocklists_dir: Path, progress: Progress | None = None) -> Com
 
     image = domains.build_index(entries())
     return CompiledLists(sources.categories, image, tuple(reports), counts)
+
+
+def find_entry(sources: Sources, category: str, name: str) -> list[str]:
+    """`file:line` of every line in the category's files that lists `name` (for `explain`, not serving)."""
+    found = []
+    for source in sources.sources:
+        if source.category != category:
+            continue
+        with open(source.path, encoding="utf-8", errors="replace") as lines:
+            for number, line in enumerate(lines, 1):
+                # Cheap substring filter first; Unicode lines are parsed since their A-label differs.
+                if name not in line and line.isascii():
+                    continue
+                for entry in listformats.parse_list(source.format, [line], listformats.Tally(), source.match):
+                    if entry[0] == name:
+                        found.append(f"{source.file}:{number} ({source.kind})")
+                        break
+    return found

@@ -437,6 +437,8 @@ def _action(section: yamlfile.Section, key: str) -> policy.Action | None:
 
 
 def _youtube(section: yamlfile.Section, key: str) -> safesearch.YouTubeMode | None:
+    if section.raw(key, None) is False:  # YAML 1.1 reads an unquoted `off` as false
+        return safesearch.YouTubeMode.OFF
     value = section.typed(key, str, None)
     if value is None:
         return None

@@ -1,0 +1,169 @@
+"""`schooldns serve` as a real process: workers sharing a port, SIGHUP reload, SIGTERM drain, restarts, CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+import aiohttp
+import dns.asyncquery
+import dns.message
+import dns.rcode
+import pytest
+
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.harness import write_site
+
+SCHOOLDNS = [sys.executable, "-m", "resolver.cli"]
+
+
+@pytest.fixture
+async def upstream():
+    async with FakeUpstream() as up:
+        up.answer("www.example.com", "A", "192.0.2.10", ttl=300)
+        up.answer("slow.example.com", "A", "192.0.2.11", ttl=300)
+        up.delay(0.5, "slow.example.com")  # under the 1 s forwarding timeout
+        yield up
+
+
+class Served:
+    """A `schooldns serve` child process and what it logged."""
+
+    def __init__(self, process: asyncio.subprocess.Process):
+        self.process = process
+        self.log: list[str] = []
+        self.dns_port = 0
+        self.admin_port = 0
+
+    async def read_until(self, pattern: str, timeout: float = 60.0) -> re.Match[str]:
+        async with asyncio.timeout(timeout):
+            while True:
+                line = (await self.process.stderr.readline()).decode()
+                assert line, "schooldns exited:\n" + "".join(self.log)
+                self.log.append(line)
+                if match := re.search(pattern, line):
+                    return match
+
+    async def query(self, name: str, timeout: float = 3.0) -> dns.message.Message:
+        return await dns.asyncquery.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=self.dns_port,
+                                        timeout=timeout)
+
+    async def metrics(self) -> str:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{self.admin_port}/metrics") as response:
+                return await response.text()
+
+
+@contextlib.asynccontextmanager
+async def serve(root: Path, upstream: FakeUpstream, workers: int):
+    config = write_site(root, [upstream.address], f'workers: {workers}\nadmin: {{listen: "127.0.0.1:0"}}\n'
+                                                    "reload: {watch_interval_seconds: 0}\n")
+    process = await asyncio.create_subprocess_exec(
+        *SCHOOLDNS, "serve", "--config", str(config), stderr=asyncio.subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[2], start_new_session=True)
+    served = Served(process)
+    try:
+        if workers == 1:
+            served.dns_port = int((await served.read_until(r"serving DNS on 127\.0\.0\.1:(\d+)"))[1])
+        else:
+            served.dns_port = int((await served.read_until(r"workers serving DNS on ports \((\d+),"))[1])
+        served.admin_port = int((await served.read_until(r"admin API on http://127\.0\.0\.1:(\d+)/"))[1])
+        yield served
+    finally:
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+
+
+async def _metric(served: Served, name: str) -> float:
+    total = 0.0
+    for line in (await served.metrics()).splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def _until_metric(served: Served, name: str, value: float, timeout: float = 15.0) -> None:
+    async with asyncio.timeout(timeout):
+        while await _metric(served, name) != value:
+            await asyncio.sleep(0.2)
+
+
+async def test_two_workers_share_the_port_and_report_merged_metrics(tmp_path, upstream):
+    async with serve(tmp_path, upstream, workers=2) as served:
+        answers = await asyncio.gather(*(served.query("www.example.com") for _ in range(200)))
+        assert {a.rcode() for a in answers} == {dns.rcode.NOERROR}
+        assert await _metric(served, "schooldns_workers") == 2
+        await _until_metric(served, "schooldns_queries_total", 200)
+        # Each worker has its own cache, so each forwards the name at most once.
+        forwarded = upstream.count("www.example.com")
+        assert 1 <= forwarded <= 2
+
+        # A worker that dies is replaced.
+        children = Path(f"/proc/{served.process.pid}/task/{served.process.pid}/children").read_text().split()
+        worker_pids = [int(pid) for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert len(worker_pids) == 2
+        os.kill(worker_pids[-1], signal.SIGKILL)
+        await served.read_until(r"worker \d died")
+        await served.read_until(r"worker\d INFO resolver\.app: serving DNS")
+        assert (await served.query("www.example.com")).rcode() == dns.rcode.NOERROR
+
+        served.process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(served.process.wait(), 20) == 0
+
+
+async def test_sighup_reloads_and_sigterm_drains_queries_in_flight(tmp_path, upstream):
+    async with serve(tmp_path, upstream, workers=1) as served:
+        assert (await served.query("www.example.com")).rcode() == dns.rcode.NOERROR
+        (tmp_path / "blocklists/adult.txt").write_text("www.example.com\n")
+        served.process.send_signal(signal.SIGHUP)
+        await served.read_until(r"installed generation 2")
+        assert (await served.query("www.example.com")).rcode() == dns.rcode.NXDOMAIN
+
+        slow = asyncio.create_task(served.query("slow.example.com"))
+        async with asyncio.timeout(5):
+            while upstream.count("slow.example.com") == 0:
+                await asyncio.sleep(0.01)
+        served.process.send_signal(signal.SIGTERM)
+        answer = await slow
+        assert answer.rcode() == dns.rcode.NOERROR and answer.answer[0][0].to_text() == "192.0.2.11"
+        assert await asyncio.wait_for(served.process.wait(), 10) == 0
+
+
+async def test_check_reports_every_problem_as_file_line_key(tmp_path, upstream):
+    config = write_site(tmp_path, [upstream.address], files={
+        "policies/school-b.yaml": "id: school-b\nname: B\nlevel: upper_secondary\nnetworks: [127.0.0.2/32]\n"
+                                  "block: [gamez]\ncolour: blue\n"})
+    process = await asyncio.create_subprocess_exec(*SCHOOLDNS, "check", "--config", str(config),
+                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await process.communicate()
+    assert process.returncode == 1
+    lines = err.decode().splitlines()
+    school_b = str(tmp_path / "policies/school-b.yaml")
+    assert any(line.startswith(f"{school_b}:5: block[0]: unknown category 'gamez'") for line in lines), lines
+    assert any(line.startswith(f"{school_b}:6: colour: unknown key 'colour'") for line in lines), lines
+
+
+async def test_check_and_explain_on_the_shipped_example():
+    root = Path(__file__).resolve().parents[2]
+    config = root / "deploy/example/config.yaml"
+    process = await asyncio.create_subprocess_exec(*SCHOOLDNS, "--log-level", "warning", "check", "--config",
+                                                   str(config), stdout=asyncio.subprocess.PIPE)
+    out, _ = await process.communicate()
+    assert process.returncode == 0 and out.decode().endswith("config.yaml: OK\n")
+    process = await asyncio.create_subprocess_exec(
+        *SCHOOLDNS, "--log-level", "warning", "explain", "--config", str(config), "thcs-le-loi",
+        "www.facebook.com", "--at", "2026-11-23 22:00", stdout=asyncio.subprocess.PIPE)
+    out, _ = await process.communicate()
+    text = out.decode()
+    assert process.returncode == 0
+    assert "decision: block (null_ip, category social, authority school)" in text
+    assert "active schedules: boarding-night" in text
+    assert "listed: facebook.com (block, subtree) in social" in text
+    assert "from social/seed.txt:" in text
