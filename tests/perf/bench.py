@@ -1,0 +1,940 @@
+"""End-to-end benchmark: schooldns (and unbound / dnsmasq baselines) under dnsperf on loopback.
+
+    make bench                                   # 1M-entry list, 10 s runs, medians of 3, baselines
+    .venv/bin/python tests/perf/bench.py --quick --skip-baselines --output /tmp/perf.md
+    .venv/bin/python tests/perf/bench.py --tools-only   # install dnsperf, unbound, dnsmasq-base (root)
+
+Everything is generated from --seed in a temporary work directory: a blocklist of --entries
+domains (one category, `adult`, format `domains`, subtree match), a query file with 85% allowed
+and 15% blocked names (dnsperf's `name A` lines) and a file of names no server has seen
+(100% cache miss). A small authoritative server (tests/perf/authoritative.py) is the upstream of
+every resolver: it answers any A query with 192.0.2.x, TTL 3600.
+
+Each server under test is pinned to core 0 with taskset; dnsperf and the upstream share core 1.
+Per server: time from start to first answer (schooldns: cold, compiling the list into an empty
+state_dir, then warm, from the compiled index), one pass over the query file to warm the cache,
+--runs throughput runs at maximum rate (medians reported), two fixed-rate latency runs with
+dnsperf -v (per-query latencies -> p50/p99/p99.9; also checks every answer's rcode), the resident
+memory, and one 100%-miss run. Then tests/perf/bench_domains.py (the domain index micro
+benchmark). The report goes between `<!-- bench:begin -->` and `<!-- bench:end -->` in --output
+(docs/performance.md by default) and to stdout. Nothing is asserted about speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import random
+import re
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+VENV_BIN = Path(sys.executable).parent
+SCHOOLDNS = VENV_BIN / "schooldns"
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+SERVER_CORE, LOAD_CORE = "0", "1"
+BLOCKED_SHARE = 0.15
+SBIN = ("/usr/sbin", "/sbin", "/usr/local/sbin")
+
+#: tool -> Debian package (dnsmasq-base is the binary without the system service)
+PACKAGES = {"dnsperf": "dnsperf", "taskset": "util-linux", "unbound": "unbound", "dnsmasq": "dnsmasq-base"}
+BASELINE_TOOLS = ("unbound", "dnsmasq")
+
+
+class BenchError(Exception):
+    """A step failed: the message says which and why."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Tools
+# ---------------------------------------------------------------------------------------------
+
+
+def which(tool: str) -> str | None:
+    found = shutil.which(tool)
+    if found:
+        return found
+    for directory in SBIN:
+        candidate = Path(directory) / tool
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+def ensure_tools(tools: list[str]) -> dict[str, str]:
+    """Paths of the tools; missing ones installed with apt-get as root, else exit with a message."""
+    missing = [tool for tool in tools if which(tool) is None]
+    if missing:
+        packages = sorted({PACKAGES[tool] for tool in missing})
+        if os.geteuid() != 0:
+            hint = " (or pass --skip-baselines)" if set(missing) <= set(BASELINE_TOOLS) else ""
+            raise BenchError(f"missing tools: {', '.join(missing)}; install the Debian packages "
+                             f"{' '.join(packages)} as root (`make bench-tools`){hint}")
+        print(f"bench: installing {' '.join(packages)} with apt-get", flush=True)
+        apt_install(packages)
+        still = [tool for tool in tools if which(tool) is None]
+        if still:
+            raise BenchError(f"apt-get install {' '.join(packages)} did not provide {', '.join(still)}")
+    return {tool: str(which(tool)) for tool in tools}
+
+
+def apt_install(packages: list[str]) -> None:
+    """apt-get install without starting any daemon the packages ship (and disable it if one exists)."""
+    policy = Path("/usr/sbin/policy-rc.d")
+    made_policy = False
+    if not policy.exists():  # tells invoke-rc.d not to start services during the install
+        policy.write_text("#!/bin/sh\nexit 101\n")
+        policy.chmod(0o755)
+        made_policy = True
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *packages], check=True, env=env,
+                       stdout=subprocess.DEVNULL)
+    except subprocess.CalledProcessError as exc:
+        raise BenchError(f"apt-get failed: {exc}") from None
+    finally:
+        if made_policy:
+            policy.unlink()
+    if Path("/run/systemd/system").is_dir() and shutil.which("systemctl"):
+        for service in ("unbound", "dnsmasq"):
+            subprocess.run(["systemctl", "disable", "--now", service], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, check=False)
+
+
+def tool_version(path: str, tool: str) -> str:
+    flag = {"unbound": "-V", "dnsmasq": "--version", "dnsperf": "-h"}.get(tool, "--version")
+    out = subprocess.run([path, flag], capture_output=True, text=True, check=False)
+    text = out.stdout + out.stderr
+    match = re.search(r"[Vv]ersion\s+(\d[\w.\-~+]*)", text)
+    return match.group(1) if match else "?"
+
+
+def machine_info(tools: dict[str, str]) -> dict[str, str]:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "nproc": str(os.cpu_count()),
+        "cpu": cpu,
+        "kernel": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "memory": f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.1f} GiB",
+    }
+    for tool in ("dnsperf", "unbound", "dnsmasq"):
+        if tool in tools:
+            info[tool] = tool_version(tools[tool], tool)
+    return info
+
+
+# ---------------------------------------------------------------------------------------------
+# Generated data
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Data:
+    work: Path
+    blocklist: Path  # one name per line
+    queries: Path  # dnsperf input, 85% allowed / 15% blocked
+    misses: Path  # dnsperf input, names never asked before
+    names: list[str]  # the listed names
+    expected: dict[str, str]  # query name -> rcode every server must answer
+    query_count: int
+    blocked_queries: int
+    miss_count: int
+
+
+def listed(name: str, blocked: set[str]) -> bool:
+    """True if the name or any parent is in the list (every entry matches its subtree)."""
+    while True:
+        if name in blocked:
+            return True
+        dot = name.find(".")
+        if dot < 0:
+            return False
+        name = name[dot + 1:]
+
+
+def generate(work: Path, entries: int, queries: int, misses: int, seed: int) -> Data:
+    sys.path.insert(0, str(HERE))
+    from bench_domains import SUBDOMAINS, NameMaker  # the colleague's seeded name generator
+
+    rng = random.Random(seed)
+    maker = NameMaker(rng)
+    names: list[str] = []
+    blocked: set[str] = set()
+    while len(names) < entries:
+        name = maker.name()
+        if name not in blocked:
+            blocked.add(name)
+            names.append(name)
+    # A listed name's parent may be listed too; that only makes the list more realistic.
+    blocklist = work / "adult.txt"
+    with open(blocklist, "w", encoding="ascii") as file:
+        file.write(f"# schooldns benchmark list: {entries} generated names, seed {seed}\n")
+        file.writelines(f"{name}\n" for name in names)
+
+    def allowed_name() -> str:
+        while True:
+            name = maker.name()
+            if not listed(name, blocked):
+                return name
+
+    expected: dict[str, str] = {}
+    lines: list[str] = []
+    blocked_count = 0
+    for _ in range(queries):
+        if rng.random() < BLOCKED_SHARE:
+            name = rng.choice(names)
+            if rng.random() < 0.5:  # a name under a listed one (subtree match)
+                name = f"{rng.choice(SUBDOMAINS)}.{name}"
+            expected[name] = "NXDOMAIN"
+            blocked_count += 1
+        else:
+            name = allowed_name()
+            expected.setdefault(name, "NOERROR")
+        lines.append(f"{name} A\n")
+    query_file = work / "queries.txt"
+    query_file.write_text("".join(lines), encoding="ascii")
+
+    miss_lines = []
+    for number in range(misses):  # a unique first label: no server can have it cached
+        name = f"m{number}-{allowed_name()}"
+        if listed(name, blocked):
+            continue
+        miss_lines.append(f"{name} A\n")
+    miss_file = work / "misses.txt"
+    miss_file.write_text("".join(miss_lines), encoding="ascii")
+    return Data(work, blocklist, query_file, miss_file, names, expected, queries, blocked_count,
+                len(miss_lines))
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes
+# ---------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", 0))
+            port = udp.getsockname()[1]
+            try:
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                    tcp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise BenchError("no free port on 127.0.0.1")
+
+
+class Proc:
+    """A process we started in its own session (process group), logging to a file."""
+
+    running: list[Proc] = []
+
+    def __init__(self, name: str, argv: list[str], log: Path, cwd: Path | None = None):
+        self.name = name
+        self.argv = argv
+        self.log_path = log
+        self.log = open(log, "ab")
+        self.popen = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, cwd=cwd, start_new_session=True)
+        Proc.running.append(self)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def status_kb(self) -> dict[str, int]:
+        """VmRSS / VmHWM (peak RSS) of the process, in kB."""
+        out = {}
+        try:
+            with open(f"/proc/{self.pid}/status") as file:
+                for line in file:
+                    key, _, value = line.partition(":")
+                    if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+                        out[key] = int(value.split()[0])
+        except OSError:
+            pass
+        return out
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.alive():
+            try:
+                os.killpg(self.popen.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(self.popen.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.popen.wait(5)
+        else:  # the leader is gone; its group may not be
+            try:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        self.log.close()
+        if self in Proc.running:
+            Proc.running.remove(self)
+
+    @classmethod
+    def stop_all(cls) -> None:
+        for proc in list(reversed(cls.running)):
+            proc.stop()
+
+
+def wait_answer(port: int, proc: Proc, started: float, timeout: float) -> float:
+    """Seconds from `started` until the server gives a NOERROR answer with an A record."""
+    import dns.exception
+    import dns.message
+    import dns.query
+    import dns.rcode
+
+    attempt = 0
+    while True:
+        if not proc.alive():
+            raise BenchError(f"{proc.name} exited with code {proc.popen.returncode} before answering;"
+                             f" log {proc.log_path}:\n{proc.tail()}")
+        if time.monotonic() - started > timeout:
+            raise BenchError(f"{proc.name} did not answer within {timeout:.0f}s; log:\n{proc.tail()}")
+        attempt += 1
+        query = dns.message.make_query(f"probe{attempt}.bench-ready.example", "A")
+        try:
+            reply = dns.query.udp(query, "127.0.0.1", port=port, timeout=0.2)
+            if reply.rcode() == dns.rcode.NOERROR and reply.answer:
+                return time.monotonic() - started
+        except (dns.exception.DNSException, OSError):
+            pass
+        time.sleep(0.02)
+
+
+# ---------------------------------------------------------------------------------------------
+# dnsperf
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Perf:
+    command: list[str]
+    qps: float = 0.0
+    sent: int = 0
+    completed: int = 0
+    lost: int = 0
+    run_seconds: float = 0.0
+    avg_latency_ms: float = 0.0
+    max_latency_ms: float = 0.0
+    rcodes: dict[str, int] = field(default_factory=dict)
+    latencies_ms: list[float] = field(default_factory=list, repr=False)
+    answers: dict[str, str] = field(default_factory=dict, repr=False)  # name -> rcode seen (-v)
+
+    def percentile(self, fraction: float) -> float:
+        if not self.latencies_ms:
+            return float("nan")
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, max(0, int(round(fraction * len(ordered))) - 1))]
+
+
+_VERBOSE_LINE = re.compile(r"^> (\S+) (\S+) \S+ ([0-9.]+)$")
+
+
+def dnsperf(tools: dict[str, str], port: int, data_file: Path, *, seconds: float | None,
+            clients: int, qps: int | None = None, once: bool = False, verbose: bool = False) -> Perf:
+    command = ["taskset", "-c", LOAD_CORE, tools["dnsperf"], "-s", "127.0.0.1", "-p", str(port),
+               "-d", str(data_file), "-c", str(clients), "-T", "1", "-q", "100", "-t", "2"]
+    if seconds is not None:
+        command += ["-l", f"{seconds:g}"]
+    if once:
+        command += ["-n", "1"]
+    if qps:
+        command += ["-Q", str(qps)]
+    if verbose:
+        command += ["-v"]
+    limit = (seconds or 300) + 60
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=limit, check=False)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"dnsperf did not finish within {limit:.0f}s: {shlex.join(command)}") from None
+    if done.returncode != 0:
+        raise BenchError(f"dnsperf failed ({done.returncode}): {shlex.join(command)}\n{done.stderr[-2000:]}")
+    perf = parse_dnsperf(done.stdout, command)
+    if verbose:
+        for line in done.stdout.splitlines():
+            match = _VERBOSE_LINE.match(line)
+            if match:
+                rcode, name, seconds_text = match.groups()
+                perf.latencies_ms.append(float(seconds_text) * 1000)
+                perf.answers.setdefault(name.lower().rstrip("."), rcode)
+    return perf
+
+
+def parse_dnsperf(text: str, command: list[str]) -> Perf:
+    def number(pattern: str) -> float:
+        match = re.search(pattern, text)
+        if not match:
+            raise BenchError(f"cannot read {pattern!r} in dnsperf output:\n{text[-2000:]}")
+        return float(match.group(1))
+
+    perf = Perf(command)
+    perf.sent = int(number(r"Queries sent:\s+(\d+)"))
+    perf.completed = int(number(r"Queries completed:\s+(\d+)"))
+    perf.lost = int(number(r"Queries lost:\s+(\d+)"))
+    perf.run_seconds = number(r"Run time \(s\):\s+([0-9.]+)")
+    perf.qps = number(r"Queries per second:\s+([0-9.]+)")
+    perf.avg_latency_ms = number(r"Average Latency \(s\):\s+([0-9.]+)") * 1000
+    perf.max_latency_ms = number(r"Average Latency \(s\):.*max ([0-9.]+)") * 1000
+    codes = re.search(r"Response codes:\s+(.*)", text)
+    if codes:
+        for rcode, count in re.findall(r"([A-Z]+) (\d+) \(", codes.group(1)):
+            perf.rcodes[rcode] = int(count)
+    return perf
+
+
+# ---------------------------------------------------------------------------------------------
+# Servers under test
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    key: str  # schooldns, unbound-localzone, unbound-rpz, dnsmasq
+    title: str
+    prepare: Callable[[Path, int], list[str]]  # (its directory, its port) -> argv; writes its config
+    warm_start: bool = False  # restart once to time a start from the state it left
+
+
+def prepare_schooldns(directory: Path, data: Data, port: int, upstream: int) -> list[str]:
+    (directory / "blocklists" / "adult").mkdir(parents=True)
+    (directory / "policies").mkdir()
+    os.link(data.blocklist, directory / "blocklists" / "adult" / "bench.txt")
+    (directory / "blocklists" / "sources.yaml").write_text(
+        "# Generated by tests/perf/bench.py.\ncategories:\n  adult:\n"
+        "    description: Generated benchmark list.\n    sources:\n"
+        "      - {file: adult/bench.txt, format: domains}\n")
+    (directory / "policies" / "province.yaml").write_text(
+        "# Generated by tests/perf/bench.py.\nmandatory: []\ntimezone: Asia/Ho_Chi_Minh\n"
+        "info_url: \"http://blocked.example.vn/\"\nblocked_ttl_seconds: 60\naction: nxdomain\n"
+        "safe_search: false\nbypass_prevention: false\nprofiles:\n  bench: {block: []}\n")
+    (directory / "policies" / "bench-school.yaml").write_text(
+        "# Generated by tests/perf/bench.py: the loopback clients are this school.\n"
+        "id: bench-school\nname: \"Benchmark school\"\nlevel: bench\nnetworks: [127.0.0.0/8]\n"
+        "block: [adult]\n")
+    admin_port = free_port()
+    (directory / "config.yaml").write_text(
+        "# Generated by tests/perf/bench.py.\nversion: 1\n"
+        f"listen: [\"127.0.0.1:{port}\"]\nupstreams: [\"127.0.0.1:{upstream}\"]\nworkers: 1\n"
+        "cache: {max_entries: 200000}\npolicies_dir: policies\nblocklists_dir: blocklists\n"
+        f"state_dir: state\nadmin: {{listen: \"127.0.0.1:{admin_port}\"}}\n")
+    return ["taskset", "-c", SERVER_CORE, str(SCHOOLDNS), "serve", "--config", str(directory / "config.yaml")]
+
+
+def prepare_unbound(directory: Path, data: Data, port: int, upstream: int, rpz: bool,
+                    tools: dict[str, str]) -> list[str]:
+    modules = "respip iterator" if rpz else "iterator"
+    conf = [
+        "# Generated by tests/perf/bench.py.", "server:",
+        f"  interface: 127.0.0.1@{port}", f"  port: {port}", "  do-ip6: no",
+        "  num-threads: 1", "  so-reuseport: no", "  do-daemonize: no",
+        "  username: \"\"", "  chroot: \"\"", f"  directory: \"{directory}\"", "  pidfile: \"\"",
+        "  use-syslog: no", "  logfile: \"\"", "  verbosity: 0", "  log-queries: no",
+        f"  module-config: \"{modules}\"", "  do-not-query-localhost: no", "  qname-minimisation: no",
+        "  prefetch: no", "  minimal-responses: yes",
+        "  access-control: 127.0.0.0/8 allow",
+        "  msg-cache-size: 64m", "  rrset-cache-size: 128m",
+    ]
+    if rpz:
+        zone = directory / "rpz.zone"
+        with open(zone, "w", encoding="ascii") as file:
+            file.write("$TTL 60\n@ SOA localhost. hostmaster.localhost. 1 3600 600 86400 60\n@ NS localhost.\n")
+            for name in data.names:
+                file.write(f"{name} CNAME .\n*.{name} CNAME .\n")
+        conf += ["rpz:", "  name: rpz.bench.", f"  zonefile: \"{zone}\"", "  rpz-log: no"]
+    else:
+        zones = directory / "local-zones.conf"
+        with open(zones, "w", encoding="ascii") as file:
+            file.write("server:\n")
+            file.writelines(f"  local-zone: \"{name}.\" always_nxdomain\n" for name in data.names)
+        conf.append(f"  include: \"{zones}\"")
+    conf += ["forward-zone:", "  name: \".\"", f"  forward-addr: 127.0.0.1@{upstream}"]
+    (directory / "unbound.conf").write_text("\n".join(conf) + "\n")
+    return ["taskset", "-c", SERVER_CORE, tools["unbound"], "-d", "-p", "-c", str(directory / "unbound.conf")]
+
+
+def prepare_dnsmasq(directory: Path, data: Data, port: int, upstream: int, tools: dict[str, str]) -> list[str]:
+    blocked = directory / "blocked.conf"
+    with open(blocked, "w", encoding="ascii") as file:
+        file.writelines(f"address=/{name}/\n" for name in data.names)  # NXDOMAIN for name and below
+    conf = [
+        "# Generated by tests/perf/bench.py.", f"port={port}", "listen-address=127.0.0.1",
+        "bind-interfaces", "no-resolv", "no-hosts", "no-poll", "no-negcache",
+        f"server=127.0.0.1#{upstream}", "cache-size=200000", "dns-forward-max=10000",
+        "user=", "group=", "pid-file=", "log-facility=-", f"conf-file={blocked}",
+    ]
+    if os.geteuid() != 0:
+        conf = [line for line in conf if not line.startswith(("user=", "group="))]
+    (directory / "dnsmasq.conf").write_text("\n".join(conf) + "\n")
+    return ["taskset", "-c", SERVER_CORE, tools["dnsmasq"], "-k", "-C", str(directory / "dnsmasq.conf")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring one server
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    key: str
+    title: str
+    command: list[str]
+    start_seconds: float = 0.0  # cold: schooldns compiles the list; baselines load their config
+    warm_start_seconds: float | None = None  # schooldns only: from the compiled index in state_dir
+    warm_pass: Perf | None = None
+    runs: list[Perf] = field(default_factory=list)
+    latency: dict[str, Perf] = field(default_factory=dict)  # "target" / "light" -> verbose run
+    miss: Perf | None = None
+    memory_kb: dict[str, dict[str, int]] = field(default_factory=dict)  # stage -> VmRSS, VmHWM
+    wrong_answers: list[tuple[str, str, str]] = field(default_factory=list)  # name, expected, got
+    answers_checked: int = 0
+    status: dict | None = None  # schooldns /status after the runs
+    error: str | None = None
+
+    @property
+    def qps(self) -> float:
+        return statistics.median(run.qps for run in self.runs) if self.runs else 0.0
+
+
+def check_answers(result: Result, perf: Perf, data: Data) -> None:
+    for name, rcode in perf.answers.items():
+        want = data.expected.get(name)
+        if want is None:
+            continue
+        result.answers_checked += 1
+        if rcode != want and len(result.wrong_answers) < 1000:
+            result.wrong_answers.append((name, want, rcode))
+
+
+def bench_server(server: Server, args: argparse.Namespace,
+                 tools: dict[str, str], data: Data, light_qps: int | None, log: Callable[[str], None]) -> Result:
+    directory = data.work / server.key
+    directory.mkdir()
+    port = free_port()
+    argv = server.prepare(directory, port)
+    result = Result(server.key, server.title, argv)
+    log(f"{server.key}: starting (cold){' and compiling the list' if server.warm_start else ''}")
+    started = time.monotonic()
+    proc = Proc(server.key, argv, directory / "server.log", cwd=directory)
+    try:
+        result.start_seconds = wait_answer(port, proc, started, args.start_timeout)
+        log(f"{server.key}: first answer after {result.start_seconds:.2f}s")
+        if server.warm_start:
+            proc.stop()
+            started = time.monotonic()
+            proc = Proc(server.key, argv, directory / "server.log", cwd=directory)
+            result.warm_start_seconds = wait_answer(port, proc, started, args.start_timeout)
+            log(f"{server.key}: warm start, first answer after {result.warm_start_seconds:.2f}s")
+        result.memory_kb["ready"] = proc.status_kb()
+
+        result.warm_pass = dnsperf(tools, port, data.queries, seconds=None, clients=args.clients, once=True)
+        result.memory_kb["warm"] = proc.status_kb()
+        log(f"{server.key}: cache warmed ({result.warm_pass.completed} answers, {result.warm_pass.lost} lost,"
+            f" {result.warm_pass.qps:,.0f} qps)")
+        for number in range(args.runs):
+            run = dnsperf(tools, port, data.queries, seconds=args.seconds, clients=args.clients)
+            result.runs.append(run)
+            log(f"{server.key}: run {number + 1}/{args.runs}: {run.qps:,.0f} qps, "
+                f"avg {run.avg_latency_ms:.3f} ms, {run.lost} lost")
+        result.memory_kb["load"] = proc.status_kb()
+        rates = {"target": args.latency_qps, "light": light_qps or max(1000, int(result.qps * 0.5))}
+        for label, rate in rates.items():
+            perf = dnsperf(tools, port, data.queries, seconds=args.seconds, clients=args.clients,
+                           qps=rate, verbose=True)
+            result.latency[label] = perf
+            check_answers(result, perf, data)
+            log(f"{server.key}: {rate:,} qps offered: {perf.qps:,.0f} answered/s, p50 {perf.percentile(0.5):.3f} ms,"
+                f" p99 {perf.percentile(0.99):.3f} ms, {perf.lost} lost")
+        result.memory_kb["latency"] = proc.status_kb()
+        result.miss = dnsperf(tools, port, data.misses, seconds=args.seconds, clients=args.clients, once=True)
+        result.memory_kb["miss"] = proc.status_kb()
+        log(f"{server.key}: 100% miss: {result.miss.qps:,.0f} qps, avg {result.miss.avg_latency_ms:.3f} ms,"
+            f" {result.miss.lost} lost")
+        if server.key == "schooldns":
+            result.status = schooldns_status(directory)
+        if not proc.alive():
+            raise BenchError(f"{server.key} died during the runs; log:\n{proc.tail()}")
+    except BenchError as exc:
+        result.error = str(exc)
+        log(f"{server.key}: FAILED: {exc}")
+    finally:
+        proc.stop()
+    return result
+
+
+def schooldns_status(directory: Path) -> dict | None:
+    match = re.search(r"admin: \{listen: \"127.0.0.1:(\d+)\"\}", (directory / "config.yaml").read_text())
+    if not match:
+        return None
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{match.group(1)}/status", timeout=5) as reply:
+            return json.loads(reply.read())
+    except (OSError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+
+
+def fmt_ms(value: float) -> str:
+    return "–" if value != value else f"{value:.2f}"  # NaN -> dash
+
+
+def mb(kb: int | None) -> str:
+    return "–" if not kb else f"{kb / 1024:.0f}"
+
+
+def sanitize(command: list[str], work: Path) -> str:
+    return shlex.join(command).replace(str(work), "$WORK").replace(str(VENV_BIN), ".venv/bin")
+
+
+def report(args: argparse.Namespace, info: dict[str, str], data: Data, results: list[Result],
+           domains_table: str | None, upstream_cmd: list[str], started_at: datetime.datetime,
+           elapsed: float) -> str:
+    out: list[str] = []
+    add = out.append
+    invocation = "tests/perf/bench.py " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "tests/perf/bench.py"
+    add(f"Measured {started_at:%Y-%m-%d %H:%M} UTC by `{invocation.strip()}` in {elapsed / 60:.1f} min.")
+    add("")
+    versions = ", ".join(f"{tool} {info[tool]}" for tool in ("dnsperf", "unbound", "dnsmasq") if tool in info)
+    add(f"Machine: {info['nproc']} cores ({info['cpu']}), {info['memory']} RAM, {info['kernel']}, "
+        f"Python {info['python']}, {versions}.")
+    add("")
+    add(f"Workload: {len(data.names):,} listed names (seed {args.seed}); query file {data.query_count:,} "
+        f"names, {data.blocked_queries / data.query_count:.1%} blocked; miss file {data.miss_count:,} names; "
+        f"{args.runs} runs of {args.seconds:g} s; dnsperf with {args.clients} clients, 100 queries "
+        f"outstanding, 2 s timeout.")
+    add("")
+    if any(r.error for r in results):
+        for r in results:
+            if r.error:
+                add(f"**{r.title} failed:** `{r.error.splitlines()[0]}`")
+        add("")
+
+    ok = [r for r in results if not r.error]
+    if ok:
+        header = "| | " + " | ".join(r.title for r in ok) + " |"
+        add(header)
+        add("|---" * (len(ok) + 1) + "|")
+
+        def row(label: str, cell: Callable[[Result], str]) -> None:
+            add(f"| {label} | " + " | ".join(cell(r) for r in ok) + " |")
+
+        row(f"qps, warm cache, max rate (median of {args.runs}; min–max)",
+            lambda r: f"**{r.qps:,.0f}** ({min(x.qps for x in r.runs):,.0f}–{max(x.qps for x in r.runs):,.0f})")
+        row("mean latency at max rate, ms (dnsperf; mostly queueing)",
+            lambda r: fmt_ms(statistics.median(x.avg_latency_ms for x in r.runs)))
+        row("queries lost in the max-rate runs", lambda r: f"{sum(x.lost for x in r.runs):,}")
+        for label, title in (("target", f"{args.latency_qps:,} qps offered"), ("light", None)):
+            rate = ok[0].latency[label].command[ok[0].latency[label].command.index("-Q") + 1]
+            title = title or f"{int(rate):,} qps offered (light load)"
+            row(f"{title}: answered qps", lambda r, label=label: f"{r.latency[label].qps:,.0f}")
+            row(f"{title}: p50 / p99 / p99.9 latency, ms",
+                lambda r, label=label: " / ".join(fmt_ms(r.latency[label].percentile(f))
+                                                  for f in (0.5, 0.99, 0.999)))
+            row(f"{title}: lost", lambda r, label=label: f"{r.latency[label].lost:,}")
+        row("qps, 100% cache miss (forwarded upstream)", lambda r: f"{r.miss.qps:,.0f}" if r.miss else "–")
+        row("mean latency, 100% miss, ms", lambda r: fmt_ms(r.miss.avg_latency_ms) if r.miss else "–")
+        row("RSS after start, MB", lambda r: mb(r.memory_kb.get("ready", {}).get("VmRSS")))
+        row("RSS after warm cache + max-rate runs, MB", lambda r: mb(r.memory_kb.get("load", {}).get("VmRSS")))
+        row("RSS after miss run, MB (peak)", lambda r: f"{mb(r.memory_kb.get('miss', {}).get('VmRSS'))} "
+            f"({mb(r.memory_kb.get('miss', {}).get('VmHWM'))})")
+        row("start to first answer, s (cold: compile / load list)", lambda r: f"{r.start_seconds:.2f}")
+        row("start to first answer, s (warm: compiled index in state_dir)",
+            lambda r: f"{r.warm_start_seconds:.2f}" if r.warm_start_seconds is not None else "n/a")
+        row("answers checked (rcode per name, latency runs) / wrong",
+            lambda r: f"{r.answers_checked:,} / {len(r.wrong_answers):,}")
+        add("")
+
+        base = next((r for r in ok if r.key == "schooldns"), None)
+        if base is not None:
+            ratios = []
+            for other in ok:
+                if other is base:
+                    continue
+                parts = [f"warm qps {base.qps / other.qps:.2f}x"]
+                if base.miss and other.miss and other.miss.qps:
+                    parts.append(f"miss qps {base.miss.qps / other.miss.qps:.2f}x")
+                other_rss = other.memory_kb.get("load", {}).get("VmRSS")
+                base_rss = base.memory_kb.get("load", {}).get("VmRSS")
+                if other_rss and base_rss:
+                    parts.append(f"RSS {base_rss / other_rss:.2f}x")
+                ratios.append(f"- schooldns / {other.title}: " + ", ".join(parts))
+            if ratios:
+                add("Ratios (schooldns divided by the baseline; above 1 means schooldns is faster, for RSS larger):")
+                add("")
+                out.extend(ratios)
+                add("")
+            if base.status:
+                status = base.status
+                hits, misses = status.get("cache_hits"), status.get("cache_misses")
+                if hits is not None and misses is not None:
+                    add(f"schooldns /status after the runs: cache {hits:,} hits, {misses:,} misses, "
+                        f"{status.get('cache_entries', 0):,} entries, {status.get('cache_evictions', 0):,} evictions.")
+                    add("")
+        for r in ok:
+            if r.wrong_answers:
+                sample = ", ".join(f"{n} (want {w}, got {g})" for n, w, g in r.wrong_answers[:5])
+                add(f"**{r.title} answered {len(r.wrong_answers)} names wrongly**, e.g. {sample}.")
+                add("")
+
+    add("Commands ($WORK is the generated work directory; ports are chosen free at run time):")
+    add("")
+    add("```sh")
+    add(f"{sanitize(upstream_cmd, data.work)}   # upstream for every server")
+    for r in results:
+        add(sanitize(r.command, data.work))
+    if ok:
+        first = ok[0]
+        if first.warm_pass:
+            add(f"{sanitize(first.warm_pass.command, data.work)}   # warm the cache")
+        if first.runs:
+            add(f"{sanitize(first.runs[0].command, data.work)}   # x{args.runs}, max rate")
+        for label in ("target", "light"):
+            if label in first.latency:
+                add(f"{sanitize(first.latency[label].command, data.work)}   # per-query latencies")
+        if first.miss:
+            add(f"{sanitize(first.miss.command, data.work)}   # 100% miss")
+    if domains_table is not None:
+        add(f"{shlex.join(domains_command(args, for_report=True))}")
+    add("```")
+    add("")
+    if domains_table is not None:
+        add("Domain index micro benchmark (`tests/perf/bench_domains.py`):")
+        add("")
+        add("```text")
+        add(domains_table.strip("\n"))
+        add("```")
+    return "\n".join(out) + "\n"
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace the text between the markers in `path` (create the file or the markers if needed)."""
+    block = f"{BEGIN}\n{section}{END}"
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    if BEGIN in text and END in text and text.index(BEGIN) < text.index(END):
+        head, rest = text.split(BEGIN, 1)
+        _, tail = rest.split(END, 1)
+        text = head + block + tail
+    else:
+        text = (text.rstrip("\n") + "\n\n" if text else "") + block + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------
+
+
+def domains_command(args: argparse.Namespace, for_report: bool = False) -> list[str]:
+    python = ".venv/bin/python" if for_report else sys.executable
+    script = "tests/perf/bench_domains.py" if for_report else str(HERE / "bench_domains.py")
+    return ["taskset", "-c", SERVER_CORE, python, script, "--entries", str(args.domains_entries),
+            "--queries", str(args.domains_queries), "--seed", str(args.seed)]
+
+
+def run_domains(args: argparse.Namespace) -> str:
+    command = domains_command(args)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=3600, cwd=REPO, check=False)
+    if done.returncode != 0:
+        raise BenchError(f"bench_domains.py failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    return done.stdout
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--entries", type=int, help="listed names (default 1,000,000; --quick 10,000)")
+    parser.add_argument("--queries", type=int, help="names in the query file (default 50,000; --quick 5,000)")
+    parser.add_argument("--misses", type=int, help="names in the 100%%-miss file (default 300,000; --quick 30,000)")
+    parser.add_argument("--seconds", type=float, help="length of each dnsperf run (default 10; --quick 3)")
+    parser.add_argument("--runs", type=int, default=3, help="max-rate runs per server; the median is reported")
+    parser.add_argument("--clients", type=int, default=8, help="dnsperf -c")
+    parser.add_argument("--latency-qps", type=int, default=20_000, help="offered rate of the first latency run")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="10k list, 3 s runs: a smoke test of the harness")
+    parser.add_argument("--skip-baselines", action="store_true", help="measure schooldns only")
+    parser.add_argument("--skip-domains", action="store_true", help="do not run bench_domains.py")
+    parser.add_argument("--domains-entries", type=int, help="bench_domains.py --entries (default: --entries)")
+    parser.add_argument("--domains-queries", type=int, help="bench_domains.py --queries (default 200,000; --quick 20,000)")
+    parser.add_argument("--output", type=Path, default=REPO / "docs" / "performance.md",
+                        help="markdown file whose bench markers get the results (default docs/performance.md)")
+    parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (printed)")
+    parser.add_argument("--start-timeout", type=float, default=900, help="seconds a server may take to answer")
+    parser.add_argument("--tools-only", action="store_true", help="install the tools (root) and exit")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    defaults = {"entries": 10_000 if quick else 1_000_000, "queries": 5_000 if quick else 50_000,
+                "misses": 30_000 if quick else 300_000, "seconds": 3.0 if quick else 10.0,
+                "domains_queries": 20_000 if quick else 200_000}
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.domains_entries is None:
+        args.domains_entries = args.entries
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    def log(message: str) -> None:
+        print(f"[bench {time.monotonic() - t0:6.1f}s] {message}", flush=True)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    t0 = time.monotonic()
+    signal.signal(signal.SIGTERM, on_signal)
+    wanted = ["taskset", "dnsperf"] + ([] if args.skip_baselines else list(BASELINE_TOOLS))
+    try:
+        tools = ensure_tools(wanted)
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    if args.tools_only:
+        print("bench: tools present: " + ", ".join(f"{k}={v}" for k, v in tools.items()))
+        return 0
+    if (os.cpu_count() or 1) < 2:
+        print("bench: needs 2 cores (server on core 0, dnsperf on core 1)", file=sys.stderr)
+        return 2
+    if not SCHOOLDNS.exists():
+        print(f"bench: {SCHOOLDNS} missing; run `make venv` first", file=sys.stderr)
+        return 2
+
+    started_at = datetime.datetime.now(datetime.UTC)
+    info = machine_info(tools)
+    work = Path(tempfile.mkdtemp(prefix="schooldns-bench-"))
+    log(f"work directory {work}")
+    results: list[Result] = []
+    try:
+        data = generate(work, args.entries, args.queries, args.misses, args.seed)
+        log(f"generated {len(data.names):,} listed names, {data.query_count:,} queries "
+            f"({data.blocked_queries:,} blocked), {data.miss_count:,} miss names")
+        upstream_port = free_port()
+        upstream_cmd = ["taskset", "-c", LOAD_CORE, sys.executable, str(HERE / "authoritative.py"),
+                        "--port", str(upstream_port)]
+        upstream = Proc("upstream", upstream_cmd, work / "upstream.log")
+        wait_answer(upstream_port, upstream, time.monotonic(), 30)
+
+        servers = [Server("schooldns", "schooldns", lambda d, p: prepare_schooldns(d, data, p, upstream_port),
+                          warm_start=True)]
+        if not args.skip_baselines:
+            servers += [
+                Server("unbound-localzone", "unbound (local-zone)",
+                       lambda d, p: prepare_unbound(d, data, p, upstream_port, False, tools)),
+                Server("unbound-rpz", "unbound (RPZ)",
+                       lambda d, p: prepare_unbound(d, data, p, upstream_port, True, tools)),
+                Server("dnsmasq", "dnsmasq", lambda d, p: prepare_dnsmasq(d, data, p, upstream_port, tools)),
+            ]
+        light_qps = None
+        for server in servers:
+            result = bench_server(server, args, tools, data, light_qps, log)
+            results.append(result)
+            if server.key == "schooldns":
+                if result.error:
+                    raise BenchError(f"schooldns failed: {result.error}")
+                light_qps = int(result.latency["light"].command[result.latency["light"].command.index("-Q") + 1])
+        upstream.stop()
+
+        domains_table = None
+        if not args.skip_domains:
+            log(f"bench_domains.py --entries {args.domains_entries} ...")
+            domains_table = run_domains(args)
+        elapsed = time.monotonic() - t0
+        section = report(args, info, data, results, domains_table, upstream_cmd, started_at, elapsed)
+        write_section(args.output, section)
+        if args.json:
+            args.json.write_text(json.dumps(raw(results, info, args), indent=1, default=str))
+        print()
+        print(section)
+        log(f"results written to {args.output}")
+        wrong = [r for r in results if r.wrong_answers]
+        if wrong:
+            print("bench: WRONG ANSWERS from " + ", ".join(r.title for r in wrong), file=sys.stderr)
+        failed = [r for r in results if r.error]
+        return 1 if failed or wrong else 0
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        Proc.stop_all()
+        if args.keep:
+            print(f"bench: work directory kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def raw(results: list[Result], info: dict[str, str], args: argparse.Namespace) -> dict:
+    def perf(p: Perf | None) -> dict | None:
+        if p is None:
+            return None
+        return {"qps": p.qps, "sent": p.sent, "completed": p.completed, "lost": p.lost,
+                "avg_latency_ms": p.avg_latency_ms, "max_latency_ms": p.max_latency_ms, "rcodes": p.rcodes,
+                "p50_ms": p.percentile(0.5) if p.latencies_ms else None,
+                "p99_ms": p.percentile(0.99) if p.latencies_ms else None,
+                "p999_ms": p.percentile(0.999) if p.latencies_ms else None}
+
+    return {
+        "machine": info, "args": {k: str(v) for k, v in vars(args).items()},
+        "results": [{"server": r.key, "qps_median": r.qps, "runs": [perf(p) for p in r.runs],
+                     "warm_pass": perf(r.warm_pass), "latency": {k: perf(v) for k, v in r.latency.items()},
+                     "miss": perf(r.miss), "memory_kb": r.memory_kb, "start_seconds": r.start_seconds,
+                     "warm_start_seconds": r.warm_start_seconds, "answers_checked": r.answers_checked,
+                     "wrong_answers": r.wrong_answers[:50], "status": r.status, "error": r.error}
+                    for r in results],
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
