@@ -109,12 +109,15 @@ class Worker:
         }
 
 
-async def watch_files(cfg: config.Config, reload: Any) -> None:
-    """Reload when a policy or list file changes (polling: works on every filesystem, bounded cost)."""
+async def watch_files(cfg: config.Config, reload: Any, seen: tuple) -> None:
+    """Reload when a policy or list file changes (polling: works on every filesystem, bounded cost).
+
+    `seen` is the signature taken before the running snapshot was built, so a change made
+    while it was being built is not missed.
+    """
     interval = cfg.reload.watch_interval_seconds
     if interval <= 0:
         return
-    seen = await asyncio.to_thread(control.files_signature, cfg)
     while True:
         await asyncio.sleep(interval)
         current = await asyncio.to_thread(control.files_signature, cfg)
@@ -130,6 +133,7 @@ def bind_all(cfg: config.Config, reuse_port: bool) -> list[tuple[socket.socket, 
 
 async def run_single(cfg: config.Config, ready: Any = None) -> None:
     """workers: 1 — everything (DNS, admin, reload) in this process until SIGTERM/SIGINT."""
+    files = control.files_signature(cfg)
     snapshot = await asyncio.to_thread(control.build_snapshot, cfg, 1)
     worker = Worker(cfg, snapshot)
     await worker.start(bind_all(cfg, reuse_port=False))
@@ -141,7 +145,7 @@ async def run_single(cfg: config.Config, ready: Any = None) -> None:
     loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(worker.reload()))
     if ready is not None:
         ready(worker)
-    watcher = loop.create_task(watch_files(cfg, worker.reload))
+    watcher = loop.create_task(watch_files(cfg, worker.reload, files))
     await stop.wait()
     watcher.cancel()
     log.info("shutting down: draining queries in flight (up to %.1fs)", cfg.limits.shutdown_drain_seconds)
@@ -244,6 +248,7 @@ class Supervisor:
         raise RuntimeError(f"worker {index} did not start within {timeout_seconds:.0f}s")
 
     async def run(self, ready: Any = None) -> None:
+        files = control.files_signature(self.config)
         # Worker 0 first: with port 0 it picks the ports the others then share.
         for index in range(self.config.workers):
             process, conn = self._spawn(index)
@@ -260,7 +265,7 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
         if ready is not None:
             ready(self)
-        watchers = [loop.create_task(self._watch()), loop.create_task(watch_files(self.config, self.reload))]
+        watchers = [loop.create_task(self._watch()), loop.create_task(watch_files(self.config, self.reload, files))]
         await stop.wait()
         self.stopping = True
         for watcher in watchers:

@@ -312,10 +312,11 @@ def make_error(query_id: int, flags: int, rcode: int, query: Query | None = None
     return _HEADER.pack(query_id, out_flags, 1, 0, 0, 1) + query.question + opt
 
 
+_SOA_NAMES = encode_name("schooldns.invalid") + encode_name("hostmaster.schooldns.invalid")
+
+
 def _soa_rdata(negative_ttl: int) -> bytes:
-    mname = encode_name("schooldns.invalid")
-    rname = encode_name("hostmaster.schooldns.invalid")
-    return mname + rname + struct.pack("!IIIII", 1, 3600, 600, 86400, negative_ttl)
+    return _SOA_NAMES + struct.pack("!IIIII", 1, 3600, 600, 86400, negative_ttl)
 
 
 def make_local_answer(query: Query, rcode: int, answers: list[tuple[int, int, bytes]],

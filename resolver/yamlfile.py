@@ -135,12 +135,13 @@ _MISSING: Any = object()
 class Section:
     """A strict view of one mapping in a Document: typed reads, and unknown keys reported by done()."""
 
-    def __init__(self, doc: Document, key: Key):
+    def __init__(self, doc: Document, key: Key, value: Any = _MISSING):
         self.doc = doc
         self.key = key
-        value = doc.data
-        for part in key:
-            value = value[part]
+        if value is _MISSING:
+            value = doc.data
+            for part in key:
+                value = value[part]
         if value is None:
             value = {}
         if not isinstance(value, dict):
@@ -208,9 +209,7 @@ class Section:
     def sub(self, name: str) -> Section:
         """A nested mapping (an absent key reads as an empty mapping)."""
         self.taken.add(name)
-        if name not in self.values:
-            self.values[name] = {}
-        return Section(self.doc, self.key + (name,))
+        return Section(self.doc, self.key + (name,), self.values.get(name))
 
     def fail(self, name: str, message: str) -> None:
         self.doc.fail(self.key + (name,), message)

@@ -112,11 +112,12 @@ async def running_resolver(root: Path, upstreams: list[str], config_extra: str =
     if with_admin:
         config_extra += 'admin: {listen: "127.0.0.1:0"}\n'
     cfg = config.load_config(write_site(root, upstreams, config_extra, files))
+    signature = control.files_signature(cfg)
     worker = app.Worker(cfg, control.build_snapshot(cfg, 1))
     await worker.start(app.bind_all(cfg, reuse_port=False))
     runner = await admin.start(cfg, admin.Control(state=worker.state, reload=worker.reload))
     running = Running(worker, cfg, root, admin.bound_port(runner) if runner else None)
-    watcher = asyncio.create_task(app.watch_files(cfg, worker.reload))  # as `schooldns serve` does
+    watcher = asyncio.create_task(app.watch_files(cfg, worker.reload, signature))  # as `schooldns serve` does
     try:
         yield running
     finally:

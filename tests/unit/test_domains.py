@@ -229,7 +229,7 @@ ENTRIES = st.lists(
 )
 
 
-@settings(max_examples=300, deadline=None, database=None)
+@settings(max_examples=200, deadline=None, database=None)
 @given(entries=ENTRIES, queries=st.lists(NAMES, min_size=1, max_size=10))
 def test_lookup_matches_reference(entries, queries):
     index = index_of(*entries)
@@ -352,13 +352,17 @@ def test_checksum_mismatch():
 
 def test_every_single_bit_flip_is_detected():
     # Every byte is covered: header fields by their own checks, the body by its crc32. Only the
-    # header padding carries nothing, and flipping it changes nothing a lookup can see.
+    # header padding carries nothing: a flip there is either refused or changes no lookup.
     for position in range(len(SAMPLE)):
         for bit in range(8):
             image = bytearray(SAMPLE)
             image[position] ^= 1 << bit
             if HEADER_FIELDS <= position < HEADER.size:
-                assert DomainIndex.from_bytes(bytes(image)).lookup("www.example.com") == 1
+                try:
+                    index = DomainIndex.from_bytes(bytes(image))
+                except IndexFormatError:
+                    continue
+                assert list(index.iter_entries()) == list(DomainIndex.from_bytes(SAMPLE).iter_entries())
                 continue
             with pytest.raises(IndexFormatError):
                 DomainIndex.from_bytes(bytes(image))
