@@ -9,15 +9,12 @@ import enum
 import functools
 import ipaddress
 import logging
-import re
 import zoneinfo
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import idna
-
-from resolver import safesearch, yamlfile
+from resolver import listformats, safesearch, yamlfile
 
 log = logging.getLogger(__name__)
 
@@ -425,40 +422,27 @@ def category_mask(names: Sequence[str], categories: Sequence[str]) -> int:
 # Names
 
 
-_LABEL_RE = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
 
 
 def normalize_name(text: str) -> str:
-    """A domain name as a lower-case A-label without trailing dot (IDNA 2008, UTS-46); ValueError if invalid."""
+    """A policy entry or queried name as a lower-case A-label (listformats' rules); ValueError if invalid."""
     name = text.strip()
-    if name.endswith("."):
-        name = name[:-1]
-    if not name:
-        raise ValueError("empty name")
     if "://" in name or "/" in name:
         raise ValueError(f"'{text}' is a URL; write only the domain name, e.g. 'example.com'")
     if name.startswith("*."):
         raise ValueError(f"write '{name[2:]}' instead of '{text}': entries already match every name under them")
-    if name.isascii():  # fast path: no Unicode, but xn-- labels must still be valid Punycode
-        name = name.lower()
-        for label in name.split("."):
-            if not _LABEL_RE.match(label):
-                raise ValueError(f"'{text}' is not a valid domain name (label '{label}')")
-            if label.startswith("xn--"):
-                try:
-                    idna.decode(label)
-                except idna.IDNAError as exc:
-                    raise ValueError(f"'{text}' has an invalid A-label '{label}': {exc}") from None
-    else:
-        try:
-            name = idna.encode(name, uts46=True).decode("ascii")
-        except idna.IDNAError as exc:
-            raise ValueError(f"'{text}' is not a valid internationalised domain name: {exc}") from None
-    if len(name) > 253:
-        raise ValueError(f"'{text}' is longer than 253 characters")
-    if name.rpartition(".")[2].isdigit():
-        raise ValueError(f"'{text}' is an IP address, not a domain name")
-    return name
+    try:
+        return listformats.normalize_name(name)
+    except listformats.InvalidName as exc:
+        problem = _NAME_PROBLEMS.get(exc.reason, f"is not a valid domain name ({exc.reason})")
+        raise ValueError(f"'{text}' {problem}") from None
+
+
+_NAME_PROBLEMS = {
+    listformats.IP_ADDRESS: "is an IP address, not a domain name",
+    "invalid idn": "has an invalid A-label or Unicode label",
+    "name too long": "is longer than 253 characters",
+}
 
 
 def _hhmm(minute: int) -> str:
