@@ -39,8 +39,10 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------
 
 MAGIC = b"SDNSIDX\x00"
-FORMAT_VERSION = 1
-_HEADER = struct.Struct("<8sIIIIIII28x")  # magic, version, header size, entries, slots, masksets, blob, crc
+FORMAT_VERSION = 2
+# magic, version, header size, entries, slots, masksets, blob, crc, flags
+_HEADER = struct.Struct("<8sIIIIIIII24x")
+_FLAG_SINGLE_LABELS = 1  # some listed name is a single label (lists never produce one; tests may)
 _HEADER_SIZE = _HEADER.size  # 64
 _EMPTY_SLOT = 0
 # Slots per entry, rounded up to a power of two: the table is 1/4 to 1/2 full, so most probes for an
@@ -88,44 +90,49 @@ def build_index(entries: Iterable[tuple[str, int, str, str]]) -> bytes:
         quad[column] |= 1 << bit
 
     names = sorted(quads_by_name)
-    encoded = [_encode_listed_name(name) for name in names]
     entry_count = len(names)
     if entry_count > _MAX_ENTRIES:
         raise ValueError(f"too many names for one index: {entry_count}")
+    blob = _encode_listed_names(names)
 
-    maskset_ids: dict[tuple[int, ...], int] = {}
-    entry_masksets = array("I", bytes(4 * entry_count))
-    for entry, name in enumerate(names):
-        quad = tuple(quads_by_name[name])
-        entry_masksets[entry] = maskset_ids.setdefault(quad, len(maskset_ids))
-    masksets = array("Q", [mask for quad in maskset_ids for mask in quad])
-
+    # One pass: each entry's mask-set number, its hash slot and the offset of its name.
     slot_count = _slot_count_for(entry_count)
     slot_mask = slot_count - 1
+    maskset_ids: dict[tuple[int, ...], int] = {}
+    entry_masksets = array("I", bytes(4 * entry_count))
+    entry_offsets = array("I", bytes(4 * entry_count))
     slots = array("Q", bytes(8 * slot_count))
-    for entry, name_bytes in enumerate(encoded):
-        name_hash = zlib.crc32(name_bytes)
+    offset = 0  # within the name section; made absolute once the section's start is known
+    crc32 = zlib.crc32
+    for entry, name in enumerate(names):
+        quad = tuple(quads_by_name[name])
+        maskset = maskset_ids.get(quad)
+        if maskset is None:
+            maskset = maskset_ids[quad] = len(maskset_ids)
+        entry_masksets[entry] = maskset
+        entry_offsets[entry] = offset
+        name_bytes = blob[offset:offset + len(name)]
+        offset += len(name) + 1
+        name_hash = crc32(name_bytes)
         slot = name_hash & slot_mask
         while slots[slot] != _EMPTY_SLOT:
             slot = (slot + 1) & slot_mask
         slots[slot] = (name_hash << 32) | (entry + 1)
+    masksets = array("Q", [mask for quad in maskset_ids for mask in quad])
 
     names_start = _HEADER_SIZE + 8 * slot_count + 32 * len(maskset_ids) + 8 * entry_count
-    entry_offsets = array("I", bytes(4 * entry_count))
-    offset = names_start
-    for entry, name_bytes in enumerate(encoded):
-        entry_offsets[entry] = offset
-        offset += len(name_bytes) + 1
-    if offset > _MAX_IMAGE_BYTES:
+    if names_start + len(blob) > _MAX_IMAGE_BYTES:
         raise ValueError(f"index image would exceed {_MAX_IMAGE_BYTES} bytes")
-    blob = b"\0".join(encoded) + b"\0" if encoded else b""
+    entry_offsets = array("I", [names_start + relative for relative in entry_offsets])
 
     if sys.byteorder != "little":
         for table in (slots, masksets, entry_offsets, entry_masksets):
             table.byteswap()
     body = b"".join((slots.tobytes(), masksets.tobytes(), entry_offsets.tobytes(), entry_masksets.tobytes(), blob))
+    flags = _FLAG_SINGLE_LABELS if any("." not in name for name in names) else 0
     header = _HEADER.pack(
-        MAGIC, FORMAT_VERSION, _HEADER_SIZE, entry_count, slot_count, len(maskset_ids), len(blob), zlib.crc32(body)
+        MAGIC, FORMAT_VERSION, _HEADER_SIZE, entry_count, slot_count, len(maskset_ids), len(blob), zlib.crc32(body),
+        flags,
     )
     return header + body
 
@@ -158,7 +165,7 @@ class DomainIndex:
     """Read-only view of a compiled index image: `lookup(name)` -> effective category mask."""
 
     __slots__ = ("_image", "_mmap", "_slots", "_slot_mask", "_offsets", "_entry_masksets",
-                 "_own_masks", "_parent_masks", "_quads", "entry_count", "size_bytes")
+                 "_own_masks", "_parent_masks", "_quads", "_single_labels", "entry_count", "size_bytes")
 
     def __init__(self, image: bytes | mmap.mmap, file_map: mmap.mmap | None = None) -> None:
         """Validate `image` and view it in place (no copy). Prefer `from_bytes`, `load` or `empty`."""
@@ -179,6 +186,7 @@ class DomainIndex:
         self._own_masks = [(be | bs, ae | als) for be, bs, ae, als in self._quads]
         self._parent_masks = [(bs, als) for _, bs, _, als in self._quads]
         self.entry_count = layout.entry_count  # distinct listed names
+        self._single_labels = layout.single_labels
         self.size_bytes = len(view)
 
     @classmethod
@@ -226,7 +234,9 @@ class DomainIndex:
         masks = self._own_masks  # the name itself: exact + subtree entries apply
         block = allow = 0
         start = 0
-        while True:
+        # Lists never hold a bare TLD, so the last label is not probed unless this index has one.
+        last = len(key) if self._single_labels else key.rfind(b".")
+        while start <= last:
             suffix = key[start:]
             suffix_hash = zlib.crc32(suffix)
             slot = suffix_hash & slot_mask
@@ -245,8 +255,9 @@ class DomainIndex:
                 value = slots[slot]
             start = key.find(b".", start) + 1
             if not start:
-                return block & ~allow
+                break
             masks = self._parent_masks  # parents: only subtree entries apply
+        return block & ~allow
 
     def explain(self, name: str) -> list[Match]:
         """Every listed entry that applies to `name`, from the name itself up to its root-most parent.
@@ -293,20 +304,20 @@ class DomainIndex:
         return -1
 
 
-def _encode_listed_name(name: str) -> bytes:
-    """ASCII bytes of a listed name, rejecting what `lookup` could never match."""
-    if not isinstance(name, str) or not name or not name.isascii():
-        raise ValueError(f"listed name must be a non-empty ASCII (A-label) string, got {name!r}")
-    name_bytes = name.encode("ascii")
-    if (
-        name_bytes.lower() != name_bytes
-        or name_bytes[0] == 0x2E
-        or name_bytes[-1] == 0x2E
-        or b".." in name_bytes
-        or b"\0" in name_bytes
-    ):
-        raise ValueError(f"listed name must be lower-case, without empty labels or a trailing dot: {name!r}")
-    return name_bytes
+def _encode_listed_names(names: list[str]) -> bytes:
+    """The name section: every name + NUL, checked in bulk for what `lookup` could never match."""
+    text = "\0".join(names) + "\0" if names else ""
+    if not text.isascii():
+        bad = next(name for name in names if not name.isascii())
+        raise ValueError(f"listed name must be a non-empty ASCII (A-label) string, got {bad!r}")
+    if not all(names):
+        raise ValueError("listed name must be a non-empty ASCII (A-label) string, got ''")
+    if text.lower() != text or ".." in text or ".\0" in text or "\0." in text or text.startswith((".", "\0")) \
+            or "\0\0" in text:
+        bad = next(name for name in names if not name or name.lower() != name or ".." in name
+                   or name.startswith(".") or name.endswith("."))
+        raise ValueError(f"listed name must be lower-case, without empty labels or a trailing dot: {bad!r}")
+    return text.encode("ascii")
 
 
 def _slot_count_for(entry_count: int) -> int:
@@ -325,6 +336,7 @@ class _Layout:
     offsets_start: int
     entry_masksets_start: int
     names_start: int
+    single_labels: bool
 
 
 def _check_image(image: bytes | mmap.mmap) -> _Layout:
@@ -334,7 +346,8 @@ def _check_image(image: bytes | mmap.mmap) -> _Layout:
     size = len(image)
     if size < _HEADER_SIZE:
         raise IndexFormatError(f"domain index truncated: {size} bytes, shorter than the {_HEADER_SIZE}-byte header")
-    magic, version, header_size, entry_count, slot_count, maskset_count, blob_size, body_crc = _HEADER.unpack_from(image)
+    magic, version, header_size, entry_count, slot_count, maskset_count, blob_size, body_crc, flags = \
+        _HEADER.unpack_from(image)
     if magic != MAGIC:
         raise IndexFormatError(f"not a domain index (magic {magic!r}, expected {MAGIC!r})")
     if version != FORMAT_VERSION:
@@ -344,6 +357,7 @@ def _check_image(image: bytes | mmap.mmap) -> _Layout:
     if slot_count & (slot_count - 1) or slot_count <= entry_count:
         raise IndexFormatError(f"domain index slot count {slot_count} is invalid for {entry_count} entries")
     layout = _Layout(
+        single_labels=bool(flags & _FLAG_SINGLE_LABELS),
         entry_count=entry_count,
         slot_count=slot_count,
         slots_start=_HEADER_SIZE,

@@ -392,5 +392,12 @@ def test_bad_slot_count():
 
 def test_format_constants():
     assert domains.MAGIC == b"SDNSIDX\x00"
-    assert domains.FORMAT_VERSION == 1
+    assert domains.FORMAT_VERSION == 2
     assert SAMPLE[:8] == domains.MAGIC
+
+
+def test_single_label_entries_are_probed_only_when_the_index_has_them():
+    with_tld = domains.DomainIndex.from_bytes(domains.build_index([("zip", 1, "subtree", "block")]))
+    assert with_tld.lookup("evil.zip") == 2 and with_tld.lookup("zip") == 2
+    without = domains.DomainIndex.from_bytes(domains.build_index([("a.zip", 1, "subtree", "block")]))
+    assert without.lookup("x.a.zip") == 2 and without.lookup("zip") == 0 and without.lookup("b.zip") == 0
