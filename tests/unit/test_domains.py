@@ -339,8 +339,8 @@ def test_wrong_magic():
 
 
 def test_wrong_version():
-    with pytest.raises(IndexFormatError, match="format version 2 is not supported"):
-        DomainIndex.from_bytes(with_header(SAMPLE, version=2))
+    with pytest.raises(IndexFormatError, match="format version 3 is not supported"):
+        DomainIndex.from_bytes(with_header(SAMPLE, version=3))
 
 
 def test_checksum_mismatch():
