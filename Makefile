@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench check clean tools
+.PHONY: run test bench bench-tools check clean tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,14 @@ check: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# Benchmarks (not part of `make test`): writes the results into docs/performance.md.
+# BENCH_ARGS passes options, e.g. `make bench BENCH_ARGS="--skip-baselines --entries 100000"`.
 bench: $(STAMP)
-	$(PY) tests/perf/bench.py
+	$(PY) tests/perf/bench.py $(BENCH_ARGS)
+
+# Installs dnsperf, unbound and dnsmasq-base with apt-get (root), starting no daemon.
+bench-tools:
+	$(PYTHON) tests/perf/bench.py --tools-only
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,45 @@
+"""The benchmark harness (tests/perf/bench.py) runs end to end and reports a throughput for schooldns.
+
+This checks that `make bench` works, not how fast anything is: --quick uses a 10k-entry list and
+3 s dnsperf runs against a real `schooldns serve` process. It needs dnsperf (Debian package
+`dnsperf`, installed by .ci/run) and 2 cores; no timing is asserted.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BENCH = REPO / "tests" / "perf" / "bench.py"
+
+
+def test_quick_bench_reports_schooldns_qps(tmp_path):
+    if shutil.which("dnsperf") is None:
+        pytest.fail("dnsperf is not installed: the benchmark harness test needs it "
+                    "(`apt-get install dnsperf`, or `make bench-tools` as root; .ci/run installs it)")
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.fail("the benchmark harness pins the server and dnsperf to two different CPUs; this process may use only one")
+    report = tmp_path / "performance.md"
+    report.write_text("# Performance\n\nText before.\n\n<!-- bench:begin -->\nSTALE RESULTS\n<!-- bench:end -->\n\nText after.\n")
+    try:
+        done = subprocess.run(
+            [sys.executable, str(BENCH), "--quick", "--skip-baselines", "--output", str(report)],
+            cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"bench.py --quick did not finish within 120 s:\n{exc.stdout}\n{exc.stderr}")
+    assert done.returncode == 0, f"bench.py failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+
+    text = report.read_text()
+    assert text.startswith("# Performance\n\nText before.\n") and text.endswith("\n\nText after.\n")
+    assert "STALE RESULTS" not in text  # the section between the markers was replaced
+    section = text.split("<!-- bench:begin -->", 1)[1].split("<!-- bench:end -->", 1)[0]
+    match = re.search(r"^\| qps, warm cache, max rate[^|]*\| \*\*([\d,]+)\*\*", section, re.MULTILINE)
+    assert match, f"no schooldns qps row in the report:\n{section}"
+    assert int(match.group(1).replace(",", "")) > 0
+    assert re.search(r"^\| answers checked [^|]*\| [\d,]+ / 0 \|", section, re.MULTILINE), section
+    assert "Domain index benchmark" in section  # bench_domains.py ran and its table was included
