@@ -58,6 +58,7 @@ class UdpServer(asyncio.DatagramProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        transport.max_size = wire.MAX_DATAGRAM  # type: ignore[attr-defined]  # see wire.MAX_DATAGRAM
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         # Hot path: blocked names and cache hits are answered before this returns.

@@ -101,6 +101,7 @@ class _UdpSocket(asyncio.DatagramProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        transport.max_size = wire.MAX_DATAGRAM  # type: ignore[attr-defined]  # see wire.MAX_DATAGRAM
 
     def datagram_received(self, data: bytes, addr: object) -> None:
         # Connected socket: the kernel already dropped datagrams from other sources.
