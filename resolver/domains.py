@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import re
 import struct
 import sys
 import zlib
@@ -43,6 +44,7 @@ FORMAT_VERSION = 2
 # magic, version, header size, entries, slots, masksets, blob, crc, flags
 _HEADER = struct.Struct("<8sIIIIIIII24x")
 _FLAG_SINGLE_LABELS = 1  # some listed name is a single label (lists never produce one; tests may)
+_SINGLE_LABEL = re.compile(rb"(?:^|\0)[^.\0]+\0")  # in the name section
 _HEADER_SIZE = _HEADER.size  # 64
 _EMPTY_SLOT = 0
 # Slots per entry, rounded up to a power of two: the table is 1/4 to 1/2 full, so most probes for an
@@ -78,16 +80,21 @@ def build_index(entries: Iterable[tuple[str, int, str, str]]) -> bytes:
     caller bug and raises ValueError. Repeated names merge: their bits are OR'ed per (kind, match).
     """
     quads_by_name: dict[str, list[int]] = {}
+    last_bit = last_match = last_kind = None
+    column = value = 0
     for name, bit, match, kind in entries:
-        column = _COLUMN.get((kind, match))
-        if column is None:
-            raise ValueError(f"entry {name!r}: kind must be one of {_KINDS} and match one of {_MATCHES}, got {kind!r}/{match!r}")
-        if type(bit) is not int or not 0 <= bit < 64:
-            raise ValueError(f"entry {name!r}: category bit must be an int in 0..63, got {bit!r}")
+        # Entries come in long runs from one source: check and map (bit, match, kind) once per run.
+        if bit is not last_bit or match is not last_match or kind is not last_kind:
+            column = _COLUMN.get((kind, match))
+            if column is None:
+                raise ValueError(f"entry {name!r}: kind must be one of {_KINDS} and match one of {_MATCHES}, got {kind!r}/{match!r}")
+            if type(bit) is not int or not 0 <= bit < 64:
+                raise ValueError(f"entry {name!r}: category bit must be an int in 0..63, got {bit!r}")
+            last_bit, last_match, last_kind, value = bit, match, kind, 1 << bit
         quad = quads_by_name.get(name)
         if quad is None:
             quad = quads_by_name[name] = [0, 0, 0, 0]
-        quad[column] |= 1 << bit
+        quad[column] |= value
 
     names = sorted(quads_by_name)
     entry_count = len(names)
@@ -129,7 +136,7 @@ def build_index(entries: Iterable[tuple[str, int, str, str]]) -> bytes:
         for table in (slots, masksets, entry_offsets, entry_masksets):
             table.byteswap()
     body = b"".join((slots.tobytes(), masksets.tobytes(), entry_offsets.tobytes(), entry_masksets.tobytes(), blob))
-    flags = _FLAG_SINGLE_LABELS if any("." not in name for name in names) else 0
+    flags = _FLAG_SINGLE_LABELS if _SINGLE_LABEL.search(blob) else 0
     header = _HEADER.pack(
         MAGIC, FORMAT_VERSION, _HEADER_SIZE, entry_count, slot_count, len(maskset_ids), len(blob), zlib.crc32(body),
         flags,
