@@ -35,9 +35,6 @@ class ConfigError(ResolverError):
         self.problems = list(problems)
         super().__init__("\n".join(str(p) for p in self.problems))
 
-    def __reduce__(self) -> tuple[type, tuple[list[Problem]]]:
-        return (ConfigError, (self.problems,))  # crosses process boundaries (list compiles run in a child)
-
 
 def key_path(key: Key) -> str:
     """('cache', 'max_entries') -> 'cache.max_entries'; ('block', 2) -> 'block[2]'."""

@@ -37,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -556,10 +557,48 @@ class Result:
     status: dict | None = None  # schooldns /status after the runs
     log_problems: list[str] = field(default_factory=list)  # error lines in the server's log
     error: str | None = None
+    swap_seconds: float | None = None  # schooldns: list swap (SIGHUP) until the new index is installed
 
     @property
     def qps(self) -> float:
         return statistics.median(run.qps for run in self.runs) if self.runs else 0.0
+
+
+def list_swap(result: Result, proc: Proc, directory: Path, args: argparse.Namespace, tools: dict[str, str],
+              port: int, data: Data, rate: int, log: Callable[[str], None]) -> None:
+    """A fixed-rate run during which the whole list is replaced and schooldns reloads (SIGHUP).
+
+    The new file is the same list plus one name, so the compiled index is rebuilt from scratch
+    (in schooldns' child process, on the server's core) while queries keep arriving.
+    """
+    listed = directory / "blocklists" / "adult" / "bench.txt"
+    staged = listed.with_name(".bench-next.txt")
+    shutil.copyfile(data.blocklist, staged)
+    with open(staged, "a") as file:
+        file.write("list-swap-marker.example\n")
+    seconds = max(args.seconds, 15.0)
+
+    def swap() -> None:
+        os.replace(staged, listed)
+        os.kill(proc.pid, signal.SIGHUP)
+        started = time.monotonic()
+        deadline = started + args.start_timeout
+        while "installed generation 2" not in proc.log_path.read_text(errors="replace"):
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
+        result.swap_seconds = time.monotonic() - started
+
+    swapper = threading.Timer(seconds / 5, swap)
+    swapper.start()
+    perf = dnsperf(tools, port, data.queries, seconds=seconds, clients=args.clients, qps=rate, verbose=True)
+    swapper.join()
+    if result.swap_seconds is None:
+        raise BenchError(f"schooldns did not install the swapped list; log:\n{proc.tail()}")
+    result.latency["swap"] = perf
+    check_answers(result, perf, data)
+    log(f"schooldns: list swap under {rate:,} qps: p50 {perf.percentile(0.5):.3f} ms, "
+        f"p99 {perf.percentile(0.99):.3f} ms, {perf.lost} lost")
 
 
 def check_answers(result: Result, perf: Perf, data: Data) -> None:
@@ -619,6 +658,8 @@ def bench_server(server: Server, args: argparse.Namespace,
             log(f"{server.key}: {rate:,} qps offered: {perf.qps:,.0f} answered/s, p50 {perf.percentile(0.5):.3f} ms,"
                 f" p99 {perf.percentile(0.99):.3f} ms, {perf.lost} lost")
         result.memory_kb["latency"] = proc.status_kb()
+        if server.key == "schooldns":
+            list_swap(result, proc, directory, args, tools, port, data, rates["light"], log)
         result.miss = dnsperf(tools, port, data.misses, seconds=args.seconds, clients=args.clients, once=True)
         result.memory_kb["miss"] = proc.status_kb()
         log(f"{server.key}: 100% miss: {result.miss.qps:,.0f} qps, avg {result.miss.avg_latency_ms:.3f} ms,"
@@ -756,6 +797,14 @@ def report(args: argparse.Namespace, info: dict[str, str], data: Data, results: 
         add("")
 
         base = next((r for r in ok if r.key == "schooldns"), None)
+        if base is not None and "swap" in base.latency:
+            swap = base.latency["swap"]
+            add(f"schooldns list swap under load: while answering {offered_qps(swap):,} qps, the list file was "
+                f"replaced (same list + 1 name) and SIGHUP sent; the full recompile ran in a child process on the "
+                f"server's core and the new index was installed after {base.swap_seconds:.1f} s. During that run: "
+                f"p50 / p99 / p99.9 {' / '.join(fmt_ms(swap.percentile(f)) for f in (0.5, 0.99, 0.999))} ms, "
+                f"{swap.lost:,} lost, {swap.qps:,.0f} answered/s.")
+            add("")
         if base is not None:
             ratios = []
             for other in ok:
