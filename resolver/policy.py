@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from resolver import listformats, safesearch, yamlfile
+from resolver import listformats, safesearch
 
 log = logging.getLogger(__name__)
 
