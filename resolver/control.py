@@ -77,6 +77,7 @@ def load_index(cfg: config.Config, sources: lists.Sources,
         if not isinstance(exc, FileNotFoundError):
             log.warning("compiled lists in %s unusable (%s); compiling again", cfg.state_dir, exc)
     started = time.monotonic()
+    # A child that could not write state_dir cannot hand its image over: compile here instead.
     written = _compile_in_child(cfg, fingerprint) if compile_in_child else None
     if written is not None:
         manifest, image = written, None

@@ -319,9 +319,8 @@ def _encode_listed_names(names: list[str]) -> bytes:
         raise ValueError(f"listed name must be a non-empty ASCII (A-label) string, got {bad!r}")
     if not all(names):
         raise ValueError("listed name must be a non-empty ASCII (A-label) string, got ''")
-    if text.lower() != text or ".." in text or ".\0" in text or "\0." in text or text.startswith((".", "\0")) \
-            or "\0\0" in text:
-        bad = next(name for name in names if not name or name.lower() != name or ".." in name
+    if text.lower() != text or ".." in text or ".\0" in text or "\0." in text or text.startswith("."):
+        bad = next(name for name in names if name.lower() != name or ".." in name
                    or name.startswith(".") or name.endswith("."))
         raise ValueError(f"listed name must be lower-case, without empty labels or a trailing dot: {bad!r}")
     return text.encode("ascii")

@@ -422,8 +422,6 @@ def category_mask(names: Sequence[str], categories: Sequence[str]) -> int:
 # Names
 
 
-
-
 def normalize_name(text: str) -> str:
     """A policy entry or queried name as a lower-case A-label (listformats' rules); ValueError if invalid."""
     name = text.strip()

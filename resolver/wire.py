@@ -118,7 +118,7 @@ class Query:
     @property
     def key(self) -> bytes:
         """Cache and coalescing key: the question without case, plus the bits that change the answer."""
-        return lower_question(self.question) + (b"\x01" if self.do else b"\x00") + (
+        return self.question_lower + (b"\x01" if self.do else b"\x00") + (
             b"\x01" if self.flags & CD else b"\x00")
 
 
