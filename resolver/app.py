@@ -39,7 +39,7 @@ class Worker:
         self.workers = workers
         self.reload_failures = 0
         self.list_entries: dict[str, int] = control.entry_counts(snapshot)
-        self._udp: list[asyncio.DatagramTransport] = []
+        self._udp: list[server.UdpServer] = []
         self._tcp_servers: list[asyncio.Server] = []
         self.addresses: list[tuple[str, int]] = []
         self._reloading: asyncio.Lock | None = None

@@ -43,8 +43,11 @@ class AnswerCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def lookup(self, key: bytes, now: float) -> tuple[bytes, wire.Answer] | None:
-        """(aged message, the answer) for a fresh answer, or None."""
+    def lookup(self, key: bytes, now: float) -> tuple[bytes, wire.Answer, float] | None:
+        """(aged message, the answer, until) for a fresh answer, or None.
+
+        The aged message stays exact until `until`: the next whole second of age, or expiry.
+        """
         entry = self._entries.get(key)
         if entry is None or now >= entry.expires_at:
             self.misses += 1
@@ -55,7 +58,7 @@ class AnswerCache:
         if age != entry.aged_for:
             entry.aged_message = wire.age_answer(entry.answer, age)
             entry.aged_for = age
-        return entry.aged_message, entry.answer
+        return entry.aged_message, entry.answer, min(entry.stored_at + age + 1, entry.expires_at)
 
     def lookup_stale(self, key: bytes, now: float) -> tuple[bytes, int] | None:
         """An expired answer still inside the stale window, with TTLs set to 30 s (RFC 8767)."""

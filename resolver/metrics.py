@@ -38,6 +38,12 @@ class Counters:
         self.queries[(school, transport, "blocked")] += 1
         self.blocked[(school, category)] += 1
 
+    def recount(self, query_key: tuple[str, str, str], blocked_key: tuple[str, str] | None) -> None:
+        """count() / count_block() with label tuples made earlier (a repeated answer)."""
+        self.queries[query_key] += 1
+        if blocked_key is not None:
+            self.blocked[blocked_key] += 1
+
     def merge(self, other: Counters) -> None:
         """Add another worker's counters (the supervisor sums its workers for one scrape)."""
         self.queries.update(other.queries)

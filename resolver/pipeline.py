@@ -20,6 +20,9 @@ from resolver import cache, domains, metrics, policy, schools, upstream, wire
 log = logging.getLogger(__name__)
 
 DECISION_MEMO_MAX = 65_536
+# Answers kept for repeats (each a few hundred bytes; a repeat lives at most a second for cached
+# answers, up to a minute for blocked ones).
+REPEAT_MAX = 32_768
 
 Reply = bytes | None | Coroutine[Any, Any, bytes | None]
 
@@ -51,6 +54,20 @@ class Snapshot:
     loaded_at: float
 
 
+@dataclasses.dataclass(slots=True)
+class _Repeat:
+    """An answer made at once for one UDP query, kept for the same bytes (all but the ID) from the same school."""
+
+    school: policy.SchoolPolicy
+    query: wire.Query  # parsed once; reused with a new ID once `tail` is no longer exact
+    tail: bytes  # the answer without its 2-byte ID
+    until: float  # clock() time after which `tail` is rebuilt
+    minute: float  # wall_clock() // 60 of the decision
+    counted: tuple[str, str, str]  # Counters.queries key
+    blocked: tuple[str, str] | None  # Counters.blocked key
+    from_cache: bool  # a repeat of a cache hit counts as one
+
+
 class Pipeline:
     """Answers one query's bytes with answer bytes (or None: drop) for one client address."""
 
@@ -63,10 +80,12 @@ class Pipeline:
         self.clock = clock
         self.wall_clock = wall_clock
         self._memo: dict[tuple[str, str], tuple[int, policy.Decision]] = {}
+        self._repeats: dict[bytes, _Repeat] = {}
 
     def install(self, snapshot: Snapshot) -> None:
-        """Swap in a new snapshot (control plane); decisions memoised for the old one are dropped."""
+        """Swap in a new snapshot (control plane); decisions and answers made with the old one are dropped."""
         self._memo = {}
+        self._repeats = {}
         self.snapshot = snapshot
 
     # -----------------------------------------------------------------------------------
@@ -75,17 +94,28 @@ class Pipeline:
     def handle(self, data: bytes, client: str, transport: str) -> Reply:
         """Answer bytes now, None to drop, or a coroutine that will produce the answer."""
         counters = self.counters
-        # 1. Parse the question.
-        try:
-            query = wire.parse_query(data)
-        except wire.WireError as exc:
-            counters.malformed += 1
-            return self._error_answer(exc, None)
-        limit = query.payload if transport == "udp" else 65535
         snapshot = self.snapshot
-
-        # 2. Identify the school by client address.
+        # 1. Identify the school by client address (first, because a repeat is per school).
         school = snapshot.directory.lookup(client) or snapshot.default_school
+
+        # 2. Repeat, or parse the question. A UDP query whose bytes after the ID equal an earlier
+        #    one from the same school gets that answer with its ID patched in, while the answer's
+        #    TTLs and decision still hold; after that, its parsed question is reused.
+        repeat = self._repeats.get(data[2:]) if transport == "udp" else None
+        if repeat is not None and repeat.school is school:
+            if self.clock() < repeat.until and self.wall_clock() // 60 == repeat.minute:
+                counters.recount(repeat.counted, repeat.blocked)
+                if repeat.from_cache:
+                    self.cache.hits += 1
+                return data[:2] + repeat.tail
+            query = repeat.query.with_id(data[0] << 8 | data[1])
+        else:
+            try:
+                query = wire.parse_query(data)
+            except wire.WireError as exc:
+                counters.malformed += 1
+                return self._error_answer(exc, None)
+        limit = query.payload if transport == "udp" else 65535
         if school is None:
             counters.count("unknown", transport, "refused")
             return wire.make_error(query.id, query.flags, wire.REFUSED, query,
@@ -93,25 +123,25 @@ class Pipeline:
                                    if query.edns else b"")
 
         # 3. Decide: policy x domain index.
+        now = self.clock()
         decision = self._decide(snapshot, school, query.name)
         if decision is not policy.ALLOW:
             if isinstance(decision, policy.Block):
-                counters.count_block(school.id, transport, decision.category)
-                return self._blocked(query, decision, snapshot)
-            return self._rewrite(query, decision.target, school, transport, limit)
+                reply = self._blocked(query, decision, snapshot)
+                return self._answered(data, transport, school, query, reply, now + 60.0, decision.category)
+            return self._rewrite(data, query, decision.target, school, transport, limit, now)
 
         # 4. Cache lookup (raw bytes: ID, question and TTLs patched).
-        now = self.clock()
         hit = self.cache.lookup(query.key, now)
         if hit is not None:
-            message, answer = hit
+            message, answer, until = hit
             if answer.targets:  # 6 (on a hit): the cached chain is checked for this school
                 block = self._inspect(query, answer, school, snapshot)
                 if block is not None:
-                    counters.count_block(school.id, transport, block.category)
-                    return self._blocked(query, block, snapshot)
-            counters.count(school.id, transport, "cached")
-            return wire.replay(message, answer.question_length, query, limit)
+                    reply = self._blocked(query, block, snapshot)
+                    return self._answered(data, transport, school, query, reply, until, block.category, True)
+            reply = wire.replay(message, answer.question_length, query, limit)
+            return self._answered(data, transport, school, query, reply, until, None, True, "cached")
 
         # 5.-7. Forward upstream, inspect, cache, count: the only stage that waits.
         return self._forward(query, school, snapshot, transport, limit, now)
@@ -154,6 +184,26 @@ class Pipeline:
             self._memo.clear()  # cheap bound; refilling costs one index lookup per name
         self._memo[key] = (minute, decision)
         return decision
+
+    def _answered(self, data: bytes, transport: str, school: policy.SchoolPolicy, query: wire.Query,
+                  reply: bytes, until: float, category: str | None, from_cache: bool = False,
+                  result: str = "blocked") -> bytes:
+        """Count an answer made at once and, for UDP, keep it for repeats.
+
+        A repeat holds until `until` (clock()), when the answer's bytes stop being exact because
+        cached TTLs age by one more second, and within the wall-clock minute its decision was
+        made for (schedules; see _decide).
+        """
+        counted = (school.id, transport, result)
+        blocked = (school.id, category) if category is not None else None
+        self.counters.recount(counted, blocked)
+        if transport == "udp":
+            repeats = self._repeats
+            if len(repeats) >= REPEAT_MAX:
+                repeats.clear()  # cheap bound, as for decisions
+            repeats[data[2:]] = _Repeat(school, query, reply[2:], until, self.wall_clock() // 60,
+                                        counted, blocked, from_cache)
+        return reply
 
     def _inspect(self, query: wire.Query, answer: wire.Answer, school: policy.SchoolPolicy,
                  snapshot: Snapshot) -> policy.Block | None:
@@ -210,14 +260,14 @@ class Pipeline:
         self.counters.count(school.id, transport, "rewritten")
         return wire.replay(answer.message, answer.question_length, query, limit)
 
-    def _rewrite(self, query: wire.Query, target: str, school: policy.SchoolPolicy,
-                 transport: str, limit: int) -> Reply:
+    def _rewrite(self, data: bytes, query: wire.Query, target: str, school: policy.SchoolPolicy,
+                 transport: str, limit: int, now: float) -> Reply:
         """Safe search: CNAME to the engine's safe host, plus that host's addresses (cached)."""
         key = query.key + b"\x00safe\x00" + target.encode()
-        hit = self.cache.lookup(key, self.clock())
+        hit = self.cache.lookup(key, now)
         if hit is not None:
-            self.counters.count(school.id, transport, "rewritten")
-            return wire.replay(hit[0], hit[1].question_length, query, limit)
+            reply = wire.replay(hit[0], hit[1].question_length, query, limit)
+            return self._answered(data, transport, school, query, reply, hit[2], None, True, "rewritten")
         return self._rewrite_async(query, target, school, transport, limit, key)
 
     def _error_answer(self, exc: Exception, query: wire.Query | None) -> bytes | None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import random
-import secrets
 import socket
 import time
 
@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 DOWN_AFTER_FAILURES = 3  # consecutive failures before an upstream is tried last
 DOWN_COOLDOWN_SECONDS = 5.0  # ... for this long after its latest failure
 TCP_MAX_MESSAGE = 65535
+ORDER_REFRESH_SECONDS = 0.1  # how long a computed upstream order is reused
 
 
 class UpstreamError(ResolverError):
@@ -89,47 +90,76 @@ class _Pending:
         self.question = question
 
 
-class _UdpSocket(asyncio.DatagramProtocol):
-    """One connected UDP socket (kernel-chosen random source port) with its in-flight queries."""
+class _RandomIds:
+    """16-bit query IDs from the OS CSPRNG, fetched 4 KiB at a time (one getrandom call per 2048 IDs)."""
 
-    def __init__(self, owner: Upstream):
+    def __init__(self) -> None:
+        self._ids: list[int] = []
+
+    def next(self) -> int:
+        if not self._ids:
+            self._ids = list(memoryview(os.urandom(4096)).cast("H"))
+        return self._ids.pop()
+
+
+_random_ids = _RandomIds()
+
+
+class _UdpSocket:
+    """One connected UDP socket (kernel-chosen random source port) with its in-flight queries.
+
+    Read like the listening socket (server.UdpServer): every reply waiting in the socket is read
+    in one wake-up of the event loop, not one per loop iteration.
+    """
+
+    def __init__(self, owner: Upstream, sock: socket.socket):
         self.owner = owner
-        self.transport: asyncio.DatagramTransport | None = None
+        self.sock = sock
         self.pending: dict[int, _Pending] = {}
         self.uses = 0
         self.closed = False
+        self.loop = asyncio.get_running_loop()
+        self.loop.add_reader(sock.fileno(), self._read_ready)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        transport.max_size = wire.MAX_DATAGRAM  # type: ignore[attr-defined]  # see wire.MAX_DATAGRAM
+    def _read_ready(self) -> None:
+        for _ in range(64):
+            try:
+                data = self.sock.recv(wire.MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # ICMP errors (port unreachable...): fail what is in flight
+                self._fail(UpstreamNetworkError(str(exc)))
+                return
+            # Connected socket: the kernel already dropped datagrams from other sources.
+            pending = self.pending.get(int.from_bytes(data[:2], "big")) if len(data) >= 12 else None
+            if pending is None or not wire.reply_matches(data, data[0] << 8 | data[1], pending.question):
+                self.owner.mismatched += 1  # a stray, late or spoofed reply: ignore it
+                continue
+            if not pending.future.done():
+                pending.future.set_result(data)
 
-    def datagram_received(self, data: bytes, addr: object) -> None:
-        # Connected socket: the kernel already dropped datagrams from other sources.
-        if len(data) < 12:
-            self.owner.mismatched += 1
-            return
-        pending = self.pending.get(int.from_bytes(data[:2], "big"))
-        if pending is None or not wire.reply_matches(data, data[0] << 8 | data[1], pending.question):
-            self.owner.mismatched += 1  # a stray, late or spoofed reply: ignore it
-            return
-        if not pending.future.done():
-            pending.future.set_result(data)
+    def send(self, message: bytes) -> None:
+        try:
+            self.sock.send(message)
+        except OSError as exc:  # a full buffer or an ICMP error from an earlier query
+            raise UpstreamNetworkError(f"{self.owner.address}: {exc}") from None
 
-    def error_received(self, exc: Exception) -> None:
-        # ICMP errors (port unreachable...) on a connected socket: fail what is in flight.
+    def _fail(self, exc: UpstreamError) -> None:
         for pending in self.pending.values():
             if not pending.future.done():
-                pending.future.set_exception(UpstreamNetworkError(str(exc)))
+                pending.future.set_exception(exc)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        for pending in self.pending.values():
-            if not pending.future.done():
-                pending.future.set_exception(UpstreamNetworkError("socket closed"))
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+            self._fail(UpstreamNetworkError("socket closed"))
 
-    def close_if_idle(self) -> None:
-        if not self.pending and self.transport is not None:
-            self.transport.close()
+
+def _expire(future: asyncio.Future[bytes], address: UpstreamAddress, timeout_seconds: float) -> None:
+    if not future.done():
+        future.set_exception(UpstreamTimeout(f"{address}: no answer in {timeout_seconds:.2f}s"))
 
 
 class Upstream:
@@ -139,8 +169,8 @@ class Upstream:
         self.address = address
         self.pool_size = sockets
         self.socket_max_uses = socket_max_uses
-        self._sockets: list[_UdpSocket] = []
-        self._opening = 0
+        self._sockets: list[_UdpSocket] = []  # open and not retired
+        self._retired: set[_UdpSocket] = set()  # used up: closed once their last answer arrived
         # Health and counters (read by metrics and ordering; never per-client).
         self.consecutive_failures = 0
         self.last_failure = 0.0
@@ -165,51 +195,53 @@ class Upstream:
             self.last_failure = now
             self.latency_seconds += (elapsed - self.latency_seconds) * 0.2
 
-    async def _socket(self) -> _UdpSocket:
-        """A socket from the pool; sockets retire after socket_max_uses queries, so ports rotate."""
-        self._sockets = [s for s in self._sockets if not s.closed]
-        live = [s for s in self._sockets if s.uses < self.socket_max_uses]
-        if live and len(live) + self._opening >= self.pool_size:
-            return random.choice(live)
-        self._opening += 1
-        try:
+    def _socket(self) -> _UdpSocket:
+        """A socket from the pool, opened while the pool is not full; after socket_max_uses
+        queries a socket retires (closed when idle), so source ports keep rotating."""
+        sockets = self._sockets
+        if len(sockets) < self.pool_size:
             family = socket.AF_INET6 if ":" in self.address.host else socket.AF_INET
-            _, sock = await asyncio.get_running_loop().create_datagram_endpoint(
-                lambda: _UdpSocket(self), remote_addr=(self.address.host, self.address.port),
-                family=family)
-        except OSError as exc:
-            raise UpstreamNetworkError(f"{self.address}: {exc}") from None
-        finally:
-            self._opening -= 1
-        self._sockets.append(sock)
-        return sock
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                sock.setblocking(False)
+                sock.connect((self.address.host, self.address.port))  # UDP: no packet, no wait
+            except OSError as exc:
+                sock.close()
+                raise UpstreamNetworkError(f"{self.address}: {exc}") from None
+            chosen = _UdpSocket(self, sock)
+            sockets.append(chosen)
+        else:
+            chosen = sockets[random.randrange(len(sockets))]
+        chosen.uses += 1
+        if chosen.uses >= self.socket_max_uses:
+            sockets.remove(chosen)
+            self._retired.add(chosen)
+        return chosen
 
     async def exchange_udp(self, query: wire.Query, timeout_seconds: float) -> bytes:
         """One UDP round trip with a fresh random ID; only a matching reply is accepted."""
-        sock = await self._socket()
-        question = query.question_lower
-        upstream_id = secrets.randbits(16)
+        sock = self._socket()
+        upstream_id = _random_ids.next()
         while upstream_id in sock.pending:
-            upstream_id = secrets.randbits(16)
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        sock.pending[upstream_id] = _Pending(future, question)
-        sock.uses += 1
+            upstream_id = _random_ids.next()
+        loop = sock.loop
+        future: asyncio.Future[bytes] = loop.create_future()
+        sock.pending[upstream_id] = _Pending(future, query.question_lower)
+        timer = loop.call_later(timeout_seconds, _expire, future, self.address, timeout_seconds)
         try:
-            assert sock.transport is not None
-            sock.transport.sendto(wire.make_upstream_query(query, upstream_id))
-            async with asyncio.timeout(timeout_seconds):
-                return await future
-        except TimeoutError:
-            raise UpstreamTimeout(f"{self.address}: no answer in {timeout_seconds:.2f}s") from None
+            sock.send(wire.make_upstream_query(query, upstream_id))
+            return await future
         finally:
+            timer.cancel()
             del sock.pending[upstream_id]
-            if sock.uses >= self.socket_max_uses:
-                sock.close_if_idle()
+            if sock in self._retired and not sock.pending:
+                self._retired.discard(sock)
+                sock.close()
 
     async def exchange_tcp(self, query: wire.Query, timeout_seconds: float) -> bytes:
         """One TCP round trip (RFC 7766 framing), used when the UDP answer was truncated."""
         question = query.question_lower
-        upstream_id = secrets.randbits(16)
+        upstream_id = _random_ids.next()
         writer = None
         try:
             async with asyncio.timeout(timeout_seconds):
@@ -230,10 +262,10 @@ class Upstream:
                 writer.close()
 
     def close(self) -> None:
-        for sock in self._sockets:
-            if sock.transport is not None:
-                sock.transport.close()
+        for sock in [*self._sockets, *self._retired]:
+            sock.close()
         self._sockets.clear()
+        self._retired.clear()
 
 
 class UpstreamPool:
@@ -250,6 +282,8 @@ class UpstreamPool:
         self.max_in_flight = max_in_flight
         self._in_flight: dict[bytes, asyncio.Future[wire.Answer]] = {}
         self.coalesced = 0
+        self._order = list(self.upstreams)
+        self._order_until = 0.0
 
     def in_flight(self) -> int:
         return len(self._in_flight)
@@ -279,8 +313,14 @@ class UpstreamPool:
             del self._in_flight[key]
 
     def ordered(self, now: float) -> list[Upstream]:
-        """Healthy upstreams by latency first, then the ones recently failing."""
-        return sorted(self.upstreams, key=lambda u: (u.is_down(now), u.latency_seconds))
+        """Healthy upstreams by latency first, then the ones recently failing.
+
+        Sorted at most every ORDER_REFRESH_SECONDS, and at once after a failure.
+        """
+        if now >= self._order_until:
+            self._order = sorted(self.upstreams, key=lambda u: (u.is_down(now), u.latency_seconds))
+            self._order_until = now + ORDER_REFRESH_SECONDS
+        return self._order
 
     async def _resolve_uncoalesced(self, query: wire.Query) -> wire.Answer:
         loop = asyncio.get_running_loop()
@@ -308,12 +348,14 @@ class UpstreamPool:
                 if isinstance(exc, UpstreamTimeout):
                     upstream.timeouts += 1
                 upstream.record(False, loop.time() - started, time.monotonic())
+                self._order_until = 0.0
                 if worst is None or isinstance(exc, UpstreamTimeout):
                     worst = exc
                 continue
             except wire.BadReply as exc:
                 upstream.mismatched += 1
                 upstream.record(False, loop.time() - started, time.monotonic())
+                self._order_until = 0.0
                 worst = worst or UpstreamNetworkError(f"{upstream.address}: bad reply: {exc}")
                 continue
             upstream.record(True, loop.time() - started, time.monotonic())

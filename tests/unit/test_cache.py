@@ -17,11 +17,13 @@ def test_hit_ages_ttl_and_expires():
     query, answer = make_answer(ttl=100)
     answers = cache.AnswerCache(10)
     answers.store(query.key, answer, now=1000.0)
-    message, stored = answers.lookup(query.key, 1030.5)
+    message, stored, until = answers.lookup(query.key, 1030.5)
     assert stored is answer
     assert dns.message.from_wire(message).answer[0].ttl == 70
+    assert until == 1031.0  # the aged copy is exact until the next whole second of age
+    assert answers.lookup(query.key, 1099.5)[2] == 1100.0  # ... or until the answer expires
     assert answers.lookup(query.key, 1100.0) is None
-    assert (answers.hits, answers.misses) == (1, 1)
+    assert (answers.hits, answers.misses) == (2, 1)
 
 
 def test_aged_copy_is_reused_within_a_second():
