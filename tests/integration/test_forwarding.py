@@ -15,6 +15,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
+from resolver import upstream as forwarding
 from resolver import wire
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.harness import running_resolver
@@ -215,6 +216,21 @@ async def test_upstream_queries_use_random_ids_and_several_source_ports(resolver
     calls = [c for c in upstream.calls if c.transport == "udp"]
     assert len({c.peer[1] for c in calls}) > 4
     assert len({c.id for c in calls}) > 50
+
+
+async def test_upstream_sockets_retire_after_their_uses_and_close(upstream):
+    upstream.answer("rotate.example.com", "A", "192.0.2.1")
+    server = forwarding.Upstream(forwarding.parse_address(upstream.address), sockets=2, socket_max_uses=3)
+    query = wire.parse_query(dns.message.make_query("rotate.example.com", "A").to_wire())
+    try:
+        for _ in range(4):  # rounds of concurrent exchanges: retired sockets still get their answers
+            replies = await asyncio.gather(*[server.exchange_udp(query, 1.0) for _ in range(3)])
+            assert all(dns.message.from_wire(reply).answer for reply in replies)
+        ports = {call.peer[1] for call in upstream.calls}
+        assert len(ports) >= 4  # 12 queries, 3 per socket: ports keep rotating
+        assert len(server._sockets) <= 2 and not server._retired  # used-up sockets were closed
+    finally:
+        server.close()
 
 
 async def test_unknown_client_is_refused_with_ede_18(resolver, upstream):

@@ -1,0 +1,146 @@
+"""Pipeline repeats: the same query bytes from the same school reuse an answer only while it is exact."""
+
+from __future__ import annotations
+
+import datetime
+import zoneinfo
+
+import dns.message
+import dns.rcode
+import dns.rrset
+import pytest
+
+from resolver import cache, config, control, metrics, pipeline, wire
+from tests.support import harness
+
+SCHOOL_A = "127.0.0.1"  # primary: games blocked
+SCHOOL_B = "127.0.0.2"  # upper_secondary: games allowed
+
+
+class Clocks:
+    """Monotonic and wall clocks the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.monotonic = 1000.0
+        self.wall = 1_800_000_000.0  # a whole minute (divisible by 60)
+
+    def advance(self, seconds: float) -> None:
+        self.monotonic += seconds
+        self.wall += seconds
+
+
+class CountingForwarder:
+    """The pipeline's Forwarder protocol: every name has one A record with TTL 300."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    async def resolve(self, query: wire.Query) -> wire.Answer:
+        self.asked.append(query.name)
+        request = dns.message.make_query(query.name + ".", query.qtype)
+        response = dns.message.make_response(request)
+        response.answer.append(dns.rrset.from_text(query.name + ".", 300, "IN", "A", "192.0.2.10"))
+        return wire.parse_upstream_answer(response.to_wire(), len(query.question), 0, 86400, 3600)
+
+
+def make_site(tmp_path, files=None):
+    cfg = config.load_config(harness.write_site(tmp_path, ["127.0.0.1:53"], files=files))
+    clocks = Clocks()
+    forwarder = CountingForwarder()
+    counters = metrics.Counters()
+    answers = cache.AnswerCache(100)
+    pipe = pipeline.Pipeline(control.build_snapshot(cfg, 1), answers, forwarder, counters,
+                             clock=lambda: clocks.monotonic, wall_clock=lambda: clocks.wall)
+    return pipe, clocks, forwarder, counters, answers, cfg
+
+
+@pytest.fixture
+def site(tmp_path):
+    return make_site(tmp_path)
+
+
+def query(name: str, query_id: int) -> bytes:
+    message = dns.message.make_query(name, "A", use_edns=0)
+    message.id = query_id
+    return message.to_wire()
+
+
+async def answer(pipe: pipeline.Pipeline, data: bytes, client: str = SCHOOL_A, transport: str = "udp"):
+    reply = pipe.handle(data, client, transport)
+    if not isinstance(reply, bytes):
+        reply = await reply
+    return dns.message.from_wire(reply)
+
+
+async def test_repeat_gets_its_own_id_and_the_same_answer(site):
+    pipe, clocks, forwarder, counters, answers, _ = site
+    first = await answer(pipe, query("www.example.com", 1))
+    second = await answer(pipe, query("www.example.com", 2))  # cache hit, now remembered
+    third = await answer(pipe, query("www.example.com", 3))  # the repeat
+    assert (first.id, second.id, third.id) == (1, 2, 3)
+    assert third.answer == first.answer and third.answer[0].ttl == 300
+    assert forwarder.asked == ["www.example.com"]
+    assert counters.queries[("school-a", "udp", "forwarded")] == 1
+    assert counters.queries[("school-a", "udp", "cached")] == 2
+    assert answers.hits == 2  # a repeat of a cache hit counts as one
+
+
+async def test_repeat_ttl_ages_with_the_cache(site):
+    pipe, clocks, *_ = site
+    await answer(pipe, query("www.example.com", 1))
+    assert (await answer(pipe, query("www.example.com", 2))).answer[0].ttl == 300
+    clocks.advance(0.5)
+    assert (await answer(pipe, query("www.example.com", 3))).answer[0].ttl == 300
+    clocks.advance(0.6)  # a whole second after it was stored: the repeat is rebuilt
+    assert (await answer(pipe, query("www.example.com", 4))).answer[0].ttl == 299
+    clocks.advance(10)
+    assert (await answer(pipe, query("www.example.com", 5))).answer[0].ttl == 289
+
+
+async def test_repeat_is_per_school(site):
+    pipe, _, forwarder, counters, *_ = site
+    assert (await answer(pipe, query("games.example.com", 1), SCHOOL_A)).rcode() == dns.rcode.NXDOMAIN
+    assert (await answer(pipe, query("games.example.com", 1), SCHOOL_A)).rcode() == dns.rcode.NXDOMAIN
+    assert (await answer(pipe, query("games.example.com", 1), SCHOOL_B)).rcode() == dns.rcode.NOERROR
+    assert (await answer(pipe, query("games.example.com", 1), SCHOOL_A)).rcode() == dns.rcode.NXDOMAIN
+    assert counters.blocked[("school-a", "games")] == 3
+    assert counters.queries[("school-b", "udp", "forwarded")] == 1
+
+
+async def test_blocked_repeat_ends_with_the_decision_minute(tmp_path):
+    lessons = 'schedules:\n  - {name: lessons, days: [mon], from: "07:00", to: "07:01", block: [games]}\n'
+    pipe, clocks, forwarder, *_ = make_site(tmp_path, {"policies/school-b.yaml": harness.SCHOOL_B + lessons})
+    monday = datetime.datetime(2026, 11, 23, 7, 0, 59, tzinfo=zoneinfo.ZoneInfo("Asia/Ho_Chi_Minh"))
+    clocks.wall = monday.timestamp()
+    assert (await answer(pipe, query("games.example.com", 1), SCHOOL_B)).rcode() == dns.rcode.NXDOMAIN
+    clocks.advance(0.9)
+    assert (await answer(pipe, query("games.example.com", 2), SCHOOL_B)).rcode() == dns.rcode.NXDOMAIN
+    assert forwarder.asked == []
+    clocks.advance(0.1)  # 07:01:00, the lesson is over: decided again, not repeated
+    assert (await answer(pipe, query("games.example.com", 3), SCHOOL_B)).rcode() == dns.rcode.NOERROR
+    assert forwarder.asked == ["games.example.com"]
+
+
+async def test_new_snapshot_drops_every_repeat(site, tmp_path):
+    pipe, _, _, _, _, cfg = site
+    assert (await answer(pipe, query("games.example.com", 1))).rcode() == dns.rcode.NXDOMAIN
+    (tmp_path / "blocklists/games.txt").write_text("other.example.com\n")
+    pipe.install(control.build_snapshot(cfg, 2))
+    assert (await answer(pipe, query("games.example.com", 2))).rcode() == dns.rcode.NOERROR
+
+
+async def test_tcp_queries_do_not_use_repeats(site):
+    pipe, _, _, counters, *_ = site
+    for query_id in (1, 2, 3):
+        reply = await answer(pipe, query("games.example.com", query_id), transport="tcp")
+        assert reply.rcode() == dns.rcode.NXDOMAIN and reply.id == query_id
+    assert pipe._repeats == {}
+    assert counters.queries[("school-a", "tcp", "blocked")] == 3
+
+
+async def test_repeats_stay_bounded(site, monkeypatch):
+    pipe, *_ = site
+    monkeypatch.setattr(pipeline, "REPEAT_MAX", 4)
+    for number in range(10):
+        await answer(pipe, query(f"games{number}.example.com", number))
+        assert len(pipe._repeats) <= 4
