@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -45,6 +46,9 @@ class Worker:
         self._reloading: asyncio.Lock | None = None
 
     async def start(self, sockets: list[tuple[socket.socket, socket.socket]]) -> None:
+        # Everything built so far (modules, snapshot, policies) lives as long as the process:
+        # keep it out of the garbage collector's full collections, whose pauses grow with it.
+        gc.freeze()
         for udp_sock, tcp_sock in sockets:
             udp, tcp = await server.serve_sockets(self.pipeline, self.in_flight, self.config.limits,
                                                   udp_sock, tcp_sock, self.tcp)

@@ -8,21 +8,22 @@ returns a coroutine, which the transport runs as a tracked task.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import socket
 import time
 from collections.abc import Coroutine
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from resolver import cache, domains, metrics, policy, schools, upstream, wire
 
 log = logging.getLogger(__name__)
 
 DECISION_MEMO_MAX = 65_536
-# Answers kept for repeats (each a few hundred bytes; a repeat lives at most a second for cached
-# answers, up to a minute for blocked ones).
-REPEAT_MAX = 32_768
+# Answers kept for repeats, oldest out first: about 400 bytes each, so at most ~26 MB. A repeat
+# of a cached answer is exact for at most a second, of a blocked one for at most a minute.
+REPEAT_MAX = 65_536
 
 Reply = bytes | None | Coroutine[Any, Any, bytes | None]
 
@@ -54,14 +55,15 @@ class Snapshot:
     loaded_at: float
 
 
-@dataclasses.dataclass(slots=True)
-class _Repeat:
-    """An answer made at once for one UDP query, kept for the same bytes (all but the ID) from the same school."""
+class _Repeat(NamedTuple):
+    """An answer made at once for one UDP query, kept for the same bytes (all but the ID) from the same school.
 
-    school: policy.SchoolPolicy
-    query: wire.Query  # parsed once; reused with a new ID once `tail` is no longer exact
+    Only atomic values: the garbage collector stops tracking it, so a full table costs no GC time.
+    """
+
+    school_id: str
     tail: bytes  # the answer without its 2-byte ID
-    until: float  # clock() time after which `tail` is rebuilt
+    until: float  # clock() time after which the answer is made again
     minute: float  # wall_clock() // 60 of the decision
     counted: tuple[str, str, str]  # Counters.queries key
     blocked: tuple[str, str] | None  # Counters.blocked key
@@ -80,12 +82,12 @@ class Pipeline:
         self.clock = clock
         self.wall_clock = wall_clock
         self._memo: dict[tuple[str, str], tuple[int, policy.Decision]] = {}
-        self._repeats: dict[bytes, _Repeat] = {}
+        self._repeats: collections.OrderedDict[bytes, _Repeat] = collections.OrderedDict()
 
     def install(self, snapshot: Snapshot) -> None:
         """Swap in a new snapshot (control plane); decisions and answers made with the old one are dropped."""
         self._memo = {}
-        self._repeats = {}
+        self._repeats = collections.OrderedDict()
         self.snapshot = snapshot
 
     # -----------------------------------------------------------------------------------
@@ -98,23 +100,22 @@ class Pipeline:
         # 1. Identify the school by client address (first, because a repeat is per school).
         school = snapshot.directory.lookup(client) or snapshot.default_school
 
-        # 2. Repeat, or parse the question. A UDP query whose bytes after the ID equal an earlier
-        #    one from the same school gets that answer with its ID patched in, while the answer's
-        #    TTLs and decision still hold; after that, its parsed question is reused.
+        # 2. Repeat: a UDP query whose bytes after the ID equal an earlier one from the same school
+        #    gets that answer with its own ID, while the answer's TTLs and decision still hold.
         repeat = self._repeats.get(data[2:]) if transport == "udp" else None
-        if repeat is not None and repeat.school is school:
-            if self.clock() < repeat.until and self.wall_clock() // 60 == repeat.minute:
-                counters.recount(repeat.counted, repeat.blocked)
-                if repeat.from_cache:
-                    self.cache.hits += 1
-                return data[:2] + repeat.tail
-            query = repeat.query.with_id(data[0] << 8 | data[1])
-        else:
-            try:
-                query = wire.parse_query(data)
-            except wire.WireError as exc:
-                counters.malformed += 1
-                return self._error_answer(exc, None)
+        if (repeat is not None and school is not None and repeat.school_id == school.id
+                and self.clock() < repeat.until and self.wall_clock() // 60 == repeat.minute):
+            counters.recount(repeat.counted, repeat.blocked)
+            if repeat.from_cache:
+                self.cache.hits += 1
+            return data[:2] + repeat.tail
+
+        # 2b. Otherwise parse the question.
+        try:
+            query = wire.parse_query(data)
+        except wire.WireError as exc:
+            counters.malformed += 1
+            return self._error_answer(exc, None)
         limit = query.payload if transport == "udp" else 65535
         if school is None:
             counters.count("unknown", transport, "refused")
@@ -200,8 +201,8 @@ class Pipeline:
         if transport == "udp":
             repeats = self._repeats
             if len(repeats) >= REPEAT_MAX:
-                repeats.clear()  # cheap bound, as for decisions
-            repeats[data[2:]] = _Repeat(school, query, reply[2:], until, self.wall_clock() // 60,
+                repeats.popitem(last=False)  # the oldest
+            repeats[data[2:]] = _Repeat(school.id, reply[2:], until, self.wall_clock() // 60,
                                         counted, blocked, from_cache)
         return reply
 

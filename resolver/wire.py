@@ -110,11 +110,6 @@ class Query:
     payload: int  # the UDP size we may answer with (512 without EDNS)
     do: bool  # DNSSEC OK bit
 
-    def with_id(self, query_id: int) -> Query:
-        """The same question under another message ID (a repeated query, not parsed again)."""
-        return Query(query_id, self.flags, self.question, self.name, self.qtype, self.qclass,
-                     self.edns, self.payload, self.do)
-
     @property
     def question_lower(self) -> bytes:
         """The question with its name lower-cased (type and class bytes untouched)."""
