@@ -9,8 +9,12 @@ from resolver import wire
 STALE_ANSWER_TTL = 30  # RFC 8767 4: TTL of a stale answer served when every upstream fails
 
 
-class _Entry:
-    """One cached answer and the aged copy last made from it (one per whole second of age)."""
+class CacheEntry:
+    """One cached answer and the aged copy last made from it (one per whole second of age).
+
+    Read-only outside this module. `aged_message` is `answer.message` with every TTL reduced by
+    `aged_for` seconds; it stays exact until `exact_until`.
+    """
 
     __slots__ = ("answer", "stored_at", "expires_at", "aged_for", "aged_message")
 
@@ -20,6 +24,11 @@ class _Entry:
         self.expires_at = now + answer.ttl
         self.aged_for = 0
         self.aged_message = answer.message
+
+    @property
+    def exact_until(self) -> float:
+        """When the aged copy stops being exact: the next whole second of age, or expiry."""
+        return min(self.stored_at + self.aged_for + 1, self.expires_at)
 
 
 class AnswerCache:
@@ -34,7 +43,7 @@ class AnswerCache:
             raise ValueError("max_entries must be >= 0")
         self.max_entries = max_entries
         self.stale_seconds = stale_seconds
-        self._entries: collections.OrderedDict[bytes, _Entry] = collections.OrderedDict()
+        self._entries: collections.OrderedDict[bytes, CacheEntry] = collections.OrderedDict()
         self.hits = 0
         self.misses = 0
         self.evictions = 0
@@ -43,11 +52,8 @@ class AnswerCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def lookup(self, key: bytes, now: float) -> tuple[bytes, wire.Answer, float] | None:
-        """(aged message, the answer, until) for a fresh answer, or None.
-
-        The aged message stays exact until `until`: the next whole second of age, or expiry.
-        """
+    def lookup(self, key: bytes, now: float) -> CacheEntry | None:
+        """The entry of a fresh answer, its aged copy made for `now`; or None."""
         entry = self._entries.get(key)
         if entry is None or now >= entry.expires_at:
             self.misses += 1
@@ -58,7 +64,7 @@ class AnswerCache:
         if age != entry.aged_for:
             entry.aged_message = wire.age_answer(entry.answer, age)
             entry.aged_for = age
-        return entry.aged_message, entry.answer, min(entry.stored_at + age + 1, entry.expires_at)
+        return entry
 
     def lookup_stale(self, key: bytes, now: float) -> tuple[bytes, int] | None:
         """An expired answer still inside the stale window, with TTLs set to 30 s (RFC 8767)."""
@@ -77,7 +83,7 @@ class AnswerCache:
         if answer.ttl <= 0 or self.max_entries == 0:
             return
         entries = self._entries
-        entries[key] = _Entry(answer, now)
+        entries[key] = CacheEntry(answer, now)
         entries.move_to_end(key)
         while len(entries) > self.max_entries:
             entries.popitem(last=False)

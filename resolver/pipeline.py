@@ -55,6 +55,15 @@ class Snapshot:
     loaded_at: float
 
 
+class _Aging(NamedTuple):
+    """How a repeat of a cached answer keeps its TTLs right: the cache entry's clock, in its tail."""
+
+    stored_at: float
+    aged_for: int  # seconds already taken off the TTLs in the tail
+    expires_at: float
+    offsets: tuple[int, ...]  # TTL positions in the tail
+
+
 class _Repeat(NamedTuple):
     """An answer made at once for one UDP query, kept for the same bytes (all but the ID) from the same school.
 
@@ -63,11 +72,12 @@ class _Repeat(NamedTuple):
 
     school_id: str
     tail: bytes  # the answer without its 2-byte ID
-    until: float  # clock() time after which the answer is made again
+    until: float  # clock() time after which the tail is no longer exact
     minute: float  # wall_clock() // 60 of the decision
     counted: tuple[str, str, str]  # Counters.queries key
     blocked: tuple[str, str] | None  # Counters.blocked key
     from_cache: bool  # a repeat of a cache hit counts as one
+    aging: _Aging | None  # a replayed cache entry: re-aged at `until`; else the repeat ends there
 
 
 class Pipeline:
@@ -101,14 +111,19 @@ class Pipeline:
         school = snapshot.directory.lookup(client) or snapshot.default_school
 
         # 2. Repeat: a UDP query whose bytes after the ID equal an earlier one from the same school
-        #    gets that answer with its own ID, while the answer's TTLs and decision still hold.
-        repeat = self._repeats.get(data[2:]) if transport == "udp" else None
+        #    gets that answer with its own ID, while its decision holds and its cached answer lives.
+        key = data[2:]
+        repeat = self._repeats.get(key) if transport == "udp" else None
         if (repeat is not None and school is not None and repeat.school_id == school.id
-                and self.clock() < repeat.until and self.wall_clock() // 60 == repeat.minute):
-            counters.recount(repeat.counted, repeat.blocked)
-            if repeat.from_cache:
-                self.cache.hits += 1
-            return data[:2] + repeat.tail
+                and self.wall_clock() // 60 == repeat.minute):
+            now = self.clock()
+            if now >= repeat.until:
+                repeat = self._renew(key, repeat, now)
+            if repeat is not None:
+                counters.recount(repeat.counted, repeat.blocked)
+                if repeat.from_cache:
+                    self.cache.hits += 1
+                return data[:2] + repeat.tail
 
         # 2b. Otherwise parse the question.
         try:
@@ -129,20 +144,20 @@ class Pipeline:
         if decision is not policy.ALLOW:
             if isinstance(decision, policy.Block):
                 reply = self._blocked(query, decision, snapshot)
-                return self._answered(data, transport, school, query, reply, now + 60.0, decision.category)
+                return self._answered(data, transport, school, reply, now + 60.0, decision.category)
             return self._rewrite(data, query, decision.target, school, transport, limit, now)
 
         # 4. Cache lookup (raw bytes: ID, question and TTLs patched).
-        hit = self.cache.lookup(query.key, now)
-        if hit is not None:
-            message, answer, until = hit
+        entry = self.cache.lookup(query.key, now)
+        if entry is not None:
+            answer = entry.answer
             if answer.targets:  # 6 (on a hit): the cached chain is checked for this school
                 block = self._inspect(query, answer, school, snapshot)
                 if block is not None:
                     reply = self._blocked(query, block, snapshot)
-                    return self._answered(data, transport, school, query, reply, until, block.category, True)
-            reply = wire.replay(message, answer.question_length, query, limit)
-            return self._answered(data, transport, school, query, reply, until, None, True, "cached")
+                    return self._answered(data, transport, school, reply, entry.expires_at, block.category, entry)
+            reply = wire.replay(entry.aged_message, answer.question_length, query, limit)
+            return self._answered(data, transport, school, reply, entry.exact_until, None, entry, "cached")
 
         # 5.-7. Forward upstream, inspect, cache, count: the only stage that waits.
         return self._forward(query, school, snapshot, transport, limit, now)
@@ -186,25 +201,39 @@ class Pipeline:
         self._memo[key] = (minute, decision)
         return decision
 
-    def _answered(self, data: bytes, transport: str, school: policy.SchoolPolicy, query: wire.Query,
-                  reply: bytes, until: float, category: str | None, from_cache: bool = False,
-                  result: str = "blocked") -> bytes:
-        """Count an answer made at once and, for UDP, keep it for repeats.
+    def _answered(self, data: bytes, transport: str, school: policy.SchoolPolicy, reply: bytes, until: float,
+                  category: str | None, entry: cache.CacheEntry | None = None, result: str = "blocked") -> bytes:
+        """Count an answer made at once and, for UDP, keep it for repeats (see _Repeat).
 
-        A repeat holds until `until` (clock()), when the answer's bytes stop being exact because
-        cached TTLs age by one more second, and within the wall-clock minute its decision was
-        made for (schedules; see _decide).
+        `until` is when the reply stops being exact; `entry` the cache entry it came from. A full
+        replay of an entry (result cached or rewritten, not truncated) is re-aged at `until`.
         """
         counted = (school.id, transport, result)
         blocked = (school.id, category) if category is not None else None
         self.counters.recount(counted, blocked)
         if transport == "udp":
+            aging = None
+            if entry is not None and category is None and not reply[2] & 0x02:  # TC clear
+                aging = _Aging(entry.stored_at, entry.aged_for, entry.expires_at,
+                               tuple(offset - 2 for offset in entry.answer.ttl_offsets))
             repeats = self._repeats
             if len(repeats) >= REPEAT_MAX:
                 repeats.popitem(last=False)  # the oldest
             repeats[data[2:]] = _Repeat(school.id, reply[2:], until, self.wall_clock() // 60,
-                                        counted, blocked, from_cache)
+                                        counted, blocked, entry is not None, aging)
         return reply
+
+    def _renew(self, key: bytes, repeat: _Repeat, now: float) -> _Repeat | None:
+        """A repeat past `until`: its TTLs aged to `now` while its cached answer lives; else None."""
+        aging = repeat.aging
+        if aging is None or now >= aging.expires_at:
+            return None
+        age = int(now - aging.stored_at)
+        renewed = repeat._replace(tail=wire.reduce_ttls(repeat.tail, aging.offsets, age - aging.aged_for),
+                                  until=min(aging.stored_at + age + 1, aging.expires_at),
+                                  aging=aging._replace(aged_for=age))
+        self._repeats[key] = renewed
+        return renewed
 
     def _inspect(self, query: wire.Query, answer: wire.Answer, school: policy.SchoolPolicy,
                  snapshot: Snapshot) -> policy.Block | None:
@@ -265,10 +294,10 @@ class Pipeline:
                  transport: str, limit: int, now: float) -> Reply:
         """Safe search: CNAME to the engine's safe host, plus that host's addresses (cached)."""
         key = query.key + b"\x00safe\x00" + target.encode()
-        hit = self.cache.lookup(key, now)
-        if hit is not None:
-            reply = wire.replay(hit[0], hit[1].question_length, query, limit)
-            return self._answered(data, transport, school, query, reply, hit[2], None, True, "rewritten")
+        entry = self.cache.lookup(key, now)
+        if entry is not None:
+            reply = wire.replay(entry.aged_message, entry.answer.question_length, query, limit)
+            return self._answered(data, transport, school, reply, entry.exact_until, None, entry, "rewritten")
         return self._rewrite_async(query, target, school, transport, limit, key)
 
     def _error_answer(self, exc: Exception, query: wire.Query | None) -> bytes | None:

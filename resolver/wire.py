@@ -483,12 +483,17 @@ def parse_upstream_answer(reply: bytes, question_length: int, min_ttl: int, max_
 
 def age_answer(answer: Answer, age_seconds: int) -> bytes:
     """The answer's message with every TTL reduced by age_seconds (never below zero)."""
-    if age_seconds <= 0:
-        return answer.message
-    buf = bytearray(answer.message)
-    for offset in answer.ttl_offsets:
+    return reduce_ttls(answer.message, answer.ttl_offsets, age_seconds)
+
+
+def reduce_ttls(message: bytes, ttl_offsets: tuple[int, ...], seconds: int) -> bytes:
+    """`message` with the TTL at each offset reduced by `seconds` (never below zero)."""
+    if seconds <= 0:
+        return message
+    buf = bytearray(message)
+    for offset in ttl_offsets:
         ttl = _U32.unpack_from(buf, offset)[0]
-        _U32.pack_into(buf, offset, ttl - age_seconds if ttl > age_seconds else 0)
+        _U32.pack_into(buf, offset, ttl - seconds if ttl > seconds else 0)
     return bytes(buf)
 
 

@@ -17,11 +17,11 @@ def test_hit_ages_ttl_and_expires():
     query, answer = make_answer(ttl=100)
     answers = cache.AnswerCache(10)
     answers.store(query.key, answer, now=1000.0)
-    message, stored, until = answers.lookup(query.key, 1030.5)
-    assert stored is answer
-    assert dns.message.from_wire(message).answer[0].ttl == 70
-    assert until == 1031.0  # the aged copy is exact until the next whole second of age
-    assert answers.lookup(query.key, 1099.5)[2] == 1100.0  # ... or until the answer expires
+    entry = answers.lookup(query.key, 1030.5)
+    assert entry.answer is answer
+    assert dns.message.from_wire(entry.aged_message).answer[0].ttl == 70
+    assert entry.exact_until == 1031.0  # the aged copy is exact until the next whole second of age
+    assert answers.lookup(query.key, 1099.5).exact_until == 1100.0  # ... or until the answer expires
     assert answers.lookup(query.key, 1100.0) is None
     assert (answers.hits, answers.misses) == (2, 1)
 
@@ -30,8 +30,8 @@ def test_aged_copy_is_reused_within_a_second():
     query, answer = make_answer()
     answers = cache.AnswerCache(10)
     answers.store(query.key, answer, 0.0)
-    first = answers.lookup(query.key, 5.1)[0]
-    assert answers.lookup(query.key, 5.9)[0] is first
+    first = answers.lookup(query.key, 5.1).aged_message
+    assert answers.lookup(query.key, 5.9).aged_message is first
 
 
 def test_lru_evicts_least_recently_used():

@@ -97,6 +97,18 @@ async def test_repeat_ttl_ages_with_the_cache(site):
     assert (await answer(pipe, query("www.example.com", 5))).answer[0].ttl == 289
 
 
+async def test_repeat_ends_when_its_cached_answer_expires(site):
+    pipe, clocks, forwarder, *_ = site
+    await answer(pipe, query("www.example.com", 1))
+    await answer(pipe, query("www.example.com", 2))  # remembered
+    clocks.advance(299.5)
+    assert (await answer(pipe, query("www.example.com", 3))).answer[0].ttl == 1  # re-aged repeat
+    assert forwarder.asked == ["www.example.com"]
+    clocks.advance(0.5)  # TTL 300 is over: asked upstream again, never served with TTL 0 from a repeat
+    assert (await answer(pipe, query("www.example.com", 4))).answer[0].ttl == 300
+    assert forwarder.asked == ["www.example.com", "www.example.com"]
+
+
 async def test_repeat_is_per_school(site):
     pipe, _, forwarder, counters, *_ = site
     assert (await answer(pipe, query("games.example.com", 1), SCHOOL_A)).rcode() == dns.rcode.NXDOMAIN
