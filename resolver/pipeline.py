@@ -61,7 +61,7 @@ class _Aging(NamedTuple):
     stored_at: float
     aged_for: int  # seconds already taken off the TTLs in the tail
     expires_at: float
-    offsets: tuple[int, ...]  # TTL positions in the tail
+    offsets: tuple[int, ...]  # TTL positions in the whole answer (the tail starts at 2)
 
 
 class _Repeat(NamedTuple):
@@ -214,8 +214,7 @@ class Pipeline:
         if transport == "udp":
             aging = None
             if entry is not None and category is None and not reply[2] & 0x02:  # TC clear
-                aging = _Aging(entry.stored_at, entry.aged_for, entry.expires_at,
-                               tuple(offset - 2 for offset in entry.answer.ttl_offsets))
+                aging = _Aging(entry.stored_at, entry.aged_for, entry.expires_at, entry.answer.ttl_offsets)
             repeats = self._repeats
             if len(repeats) >= REPEAT_MAX:
                 repeats.popitem(last=False)  # the oldest
@@ -228,10 +227,11 @@ class Pipeline:
         aging = repeat.aging
         if aging is None or now >= aging.expires_at:
             return None
-        age = int(now - aging.stored_at)
-        renewed = repeat._replace(tail=wire.reduce_ttls(repeat.tail, aging.offsets, age - aging.aged_for),
-                                  until=min(aging.stored_at + age + 1, aging.expires_at),
-                                  aging=aging._replace(aged_for=age))
+        stored_at, aged_for, expires_at, offsets = aging
+        age = int(now - stored_at)
+        renewed = _Repeat(repeat.school_id, wire.reduce_ttls(repeat.tail, offsets, age - aged_for, 2),
+                          min(stored_at + age + 1, expires_at), repeat.minute, repeat.counted,
+                          repeat.blocked, repeat.from_cache, _Aging(stored_at, age, expires_at, offsets))
         self._repeats[key] = renewed
         return renewed
 

@@ -486,12 +486,17 @@ def age_answer(answer: Answer, age_seconds: int) -> bytes:
     return reduce_ttls(answer.message, answer.ttl_offsets, age_seconds)
 
 
-def reduce_ttls(message: bytes, ttl_offsets: tuple[int, ...], seconds: int) -> bytes:
-    """`message` with the TTL at each offset reduced by `seconds` (never below zero)."""
+def reduce_ttls(message: bytes, ttl_offsets: tuple[int, ...], seconds: int, start: int = 0) -> bytes:
+    """`message` with the TTL at each offset reduced by `seconds` (never below zero).
+
+    `start` is where `message` begins in the message the offsets were counted in (2 for a
+    message kept without its ID).
+    """
     if seconds <= 0:
         return message
     buf = bytearray(message)
     for offset in ttl_offsets:
+        offset -= start
         ttl = _U32.unpack_from(buf, offset)[0]
         _U32.pack_into(buf, offset, ttl - seconds if ttl > seconds else 0)
     return bytes(buf)
