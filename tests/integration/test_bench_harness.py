@@ -28,7 +28,7 @@ def test_quick_bench_reports_schooldns_qps(tmp_path):
     report.write_text("# Performance\n\nText before.\n\n<!-- bench:begin -->\nSTALE RESULTS\n<!-- bench:end -->\n\nText after.\n")
     try:
         done = subprocess.run(
-            [sys.executable, str(BENCH), "--quick", "--skip-baselines", "--output", str(report)],
+            [sys.executable, str(BENCH), "--quick", "--skip-baselines", "--runs", "1", "--output", str(report)],
             cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"bench.py --quick did not finish within 120 s:\n{exc.stdout}\n{exc.stderr}")
@@ -43,3 +43,4 @@ def test_quick_bench_reports_schooldns_qps(tmp_path):
     assert int(match.group(1).replace(",", "")) > 0
     assert re.search(r"^\| answers checked [^|]*\| [\d,]+ / 0 \|", section, re.MULTILINE), section
     assert "Domain index benchmark" in section  # bench_domains.py ran and its table was included
+    assert re.search(r"schooldns worker processes: .* went from [\d,]+ to [\d,]+: [\d.]+x", section), section

@@ -390,8 +390,9 @@ _VERBOSE_LINE = re.compile(r"^> (\S+) (\S+) \S+ ([0-9.]+)$")
 
 
 def dnsperf(tools: dict[str, str], port: int, data_file: Path, *, seconds: float | None,
-            clients: int, qps: int | None = None, once: bool = False, verbose: bool = False) -> Perf:
-    command = ["taskset", "-c", LOAD_CORE, tools["dnsperf"], "-s", "127.0.0.1", "-p", str(port),
+            clients: int, qps: int | None = None, once: bool = False, verbose: bool = False,
+            cores: str | None = None) -> Perf:
+    command = ["taskset", "-c", cores or LOAD_CORE, tools["dnsperf"], "-s", "127.0.0.1", "-p", str(port),
                "-d", str(data_file), "-c", str(clients), "-T", "1", "-q", "100", "-t", "2"]
     if seconds is not None:
         command += ["-l", f"{seconds:g}"]
@@ -558,6 +559,7 @@ class Result:
     log_problems: list[str] = field(default_factory=list)  # error lines in the server's log
     error: str | None = None
     swap_seconds: float | None = None  # schooldns: list swap (SIGHUP) until the new index is installed
+    scaling: dict[int, float] = field(default_factory=dict)  # schooldns: workers -> qps, nothing pinned
 
     @property
     def qps(self) -> float:
@@ -599,6 +601,34 @@ def list_swap(result: Result, proc: Proc, directory: Path, args: argparse.Namesp
     check_answers(result, perf, data)
     log(f"schooldns: list swap under {rate:,} qps: p50 {perf.percentile(0.5):.3f} ms, "
         f"p99 {perf.percentile(0.99):.3f} ms, {perf.lost} lost")
+
+
+def worker_scaling(result: Result, argv: list[str], directory: Path, args: argparse.Namespace,
+                   tools: dict[str, str], port: int, data: Data, log: Callable[[str], None]) -> None:
+    """Max-rate qps with 1 and with 2 worker processes, server and dnsperf free to use both cores.
+
+    On a 2-core machine the load generator shares the cores with the workers, so this measures
+    what a second worker adds on a shared box, not the scaling on dedicated cores.
+    """
+    both = f"{SERVER_CORE},{LOAD_CORE}"
+    config_path = directory / "config.yaml"
+    original = config_path.read_text()
+    try:
+        for workers in (1, 2):
+            config_path.write_text(original.replace("workers: 1\n", f"workers: {workers}\n"))
+            unpinned = ["taskset", "-c", both, *argv[3:]]  # argv is taskset -c CORE schooldns ...
+            proc = Proc("schooldns", unpinned, directory / f"server-{workers}w.log", cwd=directory)
+            try:
+                wait_answer(port, proc, time.monotonic(), args.start_timeout)
+                dnsperf(tools, port, data.queries, seconds=None, clients=args.clients, once=True, cores=both)
+                runs = [dnsperf(tools, port, data.queries, seconds=args.seconds, clients=args.clients, cores=both)
+                        for _ in range(args.runs)]
+            finally:
+                proc.stop()
+            result.scaling[workers] = statistics.median(run.qps for run in runs)
+            log(f"schooldns: {workers} worker(s), nothing pinned: {result.scaling[workers]:,.0f} qps")
+    finally:
+        config_path.write_text(original)
 
 
 def check_answers(result: Result, perf: Perf, data: Data) -> None:
@@ -668,6 +698,9 @@ def bench_server(server: Server, args: argparse.Namespace,
             result.status = schooldns_status(directory)
         if not proc.alive():
             raise BenchError(f"{server.key} died during the runs; log:\n{proc.tail()}")
+        if server.key == "schooldns" and args.scaling:
+            proc.stop()
+            worker_scaling(result, argv, directory, args, tools, port, data, log)
     except BenchError as exc:
         result.error = str(exc)
         log(f"{server.key}: FAILED: {exc}")
@@ -804,6 +837,12 @@ def report(args: argparse.Namespace, info: dict[str, str], data: Data, results: 
                 f"server's core and the new index was installed after {base.swap_seconds:.1f} s. During that run: "
                 f"p50 / p99 / p99.9 {' / '.join(fmt_ms(swap.percentile(f)) for f in (0.5, 0.99, 0.999))} ms, "
                 f"{swap.lost:,} lost, {swap.qps:,.0f} answered/s.")
+        if base is not None and len(base.scaling) == 2:
+            one, two = base.scaling[1], base.scaling[2]
+            add("")
+            add(f"schooldns worker processes: with `workers: 2` instead of 1, server and dnsperf both free to run on "
+                f"cores {SERVER_CORE},{LOAD_CORE} (so the load generator shares the two cores with the workers), "
+                f"max-rate qps (median of {args.runs}) went from {one:,.0f} to {two:,.0f}: {two / one:.2f}x.")
             add("")
         if base is not None:
             ratios = []
@@ -929,6 +968,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--light-qps", type=int,
                         help="offered rate of the second latency run (default: half of schooldns' max qps)")
     parser.add_argument("--skip-domains", action="store_true", help="do not run bench_domains.py")
+    parser.add_argument("--no-scaling", dest="scaling", action="store_false",
+                        help="skip the 1-vs-2-worker runs of schooldns")
     parser.add_argument("--domains-entries", type=int, help="bench_domains.py --entries (default: --entries)")
     parser.add_argument("--domains-queries", type=int, help="bench_domains.py --queries (default 200,000; --quick 20,000)")
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "performance.md",
