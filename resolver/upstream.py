@@ -280,7 +280,7 @@ class UpstreamPool:
         self.timeout_seconds = timeout_seconds
         self.limits = limits
         self.max_in_flight = max_in_flight
-        self._in_flight: dict[bytes, asyncio.Future[wire.Answer]] = {}
+        self._in_flight: dict[bytes, asyncio.Future[wire.Answer] | None] = {}
         self.coalesced = 0
         self._order = list(self.upstreams)
         self._order_until = 0.0
@@ -291,26 +291,31 @@ class UpstreamPool:
     async def resolve(self, query: wire.Query) -> wire.Answer:
         """The upstream answer to the query's question; identical concurrent questions share one."""
         key = query.key
-        shared = self._in_flight.get(key)
-        if shared is not None:
+        in_flight = self._in_flight
+        if key in in_flight:
+            shared = in_flight[key]
+            if shared is None:  # the first waiter makes the future the asking query will fill
+                shared = in_flight[key] = asyncio.get_running_loop().create_future()
             self.coalesced += 1
             return await asyncio.shield(shared)
-        if len(self._in_flight) >= self.max_in_flight:
+        if len(in_flight) >= self.max_in_flight:
             raise UpstreamError("too many queries in flight upstream")
-        future: asyncio.Future[wire.Answer] = asyncio.get_running_loop().create_future()
-        self._in_flight[key] = future
+        in_flight[key] = None  # most questions are asked once: no future until someone waits
         try:
             answer = await self._resolve_uncoalesced(query)
         except BaseException as exc:
-            if not future.done():
+            future = in_flight[key]
+            if future is not None and not future.done():
                 future.set_exception(exc if isinstance(exc, Exception) else UpstreamError("cancelled"))
-                future.exception()  # mark retrieved: waiters may be none
+                future.exception()  # mark retrieved: the waiters may be gone
             raise
         else:
-            future.set_result(answer)
+            future = in_flight[key]
+            if future is not None:
+                future.set_result(answer)
             return answer
         finally:
-            del self._in_flight[key]
+            del in_flight[key]
 
     def ordered(self, now: float) -> list[Upstream]:
         """Healthy upstreams by latency first, then the ones recently failing.
