@@ -14,7 +14,7 @@ import logging
 import socket
 import time
 from collections.abc import Coroutine
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 from resolver import cache, domains, metrics, policy, schools, upstream, wire
 
@@ -55,29 +55,15 @@ class Snapshot:
     loaded_at: float
 
 
-class _Aging(NamedTuple):
-    """How a repeat of a cached answer keeps its TTLs right: the cache entry's clock, in its tail."""
-
-    stored_at: float
-    aged_for: int  # seconds already taken off the TTLs in the tail
-    expires_at: float
-    offsets: tuple[int, ...]  # TTL positions in the whole answer (the tail starts at 2)
-
-
-class _Repeat(NamedTuple):
-    """An answer made at once for one UDP query, kept for the same bytes (all but the ID) from the same school.
-
-    Only atomic values: the garbage collector stops tracking it, so a full table costs no GC time.
-    """
-
-    school_id: str
-    tail: bytes  # the answer without its 2-byte ID
-    until: float  # clock() time after which the tail is no longer exact
-    minute: float  # wall_clock() // 60 of the decision
-    counted: tuple[str, str, str]  # Counters.queries key
-    blocked: tuple[str, str] | None  # Counters.blocked key
-    from_cache: bool  # a repeat of a cache hit counts as one
-    aging: _Aging | None  # a replayed cache entry: re-aged at `until`; else the repeat ends there
+# A repeat (stage 2 of handle) is a plain tuple of atomic values, so the garbage collector stops
+# tracking it and a full table adds nothing to its pauses (a NamedTuple would stay tracked):
+#   (school_id, tail, until, minute, counted, blocked, from_cache, aging)
+# tail: the answer without its 2-byte ID; until: clock() time when the tail stops being exact;
+# minute: wall_clock() // 60 of the decision; counted / blocked: Counters keys; from_cache: a
+# repeat of a cache hit counts as one; aging: for a replayed cache entry, (stored_at, aged_for,
+# expires_at, ttl_offsets) to re-age the tail at `until`, else None (the repeat ends there).
+_Aging = tuple[float, int, float, tuple[int, ...]]
+_Repeat = tuple[str, bytes, float, float, tuple[str, str, str], tuple[str, str] | None, bool, _Aging | None]
 
 
 class Pipeline:
@@ -114,16 +100,17 @@ class Pipeline:
         #    gets that answer with its own ID, while its decision holds and its cached answer lives.
         key = data[2:]
         repeat = self._repeats.get(key) if transport == "udp" else None
-        if (repeat is not None and school is not None and repeat.school_id == school.id
-                and self.wall_clock() // 60 == repeat.minute):
-            now = self.clock()
-            if now >= repeat.until:
-                repeat = self._renew(key, repeat, now)
-            if repeat is not None:
-                counters.recount(repeat.counted, repeat.blocked)
-                if repeat.from_cache:
-                    self.cache.hits += 1
-                return data[:2] + repeat.tail
+        if repeat is not None and school is not None:
+            school_id, tail, until, minute, counted, blocked, from_cache, _ = repeat
+            if school_id == school.id and self.wall_clock() // 60 == minute:
+                now = self.clock()
+                if now >= until:
+                    tail = self._renew(key, repeat, now)
+                if tail is not None:
+                    counters.recount(counted, blocked)
+                    if from_cache:
+                        self.cache.hits += 1
+                    return data[:2] + tail
 
         # 2b. Otherwise parse the question.
         try:
@@ -203,7 +190,7 @@ class Pipeline:
 
     def _answered(self, data: bytes, transport: str, school: policy.SchoolPolicy, reply: bytes, until: float,
                   category: str | None, entry: cache.CacheEntry | None = None, result: str = "blocked") -> bytes:
-        """Count an answer made at once and, for UDP, keep it for repeats (see _Repeat).
+        """Count an answer made at once and, for UDP, keep it for repeats (see _Repeat above).
 
         `until` is when the reply stops being exact; `entry` the cache entry it came from. A full
         replay of an entry (result cached or rewritten, not truncated) is re-aged at `until`.
@@ -214,26 +201,25 @@ class Pipeline:
         if transport == "udp":
             aging = None
             if entry is not None and category is None and not reply[2] & 0x02:  # TC clear
-                aging = _Aging(entry.stored_at, entry.aged_for, entry.expires_at, entry.answer.ttl_offsets)
+                aging = (entry.stored_at, entry.aged_for, entry.expires_at, entry.answer.ttl_offsets)
             repeats = self._repeats
             if len(repeats) >= REPEAT_MAX:
                 repeats.popitem(last=False)  # the oldest
-            repeats[data[2:]] = _Repeat(school.id, reply[2:], until, self.wall_clock() // 60,
-                                        counted, blocked, entry is not None, aging)
+            repeats[data[2:]] = (school.id, reply[2:], until, self.wall_clock() // 60,
+                                 counted, blocked, entry is not None, aging)
         return reply
 
-    def _renew(self, key: bytes, repeat: _Repeat, now: float) -> _Repeat | None:
-        """A repeat past `until`: its TTLs aged to `now` while its cached answer lives; else None."""
-        aging = repeat.aging
-        if aging is None or now >= aging.expires_at:
+    def _renew(self, key: bytes, repeat: _Repeat, now: float) -> bytes | None:
+        """The tail of a repeat past `until`, its TTLs aged to `now` while its cached answer lives; else None."""
+        school_id, tail, _, minute, counted, blocked, from_cache, aging = repeat
+        if aging is None or now >= aging[2]:
             return None
         stored_at, aged_for, expires_at, offsets = aging
         age = int(now - stored_at)
-        renewed = _Repeat(repeat.school_id, wire.reduce_ttls(repeat.tail, offsets, age - aged_for, 2),
-                          min(stored_at + age + 1, expires_at), repeat.minute, repeat.counted,
-                          repeat.blocked, repeat.from_cache, _Aging(stored_at, age, expires_at, offsets))
-        self._repeats[key] = renewed
-        return renewed
+        tail = wire.reduce_ttls(tail, offsets, age - aged_for, 2)
+        self._repeats[key] = (school_id, tail, min(stored_at + age + 1, expires_at), minute, counted, blocked,
+                              from_cache, (stored_at, age, expires_at, offsets))
+        return tail
 
     def _inspect(self, query: wire.Query, answer: wire.Answer, school: policy.SchoolPolicy,
                  snapshot: Snapshot) -> policy.Block | None:
