@@ -20,7 +20,6 @@ from resolver import admin, cache, config, control, metrics, pipeline, server, u
 log = logging.getLogger(__name__)
 
 COUNTERS_PUBLISH_SECONDS = 1.0
-GC_FREEZE_SECONDS = 10.0
 
 
 class Worker:
@@ -45,11 +44,13 @@ class Worker:
         self._tcp_servers: list[asyncio.Server] = []
         self.addresses: list[tuple[str, int]] = []
         self._reloading: asyncio.Lock | None = None
-        self._freezer: asyncio.Task[None] | None = None
 
     async def start(self, sockets: list[tuple[socket.socket, socket.socket]]) -> None:
-        gc.freeze()  # what was built so far (modules, snapshot) lives as long as the process
-        self._freezer = asyncio.get_running_loop().create_task(_freeze_survivors())
+        # What was built so far (modules, the first snapshot) lives as long as the process: keep it
+        # out of the full collections of the garbage collector, whose pauses grow with what they
+        # visit. Only here, with no query in flight: a frozen object in a reference cycle that
+        # becomes garbage later would never be collected.
+        gc.freeze()
         for udp_sock, tcp_sock in sockets:
             udp, tcp = await server.serve_sockets(self.pipeline, self.in_flight, self.config.limits,
                                                   udp_sock, tcp_sock, self.tcp)
@@ -79,8 +80,6 @@ class Worker:
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight queries finish within the drain bound, close everything."""
-        if self._freezer is not None:
-            self._freezer.cancel()
         for udp in self._udp:
             udp.pause_reading()  # no new queries; the socket stays open to send the last answers
         for tcp_server in self._tcp_servers:
@@ -114,20 +113,6 @@ class Worker:
             "reload_failures": self.reload_failures, "list_entries": self.list_entries,
             "workers": self.workers,
         }
-
-
-async def _freeze_survivors() -> None:
-    """Every GC_FREEZE_SECONDS, move the objects that survived into the GC's permanent generation.
-
-    A full collection of CPython's garbage collector visits every tracked object, so with a
-    large answer cache it paused the event loop for 50-300 ms (measured with gc.callbacks on the
-    benchmark). Frozen objects are still freed when their last reference goes; only a reference
-    cycle that becomes garbage after being frozen is never collected, and the data plane keeps
-    none (see docs/architecture.md).
-    """
-    while True:
-        await asyncio.sleep(GC_FREEZE_SECONDS)
-        gc.freeze()
 
 
 async def watch_files(cfg: config.Config, reload: Any, seen: tuple) -> None:
