@@ -9,8 +9,10 @@ import struct
 import sys
 import zlib
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import compress, filterfalse, repeat
+from operator import not_, or_
 from pathlib import Path
 
 from resolver.errors import ResolverError
@@ -20,43 +22,79 @@ __all__ = [
     "IndexFormatError",
     "Match",
     "build_index",
+    "build_index_runs",
     "write_index",
 ]
 
 # ---------------------------------------------------------------------------------------------
-# Image format (version 1). Every integer is little-endian; every section starts 8-byte aligned.
+# Image format (version 3). Every integer is little-endian; every section starts 8-byte aligned.
 #
-#   header   64 bytes: magic, version, header size, counts, blob size, crc32 of everything after it
+#   header   64 bytes: magic, version, header size, counts, name section size, flags, and the
+#            crc32 of the whole image except that crc field (header, then everything after it)
 #   slots    u64[slot_count]     open-addressing table (linear probing), slot_count a power of two;
-#                                0 = empty, else (crc32(name) << 32) | (entry number + 1)
-#   masksets u64[4 * maskset_count]  distinct (block_exact, block_subtree, allow_exact, allow_subtree)
-#   offsets  u32[entry_count]    per entry: offset of its name in the image (NUL-terminated ASCII)
-#   masksetn u32[entry_count]    per entry: index of its mask quadruple in `masksets`
-#   names    blob_size bytes     every listed name followed by b"\0", entries sorted by name
+#                                0 = empty, else field << 40 | name offset << 8 | check, where
+#              check   crc32(name + NUL) >> 24; the node's home slot is crc32(name + NUL) & (slot_count - 1)
+#              field   mask-set number << 1 | 1 if some listed name lies below the node
+#              offset  where the name is in the image (listed names; 0 for an unlisted ancestor)
+#   masksets u64[4 * maskset_count]  distinct (block_exact, block_subtree, allow_exact, allow_subtree);
+#                                mask set 0 is all zeros
+#   names    every listed name, each followed by a NUL and a newline (the newlines let a build
+#            split the section into name + NUL pieces, for crc32, in one C-level call)
 #
-# Entries (one per distinct listed name) keep only a 4-byte reference to their masks: real lists
-# have a few hundred distinct mask combinations for a million names, so this is far smaller than
-# four u64 per name. The image is deterministic: the same entries always give the same bytes.
+# Nodes are the listed names and every proper ancestor of a listed name, down to two labels (down
+# to the TLD when some listed name is a single label): listing a.b.example.com adds the nodes
+# b.example.com and example.com, unless they are listed themselves. With every ancestor present,
+# `lookup` walks a name top-down from its last two labels and stops at the first suffix that is
+# absent or has nothing listed below it, so the typical (unlisted) name costs a single probe. A
+# slot carries everything a probe needs: a hit reads one slot and the name bytes it points to.
+#
+# An unlisted ancestor has field 1 (no masks, something below it) and no name bytes: the walk
+# takes it on its check byte alone. That is exact because listed names are placed in the table
+# before any ancestor: when a listed name was placed, every slot on its probe path was already
+# taken by another listed name, so a probe for a listed name meets only listed names (compared by
+# name) before its own slot. A check match on an ancestor slot is therefore that ancestor, an
+# ancestor just like it, or a suffix that is not in the index, which only costs one probe more.
+#
+# Mask sets: real lists have a few hundred distinct mask combinations for a million names, so a
+# 24-bit reference in the slot is all a name needs. The image is deterministic: the same entries
+# in the same order always give the same bytes. Names are placed in input order (first appearance,
+# run by run), then ancestors level by level in order of first appearance; there is no global
+# sort, which would cost a fifth of a build. Another order of the same entries gives another
+# layout with the same lookups.
 # ---------------------------------------------------------------------------------------------
 
 MAGIC = b"SDNSIDX\x00"
-FORMAT_VERSION = 2
-# magic, version, header size, entries, slots, masksets, blob, crc, flags
-_HEADER = struct.Struct("<8sIIIIIIII24x")
-_FLAG_SINGLE_LABELS = 1  # some listed name is a single label (lists never produce one; tests may)
-_SINGLE_LABEL = re.compile(rb"(?:^|\0)[^.\0]+\0")  # in the name section
+FORMAT_VERSION = 3
+# magic, version, header size, entries, nodes, slots, masksets, name bytes, flags, crc
+_HEADER = struct.Struct("<8sIIIIIIIII20x")
 _HEADER_SIZE = _HEADER.size  # 64
-_EMPTY_SLOT = 0
-# Slots per entry, rounded up to a power of two: the table is 1/4 to 1/2 full, so most probes for an
-# unlisted suffix ("com", "vn", ...) stop at the first slot, which is most of the work of a lookup.
-_SLOTS_PER_ENTRY = 3
-_MAX_ENTRIES = 2**32 - 2
-_MAX_IMAGE_BYTES = 2**32 - 1  # name offsets are u32
+_CRC_AT = 40  # offset of the crc field in the header
+_FLAG_SINGLE_LABELS = 1  # some listed name is a single label (lists never produce one; tests may)
+_FIELD_SHIFT = 40  # slot bits 40..63: mask-set number << 1 | has-descendants bit
+_ANCESTOR = 1 << _FIELD_SHIFT  # an unlisted ancestor's slot, before its check byte
+_MAX_MASKSETS = 2**23  # mask-set numbers fit the 24-bit field with the descendants bit
+# Slots per node, rounded up to a power of two: the table is 1/4 to 1/2 full, so most probes for an
+# absent suffix stop at the first slot, which is most of the work of a lookup.
+_SLOTS_PER_NODE = 3
+_MAX_IMAGE_BYTES = 2**32 - 1  # name offsets are 32 bits
 
 _MATCHES = ("exact", "subtree")
 _KINDS = ("block", "allow")
 # (kind, match) -> position in the mask quadruple
 _COLUMN = {("block", "exact"): 0, ("block", "subtree"): 1, ("allow", "exact"): 2, ("allow", "subtree"): 3}
+_MASK64 = 2**64 - 1
+# While building, a name's four masks are packed into one int (column c in bits 64c..64c+63),
+# with one more bit for "a listed name lies below this one".
+_ALL_MASKS = 2**256 - 1
+_HAS_DESCENDANTS = 1 << 256
+
+# In "\n" + names joined by "\0\n": the parent of every name with at least three labels (two when
+# single labels are listed). The leading newline lets the regex engine jump from line to line.
+_PARENT = re.compile(r"\n[^.\0]*+\.([^.\0]*+\.[^\0]*+)\0")
+_PARENT_OR_TLD = re.compile(r"\n[^.\0]*+\.([^\0]++)\0")
+_ALL_BUT_DOTS_AND_NEWLINES = bytes(set(range(256)) - set(b".\n"))
+
+_crc32 = zlib.crc32
 
 
 class IndexFormatError(ResolverError):
@@ -78,70 +116,194 @@ def build_index(entries: Iterable[tuple[str, int, str, str]]) -> bytes:
 
     Names must already be normalised (lower-case A-labels, no trailing dot); a malformed entry is a
     caller bug and raises ValueError. Repeated names merge: their bits are OR'ed per (kind, match).
+    `build_index_runs` is the same for names that come in bulk.
     """
-    quads_by_name: dict[str, list[int]] = {}
+    listed: dict[str, int] = {}  # name -> its packed masks (see _ALL_MASKS)
+    get = listed.get
+    bit_values: dict[tuple[int, str, str], int] = {}
     last_bit = last_match = last_kind = None
-    column = value = 0
+    bit_value = 0
     for name, bit, match, kind in entries:
-        # Entries come in long runs from one source: check and map (bit, match, kind) once per run.
+        # Entries come in stretches of equal (bit, match, kind): look the bit up once per stretch.
         if bit is not last_bit or match is not last_match or kind is not last_kind:
-            column = _COLUMN.get((kind, match))
-            if column is None:
-                raise ValueError(f"entry {name!r}: kind must be one of {_KINDS} and match one of {_MATCHES}, got {kind!r}/{match!r}")
-            if type(bit) is not int or not 0 <= bit < 64:
-                raise ValueError(f"entry {name!r}: category bit must be an int in 0..63, got {bit!r}")
-            last_bit, last_match, last_kind, value = bit, match, kind, 1 << bit
-        quad = quads_by_name.get(name)
-        if quad is None:
-            quad = quads_by_name[name] = [0, 0, 0, 0]
-        quad[column] |= value
+            bit_value = bit_values.get((bit, match, kind), 0)
+            if not bit_value or type(bit) is not int:  # new, or True where the table holds a 1
+                bit_value = bit_values[(bit, match, kind)] = 1 << (64 * _column_of(name, bit, match, kind) + bit)
+            last_bit, last_match, last_kind = bit, match, kind
+        # One dict update per entry is the fastest merge measured: the second access to a name is
+        # cache-hot, where grouping first and merging with C-level passes touches every name thrice.
+        listed[name] = get(name, 0) | bit_value
+    return _build_image(listed)
 
-    names = sorted(quads_by_name)
+
+def build_index_runs(runs: Iterable[tuple[int, str, str, Sequence[str]]]) -> bytes:
+    """Compile runs of (category_bit, match, kind, names) into an index image: `build_index` in bulk.
+
+    A run is typically one list source's names for one (match, kind); the same name may appear in
+    many runs and repeat within one. Same rules and ValueErrors as `build_index`. The first run is
+    merged in one C-level pass; checks, ancestors and hashing are whole-list passes (str.join,
+    re.findall, dict.fromkeys, map(zlib.crc32, ...)). Python loops remain where they measured
+    faster on a million names: merging later runs, and placing nodes in their hash slots.
+    """
+    listed: dict[str, int] = {}  # name -> its packed masks (see _ALL_MASKS)
+    for bit, match, kind, names in runs:
+        if names:
+            _merge_run(listed, names, 1 << (64 * _column_of(names[0], bit, match, kind) + bit))
+    return _build_image(listed)
+
+
+def _column_of(name: str, bit: int, match: str, kind: str) -> int:
+    """Position of (kind, match) in the mask quadruple; ValueError naming `name` if bit/match/kind is bad."""
+    column = _COLUMN.get((kind, match))
+    if column is None:
+        raise ValueError(f"entry {name!r}: kind must be one of {_KINDS} and match one of {_MATCHES}, got {kind!r}/{match!r}")
+    if type(bit) is not int or not 0 <= bit < 64:
+        raise ValueError(f"entry {name!r}: category bit must be an int in 0..63, got {bit!r}")
+    return column
+
+
+def _merge_run(listed: dict[str, int], names: Sequence[str], bit: int) -> None:
+    """OR `bit` into listed[name] for every name."""
+    if not listed:
+        listed.update(dict.fromkeys(names, bit))  # nothing to OR with: one C-level pass
+        return
+    get = listed.get
+    for name in names:  # faster than C-level passes that each touch every name (see build_index)
+        listed[name] = get(name, 0) | bit
+
+
+def _build_image(listed: dict[str, int]) -> bytes:
+    """The image of listed names -> packed masks (see the format above)."""
+    names = list(listed)
     entry_count = len(names)
-    if entry_count > _MAX_ENTRIES:
-        raise ValueError(f"too many names for one index: {entry_count}")
-    blob = _encode_listed_names(names)
+    names_text = _check_listed_names(names, listed)
+    names_section = names_text.encode("ascii")
+    # A single label is a line without a dot: with everything but dots and newlines deleted, an
+    # empty line (or an empty first line).
+    dots = names_section.translate(None, _ALL_BUT_DOTS_AND_NEWLINES)
+    single_labels = dots.startswith(b"\n") or b"\n\n" in dots
+    ancestor_texts, ancestor_count, with_descendants = _ancestors(names_text, listed, single_labels)
+    node_count = entry_count + ancestor_count
+    listed.update(zip(with_descendants, map(or_, map(listed.__getitem__, with_descendants),
+                                             repeat(_HAS_DESCENDANTS))))
 
-    # One pass: each entry's mask-set number, its hash slot and the offset of its name.
-    slot_count = _slot_count_for(entry_count)
-    slot_mask = slot_count - 1
-    maskset_ids: dict[tuple[int, ...], int] = {}
-    entry_masksets = array("I", bytes(4 * entry_count))
-    entry_offsets = array("I", bytes(4 * entry_count))
-    slots = array("Q", bytes(8 * slot_count))
-    offset = 0  # within the name section; made absolute once the section's start is known
-    crc32 = zlib.crc32
-    for entry, name in enumerate(names):
-        quad = tuple(quads_by_name[name])
-        maskset = maskset_ids.get(quad)
-        if maskset is None:
-            maskset = maskset_ids[quad] = len(maskset_ids)
-        entry_masksets[entry] = maskset
-        entry_offsets[entry] = offset
-        name_bytes = blob[offset:offset + len(name)]
-        offset += len(name) + 1
-        name_hash = crc32(name_bytes)
-        slot = name_hash & slot_mask
-        while slots[slot] != _EMPTY_SLOT:
-            slot = (slot + 1) & slot_mask
-        slots[slot] = (name_hash << 32) | (entry + 1)
-    masksets = array("Q", [mask for quad in maskset_ids for mask in quad])
+    # Mask sets, numbered in order of first use after the all-zero set 0, and each distinct
+    # packed value's slot field (number << 1 | has-descendants bit).
+    maskset_numbers = {0: 0}
+    field_of = {}
+    for packed in dict.fromkeys(listed.values()):
+        number = maskset_numbers.setdefault(packed & _ALL_MASKS, len(maskset_numbers))
+        field_of[packed] = number << 1 | packed >> 256
+    if len(maskset_numbers) > _MAX_MASKSETS:
+        raise ValueError(f"too many distinct category combinations for one index: {len(maskset_numbers)}")
+    masksets = array("Q", [masks >> shift & _MASK64 for masks in maskset_numbers for shift in (0, 64, 128, 192)])
 
-    names_start = _HEADER_SIZE + 8 * slot_count + 32 * len(maskset_ids) + 8 * entry_count
-    if names_start + len(blob) > _MAX_IMAGE_BYTES:
+    slot_count = _slot_count_for(node_count)
+    names_start = _HEADER_SIZE + 8 * slot_count + 32 * len(maskset_numbers)
+    if names_start + len(names_section) > _MAX_IMAGE_BYTES:
         raise ValueError(f"index image would exceed {_MAX_IMAGE_BYTES} bytes")
-    entry_offsets = array("I", [names_start + relative for relative in entry_offsets])
+
+    # Hashes of name + NUL, one per line of the name texts. Listed names first (see the format).
+    slots = array("Q", bytes(8 * slot_count))
+    _place_listed(slots, map(_crc32, names_section.splitlines()), map(field_of.__getitem__, listed.values()),
+                  map(len, names), names_start)
+    for text in ancestor_texts:
+        _place_ancestors(slots, map(_crc32, text.encode("ascii").splitlines()))
 
     if sys.byteorder != "little":
-        for table in (slots, masksets, entry_offsets, entry_masksets):
-            table.byteswap()
-    body = b"".join((slots.tobytes(), masksets.tobytes(), entry_offsets.tobytes(), entry_masksets.tobytes(), blob))
-    flags = _FLAG_SINGLE_LABELS if _SINGLE_LABEL.search(blob) else 0
-    header = _HEADER.pack(
-        MAGIC, FORMAT_VERSION, _HEADER_SIZE, entry_count, slot_count, len(maskset_ids), len(blob), zlib.crc32(body),
-        flags,
-    )
-    return header + body
+        slots.byteswap()
+        masksets.byteswap()
+    flags = _FLAG_SINGLE_LABELS if single_labels else 0
+    fields = (MAGIC, FORMAT_VERSION, _HEADER_SIZE, entry_count, node_count, slot_count, len(maskset_numbers),
+              len(names_section), flags)
+    sections = (slots, masksets, names_section)  # joined once, without an intermediate body copy
+    header = _HEADER.pack(*fields, _checksum(_HEADER.pack(*fields, 0), *sections))
+    return b"".join((header, *sections))
+
+
+def _checksum(header: bytes | memoryview, *body: bytes | memoryview | array) -> int:
+    """crc32 of an image without its crc field: the header before and after that field, then the body."""
+    crc = zlib.crc32(header[_CRC_AT + 4 : _HEADER_SIZE], zlib.crc32(header[:_CRC_AT]))
+    for part in body:
+        crc = zlib.crc32(part, crc)
+    return crc
+
+
+def _check_listed_names(names: list[str], listed: dict[str, int]) -> str:
+    """Refuse names `lookup` could never match, checked in bulk; return them as the name section text."""
+    if not names:
+        return ""
+    text = "\0\n".join(names) + "\0\n"
+    if not text.isascii():
+        bad = next(name for name in names if not name.isascii())
+        raise ValueError(f"listed name must be a non-empty ASCII (A-label) string, got {bad!r}")
+    if "" in listed:
+        raise ValueError("listed name must be a non-empty ASCII (A-label) string, got ''")
+    # The separators must be the only NULs and line breaks: hashing splits the names there.
+    if text.count("\0") != len(names) or text.count("\n") != len(names) or "\r" in text:
+        bad = next(name for name in names if "\0" in name or "\n" in name or "\r" in name)
+        raise ValueError(f"listed name must not contain NUL or line breaks: {bad!r}")
+    if text.lower() != text or ".." in text or ".\0" in text or "\n." in text or text.startswith("."):
+        bad = next(name for name in names if name.lower() != name or ".." in name
+                   or name.startswith(".") or name.endswith("."))
+        raise ValueError(f"listed name must be lower-case, without empty labels or a trailing dot: {bad!r}")
+    return text
+
+
+def _ancestors(names_text: str, listed: dict[str, int], single_labels: bool) -> tuple[list[str], int, list[str]]:
+    """The unlisted ancestors of the listed names, and the listed names with a listed name below them.
+
+    Ancestors come as texts like the name section, one per level (parents, grandparents, ...), in
+    order of first appearance; with their total count. A level costs a re.findall over the text of
+    the level before and one membership pass over the distinct parents.
+    """
+    parent = _PARENT_OR_TLD if single_labels else _PARENT
+    texts: list[str] = []
+    count = 0
+    seen: set[str] = set()
+    with_descendants: list[str] = []
+    text = names_text
+    while text:
+        parents = list(dict.fromkeys(parent.findall("\n" + text)))
+        is_listed = list(map(listed.__contains__, parents))
+        with_descendants += compress(parents, is_listed)
+        new = list(filterfalse(seen.__contains__, compress(parents, map(not_, is_listed))))
+        seen.update(new)
+        count += len(new)
+        text = "\0\n".join(new) + "\0\n" if new else ""
+        if text:
+            texts.append(text)
+    return texts, count, with_descendants
+
+
+def _place_listed(slots: array, hashes: Iterator[int], fields: Iterator[int], lengths: Iterator[int],
+                  offset: int) -> None:
+    """Put every listed name at the first free slot from its home slot (linear probing).
+
+    `offset` is where the first name is; each name is followed by a NUL and a newline.
+    """
+    slot_mask = len(slots) - 1
+    for name_hash, field, length in zip(hashes, fields, lengths):
+        slot = name_hash & slot_mask
+        while slots[slot]:
+            slot = (slot + 1) & slot_mask
+        slots[slot] = field << _FIELD_SHIFT | offset << 8 | name_hash >> 24
+        offset += length + 2
+
+
+def _place_ancestors(slots: array, hashes: Iterator[int]) -> None:
+    """Put unlisted ancestors in the free slots, after every listed name (see the format)."""
+    slot_mask = len(slots) - 1
+    for name_hash in hashes:
+        slot = name_hash & slot_mask
+        while slots[slot]:
+            slot = (slot + 1) & slot_mask
+        slots[slot] = _ANCESTOR | name_hash >> 24
+
+
+def _slot_count_for(node_count: int) -> int:
+    """Power of two with at least _SLOTS_PER_NODE slots per node (never full, so probes end)."""
+    return max(8, 1 << (_SLOTS_PER_NODE * node_count - 1).bit_length())
 
 
 def write_index(path: str | os.PathLike[str], image: bytes) -> None:
@@ -171,8 +333,8 @@ def write_index(path: str | os.PathLike[str], image: bytes) -> None:
 class DomainIndex:
     """Read-only view of a compiled index image: `lookup(name)` -> effective category mask."""
 
-    __slots__ = ("_image", "_mmap", "_slots", "_slot_mask", "_offsets", "_entry_masksets",
-                 "_own_masks", "_parent_masks", "_quads", "_single_labels", "entry_count", "size_bytes")
+    __slots__ = ("_image", "_mmap", "_slots", "_slot_mask", "_own_masks", "_parent_masks", "_quads",
+                 "_single_labels", "entry_count", "node_count", "size_bytes")
 
     def __init__(self, image: bytes | mmap.mmap, file_map: mmap.mmap | None = None) -> None:
         """Validate `image` and view it in place (no copy). Prefer `from_bytes`, `load` or `empty`."""
@@ -182,17 +344,17 @@ class DomainIndex:
         self._mmap = file_map
         self._slots = view[layout.slots_start : layout.masksets_start].cast("Q")
         self._slot_mask = layout.slot_count - 1
-        self._offsets = view[layout.offsets_start : layout.entry_masksets_start].cast("I")
-        self._entry_masksets = view[layout.entry_masksets_start : layout.names_start].cast("I")
         # The distinct mask quadruples are few (one per combination of categories), so they are
         # decoded once into small Python tuples; the per-name data stays in the shared image.
-        with view[layout.masksets_start : layout.offsets_start].cast("Q") as quads:
+        with view[layout.masksets_start : layout.names_start].cast("Q") as quads:
             self._quads = [tuple(quads[i : i + 4]) for i in range(0, len(quads), 4)]
-        # Per mask set: (block, allow) when the entry is the looked-up name itself (exact and
-        # subtree apply), and when it is a parent of the looked-up name (subtree only).
-        self._own_masks = [(be | bs, ae | als) for be, bs, ae, als in self._quads]
-        self._parent_masks = [(bs, als) for _, bs, _, als in self._quads]
+        # Indexed by a slot's field (mask-set number << 1 | has-descendants bit): (block, allow)
+        # when the node is the looked-up name itself (exact and subtree apply), and when it is a
+        # parent of the looked-up name (subtree only).
+        self._own_masks = [masks for be, bs, ae, als in self._quads for masks in ((be | bs, ae | als),) * 2]
+        self._parent_masks = [masks for _, bs, _, als in self._quads for masks in ((bs, als),) * 2]
         self.entry_count = layout.entry_count  # distinct listed names
+        self.node_count = layout.node_count  # listed names and their unlisted ancestors
         self._single_labels = layout.single_labels
         self.size_bytes = len(view)
 
@@ -224,61 +386,76 @@ class DomainIndex:
 
     def close(self) -> None:
         """Release the file mapping (only needed before the process ends; lookups then fail)."""
-        for view in (self._slots, self._offsets, self._entry_masksets):
-            view.release()
+        self._slots.release()
         if self._mmap is not None:
             self._mmap.close()
 
     def lookup(self, name: str) -> int:
         """Effective category mask of `name`: block bits of it and its parents minus their allow bits."""
-        # Hot path. Walk the suffixes of the name at label boundaries ("a.b.c", "b.c", "c"); for
-        # each, probe the hash table with crc32 of the suffix. A slot holds the suffix's full
-        # 32-bit hash next to its entry number, so an occupied slot for another name is usually
-        # rejected by one integer compare; only on a hash match are the stored name bytes compared.
-        key = name.encode()
+        # Hot path. Walk the suffixes of the name top-down at label boundaries, shortest first
+        # ("example.com", "www.example.com", "a.www.example.com"); every ancestor of a listed name
+        # is a node, so the walk stops at the first suffix that is absent or has nothing listed
+        # below it, and an unlisted name usually costs one probe. A probe hashes the suffix with
+        # its NUL (crc32) and scans slots from the home slot; an occupied slot of another name is
+        # nearly always rejected by its check byte, and only a check match reads name bytes (an
+        # unlisted ancestor has none to read). Literal numbers below are the slot layout.
+        key = name.encode() + b"\0"
+        start = key.rfind(b".")
+        if self._single_labels:
+            start += 1  # from the last label: this index lists single labels, and has TLD nodes
+        elif start < 0:
+            return 0  # a single label, and this index has none
+        else:
+            start = key.rfind(b".", 0, start) + 1  # from the last two labels
         slots = self._slots
         slot_mask = self._slot_mask
-        masks = self._own_masks  # the name itself: exact + subtree entries apply
+        image = self._image
+        key_size = len(key)
         block = allow = 0
-        start = 0
-        # Lists never hold a bare TLD, so the last label is not probed unless this index has one.
-        last = len(key) if self._single_labels else key.rfind(b".")
-        while start <= last:
+        while True:
             suffix = key[start:]
-            suffix_hash = zlib.crc32(suffix)
+            suffix_hash = _crc32(suffix)
             slot = suffix_hash & slot_mask
             value = slots[slot]
             while value:
-                if value >> 32 == suffix_hash:
-                    entry = (value & 0xFFFFFFFF) - 1
-                    offset = self._offsets[entry]
-                    end = offset + len(suffix)
-                    if self._image[offset:end] == suffix and self._image[end] == 0:
-                        entry_block, entry_allow = masks[self._entry_masksets[entry]]
-                        block |= entry_block
-                        allow |= entry_allow
+                if value & 0xFF == suffix_hash >> 24:  # the check byte
+                    field = value >> 40
+                    if field == 1:
+                        break  # an unlisted ancestor: taken on its check byte (see the format)
+                    offset = value >> 8 & 0xFFFFFFFF
+                    if image[offset : offset + key_size - start] == suffix:
                         break
                 slot = (slot + 1) & slot_mask
                 value = slots[slot]
-            start = key.find(b".", start) + 1
-            if not start:
-                break
-            masks = self._parent_masks  # parents: only subtree entries apply
-        return block & ~allow
+            else:
+                return block & ~allow  # absent: nothing longer is listed either
+            if field != 1:
+                if not start:  # the name itself: exact and subtree entries apply
+                    own_block, own_allow = self._own_masks[field]
+                    return (block | own_block) & ~(allow | own_allow)
+                parent_block, parent_allow = self._parent_masks[field]  # a parent: subtree only
+                block |= parent_block
+                allow |= parent_allow
+                if not field & 1:
+                    return block & ~allow  # nothing listed below this suffix
+            elif not start:
+                return block & ~allow
+            start = key.rfind(b".", 0, start - 1) + 1
 
     def explain(self, name: str) -> list[Match]:
         """Every listed entry that applies to `name`, from the name itself up to its root-most parent.
 
-        For one listed name, exact comes before subtree and block before allow.
+        For one listed name, exact comes before subtree and block before allow. Unlisted ancestor
+        nodes have no entries, so they never appear.
         """
         matches: list[Match] = []
         labels = name.split(".")
         for depth in range(len(labels)):
             listed = ".".join(labels[depth:])
-            maskset = self._find(listed.encode())
-            if maskset < 0:
+            field = self._find(listed.encode() + b"\0")
+            if field < 0:
                 continue
-            block_exact, block_subtree, allow_exact, allow_subtree = self._quads[maskset]
+            block_exact, block_subtree, allow_exact, allow_subtree = self._quads[field >> 1]
             candidates = [(block_subtree, "subtree", "block"), (allow_subtree, "subtree", "allow")]
             if depth == 0:
                 candidates[0:0] = [(block_exact, "exact", "block"), (allow_exact, "exact", "allow")]
@@ -287,48 +464,31 @@ class DomainIndex:
 
     def iter_entries(self) -> Iterator[tuple[str, int, str, str]]:
         """Every (name, category_bit, match, kind) entry in the index, names in sorted order."""
-        for entry, offset in enumerate(self._offsets):
-            end = self._image.find(b"\0", offset)
-            name = bytes(self._image[offset:end]).decode("ascii")
-            quad = self._quads[self._entry_masksets[entry]]
+        listed = []
+        for value in self._slots:
+            field = value >> _FIELD_SHIFT
+            if field > 1:  # a listed name, not an empty slot or an unlisted ancestor
+                offset = value >> 8 & 0xFFFFFFFF
+                end = self._image.find(b"\0", offset)
+                listed.append((bytes(self._image[offset:end]).decode("ascii"), self._quads[field >> 1]))
+        listed.sort()
+        for name, quad in listed:
             for (kind, match), column in _COLUMN.items():
                 for bit in range(64):
                     if quad[column] >> bit & 1:
                         yield (name, bit, match, kind)
 
     def _find(self, key: bytes) -> int:
-        """Mask-set number of the listed name `key`, or -1 (the probe loop of `lookup`, unrolled there)."""
-        key_hash = zlib.crc32(key)
+        """Slot field of the listed name `key` (name + NUL), or -1: the probe of `lookup`, comparing names."""
+        key_hash = _crc32(key)
         slot = key_hash & self._slot_mask
         while value := self._slots[slot]:
-            if value >> 32 == key_hash:
-                entry = (value & 0xFFFFFFFF) - 1
-                offset = self._offsets[entry]
-                end = offset + len(key)
-                if self._image[offset:end] == key and self._image[end] == 0:
-                    return self._entry_masksets[entry]
+            if value & 0xFF == key_hash >> 24 and value >> _FIELD_SHIFT != 1:
+                offset = value >> 8 & 0xFFFFFFFF
+                if self._image[offset : offset + len(key)] == key:
+                    return value >> _FIELD_SHIFT
             slot = (slot + 1) & self._slot_mask
         return -1
-
-
-def _encode_listed_names(names: list[str]) -> bytes:
-    """The name section: every name + NUL, checked in bulk for what `lookup` could never match."""
-    text = "\0".join(names) + "\0" if names else ""
-    if not text.isascii():
-        bad = next(name for name in names if not name.isascii())
-        raise ValueError(f"listed name must be a non-empty ASCII (A-label) string, got {bad!r}")
-    if not all(names):
-        raise ValueError("listed name must be a non-empty ASCII (A-label) string, got ''")
-    if text.lower() != text or ".." in text or ".\0" in text or "\0." in text or text.startswith("."):
-        bad = next(name for name in names if name.lower() != name or ".." in name
-                   or name.startswith(".") or name.endswith("."))
-        raise ValueError(f"listed name must be lower-case, without empty labels or a trailing dot: {bad!r}")
-    return text.encode("ascii")
-
-
-def _slot_count_for(entry_count: int) -> int:
-    """Power of two with at least _SLOTS_PER_ENTRY slots per entry (never full, so probes end)."""
-    return max(8, 1 << (_SLOTS_PER_ENTRY * entry_count - 1).bit_length())
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,63 +496,53 @@ class _Layout:
     """Where each section of a checked image starts."""
 
     entry_count: int
+    node_count: int
     slot_count: int
     slots_start: int
     masksets_start: int
-    offsets_start: int
-    entry_masksets_start: int
     names_start: int
     single_labels: bool
 
 
 def _check_image(image: bytes | mmap.mmap) -> _Layout:
-    """Check magic, version, sizes, checksum and entry references; return the section layout."""
+    """Check magic, version, sizes, checksum and mask-set references; return the section layout."""
     if sys.byteorder != "little":
         raise IndexFormatError("domain index images are little-endian; this host is big-endian")
     size = len(image)
     if size < _HEADER_SIZE:
         raise IndexFormatError(f"domain index truncated: {size} bytes, shorter than the {_HEADER_SIZE}-byte header")
-    magic, version, header_size, entry_count, slot_count, maskset_count, blob_size, body_crc, flags = \
-        _HEADER.unpack_from(image)
+    (magic, version, header_size, entry_count, node_count, slot_count, maskset_count, names_size, flags,
+     stored_crc) = _HEADER.unpack_from(image)
     if magic != MAGIC:
         raise IndexFormatError(f"not a domain index (magic {magic!r}, expected {MAGIC!r})")
     if version != FORMAT_VERSION:
         raise IndexFormatError(f"domain index format version {version} is not supported (expected {FORMAT_VERSION})")
     if header_size != _HEADER_SIZE:
         raise IndexFormatError(f"domain index header size {header_size}, expected {_HEADER_SIZE}")
-    if slot_count & (slot_count - 1) or slot_count <= entry_count:
-        raise IndexFormatError(f"domain index slot count {slot_count} is invalid for {entry_count} entries")
-    layout = _Layout(
-        single_labels=bool(flags & _FLAG_SINGLE_LABELS),
-        entry_count=entry_count,
-        slot_count=slot_count,
-        slots_start=_HEADER_SIZE,
-        masksets_start=_HEADER_SIZE + 8 * slot_count,
-        offsets_start=_HEADER_SIZE + 8 * slot_count + 32 * maskset_count,
-        entry_masksets_start=_HEADER_SIZE + 8 * slot_count + 32 * maskset_count + 4 * entry_count,
-        names_start=_HEADER_SIZE + 8 * slot_count + 32 * maskset_count + 8 * entry_count,
-    )
-    expected_size = layout.names_start + blob_size
+    if slot_count & (slot_count - 1) or slot_count <= node_count:
+        raise IndexFormatError(f"domain index slot count {slot_count} is invalid for {node_count} nodes")
+    if entry_count > node_count:
+        raise IndexFormatError(f"domain index has {entry_count} entries but only {node_count} nodes")
+    masksets_start = _HEADER_SIZE + 8 * slot_count
+    names_start = masksets_start + 32 * maskset_count
+    layout = _Layout(entry_count, node_count, slot_count, _HEADER_SIZE, masksets_start, names_start,
+                     bool(flags & _FLAG_SINGLE_LABELS))
+    expected_size = names_start + names_size
     if size != expected_size:
         problem = "truncated" if size < expected_size else "has trailing bytes"
         raise IndexFormatError(f"domain index {problem}: {size} bytes, header says {expected_size}")
     with memoryview(image) as view:
-        actual_crc = zlib.crc32(view[_HEADER_SIZE:])
-        if actual_crc != body_crc:
+        actual_crc = _checksum(view[:_HEADER_SIZE], view[_HEADER_SIZE:])
+        if actual_crc != stored_crc:
             raise IndexFormatError(
-                f"domain index checksum mismatch: body crc32 is {actual_crc:#010x}, header says {body_crc:#010x}"
+                f"domain index checksum mismatch: crc32 is {actual_crc:#010x}, header says {stored_crc:#010x}"
             )
-        # Past the checksum the image is what some build wrote; these checks keep a buggy or
-        # hand-made image from sending a lookup outside its sections.
-        if blob_size and image[size - 1] != 0:
-            raise IndexFormatError("domain index name section does not end with a NUL")
-        if entry_count:
-            with (
-                view[layout.offsets_start : layout.entry_masksets_start].cast("I") as offsets,
-                view[layout.entry_masksets_start : layout.names_start].cast("I") as entry_masksets,
-            ):
-                if min(offsets) < layout.names_start or max(offsets) >= size:
-                    raise IndexFormatError("domain index entry name offset points outside the name section")
-                if max(entry_masksets) >= maskset_count:
-                    raise IndexFormatError("domain index entry refers to a mask set past the end of the table")
+        # Past the checksum the image is what some build wrote; this keeps a buggy or hand-made
+        # image from sending a lookup outside its mask-set table. (A bad name offset cannot send it
+        # outside the image: slicing is bounded, and a wrong name only fails to compare.)
+        with view[_HEADER_SIZE:masksets_start].cast("Q") as slots:
+            if max(slots) >> _FIELD_SHIFT >= 2 * maskset_count:
+                raise IndexFormatError("domain index slot refers to a mask set past the end of the table")
+    if names_size and image[size - 2 : size] != b"\0\n":
+        raise IndexFormatError("domain index name section does not end with a NUL and a newline")
     return layout

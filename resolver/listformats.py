@@ -1,4 +1,4 @@
-"""List formats (domains, hosts, adblock, RPZ) parsed line by line into normalized (name, match, kind) entries."""
+"""List formats (domains, hosts, adblock, RPZ) parsed into normalized (name, match, kind) entries; domains in bulk too."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import ipaddress
 import logging
 import re
 from collections.abc import Iterable, Iterator
+from itertools import compress, count, groupby, repeat
+from operator import contains, itemgetter, lt, not_
+from typing import TextIO
 
 import idna
 
@@ -180,22 +183,63 @@ def parse_domains(lines: Iterable[str], tally: Tally | None = None, *,
         text = line.strip()
         if fast(text) and "xn--" not in text and (len(text) <= MAX_LABEL or _long_ok(text)):
             yield text, match, BLOCK
-            continue
-        if not text:
-            continue
-        if text[0] == "#":
-            tally.skip(number, COMMENT, text)
-            continue
-        name = text.partition("#")[0].rstrip()
-        entry_match = match
-        if name.startswith("*."):
-            name, entry_match = name[2:], SUBTREE
-        if " " in name or "\t" in name:
-            tally.reject(number, "more than one field", text)
-        elif "*" in name:
-            tally.reject(number, "wildcard", text)
-        elif (name := _name_or_reject(name, number, text, tally)) is not None:
-            yield name, entry_match, BLOCK
+        elif (entry := _domains_rule(text, number, tally, match)) is not None:
+            yield entry
+
+
+def parse_domains_text(text: str, tally: Tally | None = None, *,
+                       match: str = SUBTREE) -> dict[tuple[str, str], list[str]]:
+    """`parse_domains` over a whole file's text at once: {(match, kind): names}, the same tally.
+
+    `text` is a file read in text mode (universal newlines, so lines end in "\n" only). The lines
+    the fast path takes are selected with C-level passes over all lines (strip, the `_fast` regex,
+    compress); only the others (comments, blank lines, IDNs, `*.` rules, odd lines) go through
+    the per-line rule, in line order, so the tally counts and first examples are parse_domains'.
+    Names come plain lines first, then the others; callers only merge them, so order is moot.
+    """
+    tally = tally if tally is not None else Tally()
+    stripped = list(map(str.strip, text.split("\n")))
+    # Per line: does the fast path take it? Kept as bools: a million live match objects would cost
+    # more than the matching (the garbage collector walks them over and over).
+    taken = list(map(bool, map(_fast, stripped)))
+    names = list(compress(stripped, taken))
+    # Rare lines the regex accepts but the fast path must not take: xn-- labels (IDNA checks) and
+    # names over 63 characters (label and name length limits). Hand them to the per-line rule.
+    if "xn--" in text or (names and max(map(len, names)) > MAX_LABEL):
+        line_indexes = list(compress(count(), taken))
+        for index in compress(line_indexes, map(contains, names, repeat("xn--"))):
+            taken[index] = False
+        for index in compress(line_indexes, map(lt, repeat(MAX_LABEL), map(len, names))):
+            if not _long_ok(stripped[index]):
+                taken[index] = False
+        names = list(compress(stripped, taken))
+    runs = {(match, BLOCK): names}
+    for number in compress(count(1), map(not_, taken)):
+        entry = _domains_rule(stripped[number - 1], number, tally, match)
+        if entry is not None:
+            name, entry_match, kind = entry
+            runs.setdefault((entry_match, kind), []).append(name)
+    return runs
+
+
+def _domains_rule(text: str, number: int, tally: Tally, match: str) -> Entry | None:
+    """A stripped domains line the fast path did not take: its entry, or None (counted in `tally`)."""
+    if not text:
+        return None
+    if text[0] == "#":
+        tally.skip(number, COMMENT, text)
+        return None
+    name = text.partition("#")[0].rstrip()
+    entry_match = match
+    if name.startswith("*."):
+        name, entry_match = name[2:], SUBTREE
+    if " " in name or "\t" in name:
+        tally.reject(number, "more than one field", text)
+    elif "*" in name:
+        tally.reject(number, "wildcard", text)
+    elif (name := _name_or_reject(name, number, text, tally)) is not None:
+        return name, entry_match, BLOCK
+    return None
 
 
 # --- hosts ---------------------------------------------------------------------------------
@@ -509,3 +553,18 @@ def parse_list(fmt: str, lines: Iterable[str], tally: Tally | None = None,
     if fmt == "rpz":
         return parse_rpz(lines, tally)
     raise ValueError(f"unknown list format {fmt!r}")
+
+
+def parse_list_runs(fmt: str, file: TextIO, tally: Tally | None = None,
+                    match: str | None = None) -> dict[tuple[str, str], list[str]]:
+    """`parse_list` of an open text file, as {(match, kind): names} for `domains.build_index_runs`.
+
+    The domains format is parsed in bulk (`parse_domains_text`); the others line by line, their
+    entries grouped by (match, kind). Same entries and tally as `parse_list` either way.
+    """
+    if fmt == "domains":
+        return parse_domains_text(file.read(), tally, match=match or SUBTREE)
+    runs: dict[tuple[str, str], list[str]] = {}
+    for key, entries in groupby(parse_list(fmt, file, tally, match), key=itemgetter(1, 2)):
+        runs.setdefault(key, []).extend(map(itemgetter(0), entries))
+    return runs

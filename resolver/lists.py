@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from resolver import domains, listformats, yamlfile
@@ -137,30 +137,34 @@ def _read_source(doc: yamlfile.Document, key: yamlfile.Key, item: object, catego
 
 
 def compile_lists(blocklists_dir: Path, progress: Progress | None = None) -> CompiledLists:
-    """Parse every declared file and build the index image (the slow part of a reload, off the loop)."""
+    """Parse every declared file and build the index image (the slow part of a reload, off the loop).
+
+    Each file is parsed into runs of names per (match, kind), which the index builder merges in
+    bulk; a domains-format file (the usual huge list) is parsed in bulk too.
+    """
     sources = load_sources(blocklists_dir)
     reports: list[SourceReport] = []
     counts = dict.fromkeys(sources.categories, 0)
+    runs: list[tuple[int, str, str, list[str]]] = []
+    for source in sources.sources:
+        bit = sources.categories.index(source.category)
+        tally = listformats.Tally()
+        with open(source.path, encoding="utf-8", errors="replace") as file:
+            parsed = listformats.parse_list_runs(source.format, file, tally, source.match)
+        produced = 0
+        for (match, kind), names in parsed.items():
+            produced += len(names)
+            runs.append((bit, match, "allow" if source.kind == "allow" else kind, names))
+        if source.kind == "block":
+            counts[source.category] += produced
+        report = SourceReport(source.category, source.kind, source.file, source.format, produced,
+                              tally.skipped, tally.invalid, dict(tally.reasons), dict(tally.examples))
+        reports.append(report)
+        if progress is not None:
+            progress(f"lists: {source.category}/{source.kind}: {source.file}: {produced} entries, "
+                     f"{tally.skipped} skipped, {tally.invalid} invalid")
 
-    def entries() -> Iterator[tuple[str, int, str, str]]:
-        for source in sources.sources:
-            bit = sources.categories.index(source.category)
-            tally = listformats.Tally()
-            produced = 0
-            with open(source.path, encoding="utf-8", errors="replace") as lines:
-                for name, match, kind in listformats.parse_list(source.format, lines, tally, source.match):
-                    produced += 1
-                    yield name, bit, match, "allow" if source.kind == "allow" else kind
-            if source.kind == "block":
-                counts[source.category] += produced
-            report = SourceReport(source.category, source.kind, source.file, source.format, produced,
-                                  tally.skipped, tally.invalid, dict(tally.reasons), dict(tally.examples))
-            reports.append(report)
-            if progress is not None:
-                progress(f"lists: {source.category}/{source.kind}: {source.file}: {produced} entries, "
-                         f"{tally.skipped} skipped, {tally.invalid} invalid")
-
-    image = domains.build_index(entries())
+    image = domains.build_index_runs(runs)
     return CompiledLists(sources.categories, image, tuple(reports), counts)
 
 

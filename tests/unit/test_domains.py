@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 from resolver import domains
 from resolver.domains import DomainIndex, IndexFormatError, Match, build_index, write_index
 
-HEADER = struct.Struct("<8sIIIIIII28x")
-HEADER_FIELDS = 36  # bytes of the header that carry data; the rest up to 64 is padding
+HEADER = struct.Struct("<8sIIIIIIIII20x")
+HEADER_NAMES = ["magic", "version", "header_size", "entries", "nodes", "slots", "masksets", "names", "flags", "crc"]
+CRC_AT = 40  # the crc32 covers the whole image except these 4 bytes
 
 
 def index_of(*entries):
@@ -156,6 +157,147 @@ def test_many_names_with_probe_collisions():
     assert index.lookup("absent.com") == 0
 
 
+# --- ancestor nodes and the top-down walk ---------------------------------------------------
+
+
+def test_ancestors_are_nodes_but_never_entries():
+    index = index_of(("a.b.example.com", 0, "subtree", "block"))
+    assert (index.entry_count, index.node_count) == (1, 3)  # + b.example.com, example.com; not com
+    assert [index.lookup(name) for name in ["example.com", "b.example.com", "x.b.example.com", "com"]] == [0] * 4
+    assert index.lookup("a.b.example.com") == index.lookup("x.y.a.b.example.com") == 1
+    assert index.explain("b.example.com") == []
+    assert index.explain("x.a.b.example.com") == [Match("a.b.example.com", 1, "subtree", "block")]
+    assert list(index.iter_entries()) == [("a.b.example.com", 0, "subtree", "block")]
+
+
+def test_listed_ancestors_are_not_added_twice():
+    index = index_of(("a.b.example.com", 0, "subtree", "block"), ("example.com", 1, "exact", "block"),
+                     ("c.b.example.com", 2, "exact", "allow"))
+    assert (index.entry_count, index.node_count) == (3, 4)  # + b.example.com
+    assert index.lookup("example.com") == 2
+    assert index.lookup("b.example.com") == 0
+
+
+def test_single_label_index_adds_tld_nodes():
+    index = index_of(("zip", 1, "subtree", "block"), ("a.b.example.com", 0, "subtree", "block"))
+    assert (index.entry_count, index.node_count) == (2, 5)  # + b.example.com, example.com, com
+    assert index.lookup("x.a.b.example.com") == 1
+    assert index.lookup("example.com") == index.lookup("com") == 0
+    assert index.lookup("zip") == index.lookup("a.zip") == 2
+    assert [name for name, *_ in index.iter_entries()] == ["a.b.example.com", "zip"]
+
+
+@pytest.fixture
+def probes(monkeypatch):
+    """The keys lookups probe, in order (one crc32 call per probe)."""
+    calls = []
+
+    def counting_crc32(data, *start):
+        calls.append(bytes(data))
+        return zlib.crc32(data, *start)
+
+    monkeypatch.setattr(domains, "_crc32", counting_crc32)
+    return calls
+
+
+@pytest.mark.parametrize("name, expected, probed", [
+    ("x.y.z.unlisted.net", 0, ["unlisted.net"]),  # absent two-label suffix: one probe
+    ("example.com", 0, ["example.com"]),  # an ancestor node, and the name itself
+    ("q.example.com", 0, ["example.com", "q.example.com"]),  # absent below an ancestor
+    ("b.example.com", 0, ["example.com", "b.example.com"]),
+    ("a.b.example.com", 1, ["example.com", "b.example.com", "a.b.example.com"]),
+    # a.b.example.com has nothing listed below it: the walk stops there, however deep the name
+    ("z.y.x.a.b.example.com", 1, ["example.com", "b.example.com", "a.b.example.com"]),
+    ("deep.www.other.org", 0, ["other.org", "www.other.org"]),  # exact entry: stop, no bits
+    ("x.ok.www.another.org", 0, ["another.org", "www.another.org", "ok.www.another.org", "x.ok.www.another.org"]),
+    ("z.ok.www.another.org", 2, ["another.org", "www.another.org", "ok.www.another.org", "z.ok.www.another.org"]),
+    ("x.www.allowed.org", 0, ["allowed.org", "www.allowed.org"]),
+    ("x.y.allowed.org", 1 << 2, ["allowed.org", "y.allowed.org"]),
+])
+def test_the_walk_stops_at_the_first_absent_suffix_or_a_node_without_descendants(probes, name, expected, probed):
+    index = index_of(
+        ("a.b.example.com", 0, "subtree", "block"),
+        ("www.other.org", 1, "exact", "block"),
+        ("z.ok.www.another.org", 1, "exact", "block"),
+        ("allowed.org", 2, "subtree", "block"),
+        ("www.allowed.org", 2, "subtree", "allow"),
+    )
+    probes.clear()
+    assert index.lookup(name) == expected
+    assert probes == [suffix.encode() + b"\0" for suffix in probed]
+
+
+def test_single_label_index_walks_from_the_last_label(probes):
+    index = index_of(("zip", 1, "subtree", "block"), ("bad.example.com", 0, "exact", "block"))
+    probes.clear()
+    assert index.lookup("x.y.example.org") == 0
+    assert probes == [b"org\0"]
+    probes.clear()
+    assert index.lookup("x.bad.example.com") == 0
+    assert probes == [b"com\0", b"example.com\0", b"bad.example.com\0"]
+
+
+# Two names whose crc32 (with the terminating NUL) is the same; the same prefix keeps them equal.
+TWIN, OTHER_TWIN = "fqb17i228u.example", "hh578ntdii.example"
+
+
+def slots_of(index, name):
+    """(slot number, field, name offset) of every slot on `name`'s probe path with its check byte."""
+    name_hash = zlib.crc32(name.encode() + b"\0")
+    found = []
+    slot = name_hash & index._slot_mask
+    while value := index._slots[slot]:
+        if value & 0xFF == name_hash >> 24:
+            found.append((slot, value >> 40, value >> 8 & 0xFFFFFFFF))
+        slot = (slot + 1) & index._slot_mask
+    return found
+
+
+def test_twins_share_a_hash():
+    for prefix in ["", "www."]:
+        assert zlib.crc32(f"{prefix}{TWIN}\0".encode()) == zlib.crc32(f"{prefix}{OTHER_TWIN}\0".encode())
+
+
+def test_unlisted_ancestors_have_no_name_bytes():
+    image = build_index([(f"www.{TWIN}", 1, "exact", "block")])
+    index = DomainIndex.from_bytes(image)
+    assert image.endswith(f"www.{TWIN}\0\n".encode())
+    assert image.count(TWIN.encode()) == 1  # only inside the listed name
+    (listed,) = slots_of(index, f"www.{TWIN}")
+    assert listed[1] > 1 and image[listed[2]:].startswith(f"www.{TWIN}\0".encode())
+    assert [field_and_offset for _, *field_and_offset in slots_of(index, TWIN)] == [[1, 0]]
+
+
+def test_listed_names_come_first_on_a_shared_probe_path():
+    # The ancestor TWIN hashes like the listed OTHER_TWIN: the listed name holds the earlier slot,
+    # so a probe for it compares its name before it could meet the ancestor.
+    index = index_of((f"www.{TWIN}", 1, "exact", "block"), (OTHER_TWIN, 0, "subtree", "block"))
+    (listed_slot, listed_field, _), (ancestor_slot, ancestor_field, ancestor_offset) = slots_of(index, TWIN)
+    assert listed_field > 1 and (ancestor_field, ancestor_offset) == (1, 0)
+    assert (ancestor_slot - listed_slot) & index._slot_mask > 0
+    assert index.lookup(OTHER_TWIN) == index.lookup(f"x.{OTHER_TWIN}") == 1
+    assert index.lookup(TWIN) == index.lookup(f"x.{TWIN}") == 0
+    assert index.lookup(f"www.{TWIN}") == 2
+    assert index.explain(TWIN) == [] and index.explain(f"x.{OTHER_TWIN}") == [Match(OTHER_TWIN, 1, "subtree", "block")]
+
+
+def test_ancestors_sharing_a_hash_are_interchangeable():
+    index = index_of((f"a.{TWIN}", 0, "subtree", "block"), (f"b.{OTHER_TWIN}", 1, "subtree", "block"))
+    assert [field for _, field, _ in slots_of(index, TWIN)] == [1, 1]
+    assert index.lookup(f"x.a.{TWIN}") == 1 and index.lookup(f"x.b.{OTHER_TWIN}") == 2
+    assert index.lookup(f"b.{TWIN}") == index.lookup(f"a.{OTHER_TWIN}") == 0
+
+
+def test_an_absent_suffix_that_hashes_like_an_ancestor_only_walks_one_step_further(probes):
+    # OTHER_TWIN is not in the index but hashes like the unlisted ancestor TWIN, and www.OTHER_TWIN
+    # like the listed www.TWIN: the walk goes on, and the listed name is compared and refused.
+    index = index_of((f"www.{TWIN}", 1, "exact", "block"))
+    probes.clear()
+    assert index.lookup(f"www.{OTHER_TWIN}") == 0
+    assert probes == [f"{OTHER_TWIN}\0".encode(), f"www.{OTHER_TWIN}\0".encode()]
+    assert index.lookup(f"www.{TWIN}") == 2
+
+
 # --- explain, iter_entries, determinism ------------------------------------------------------
 
 
@@ -193,11 +335,34 @@ def test_iter_entries_returns_what_was_built():
 
 
 def test_image_is_deterministic():
-    entries = [(f"n{i}.example", i % 7, ("exact", "subtree")[i % 2], ("block", "allow")[i % 3 == 0])
-               for i in range(200)]
+    # The same entries in the same order give the same bytes; another order gives another layout
+    # (node order follows the input) with the same contents.
+    entries = [(f"n{i}.{('a.example', 'example', 'b.a.example')[i % 3]}", i % 7, ("exact", "subtree")[i % 2],
+                ("block", "allow")[i % 3 == 0]) for i in range(200)]
+    assert build_index(entries) == build_index(list(entries))
     shuffled = entries[:]
     random.Random(3).shuffle(shuffled)
-    assert build_index(entries) == build_index(shuffled)
+    index, other = index_of(*entries), index_of(*shuffled)
+    assert list(index.iter_entries()) == list(other.iter_entries())
+    assert (index.entry_count, index.node_count) == (other.entry_count, other.node_count)
+    for name in ["n1.example", "x.n1.example", "n2.b.a.example", "a.example", "q.b.a.example", "example"]:
+        assert index.lookup(name) == other.lookup(name)
+        assert index.explain(name) == other.explain(name)
+
+
+def test_bulk_runs_give_the_same_image_as_entries():
+    entries = [("a.example", 0, "subtree", "block"), ("b.example", 0, "subtree", "block"),
+               ("a.example", 2, "exact", "allow"), ("c.a.example", 0, "subtree", "block"),
+               ("b.example", 5, "subtree", "block")]
+    runs = [(0, "subtree", "block", ["a.example", "b.example", "c.a.example"]),
+            (2, "exact", "allow", ["a.example"]),
+            (5, "subtree", "block", ["b.example"]),
+            (7, "exact", "block", [])]  # an empty run adds nothing
+    assert domains.build_index_runs(runs) == build_index(entries)
+    # Names may repeat within and across runs.
+    again = domains.build_index_runs([(0, "subtree", "block", ["a.example", "a.example"]),
+                                      (0, "subtree", "block", ["a.example"])])
+    assert again == build_index([("a.example", 0, "subtree", "block")])
 
 
 @pytest.mark.parametrize("entry, message", [
@@ -216,6 +381,22 @@ def test_image_is_deterministic():
 def test_build_rejects_malformed_entries(entry, message):
     with pytest.raises(ValueError, match=message):
         build_index([entry])
+    name, bit, match, kind = entry
+    with pytest.raises(ValueError, match=message):
+        domains.build_index_runs([(bit, match, kind, [name])])
+
+
+@pytest.mark.parametrize("name", ["a\0b.example", "a.example\n", "a\r.example"])
+def test_build_rejects_control_characters_that_would_break_the_image(name):
+    with pytest.raises(ValueError, match="must not contain NUL or line breaks"):
+        build_index([(name, 0, "exact", "block")])
+
+
+def test_build_names_the_first_bad_entry_even_after_good_ones_of_its_group():
+    # True == 1, but only an int is a category bit, also after entries with bit 1.
+    with pytest.raises(ValueError, match=r"entry 'b.example': category bit must be an int in 0..63, got True"):
+        build_index([("a.example", 1, "exact", "block"), ("c.example", 2, "exact", "block"),
+                     ("b.example", True, "exact", "block")])
 
 
 # --- property: lookup == naive reference -----------------------------------------------------
@@ -229,12 +410,24 @@ ENTRIES = st.lists(
 )
 
 
-@settings(max_examples=200, deadline=None, database=None)
-@given(entries=ENTRIES, queries=st.lists(NAMES, min_size=1, max_size=10))
-def test_lookup_matches_reference(entries, queries):
+# Deeper names over fewer labels, at least two labels per entry (so no single-label flag): long
+# chains of listed names and ancestors, allows below blocks and blocks below allows.
+DEEP_LABELS = st.sampled_from(["a", "b", "www", "com"])
+DEEP_ENTRY_NAMES = st.lists(DEEP_LABELS, min_size=2, max_size=6).map(".".join)
+DEEP_QUERIES = st.lists(st.sampled_from(["a", "b", "c", "www", "com", "xn--bcher-kva"]), min_size=1,
+                        max_size=8).map(".".join)
+DEEP_ENTRIES = st.lists(
+    st.tuples(DEEP_ENTRY_NAMES, st.sampled_from([0, 1, 5]), st.sampled_from(["exact", "subtree"]),
+              st.sampled_from(["block", "block", "allow"])),
+    max_size=16,
+)
+
+
+def check_against_reference(entries, queries):
     index = index_of(*entries)
     for name in queries + [listed for listed, *_ in entries]:
-        assert index.lookup(name) == naive_lookup(entries, name), name
+        for probe in (name, "x." + name, "x.y." + name):
+            assert index.lookup(probe) == naive_lookup(entries, probe), probe
         block = allow = 0
         for match in index.explain(name):
             if match.kind == "block":
@@ -243,6 +436,25 @@ def test_lookup_matches_reference(entries, queries):
                 allow |= match.bits
         assert block & ~allow == index.lookup(name)
     assert sorted(set(index.iter_entries())) == sorted(set(entries))
+    assert index.entry_count == len({listed for listed, *_ in entries})
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(entries=ENTRIES, queries=st.lists(NAMES, min_size=1, max_size=10))
+def test_lookup_matches_reference(entries, queries):
+    check_against_reference(entries, queries)
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(entries=DEEP_ENTRIES, queries=st.lists(DEEP_QUERIES, min_size=1, max_size=10))
+def test_deep_lookup_matches_reference(entries, queries):
+    check_against_reference(entries, queries)
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(entries=DEEP_ENTRIES, tld=st.sampled_from(["com", "a", "zip"]), queries=st.lists(DEEP_QUERIES, max_size=10))
+def test_single_label_index_matches_reference(entries, tld, queries):
+    check_against_reference(entries + [(tld, 7, "subtree", "block")], queries + [tld])
 
 
 # --- files -----------------------------------------------------------------------------------
@@ -302,10 +514,16 @@ SAMPLE = build_index([
 
 
 def with_header(image, **changes):
-    fields = dict(zip(["magic", "version", "header_size", "entries", "slots", "masksets", "blob", "crc"],
-                      HEADER.unpack_from(image)))
+    fields = dict(zip(HEADER_NAMES, HEADER.unpack_from(image)))
     fields.update(changes)
     return HEADER.pack(*fields.values()) + image[HEADER.size:]
+
+
+def resealed(image):
+    """`image` with its crc32 recomputed (everything but the crc field), as a buggy builder would write it."""
+    image = bytes(image)
+    crc = zlib.crc32(image[HEADER.size:], zlib.crc32(image[CRC_AT + 4:HEADER.size], zlib.crc32(image[:CRC_AT])))
+    return with_header(image, crc=crc)
 
 
 def test_sample_is_valid():
@@ -339,8 +557,18 @@ def test_wrong_magic():
 
 
 def test_wrong_version():
-    with pytest.raises(IndexFormatError, match="format version 3 is not supported"):
-        DomainIndex.from_bytes(with_header(SAMPLE, version=3))
+    with pytest.raises(IndexFormatError, match=r"format version 4 is not supported \(expected 3\)"):
+        DomainIndex.from_bytes(with_header(SAMPLE, version=4))
+
+
+def test_format_2_image_is_refused(tmp_path):
+    # A format-2 file (no ancestor nodes, another layout) left on disk by an older schooldns: the
+    # loader refuses it, and control.load_index then compiles the lists again.
+    old_header = struct.pack("<8sIIIIIIII24x", domains.MAGIC, 2, 64, 1, 8, 1, 12, 0, 0)
+    path = tmp_path / "index.bin"
+    path.write_bytes(old_header + bytes(8 * 8 + 32 + 8) + b"example.com\0")
+    with pytest.raises(IndexFormatError, match=r"index\.bin: domain index format version 2 is not supported"):
+        DomainIndex.load(path)
 
 
 def test_checksum_mismatch():
@@ -351,38 +579,44 @@ def test_checksum_mismatch():
 
 
 def test_every_single_bit_flip_is_detected():
-    # Every byte is covered: header fields by their own checks, the body by its crc32. Only the
-    # header padding carries nothing: a flip there is either refused or changes no lookup.
+    # Every byte is covered, header padding and flags included: the crc32 spans all but its own
+    # field, and a flip there makes it disagree.
     for position in range(len(SAMPLE)):
         for bit in range(8):
             image = bytearray(SAMPLE)
             image[position] ^= 1 << bit
-            if HEADER_FIELDS <= position < HEADER.size:
-                try:
-                    index = DomainIndex.from_bytes(bytes(image))
-                except IndexFormatError:
-                    continue
-                assert list(index.iter_entries()) == list(DomainIndex.from_bytes(SAMPLE).iter_entries())
-                continue
             with pytest.raises(IndexFormatError):
                 DomainIndex.from_bytes(bytes(image))
 
 
+def test_header_flags_and_counts_are_checksummed():
+    # Since format 3 the single-label flag changes where lookups start, and the entry count no
+    # longer sizes a section: both are covered by the checksum.
+    with pytest.raises(IndexFormatError, match="checksum mismatch"):
+        DomainIndex.from_bytes(with_header(SAMPLE, flags=1))
+    with pytest.raises(IndexFormatError, match="checksum mismatch"):
+        DomainIndex.from_bytes(with_header(SAMPLE, entries=2))
+    assert DomainIndex.from_bytes(resealed(SAMPLE)).lookup("a.example.com") == 1
+
+
 def test_structural_checks_behind_a_valid_checksum():
-    # An image whose checksum is right but whose entries point outside the image (a buggy writer).
+    # Images whose checksum is right but whose contents are not what a build writes (a buggy writer).
+    fields = dict(zip(HEADER_NAMES, HEADER.unpack_from(SAMPLE)))
+    slots = memoryview(SAMPLE)[HEADER.size:HEADER.size + 8 * fields["slots"]].cast("Q")
+    used = next(number for number, value in enumerate(slots) if value >> 40 > 1)
     image = bytearray(SAMPLE)
-    _, _, _, entries, slots, masksets, _, _ = HEADER.unpack_from(image)
-    offsets_start = HEADER.size + 8 * slots + 32 * masksets
-    struct.pack_into("<I", image, offsets_start, len(image) + 100)
-    body = bytes(image[HEADER.size:])
-    with pytest.raises(IndexFormatError, match="outside the name section"):
-        DomainIndex.from_bytes(with_header(bytes(image), crc=zlib.crc32(body)))
+    value = slots[used] & (2**40 - 1) | 2 * fields["masksets"] << 40  # a mask set past the table
+    struct.pack_into("<Q", image, HEADER.size + 8 * used, value)
+    with pytest.raises(IndexFormatError, match="mask set past the end"):
+        DomainIndex.from_bytes(resealed(image))
 
     image = bytearray(SAMPLE)
-    struct.pack_into("<I", image, offsets_start + 4 * entries, masksets)
-    body = bytes(image[HEADER.size:])
-    with pytest.raises(IndexFormatError, match="mask set past the end"):
-        DomainIndex.from_bytes(with_header(bytes(image), crc=zlib.crc32(body)))
+    image[-1] = ord("x")  # the name section ends with a NUL and a newline
+    with pytest.raises(IndexFormatError, match="does not end with a NUL and a newline"):
+        DomainIndex.from_bytes(resealed(image))
+
+    with pytest.raises(IndexFormatError, match="4 entries but only 3 nodes"):
+        DomainIndex.from_bytes(resealed(with_header(SAMPLE, entries=4, nodes=3)))
 
 
 def test_bad_slot_count():
@@ -392,8 +626,12 @@ def test_bad_slot_count():
 
 def test_format_constants():
     assert domains.MAGIC == b"SDNSIDX\x00"
-    assert domains.FORMAT_VERSION == 2
+    assert domains.FORMAT_VERSION == 3
     assert SAMPLE[:8] == domains.MAGIC
+    fields = dict(zip(HEADER_NAMES, HEADER.unpack_from(SAMPLE)))
+    # example.com, www.example.com and xn--bng--8na8hpj.vn are listed; no ancestor is missing.
+    assert (fields["version"], fields["header_size"], fields["entries"], fields["nodes"]) == (3, 64, 3, 3)
+    assert fields["flags"] == 0
 
 
 def test_single_label_entries_are_probed_only_when_the_index_has_them():

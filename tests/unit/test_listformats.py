@@ -1,10 +1,13 @@
 """listformats: name normalisation (case, trailing dot, IDN, limits) and the four list parsers."""
 
+import io
 import ipaddress
 from pathlib import Path
 
 import idna
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from resolver import listformats as lf
 from resolver.listformats import ALLOW, BLOCK, EXACT, SUBTREE, InvalidName, Tally
@@ -525,3 +528,117 @@ def test_eth_phishing_detect_hosts_whole_file():
     assert (tally.skipped, tally.invalid) == (1, 0)
     assert tally.reasons == {"local name": 1}
     assert tally.examples["local name"] == (1, "127.0.0.1 localhost")
+
+
+# --- bulk parsing: the same entries and tally as line by line ----------------------------------
+
+SHIPPED = Path(__file__).resolve().parents[2] / "blocklists"
+REAL_LISTS = sorted(DATA.glob("*.txt")) + sorted(SHIPPED.rglob("*.txt"))
+
+
+def tally_state(tally):
+    return tally.skipped, tally.invalid, tally.reasons, tally.examples
+
+
+def domains_both_ways(data, match):
+    """(entries, tally) of `data` (file bytes) parsed line by line and in bulk, each read as a file is."""
+    def text_file():
+        return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", errors="replace")
+
+    line_tally, bulk_tally = Tally(), Tally()
+    by_line = list(lf.parse_domains(text_file(), line_tally, match=match))
+    runs = lf.parse_domains_text(text_file().read(), bulk_tally, match=match)
+    in_bulk = [(name, run_match, kind) for (run_match, kind), names in runs.items() for name in names]
+    return (sorted(by_line), line_tally), (sorted(in_bulk), bulk_tally)
+
+
+@pytest.mark.parametrize("match", [SUBTREE, EXACT])
+@pytest.mark.parametrize("path", REAL_LISTS, ids=lambda path: path.name)
+def test_bulk_domains_parse_equals_line_by_line_on_real_lists(path, match):
+    # Every real list, as if it were declared `format: domains`: most lines of the adblock and
+    # hosts files are then rejected, which exercises the per-line rule and the tally.
+    (by_line, line_tally), (in_bulk, bulk_tally) = domains_both_ways(path.read_bytes(), match)
+    assert in_bulk == by_line  # the same entries, duplicates included (reports count them)
+    assert tally_state(bulk_tally) == tally_state(line_tally)
+
+
+def test_bulk_domains_parse_of_the_shipped_allow_list_takes_real_names():
+    path = SHIPPED / "phishing" / "eth-phishing-detect-allow.txt"
+    (by_line, _), (in_bulk, tally) = domains_both_ways(path.read_bytes(), EXACT)
+    assert len(in_bulk) > 1000 and in_bulk == by_line
+    assert tally.invalid == 0
+
+
+MESSY_LINES = [
+    "", "   ", "\t", "# comment", "#", "  # indented comment", "a.example", "A.Example.COM", "a.example.",
+    "a.example # trailing", "a.example\t# tab then comment", "a.example#glued", "  a.example  ",
+    "*.a.example", "*.A.example.", "*.*.a.example", "a*.example", "*.", "*", "xn--bcher-kva.example",
+    "*.xn--bcher-kva.example", "XN--BCHER-KVA.example", "xn--abc.example", "xn--abc-.example",
+    "bücher.example", "bóng-đá.vn", "Cá-Độ.VN", "tin-tức.com.vn", "a" * 63 + ".example",
+    "a" * 64 + ".example", ".".join(["a" * 63] * 3 + ["b" * 61]), ".".join(["a" * 63] * 4) + ".com",
+    "1.2.3.4", "::1", "[::1]", "2001:db8::1", "a.example b.example", "-a.example", "a-.example",
+    "a_b.example", "r3---sn-x.googlevideo.com", "localhost", "com", "a.123", "a..example",
+    ".a.example", "a.example\u00a0", "\ufeffa.example", "a.b.c.d.e.f.example", "0.0.0.0 a.example",
+    "||a.example^", "a.example\x0b", "ab\u2028cd.example",
+]
+MESSY_PIECES = st.one_of(
+    st.sampled_from(MESSY_LINES),
+    st.text(alphabet="abx-n_.#* \t0ü:", max_size=12),
+)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(lines=st.lists(st.tuples(MESSY_PIECES, st.sampled_from(["\n", "\r\n", "\r"])), max_size=40),
+       last_newline=st.booleans(), broken_utf8=st.booleans(), match=st.sampled_from([SUBTREE, EXACT]))
+def test_bulk_domains_parse_equals_line_by_line_on_messy_lines(lines, last_newline, broken_utf8, match):
+    text = "".join(line + newline for line, newline in lines)
+    if not last_newline:
+        text = text.rstrip("\r\n")
+    data = text.encode("utf-8")
+    if broken_utf8:
+        data = b"\xff\xfe" + data + b"\nok.\xc3example\n"  # decoded with errors="replace"
+    (by_line, line_tally), (in_bulk, bulk_tally) = domains_both_ways(data, match)
+    assert in_bulk == by_line
+    assert tally_state(bulk_tally) == tally_state(line_tally)
+
+
+def test_bulk_domains_parse_sends_odd_names_the_per_line_way_with_their_line_numbers():
+    long_label = "a" * 64 + ".example"
+    long_name = ".".join(["a" * 63] * 4) + ".com"
+    text = "\n".join(["# list", "plain.example", "xn--bcher-kva.example", "xn--abc.example", "",
+                      long_label, long_name, "a" * 63 + ".example", "*.tree.example", "two names.example",
+                      "Upper.Example"]) + "\n"
+    tally = Tally()
+    runs = lf.parse_domains_text(text, tally, match=EXACT)
+    assert runs == {
+        (EXACT, BLOCK): ["plain.example", "a" * 63 + ".example", "xn--bcher-kva.example", "upper.example"],
+        (SUBTREE, BLOCK): ["tree.example"],
+    }
+    assert tally.reasons == {"comment": 1, "invalid idn": 1, "label too long": 1, "name too long": 1,
+                             "more than one field": 1}
+    assert tally.examples == {"invalid idn": (4, "xn--abc.example"), "label too long": (6, long_label),
+                              "name too long": (7, long_name[:200]), "more than one field": (10, "two names.example")}
+    assert lf.parse_domains_text("", Tally()) == {(SUBTREE, BLOCK): []}
+
+
+@pytest.mark.parametrize("fmt, data, match", [
+    ("adblock", (DATA / "urlhaus-filter-online.txt").read_bytes(), None),
+    ("adblock", (DATA / "ublock-badware.txt").read_bytes(), None),
+    ("hosts", (DATA / "eth-phishing-detect-hosts.txt").read_bytes(), EXACT),
+    ("hosts", (DATA / "eth-phishing-detect-hosts.txt").read_bytes(), None),
+    ("rpz", RPZ_ZONE.encode(), None),
+    ("domains", (SHIPPED / "phishing" / "eth-phishing-detect-allow.txt").read_bytes(), EXACT),
+    ("domains", "a.example\n*.b.example\n# c\nbad..example\n".encode(), None),
+], ids=lambda value: value if isinstance(value, str) else None)
+def test_parse_list_runs_groups_what_parse_list_gives(fmt, data, match):
+    def text_file():
+        return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", errors="replace")
+
+    line_tally, run_tally = Tally(), Tally()
+    expected: dict = {}
+    for name, entry_match, kind in lf.parse_list(fmt, text_file(), line_tally, match):
+        expected.setdefault((entry_match, kind), []).append(name)
+    runs = lf.parse_list_runs(fmt, text_file(), run_tally, match)
+    assert {key: sorted(names) for key, names in runs.items() if names} == \
+        {key: sorted(names) for key, names in expected.items()}
+    assert tally_state(run_tally) == tally_state(line_tally)

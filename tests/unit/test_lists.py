@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from resolver import domains, lists
+from resolver import domains, listformats, lists
 from resolver.yamlfile import ConfigError, Problem
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -395,3 +395,43 @@ def test_shipped_phishing_allow_list_wins_over_its_block_lists():
     phishing = 1 << SHIPPED_CATEGORIES.index("phishing")
     assert len(allow) > 1000
     assert all(not index.lookup(name) & phishing for name in allow)
+
+
+# --- bulk compile == entry by entry ----------------------------------------------------------
+
+
+def entries_line_by_line(directory: Path) -> list[tuple[str, int, str, str]]:
+    """Every source's entries from the line-by-line parsers, as build_index takes them."""
+    sources = lists.load_sources(directory)
+    entries = []
+    for source in sources.sources:
+        bit = sources.categories.index(source.category)
+        with open(source.path, encoding="utf-8", errors="replace") as lines:
+            for name, match, kind in listformats.parse_list(source.format, lines, listformats.Tally(), source.match):
+                entries.append((name, bit, match, "allow" if source.kind == "allow" else kind))
+    return entries
+
+
+@pytest.mark.parametrize("directory", ["contract", "shipped"])
+def test_bulk_compile_holds_exactly_the_entries_of_the_line_by_line_parsers(directory, contract_dir):
+    root = contract_dir if directory == "contract" else SHIPPED
+    entries = entries_line_by_line(root)
+    compiled = domains.DomainIndex.from_bytes(lists.compile_lists(root).image)
+    reference = domains.DomainIndex.from_bytes(domains.build_index(entries))
+    assert list(compiled.iter_entries()) == list(reference.iter_entries())
+    assert (compiled.entry_count, compiled.node_count) == (reference.entry_count, reference.node_count)
+    for name, *_ in entries[::7]:
+        for query in (name, "www." + name, name.partition(".")[2]):
+            assert compiled.lookup(query) == reference.lookup(query), query
+
+
+def test_a_messy_domains_source_reports_what_the_line_parser_counts(tmp_path):
+    text = "# header\n\nok.example\r\nBad..example\n*.tree.example\nxn--abc.example\n192.0.2.1\nbücher.example\n"
+    write(tmp_path, {"sources.yaml": "categories:\n  misc:\n    sources: [{file: misc.txt, format: domains}]\n",
+                     "misc.txt": text})
+    tally = listformats.Tally()
+    with open(tmp_path / "misc.txt", encoding="utf-8") as lines:
+        entries = list(listformats.parse_domains(lines, tally))
+    (report,) = lists.compile_lists(tmp_path).reports
+    assert (report.entries, report.skipped, report.invalid) == (len(entries), tally.skipped, tally.invalid) == (3, 2, 2)
+    assert (report.reasons, report.examples) == (tally.reasons, tally.examples)

@@ -1,0 +1,75 @@
+"""domains format 3: an index file of an older format left in state_dir is compiled again, never used."""
+
+import hashlib
+import json
+import logging
+import struct
+from types import SimpleNamespace
+
+import pytest
+
+from resolver import control, domains, lists
+
+SOURCES = "categories:\n  adult:\n    sources: [{file: adult.txt, format: domains}]\n"
+# A format-2 image as an older schooldns wrote it: its header, then one entry (example.com).
+FORMAT_2_IMAGE = (struct.pack("<8sIIIIIIII24x", domains.MAGIC, 2, 64, 1, 8, 1, 12, 0, 0)
+                  + bytes(8 * 8 + 32 + 8) + b"example.com\0")
+
+
+@pytest.fixture
+def site(tmp_path):
+    """Blocklists and a state_dir; `load_index` reads only these two paths of a config."""
+    blocklists = tmp_path / "blocklists"
+    blocklists.mkdir()
+    (blocklists / lists.SOURCES_FILE).write_text(SOURCES)
+    (blocklists / "adult.txt").write_text("a.b.example\n")
+    state = tmp_path / "state"
+    state.mkdir()
+    return SimpleNamespace(blocklists_dir=blocklists, state_dir=state)
+
+
+def leave_old_index(site, fingerprint):
+    (site.state_dir / control.INDEX_FILE).write_bytes(FORMAT_2_IMAGE)
+    manifest = {"fingerprint": fingerprint, "categories": ["adult"], "entry_counts": {"adult": 1}}
+    (site.state_dir / control.MANIFEST_FILE).write_text(json.dumps(manifest))
+
+
+def format_2_fingerprint(site, sources):
+    """What an older schooldns computed: the same files, under "index-format-2"."""
+    digest = hashlib.sha256(b"index-format-2\n")
+    for path in [site.blocklists_dir / lists.SOURCES_FILE, *sources.files()]:
+        stat = path.stat()
+        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def test_the_fingerprint_changes_with_the_format(site):
+    sources = lists.load_sources(site.blocklists_dir)
+    assert control.sources_fingerprint(site.blocklists_dir, sources) != format_2_fingerprint(site, sources)
+
+
+def assert_compiled_again(site, sources):
+    index, manifest = control.load_index(site, sources)
+    assert index.lookup("x.a.b.example") == 1
+    assert manifest["fingerprint"] == control.sources_fingerprint(site.blocklists_dir, sources)
+    rewritten = domains.DomainIndex.load(site.state_dir / control.INDEX_FILE)
+    try:
+        assert (rewritten.entry_count, rewritten.node_count) == (1, 2)
+    finally:
+        rewritten.close()
+
+
+def test_an_old_manifest_and_index_are_compiled_again(site):
+    sources = lists.load_sources(site.blocklists_dir)
+    leave_old_index(site, format_2_fingerprint(site, sources))
+    assert_compiled_again(site, sources)
+
+
+def test_a_format_2_index_under_a_matching_manifest_is_refused_and_compiled_again(site, caplog):
+    # Even if the manifest matched (say, a hand-copied state_dir), loading refuses the old image.
+    sources = lists.load_sources(site.blocklists_dir)
+    leave_old_index(site, control.sources_fingerprint(site.blocklists_dir, sources))
+    with caplog.at_level(logging.WARNING, logger="resolver.control"):
+        assert_compiled_again(site, sources)
+    assert "compiling again" in caplog.text
+    assert "domain index format version 2 is not supported (expected 3)" in caplog.text
