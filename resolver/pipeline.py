@@ -1,4 +1,4 @@
-"""The per-query function: parse, identify, decide, cache, forward, inspect, count; every failure -> one rcode here.
+"""The per-query function: identify, repeat, parse, decide, cache, forward, inspect, count; every failure -> one rcode here.
 
 `Pipeline.handle` is the data plane.  It is synchronous for everything that can be answered
 at once (malformed input, unknown clients, blocked names, cache hits) and returns the
