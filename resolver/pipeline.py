@@ -24,6 +24,7 @@ DECISION_MEMO_MAX = 65_536
 # Answers kept for repeats, oldest out first: about 400 bytes each, so at most ~26 MB. A repeat
 # of a cached answer is exact for at most a second, of a blocked one for at most a minute.
 REPEAT_MAX = 65_536
+BLOCKED_REPEAT_SECONDS = 60.0  # a kept blocked answer is made again after this (staggered per name)
 
 Reply = bytes | None | Coroutine[Any, Any, bytes | None]
 
@@ -55,15 +56,16 @@ class Snapshot:
     loaded_at: float
 
 
-# A repeat (stage 2 of handle) is a plain tuple of atomic values, so the garbage collector stops
-# tracking it and a full table adds nothing to its pauses (a NamedTuple would stay tracked):
-#   (school_id, tail, until, minute, counted, blocked, from_cache, aging)
+# Repeats (stage 2 of handle) are kept under (school id, query bytes after the ID). A repeat is a
+# plain tuple of atomic values, so the garbage collector stops tracking it and a full table adds
+# nothing to its pauses (a NamedTuple would stay tracked):
+#   (tail, until, segment, counted, blocked, from_cache, aging)
 # tail: the answer without its 2-byte ID; until: clock() time when the tail stops being exact;
-# minute: wall_clock() // 60 of the decision; counted / blocked: Counters keys; from_cache: a
+# segment: the school's schedule segment of the decision (see _segment); counted / blocked: Counters keys; from_cache: a
 # repeat of a cache hit counts as one; aging: for a replayed cache entry, (stored_at, aged_for,
 # expires_at, ttl_offsets) to re-age the tail at `until`, else None (the repeat ends there).
 _Aging = tuple[float, int, float, tuple[int, ...]]
-_Repeat = tuple[str, bytes, float, float, tuple[str, str, str], tuple[str, str] | None, bool, _Aging | None]
+_Repeat = tuple[bytes, float, int, tuple[str, str, str], tuple[str, str] | None, bool, _Aging | None]
 
 
 class Pipeline:
@@ -77,12 +79,14 @@ class Pipeline:
         self.counters = counters
         self.clock = clock
         self.wall_clock = wall_clock
-        self._memo: dict[tuple[str, str], tuple[int, policy.Decision]] = {}
-        self._repeats: collections.OrderedDict[bytes, _Repeat] = collections.OrderedDict()
+        self._memo: dict[tuple[str, str], tuple[int, policy.Decision]] = {}  # -> (segment, decision)
+        self._segments: dict[str, tuple[int, int]] = {}  # school id -> (minute, schedule segment)
+        self._repeats: collections.OrderedDict[tuple[str, bytes], _Repeat] = collections.OrderedDict()
 
     def install(self, snapshot: Snapshot) -> None:
         """Swap in a new snapshot (control plane); decisions and answers made with the old one are dropped."""
         self._memo = {}
+        self._segments = {}
         self._repeats = collections.OrderedDict()
         self.snapshot = snapshot
 
@@ -97,15 +101,18 @@ class Pipeline:
         school = snapshot.directory.lookup(client) or snapshot.default_school
 
         # 2. Repeat: a UDP query whose bytes after the ID equal an earlier one from the same school
-        #    gets that answer with its own ID, while its decision holds and its cached answer lives.
-        key = data[2:]
-        repeat = self._repeats.get(key) if transport == "udp" else None
-        if repeat is not None and school is not None:
-            school_id, tail, until, minute, counted, blocked, from_cache, _ = repeat
-            if school_id == school.id and self.wall_clock() // 60 == minute:
+        #    gets that answer with its own ID, while its decision holds (same schedule segment) and
+        #    its cached answer lives.
+        repeat = None
+        if transport == "udp" and school is not None:
+            repeat_key = (school.id, data[2:])
+            repeat = self._repeats.get(repeat_key)
+        if repeat is not None:
+            tail, until, segment, counted, blocked, from_cache, _ = repeat
+            if self._segment(school, self.wall_clock()) == segment:
                 now = self.clock()
                 if now >= until:
-                    tail = self._renew(key, repeat, now)
+                    tail = self._renew(repeat_key, repeat, now)
                 if tail is not None:
                     counters.recount(counted, blocked)
                     if from_cache:
@@ -131,7 +138,8 @@ class Pipeline:
         if decision is not policy.ALLOW:
             if isinstance(decision, policy.Block):
                 reply = self._blocked(query, decision, snapshot)
-                return self._answered(data, transport, school, reply, now + 60.0, decision.category)
+                return self._answered(data, transport, school, reply, now + BLOCKED_REPEAT_SECONDS,
+                                      decision.category)
             return self._rewrite(data, query, decision.target, school, transport, limit, now)
 
         # 4. Cache lookup (raw bytes: ID, question and TTLs patched).
@@ -174,18 +182,33 @@ class Pipeline:
     # -----------------------------------------------------------------------------------
     # Stages' helpers.
 
-    def _decide(self, snapshot: Snapshot, school: policy.SchoolPolicy, name: str) -> policy.Decision:
-        """policy.decide memoised per (school, name) for the current wall-clock minute."""
-        now = self.wall_clock()
+    def _segment(self, school: policy.SchoolPolicy, now: float) -> int:
+        """The school's schedule segment at wall-clock `now` (see SchoolPolicy.schedule_segment).
+
+        Decisions and repeats hold while it stays the same: for a school without schedules, until
+        the next snapshot; else until the next schedule boundary. Computed once per school and
+        minute (boundaries are whole minutes), because it converts the time to the local week.
+        """
+        if not school.schedules:
+            return 0
         minute = int(now // 60)
+        known = self._segments.get(school.id)
+        if known is None or known[0] != minute:
+            known = self._segments[school.id] = (minute, school.schedule_segment(now))
+        return known[1]
+
+    def _decide(self, snapshot: Snapshot, school: policy.SchoolPolicy, name: str) -> policy.Decision:
+        """policy.decide memoised per (school, name) while the school's schedule segment holds."""
+        now = self.wall_clock()
+        segment = self._segment(school, now)
         key = (school.id, name)
         memo = self._memo.get(key)
-        if memo is not None and memo[0] == minute:
+        if memo is not None and memo[0] == segment:
             return memo[1]
         decision = policy.decide(school, name, snapshot.index.lookup(name), now)
         if len(self._memo) >= DECISION_MEMO_MAX:
             self._memo.clear()  # cheap bound; refilling costs one index lookup per name
-        self._memo[key] = (minute, decision)
+        self._memo[key] = (segment, decision)
         return decision
 
     def _answered(self, data: bytes, transport: str, school: policy.SchoolPolicy, reply: bytes, until: float,
@@ -205,19 +228,19 @@ class Pipeline:
             repeats = self._repeats
             if len(repeats) >= REPEAT_MAX:
                 repeats.popitem(last=False)  # the oldest
-            repeats[data[2:]] = (school.id, reply[2:], until, self.wall_clock() // 60,
-                                 counted, blocked, entry is not None, aging)
+            repeats[(school.id, data[2:])] = (reply[2:], until, self._segment(school, self.wall_clock()),
+                                              counted, blocked, entry is not None, aging)
         return reply
 
-    def _renew(self, key: bytes, repeat: _Repeat, now: float) -> bytes | None:
+    def _renew(self, key: tuple[str, bytes], repeat: _Repeat, now: float) -> bytes | None:
         """The tail of a repeat past `until`, its TTLs aged to `now` while its cached answer lives; else None."""
-        school_id, tail, _, minute, counted, blocked, from_cache, aging = repeat
+        tail, _, segment, counted, blocked, from_cache, aging = repeat
         if aging is None or now >= aging[2]:
             return None
         stored_at, aged_for, expires_at, offsets = aging
         age = int(now - stored_at)
         tail = wire.reduce_ttls(tail, offsets, age - aged_for, 2)
-        self._repeats[key] = (school_id, tail, min(stored_at + age + 1, expires_at), minute, counted, blocked,
+        self._repeats[key] = (tail, min(stored_at + age + 1, expires_at), segment, counted, blocked,
                               from_cache, (stored_at, age, expires_at, offsets))
         return tail
 

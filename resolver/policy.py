@@ -216,6 +216,16 @@ class SchoolPolicy:
             return ()
         return tuple(self.schedules[i].name for i in self.week_active[self._segment_at(now_epoch_seconds)])
 
+    def schedule_segment(self, now_epoch_seconds: float) -> int:
+        """Which stretch of the week between two schedule boundaries this time falls in.
+
+        decide() depends on the time only through this number (always 0 without schedules), so a
+        decision memoised with it holds until the next schedule boundary, not just for a minute.
+        """
+        if len(self.week_starts) == 1:
+            return 0
+        return self._segment_at(now_epoch_seconds)
+
     def _segment_at(self, now_epoch_seconds: float) -> int:
         local = datetime.datetime.fromtimestamp(now_epoch_seconds, self.province.tz)
         minute = local.weekday() * MINUTES_PER_DAY + local.hour * 60 + local.minute
@@ -247,8 +257,8 @@ class Policies:
 def decide(school: SchoolPolicy, name: str, list_mask: int, now_epoch_seconds: float) -> Decision:
     """The decision for one name at one time; `name` is a lower-case A-label without trailing dot.
 
-    Pure: the result depends only on the arguments (and only on the minute of the time), so the
-    caller may memoise it per (school, name, minute).
+    Pure: the result depends only on the arguments, and on the time only through
+    `school.schedule_segment(time)`, so the caller may memoise it per (school, name, segment).
     """
     # Hot path: a few dict lookups and bit operations; every table was built at load time.
     if school.bypass_prevention:

@@ -156,3 +156,18 @@ async def test_repeats_stay_bounded(site, monkeypatch):
     for number in range(10):
         await answer(pipe, query(f"games{number}.example.com", number))
         assert len(pipe._repeats) <= 4
+
+
+async def test_decisions_and_repeats_outlive_minutes_between_schedule_boundaries(tmp_path, monkeypatch):
+    lessons = 'schedules:\n  - {name: lessons, days: [mon], from: "07:00", to: "08:00", block: [games]}\n'
+    pipe, clocks, *_ = make_site(tmp_path, {"policies/school-b.yaml": harness.SCHOOL_B + lessons})
+    decided = []
+    real_decide = pipeline.policy.decide
+    monkeypatch.setattr(pipeline.policy, "decide", lambda *args: decided.append(args[1]) or real_decide(*args))
+    monday = datetime.datetime(2026, 11, 23, 7, 10, 59, tzinfo=zoneinfo.ZoneInfo("Asia/Ho_Chi_Minh"))
+    clocks.wall = monday.timestamp()
+    for query_id, school in enumerate((SCHOOL_A, SCHOOL_B, SCHOOL_A, SCHOOL_B)):
+        assert (await answer(pipe, query("games.example.com", query_id), school)).rcode() == dns.rcode.NXDOMAIN
+        clocks.advance(30)  # 07:11:29, 07:11:59, 07:12:29: minutes pass, no schedule boundary
+    assert decided == ["games.example.com", "games.example.com"]  # once per school
+    assert len(pipe._repeats) == 2
