@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+from typing import NamedTuple
 
 from resolver.errors import ResolverError
 
@@ -391,12 +392,12 @@ def reply_rcode(reply: bytes) -> int:
     return reply[3] & 0x0F
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Answer:
+class Answer(NamedTuple):
     """An upstream reply made ready to replay: no OPT, TTL offsets known, cache lifetime known.
 
     `message` still carries the upstream header and question; `replay()` patches the ID,
-    flags and question bytes for each client and appends that client's OPT record.
+    flags and question bytes for each client and appends that client's OPT record. Its fields
+    are atomic values, so the cache can keep it as a plain tuple the garbage collector ignores.
     """
 
     message: bytes

@@ -1,5 +1,7 @@
 """cache: bounded LRU, TTL expiry and aging, negative answers, serve-stale."""
 
+import gc
+
 import dns.message
 import dns.rrset
 
@@ -18,7 +20,7 @@ def test_hit_ages_ttl_and_expires():
     answers = cache.AnswerCache(10)
     answers.store(query.key, answer, now=1000.0)
     entry = answers.lookup(query.key, 1030.5)
-    assert entry.answer is answer
+    assert entry.answer == answer
     assert dns.message.from_wire(entry.aged_message).answer[0].ttl == 70
     assert entry.exact_until == 1031.0  # the aged copy is exact until the next whole second of age
     assert answers.lookup(query.key, 1099.5).exact_until == 1100.0  # ... or until the answer expires
@@ -61,3 +63,15 @@ def test_stale_answer_within_window_has_30s_ttl():
     message, _ = answers.lookup_stale(query.key, 20)
     assert dns.message.from_wire(message).answer[0].ttl == 30
     assert answers.lookup_stale(query.key, 71) is None
+
+
+def test_stored_answers_are_not_tracked_by_the_garbage_collector():
+    # Full collections visit every tracked object: a large cache must not add to their pauses.
+    answers = cache.AnswerCache(10)
+    for ttl in (100, 200, 300):
+        query, answer = make_answer(ttl=ttl, name=f"n{ttl}.example.com")
+        answers.store(query.key, answer, now=0.0)
+        answers.lookup(query.key, 5.5)  # aged copies are stored too
+    for _ in range(4):  # a collection untracks a tuple once its items are: one pass per nesting level
+        gc.collect()
+    assert not any(gc.is_tracked(stored) for stored in answers._entries.values())
