@@ -99,6 +99,10 @@ class Pipeline:
         snapshot = self.snapshot
         # 1. Identify the school by client address (first, because a repeat is per school).
         school = snapshot.directory.lookup(client) or snapshot.default_school
+        # The moment of this query for its school's policy: decisions and repeats made in the
+        # same schedule segment hold (see _segment). Read once, so both agree.
+        wall = self.wall_clock()
+        segment = self._segment(school, wall) if school is not None else 0
 
         # 2. Repeat: a UDP query whose bytes after the ID equal an earlier one from the same school
         #    gets that answer with its own ID, while its decision holds (same schedule segment) and
@@ -108,8 +112,8 @@ class Pipeline:
             repeat_key = (school.id, data[2:])
             repeat = self._repeats.get(repeat_key)
         if repeat is not None:
-            tail, until, segment, counted, blocked, from_cache, _ = repeat
-            if self._segment(school, self.wall_clock()) == segment:
+            tail, until, kept_segment, counted, blocked, from_cache, _ = repeat
+            if kept_segment == segment:
                 now = self.clock()
                 if now >= until:
                     tail = self._renew(repeat_key, repeat, now)
@@ -134,25 +138,27 @@ class Pipeline:
 
         # 3. Decide: policy x domain index.
         now = self.clock()
-        decision = self._decide(snapshot, school, query.name)
+        decision = self._decide(snapshot, school, query.name, wall, segment)
         if decision is not policy.ALLOW:
             if isinstance(decision, policy.Block):
                 reply = self._blocked(query, decision, snapshot)
-                return self._answered(data, transport, school, reply, now + BLOCKED_REPEAT_SECONDS,
+                return self._answered(data, transport, school, segment, reply, now + BLOCKED_REPEAT_SECONDS,
                                       decision.category)
-            return self._rewrite(data, query, decision.target, school, transport, limit, now)
+            return self._rewrite(data, query, decision.target, school, segment, transport, limit, now)
 
         # 4. Cache lookup (raw bytes: ID, question and TTLs patched).
         entry = self.cache.lookup(query.key, now)
         if entry is not None:
             answer = entry.answer
             if answer.targets:  # 6 (on a hit): the cached chain is checked for this school
-                block = self._inspect(query, answer, school, snapshot)
+                block = self._inspect(query, answer, school, snapshot, wall, segment)
                 if block is not None:
                     reply = self._blocked(query, block, snapshot)
-                    return self._answered(data, transport, school, reply, entry.expires_at, block.category, entry)
+                    return self._answered(data, transport, school, segment, reply, entry.expires_at,
+                                          block.category, entry)
             reply = wire.replay(entry.aged_message, answer.question_length, query, limit)
-            return self._answered(data, transport, school, reply, entry.exact_until, None, entry, "cached")
+            return self._answered(data, transport, school, segment, reply, entry.exact_until, None, entry,
+                                  "cached")
 
         # 5.-7. Forward upstream, inspect, cache, count: the only stage that waits.
         return self._forward(query, school, snapshot, transport, limit, now)
@@ -172,7 +178,8 @@ class Pipeline:
             return self._error_answer(exc, query)
         self.cache.store(query.key, answer, self.clock())
         if answer.targets:
-            block = self._inspect(query, answer, school, snapshot)
+            wall = self.wall_clock()  # later than the query's: the answer arrived now
+            block = self._inspect(query, answer, school, snapshot, wall, self._segment(school, wall))
             if block is not None:
                 self.counters.count_block(school.id, transport, block.category)
                 return self._blocked(query, block, snapshot)
@@ -197,25 +204,26 @@ class Pipeline:
             known = self._segments[school.id] = (minute, school.schedule_segment(now))
         return known[1]
 
-    def _decide(self, snapshot: Snapshot, school: policy.SchoolPolicy, name: str) -> policy.Decision:
-        """policy.decide memoised per (school, name) while the school's schedule segment holds."""
-        now = self.wall_clock()
-        segment = self._segment(school, now)
+    def _decide(self, snapshot: Snapshot, school: policy.SchoolPolicy, name: str, wall: float,
+                segment: int) -> policy.Decision:
+        """policy.decide at wall-clock `wall`, memoised per (school, name) for its schedule `segment`."""
         key = (school.id, name)
         memo = self._memo.get(key)
         if memo is not None and memo[0] == segment:
             return memo[1]
-        decision = policy.decide(school, name, snapshot.index.lookup(name), now)
+        decision = policy.decide(school, name, snapshot.index.lookup(name), wall)
         if len(self._memo) >= DECISION_MEMO_MAX:
             self._memo.clear()  # cheap bound; refilling costs one index lookup per name
         self._memo[key] = (segment, decision)
         return decision
 
-    def _answered(self, data: bytes, transport: str, school: policy.SchoolPolicy, reply: bytes, until: float,
-                  category: str | None, entry: cache.CacheEntry | None = None, result: str = "blocked") -> bytes:
+    def _answered(self, data: bytes, transport: str, school: policy.SchoolPolicy, segment: int, reply: bytes,
+                  until: float, category: str | None, entry: cache.CacheEntry | None = None,
+                  result: str = "blocked") -> bytes:
         """Count an answer made at once and, for UDP, keep it for repeats (see _Repeat above).
 
-        `until` is when the reply stops being exact; `entry` the cache entry it came from. A full
+        `segment` is the schedule segment its decision was made in; `until` is when the reply stops
+        being exact; `entry` the cache entry it came from. A full
         replay of an entry (result cached or rewritten, not truncated) is re-aged at `until`.
         """
         counted = (school.id, transport, result)
@@ -228,8 +236,7 @@ class Pipeline:
             repeats = self._repeats
             if len(repeats) >= REPEAT_MAX:
                 repeats.popitem(last=False)  # the oldest
-            repeats[(school.id, data[2:])] = (reply[2:], until, self._segment(school, self.wall_clock()),
-                                              counted, blocked, entry is not None, aging)
+            repeats[(school.id, data[2:])] = (reply[2:], until, segment, counted, blocked, entry is not None, aging)
         return reply
 
     def _renew(self, key: tuple[str, bytes], repeat: _Repeat, now: float) -> bytes | None:
@@ -245,12 +252,12 @@ class Pipeline:
         return tail
 
     def _inspect(self, query: wire.Query, answer: wire.Answer, school: policy.SchoolPolicy,
-                 snapshot: Snapshot) -> policy.Block | None:
+                 snapshot: Snapshot, wall: float, segment: int) -> policy.Block | None:
         """CNAME cloaking: an answer whose chain (or HTTPS/SVCB target) reaches a blocked name."""
         if policy.is_explicitly_allowed(school, query.name):
             return None
         for target in answer.targets:
-            decision = self._decide(snapshot, school, target)
+            decision = self._decide(snapshot, school, target, wall, segment)
             if isinstance(decision, policy.Block):
                 return decision
         return None
@@ -299,14 +306,15 @@ class Pipeline:
         self.counters.count(school.id, transport, "rewritten")
         return wire.replay(answer.message, answer.question_length, query, limit)
 
-    def _rewrite(self, data: bytes, query: wire.Query, target: str, school: policy.SchoolPolicy,
+    def _rewrite(self, data: bytes, query: wire.Query, target: str, school: policy.SchoolPolicy, segment: int,
                  transport: str, limit: int, now: float) -> Reply:
         """Safe search: CNAME to the engine's safe host, plus that host's addresses (cached)."""
         key = query.key + b"\x00safe\x00" + target.encode()
         entry = self.cache.lookup(key, now)
         if entry is not None:
             reply = wire.replay(entry.aged_message, entry.answer.question_length, query, limit)
-            return self._answered(data, transport, school, reply, entry.exact_until, None, entry, "rewritten")
+            return self._answered(data, transport, school, segment, reply, entry.exact_until, None, entry,
+                                  "rewritten")
         return self._rewrite_async(query, target, school, transport, limit, key)
 
     def _error_answer(self, exc: Exception, query: wire.Query | None) -> bytes | None:

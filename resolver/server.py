@@ -49,13 +49,6 @@ async def _deliver(work: Coroutine[Any, Any, bytes | None], deliver: Any) -> Non
         deliver(answer)
 
 
-# Datagrams read per wake-up of the event loop. asyncio's DatagramTransport reads one datagram per
-# loop iteration (a select call, a callback and a recvfrom for each query); reading until the socket
-# is empty, up to this many, measured 1.6x the datagrams per second on one core, a little ahead of
-# uvloop (docs/performance.md, "UDP reads"). The bound keeps TCP and timers served under a flood.
-UDP_BATCH = 64
-
-
 class UdpServer:
     """One UDP listening socket, read in batches: each datagram is one query."""
 
@@ -86,7 +79,7 @@ class UdpServer:
         # Hot path: blocked names and cache hits are answered before the next datagram is read.
         recvfrom = self.sock.recvfrom
         handle = self.pipeline.handle
-        for _ in range(UDP_BATCH):
+        for _ in range(wire.UDP_READ_BATCH):
             try:
                 data, addr = recvfrom(wire.MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):

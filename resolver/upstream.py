@@ -122,7 +122,7 @@ class _UdpSocket:
         self.loop.add_reader(sock.fileno(), self._read_ready)
 
     def _read_ready(self) -> None:
-        for _ in range(64):
+        for _ in range(wire.UDP_READ_BATCH):
             try:
                 data = self.sock.recv(wire.MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
