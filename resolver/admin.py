@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 import resolver
-from resolver import config, metrics
+from resolver import config, exposition
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def make_app(control: Control) -> web.Application:
         return web.Response(status=503, text="not ready: no snapshot installed\n")
 
     async def metrics_page(_: web.Request) -> web.Response:
-        body = metrics.render(control.state)
+        body = exposition.render(control.state)
         return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
     async def status(_: web.Request) -> web.Response:

@@ -1,221 +1,48 @@
-"""Composition root: build a worker from config, serve, reload on SIGHUP, drain on SIGTERM, supervise N workers."""
+"""Composition root: one process, or a supervisor of N spawned workers; admin API, signals, reload, drain."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
-import gc
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
 import signal
-import socket
 import time
 from typing import Any
 
-from resolver import admin, cache, config, control, metrics, pipeline, server, upstream
+from resolver import admin, config, control, metrics, worker
 
 log = logging.getLogger(__name__)
-
-COUNTERS_PUBLISH_SECONDS = 1.0
-
-
-class Worker:
-    """One process's data plane: pipeline, cache, upstream pool and listeners."""
-
-    def __init__(self, cfg: config.Config, snapshot: pipeline.Snapshot, workers: int = 1):
-        self.config = cfg
-        self.counters = metrics.Counters()
-        self.cache = cache.AnswerCache(cfg.cache.max_entries, cfg.cache.stale_seconds)
-        self.pool = upstream.UpstreamPool(
-            list(cfg.upstreams), cfg.forwarding.timeout_seconds,
-            upstream.AnswerLimits(cfg.cache.min_ttl_seconds, cfg.cache.max_ttl_seconds,
-                                  cfg.cache.negative_max_ttl_seconds),
-            cfg.forwarding.sockets_per_upstream, cfg.forwarding.max_in_flight)
-        self.pipeline = pipeline.Pipeline(snapshot, self.cache, self.pool, self.counters)
-        self.in_flight = server.InFlight(cfg.limits.max_queries_in_flight, self.counters)
-        self.tcp = server.TcpConnections(self.pipeline, self.in_flight, cfg.limits)
-        self.workers = workers
-        self.reload_failures = 0
-        self.list_entries: dict[str, int] = control.entry_counts(snapshot)
-        self._udp: list[server.UdpServer] = []
-        self._tcp_servers: list[asyncio.Server] = []
-        self.addresses: list[tuple[str, int]] = []
-        self._reloading: asyncio.Lock | None = None
-
-    async def start(self, sockets: list[tuple[socket.socket, socket.socket]]) -> None:
-        # What was built so far (modules, the first snapshot) lives as long as the process: keep it
-        # out of the full collections of the garbage collector, whose pauses grow with what they
-        # visit. Only here, with no query in flight: a frozen object in a reference cycle that
-        # becomes garbage later would never be collected.
-        gc.freeze()
-        for udp_sock, tcp_sock in sockets:
-            udp, tcp = await server.serve_sockets(self.pipeline, self.in_flight, self.config.limits,
-                                                  udp_sock, tcp_sock, self.tcp)
-            self._udp.append(udp)
-            self._tcp_servers.append(tcp)
-            self.addresses.append(udp_sock.getsockname()[:2])
-        log.info("serving DNS on %s (udp+tcp) with %d upstream(s)",
-                 ", ".join(f"{h}:{p}" for h, p in self.addresses), len(self.config.upstreams))
-
-    async def reload(self) -> bool:
-        """Build a new snapshot off the event loop and install it; on failure keep the old one."""
-        if self._reloading is None:
-            self._reloading = asyncio.Lock()
-        async with self._reloading:
-            generation = self.pipeline.snapshot.generation + 1
-            try:
-                snapshot = await asyncio.to_thread(control.build_snapshot, self.config, generation, True)
-            except Exception as exc:  # ConfigError and anything else: the old snapshot keeps serving
-                self.reload_failures += 1
-                log.error("reload rejected, still serving generation %d:\n%s",
-                          self.pipeline.snapshot.generation, exc)
-                return False
-            self.pipeline.install(snapshot)
-            self.list_entries = control.entry_counts(snapshot)
-            log.info("installed generation %d", generation)
-            return True
-
-    async def stop(self) -> None:
-        """Stop accepting, let in-flight queries finish within the drain bound, close everything."""
-        for udp in self._udp:
-            udp.pause_reading()  # no new queries; the socket stays open to send the last answers
-        for tcp_server in self._tcp_servers:
-            tcp_server.close()
-        await self.in_flight.drain(self.config.limits.shutdown_drain_seconds)
-        for udp in self._udp:
-            udp.close()
-        self.tcp.close_all()
-        for tcp_server in self._tcp_servers:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(tcp_server.wait_closed(), 1.0)
-        self.pool.close()
-
-    def state(self) -> dict[str, Any]:
-        """Live numbers for metrics and status (no per-client data)."""
-        snapshot = self.pipeline.snapshot
-        now = time.monotonic()
-        return {
-            "counters": self.counters,
-            "in_flight": len(self.in_flight.tasks),
-            "tcp_connections": len(self.tcp.open),
-            "cache_entries": len(self.cache),
-            "cache_hits": self.cache.hits, "cache_misses": self.cache.misses,
-            "cache_evictions": self.cache.evictions, "cache_stale_served": self.cache.stale_served,
-            "coalesced": self.pool.coalesced,
-            "upstreams": [{"address": str(u.address), "queries": u.queries, "failures": u.failures,
-                           "timeouts": u.timeouts, "truncated": u.truncated, "mismatched": u.mismatched,
-                           "latency_seconds": u.latency_seconds, "up": 0 if u.is_down(now) else 1}
-                          for u in self.pool.upstreams],
-            "generation": snapshot.generation, "loaded_at": snapshot.loaded_at,
-            "reload_failures": self.reload_failures, "list_entries": self.list_entries,
-            "workers": self.workers,
-        }
-
-
-async def watch_files(cfg: config.Config, reload: Any, seen: tuple) -> None:
-    """Reload when a policy or list file changes (polling: works on every filesystem, bounded cost).
-
-    `seen` is the signature taken before the running snapshot was built, so a change made
-    while it was being built is not missed.
-    """
-    interval = cfg.reload.watch_interval_seconds
-    if interval <= 0:
-        return
-    while True:
-        await asyncio.sleep(interval)
-        current = await asyncio.to_thread(control.files_signature, cfg)
-        if current != seen:
-            seen = current
-            log.info("policy or list files changed; reloading")
-            await reload()
-
-
-def bind_all(cfg: config.Config, reuse_port: bool) -> list[tuple[socket.socket, socket.socket]]:
-    return [server.bind_sockets(address, reuse_port) for address in cfg.listen]
 
 
 async def run_single(cfg: config.Config, ready: Any = None) -> None:
     """workers: 1 — everything (DNS, admin, reload) in this process until SIGTERM/SIGINT."""
     files = control.files_signature(cfg)
     snapshot = await asyncio.to_thread(control.build_snapshot, cfg, 1)
-    worker = Worker(cfg, snapshot)
-    await worker.start(bind_all(cfg, reuse_port=False))
-    admin_runner = await admin.start(cfg, admin.Control(state=worker.state, reload=worker.reload))
+    dns_worker = worker.Worker(cfg, snapshot)
+    await dns_worker.start(worker.bind_all(cfg, reuse_port=False))
+    admin_runner = await admin.start(cfg, admin.Control(state=dns_worker.state, reload=dns_worker.reload))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(worker.reload()))
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(dns_worker.reload()))
     if ready is not None:
-        ready(worker)
-    watcher = loop.create_task(watch_files(cfg, worker.reload, files))
+        ready(dns_worker)
+    watcher = loop.create_task(worker.watch_files(cfg, dns_worker.reload, files))
     await stop.wait()
     watcher.cancel()
     log.info("shutting down: draining queries in flight (up to %.1fs)", cfg.limits.shutdown_drain_seconds)
     if admin_runner is not None:
         await admin_runner.cleanup()
-    await worker.stop()
+    await dns_worker.stop()
 
 
 # ---------------------------------------------------------------------------------------
 # Several workers: a supervisor process (admin API, reload, restarts) and N spawned workers
-# that each bind the DNS port with SO_REUSEPORT, so the kernel spreads queries over cores.
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _WorkerArgs:
-    config_file: str
-    ports: tuple[int, ...]  # the resolved port of each listen address (0 = choose)
-    index: int
-    workers: int
-    log_level: int
-
-
-def _worker_main(args: _WorkerArgs, conn: multiprocessing.connection.Connection) -> None:
-    logging.basicConfig(level=args.log_level, format=f"%(asctime)s worker{args.index} %(levelname)s %(name)s: %(message)s")
-    cfg = config.load_config(args.config_file)
-    listen = tuple(dataclasses.replace(a, port=p) for a, p in zip(cfg.listen, args.ports))
-    cfg = dataclasses.replace(cfg, listen=listen)
-    try:
-        asyncio.run(_worker_async(cfg, args, conn))
-    except KeyboardInterrupt:
-        pass
-
-
-async def _worker_async(cfg: config.Config, args: _WorkerArgs,
-                        conn: multiprocessing.connection.Connection) -> None:
-    snapshot = await asyncio.to_thread(control.build_snapshot, cfg, 1)
-    worker = Worker(cfg, snapshot, args.workers)
-    await worker.start(bind_all(cfg, reuse_port=True))
-    conn.send({"ready": [port for _, port in worker.addresses]})
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, lambda: None)  # the supervisor decides
-    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(worker.reload()))
-    publisher = loop.create_task(_publish(worker, conn))
-    await stop.wait()
-    publisher.cancel()
-    await worker.stop()
-    with contextlib.suppress(OSError):
-        conn.send({"state": _wire_state(worker.state()), "final": True})
-
-
-async def _publish(worker: Worker, conn: multiprocessing.connection.Connection) -> None:
-    """Send this worker's numbers to the supervisor every second (it serves /metrics)."""
-    while True:
-        await asyncio.sleep(COUNTERS_PUBLISH_SECONDS)
-        try:
-            conn.send({"state": _wire_state(worker.state())})
-        except OSError:
-            return
-
-
-def _wire_state(state: dict[str, Any]) -> dict[str, Any]:
-    return {**state, "counters": state["counters"].to_dict()}
+# (resolver.worker) that each bind the DNS port with SO_REUSEPORT, so the kernel spreads
+# queries over cores. The supervisor serves no DNS; the workers load no admin API.
 
 
 class Supervisor:
@@ -233,9 +60,10 @@ class Supervisor:
 
     def _spawn(self, index: int) -> tuple[Any, multiprocessing.connection.Connection]:
         parent, child = self.context.Pipe()
-        args = _WorkerArgs(self.config.file, self.ports, index, self.config.workers,
-                           logging.getLogger().level)
-        process = self.context.Process(target=_worker_main, args=(args, child), name=f"schooldns-worker{index}")
+        args = worker.SpawnArgs(self.config.file, self.ports, index, self.config.workers,
+                                  logging.getLogger().level)
+        process = self.context.Process(target=worker.spawned_main, args=(args, child),
+                                       name=f"schooldns-worker{index}")
         process.start()
         child.close()
         return process, parent
@@ -271,11 +99,13 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
         if ready is not None:
             ready(self)
-        watchers = [loop.create_task(self._watch()), loop.create_task(watch_files(self.config, self.reload, files))]
+        watchers = [loop.create_task(self._watch()),
+                    loop.create_task(worker.watch_files(self.config, self.reload, files))]
         await stop.wait()
         self.stopping = True
         for watcher in watchers:
             watcher.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)  # a restarting worker is in self.processes
         if admin_runner is not None:
             await admin_runner.cleanup()
         for process in self.processes:
@@ -307,7 +137,8 @@ class Supervisor:
                         await self._wait_ready(index, conn, process)
                     except RuntimeError as exc:
                         log.error("%s", exc)
-                    self.processes[index], self.conns[index] = process, conn
+                    finally:  # also when shutdown cancels the wait: the new worker must be stopped too
+                        self.processes[index], self.conns[index] = process, conn
             await asyncio.sleep(0.5)
 
     async def reload(self) -> bool:
@@ -327,7 +158,7 @@ class Supervisor:
     def state(self) -> dict[str, Any]:
         """Every worker's published numbers, summed."""
         merged = metrics.Counters()
-        total: dict[str, Any] = {"in_flight": 0, "tcp_connections": 0, "cache_entries": 0, "cache_hits": 0,
+        total: dict[str, Any] = {"in_flight": 0, "tcp_connections": 0, "cache_entries": 0, "cache_bytes": 0, "cache_hits": 0,
                                  "cache_misses": 0, "cache_evictions": 0, "cache_stale_served": 0,
                                  "coalesced": 0, "reload_failures": 0}
         upstreams: dict[str, dict[str, Any]] = {}

@@ -8,48 +8,58 @@ from typing import NamedTuple
 from resolver import wire
 
 STALE_ANSWER_TTL = 30  # RFC 8767 4: TTL of a stale answer served when every upstream fails
+# Memory of one cached answer beyond its key and message bytes: the stored tuple, its two floats
+# and the LRU dict's share (tracemalloc on 42,500 answers: ~260; rounded up for dict growth).
+ENTRY_OVERHEAD_BYTES = 300
+_SHAPES_MAX = 4096  # distinct TTL-offset tuples shared between entries (see store)
 
 
 class CacheEntry(NamedTuple):
-    """A view of one cached answer and the aged copy last made from it (one per whole second of age).
+    """One cached answer as `lookup` hands it out, aged to a whole second of its age.
 
-    `aged_message` is `answer.message` with every TTL reduced by `aged_for` seconds; it stays
-    exact until `exact_until`.
+    `message` is the upstream answer with every TTL reduced by `aged_for` seconds; it stays exact
+    until `exact_until`.
     """
 
-    answer: wire.Answer
+    message: bytes
+    question_length: int
+    ttl_offsets: tuple[int, ...]
+    targets: tuple[str, ...]  # CNAME / SVCB / HTTPS targets, checked against each school's policy
     stored_at: float
     expires_at: float
     aged_for: int
-    aged_message: bytes
 
     @property
     def exact_until(self) -> float:
-        """When the aged copy stops being exact: the next whole second of age, or expiry."""
+        """When `message` stops being exact: the next whole second of age, or expiry."""
         return min(self.stored_at + self.aged_for + 1, self.expires_at)
 
 
-# What the cache stores per key: a plain tuple of atomic values, so that CPython's garbage
-# collector stops tracking it. Full collections visit every tracked object, and with 100k+ cached
-# answers as objects they paused the event loop for ~100-200 ms (measured); a NamedTuple or a
-# class instance would stay tracked. `lookup` hands out a CacheEntry view.
-#   (answer fields as a plain tuple, stored_at, expires_at, aged_for, aged_message)
-_Stored = tuple[tuple, float, float, int, bytes]
+# What the cache stores per key: the CacheEntry fields as a plain tuple of atomic values, so that
+# CPython's garbage collector stops tracking it. Full collections visit every tracked object, and
+# with 100k+ cached answers as objects they paused the event loop for ~100-200 ms (measured); a
+# NamedTuple would stay tracked. Only the aged message is kept: aging it further from the last
+# whole second gives the same TTLs as aging the original (TTLs stop at zero either way).
+_Stored = tuple[bytes, int, tuple[int, ...], tuple[str, ...], float, float, int]
 
 
 class AnswerCache:
     """Answers keyed by question (see wire.Query.key); knows nothing of schools or policy.
 
-    Hot path: a hit is a dict lookup, an LRU move and, at most once per second of age, a
-    TTL rewrite of the stored bytes; everything else reuses the aged copy.
+    Bounded twice, oldest use out first: by `max_entries` and by `max_bytes`, the estimated memory
+    of keys, messages and per-entry overhead. Hot path: a hit is a dict lookup, an LRU move and, at
+    most once per second of age, a TTL rewrite of the stored bytes.
     """
 
-    def __init__(self, max_entries: int, stale_seconds: float = 0.0):
+    def __init__(self, max_entries: int, stale_seconds: float = 0.0, max_bytes: int | None = None):
         if max_entries < 0:
             raise ValueError("max_entries must be >= 0")
         self.max_entries = max_entries
+        self.max_bytes = max_bytes if max_bytes is not None else max_entries * 4096
         self.stale_seconds = stale_seconds
         self._entries: collections.OrderedDict[bytes, _Stored] = collections.OrderedDict()
+        self._shapes: dict[tuple[int, ...], tuple[int, ...]] = {}
+        self.bytes = 0  # estimated memory of what is stored now
         self.hits = 0
         self.misses = 0
         self.evictions = 0
@@ -59,43 +69,61 @@ class AnswerCache:
         return len(self._entries)
 
     def lookup(self, key: bytes, now: float) -> CacheEntry | None:
-        """The entry of a fresh answer, its aged copy made for `now`; or None."""
+        """The entry of a fresh answer, aged for `now`; or None."""
         stored = self._entries.get(key)
-        if stored is None or now >= stored[2]:
+        if stored is None or now >= stored[5]:
             self.misses += 1
             return None
         self._entries.move_to_end(key)
         self.hits += 1
-        fields, stored_at, expires_at, aged_for, aged_message = stored
-        answer = wire.Answer(*fields)
-        age = int(now - stored_at)
-        if age != aged_for:
-            aged_for, aged_message = age, wire.age_answer(answer, age)
-            self._entries[key] = (fields, stored_at, expires_at, aged_for, aged_message)
-        return CacheEntry(answer, stored_at, expires_at, aged_for, aged_message)
+        age = int(now - stored[4])
+        aged_for = stored[6]
+        if age > aged_for:
+            message, question_length, offsets, targets, stored_at, expires_at, _ = stored
+            message = wire.reduce_ttls(message, offsets, age - aged_for)
+            stored = self._entries[key] = (message, question_length, offsets, targets, stored_at, expires_at, age)
+        return CacheEntry(*stored)
 
     def lookup_stale(self, key: bytes, now: float) -> tuple[bytes, int] | None:
         """An expired answer still inside the stale window, with TTLs set to 30 s (RFC 8767)."""
         stored = self._entries.get(key)
-        if stored is None or now >= stored[2] + self.stale_seconds:
+        if stored is None or now >= stored[5] + self.stale_seconds:
             return None
         self.stale_served += 1
-        answer = wire.Answer(*stored[0])
-        buf = bytearray(answer.message)
-        for offset in answer.ttl_offsets:
+        buf = bytearray(stored[0])
+        for offset in stored[2]:
             buf[offset:offset + 4] = STALE_ANSWER_TTL.to_bytes(4, "big")
-        return bytes(buf), answer.question_length
+        return bytes(buf), stored[1]
 
     def store(self, key: bytes, answer: wire.Answer, now: float) -> None:
         """Keep an answer for its TTL; answers with TTL 0 (errors, truncated) are not kept."""
         if answer.ttl <= 0 or self.max_entries == 0:
             return
         entries = self._entries
-        entries[key] = (tuple(answer), now, now + answer.ttl, 0, answer.message)
+        old = entries.get(key)
+        if old is not None:
+            self.bytes -= _cost(key, old)
+        # Answers of the same shape have the same TTL offsets: share one tuple between them.
+        shapes = self._shapes
+        offsets = shapes.get(answer.ttl_offsets)
+        if offsets is None:
+            if len(shapes) >= _SHAPES_MAX:
+                shapes.clear()
+            offsets = shapes[answer.ttl_offsets] = answer.ttl_offsets
+        stored = entries[key] = (answer.message, answer.question_length, offsets, answer.targets,
+                                 now, now + answer.ttl, 0)
         entries.move_to_end(key)
-        while len(entries) > self.max_entries:
-            entries.popitem(last=False)
+        self.bytes += _cost(key, stored)
+        while len(entries) > self.max_entries or self.bytes > self.max_bytes:
+            evicted_key, evicted = entries.popitem(last=False)
+            self.bytes -= _cost(evicted_key, evicted)
             self.evictions += 1
 
     def clear(self) -> None:
         self._entries.clear()
+        self.bytes = 0
+
+
+def _cost(key: bytes, stored: _Stored) -> int:
+    """Estimated memory of one stored answer (the aged message has the length of the original)."""
+    return len(key) + len(stored[0]) + ENTRY_OVERHEAD_BYTES

@@ -15,6 +15,7 @@ __all__ = ["Config", "ConfigError", "load_config", "parse_config"]
 @dataclasses.dataclass(frozen=True, slots=True)
 class CacheConfig:
     max_entries: int = 100_000
+    max_megabytes: int = 64  # estimated memory of the cached answers (cache.ENTRY_OVERHEAD_BYTES)
     min_ttl_seconds: int = 0
     max_ttl_seconds: int = 86_400
     negative_max_ttl_seconds: int = 3_600

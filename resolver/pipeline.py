@@ -8,7 +8,6 @@ returns a coroutine, which the transport runs as a tracked task.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
 import socket
@@ -20,10 +19,12 @@ from resolver import cache, domains, metrics, policy, schools, upstream, wire
 
 log = logging.getLogger(__name__)
 
-DECISION_MEMO_MAX = 65_536
-# Answers kept for repeats, oldest out first: about 400 bytes each, so at most ~26 MB. A repeat
-# of a cached answer is exact for at most a second, of a blocked one for at most a minute.
+# Answers kept for repeats: all are dropped at once when either bound is reached (a full table is
+# rebuilt by the queries that follow). A repeat of a cached answer is exact for at most a second,
+# of a blocked one for at most a minute.
 REPEAT_MAX = 65_536
+REPEAT_MAX_BYTES = 24 * 2**20  # estimated: key and answer bytes plus REPEAT_OVERHEAD_BYTES each
+REPEAT_OVERHEAD_BYTES = 200  # the repeat tuple, its float and the dict's share (~150-200 with tracemalloc, 50k repeats)
 BLOCKED_REPEAT_SECONDS = 60.0  # a kept blocked answer is made again after this (staggered per name)
 
 Reply = bytes | None | Coroutine[Any, Any, bytes | None]
@@ -56,16 +57,18 @@ class Snapshot:
     loaded_at: float
 
 
-# Repeats (stage 2 of handle) are kept under (school id, query bytes after the ID). A repeat is a
+# Repeats (stage 2 of handle) are kept per school under the query bytes after the ID. A repeat is a
 # plain tuple of atomic values, so the garbage collector stops tracking it and a full table adds
 # nothing to its pauses (a NamedTuple would stay tracked):
-#   (tail, until, segment, counted, blocked, from_cache, aging)
+#   (tail, until, verdict, stored_at, aged_for, expires_at, ttl_offsets)
 # tail: the answer without its 2-byte ID; until: clock() time when the tail stops being exact;
-# segment: the school's schedule segment of the decision (see _segment); counted / blocked: Counters keys; from_cache: a
-# repeat of a cache hit counts as one; aging: for a replayed cache entry, (stored_at, aged_for,
-# expires_at, ttl_offsets) to re-age the tail at `until`, else None (the repeat ends there).
-_Aging = tuple[float, int, float, tuple[int, ...]]
-_Repeat = tuple[bytes, float, int, tuple[str, str, str], tuple[str, str] | None, bool, _Aging | None]
+# verdict: (segment, counted, blocked, from_cache), one tuple shared by every repeat with the same:
+#   segment: the school's schedule segment of the decision (see _segment); counted / blocked:
+#   Counters keys; from_cache: a repeat of a cached answer counts as a cache hit;
+# the rest: for a replayed cache entry, what re-ages the tail at `until` (else None: the repeat
+# ends there).
+_Verdict = tuple[int, tuple[str, str, str], tuple[str, str] | None, bool]
+_Repeat = tuple[bytes, float, _Verdict, float | None, int, float | None, tuple[int, ...] | None]
 
 
 class Pipeline:
@@ -79,15 +82,16 @@ class Pipeline:
         self.counters = counters
         self.clock = clock
         self.wall_clock = wall_clock
-        self._memo: dict[tuple[str, str], tuple[int, policy.Decision]] = {}  # -> (segment, decision)
         self._segments: dict[str, tuple[int, int]] = {}  # school id -> (minute, schedule segment)
-        self._repeats: collections.OrderedDict[tuple[str, bytes], _Repeat] = collections.OrderedDict()
+        self._repeats: dict[str, dict[bytes, _Repeat]] = {}  # school id -> query bytes after the ID -> repeat
+        self._repeat_count = 0
+        self._repeat_bytes = 0
+        self._verdicts: dict[_Verdict, _Verdict] = {}
 
     def install(self, snapshot: Snapshot) -> None:
-        """Swap in a new snapshot (control plane); decisions and answers made with the old one are dropped."""
-        self._memo = {}
+        """Swap in a new snapshot (control plane); answers made with the old one are dropped."""
         self._segments = {}
-        self._repeats = collections.OrderedDict()
+        self._drop_repeats()
         self.snapshot = snapshot
 
     # -----------------------------------------------------------------------------------
@@ -109,14 +113,17 @@ class Pipeline:
         #    its cached answer lives.
         repeat = None
         if transport == "udp" and school is not None:
-            repeat_key = (school.id, data[2:])
-            repeat = self._repeats.get(repeat_key)
+            repeats = self._repeats.get(school.id)
+            if repeats is not None:
+                repeat_key = data[2:]
+                repeat = repeats.get(repeat_key)
         if repeat is not None:
-            tail, until, kept_segment, counted, blocked, from_cache, _ = repeat
+            tail, until, verdict, _, _, _, _ = repeat
+            kept_segment, counted, blocked, from_cache = verdict
             if kept_segment == segment:
                 now = self.clock()
                 if now >= until:
-                    tail = self._renew(repeat_key, repeat, now)
+                    tail = self._renew(repeats, repeat_key, repeat, now)
                 if tail is not None:
                     counters.recount(counted, blocked)
                     if from_cache:
@@ -138,7 +145,7 @@ class Pipeline:
 
         # 3. Decide: policy x domain index.
         now = self.clock()
-        decision = self._decide(snapshot, school, query.name, wall, segment)
+        decision = self._decide(snapshot, school, query.name, wall)
         if decision is not policy.ALLOW:
             if isinstance(decision, policy.Block):
                 reply = self._blocked(query, decision, snapshot)
@@ -149,14 +156,13 @@ class Pipeline:
         # 4. Cache lookup (raw bytes: ID, question and TTLs patched).
         entry = self.cache.lookup(query.key, now)
         if entry is not None:
-            answer = entry.answer
-            if answer.targets:  # 6 (on a hit): the cached chain is checked for this school
-                block = self._inspect(query, answer, school, snapshot, wall, segment)
+            if entry.targets:  # 6 (on a hit): the cached chain is checked for this school
+                block = self._inspect(query, entry.targets, school, snapshot, wall)
                 if block is not None:
                     reply = self._blocked(query, block, snapshot)
                     return self._answered(data, transport, school, segment, reply, entry.expires_at,
                                           block.category, entry)
-            reply = wire.replay(entry.aged_message, answer.question_length, query, limit)
+            reply = wire.replay(entry.message, entry.question_length, query, limit)
             return self._answered(data, transport, school, segment, reply, entry.exact_until, None, entry,
                                   "cached")
 
@@ -178,8 +184,7 @@ class Pipeline:
             return self._error_answer(exc, query)
         self.cache.store(query.key, answer, self.clock())
         if answer.targets:
-            wall = self.wall_clock()  # later than the query's: the answer arrived now
-            block = self._inspect(query, answer, school, snapshot, wall, self._segment(school, wall))
+            block = self._inspect(query, answer.targets, school, snapshot, self.wall_clock())  # arrived now
             if block is not None:
                 self.counters.count_block(school.id, transport, block.category)
                 return self._blocked(query, block, snapshot)
@@ -204,18 +209,14 @@ class Pipeline:
             known = self._segments[school.id] = (minute, school.schedule_segment(now))
         return known[1]
 
-    def _decide(self, snapshot: Snapshot, school: policy.SchoolPolicy, name: str, wall: float,
-                segment: int) -> policy.Decision:
-        """policy.decide at wall-clock `wall`, memoised per (school, name) for its schedule `segment`."""
-        key = (school.id, name)
-        memo = self._memo.get(key)
-        if memo is not None and memo[0] == segment:
-            return memo[1]
-        decision = policy.decide(school, name, snapshot.index.lookup(name), wall)
-        if len(self._memo) >= DECISION_MEMO_MAX:
-            self._memo.clear()  # cheap bound; refilling costs one index lookup per name
-        self._memo[key] = (segment, decision)
-        return decision
+    @staticmethod
+    def _decide(snapshot: Snapshot, school: policy.SchoolPolicy, name: str, wall: float) -> policy.Decision:
+        """policy.decide at wall-clock `wall`: the school's rules over the name's categories in the index.
+
+        Not memoised: repeats already keep the answers of names asked again (a memo per school and
+        name cost ~220 bytes per name and saved nothing on the hot path).
+        """
+        return policy.decide(school, name, snapshot.index.lookup(name), wall)
 
     def _answered(self, data: bytes, transport: str, school: policy.SchoolPolicy, segment: int, reply: bytes,
                   until: float, category: str | None, entry: cache.CacheEntry | None = None,
@@ -230,34 +231,48 @@ class Pipeline:
         blocked = (school.id, category) if category is not None else None
         self.counters.recount(counted, blocked)
         if transport == "udp":
-            aging = None
-            if entry is not None and category is None and not reply[2] & 0x02:  # TC clear
-                aging = (entry.stored_at, entry.aged_for, entry.expires_at, entry.answer.ttl_offsets)
-            repeats = self._repeats
-            if len(repeats) >= REPEAT_MAX:
-                repeats.popitem(last=False)  # the oldest
-            repeats[(school.id, data[2:])] = (reply[2:], until, segment, counted, blocked, entry is not None, aging)
+            verdict = (segment, counted, blocked, entry is not None)
+            verdict = self._verdicts.setdefault(verdict, verdict)
+            tail = reply[2:]
+            if entry is not None and category is None and not reply[2] & 0x02:  # TC clear: re-age it
+                repeat = (tail, until, verdict, entry.stored_at, entry.aged_for, entry.expires_at, entry.ttl_offsets)
+            else:
+                repeat = (tail, until, verdict, None, 0, None, None)
+            repeats = self._repeats.get(school.id)
+            if repeats is None:
+                repeats = self._repeats[school.id] = {}
+            key = data[2:]
+            if key not in repeats:
+                if self._repeat_count >= REPEAT_MAX or self._repeat_bytes >= REPEAT_MAX_BYTES:
+                    self._drop_repeats()
+                    repeats = self._repeats[school.id] = {}
+                self._repeat_count += 1
+                self._repeat_bytes += len(key) + len(tail) + REPEAT_OVERHEAD_BYTES
+            repeats[key] = repeat
         return reply
 
-    def _renew(self, key: tuple[str, bytes], repeat: _Repeat, now: float) -> bytes | None:
+    def _renew(self, repeats: dict[bytes, _Repeat], key: bytes, repeat: _Repeat, now: float) -> bytes | None:
         """The tail of a repeat past `until`, its TTLs aged to `now` while its cached answer lives; else None."""
-        tail, _, segment, counted, blocked, from_cache, aging = repeat
-        if aging is None or now >= aging[2]:
+        tail, _, verdict, stored_at, aged_for, expires_at, offsets = repeat
+        if stored_at is None or now >= expires_at:
             return None
-        stored_at, aged_for, expires_at, offsets = aging
         age = int(now - stored_at)
         tail = wire.reduce_ttls(tail, offsets, age - aged_for, 2)
-        self._repeats[key] = (tail, min(stored_at + age + 1, expires_at), segment, counted, blocked,
-                              from_cache, (stored_at, age, expires_at, offsets))
+        repeats[key] = (tail, min(stored_at + age + 1, expires_at), verdict, stored_at, age, expires_at, offsets)
         return tail
 
-    def _inspect(self, query: wire.Query, answer: wire.Answer, school: policy.SchoolPolicy,
-                 snapshot: Snapshot, wall: float, segment: int) -> policy.Block | None:
+    def _drop_repeats(self) -> None:
+        self._repeats = {}
+        self._repeat_count = self._repeat_bytes = 0
+        self._verdicts = {}
+
+    def _inspect(self, query: wire.Query, targets: tuple[str, ...], school: policy.SchoolPolicy,
+                 snapshot: Snapshot, wall: float) -> policy.Block | None:
         """CNAME cloaking: an answer whose chain (or HTTPS/SVCB target) reaches a blocked name."""
         if policy.is_explicitly_allowed(school, query.name):
             return None
-        for target in answer.targets:
-            decision = self._decide(snapshot, school, target, wall, segment)
+        for target in targets:
+            decision = self._decide(snapshot, school, target, wall)
             if isinstance(decision, policy.Block):
                 return decision
         return None
@@ -312,7 +327,7 @@ class Pipeline:
         key = query.key + b"\x00safe\x00" + target.encode()
         entry = self.cache.lookup(key, now)
         if entry is not None:
-            reply = wire.replay(entry.aged_message, entry.answer.question_length, query, limit)
+            reply = wire.replay(entry.message, entry.question_length, query, limit)
             return self._answered(data, transport, school, segment, reply, entry.exact_until, None, entry,
                                   "rewritten")
         return self._rewrite_async(query, target, school, transport, limit, key)

@@ -402,8 +402,7 @@ class Answer(NamedTuple):
     """An upstream reply made ready to replay: no OPT, TTL offsets known, cache lifetime known.
 
     `message` still carries the upstream header and question; `replay()` patches the ID,
-    flags and question bytes for each client and appends that client's OPT record. Its fields
-    are atomic values, so the cache can keep it as a plain tuple the garbage collector ignores.
+    flags and question bytes for each client and appends that client's OPT record.
     """
 
     message: bytes
@@ -412,7 +411,6 @@ class Answer(NamedTuple):
     rcode: int
     ttl: int  # seconds this answer may be cached (0 = do not cache)
     targets: tuple[str, ...]  # CNAME / SVCB / HTTPS target names in the answer section
-    addresses: tuple[tuple[int, bytes], ...]  # (type, rdata) of A/AAAA records in the answer
 
 
 def parse_upstream_answer(reply: bytes, question_length: int, min_ttl: int, max_ttl: int,
@@ -425,7 +423,6 @@ def parse_upstream_answer(reply: bytes, question_length: int, min_ttl: int, max_
     buf = bytearray(reply)
     offsets: list[int] = []
     targets: list[str] = []
-    addresses: list[tuple[int, bytes]] = []
     answer_ttl = None
     soa_ttl = None
     opt_start = opt_end = -1
@@ -459,8 +456,6 @@ def parse_upstream_answer(reply: bytes, question_length: int, min_ttl: int, max_
                 target = read_name(reply, rdata_at + 2)[0]
                 if target:
                     targets.append(target)
-            elif rtype in (TYPE_A, TYPE_AAAA):
-                addresses.append((rtype, reply[rdata_at:pos]))
         elif index < ancount + nscount and rtype == TYPE_SOA:
             # RFC 2308 5: negative answers live min(SOA TTL, SOA MINIMUM).
             minimum = _U32.unpack_from(reply, pos - 4)[0] if rdlength >= 22 else 0
@@ -484,13 +479,22 @@ def parse_upstream_answer(reply: bytes, question_length: int, min_ttl: int, max_
         cache_ttl = 0  # SERVFAIL, REFUSED, referrals without SOA: never cached
     if flags & TC:
         cache_ttl = 0
-    return Answer(bytes(buf), question_length, tuple(offsets), rcode, cache_ttl,
-                  tuple(targets), tuple(addresses))
+    return Answer(bytes(buf), question_length, tuple(offsets), rcode, cache_ttl, tuple(targets))
 
 
-def age_answer(answer: Answer, age_seconds: int) -> bytes:
-    """The answer's message with every TTL reduced by age_seconds (never below zero)."""
-    return reduce_ttls(answer.message, answer.ttl_offsets, age_seconds)
+def answer_rdata(answer: Answer, rtype: int) -> list[bytes]:
+    """The rdata of the answer section's records of type `rtype` (a safe-search target's addresses)."""
+    message = answer.message
+    size = len(message)
+    pos = 12 + answer.question_length
+    found = []
+    for _ in range(_U16.unpack_from(message, 6)[0]):
+        pos = _skip_name(message, pos, size)
+        record_type, _rclass, _ttl, rdlength = _RR_FIXED.unpack_from(message, pos)
+        pos += 10 + rdlength
+        if record_type == rtype:
+            found.append(message[pos - rdlength : pos])
+    return found
 
 
 def reduce_ttls(message: bytes, ttl_offsets: tuple[int, ...], seconds: int, start: int = 0) -> bytes:
@@ -548,10 +552,9 @@ def make_rewrite(query: Query, target: str, target_answer: Answer, ttl: int) -> 
     cname = b"\xc0\x0c" + _RR_FIXED.pack(TYPE_CNAME, CLASS_IN, ttl, len(target_wire)) + target_wire
     records = [cname]
     target_at = 12 + len(query.question) + 12  # the target name inside our CNAME's rdata
-    for rtype, rdata in target_answer.addresses:
-        if rtype == query.qtype:
-            owner = _U16.pack(0xC000 | target_at)
-            records.append(owner + _RR_FIXED.pack(rtype, CLASS_IN, ttl, len(rdata)) + rdata)
+    for rdata in answer_rdata(target_answer, query.qtype):
+        owner = _U16.pack(0xC000 | target_at)
+        records.append(owner + _RR_FIXED.pack(query.qtype, CLASS_IN, ttl, len(rdata)) + rdata)
     flags = QR | RA | RD
     message = _HEADER.pack(0, flags, 1, len(records), 0, 0) + query.question_lower + b"".join(records)
     offsets = []
@@ -560,5 +563,4 @@ def make_rewrite(query: Query, target: str, target_answer: Answer, ttl: int) -> 
         name_len = 2
         offsets.append(pos + name_len + 4)
         pos += len(record)
-    return Answer(message, len(query.question), tuple(offsets), NOERROR, ttl, (target,),
-                  tuple(a for a in target_answer.addresses if a[0] == query.qtype))
+    return Answer(message, len(query.question), tuple(offsets), NOERROR, ttl, (target,))

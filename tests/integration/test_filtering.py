@@ -13,6 +13,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
+from resolver import cache
 from tests.support import harness
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.harness import running_resolver
@@ -59,6 +60,15 @@ async def test_two_schools_get_different_answers_for_the_same_name(resolver):
     assert allowed.rcode() == dns.rcode.NOERROR and _addresses(allowed) == ["192.0.2.10"]
     metrics = await _metrics(resolver)
     assert 'schooldns_blocked_total{category="games",school="school-a"} 1.0' in metrics
+
+
+async def test_metrics_show_the_cache_and_its_estimated_memory(resolver):
+    for name in ("one.example.com", "two.example.com"):  # NXDOMAIN with an SOA: cached too (RFC 2308)
+        await resolver.udp(name, source=SCHOOL_B)
+    values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in (await _metrics(resolver)).splitlines()
+              if line.startswith(("schooldns_cache_entries ", "schooldns_cache_bytes "))}
+    assert values["schooldns_cache_entries"] == 2
+    assert 2 * cache.ENTRY_OVERHEAD_BYTES < values["schooldns_cache_bytes"] < 2 * (cache.ENTRY_OVERHEAD_BYTES + 512)
 
 
 @pytest.mark.parametrize("rdtype", ["A", "AAAA", "HTTPS", "SVCB", "TXT", "MX", "ANY"])

@@ -111,9 +111,21 @@ async def test_two_workers_share_the_port_and_report_merged_metrics(tmp_path, up
         assert len(worker_pids) == 2
         os.kill(worker_pids[-1], signal.SIGKILL)
         await served.read_until(r"worker \d died")
-        await served.read_until(r"worker\d INFO resolver\.app: serving DNS")
+        await served.read_until(r"worker\d INFO resolver\.worker: serving DNS")
         assert (await served.query("www.example.com")).rcode() == dns.rcode.NOERROR
 
+        served.process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(served.process.wait(), 20) == 0
+
+
+async def test_sigterm_while_a_worker_restarts_stops_that_worker_too(tmp_path, upstream):
+    async with serve(tmp_path, upstream, workers=2) as served:
+        children = Path(f"/proc/{served.process.pid}/task/{served.process.pid}/children").read_text().split()
+        worker_pids = [int(pid) for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        os.kill(worker_pids[-1], signal.SIGKILL)
+        await served.read_until(r"worker \d died")
+        # The new worker serves before the supervisor has taken it in: stop right then.
+        await served.read_until(r"worker\d INFO resolver\.worker: serving DNS")
         served.process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(served.process.wait(), 20) == 0
 

@@ -721,7 +721,7 @@ def log_problems(path: Path) -> list[str]:
     return [line for line in lines if re.search(r"\b(ERROR|CRITICAL|Traceback|error:|fatal)", line)]
 
 
-METRICS = ("cache_entries", "cache_hits_total", "cache_misses_total", "cache_evictions_total",
+METRICS = ("cache_entries", "cache_bytes", "cache_hits_total", "cache_misses_total", "cache_evictions_total",
            "internal_errors_total", "malformed_queries_total", "upstream_coalesced_total")
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import dns.asyncquery
 import dns.message
 
-from resolver import admin, app, config, control
+from resolver import admin, config, control, worker
 
 PROVINCE = """\
 mandatory: [malware]
@@ -69,7 +69,7 @@ FILES = {
 
 @dataclasses.dataclass
 class Running:
-    worker: app.Worker
+    worker: worker.Worker
     config: config.Config
     root: Path
     admin_port: int | None = None
@@ -113,15 +113,15 @@ async def running_resolver(root: Path, upstreams: list[str], config_extra: str =
         config_extra += 'admin: {listen: "127.0.0.1:0"}\n'
     cfg = config.load_config(write_site(root, upstreams, config_extra, files))
     signature = control.files_signature(cfg)
-    worker = app.Worker(cfg, control.build_snapshot(cfg, 1))
-    await worker.start(app.bind_all(cfg, reuse_port=False))
-    runner = await admin.start(cfg, admin.Control(state=worker.state, reload=worker.reload))
-    running = Running(worker, cfg, root, admin.bound_port(runner) if runner else None)
-    watcher = asyncio.create_task(app.watch_files(cfg, worker.reload, signature))  # as `schooldns serve` does
+    dns_worker = worker.Worker(cfg, control.build_snapshot(cfg, 1))
+    await dns_worker.start(worker.bind_all(cfg, reuse_port=False))
+    runner = await admin.start(cfg, admin.Control(state=dns_worker.state, reload=dns_worker.reload))
+    running = Running(dns_worker, cfg, root, admin.bound_port(runner) if runner else None)
+    watcher = asyncio.create_task(worker.watch_files(cfg, dns_worker.reload, signature))  # as `schooldns serve` does
     try:
         yield running
     finally:
         watcher.cancel()
         if runner is not None:
             await runner.cleanup()
-        await worker.stop()
+        await dns_worker.stop()

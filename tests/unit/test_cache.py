@@ -1,4 +1,4 @@
-"""cache: bounded LRU, TTL expiry and aging, negative answers, serve-stale."""
+"""cache: LRU bounded by entries and by bytes, TTL expiry and aging, negative answers, serve-stale."""
 
 import gc
 
@@ -20,8 +20,9 @@ def test_hit_ages_ttl_and_expires():
     answers = cache.AnswerCache(10)
     answers.store(query.key, answer, now=1000.0)
     entry = answers.lookup(query.key, 1030.5)
-    assert entry.answer == answer
-    assert dns.message.from_wire(entry.aged_message).answer[0].ttl == 70
+    assert (entry.question_length, entry.ttl_offsets, entry.targets) == (
+        answer.question_length, answer.ttl_offsets, answer.targets)
+    assert dns.message.from_wire(entry.message).answer[0].ttl == 70
     assert entry.exact_until == 1031.0  # the aged copy is exact until the next whole second of age
     assert answers.lookup(query.key, 1099.5).exact_until == 1100.0  # ... or until the answer expires
     assert answers.lookup(query.key, 1100.0) is None
@@ -32,8 +33,41 @@ def test_aged_copy_is_reused_within_a_second():
     query, answer = make_answer()
     answers = cache.AnswerCache(10)
     answers.store(query.key, answer, 0.0)
-    first = answers.lookup(query.key, 5.1).aged_message
-    assert answers.lookup(query.key, 5.9).aged_message is first
+    first = answers.lookup(query.key, 5.1).message
+    assert answers.lookup(query.key, 5.9).message is first
+
+
+def test_aging_from_the_aged_copy_equals_aging_the_original():
+    query, answer = make_answer(ttl=100)
+    answers = cache.AnswerCache(10)
+    answers.store(query.key, answer, 0.0)
+    for now in (3.2, 7.9, 42.0, 99.5):
+        assert answers.lookup(query.key, now).message == wire.reduce_ttls(answer.message, answer.ttl_offsets, int(now))
+
+
+def test_byte_bound_evicts_oldest_and_keeps_an_exact_tally():
+    entries = [make_answer(f"n{i}.example.com") for i in range(6)]
+    one = len(entries[0][0].key) + len(entries[0][1].message) + cache.ENTRY_OVERHEAD_BYTES
+    answers = cache.AnswerCache(100, max_bytes=3 * one)
+    for query, answer in entries:
+        answers.store(query.key, answer, 0)
+        assert answers.bytes <= answers.max_bytes
+    assert len(answers) == 3 and answers.evictions == 3
+    assert [answers.lookup(q.key, 1) is not None for q, _ in entries] == [False] * 3 + [True] * 3
+    answers.store(entries[5][0].key, entries[5][1], 2)  # replacing an answer does not count it twice
+    assert answers.bytes == 3 * one
+    answers.clear()
+    assert answers.bytes == 0 and len(answers) == 0
+
+
+def test_answers_of_one_shape_share_their_ttl_offsets():
+    answers = cache.AnswerCache(10)
+    stored = []
+    for name in ("aa.example.com", "bb.example.com"):
+        query, answer = make_answer(name)
+        answers.store(query.key, answer, 0)
+        stored.append(answers.lookup(query.key, 1).ttl_offsets)
+    assert stored[0] == stored[1] and stored[0] is stored[1]
 
 
 def test_lru_evicts_least_recently_used():

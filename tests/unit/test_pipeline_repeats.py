@@ -150,12 +150,21 @@ async def test_tcp_queries_do_not_use_repeats(site):
     assert counters.queries[("school-a", "tcp", "blocked")] == 3
 
 
-async def test_repeats_stay_bounded(site, monkeypatch):
+def kept(pipe: pipeline.Pipeline) -> int:
+    return sum(len(repeats) for repeats in pipe._repeats.values())
+
+
+@pytest.mark.parametrize("bound", ["REPEAT_MAX", "REPEAT_MAX_BYTES"])
+async def test_repeats_stay_bounded_and_then_start_again(site, monkeypatch, bound):
     pipe, *_ = site
-    monkeypatch.setattr(pipeline, "REPEAT_MAX", 4)
+    monkeypatch.setattr(pipeline, bound, 4 if bound == "REPEAT_MAX" else 4 * pipeline.REPEAT_OVERHEAD_BYTES)
     for number in range(10):
-        await answer(pipe, query(f"games{number}.example.com", number))
-        assert len(pipe._repeats) <= 4
+        for client in (SCHOOL_A, SCHOOL_B):
+            await answer(pipe, query(f"games{number}.example.com", number), client)
+            assert kept(pipe) <= 4
+    assert kept(pipe) >= 1  # the newest answers are kept again after the table was dropped
+    reply = await answer(pipe, query("games9.example.com", 99), SCHOOL_B)
+    assert reply.id == 99 and kept(pipe) <= 4
 
 
 async def test_decisions_and_repeats_outlive_minutes_between_schedule_boundaries(tmp_path, monkeypatch):
@@ -168,6 +177,6 @@ async def test_decisions_and_repeats_outlive_minutes_between_schedule_boundaries
     clocks.wall = monday.timestamp()
     for query_id, school in enumerate((SCHOOL_A, SCHOOL_B, SCHOOL_A, SCHOOL_B)):
         assert (await answer(pipe, query("games.example.com", query_id), school)).rcode() == dns.rcode.NXDOMAIN
-        clocks.advance(30)  # 07:11:29, 07:11:59, 07:12:29: minutes pass, no schedule boundary
+        clocks.advance(20)  # 07:11:19, 07:11:39, 07:11:59: a minute passes, no schedule boundary
     assert decided == ["games.example.com", "games.example.com"]  # once per school
     assert len(pipe._repeats) == 2

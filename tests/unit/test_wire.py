@@ -187,9 +187,9 @@ def test_ttls_age_and_never_go_negative():
     query = wire.parse_query(q("www.example.com"))
     answer = _answer_for(query, lambda r: r.answer.append(
         dns.rrset.from_text("www.example.com.", 100, "IN", "A", "192.0.2.1", "192.0.2.2")))
-    aged = dns.message.from_wire(wire.age_answer(answer, 40))
+    aged = dns.message.from_wire(wire.reduce_ttls(answer.message, answer.ttl_offsets, 40))
     assert aged.answer[0].ttl == 60
-    assert dns.message.from_wire(wire.age_answer(answer, 500)).answer[0].ttl == 0
+    assert dns.message.from_wire(wire.reduce_ttls(answer.message, answer.ttl_offsets, 500)).answer[0].ttl == 0
 
 
 @pytest.mark.parametrize("ttl,min_ttl,max_ttl,expected", [(5, 30, 100, 30), (500, 0, 100, 100), (50, 0, 100, 50)])
@@ -290,7 +290,7 @@ def test_mutated_upstream_replies_only_raise_bad_reply(data):
         answer = wire.parse_upstream_answer(bytes(raw), len(query.question), 0, 86400, 3600)
     except wire.BadReply:
         return
-    wire.replay(wire.age_answer(answer, 3), answer.question_length, query, 1232)
+    wire.replay(wire.reduce_ttls(answer.message, answer.ttl_offsets, 3), answer.question_length, query, 1232)
 
 
 def test_rewrite_answers_cname_plus_target_addresses():
@@ -305,7 +305,7 @@ def test_rewrite_answers_cname_plus_target_addresses():
     assert str(out.answer[0][0].target) == "forcesafesearch.google.com."
     assert out.answer[1].name == dns.name.from_text("forcesafesearch.google.com")
     assert out.answer[1][0].to_text() == "216.239.38.120"
-    assert dns.message.from_wire(wire.age_answer(answer, 100)).answer[1].ttl == 200
+    assert dns.message.from_wire(wire.reduce_ttls(answer.message, answer.ttl_offsets, 100)).answer[1].ttl == 200
 
 
 def test_tcp_frame():

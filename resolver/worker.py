@@ -1,0 +1,198 @@
+"""One worker process's data plane: pipeline, cache, upstreams and listeners; the spawn target for `workers: N`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import gc
+import logging
+import multiprocessing.connection
+import signal
+import socket
+import time
+from typing import Any
+
+from resolver import cache, config, control, metrics, pipeline, server, upstream
+
+log = logging.getLogger(__name__)
+
+COUNTERS_PUBLISH_SECONDS = 1.0
+
+
+class Worker:
+    """One process's data plane: pipeline, cache, upstream pool and listeners."""
+
+    def __init__(self, cfg: config.Config, snapshot: pipeline.Snapshot, workers: int = 1):
+        self.config = cfg
+        self.counters = metrics.Counters()
+        self.cache = cache.AnswerCache(cfg.cache.max_entries, cfg.cache.stale_seconds,
+                                       cfg.cache.max_megabytes * 2**20)
+        self.pool = upstream.UpstreamPool(
+            list(cfg.upstreams), cfg.forwarding.timeout_seconds,
+            upstream.AnswerLimits(cfg.cache.min_ttl_seconds, cfg.cache.max_ttl_seconds,
+                                  cfg.cache.negative_max_ttl_seconds),
+            cfg.forwarding.sockets_per_upstream, cfg.forwarding.max_in_flight)
+        self.pipeline = pipeline.Pipeline(snapshot, self.cache, self.pool, self.counters)
+        self.in_flight = server.InFlight(cfg.limits.max_queries_in_flight, self.counters)
+        self.tcp = server.TcpConnections(self.pipeline, self.in_flight, cfg.limits)
+        self.workers = workers
+        self.reload_failures = 0
+        self.list_entries: dict[str, int] = control.entry_counts(snapshot)
+        self._udp: list[server.UdpServer] = []
+        self._tcp_servers: list[asyncio.Server] = []
+        self.addresses: list[tuple[str, int]] = []
+        self._reloading: asyncio.Lock | None = None
+
+    async def start(self, sockets: list[tuple[socket.socket, socket.socket]]) -> None:
+        # What was built so far (modules, the first snapshot) lives as long as the process: keep it
+        # out of the full collections of the garbage collector, whose pauses grow with what they
+        # visit. Only here, with no query in flight: a frozen object in a reference cycle that
+        # becomes garbage later would never be collected.
+        gc.freeze()
+        for udp_sock, tcp_sock in sockets:
+            udp, tcp = await server.serve_sockets(self.pipeline, self.in_flight, self.config.limits,
+                                                  udp_sock, tcp_sock, self.tcp)
+            self._udp.append(udp)
+            self._tcp_servers.append(tcp)
+            self.addresses.append(udp_sock.getsockname()[:2])
+        log.info("serving DNS on %s (udp+tcp) with %d upstream(s)",
+                 ", ".join(f"{h}:{p}" for h, p in self.addresses), len(self.config.upstreams))
+
+    async def reload(self) -> bool:
+        """Build a new snapshot off the event loop and install it; on failure keep the old one."""
+        if self._reloading is None:
+            self._reloading = asyncio.Lock()
+        async with self._reloading:
+            generation = self.pipeline.snapshot.generation + 1
+            try:
+                snapshot = await asyncio.to_thread(control.build_snapshot, self.config, generation, True)
+            except Exception as exc:  # ConfigError and anything else: the old snapshot keeps serving
+                self.reload_failures += 1
+                log.error("reload rejected, still serving generation %d:\n%s",
+                          self.pipeline.snapshot.generation, exc)
+                return False
+            self.pipeline.install(snapshot)
+            self.list_entries = control.entry_counts(snapshot)
+            log.info("installed generation %d", generation)
+            return True
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight queries finish within the drain bound, close everything."""
+        for udp in self._udp:
+            udp.pause_reading()  # no new queries; the socket stays open to send the last answers
+        for tcp_server in self._tcp_servers:
+            tcp_server.close()
+        await self.in_flight.drain(self.config.limits.shutdown_drain_seconds)
+        for udp in self._udp:
+            udp.close()
+        self.tcp.close_all()
+        for tcp_server in self._tcp_servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(tcp_server.wait_closed(), 1.0)
+        self.pool.close()
+
+    def state(self) -> dict[str, Any]:
+        """Live numbers for metrics and status (no per-client data)."""
+        snapshot = self.pipeline.snapshot
+        now = time.monotonic()
+        return {
+            "counters": self.counters,
+            "in_flight": len(self.in_flight.tasks),
+            "tcp_connections": len(self.tcp.open),
+            "cache_entries": len(self.cache), "cache_bytes": self.cache.bytes,
+            "cache_hits": self.cache.hits, "cache_misses": self.cache.misses,
+            "cache_evictions": self.cache.evictions, "cache_stale_served": self.cache.stale_served,
+            "coalesced": self.pool.coalesced,
+            "upstreams": [{"address": str(u.address), "queries": u.queries, "failures": u.failures,
+                           "timeouts": u.timeouts, "truncated": u.truncated, "mismatched": u.mismatched,
+                           "latency_seconds": u.latency_seconds, "up": 0 if u.is_down(now) else 1}
+                          for u in self.pool.upstreams],
+            "generation": snapshot.generation, "loaded_at": snapshot.loaded_at,
+            "reload_failures": self.reload_failures, "list_entries": self.list_entries,
+            "workers": self.workers,
+        }
+
+
+async def watch_files(cfg: config.Config, reload: Any, seen: tuple) -> None:
+    """Reload when a policy or list file changes (polling: works on every filesystem, bounded cost).
+
+    `seen` is the signature taken before the running snapshot was built, so a change made
+    while it was being built is not missed.
+    """
+    interval = cfg.reload.watch_interval_seconds
+    if interval <= 0:
+        return
+    while True:
+        await asyncio.sleep(interval)
+        current = await asyncio.to_thread(control.files_signature, cfg)
+        if current != seen:
+            seen = current
+            log.info("policy or list files changed; reloading")
+            await reload()
+
+
+def bind_all(cfg: config.Config, reuse_port: bool) -> list[tuple[socket.socket, socket.socket]]:
+    return [server.bind_sockets(address, reuse_port) for address in cfg.listen]
+
+
+# ---------------------------------------------------------------------------------------
+# A worker process spawned by the supervisor (resolver.app) for `workers: N`. It imports only the
+# data plane (never admin, exposition, aiohttp or prometheus_client: each would cost every worker
+# its memory) and publishes its numbers to the supervisor, which serves /metrics.
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SpawnArgs:
+    """What the supervisor hands a spawned worker process (picklable)."""
+
+    config_file: str
+    ports: tuple[int, ...]  # the resolved port of each listen address (0 = choose)
+    index: int
+    workers: int
+    log_level: int
+
+
+def spawned_main(args: SpawnArgs, conn: multiprocessing.connection.Connection) -> None:
+    """The target of a spawned worker process: load the config, serve until SIGTERM."""
+    logging.basicConfig(level=args.log_level, format=f"%(asctime)s worker{args.index} %(levelname)s %(name)s: %(message)s")
+    cfg = config.load_config(args.config_file)
+    listen = tuple(dataclasses.replace(a, port=p) for a, p in zip(cfg.listen, args.ports))
+    cfg = dataclasses.replace(cfg, listen=listen)
+    try:
+        asyncio.run(_spawned_async(cfg, args, conn))
+    except KeyboardInterrupt:
+        pass
+
+
+async def _spawned_async(cfg: config.Config, args: SpawnArgs,
+                         conn: multiprocessing.connection.Connection) -> None:
+    snapshot = await asyncio.to_thread(control.build_snapshot, cfg, 1)
+    worker = Worker(cfg, snapshot, args.workers)
+    await worker.start(bind_all(cfg, reuse_port=True))
+    conn.send({"ready": [port for _, port in worker.addresses]})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, lambda: None)  # the supervisor decides
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(worker.reload()))
+    publisher = loop.create_task(_publish(worker, conn))
+    await stop.wait()
+    publisher.cancel()
+    await worker.stop()
+    with contextlib.suppress(OSError):
+        conn.send({"state": _wire_state(worker.state()), "final": True})
+
+
+async def _publish(worker: Worker, conn: multiprocessing.connection.Connection) -> None:
+    """Send this worker's numbers to the supervisor every second (it serves /metrics)."""
+    while True:
+        await asyncio.sleep(COUNTERS_PUBLISH_SECONDS)
+        try:
+            conn.send({"state": _wire_state(worker.state())})
+        except OSError:
+            return
+
+
+def _wire_state(state: dict[str, Any]) -> dict[str, Any]:
+    return {**state, "counters": state["counters"].to_dict()}
