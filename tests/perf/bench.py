@@ -300,6 +300,14 @@ class Proc:
         tick = os.sysconf("SC_CLK_TCK")
         return int(fields[7]), int(fields[11]) / tick, int(fields[12]) / tick
 
+    def family(self) -> list[int]:
+        """This process and its children (a supervisor's workers, the multiprocessing resource tracker)."""
+        try:
+            children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+        except OSError:
+            children = []
+        return [self.pid, *map(int, children)]
+
     def tail(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -560,6 +568,9 @@ class Result:
     error: str | None = None
     swap_seconds: float | None = None  # schooldns: list swap (SIGHUP) until the new index is installed
     scaling: dict[int, float] = field(default_factory=dict)  # schooldns: workers -> qps, nothing pinned
+    # schooldns, `workers: 2`: per process (supervisor, worker, ...) CPU seconds during the max-rate
+    # runs, and Pss / Pss_Anon in kB after them
+    scaling_processes: list[dict[str, float]] = field(default_factory=list)
 
     @property
     def qps(self) -> float:
@@ -621,14 +632,41 @@ def worker_scaling(result: Result, argv: list[str], directory: Path, args: argpa
             try:
                 wait_answer(port, proc, time.monotonic(), args.start_timeout)
                 dnsperf(tools, port, data.queries, seconds=None, clients=args.clients, once=True, cores=both)
+                before = {pid: process_cpu_seconds(pid) for pid in proc.family()}
                 runs = [dnsperf(tools, port, data.queries, seconds=args.seconds, clients=args.clients, cores=both)
                         for _ in range(args.runs)]
+                if workers == 2:
+                    result.scaling_processes = [
+                        {"cpu_seconds": process_cpu_seconds(pid) - before.get(pid, 0.0), **smaps_kb(pid)}
+                        for pid in proc.family()]
             finally:
                 proc.stop()
             result.scaling[workers] = statistics.median(run.qps for run in runs)
             log(f"schooldns: {workers} worker(s), nothing pinned: {result.scaling[workers]:,.0f} qps")
     finally:
         config_path.write_text(original)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def smaps_kb(pid: int) -> dict[str, float]:
+    """Pss and Pss_Anon (kB) of a process: its share of shared pages, and its own heap."""
+    out = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as file:
+            for line in file:
+                key, _, value = line.partition(":")
+                if key in ("Pss", "Pss_Anon"):
+                    out[key] = float(value.split()[0])
+    except OSError:
+        pass
+    return out
 
 
 def check_answers(result: Result, perf: Perf, data: Data) -> None:
@@ -843,6 +881,11 @@ def report(args: argparse.Namespace, info: dict[str, str], data: Data, results: 
             add(f"schooldns worker processes: with `workers: 2` instead of 1, server and dnsperf both free to run on "
                 f"cores {SERVER_CORE},{LOAD_CORE} (so the load generator shares the two cores with the workers), "
                 f"max-rate qps (median of {args.runs}) went from {one:,.0f} to {two:,.0f}: {two / one:.2f}x.")
+            if base.scaling_processes:
+                rows = [f"{p['cpu_seconds']:.1f} s CPU, Pss {p.get('Pss', 0) / 1024:.0f} MB "
+                        f"(anon {p.get('Pss_Anon', 0) / 1024:.0f})" for p in base.scaling_processes]
+                add(f"With 2 workers, per process during / after those runs (supervisor first, then its "
+                    f"children: the workers and multiprocessing's resource tracker): {'; '.join(rows)}.")
             add("")
         if base is not None:
             ratios = []
@@ -1111,6 +1154,7 @@ def raw(results: list[Result], info: dict[str, str], args: argparse.Namespace) -
                      "miss": perf(r.miss), "memory_kb": r.memory_kb, "start_seconds": r.start_seconds,
                      "warm_start_seconds": r.warm_start_seconds, "answers_checked": r.answers_checked,
                      "faults_per_query": r.faults_per_query, "cpu_user": r.cpu_user, "cpu_system": r.cpu_system,
+                     "scaling": r.scaling, "scaling_processes": r.scaling_processes,
                      "wrong_answers": r.wrong_answers[:50], "status": r.status, "error": r.error,
                      "log_problems": r.log_problems[:50]}
                     for r in results],
