@@ -19,15 +19,17 @@ log = logging.getLogger(__name__)
 async def run_single(cfg: config.Config, ready: Any = None) -> None:
     """workers: 1 — everything (DNS, admin, reload) in this process until SIGTERM/SIGINT."""
     files = control.files_signature(cfg)
-    snapshot = await asyncio.to_thread(control.build_snapshot, cfg, 1)
-    dns_worker = worker.Worker(cfg, snapshot)
+    # No local name for the first snapshot: this frame lives until shutdown, and would keep it
+    # (and its memory-mapped index) alive after the first list swap.
+    dns_worker = worker.Worker(cfg, await asyncio.to_thread(control.build_snapshot, cfg, 1))
     await dns_worker.start(worker.bind_all(cfg, reuse_port=False))
-    admin_runner = await admin.start(cfg, admin.Control(state=dns_worker.state, reload=dns_worker.reload))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Signals are handled before the admin API announces itself, the last line of a start.
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(dns_worker.reload()))
+    admin_runner = await admin.start(cfg, admin.Control(state=dns_worker.state, reload=dns_worker.reload))
     if ready is not None:
         ready(dns_worker)
     watcher = loop.create_task(worker.watch_files(cfg, dns_worker.reload, files))
@@ -91,12 +93,12 @@ class Supervisor:
             self.processes.append(process)
             self.conns.append(conn)
         log.info("%d workers serving DNS on ports %s", self.config.workers, self.ports)
-        admin_runner = await admin.start(self.config, admin.Control(state=self.state, reload=self.reload))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        admin_runner = await admin.start(self.config, admin.Control(state=self.state, reload=self.reload))
         if ready is not None:
             ready(self)
         watchers = [loop.create_task(self._watch()),

@@ -130,6 +130,30 @@ async def test_sigterm_while_a_worker_restarts_stops_that_worker_too(tmp_path, u
         assert await asyncio.wait_for(served.process.wait(), 20) == 0
 
 
+def index_mappings(pid: int) -> list[str]:
+    """Each domain index file a process has mapped, as "inode" ("inode (deleted)" for a replaced one)."""
+    with open(f"/proc/{pid}/maps") as maps:
+        return sorted({" ".join(line.split()[4:]) for line in maps if "index.bin" in line})
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_new_list_releases_the_old_index(tmp_path, upstream, workers):
+    async with serve(tmp_path, upstream, workers) as served:
+        children = Path(f"/proc/{served.process.pid}/task/{served.process.pid}/children").read_text().split()
+        dns_pids = [served.process.pid] if workers == 1 else [
+            int(pid) for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert len(dns_pids) == workers
+        for generation in (2, 3):
+            (tmp_path / "blocklists/adult.txt").write_text(f"www.example.com\nextra{generation}.example.org\n")
+            served.process.send_signal(signal.SIGHUP)
+            for _ in range(workers):
+                await served.read_until(rf"installed generation {generation}")
+        assert (await served.query("www.example.com")).rcode() == dns.rcode.NXDOMAIN
+        current = (tmp_path / "var/index.bin").stat().st_ino
+        for pid in dns_pids:  # only the newest index stays mapped: no snapshot outlives its swap
+            assert index_mappings(pid) == [f"{current} {tmp_path / 'var/index.bin'}"]
+
+
 async def test_sighup_reloads_and_sigterm_drains_queries_in_flight(tmp_path, upstream):
     async with serve(tmp_path, upstream, workers=1) as served:
         assert (await served.query("www.example.com")).rcode() == dns.rcode.NOERROR
