@@ -51,11 +51,11 @@ class AnswerCache:
     most once per second of age, a TTL rewrite of the stored bytes.
     """
 
-    def __init__(self, max_entries: int, stale_seconds: float = 0.0, max_bytes: int | None = None):
+    def __init__(self, max_entries: int, stale_seconds: float = 0.0, max_bytes: float = float("inf")):
         if max_entries < 0:
             raise ValueError("max_entries must be >= 0")
         self.max_entries = max_entries
-        self.max_bytes = max_bytes if max_bytes is not None else max_entries * 4096
+        self.max_bytes = max_bytes  # the worker passes cache.max_megabytes; unbounded by default
         self.stale_seconds = stale_seconds
         self._entries: collections.OrderedDict[bytes, _Stored] = collections.OrderedDict()
         self._shapes: dict[tuple[int, ...], tuple[int, ...]] = {}
