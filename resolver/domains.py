@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import mmap
 import os
 import re
@@ -11,8 +12,9 @@ import zlib
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from itertools import compress, filterfalse, repeat
-from operator import not_, or_
+from operator import methodcaller, not_, or_
 from pathlib import Path
 
 from resolver.errors import ResolverError
@@ -27,36 +29,45 @@ __all__ = [
 ]
 
 # ---------------------------------------------------------------------------------------------
-# Image format (version 3). Every integer is little-endian; every section starts 8-byte aligned.
+# Image format (version 4). Every integer is little-endian; every section starts 8-byte aligned.
 #
-#   header   64 bytes: magic, version, header size, counts, name section size, flags, and the
-#            crc32 of the whole image except that crc field (header, then everything after it)
+#   header   64 bytes: magic, version, header size, counts, flags, and the crc32 of the whole image
+#            except that crc field (header, then everything after it)
 #   slots    u64[slot_count]     open-addressing table (linear probing), slot_count a power of two;
-#                                0 = empty, else field << 40 | name offset << 8 | check, where
-#              check   crc32(name + NUL) >> 24; the node's home slot is crc32(name + NUL) & (slot_count - 1)
-#              field   mask-set number << 1 | 1 if some listed name lies below the node
-#              offset  where the name is in the image (listed names; 0 for an unlisted ancestor)
+#                                0 = empty, else field << 48 | fingerprint << 8 | check, where
+#              check        crc32(name + NUL) >> 24; the node's home slot is crc32(name + NUL) & (slot_count - 1)
+#              fingerprint  40 bits of blake2s(name + NUL) for a listed name; 0 for an unlisted ancestor
+#              field        mask-set number << 1 | 1 if some listed name lies below the node
 #   masksets u64[4 * maskset_count]  distinct (block_exact, block_subtree, allow_exact, allow_subtree);
 #                                mask set 0 is all zeros
-#   names    every listed name, each followed by a NUL and a newline (the newlines let a build
-#            split the section into name + NUL pieces, for crc32, in one C-level call)
+#
+# The image holds no names: a listed name is recognised by its check byte and fingerprint, 48 bits
+# from two independent hashes. That keeps the image at 16 bytes per name or less (13.4 for the
+# bench's million names), a third of what the names themselves would add, and a lookup reads only
+# slots. The price is a false match: an unlisted name taken for a listed one when both its check
+# byte and its fingerprint equal those of a listed slot on its probe path. A probe compares about
+# two slots (the table is at most 2/3 full: five on average for an absent name at the fullest),
+# so the chance for one name is below 2**-45 per suffix; across a billion distinct names looked up
+# against one build, about 1 in 10,000 builds would block one name wrongly. Fingerprints are not
+# chosen by anyone who could gain from a collision: they come from the province's own lists, and a
+# collision only ever adds a block, never removes one.
 #
 # Nodes are the listed names and every proper ancestor of a listed name, down to two labels (down
 # to the TLD when some listed name is a single label): listing a.b.example.com adds the nodes
 # b.example.com and example.com, unless they are listed themselves. With every ancestor present,
 # `lookup` walks a name top-down from its last two labels and stops at the first suffix that is
 # absent or has nothing listed below it, so the typical (unlisted) name costs a single probe. A
-# slot carries everything a probe needs: a hit reads one slot and the name bytes it points to.
+# slot carries everything a probe needs.
 #
-# An unlisted ancestor has field 1 (no masks, something below it) and no name bytes: the walk
+# An unlisted ancestor has field 1 (no masks, something below it) and no fingerprint: the walk
 # takes it on its check byte alone. That is exact because listed names are placed in the table
 # before any ancestor: when a listed name was placed, every slot on its probe path was already
 # taken by another listed name, so a probe for a listed name meets only listed names (compared by
-# name) before its own slot. A check match on an ancestor slot is therefore that ancestor, an
-# ancestor just like it, or a suffix that is not in the index, which only costs one probe more.
+# fingerprint) before its own slot. A check match on an ancestor slot is therefore that ancestor,
+# an ancestor just like it, or a suffix that is not in the index, which only costs one probe more.
 #
 # Mask sets: real lists have a few hundred distinct mask combinations for a million names, so a
-# 24-bit reference in the slot is all a name needs. The image is deterministic: the same entries
+# 15-bit reference in the slot is all a name needs. The image is deterministic: the same entries
 # in the same order always give the same bytes. Names are placed in input order (first appearance,
 # run by run), then ancestors level by level in order of first appearance; there is no global
 # sort, which would cost a fifth of a build. Another order of the same entries gives another
@@ -64,19 +75,20 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------
 
 MAGIC = b"SDNSIDX\x00"
-FORMAT_VERSION = 3
-# magic, version, header size, entries, nodes, slots, masksets, name bytes, flags, crc
-_HEADER = struct.Struct("<8sIIIIIIIII20x")
+FORMAT_VERSION = 4
+# magic, version, header size, entries, nodes, slots, masksets, flags, crc
+_HEADER = struct.Struct("<8sIIIIIIII24x")
 _HEADER_SIZE = _HEADER.size  # 64
-_CRC_AT = 40  # offset of the crc field in the header
+_CRC_AT = 36  # offset of the crc field in the header
 _FLAG_SINGLE_LABELS = 1  # some listed name is a single label (lists never produce one; tests may)
-_FIELD_SHIFT = 40  # slot bits 40..63: mask-set number << 1 | has-descendants bit
+_FIELD_SHIFT = 48  # slot bits 48..63: mask-set number << 1 | has-descendants bit
+_FINGERPRINT_BYTES = 5  # slot bits 8..47
+_FINGERPRINT_MASK = 2 ** (8 * _FINGERPRINT_BYTES) - 1
 _ANCESTOR = 1 << _FIELD_SHIFT  # an unlisted ancestor's slot, before its check byte
-_MAX_MASKSETS = 2**23  # mask-set numbers fit the 24-bit field with the descendants bit
-# Slots per node, rounded up to a power of two: the table is 1/4 to 1/2 full, so most probes for an
-# absent suffix stop at the first slot, which is most of the work of a lookup.
-_SLOTS_PER_NODE = 3
-_MAX_IMAGE_BYTES = 2**32 - 1  # name offsets are 32 bits
+_MAX_MASKSETS = 2**15  # mask-set numbers fit the 16-bit field with the descendants bit
+# At least 1.5 slots per node, rounded up to a power of two: the table is 1/3 to 2/3 full. At 1/3
+# (3 slots per node) lookups of the bench's mix took 1.39 us and the slots of a million names 34 MB;
+# at 2/3, 1.79 us and 17 MB. Lookups are off the hot path of repeated queries; the memory is not.
 
 _MATCHES = ("exact", "subtree")
 _KINDS = ("block", "allow")
@@ -95,6 +107,17 @@ _PARENT_OR_TLD = re.compile(r"\n[^.\0]*+\.([^\0]++)\0")
 _ALL_BUT_DOTS_AND_NEWLINES = bytes(set(range(256)) - set(b".\n"))
 
 _crc32 = zlib.crc32
+_new_fingerprint_hash = partial(hashlib.blake2s, digest_size=_FINGERPRINT_BYTES)
+
+
+def _fingerprint(key: bytes) -> int:
+    """The 40-bit fingerprint of a name + NUL: blake2s, independent of its crc32."""
+    return int.from_bytes(_new_fingerprint_hash(key).digest(), "little")
+
+
+def _fingerprints(keys: Iterable[bytes]) -> Iterator[int]:
+    """`_fingerprint` of every key, in C-level passes (a build computes a million)."""
+    return map(int.from_bytes, map(methodcaller("digest"), map(_new_fingerprint_hash, keys)), repeat("little"))
 
 
 class IndexFormatError(ResolverError):
@@ -176,11 +199,11 @@ def _build_image(listed: dict[str, int]) -> bytes:
     """The image of listed names -> packed masks (see the format above)."""
     names = list(listed)
     entry_count = len(names)
-    names_text = _check_listed_names(names, listed)
-    names_section = names_text.encode("ascii")
+    names_text = _check_listed_names(names, listed)  # every name + NUL, one per line
+    names_bytes = names_text.encode("ascii")
     # A single label is a line without a dot: with everything but dots and newlines deleted, an
     # empty line (or an empty first line).
-    dots = names_section.translate(None, _ALL_BUT_DOTS_AND_NEWLINES)
+    dots = names_bytes.translate(None, _ALL_BUT_DOTS_AND_NEWLINES)
     single_labels = dots.startswith(b"\n") or b"\n\n" in dots
     ancestor_texts, ancestor_count, with_descendants = _ancestors(names_text, listed, single_labels)
     node_count = entry_count + ancestor_count
@@ -198,15 +221,11 @@ def _build_image(listed: dict[str, int]) -> bytes:
         raise ValueError(f"too many distinct category combinations for one index: {len(maskset_numbers)}")
     masksets = array("Q", [masks >> shift & _MASK64 for masks in maskset_numbers for shift in (0, 64, 128, 192)])
 
-    slot_count = _slot_count_for(node_count)
-    names_start = _HEADER_SIZE + 8 * slot_count + 32 * len(maskset_numbers)
-    if names_start + len(names_section) > _MAX_IMAGE_BYTES:
-        raise ValueError(f"index image would exceed {_MAX_IMAGE_BYTES} bytes")
-
     # Hashes of name + NUL, one per line of the name texts. Listed names first (see the format).
-    slots = array("Q", bytes(8 * slot_count))
-    _place_listed(slots, map(_crc32, names_section.splitlines()), map(field_of.__getitem__, listed.values()),
-                  map(len, names), names_start)
+    slots = array("Q", bytes(8 * _slot_count_for(node_count)))
+    keys = names_bytes.splitlines()
+    _place_listed(slots, map(_crc32, keys), _fingerprints(keys), map(field_of.__getitem__, listed.values()))
+    del keys
     for text in ancestor_texts:
         _place_ancestors(slots, map(_crc32, text.encode("ascii").splitlines()))
 
@@ -214,9 +233,8 @@ def _build_image(listed: dict[str, int]) -> bytes:
         slots.byteswap()
         masksets.byteswap()
     flags = _FLAG_SINGLE_LABELS if single_labels else 0
-    fields = (MAGIC, FORMAT_VERSION, _HEADER_SIZE, entry_count, node_count, slot_count, len(maskset_numbers),
-              len(names_section), flags)
-    sections = (slots, masksets, names_section)  # joined once, without an intermediate body copy
+    fields = (MAGIC, FORMAT_VERSION, _HEADER_SIZE, entry_count, node_count, len(slots), len(maskset_numbers), flags)
+    sections = (slots, masksets)  # joined once, without an intermediate body copy
     header = _HEADER.pack(*fields, _checksum(_HEADER.pack(*fields, 0), *sections))
     return b"".join((header, *sections))
 
@@ -230,7 +248,7 @@ def _checksum(header: bytes | memoryview, *body: bytes | memoryview | array) -> 
 
 
 def _check_listed_names(names: list[str], listed: dict[str, int]) -> str:
-    """Refuse names `lookup` could never match, checked in bulk; return them as the name section text."""
+    """Refuse names `lookup` could never match, checked in bulk; return them as one text, each + NUL + newline."""
     if not names:
         return ""
     text = "\0\n".join(names) + "\0\n"
@@ -276,19 +294,14 @@ def _ancestors(names_text: str, listed: dict[str, int], single_labels: bool) -> 
     return texts, count, with_descendants
 
 
-def _place_listed(slots: array, hashes: Iterator[int], fields: Iterator[int], lengths: Iterator[int],
-                  offset: int) -> None:
-    """Put every listed name at the first free slot from its home slot (linear probing).
-
-    `offset` is where the first name is; each name is followed by a NUL and a newline.
-    """
+def _place_listed(slots: array, hashes: Iterator[int], fingerprints: Iterator[int], fields: Iterator[int]) -> None:
+    """Put every listed name at the first free slot from its home slot (linear probing)."""
     slot_mask = len(slots) - 1
-    for name_hash, field, length in zip(hashes, fields, lengths):
+    for name_hash, fingerprint, field in zip(hashes, fingerprints, fields):
         slot = name_hash & slot_mask
         while slots[slot]:
             slot = (slot + 1) & slot_mask
-        slots[slot] = field << _FIELD_SHIFT | offset << 8 | name_hash >> 24
-        offset += length + 2
+        slots[slot] = field << _FIELD_SHIFT | fingerprint << 8 | name_hash >> 24
 
 
 def _place_ancestors(slots: array, hashes: Iterator[int]) -> None:
@@ -302,8 +315,8 @@ def _place_ancestors(slots: array, hashes: Iterator[int]) -> None:
 
 
 def _slot_count_for(node_count: int) -> int:
-    """Power of two with at least _SLOTS_PER_NODE slots per node (never full, so probes end)."""
-    return max(8, 1 << (_SLOTS_PER_NODE * node_count - 1).bit_length())
+    """Power of two with at least 1.5 slots per node (never full, so probes end)."""
+    return max(8, 1 << (node_count + node_count // 2).bit_length())
 
 
 def write_index(path: str | os.PathLike[str], image: bytes) -> None:
@@ -346,7 +359,7 @@ class DomainIndex:
         self._slot_mask = layout.slot_count - 1
         # The distinct mask quadruples are few (one per combination of categories), so they are
         # decoded once into small Python tuples; the per-name data stays in the shared image.
-        with view[layout.masksets_start : layout.names_start].cast("Q") as quads:
+        with view[layout.masksets_start :].cast("Q") as quads:
             self._quads = [tuple(quads[i : i + 4]) for i in range(0, len(quads), 4)]
         # Indexed by a slot's field (mask-set number << 1 | has-descendants bit): (block, allow)
         # when the node is the looked-up name itself (exact and subtree apply), and when it is a
@@ -397,8 +410,9 @@ class DomainIndex:
         # is a node, so the walk stops at the first suffix that is absent or has nothing listed
         # below it, and an unlisted name usually costs one probe. A probe hashes the suffix with
         # its NUL (crc32) and scans slots from the home slot; an occupied slot of another name is
-        # nearly always rejected by its check byte, and only a check match reads name bytes (an
-        # unlisted ancestor has none to read). Literal numbers below are the slot layout.
+        # nearly always rejected by its check byte, and only a check match on a listed name
+        # computes the suffix's fingerprint (an unlisted ancestor has none). Literal numbers below
+        # are the slot layout.
         key = name.encode() + b"\0"
         start = key.rfind(b".")
         if self._single_labels:
@@ -409,8 +423,6 @@ class DomainIndex:
             start = key.rfind(b".", 0, start) + 1  # from the last two labels
         slots = self._slots
         slot_mask = self._slot_mask
-        image = self._image
-        key_size = len(key)
         block = allow = 0
         while True:
             suffix = key[start:]
@@ -419,11 +431,10 @@ class DomainIndex:
             value = slots[slot]
             while value:
                 if value & 0xFF == suffix_hash >> 24:  # the check byte
-                    field = value >> 40
+                    field = value >> 48
                     if field == 1:
                         break  # an unlisted ancestor: taken on its check byte (see the format)
-                    offset = value >> 8 & 0xFFFFFFFF
-                    if image[offset : offset + key_size - start] == suffix:
+                    if value >> 8 & 0xFFFFFFFFFF == _fingerprint(suffix):
                         break
                 slot = (slot + 1) & slot_mask
                 value = slots[slot]
@@ -462,31 +473,15 @@ class DomainIndex:
             matches.extend(Match(listed, bits, match, kind) for bits, match, kind in candidates if bits)
         return matches
 
-    def iter_entries(self) -> Iterator[tuple[str, int, str, str]]:
-        """Every (name, category_bit, match, kind) entry in the index, names in sorted order."""
-        listed = []
-        for value in self._slots:
-            field = value >> _FIELD_SHIFT
-            if field > 1:  # a listed name, not an empty slot or an unlisted ancestor
-                offset = value >> 8 & 0xFFFFFFFF
-                end = self._image.find(b"\0", offset)
-                listed.append((bytes(self._image[offset:end]).decode("ascii"), self._quads[field >> 1]))
-        listed.sort()
-        for name, quad in listed:
-            for (kind, match), column in _COLUMN.items():
-                for bit in range(64):
-                    if quad[column] >> bit & 1:
-                        yield (name, bit, match, kind)
-
     def _find(self, key: bytes) -> int:
-        """Slot field of the listed name `key` (name + NUL), or -1: the probe of `lookup`, comparing names."""
+        """Slot field of the listed name `key` (name + NUL), or -1: the probe of `lookup`, skipping ancestors."""
         key_hash = _crc32(key)
+        fingerprint = _fingerprint(key)
         slot = key_hash & self._slot_mask
         while value := self._slots[slot]:
-            if value & 0xFF == key_hash >> 24 and value >> _FIELD_SHIFT != 1:
-                offset = value >> 8 & 0xFFFFFFFF
-                if self._image[offset : offset + len(key)] == key:
-                    return value >> _FIELD_SHIFT
+            if (value & 0xFF == key_hash >> 24 and value >> _FIELD_SHIFT != 1
+                    and value >> 8 & _FINGERPRINT_MASK == fingerprint):
+                return value >> _FIELD_SHIFT
             slot = (slot + 1) & self._slot_mask
         return -1
 
@@ -500,7 +495,6 @@ class _Layout:
     slot_count: int
     slots_start: int
     masksets_start: int
-    names_start: int
     single_labels: bool
 
 
@@ -511,7 +505,7 @@ def _check_image(image: bytes | mmap.mmap) -> _Layout:
     size = len(image)
     if size < _HEADER_SIZE:
         raise IndexFormatError(f"domain index truncated: {size} bytes, shorter than the {_HEADER_SIZE}-byte header")
-    (magic, version, header_size, entry_count, node_count, slot_count, maskset_count, names_size, flags,
+    (magic, version, header_size, entry_count, node_count, slot_count, maskset_count, flags,
      stored_crc) = _HEADER.unpack_from(image)
     if magic != MAGIC:
         raise IndexFormatError(f"not a domain index (magic {magic!r}, expected {MAGIC!r})")
@@ -524,10 +518,9 @@ def _check_image(image: bytes | mmap.mmap) -> _Layout:
     if entry_count > node_count:
         raise IndexFormatError(f"domain index has {entry_count} entries but only {node_count} nodes")
     masksets_start = _HEADER_SIZE + 8 * slot_count
-    names_start = masksets_start + 32 * maskset_count
-    layout = _Layout(entry_count, node_count, slot_count, _HEADER_SIZE, masksets_start, names_start,
+    layout = _Layout(entry_count, node_count, slot_count, _HEADER_SIZE, masksets_start,
                      bool(flags & _FLAG_SINGLE_LABELS))
-    expected_size = names_start + names_size
+    expected_size = masksets_start + 32 * maskset_count
     if size != expected_size:
         problem = "truncated" if size < expected_size else "has trailing bytes"
         raise IndexFormatError(f"domain index {problem}: {size} bytes, header says {expected_size}")
@@ -538,11 +531,8 @@ def _check_image(image: bytes | mmap.mmap) -> _Layout:
                 f"domain index checksum mismatch: crc32 is {actual_crc:#010x}, header says {stored_crc:#010x}"
             )
         # Past the checksum the image is what some build wrote; this keeps a buggy or hand-made
-        # image from sending a lookup outside its mask-set table. (A bad name offset cannot send it
-        # outside the image: slicing is bounded, and a wrong name only fails to compare.)
+        # image from sending a lookup outside its mask-set table.
         with view[_HEADER_SIZE:masksets_start].cast("Q") as slots:
             if max(slots) >> _FIELD_SHIFT >= 2 * maskset_count:
                 raise IndexFormatError("domain index slot refers to a mask set past the end of the table")
-    if names_size and image[size - 2 : size] != b"\0\n":
-        raise IndexFormatError("domain index name section does not end with a NUL and a newline")
     return layout

@@ -11,13 +11,23 @@ from hypothesis import strategies as st
 from resolver import domains
 from resolver.domains import DomainIndex, IndexFormatError, Match, build_index, write_index
 
-HEADER = struct.Struct("<8sIIIIIIIII20x")
-HEADER_NAMES = ["magic", "version", "header_size", "entries", "nodes", "slots", "masksets", "names", "flags", "crc"]
-CRC_AT = 40  # the crc32 covers the whole image except these 4 bytes
+HEADER = struct.Struct("<8sIIIIIIII24x")
+HEADER_NAMES = ["magic", "version", "header_size", "entries", "nodes", "slots", "masksets", "flags", "crc"]
+CRC_AT = 36  # the crc32 covers the whole image except these 4 bytes
 
 
 def index_of(*entries):
     return DomainIndex.from_bytes(build_index(entries))
+
+
+def entries_of(index, names):
+    """The (name, bit, match, kind) entries `index` holds for `names` (it stores no names to list)."""
+    found = set()
+    for name in names:
+        for match in index.explain(name):
+            if match.name == name:
+                found.update((name, bit, match.match, match.kind) for bit in range(64) if match.bits >> bit & 1)
+    return found
 
 
 def naive_lookup(entries, name):
@@ -141,7 +151,6 @@ def test_empty_index():
     assert index.lookup("example.com") == 0
     assert index.lookup("com") == 0
     assert index.explain("example.com") == []
-    assert list(index.iter_entries()) == []
     assert build_index(()) == build_index([])
 
 
@@ -167,7 +176,8 @@ def test_ancestors_are_nodes_but_never_entries():
     assert index.lookup("a.b.example.com") == index.lookup("x.y.a.b.example.com") == 1
     assert index.explain("b.example.com") == []
     assert index.explain("x.a.b.example.com") == [Match("a.b.example.com", 1, "subtree", "block")]
-    assert list(index.iter_entries()) == [("a.b.example.com", 0, "subtree", "block")]
+    assert entries_of(index, ["a.b.example.com", "b.example.com", "example.com"]) == {
+        ("a.b.example.com", 0, "subtree", "block")}
 
 
 def test_listed_ancestors_are_not_added_twice():
@@ -184,7 +194,7 @@ def test_single_label_index_adds_tld_nodes():
     assert index.lookup("x.a.b.example.com") == 1
     assert index.lookup("example.com") == index.lookup("com") == 0
     assert index.lookup("zip") == index.lookup("a.zip") == 2
-    assert [name for name, *_ in index.iter_entries()] == ["a.b.example.com", "zip"]
+    assert index.explain("com") == [] and index.explain("zip") == [Match("zip", 2, "subtree", "block")]
 
 
 @pytest.fixture
@@ -242,13 +252,13 @@ TWIN, OTHER_TWIN = "fqb17i228u.example", "hh578ntdii.example"
 
 
 def slots_of(index, name):
-    """(slot number, field, name offset) of every slot on `name`'s probe path with its check byte."""
+    """(slot number, field, fingerprint) of every slot on `name`'s probe path with its check byte."""
     name_hash = zlib.crc32(name.encode() + b"\0")
     found = []
     slot = name_hash & index._slot_mask
     while value := index._slots[slot]:
         if value & 0xFF == name_hash >> 24:
-            found.append((slot, value >> 40, value >> 8 & 0xFFFFFFFF))
+            found.append((slot, value >> 48, value >> 8 & 0xFFFFFFFFFF))
         slot = (slot + 1) & index._slot_mask
     return found
 
@@ -258,22 +268,42 @@ def test_twins_share_a_hash():
         assert zlib.crc32(f"{prefix}{TWIN}\0".encode()) == zlib.crc32(f"{prefix}{OTHER_TWIN}\0".encode())
 
 
-def test_unlisted_ancestors_have_no_name_bytes():
-    image = build_index([(f"www.{TWIN}", 1, "exact", "block")])
-    index = DomainIndex.from_bytes(image)
-    assert image.endswith(f"www.{TWIN}\0\n".encode())
-    assert image.count(TWIN.encode()) == 1  # only inside the listed name
+def test_twins_have_different_fingerprints():
+    for prefix in ["", "www."]:
+        assert domains._fingerprint(f"{prefix}{TWIN}\0".encode()) != domains._fingerprint(f"{prefix}{OTHER_TWIN}\0".encode())
+
+
+def test_listed_names_carry_a_fingerprint_and_unlisted_ancestors_none():
+    index = index_of((f"www.{TWIN}", 1, "exact", "block"))
     (listed,) = slots_of(index, f"www.{TWIN}")
-    assert listed[1] > 1 and image[listed[2]:].startswith(f"www.{TWIN}\0".encode())
-    assert [field_and_offset for _, *field_and_offset in slots_of(index, TWIN)] == [[1, 0]]
+    assert listed[1] > 1 and listed[2] == domains._fingerprint(f"www.{TWIN}\0".encode())
+    assert [field_and_fingerprint for _, *field_and_fingerprint in slots_of(index, TWIN)] == [[1, 0]]
+
+
+def test_listed_twins_are_told_apart_by_their_fingerprints():
+    index = index_of((TWIN, 0, "subtree", "block"), (OTHER_TWIN, 1, "exact", "block"))
+    assert [field > 1 for _, field, _ in slots_of(index, TWIN)] == [True, True]
+    assert index.lookup(TWIN) == index.lookup(f"x.{TWIN}") == 1
+    assert index.lookup(OTHER_TWIN) == 2 and index.lookup(f"x.{OTHER_TWIN}") == 0
+    assert index.explain(OTHER_TWIN) == [Match(OTHER_TWIN, 2, "exact", "block")]
+
+
+def test_without_fingerprints_a_twin_would_be_taken_for_the_listed_name(monkeypatch):
+    # The control for the tests above: the check byte alone cannot tell twins apart, so it is the
+    # fingerprint comparison that refuses them (see the format: a false match needs both to agree).
+    index = index_of((f"www.{TWIN}", 1, "exact", "block"))
+    assert index.lookup(f"www.{OTHER_TWIN}") == 0
+    (listed,) = slots_of(index, f"www.{TWIN}")
+    monkeypatch.setattr(domains, "_fingerprint", lambda key: listed[2])
+    assert index.lookup(f"www.{OTHER_TWIN}") == 2
 
 
 def test_listed_names_come_first_on_a_shared_probe_path():
     # The ancestor TWIN hashes like the listed OTHER_TWIN: the listed name holds the earlier slot,
     # so a probe for it compares its name before it could meet the ancestor.
     index = index_of((f"www.{TWIN}", 1, "exact", "block"), (OTHER_TWIN, 0, "subtree", "block"))
-    (listed_slot, listed_field, _), (ancestor_slot, ancestor_field, ancestor_offset) = slots_of(index, TWIN)
-    assert listed_field > 1 and (ancestor_field, ancestor_offset) == (1, 0)
+    (listed_slot, listed_field, _), (ancestor_slot, ancestor_field, ancestor_fingerprint) = slots_of(index, TWIN)
+    assert listed_field > 1 and (ancestor_field, ancestor_fingerprint) == (1, 0)
     assert (ancestor_slot - listed_slot) & index._slot_mask > 0
     assert index.lookup(OTHER_TWIN) == index.lookup(f"x.{OTHER_TWIN}") == 1
     assert index.lookup(TWIN) == index.lookup(f"x.{TWIN}") == 0
@@ -290,7 +320,7 @@ def test_ancestors_sharing_a_hash_are_interchangeable():
 
 def test_an_absent_suffix_that_hashes_like_an_ancestor_only_walks_one_step_further(probes):
     # OTHER_TWIN is not in the index but hashes like the unlisted ancestor TWIN, and www.OTHER_TWIN
-    # like the listed www.TWIN: the walk goes on, and the listed name is compared and refused.
+    # like the listed www.TWIN: the walk goes on, and the listed name's fingerprint refuses it.
     index = index_of((f"www.{TWIN}", 1, "exact", "block"))
     probes.clear()
     assert index.lookup(f"www.{OTHER_TWIN}") == 0
@@ -321,7 +351,7 @@ def test_explain_lists_every_entry_that_applies():
     assert index.explain("unlisted.org") == []
 
 
-def test_iter_entries_returns_what_was_built():
+def test_explain_returns_what_was_built():
     entries = [
         ("b.example", 0, "subtree", "block"),
         ("a.example", 63, "exact", "allow"),
@@ -329,9 +359,13 @@ def test_iter_entries_returns_what_was_built():
         ("a.example", 1, "subtree", "allow"),
     ]
     index = index_of(*entries)
-    listed = list(index.iter_entries())
-    assert sorted(listed) == sorted(entries)
-    assert [name for name, *_ in listed] == sorted(name for name, *_ in listed)
+    assert entries_of(index, ["a.example", "b.example", "example", "c.example"]) == set(entries)
+
+
+def test_the_image_holds_no_names():
+    image = build_index([("a-rather-distinctive-name.example", 0, "subtree", "block")])
+    assert b"distinctive" not in image and b"example" not in image
+    assert len(image) == 64 + 8 * 8 + 32 * 2  # header, 8 slots, mask sets 0 and 1
 
 
 def test_image_is_deterministic():
@@ -343,7 +377,8 @@ def test_image_is_deterministic():
     shuffled = entries[:]
     random.Random(3).shuffle(shuffled)
     index, other = index_of(*entries), index_of(*shuffled)
-    assert list(index.iter_entries()) == list(other.iter_entries())
+    assert entries_of(index, [name for name, *_ in entries]) == set(entries)
+    assert entries_of(other, [name for name, *_ in entries]) == set(entries)
     assert (index.entry_count, index.node_count) == (other.entry_count, other.node_count)
     for name in ["n1.example", "x.n1.example", "n2.b.a.example", "a.example", "q.b.a.example", "example"]:
         assert index.lookup(name) == other.lookup(name)
@@ -435,7 +470,7 @@ def check_against_reference(entries, queries):
             else:
                 allow |= match.bits
         assert block & ~allow == index.lookup(name)
-    assert sorted(set(index.iter_entries())) == sorted(set(entries))
+    assert entries_of(index, {listed for listed, *_ in entries}) == set(entries)
     assert index.entry_count == len({listed for listed, *_ in entries})
 
 
@@ -557,8 +592,8 @@ def test_wrong_magic():
 
 
 def test_wrong_version():
-    with pytest.raises(IndexFormatError, match=r"format version 4 is not supported \(expected 3\)"):
-        DomainIndex.from_bytes(with_header(SAMPLE, version=4))
+    with pytest.raises(IndexFormatError, match=r"format version 5 is not supported \(expected 4\)"):
+        DomainIndex.from_bytes(with_header(SAMPLE, version=5))
 
 
 def test_format_2_image_is_refused(tmp_path):
@@ -571,9 +606,18 @@ def test_format_2_image_is_refused(tmp_path):
         DomainIndex.load(path)
 
 
+def test_format_3_image_is_refused(tmp_path):
+    # Format 3 kept every listed name in the image (a third of its size); format 4 keeps fingerprints.
+    old_header = struct.pack("<8sIIIIIIIII20x", domains.MAGIC, 3, 64, 1, 1, 8, 2, 13, 0, 0)
+    path = tmp_path / "index.bin"
+    path.write_bytes(old_header + bytes(8 * 8 + 2 * 32) + b"example.com\0\n")
+    with pytest.raises(IndexFormatError, match=r"index\.bin: domain index format version 3 is not supported"):
+        DomainIndex.load(path)
+
+
 def test_checksum_mismatch():
     image = bytearray(SAMPLE)
-    image[-3] ^= 0x01  # a bit in the name section
+    image[-3] ^= 0x01  # a bit in the last mask set
     with pytest.raises(IndexFormatError, match="checksum mismatch"):
         DomainIndex.from_bytes(bytes(image))
 
@@ -603,16 +647,11 @@ def test_structural_checks_behind_a_valid_checksum():
     # Images whose checksum is right but whose contents are not what a build writes (a buggy writer).
     fields = dict(zip(HEADER_NAMES, HEADER.unpack_from(SAMPLE)))
     slots = memoryview(SAMPLE)[HEADER.size:HEADER.size + 8 * fields["slots"]].cast("Q")
-    used = next(number for number, value in enumerate(slots) if value >> 40 > 1)
+    used = next(number for number, value in enumerate(slots) if value >> 48 > 1)
     image = bytearray(SAMPLE)
-    value = slots[used] & (2**40 - 1) | 2 * fields["masksets"] << 40  # a mask set past the table
+    value = slots[used] & (2**48 - 1) | 2 * fields["masksets"] << 48  # a mask set past the table
     struct.pack_into("<Q", image, HEADER.size + 8 * used, value)
     with pytest.raises(IndexFormatError, match="mask set past the end"):
-        DomainIndex.from_bytes(resealed(image))
-
-    image = bytearray(SAMPLE)
-    image[-1] = ord("x")  # the name section ends with a NUL and a newline
-    with pytest.raises(IndexFormatError, match="does not end with a NUL and a newline"):
         DomainIndex.from_bytes(resealed(image))
 
     with pytest.raises(IndexFormatError, match="4 entries but only 3 nodes"):
@@ -626,11 +665,11 @@ def test_bad_slot_count():
 
 def test_format_constants():
     assert domains.MAGIC == b"SDNSIDX\x00"
-    assert domains.FORMAT_VERSION == 3
+    assert domains.FORMAT_VERSION == 4
     assert SAMPLE[:8] == domains.MAGIC
     fields = dict(zip(HEADER_NAMES, HEADER.unpack_from(SAMPLE)))
     # example.com, www.example.com and xn--bng--8na8hpj.vn are listed; no ancestor is missing.
-    assert (fields["version"], fields["header_size"], fields["entries"], fields["nodes"]) == (3, 64, 3, 3)
+    assert (fields["version"], fields["header_size"], fields["entries"], fields["nodes"]) == (4, 64, 3, 3)
     assert fields["flags"] == 0
 
 
