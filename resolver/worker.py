@@ -168,7 +168,7 @@ def spawned_main(args: SpawnArgs, conn: multiprocessing.connection.Connection) -
 async def _spawned_async(cfg: config.Config, args: SpawnArgs,
                          conn: multiprocessing.connection.Connection) -> None:
     # No local name for the first snapshot: it would outlive the first list swap (see app.run_single).
-    worker = Worker(cfg, await asyncio.to_thread(control.build_snapshot, cfg, 1), args.workers)
+    worker = Worker(cfg, await asyncio.to_thread(control.build_snapshot, cfg, 1, True), args.workers)
     await worker.start(bind_all(cfg, reuse_port=True))
     conn.send({"ready": [port for _, port in worker.addresses]})
     stop = asyncio.Event()
