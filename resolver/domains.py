@@ -42,9 +42,9 @@ __all__ = [
 #                                mask set 0 is all zeros
 #
 # The image holds no names: a listed name is recognised by its check byte and fingerprint, 48 bits
-# from two independent hashes. That keeps the image at 16 bytes per name or less (13.4 for the
-# bench's million names), a third of what the names themselves would add, and a lookup reads only
-# slots. The price is a false match: an unlisted name taken for a listed one when both its check
+# from two independent hashes. A node costs one 8-byte slot and its share of the empty ones (16.8
+# bytes per listed name for the bench's million, where the names alone took 18.6), and a lookup
+# reads nothing but slots. The price is a false match: an unlisted name taken for a listed one when both its check
 # byte and its fingerprint equal those of a listed slot on its probe path. A probe compares about
 # two slots (the table is at most 2/3 full: five on average for an absent name at the fullest),
 # so the chance for one name is below 2**-45 per suffix; across a billion distinct names looked up
@@ -346,14 +346,13 @@ def write_index(path: str | os.PathLike[str], image: bytes) -> None:
 class DomainIndex:
     """Read-only view of a compiled index image: `lookup(name)` -> effective category mask."""
 
-    __slots__ = ("_image", "_mmap", "_slots", "_slot_mask", "_own_masks", "_parent_masks", "_quads",
+    __slots__ = ("_mmap", "_slots", "_slot_mask", "_own_masks", "_parent_masks", "_quads",
                  "_single_labels", "entry_count", "node_count", "size_bytes")
 
     def __init__(self, image: bytes | mmap.mmap, file_map: mmap.mmap | None = None) -> None:
         """Validate `image` and view it in place (no copy). Prefer `from_bytes`, `load` or `empty`."""
         layout = _check_image(image)
         view = memoryview(image)
-        self._image = image
         self._mmap = file_map
         self._slots = view[layout.slots_start : layout.masksets_start].cast("Q")
         self._slot_mask = layout.slot_count - 1
