@@ -328,7 +328,7 @@ def test_an_absent_suffix_that_hashes_like_an_ancestor_only_walks_one_step_furth
     assert index.lookup(f"www.{TWIN}") == 2
 
 
-# --- explain, iter_entries, determinism ------------------------------------------------------
+# --- explain, determinism -----------------------------------------------------------------------
 
 
 def test_explain_lists_every_entry_that_applies():
