@@ -21,7 +21,8 @@ async def run_single(cfg: config.Config, ready: Any = None) -> None:
     files = control.files_signature(cfg)
     # No local name for the first snapshot: this frame lives until shutdown, and would keep it
     # (and its memory-mapped index) alive after the first list swap.
-    dns_worker = worker.Worker(cfg, await asyncio.to_thread(control.build_snapshot, cfg, 1, True))
+    dns_worker = worker.Worker(cfg, await asyncio.to_thread(control.build_snapshot, cfg, 1,
+                                                            compile_in_child=True))
     await dns_worker.start(worker.bind_all(cfg, reuse_port=False))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -146,7 +147,7 @@ class Supervisor:
     async def reload(self) -> bool:
         """Validate the new files here first, then have every worker install them."""
         try:
-            await asyncio.to_thread(control.build_snapshot, self.config, 0, True)
+            await asyncio.to_thread(control.build_snapshot, self.config, 0, compile_in_child=True)
         except Exception as exc:
             log.error("reload rejected, workers keep their snapshot:\n%s", exc)
             for state in self.states.values():

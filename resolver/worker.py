@@ -66,7 +66,8 @@ class Worker:
         async with self._reloading:
             generation = self.pipeline.snapshot.generation + 1
             try:
-                snapshot = await asyncio.to_thread(control.build_snapshot, self.config, generation, True)
+                snapshot = await asyncio.to_thread(control.build_snapshot, self.config, generation,
+                                                   compile_in_child=True)
             except Exception as exc:  # ConfigError and anything else: the old snapshot keeps serving
                 self.reload_failures += 1
                 log.error("reload rejected, still serving generation %d:\n%s",
@@ -168,7 +169,8 @@ def spawned_main(args: SpawnArgs, conn: multiprocessing.connection.Connection) -
 async def _spawned_async(cfg: config.Config, args: SpawnArgs,
                          conn: multiprocessing.connection.Connection) -> None:
     # No local name for the first snapshot: it would outlive the first list swap (see app.run_single).
-    worker = Worker(cfg, await asyncio.to_thread(control.build_snapshot, cfg, 1, True), args.workers)
+    worker = Worker(cfg, await asyncio.to_thread(control.build_snapshot, cfg, 1, compile_in_child=True),
+                    args.workers)
     await worker.start(bind_all(cfg, reuse_port=True))
     conn.send({"ready": [port for _, port in worker.addresses]})
     stop = asyncio.Event()
