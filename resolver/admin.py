@@ -49,6 +49,7 @@ def make_app(control: Control) -> web.Application:
             "generation": state["generation"],
             "lists_age_seconds": round(time.time() - state["loaded_at"], 1) if state["loaded_at"] else None,
             "list_entries": state["list_entries"],
+            "serving_last_good": state["serving_last_good"] > 0,
             "workers": state["workers"],
             "cache_entries": state["cache_entries"],
             "upstreams": [{"address": u["address"], "up": bool(u["up"]),

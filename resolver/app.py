@@ -21,8 +21,7 @@ async def run_single(cfg: config.Config, ready: Any = None) -> None:
     files = control.files_signature(cfg)
     # No local name for the first snapshot: this frame lives until shutdown, and would keep it
     # (and its memory-mapped index) alive after the first list swap.
-    dns_worker = worker.Worker(cfg, await asyncio.to_thread(control.build_snapshot, cfg, 1,
-                                                            compile_in_child=True))
+    dns_worker = worker.Worker(cfg, await asyncio.to_thread(control.start_snapshot, cfg, 1))
     await dns_worker.start(worker.bind_all(cfg, reuse_port=False))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -60,6 +59,7 @@ class Supervisor:
         self.ports: tuple[int, ...] = tuple(a.port for a in cfg.listen)
         self.stopping = False
         self.restarts = 0
+        self.reload_failures = 0  # rejected here, so no worker counts them
 
     def _spawn(self, index: int) -> tuple[Any, multiprocessing.connection.Connection]:
         parent, child = self.context.Pipe()
@@ -147,11 +147,10 @@ class Supervisor:
     async def reload(self) -> bool:
         """Validate the new files here first, then have every worker install them."""
         try:
-            await asyncio.to_thread(control.build_snapshot, self.config, 0, compile_in_child=True)
+            await asyncio.to_thread(control.build_serving_snapshot, self.config, 0)
         except Exception as exc:
             log.error("reload rejected, workers keep their snapshot:\n%s", exc)
-            for state in self.states.values():
-                state["reload_failures"] = state.get("reload_failures", 0) + 1
+            self.reload_failures += 1
             return False
         for process in self.processes:
             if process.is_alive():
@@ -163,7 +162,7 @@ class Supervisor:
         merged = metrics.Counters()
         total: dict[str, Any] = {"in_flight": 0, "tcp_connections": 0, "cache_entries": 0, "cache_bytes": 0, "cache_hits": 0,
                                  "cache_misses": 0, "cache_evictions": 0, "cache_stale_served": 0,
-                                 "coalesced": 0, "reload_failures": 0}
+                                 "coalesced": 0, "reload_failures": self.reload_failures, "serving_last_good": 0}
         upstreams: dict[str, dict[str, Any]] = {}
         generation, loaded_at, entries = 0, 0.0, {}
         for state in self.states.values():

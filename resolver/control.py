@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from resolver import config, domains, lists, pipeline, policy, schools
+from resolver import config, domains, lastgood, lists, pipeline, policy, schools
 from resolver.errors import ResolverError
 from resolver.yamlfile import ConfigError, Problem
 
@@ -32,18 +32,69 @@ def build_snapshot(cfg: config.Config, generation: int, compile_in_child: bool =
     """
     sources = lists.load_sources(cfg.blocklists_dir)
     policies = policy.load_policies(cfg.policies_dir, sources.categories)
-    default_school = None
-    if cfg.default_school is not None:
-        default_school = policies.school(cfg.default_school)
-        if default_school is None:
-            raise ConfigError([Problem(cfg.file, 1, "default_school",
-                                       f"no school '{cfg.default_school}' in {cfg.policies_dir}")])
+    default_school = _default_school(cfg, policies)  # before a compile that would be wasted
     index, manifest = load_index(cfg, sources, compile_in_child)
-    directory = schools.SchoolDirectory.build(policies.networks())
+    return _assemble(generation, policies, default_school, index, tuple(sources.categories),
+                     manifest["entry_counts"])
+
+
+def build_serving_snapshot(cfg: config.Config, generation: int) -> pipeline.Snapshot:
+    """`build_snapshot` for a serving process: compiled in a child, then saved as the last good state."""
+    files_before = lastgood.policy_files(cfg.policies_dir)
+    snapshot = build_snapshot(cfg, generation, compile_in_child=True)
+    lastgood.save(cfg.state_dir, cfg.policies_dir, files_before, snapshot.index, snapshot.categories,
+                  snapshot.entry_counts)
+    return snapshot
+
+
+def start_snapshot(cfg: config.Config, generation: int) -> pipeline.Snapshot:
+    """A serving process's first snapshot: from the files or, when they fail to build, from the last good state.
+
+    A school must not lose DNS because a file was broken while the server was down (an edit that
+    a reload rejected, then a power cut): it starts on the policies and lists that last built, and
+    says so in the log, `/status` and `schooldns_serving_last_good`. Without a last good copy the
+    start fails as before, with every problem.
+    """
+    try:
+        return build_serving_snapshot(cfg, generation)
+    except (ResolverError, OSError) as exc:
+        problem = exc
+    try:
+        saved = lastgood.locate(cfg.state_dir)
+        if saved is not None:
+            policies = policy.load_policies(saved.policies_dir, saved.categories)
+            snapshot = _assemble(generation, policies, _default_school(cfg, policies),
+                                 domains.DomainIndex.load(saved.index_path), saved.categories,
+                                 saved.entry_counts, from_last_good=True)
+    except (ResolverError, OSError) as exc:
+        raise ResolverError(f"{problem}\n(the last good copy in {cfg.state_dir / lastgood.LINK} "
+                            f"cannot be used either: {exc})") from None
+    if saved is None:
+        raise problem
+    log.error("the policies or lists do not build:\n%s\nSERVING THE LAST GOOD policies and lists, saved %s "
+              "in %s. Fix the files: the next reload that builds replaces them.", problem,
+              time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(saved.saved_at)), saved.directory)
+    return snapshot
+
+
+def _default_school(cfg: config.Config, policies: policy.Policies) -> policy.SchoolPolicy | None:
+    if cfg.default_school is None:
+        return None
+    school = policies.school(cfg.default_school)
+    if school is None:
+        raise ConfigError([Problem(cfg.file, 1, "default_school",
+                                   f"no school '{cfg.default_school}' in {cfg.policies_dir}")])
+    return school
+
+
+def _assemble(generation: int, policies: policy.Policies, default_school: policy.SchoolPolicy | None,
+              index: domains.DomainIndex, categories: tuple[str, ...], entry_counts: dict[str, int],
+              from_last_good: bool = False) -> pipeline.Snapshot:
     return pipeline.Snapshot(
-        generation=generation, index=index, directory=directory, default_school=default_school,
-        province=policies.province, policies=policies, categories=tuple(sources.categories),
-        entry_counts=dict(manifest["entry_counts"]), loaded_at=time.time())
+        generation=generation, index=index, directory=schools.SchoolDirectory.build(policies.networks()),
+        default_school=default_school, province=policies.province, policies=policies,
+        categories=categories, entry_counts=dict(entry_counts), loaded_at=time.time(),
+        from_last_good=from_last_good)
 
 
 def sources_fingerprint(blocklists_dir: Path, sources: lists.Sources) -> str:

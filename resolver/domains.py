@@ -347,9 +347,10 @@ class DomainIndex:
     """Read-only view of a compiled index image: `lookup(name)` -> effective category mask."""
 
     __slots__ = ("_mmap", "_slots", "_slot_mask", "_own_masks", "_parent_masks", "_quads",
-                 "_single_labels", "entry_count", "node_count", "size_bytes")
+                 "_single_labels", "entry_count", "node_count", "size_bytes", "file")
 
-    def __init__(self, image: bytes | mmap.mmap, file_map: mmap.mmap | None = None) -> None:
+    def __init__(self, image: bytes | mmap.mmap, file_map: mmap.mmap | None = None,
+                 file: tuple[str, int, int] | None = None) -> None:
         """Validate `image` and view it in place (no copy). Prefer `from_bytes`, `load` or `empty`."""
         layout = _check_image(image)
         view = memoryview(image)
@@ -369,6 +370,7 @@ class DomainIndex:
         self.node_count = layout.node_count  # listed names and their unlisted ancestors
         self._single_labels = layout.single_labels
         self.size_bytes = len(view)
+        self.file = file  # (path, st_dev, st_ino) of the mapped file; None for an image in memory
 
     @classmethod
     def from_bytes(cls, image: bytes) -> DomainIndex:
@@ -385,8 +387,9 @@ class DomainIndex:
                 file_map = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
             except ValueError as exc:  # an empty file cannot be mapped
                 raise IndexFormatError(f"{os.fspath(path)}: cannot map domain index: {exc}") from None
+            stat = os.fstat(file.fileno())
         try:
-            return cls(file_map, file_map)
+            return cls(file_map, file_map, (os.fspath(path), stat.st_dev, stat.st_ino))
         except IndexFormatError as exc:
             file_map.close()
             raise IndexFormatError(f"{os.fspath(path)}: {exc}") from None

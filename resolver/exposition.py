@@ -85,6 +85,9 @@ class ResolverCollector(Collector):
                      s["loaded_at"])
         yield _counter("schooldns_reload_failures", "Reloads rejected; the previous snapshot kept serving.",
                        s["reload_failures"])
+        yield _gauge("schooldns_serving_last_good",
+                     "Processes serving the last good policies and lists from state_dir, because the files "
+                     "failed to build when they started (0 when all is well).", s["serving_last_good"])
         entries = GaugeMetricFamily("schooldns_list_entries", "Listed names per category.", labels=["category"])
         for category, value in sorted(s["list_entries"].items()):
             entries.add_metric([category], value)

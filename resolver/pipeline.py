@@ -55,6 +55,7 @@ class Snapshot:
     categories: tuple[str, ...]  # bit i of an index mask is categories[i]
     entry_counts: dict[str, int]
     loaded_at: float
+    from_last_good: bool = False  # built from state_dir's last good copy: the files failed at start
 
 
 # Repeats (stage 2 of handle) are kept per school under the query bytes after the ID. A repeat is a

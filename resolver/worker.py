@@ -66,8 +66,7 @@ class Worker:
         async with self._reloading:
             generation = self.pipeline.snapshot.generation + 1
             try:
-                snapshot = await asyncio.to_thread(control.build_snapshot, self.config, generation,
-                                                   compile_in_child=True)
+                snapshot = await asyncio.to_thread(control.build_serving_snapshot, self.config, generation)
             except Exception as exc:  # ConfigError and anything else: the old snapshot keeps serving
                 self.reload_failures += 1
                 log.error("reload rejected, still serving generation %d:\n%s",
@@ -111,6 +110,7 @@ class Worker:
                           for u in self.pool.upstreams],
             "generation": snapshot.generation, "loaded_at": snapshot.loaded_at,
             "reload_failures": self.reload_failures, "list_entries": self.list_entries,
+            "serving_last_good": int(snapshot.from_last_good),
             "workers": self.workers,
         }
 
@@ -169,7 +169,7 @@ def spawned_main(args: SpawnArgs, conn: multiprocessing.connection.Connection) -
 async def _spawned_async(cfg: config.Config, args: SpawnArgs,
                          conn: multiprocessing.connection.Connection) -> None:
     # No local name for the first snapshot: it would outlive the first list swap (see app.run_single).
-    worker = Worker(cfg, await asyncio.to_thread(control.build_snapshot, cfg, 1, compile_in_child=True),
+    worker = Worker(cfg, await asyncio.to_thread(control.start_snapshot, cfg, 1),
                     args.workers)
     await worker.start(bind_all(cfg, reuse_port=True))
     conn.send({"ready": [port for _, port in worker.addresses]})

@@ -17,7 +17,7 @@ import dns.rcode
 import pytest
 
 from tests.support.fake_upstream import FakeUpstream
-from tests.support.harness import write_site
+from tests.support.harness import SCHOOL_A, write_site
 
 SCHOOLDNS = [sys.executable, "-m", "resolver.cli"]
 
@@ -60,9 +60,9 @@ class Served:
 
 
 @contextlib.asynccontextmanager
-async def serve(root: Path, upstream: FakeUpstream, workers: int):
+async def serve(root: Path, upstream: FakeUpstream, workers: int, files: dict[str, str] | None = None):
     config = write_site(root, [upstream.address], f'workers: {workers}\nadmin: {{listen: "127.0.0.1:0"}}\n'
-                                                    "reload: {watch_interval_seconds: 0}\n")
+                                                  "reload: {watch_interval_seconds: 0}\n", files)
     process = await asyncio.create_subprocess_exec(
         *SCHOOLDNS, "serve", "--config", str(config), stderr=asyncio.subprocess.PIPE,
         cwd=Path(__file__).resolve().parents[2], start_new_session=True)
@@ -216,3 +216,60 @@ async def test_a_cold_start_compiles_the_lists_in_a_child_process(tmp_path, upst
         assert (await served.query("www.example.com")).rcode() == dns.rcode.NOERROR
         served.process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(served.process.wait(), 20) == 0
+
+
+async def _status(served: Served) -> dict:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{served.admin_port}/status") as response:
+            return await response.json()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_start_with_broken_files_serves_the_last_good_policies_and_lists(tmp_path, upstream, workers):
+    # An edit that a reload rejected, then a power cut: the next start must not leave the school
+    # without DNS. It serves what last built, says so, and takes the files again once they build.
+    upstream.answer("games.example.com", "A", "192.0.2.12", ttl=300)
+    async with serve(tmp_path, upstream, workers) as served:
+        assert (await served.query("games.example.com")).rcode() == dns.rcode.NXDOMAIN
+        assert await _metric(served, "schooldns_serving_last_good") == 0
+        served.process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(served.process.wait(), 20) == 0
+
+    # A policy file that does not parse, and a list file emptied since.
+    broken = SCHOOL_A.replace("deny: [denied.example.org]", "deny: [denied.example.org")
+    files = {"policies/school-a.yaml": broken, "blocklists/games.txt": ""}
+    async with serve(tmp_path, upstream, workers, files) as served:
+        log = "".join(served.log)
+        assert "SERVING THE LAST GOOD policies and lists" in log
+        assert f"{tmp_path / 'policies/school-a.yaml'}:7: invalid YAML" in log  # the problem, by file and line
+        # The last good policy (games blocked for school A, its deny entry) and lists (with games.txt).
+        assert (await served.query("games.example.com")).rcode() == dns.rcode.NXDOMAIN
+        assert (await served.query("denied.example.org")).rcode() == dns.rcode.NXDOMAIN
+        assert (await served.query("www.example.com")).rcode() == dns.rcode.NOERROR
+        await _until_metric(served, "schooldns_serving_last_good", workers)
+        assert (await _status(served))["serving_last_good"] is True
+
+        # Still broken: a reload is rejected and the last good state keeps serving.
+        served.process.send_signal(signal.SIGHUP)
+        await _until_metric(served, "schooldns_reload_failures_total", 1)
+        assert (await served.query("games.example.com")).rcode() == dns.rcode.NXDOMAIN
+
+        # Fixed: the next reload builds from the files again, with the emptied games list.
+        (tmp_path / "policies/school-a.yaml").write_text(SCHOOL_A)
+        served.process.send_signal(signal.SIGHUP)
+        await _until_metric(served, "schooldns_serving_last_good", 0)
+        assert (await _status(served))["serving_last_good"] is False
+        assert (await served.query("games.example.com")).rcode() == dns.rcode.NOERROR
+        served.process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(served.process.wait(), 20) == 0
+
+
+async def test_a_start_with_broken_files_and_no_last_good_state_fails_naming_the_problem(tmp_path, upstream):
+    broken = SCHOOL_A.replace("deny: [denied.example.org]", "deny: [denied.example.org")
+    config = write_site(tmp_path, [upstream.address], files={"policies/school-a.yaml": broken})
+    process = await asyncio.create_subprocess_exec(*SCHOOLDNS, "serve", "--config", str(config),
+                                                   stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 1
+    assert f"{tmp_path / 'policies/school-a.yaml'}:7: invalid YAML" in err.decode()
+    assert "last good" not in err.decode().lower()
