@@ -87,7 +87,11 @@ def save(state_dir: Path, policies_dir: Path, files_before: PolicyFiles, index: 
 
 def _save_locked(state_dir: Path, policies_dir: Path, files_before: PolicyFiles, index_file: tuple[str, int, int],
                  categories: Sequence[str], entry_counts: Mapping[str, int]) -> bool:
-    texts = {name: (policies_dir / name).read_bytes() for name, _, _ in files_before}
+    try:
+        texts = {name: (policies_dir / name).read_bytes() for name, _, _ in files_before}
+    except FileNotFoundError:
+        log.info("a policy file went away while the last good copy was saved; not saving it")
+        return False
     digest = _digest(texts)
     index_path, device, inode = index_file
     with contextlib.suppress(LastGoodError, OSError):

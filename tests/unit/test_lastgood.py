@@ -75,11 +75,15 @@ def test_an_unchanged_build_keeps_the_copy_and_a_changed_one_replaces_it(cfg):
     assert not list(cfg.state_dir.glob(".last-good.*.tmp"))
 
 
-def test_a_policy_file_edited_during_the_build_is_not_saved(cfg):
+@pytest.mark.parametrize("change", ["edited", "removed"])
+def test_a_policy_file_changed_during_the_build_is_not_saved(cfg, change):
     files_before = lastgood.policy_files(cfg.policies_dir)
     snapshot = control.build_snapshot(cfg, 1)
-    school_b = cfg.policies_dir / "school-b.yaml"
-    school_b.write_text(school_b.read_text() + "# edited\n")  # after the build read it
+    school_b = cfg.policies_dir / "school-b.yaml"  # changed after the build read it
+    if change == "edited":
+        school_b.write_text(school_b.read_text() + "# edited\n")
+    else:
+        school_b.unlink()
 
     assert not lastgood.save(cfg.state_dir, cfg.policies_dir, files_before, snapshot.index,
                              snapshot.categories, snapshot.entry_counts)
