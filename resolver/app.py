@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
 import multiprocessing.connection
-import os
 import signal
+import subprocess
 import time
 from typing import Any
 
@@ -52,8 +51,7 @@ class Supervisor:
 
     def __init__(self, cfg: config.Config):
         self.config = cfg
-        self.context = multiprocessing.get_context("spawn")
-        self.processes: list[Any] = []
+        self.processes: list[subprocess.Popen] = []
         self.conns: list[multiprocessing.connection.Connection] = []
         self.states: dict[int, dict[str, Any]] = {}
         self.ports: tuple[int, ...] = tuple(a.port for a in cfg.listen)
@@ -61,18 +59,12 @@ class Supervisor:
         self.restarts = 0
         self.reload_failures = 0  # rejected here, so no worker counts them
 
-    def _spawn(self, index: int) -> tuple[Any, multiprocessing.connection.Connection]:
-        parent, child = self.context.Pipe()
-        args = worker.SpawnArgs(self.config.file, self.ports, index, self.config.workers,
-                                  logging.getLogger().level)
-        process = self.context.Process(target=worker.spawned_main, args=(args, child),
-                                       name=f"schooldns-worker{index}")
-        process.start()
-        child.close()
-        return process, parent
+    def _spawn(self, index: int) -> tuple[subprocess.Popen, multiprocessing.connection.Connection]:
+        return worker.spawn(worker.SpawnArgs(self.config.file, self.ports, index, self.config.workers,
+                                             logging.getLogger().level))
 
     async def _wait_ready(self, index: int, conn: multiprocessing.connection.Connection,
-                          process: Any, timeout_seconds: float = 120.0) -> list[int]:
+                          process: subprocess.Popen, timeout_seconds: float = 120.0) -> list[int]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_seconds
         while loop.time() < deadline:
@@ -80,8 +72,8 @@ class Supervisor:
                 message = conn.recv()
                 if "ready" in message:
                     return message["ready"]
-            if not process.is_alive():
-                raise RuntimeError(f"worker {index} exited with code {process.exitcode} while starting")
+            if process.poll() is not None:
+                raise RuntimeError(f"worker {index} exited with code {process.returncode} while starting")
         raise RuntimeError(f"worker {index} did not start within {timeout_seconds:.0f}s")
 
     async def run(self, ready: Any = None) -> None:
@@ -112,13 +104,15 @@ class Supervisor:
         if admin_runner is not None:
             await admin_runner.cleanup()
         for process in self.processes:
-            if process.is_alive():
-                os.kill(process.pid, signal.SIGTERM)
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + self.config.limits.shutdown_drain_seconds + 5
         for process in self.processes:
-            await asyncio.to_thread(process.join, max(deadline - time.monotonic(), 0.1))
-            if process.is_alive():
+            try:
+                await asyncio.to_thread(process.wait, max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
                 process.kill()
+                await asyncio.to_thread(process.wait)
 
     async def _watch(self) -> None:
         """Collect published numbers; restart a worker that died."""
@@ -132,8 +126,8 @@ class Supervisor:
                 except (EOFError, OSError):
                     pass
                 process = self.processes[index]
-                if not process.is_alive() and not self.stopping:
-                    log.error("worker %d died (exit code %s); restarting it", index, process.exitcode)
+                if process.poll() is not None and not self.stopping:
+                    log.error("worker %d died (exit code %s); restarting it", index, process.returncode)
                     self.restarts += 1
                     process, conn = self._spawn(index)
                     try:
@@ -153,8 +147,8 @@ class Supervisor:
             self.reload_failures += 1
             return False
         for process in self.processes:
-            if process.is_alive():
-                os.kill(process.pid, signal.SIGHUP)
+            if process.poll() is None:
+                process.send_signal(signal.SIGHUP)
         return True
 
     def state(self) -> dict[str, Any]:
@@ -180,7 +174,7 @@ class Supervisor:
             entries = state["list_entries"]
         return {**total, "counters": merged, "upstreams": list(upstreams.values()),
                 "generation": generation, "loaded_at": loaded_at, "list_entries": entries,
-                "workers": sum(1 for p in self.processes if p.is_alive())}
+                "workers": sum(1 for p in self.processes if p.poll() is None)}
 
 
 def serve(cfg: config.Config) -> None:

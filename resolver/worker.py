@@ -6,10 +6,13 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
+import json
 import logging
 import multiprocessing.connection
 import signal
 import socket
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -145,7 +148,7 @@ def bind_all(cfg: config.Config, reuse_port: bool) -> list[tuple[socket.socket, 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SpawnArgs:
-    """What the supervisor hands a spawned worker process (picklable)."""
+    """What the supervisor hands a spawned worker process (as JSON on its command line)."""
 
     config_file: str
     ports: tuple[int, ...]  # the resolved port of each listen address (0 = choose)
@@ -154,8 +157,28 @@ class SpawnArgs:
     log_level: int
 
 
-def spawned_main(args: SpawnArgs, conn: multiprocessing.connection.Connection) -> None:
-    """The target of a spawned worker process: load the config, serve until SIGTERM."""
+# A worker is a fresh interpreter running this, with its end of a socket pair to the supervisor:
+# `python -c PROGRAM schooldns-worker<index> ARGS_JSON FD`. Not multiprocessing's spawn, which
+# also starts a resource tracker process (~8 MB) that schooldns has no use for.
+_SPAWNED_PROGRAM = "import sys; from resolver import worker; worker.spawned_main(sys.argv[2], int(sys.argv[3]))"
+
+
+def spawn(args: SpawnArgs) -> tuple[subprocess.Popen, multiprocessing.connection.Connection]:
+    """Start a worker process; returns it and the supervisor's end of its connection."""
+    parent, child = socket.socketpair()
+    with child:
+        process = subprocess.Popen(
+            [sys.executable, "-c", _SPAWNED_PROGRAM, f"schooldns-worker{args.index}",
+             json.dumps(dataclasses.asdict(args)), str(child.fileno())],
+            pass_fds=(child.fileno(),))
+    return process, multiprocessing.connection.Connection(parent.detach())
+
+
+def spawned_main(args_json: str, fd: int) -> None:
+    """The main function of a spawned worker process: load the config, serve until SIGTERM."""
+    fields = json.loads(args_json)
+    args = SpawnArgs(**{**fields, "ports": tuple(fields["ports"])})
+    conn = multiprocessing.connection.Connection(fd)
     logging.basicConfig(level=args.log_level, format=f"%(asctime)s worker{args.index} %(levelname)s %(name)s: %(message)s")
     cfg = config.load_config(args.config_file)
     listen = tuple(dataclasses.replace(a, port=p) for a, p in zip(cfg.listen, args.ports))

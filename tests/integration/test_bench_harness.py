@@ -44,6 +44,8 @@ def test_quick_bench_reports_schooldns_qps(tmp_path):
     assert re.search(r"^\| answers checked [^|]*\| [\d,]+ / 0 \|", section, re.MULTILINE), section
     assert "Domain index benchmark" in section  # bench_domains.py ran and its table was included
     assert re.search(r"schooldns worker processes: .* went from [\d,]+ to [\d,]+: [\d.]+x", section), section
-    # ... with each process's CPU share and memory: the supervisor and (at least) its two workers
+    # ... with each process's CPU share and memory: the supervisor and its two workers
     per_process = re.search(r"With 2 workers, per process .*?: (.*)\.$", section, re.MULTILINE)
-    assert per_process and len(re.findall(r"[\d.]+ s CPU, Pss \d+ MB \(anon \d+\)", per_process.group(1))) >= 3, section
+    assert per_process and len(re.findall(r"[\d.]+ s CPU, Pss \d+ MB \(anon \d+\)", per_process.group(1))) == 3, section
+    # ... and what the second worker adds to the memory after start
+    assert re.search(r"Memory after start, .*: the second worker adds \d+ MB\.", section), section

@@ -107,8 +107,9 @@ async def test_two_workers_share_the_port_and_report_merged_metrics(tmp_path, up
 
         # A worker that dies is replaced.
         children = Path(f"/proc/{served.process.pid}/task/{served.process.pid}/children").read_text().split()
-        worker_pids = [int(pid) for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        worker_pids = [int(pid) for pid in children if b"schooldns-worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
         assert len(worker_pids) == 2
+        assert len(children) == 2  # the workers, and no other process (multiprocessing's resource tracker)
         os.kill(worker_pids[-1], signal.SIGKILL)
         await served.read_until(r"worker \d died")
         await served.read_until(r"worker\d INFO resolver\.worker: serving DNS")
@@ -121,7 +122,7 @@ async def test_two_workers_share_the_port_and_report_merged_metrics(tmp_path, up
 async def test_sigterm_while_a_worker_restarts_stops_that_worker_too(tmp_path, upstream):
     async with serve(tmp_path, upstream, workers=2) as served:
         children = Path(f"/proc/{served.process.pid}/task/{served.process.pid}/children").read_text().split()
-        worker_pids = [int(pid) for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        worker_pids = [int(pid) for pid in children if b"schooldns-worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
         os.kill(worker_pids[-1], signal.SIGKILL)
         await served.read_until(r"worker \d died")
         # The new worker serves before the supervisor has taken it in: stop right then.
@@ -141,7 +142,7 @@ async def test_a_new_list_releases_the_old_index(tmp_path, upstream, workers):
     async with serve(tmp_path, upstream, workers) as served:
         children = Path(f"/proc/{served.process.pid}/task/{served.process.pid}/children").read_text().split()
         dns_pids = [served.process.pid] if workers == 1 else [
-            int(pid) for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+            int(pid) for pid in children if b"schooldns-worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
         assert len(dns_pids) == workers
         for generation in (2, 3):
             (tmp_path / "blocklists/adult.txt").write_text(f"www.example.com\nextra{generation}.example.org\n")

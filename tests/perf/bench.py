@@ -301,7 +301,7 @@ class Proc:
         return int(fields[7]), int(fields[11]) / tick, int(fields[12]) / tick
 
     def family(self) -> list[int]:
-        """This process and its children (a supervisor's workers, the multiprocessing resource tracker)."""
+        """This process and its children (a supervisor's workers)."""
         try:
             children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
         except OSError:
@@ -571,6 +571,7 @@ class Result:
     # schooldns, `workers: 2`: per process (supervisor, worker, ...) CPU seconds during the max-rate
     # runs, and Pss / Pss_Anon in kB after them
     scaling_processes: list[dict[str, float]] = field(default_factory=list)
+    scaling_start_pss: dict[int, float] = field(default_factory=dict)  # workers -> total Pss (kB) after start
 
     @property
     def qps(self) -> float:
@@ -631,6 +632,7 @@ def worker_scaling(result: Result, argv: list[str], directory: Path, args: argpa
             proc = Proc("schooldns", unpinned, directory / f"server-{workers}w.log", cwd=directory)
             try:
                 wait_answer(port, proc, time.monotonic(), args.start_timeout)
+                result.scaling_start_pss[workers] = sum(smaps_kb(pid).get("Pss", 0) for pid in proc.family())
                 dnsperf(tools, port, data.queries, seconds=None, clients=args.clients, once=True, cores=both)
                 before = {pid: process_cpu_seconds(pid) for pid in proc.family()}
                 runs = [dnsperf(tools, port, data.queries, seconds=args.seconds, clients=args.clients, cores=both)
@@ -885,7 +887,13 @@ def report(args: argparse.Namespace, info: dict[str, str], data: Data, results: 
                 rows = [f"{p['cpu_seconds']:.1f} s CPU, Pss {p.get('Pss', 0) / 1024:.0f} MB "
                         f"(anon {p.get('Pss_Anon', 0) / 1024:.0f})" for p in base.scaling_processes]
                 add(f"With 2 workers, per process during / after those runs (supervisor first, then its "
-                    f"children: the workers and multiprocessing's resource tracker): {'; '.join(rows)}.")
+                    f"children, the workers): {'; '.join(rows)}.")
+            if len(base.scaling_start_pss) == 2:
+                start_one, start_two = (base.scaling_start_pss[w] / 1024 for w in (1, 2))
+                add(f"Memory after start, before any load (Pss summed over every process, the shared index "
+                    f"counted once): {start_one:.0f} MB with `workers: 1` (one process), {start_two:.0f} MB with "
+                    f"`workers: 2` (a supervisor and two workers): the second worker adds "
+                    f"{start_two - start_one:.0f} MB.")
             add("")
         if base is not None:
             ratios = []
