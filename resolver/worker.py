@@ -201,7 +201,7 @@ async def _spawned_async(cfg: config.Config, args: SpawnArgs,
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, lambda: None)  # the supervisor decides
     loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(worker.reload()))
-    publisher = loop.create_task(_publish(worker, conn))
+    publisher = loop.create_task(_publish(worker, conn, stop))
     await stop.wait()
     publisher.cancel()
     await worker.stop()
@@ -209,13 +209,19 @@ async def _spawned_async(cfg: config.Config, args: SpawnArgs,
         conn.send({"state": _wire_state(worker.state()), "final": True})
 
 
-async def _publish(worker: Worker, conn: multiprocessing.connection.Connection) -> None:
-    """Send this worker's numbers to the supervisor every second (it serves /metrics)."""
+async def _publish(worker: Worker, conn: multiprocessing.connection.Connection, stop: asyncio.Event) -> None:
+    """Send this worker's numbers to the supervisor every second (it serves /metrics).
+
+    When the supervisor is gone (killed, crashed) the worker stops too: nothing would restart it,
+    reload it or publish its numbers, and a new supervisor's workers would share the port with it.
+    """
     while True:
         await asyncio.sleep(COUNTERS_PUBLISH_SECONDS)
         try:
             conn.send({"state": _wire_state(worker.state())})
-        except OSError:
+        except OSError as exc:
+            log.error("lost the supervisor (%s); stopping", exc)
+            stop.set()
             return
 
 

@@ -75,10 +75,9 @@ async def serve(root: Path, upstream: FakeUpstream, workers: int, files: dict[st
         served.admin_port = int((await served.read_until(r"admin API on http://127\.0\.0\.1:(\d+)/"))[1])
         yield served
     finally:
-        if process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            await process.wait()
+        with contextlib.suppress(ProcessLookupError):  # the whole session: workers outlive a killed supervisor
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
 
 
 async def _metric(served: Served, name: str) -> float:
@@ -95,6 +94,14 @@ async def _until_metric(served: Served, name: str, value: float, timeout: float 
             await asyncio.sleep(0.2)
 
 
+def _children(served: Served) -> list[int]:
+    return [int(pid) for pid in Path(f"/proc/{served.process.pid}/task/{served.process.pid}/children").read_text().split()]
+
+
+def _worker_pids(served: Served) -> list[int]:
+    return [pid for pid in _children(served) if b"schooldns-worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
 async def test_two_workers_share_the_port_and_report_merged_metrics(tmp_path, upstream):
     async with serve(tmp_path, upstream, workers=2) as served:
         answers = await asyncio.gather(*(served.query("www.example.com") for _ in range(200)))
@@ -106,10 +113,9 @@ async def test_two_workers_share_the_port_and_report_merged_metrics(tmp_path, up
         assert 1 <= forwarded <= 2
 
         # A worker that dies is replaced.
-        children = Path(f"/proc/{served.process.pid}/task/{served.process.pid}/children").read_text().split()
-        worker_pids = [int(pid) for pid in children if b"schooldns-worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        worker_pids = _worker_pids(served)
         assert len(worker_pids) == 2
-        assert len(children) == 2  # the workers, and no other process (multiprocessing's resource tracker)
+        assert len(_children(served)) == 2  # the workers, and no other process (multiprocessing's resource tracker)
         os.kill(worker_pids[-1], signal.SIGKILL)
         await served.read_until(r"worker \d died")
         await served.read_until(r"worker\d INFO resolver\.worker: serving DNS")
@@ -119,11 +125,30 @@ async def test_two_workers_share_the_port_and_report_merged_metrics(tmp_path, up
         assert await asyncio.wait_for(served.process.wait(), 20) == 0
 
 
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (an orphan may wait for a reaper that never comes)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+async def test_workers_stop_when_their_supervisor_is_killed(tmp_path, upstream):
+    # Nothing would restart, reload or count an orphaned worker, and it would keep the port.
+    async with serve(tmp_path, upstream, workers=2) as served:
+        workers = _worker_pids(served)
+        assert len(workers) == 2
+        served.process.kill()  # the supervisor alone, not its process group (whose stderr the workers share)
+        await served.read_until(r"worker\d ERROR resolver\.worker: lost the supervisor")
+        await served.read_until(r"worker\d ERROR resolver\.worker: lost the supervisor")
+        async with asyncio.timeout(15):
+            while any(map(_running, workers)):
+                await asyncio.sleep(0.1)
+
+
 async def test_sigterm_while_a_worker_restarts_stops_that_worker_too(tmp_path, upstream):
     async with serve(tmp_path, upstream, workers=2) as served:
-        children = Path(f"/proc/{served.process.pid}/task/{served.process.pid}/children").read_text().split()
-        worker_pids = [int(pid) for pid in children if b"schooldns-worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
-        os.kill(worker_pids[-1], signal.SIGKILL)
+        os.kill(_worker_pids(served)[-1], signal.SIGKILL)
         await served.read_until(r"worker \d died")
         # The new worker serves before the supervisor has taken it in: stop right then.
         await served.read_until(r"worker\d INFO resolver\.worker: serving DNS")
@@ -140,9 +165,7 @@ def index_mappings(pid: int) -> list[str]:
 @pytest.mark.parametrize("workers", [1, 2])
 async def test_a_new_list_releases_the_old_index(tmp_path, upstream, workers):
     async with serve(tmp_path, upstream, workers) as served:
-        children = Path(f"/proc/{served.process.pid}/task/{served.process.pid}/children").read_text().split()
-        dns_pids = [served.process.pid] if workers == 1 else [
-            int(pid) for pid in children if b"schooldns-worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        dns_pids = [served.process.pid] if workers == 1 else _worker_pids(served)
         assert len(dns_pids) == workers
         for generation in (2, 3):
             (tmp_path / "blocklists/adult.txt").write_text(f"www.example.com\nextra{generation}.example.org\n")
