@@ -681,8 +681,24 @@ def check_answers(result: Result, perf: Perf, data: Data) -> None:
             result.wrong_answers.append((name, want, rcode))
 
 
-def bench_server(server: Server, args: argparse.Namespace,
-                 tools: dict[str, str], data: Data, light_qps: int | None, log: Callable[[str], None]) -> Result:
+@dataclass
+class Running:
+    """A server under test between the phases of its benchmark (see main: the max-rate runs interleave)."""
+
+    server: Server
+    result: Result
+    proc: Proc
+    port: int
+    directory: Path
+    argv: list[str]
+    faults: int = 0  # minor page faults and CPU seconds summed over its max-rate runs
+    cpu_user: float = 0.0
+    cpu_system: float = 0.0
+
+
+def start_server(server: Server, args: argparse.Namespace, tools: dict[str, str], data: Data,
+                 log: Callable[[str], None]) -> Running:
+    """Start (cold, then warm where it keeps state), measure the start and memory, warm the cache."""
     directory = data.work / server.key
     directory.mkdir()
     port = free_port()
@@ -691,31 +707,55 @@ def bench_server(server: Server, args: argparse.Namespace,
     log(f"{server.key}: starting (cold){' and compiling the list' if server.warm_start else ''}")
     started = time.monotonic()
     proc = Proc(server.key, argv, directory / "server.log", cwd=directory)
+    running = Running(server, result, proc, port, directory, argv)
     try:
         result.start_seconds = wait_answer(port, proc, started, args.start_timeout)
         log(f"{server.key}: first answer after {result.start_seconds:.2f}s")
         if server.warm_start:
             proc.stop()
             started = time.monotonic()
-            proc = Proc(server.key, argv, directory / "server.log", cwd=directory)
+            proc = running.proc = Proc(server.key, argv, directory / "server.log", cwd=directory)
             result.warm_start_seconds = wait_answer(port, proc, started, args.start_timeout)
             log(f"{server.key}: warm start, first answer after {result.warm_start_seconds:.2f}s")
         result.memory_kb["ready"] = proc.status_kb()
-
         result.warm_pass = dnsperf(tools, port, data.queries, seconds=None, clients=args.clients, once=True)
         result.memory_kb["warm"] = proc.status_kb()
         log(f"{server.key}: cache warmed ({result.warm_pass.completed} answers, {result.warm_pass.lost} lost,"
             f" {result.warm_pass.qps:,.0f} qps)")
-        before = proc.cpu_stat()
-        for number in range(args.runs):
-            run = dnsperf(tools, port, data.queries, seconds=args.seconds, clients=args.clients)
-            result.runs.append(run)
-            log(f"{server.key}: run {number + 1}/{args.runs}: {run.qps:,.0f} qps, "
-                f"avg {run.avg_latency_ms:.3f} ms, {run.lost} lost")
-        after = proc.cpu_stat()
+    except BenchError as exc:
+        fail(running, exc, log)
+    return running
+
+
+def max_rate_run(running: Running, number: int, args: argparse.Namespace, tools: dict[str, str], data: Data,
+                 log: Callable[[str], None]) -> None:
+    """One max-rate dnsperf run of the warm query file, with the server's CPU and page faults during it."""
+    key, result = running.server.key, running.result
+    before = running.proc.cpu_stat()
+    try:
+        run = dnsperf(tools, running.port, data.queries, seconds=args.seconds, clients=args.clients)
+    except BenchError as exc:
+        fail(running, exc, log)
+        return
+    after = running.proc.cpu_stat()
+    running.faults += after[0] - before[0]
+    running.cpu_user += after[1] - before[1]
+    running.cpu_system += after[2] - before[2]
+    result.runs.append(run)
+    log(f"{key}: run {number + 1}/{args.runs}: {run.qps:,.0f} qps, avg {run.avg_latency_ms:.3f} ms, {run.lost} lost")
+
+
+def finish_server(running: Running, args: argparse.Namespace, tools: dict[str, str], data: Data,
+                  light_qps: int | None, log: Callable[[str], None]) -> None:
+    """Everything after the max-rate runs: latency at fixed rates, list swap, misses, worker scaling; stop."""
+    server, result, port, directory = running.server, running.result, running.port, running.directory
+    proc = running.proc
+    try:
+        if result.error:
+            return
         answered = sum(run.completed for run in result.runs) or 1
-        result.faults_per_query = (after[0] - before[0]) / answered
-        result.cpu_user, result.cpu_system = after[1] - before[1], after[2] - before[2]
+        result.faults_per_query = running.faults / answered
+        result.cpu_user, result.cpu_system = running.cpu_user, running.cpu_system
         log(f"{server.key}: {result.faults_per_query:.2f} page faults per query, CPU user "
             f"{result.cpu_user:.1f}s system {result.cpu_system:.1f}s")
         result.memory_kb["load"] = proc.status_kb()
@@ -740,16 +780,21 @@ def bench_server(server: Server, args: argparse.Namespace,
             raise BenchError(f"{server.key} died during the runs; log:\n{proc.tail()}")
         if server.key == "schooldns" and args.scaling:
             proc.stop()
-            worker_scaling(result, argv, directory, args, tools, port, data, log)
+            worker_scaling(result, running.argv, directory, args, tools, port, data, log)
     except BenchError as exc:
-        result.error = str(exc)
-        log(f"{server.key}: FAILED: {exc}")
+        fail(running, exc, log)
     finally:
         proc.stop()
-    result.log_problems = log_problems(proc.log_path)
-    for line in result.log_problems[:5]:
-        log(f"{server.key}: log: {line}")
-    return result
+        result.log_problems = log_problems(proc.log_path)
+        for line in result.log_problems[:5]:
+            log(f"{server.key}: log: {line}")
+
+
+def fail(running: Running, exc: BenchError, log: Callable[[str], None]) -> None:
+    """Record a server's failure and stop it; the other servers go on."""
+    running.result.error = str(exc)
+    log(f"{running.server.key}: FAILED: {exc}")
+    running.proc.stop()
 
 
 def log_problems(path: Path) -> list[str]:
@@ -1104,14 +1149,26 @@ def main(argv: list[str] | None = None) -> int:
             Server("dnsmasq", "dnsmasq", lambda d, p: prepare_dnsmasq(d, data, p, upstream_port, tools)),
         ]
         servers = [server for server in servers if server.key in args.servers]
-        light_qps = None
+        running = []
         for server in servers:
-            result = bench_server(server, args, tools, data, light_qps, log)
-            results.append(result)
-            if server.key == "schooldns":
-                if result.error:
-                    raise BenchError(f"schooldns failed: {result.error}")
-                light_qps = offered_qps(result.latency["light"])
+            running.append(start_server(server, args, tools, data, log))
+            results.append(running[-1].result)
+            if server.key == "schooldns" and running[-1].result.error:
+                raise BenchError(f"schooldns failed: {running[-1].result.error}")
+        # The max-rate runs interleave (run 1 of every server, then run 2, ...) while all of them
+        # stay started: on a noisy machine each median then samples the same stretch of time, so
+        # the ratios compare like with like. An idle server takes no CPU time from the others.
+        for number in range(args.runs):
+            for each in running:
+                if not each.result.error:
+                    max_rate_run(each, number, args, tools, data, log)
+        light_qps = None
+        for each in running:
+            finish_server(each, args, tools, data, light_qps, log)
+            if each.server.key == "schooldns":
+                if each.result.error:
+                    raise BenchError(f"schooldns failed: {each.result.error}")
+                light_qps = offered_qps(each.result.latency["light"])
         upstream.stop()
 
         domains_table = None
