@@ -62,7 +62,10 @@ def policy_files(policies_dir: Path) -> PolicyFiles:
     files = []
     for entry in entries:
         if entry.name.endswith(".yaml") and not entry.name.startswith(".") and entry.is_file():
-            stat = entry.stat()
+            try:
+                stat = entry.stat()
+            except OSError:  # gone since the listing: the build will not read it either
+                continue
             files.append((entry.name, stat.st_size, stat.st_mtime_ns))
     return tuple(files)
 
