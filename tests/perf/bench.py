@@ -293,12 +293,7 @@ class Proc:
 
     def cpu_stat(self) -> tuple[int, float, float]:
         """(minor page faults, user CPU seconds, system CPU seconds) of the process so far."""
-        try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0, 0.0, 0.0
-        tick = os.sysconf("SC_CLK_TCK")
-        return int(fields[7]), int(fields[11]) / tick, int(fields[12]) / tick
+        return cpu_stat(self.pid)
 
     def family(self) -> list[int]:
         """This process and its children (a supervisor's workers)."""
@@ -649,12 +644,19 @@ def worker_scaling(result: Result, argv: list[str], directory: Path, args: argpa
         config_path.write_text(original)
 
 
-def process_cpu_seconds(pid: int) -> float:
+def cpu_stat(pid: int) -> tuple[int, float, float]:
+    """(minor page faults, user CPU seconds, system CPU seconds) of a process so far; zeros once it is gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return 0, 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[7]), int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def process_cpu_seconds(pid: int) -> float:
+    _, user, system = cpu_stat(pid)
+    return user + system
 
 
 def smaps_kb(pid: int) -> dict[str, float]:
