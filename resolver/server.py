@@ -17,9 +17,10 @@ log = logging.getLogger(__name__)
 class InFlight:
     """The capped, tracked set of query tasks of one worker (for the bound and the drain)."""
 
-    def __init__(self, limit: int, counters: Any):
+    def __init__(self, limit: int, counters: Any):  # made in the running loop (one getpid saved per query)
         self.limit = limit
         self.counters = counters
+        self.loop = asyncio.get_running_loop()
         self.tasks: set[asyncio.Task[Any]] = set()
 
     def start(self, work: Coroutine[Any, Any, bytes | None], deliver: Any, reason: str) -> bool:
@@ -28,7 +29,7 @@ class InFlight:
             work.close()
             self.counters.dropped[reason] += 1
             return False
-        task = asyncio.get_running_loop().create_task(_deliver(work, deliver))
+        task = self.loop.create_task(_deliver(work, deliver))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return True

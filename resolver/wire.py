@@ -116,17 +116,19 @@ class Query:
     edns: bool  # the client sent an OPT record
     payload: int  # the UDP size we may answer with (512 without EDNS)
     do: bool  # DNSSEC OK bit
+    # Cache and coalescing key: the question without case, then the bits that change the answer
+    # (see _key). Made once by the parser: a cache miss needs it, or its question part, 8 times.
+    key: bytes
 
     @property
     def question_lower(self) -> bytes:
         """The question with its name lower-cased (type and class bytes untouched)."""
-        return lower_question(self.question)
+        return self.key[:-2]
 
-    @property
-    def key(self) -> bytes:
-        """Cache and coalescing key: the question without case, plus the bits that change the answer."""
-        return self.question_lower + (b"\x01" if self.do else b"\x00") + (
-            b"\x01" if self.flags & CD else b"\x00")
+
+def _key(question: bytes, do: bool, flags: int) -> bytes:
+    """Query.key: the lower-cased question, a DO byte and a CD byte."""
+    return lower_question(question) + (b"\x01" if do else b"\x00") + (b"\x01" if flags & CD else b"\x00")
 
 
 def lower_question(question: bytes) -> bytes:
@@ -196,7 +198,8 @@ def parse_query(data: bytes) -> Query:
             payload = min(max(rclass, MIN_UDP_PAYLOAD), MAX_UDP_PAYLOAD)
             version = (ttl >> 16) & 0xFF
             do = bool(ttl & 0x8000)
-    query = Query(query_id, flags, data[12:question_end], name, qtype, qclass, edns, payload, do)
+    question = data[12:question_end]
+    query = Query(query_id, flags, question, name, qtype, qclass, edns, payload, do, _key(question, do, flags))
     if version != 0:
         raise BadVersion(query)
     return query
@@ -361,7 +364,7 @@ def make_local_answer(query: Query, rcode: int, answers: list[tuple[int, int, by
 def make_synthetic_query(name: str, qtype: int, do: bool = False) -> Query:
     """A Query of our own (e.g. for a safe-search target), as if a client had sent it."""
     question = encode_name(name) + _U16X2.pack(qtype, CLASS_IN)
-    return Query(0, RD, question, name, qtype, CLASS_IN, True, MAX_UDP_PAYLOAD, do)
+    return Query(0, RD, question, name, qtype, CLASS_IN, True, MAX_UDP_PAYLOAD, do, _key(question, do, RD))
 
 
 def frame(message: bytes) -> bytes:

@@ -233,6 +233,32 @@ async def test_upstream_sockets_retire_after_their_uses_and_close(upstream):
         server.close()
 
 
+async def test_udp_exchanges_time_out_on_their_own_deadlines_and_the_check_stops_when_idle(upstream):
+    upstream.answer("fast.example.com", "A", "192.0.2.1").drop("lost.example.com")
+    server = forwarding.Upstream(forwarding.parse_address(upstream.address))
+    fast = wire.parse_query(dns.message.make_query("fast.example.com", "A").to_wire())
+    lost = wire.parse_query(dns.message.make_query("lost.example.com", "A").to_wire())
+    loop = asyncio.get_running_loop()
+    try:
+        async def timed(query, timeout):
+            started = loop.time()
+            try:
+                return await server.exchange_udp(query, timeout), loop.time() - started
+            except forwarding.UpstreamTimeout as exc:
+                return exc, loop.time() - started
+
+        (short, short_s), (answered, _), (long, long_s) = await asyncio.gather(
+            timed(lost, 0.2), timed(fast, 1.0), timed(lost, 0.6))
+        assert isinstance(short, forwarding.UpstreamTimeout) and "no answer in 0.20s" in str(short)
+        assert isinstance(long, forwarding.UpstreamTimeout) and "no answer in 0.60s" in str(long)
+        assert dns.message.from_wire(answered).answer  # a reply in time is not failed by the check
+        assert 0.2 <= short_s < long_s and long_s >= 0.6  # never early, each on its own deadline
+        assert server._timeout_check is None  # nothing waits: no periodic check left running
+        assert not any(sock.pending for sock in server._sockets)
+    finally:
+        server.close()
+
+
 async def test_unknown_client_is_refused_with_ede_18(resolver, upstream):
     answer = await resolver.udp("www.example.com", source="127.0.0.3", use_edns=0)
     assert answer.rcode() == dns.rcode.REFUSED
