@@ -47,5 +47,8 @@ def test_quick_bench_reports_schooldns_qps(tmp_path):
     # ... with each process's CPU share and memory: the supervisor and its two workers
     per_process = re.search(r"With 2 workers, per process .*?: (.*)\.$", section, re.MULTILINE)
     assert per_process and len(re.findall(r"[\d.]+ s CPU, Pss \d+ MB \(anon \d+\)", per_process.group(1))) == 3, section
+    # ... CPU time per query, and the bound that the kernel's split of the queries sets
+    assert re.search(r"CPU time per answered query, all processes: [\d.]+ us with `workers: 1`, [\d.]+ us", section), section
+    assert re.search(r"caps two workers at 1 / [\d.]+ = [\d.]+x one worker", section), section
     # ... and what the second worker adds to the memory after start
     assert re.search(r"Memory after start, .*: the second worker adds \d+ MB\.", section), section

@@ -7,7 +7,7 @@
 Everything is generated from --seed in a temporary work directory: a blocklist of --entries
 domains (one category, `adult`, format `domains`, subtree match), a query file with 85% allowed
 and 15% blocked names (dnsperf's `name A` lines) and a file of names no server has seen
-(100% cache miss). A small authoritative server (tests/perf/authoritative.py) is the upstream of
+(100% cache miss; one file per run, so each run asks new names). A small authoritative server (tests/perf/authoritative.py) is the upstream of
 every resolver: it answers any A query with 192.0.2.x, TTL 3600.
 
 Each server under test is pinned to core 0 with taskset; dnsperf and the upstream share core 1.
@@ -15,7 +15,9 @@ Per server: time from start to first answer (schooldns: cold, compiling the list
 state_dir, then warm, from the compiled index), one pass over the query file to warm the cache,
 --runs throughput runs at maximum rate (medians reported), two fixed-rate latency runs with
 dnsperf -v (per-query latencies -> p50/p99/p99.9; also checks every answer's rcode), the resident
-memory, and one 100%-miss run. Then tests/perf/bench_domains.py (the domain index micro
+memory, and --runs 100%-miss runs (medians reported). The max-rate runs and the miss runs are
+interleaved across the servers (run 1 of every server, then run 2, ...), so that on a noisy
+machine each ratio compares the same stretch of time. Then tests/perf/bench_domains.py (the domain index micro
 benchmark). The report goes between `<!-- bench:begin -->` and `<!-- bench:end -->` in --output
 (docs/performance.md by default) and to stdout. Nothing is asserted about speed.
 """
@@ -164,12 +166,12 @@ class Data:
     work: Path
     blocklist: Path  # one name per line
     queries: Path  # dnsperf input, 85% allowed / 15% blocked
-    misses: Path  # dnsperf input, names never asked before
+    misses: list[Path]  # dnsperf inputs, one per miss run: names never asked before
     names: list[str]  # the listed names
     expected: dict[str, str]  # query name -> rcode every server must answer
     query_count: int
     blocked_queries: int
-    miss_count: int
+    miss_count: int  # names per miss file
 
 
 def listed(name: str, blocked: set[str]) -> bool:
@@ -183,7 +185,7 @@ def listed(name: str, blocked: set[str]) -> bool:
         name = name[dot + 1:]
 
 
-def generate(work: Path, entries: int, queries: int, misses: int, seed: int) -> Data:
+def generate(work: Path, entries: int, queries: int, misses: int, miss_files: int, seed: int) -> Data:
     sys.path.insert(0, str(HERE))
     from bench_domains import SUBDOMAINS, NameMaker  # the colleague's seeded name generator
 
@@ -225,16 +227,18 @@ def generate(work: Path, entries: int, queries: int, misses: int, seed: int) -> 
     query_file = work / "queries.txt"
     query_file.write_text("".join(lines), encoding="ascii")
 
-    miss_lines = []
-    for number in range(misses):  # a unique first label: no server can have it cached
-        name = f"m{number}-{allowed_name()}"
-        if listed(name, blocked):
-            continue
-        miss_lines.append(f"{name} A\n")
-    miss_file = work / "misses.txt"
-    miss_file.write_text("".join(miss_lines), encoding="ascii")
-    return Data(work, blocklist, query_file, miss_file, names, expected, queries, blocked_count,
-                len(miss_lines))
+    miss_paths = []
+    number = 0
+    for part in range(1, miss_files + 1):
+        miss_lines = []
+        while len(miss_lines) < misses:  # a unique first label: no server can have it cached
+            name = f"m{number}-{allowed_name()}"
+            number += 1
+            if not listed(name, blocked):
+                miss_lines.append(f"{name} A\n")
+        miss_paths.append(work / f"misses-{part}.txt")
+        miss_paths[-1].write_text("".join(miss_lines), encoding="ascii")
+    return Data(work, blocklist, query_file, miss_paths, names, expected, queries, blocked_count, misses)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -550,7 +554,7 @@ class Result:
     warm_pass: Perf | None = None
     runs: list[Perf] = field(default_factory=list)
     latency: dict[str, Perf] = field(default_factory=dict)  # "target" / "light" -> verbose run
-    miss: Perf | None = None
+    misses: list[Perf] = field(default_factory=list)  # the 100%-miss runs, one per miss file
     memory_kb: dict[str, dict[str, int]] = field(default_factory=dict)  # stage -> VmRSS, VmHWM
     # over the max-rate runs: minor page faults per answered query, user and system CPU seconds
     faults_per_query: float = 0.0
@@ -567,10 +571,20 @@ class Result:
     # runs, and Pss / Pss_Anon in kB after them
     scaling_processes: list[dict[str, float]] = field(default_factory=list)
     scaling_start_pss: dict[int, float] = field(default_factory=dict)  # workers -> total Pss (kB) after start
+    # workers -> CPU seconds of every process per answered query in those runs; and with 2 workers,
+    # the busier worker's share of the workers' CPU seconds (how evenly the kernel split the queries)
+    scaling_cpu_per_query: dict[int, float] = field(default_factory=dict)
+    scaling_busiest_share: float | None = None
 
     @property
     def qps(self) -> float:
         return statistics.median(run.qps for run in self.runs) if self.runs else 0.0
+
+    @property
+    def miss(self) -> Perf | None:
+        """The median 100%-miss run by qps (the lower middle one for an even count)."""
+        ordered = sorted(self.misses, key=lambda run: run.qps)
+        return ordered[(len(ordered) - 1) // 2] if ordered else None
 
 
 def list_swap(result: Result, proc: Proc, directory: Path, args: argparse.Namespace, tools: dict[str, str],
@@ -629,13 +643,16 @@ def worker_scaling(result: Result, argv: list[str], directory: Path, args: argpa
                 wait_answer(port, proc, time.monotonic(), args.start_timeout)
                 result.scaling_start_pss[workers] = sum(smaps_kb(pid).get("Pss", 0) for pid in proc.family())
                 dnsperf(tools, port, data.queries, seconds=None, clients=args.clients, once=True, cores=both)
-                before = {pid: process_cpu_seconds(pid) for pid in proc.family()}
+                family = proc.family()  # the server first, then its workers (if any)
+                before = {pid: process_cpu_seconds(pid) for pid in family}
                 runs = [dnsperf(tools, port, data.queries, seconds=args.seconds, clients=args.clients, cores=both)
                         for _ in range(args.runs)]
+                cpu = [process_cpu_seconds(pid) - before[pid] for pid in family]
+                result.scaling_cpu_per_query[workers] = sum(cpu) / max(1, sum(run.completed for run in runs))
                 if workers == 2:
-                    result.scaling_processes = [
-                        {"cpu_seconds": process_cpu_seconds(pid) - before.get(pid, 0.0), **smaps_kb(pid)}
-                        for pid in proc.family()]
+                    result.scaling_busiest_share = max(cpu[1:]) / (sum(cpu[1:]) or 1)
+                    result.scaling_processes = [{"cpu_seconds": seconds, **smaps_kb(pid)}
+                                                for pid, seconds in zip(family, cpu)]
             finally:
                 proc.stop()
             result.scaling[workers] = statistics.median(run.qps for run in runs)
@@ -747,14 +764,14 @@ def max_rate_run(running: Running, number: int, args: argparse.Namespace, tools:
     log(f"{key}: run {number + 1}/{args.runs}: {run.qps:,.0f} qps, avg {run.avg_latency_ms:.3f} ms, {run.lost} lost")
 
 
-def finish_server(running: Running, args: argparse.Namespace, tools: dict[str, str], data: Data,
-                  light_qps: int | None, log: Callable[[str], None]) -> None:
-    """Everything after the max-rate runs: latency at fixed rates, list swap, misses, worker scaling; stop."""
+def measure_latency(running: Running, args: argparse.Namespace, tools: dict[str, str], data: Data,
+                    light_qps: int | None, log: Callable[[str], None]) -> None:
+    """After the max-rate runs: CPU and faults of those runs, latency at fixed rates, the list swap."""
     server, result, port, directory = running.server, running.result, running.port, running.directory
     proc = running.proc
+    if result.error:
+        return
     try:
-        if result.error:
-            return
         answered = sum(run.completed for run in result.runs) or 1
         result.faults_per_query = running.faults / answered
         result.cpu_user, result.cpu_system = running.cpu_user, running.cpu_system
@@ -772,10 +789,36 @@ def finish_server(running: Running, args: argparse.Namespace, tools: dict[str, s
         result.memory_kb["latency"] = proc.status_kb()
         if server.key == "schooldns":
             list_swap(result, proc, directory, args, tools, port, data, rates["light"], log)
-        result.miss = dnsperf(tools, port, data.misses, seconds=args.seconds, clients=args.clients, once=True)
-        result.memory_kb["miss"] = proc.status_kb()
-        log(f"{server.key}: 100% miss: {result.miss.qps:,.0f} qps, avg {result.miss.avg_latency_ms:.3f} ms,"
-            f" {result.miss.lost} lost")
+    except BenchError as exc:
+        fail(running, exc, log)
+
+
+def miss_run(running: Running, number: int, args: argparse.Namespace, tools: dict[str, str], data: Data,
+             log: Callable[[str], None]) -> None:
+    """One 100%-miss run through its own file of new names (at most --seconds long)."""
+    key, result = running.server.key, running.result
+    if result.error:
+        return
+    try:
+        run = dnsperf(tools, running.port, data.misses[number], seconds=args.seconds, clients=args.clients,
+                      once=True)
+    except BenchError as exc:
+        fail(running, exc, log)
+        return
+    result.misses.append(run)
+    result.memory_kb["miss"] = running.proc.status_kb()
+    log(f"{key}: 100% miss run {number + 1}/{len(data.misses)}: {run.qps:,.0f} qps, avg {run.avg_latency_ms:.3f} ms,"
+        f" {run.lost} lost")
+
+
+def finish_server(running: Running, args: argparse.Namespace, tools: dict[str, str], data: Data,
+                  log: Callable[[str], None]) -> None:
+    """After all runs: /status, the worker scaling runs (schooldns), the log's problems; stop."""
+    server, result, port, directory = running.server, running.result, running.port, running.directory
+    proc = running.proc
+    try:
+        if result.error:
+            return
         if server.key == "schooldns":
             result.status = schooldns_status(directory)
         if not proc.alive():
@@ -867,7 +910,7 @@ def report(args: argparse.Namespace, info: dict[str, str], data: Data, results: 
         f"Python {info['python']}, {versions}.")
     add("")
     add(f"Workload: {len(data.names):,} listed names (seed {args.seed}); query file {data.query_count:,} "
-        f"names, {data.blocked_queries / data.query_count:.1%} blocked; miss file {data.miss_count:,} names; "
+        f"names, {data.blocked_queries / data.query_count:.1%} blocked; {args.runs} miss files of {data.miss_count:,} names; "
         f"{args.runs} runs of {args.seconds:g} s; dnsperf with {args.clients} clients, 100 queries "
         f"outstanding, 2 s timeout.")
     add("")
@@ -901,13 +944,15 @@ def report(args: argparse.Namespace, info: dict[str, str], data: Data, results: 
                 lambda r, label=label: " / ".join(fmt_ms(r.latency[label].percentile(f))
                                                   for f in (0.5, 0.99, 0.999)))
             row(f"{title}: lost", lambda r, label=label: f"{r.latency[label].lost:,}")
-        row("qps, 100% cache miss (forwarded upstream)", lambda r: f"{r.miss.qps:,.0f}" if r.miss else "–")
-        row("mean latency, 100% miss, ms", lambda r: fmt_ms(r.miss.avg_latency_ms) if r.miss else "–")
+        row(f"qps, 100% cache miss, forwarded upstream (median of {args.runs}; min–max)",
+            lambda r: f"**{r.miss.qps:,.0f}** ({min(x.qps for x in r.misses):,.0f}–{max(x.qps for x in r.misses):,.0f})"
+            if r.miss else "–")
+        row("mean latency, 100% miss, ms (median run)", lambda r: fmt_ms(r.miss.avg_latency_ms) if r.miss else "–")
         row("RSS after start, MB", lambda r: mb(r.memory_kb.get("ready", {}).get("VmRSS")))
         row("RSS after warm cache + max-rate runs, MB (anon + file)",
             lambda r: f"{mb(r.memory_kb.get('load', {}).get('VmRSS'))} ({mb(r.memory_kb.get('load', {}).get('RssAnon'))}"
                       f" + {mb(r.memory_kb.get('load', {}).get('RssFile'))})")
-        row("RSS after miss run, MB (peak)", lambda r: f"{mb(r.memory_kb.get('miss', {}).get('VmRSS'))} "
+        row("RSS after the miss runs, MB (peak)", lambda r: f"{mb(r.memory_kb.get('miss', {}).get('VmRSS'))} "
             f"({mb(r.memory_kb.get('miss', {}).get('VmHWM'))})")
         row("start to first answer, s (cold: compile / load list)", lambda r: f"{r.start_seconds:.2f}")
         row("start to first answer, s (warm: compiled index in state_dir)",
@@ -935,6 +980,16 @@ def report(args: argparse.Namespace, info: dict[str, str], data: Data, results: 
                         f"(anon {p.get('Pss_Anon', 0) / 1024:.0f})" for p in base.scaling_processes]
                 add(f"With 2 workers, per process during / after those runs (supervisor first, then its "
                     f"children, the workers): {'; '.join(rows)}.")
+            if len(base.scaling_cpu_per_query) == 2 and base.scaling_busiest_share:
+                cpu_one, cpu_two = (base.scaling_cpu_per_query[w] * 1e6 for w in (1, 2))
+                share = base.scaling_busiest_share
+                add(f"CPU time per answered query, all processes: {cpu_one:.1f} us with `workers: 1`, {cpu_two:.1f} us "
+                    f"with `workers: 2` (each worker shares a core with dnsperf here, and wakes up for fewer "
+                    f"datagrams at a time). The kernel gave the busier worker {share:.0%} of the workers' CPU "
+                    f"time (dnsperf's {args.clients} source ports hashed over the two sockets): on two "
+                    f"dedicated cores that caps two workers at 1 / {share:.2f} = {1 / share:.2f}x one worker, "
+                    f"reached if each saturated worker costs per query what one saturated worker does. A "
+                    f"bound from this split, not a measurement.")
             if len(base.scaling_start_pss) == 2:
                 start_one, start_two = (base.scaling_start_pss[w] / 1024 for w in (1, 2))
                 add(f"Memory after start, before any load (Pss summed over every process, the shared index "
@@ -995,8 +1050,8 @@ def report(args: argparse.Namespace, info: dict[str, str], data: Data, results: 
         for label in ("target", "light"):
             if label in first.latency:
                 add(f"{sanitize(first.latency[label].command, data.work)}   # per-query latencies")
-        if first.miss:
-            add(f"{sanitize(first.miss.command, data.work)}   # 100% miss")
+        if first.misses:
+            add(f"{sanitize(first.misses[0].command, data.work)}   # 100% miss; runs 2, 3 ... misses-2.txt, ...")
     if domains_table is not None:
         add(f"{shlex.join(domains_command(args, for_report=True))}")
     add("```")
@@ -1053,9 +1108,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=int, help="listed names (default 1,000,000; --quick 10,000)")
     parser.add_argument("--queries", type=int, help="names in the query file (default 50,000; --quick 5,000)")
-    parser.add_argument("--misses", type=int, help="names in the 100%%-miss file (default 300,000; --quick 30,000)")
+    parser.add_argument("--misses", type=int,
+                        help="names in each 100%%-miss file, one file per run (default 250,000; --quick 30,000)")
     parser.add_argument("--seconds", type=float, help="length of each dnsperf run (default 10; --quick 3)")
-    parser.add_argument("--runs", type=int, default=3, help="max-rate runs per server; the median is reported")
+    parser.add_argument("--runs", type=int, default=3,
+                        help="max-rate runs and 100%%-miss runs per server; medians are reported")
     parser.add_argument("--clients", type=int, default=8, help="dnsperf -c")
     parser.add_argument("--latency-qps", type=int, default=20_000, help="offered rate of the first latency run")
     parser.add_argument("--seed", type=int, default=1)
@@ -1079,7 +1136,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     quick = args.quick
     defaults = {"entries": 10_000 if quick else 1_000_000, "queries": 5_000 if quick else 50_000,
-                "misses": 30_000 if quick else 300_000, "seconds": 3.0 if quick else 10.0,
+                "misses": 30_000 if quick else 250_000, "seconds": 3.0 if quick else 10.0,
                 "domains_queries": 20_000 if quick else 200_000}
     for key, value in defaults.items():
         if getattr(args, key) is None:
@@ -1132,9 +1189,9 @@ def main(argv: list[str] | None = None) -> int:
     log(f"work directory {work}")
     results: list[Result] = []
     try:
-        data = generate(work, args.entries, args.queries, args.misses, args.seed)
+        data = generate(work, args.entries, args.queries, args.misses, args.runs, args.seed)
         log(f"generated {len(data.names):,} listed names, {data.query_count:,} queries "
-            f"({data.blocked_queries:,} blocked), {data.miss_count:,} miss names")
+            f"({data.blocked_queries:,} blocked), {args.runs} x {data.miss_count:,} miss names")
         upstream_port = free_port()
         upstream_cmd = ["taskset", "-c", LOAD_CORE, sys.executable, str(HERE / "authoritative.py"),
                         "--port", str(upstream_port)]
@@ -1166,11 +1223,18 @@ def main(argv: list[str] | None = None) -> int:
                     max_rate_run(each, number, args, tools, data, log)
         light_qps = None
         for each in running:
-            finish_server(each, args, tools, data, light_qps, log)
+            measure_latency(each, args, tools, data, light_qps, log)
             if each.server.key == "schooldns":
                 if each.result.error:
                     raise BenchError(f"schooldns failed: {each.result.error}")
                 light_qps = offered_qps(each.result.latency["light"])
+        for number in range(len(data.misses)):
+            for each in running:
+                miss_run(each, number, args, tools, data, log)
+        for each in running:
+            finish_server(each, args, tools, data, log)
+            if each.server.key == "schooldns" and each.result.error:
+                raise BenchError(f"schooldns failed: {each.result.error}")
         upstream.stop()
 
         domains_table = None
@@ -1218,10 +1282,11 @@ def raw(results: list[Result], info: dict[str, str], args: argparse.Namespace) -
         "machine": info, "args": {k: str(v) for k, v in vars(args).items()},
         "results": [{"server": r.key, "qps_median": r.qps, "runs": [perf(p) for p in r.runs],
                      "warm_pass": perf(r.warm_pass), "latency": {k: perf(v) for k, v in r.latency.items()},
-                     "miss": perf(r.miss), "memory_kb": r.memory_kb, "start_seconds": r.start_seconds,
+                     "miss": perf(r.miss), "misses": [perf(p) for p in r.misses], "memory_kb": r.memory_kb, "start_seconds": r.start_seconds,
                      "warm_start_seconds": r.warm_start_seconds, "answers_checked": r.answers_checked,
                      "faults_per_query": r.faults_per_query, "cpu_user": r.cpu_user, "cpu_system": r.cpu_system,
                      "scaling": r.scaling, "scaling_processes": r.scaling_processes,
+                     "scaling_cpu_per_query": r.scaling_cpu_per_query, "scaling_busiest_share": r.scaling_busiest_share,
                      "wrong_answers": r.wrong_answers[:50], "status": r.status, "error": r.error,
                      "log_problems": r.log_problems[:50]}
                     for r in results],
