@@ -141,7 +141,7 @@ class Supervisor:
     async def reload(self) -> bool:
         """Validate the new files here first, then have every worker install them."""
         try:
-            await asyncio.to_thread(control.build_serving_snapshot, self.config, 0)
+            await asyncio.to_thread(control.build_serving_snapshot, self.config, 0, reload=True)
         except Exception as exc:
             log.error("reload rejected, workers keep their snapshot:\n%s", exc)
             self.reload_failures += 1

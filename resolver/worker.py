@@ -69,7 +69,7 @@ class Worker:
         async with self._reloading:
             generation = self.pipeline.snapshot.generation + 1
             try:
-                snapshot = await asyncio.to_thread(control.build_serving_snapshot, self.config, generation)
+                snapshot = await asyncio.to_thread(control.build_serving_snapshot, self.config, generation, reload=True)
             except Exception as exc:  # ConfigError and anything else: the old snapshot keeps serving
                 self.reload_failures += 1
                 log.error("reload rejected, still serving generation %d:\n%s",

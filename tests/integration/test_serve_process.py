@@ -178,6 +178,21 @@ async def test_a_new_list_releases_the_old_index(tmp_path, upstream, workers):
             assert index_mappings(pid) == [f"{current} {tmp_path / 'var/index.bin'}"]
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_reload_compiles_at_idle_priority_and_a_start_at_nice_10(tmp_path, upstream, workers):
+    # A reload's compile shares the core with queries: under SCHED_IDLE it runs only on the CPU
+    # time they leave (docs/operations.md). The child logs the priority it reads back.
+    async with serve(tmp_path, upstream, workers) as served:
+        assert any(re.search(r" compile INFO resolver\.control: compiling the lists at nice \+10$", line.rstrip())
+                   for line in served.log), "".join(served.log)
+        (tmp_path / "blocklists/adult.txt").write_text("www.example.com\n")
+        served.process.send_signal(signal.SIGHUP)
+        await served.read_until(r"compile INFO resolver\.control: compiling the lists at idle priority \(SCHED_IDLE\)")
+        for _ in range(workers):
+            await served.read_until(r"installed generation 2")
+        assert (await served.query("www.example.com")).rcode() == dns.rcode.NXDOMAIN
+
+
 async def test_sighup_reloads_and_sigterm_drains_queries_in_flight(tmp_path, upstream):
     async with serve(tmp_path, upstream, workers=1) as served:
         assert (await served.query("www.example.com")).rcode() == dns.rcode.NOERROR
