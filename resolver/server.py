@@ -17,7 +17,9 @@ log = logging.getLogger(__name__)
 class InFlight:
     """The capped, tracked set of query tasks of one worker (for the bound and the drain)."""
 
-    def __init__(self, limit: int, counters: Any):  # made in the running loop (one getpid saved per query)
+    def __init__(self, limit: int, counters: Any):
+        # Made in the running loop, which it keeps: on Python 3.11 each asyncio.get_running_loop()
+        # makes a getpid system call, and a cache miss would pay it.
         self.limit = limit
         self.counters = counters
         self.loop = asyncio.get_running_loop()

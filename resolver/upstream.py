@@ -353,7 +353,7 @@ class UpstreamPool:
         return self._order
 
     async def _resolve_uncoalesced(self, query: wire.Query) -> wire.Answer:
-        clock = time.monotonic  # also the event loop's clock, which runs the attempts' timers
+        clock = time.monotonic  # the clock of the attempts' deadlines (_Pending), and the event loop's
         started = clock()
         deadline = started + self.timeout_seconds
         candidates = self.ordered(started)
