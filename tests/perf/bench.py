@@ -6,9 +6,10 @@
 
 Everything is generated from --seed in a temporary work directory: a blocklist of --entries
 domains (one category, `adult`, format `domains`, subtree match), a query file with 85% allowed
-and 15% blocked names (dnsperf's `name A` lines) and a file of names no server has seen
-(100% cache miss; one file per run, so each run asks new names). A small authoritative server (tests/perf/authoritative.py) is the upstream of
-every resolver: it answers any A query with 192.0.2.x, TTL 3600.
+and 15% blocked names (dnsperf's `name A` lines) and files of names no server has seen (100%
+cache miss; one file per run, so each run asks new names). A small authoritative server
+(tests/perf/authoritative.py) is the upstream of every resolver: it answers any A query with
+192.0.2.x, TTL 3600.
 
 Each server under test is pinned to core 0 with taskset; dnsperf and the upstream share core 1.
 Per server: time from start to first answer (schooldns: cold, compiling the list into an empty
@@ -17,8 +18,8 @@ state_dir, then warm, from the compiled index), one pass over the query file to 
 dnsperf -v (per-query latencies -> p50/p99/p99.9; also checks every answer's rcode), the resident
 memory, and --runs 100%-miss runs (medians reported). The max-rate runs and the miss runs are
 interleaved across the servers (run 1 of every server, then run 2, ...), so that on a noisy
-machine each ratio compares the same stretch of time. Then tests/perf/bench_domains.py (the domain index micro
-benchmark). The report goes between `<!-- bench:begin -->` and `<!-- bench:end -->` in --output
+machine each ratio compares the same stretch of time. Then tests/perf/bench_domains.py (the
+domain index micro benchmark). The report goes between `<!-- bench:begin -->` and `<!-- bench:end -->` in --output
 (docs/performance.md by default) and to stdout. Nothing is asserted about speed.
 """
 
