@@ -1,4 +1,4 @@
-"""Composition root: one process, or a supervisor of N spawned workers; admin API, signals, reload, drain."""
+"""Composition root: one process, or a supervisor of N worker processes; admin API, signals, reload, drain."""
 
 from __future__ import annotations
 
@@ -6,11 +6,10 @@ import asyncio
 import logging
 import multiprocessing.connection
 import signal
-import subprocess
 import time
 from typing import Any
 
-from resolver import admin, config, control, metrics, worker
+from resolver import admin, config, control, metrics, spawner, worker
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +40,18 @@ async def run_single(cfg: config.Config, ready: Any = None) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# Several workers: a supervisor process (admin API, reload, restarts) and N spawned workers
-# (resolver.worker) that each bind the DNS port with SO_REUSEPORT, so the kernel spreads
-# queries over cores. The supervisor serves no DNS; the workers load no admin API.
+# Several workers: a supervisor process (admin API, reload, restarts) and N worker processes
+# (resolver.worker, forked by resolver.spawner) that each bind the DNS port with SO_REUSEPORT, so
+# the kernel spreads queries over cores. The supervisor serves no DNS; the workers serve no admin API.
 
 
 class Supervisor:
     """Starts, watches and stops N worker processes; merges their numbers for the admin API."""
 
-    def __init__(self, cfg: config.Config):
+    def __init__(self, cfg: config.Config, forker: spawner.Spawner):
         self.config = cfg
-        self.processes: list[subprocess.Popen] = []
+        self.spawner = forker
+        self.processes: list[spawner.WorkerProcess] = []
         self.conns: list[multiprocessing.connection.Connection] = []
         self.states: dict[int, dict[str, Any]] = {}
         self.ports: tuple[int, ...] = tuple(a.port for a in cfg.listen)
@@ -59,12 +59,18 @@ class Supervisor:
         self.restarts = 0
         self.reload_failures = 0  # rejected here, so no worker counts them
 
-    def _spawn(self, index: int) -> tuple[subprocess.Popen, multiprocessing.connection.Connection]:
-        return worker.spawn(worker.SpawnArgs(self.config.file, self.ports, index, self.config.workers,
-                                             logging.getLogger().level))
+    def _spawn(self, index: int) -> tuple[spawner.WorkerProcess, multiprocessing.connection.Connection]:
+        args = worker.SpawnArgs(self.config.file, self.ports, index, self.config.workers, logging.getLogger().level)
+        try:
+            return self.spawner.start_worker(args)
+        except OSError as exc:
+            log.error("the spawner process is gone (%s); starting a new one", exc)
+            self.spawner.close()
+            self.spawner = spawner.Spawner.start_fresh()
+            return self.spawner.start_worker(args)
 
     async def _wait_ready(self, index: int, conn: multiprocessing.connection.Connection,
-                          process: subprocess.Popen, timeout_seconds: float = 120.0) -> list[int]:
+                          process: spawner.WorkerProcess, timeout_seconds: float = 120.0) -> list[int]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_seconds
         while loop.time() < deadline:
@@ -72,8 +78,8 @@ class Supervisor:
                 message = conn.recv()
                 if "ready" in message:
                     return message["ready"]
-            if process.poll() is not None:
-                raise RuntimeError(f"worker {index} exited with code {process.returncode} while starting")
+            if not process.alive():
+                raise RuntimeError(f"worker {index} exited while starting")
         raise RuntimeError(f"worker {index} did not start within {timeout_seconds:.0f}s")
 
     async def run(self, ready: Any = None) -> None:
@@ -104,15 +110,14 @@ class Supervisor:
         if admin_runner is not None:
             await admin_runner.cleanup()
         for process in self.processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
+            process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + self.config.limits.shutdown_drain_seconds + 5
         for process in self.processes:
-            try:
-                await asyncio.to_thread(process.wait, max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                await asyncio.to_thread(process.wait)
+            if not await asyncio.to_thread(process.wait, max(deadline - time.monotonic(), 0.1)):
+                process.send_signal(signal.SIGKILL)
+                await asyncio.to_thread(process.wait, 5.0)
+            process.close()
+        self.spawner.close()
 
     async def _watch(self) -> None:
         """Collect published numbers; restart a worker that died."""
@@ -126,9 +131,11 @@ class Supervisor:
                 except (EOFError, OSError):
                     pass
                 process = self.processes[index]
-                if process.poll() is not None and not self.stopping:
-                    log.error("worker %d died (exit code %s); restarting it", index, process.returncode)
+                if not process.alive() and not self.stopping:
+                    log.error("worker %d died; restarting it", index)
                     self.restarts += 1
+                    process.close()
+                    conn.close()
                     process, conn = self._spawn(index)
                     try:
                         await self._wait_ready(index, conn, process)
@@ -147,8 +154,7 @@ class Supervisor:
             self.reload_failures += 1
             return False
         for process in self.processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGHUP)
+            process.send_signal(signal.SIGHUP)
         return True
 
     def state(self) -> dict[str, Any]:
@@ -174,12 +180,12 @@ class Supervisor:
             entries = state["list_entries"]
         return {**total, "counters": merged, "upstreams": list(upstreams.values()),
                 "generation": generation, "loaded_at": loaded_at, "list_entries": entries,
-                "workers": sum(1 for p in self.processes if p.poll() is None)}
+                "workers": sum(1 for p in self.processes if p.alive())}
 
 
-def serve(cfg: config.Config) -> None:
-    """`schooldns serve`: one process, or a supervisor with cfg.workers processes."""
+def serve(cfg: config.Config, forker: spawner.Spawner | None = None) -> None:
+    """`schooldns serve`: one process, or a supervisor of cfg.workers processes forked by `forker`."""
     if cfg.workers == 1:
         asyncio.run(run_single(cfg))
     else:
-        asyncio.run(Supervisor(cfg).run())
+        asyncio.run(Supervisor(cfg, forker or spawner.Spawner.fork()).run())

@@ -35,8 +35,16 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "serve":
+            cfg = config.load_config(args.config)
+            forker = None
+            if cfg.workers > 1:
+                # Forked here, single-threaded and before the admin API's libraries are imported:
+                # the workers it forks share the data plane's pages with this process, and the
+                # supervisor writes to no shared page of the libraries only it uses.
+                from resolver import spawner
+                forker = spawner.Spawner.fork()
             from resolver import app  # only `serve` needs the servers
-            app.serve(config.load_config(args.config))
+            app.serve(cfg, forker)
             return 0
         if args.command == "check":
             return _check(args.config)

@@ -108,6 +108,8 @@ class _RandomIds:
 
 
 _random_ids = _RandomIds()
+# A forked process (a worker forked by resolver.spawner) draws its own IDs, not its parent's next ones.
+os.register_at_fork(after_in_child=_random_ids.__init__)
 
 
 class _UdpSocket:

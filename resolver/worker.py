@@ -6,13 +6,10 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
-import json
 import logging
 import multiprocessing.connection
 import signal
 import socket
-import subprocess
-import sys
 import time
 from typing import Any
 
@@ -141,14 +138,15 @@ def bind_all(cfg: config.Config, reuse_port: bool) -> list[tuple[socket.socket, 
 
 
 # ---------------------------------------------------------------------------------------
-# A worker process spawned by the supervisor (resolver.app) for `workers: N`. It imports only the
-# data plane (never admin, exposition, aiohttp or prometheus_client: each would cost every worker
-# its memory) and publishes its numbers to the supervisor, which serves /metrics.
+# A worker process of `workers: N`, forked by resolver.spawner for the supervisor (resolver.app).
+# This module imports only the data plane (never admin, exposition, aiohttp or prometheus_client),
+# so that a spawner started as a fresh interpreter loads no more. A worker publishes its numbers
+# to the supervisor, which serves /metrics.
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SpawnArgs:
-    """What the supervisor hands a spawned worker process (as JSON on its command line)."""
+    """What the supervisor hands a worker process (as JSON, through the spawner)."""
 
     config_file: str
     ports: tuple[int, ...]  # the resolved port of each listen address (0 = choose)
@@ -157,29 +155,11 @@ class SpawnArgs:
     log_level: int
 
 
-# A worker is a fresh interpreter running this, with its end of a socket pair to the supervisor:
-# `python -c PROGRAM schooldns-worker<index> ARGS_JSON FD`. Not multiprocessing's spawn, which
-# also starts a resource tracker process (~8 MB) that schooldns has no use for.
-_SPAWNED_PROGRAM = "import sys; from resolver import worker; worker.spawned_main(sys.argv[2], int(sys.argv[3]))"
-
-
-def spawn(args: SpawnArgs) -> tuple[subprocess.Popen, multiprocessing.connection.Connection]:
-    """Start a worker process; returns it and the supervisor's end of its connection."""
-    parent, child = socket.socketpair()
-    with child:
-        process = subprocess.Popen(
-            [sys.executable, "-c", _SPAWNED_PROGRAM, f"schooldns-worker{args.index}",
-             json.dumps(dataclasses.asdict(args)), str(child.fileno())],
-            pass_fds=(child.fileno(),))
-    return process, multiprocessing.connection.Connection(parent.detach())
-
-
-def spawned_main(args_json: str, fd: int) -> None:
-    """The main function of a spawned worker process: load the config, serve until SIGTERM."""
-    fields = json.loads(args_json)
-    args = SpawnArgs(**{**fields, "ports": tuple(fields["ports"])})
+def spawned_main(args: SpawnArgs, fd: int) -> None:
+    """The main function of a worker process (forked by resolver.spawner): load the config, serve until SIGTERM."""
     conn = multiprocessing.connection.Connection(fd)
-    logging.basicConfig(level=args.log_level, format=f"%(asctime)s worker{args.index} %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level, force=True,  # replaces the handler inherited from the supervisor
+                        format=f"%(asctime)s worker{args.index} %(levelname)s %(name)s: %(message)s")
     cfg = config.load_config(args.config_file)
     listen = tuple(dataclasses.replace(a, port=p) for a, p in zip(cfg.listen, args.ports))
     cfg = dataclasses.replace(cfg, listen=listen)

@@ -44,9 +44,10 @@ def test_quick_bench_reports_schooldns_qps(tmp_path):
     assert re.search(r"^\| answers checked [^|]*\| [\d,]+ / 0 \|", section, re.MULTILINE), section
     assert "Domain index benchmark" in section  # bench_domains.py ran and its table was included
     assert re.search(r"schooldns worker processes: .* went from [\d,]+ to [\d,]+: [\d.]+x", section), section
-    # ... with each process's CPU share and memory: the supervisor and its two workers
+    # ... with each process's CPU share and memory: the supervisor, the spawner and the two workers
     per_process = re.search(r"With 2 workers, per process .*?: (.*)\.$", section, re.MULTILINE)
-    assert per_process and len(re.findall(r"[\d.]+ s CPU, Pss \d+ MB \(anon \d+\)", per_process.group(1))) == 3, section
+    assert per_process and re.findall(r"(\S+) [\d.]+ s CPU, Pss \d+ MB \(anon \d+\)", per_process.group(1)) == [
+        "schooldns", "schooldns-spawn", "schooldns-w0", "schooldns-w1"], section
     # ... CPU time per query, and the bound that the kernel's split of the queries sets
     assert re.search(r"CPU time per answered query, all processes: [\d.]+ us with `workers: 1`, [\d.]+ us", section), section
     assert re.search(r"caps two workers at 1 / [\d.]+ = [\d.]+x one worker", section), section

@@ -94,12 +94,31 @@ async def _until_metric(served: Served, name: str, value: float, timeout: float 
             await asyncio.sleep(0.2)
 
 
-def _children(served: Served) -> list[int]:
-    return [int(pid) for pid in Path(f"/proc/{served.process.pid}/task/{served.process.pid}/children").read_text().split()]
+def _children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _name(pid: int) -> str:
+    return Path(f"/proc/{pid}/comm").read_text().strip()
+
+
+def _spawner_pid(served: Served) -> int:
+    """The supervisor's one child: the spawner (resolver.spawner), which forks the workers."""
+    children = _children(served.process.pid)
+    assert [_name(pid) for pid in children] == ["schooldns-spawn"]  # and nothing else, no resource tracker
+    return children[0]
+
+
+def _mapped_extensions(pid: int) -> set[str]:
+    """The C extension modules a process has mapped, by module name ("_http_parser" for aiohttp's)."""
+    with open(f"/proc/{pid}/maps") as maps:
+        return {Path(line.split()[-1]).name.split(".")[0] for line in maps if ".cpython-" in line}
 
 
 def _worker_pids(served: Served) -> list[int]:
-    return [pid for pid in _children(served) if b"schooldns-worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    pids = _children(_spawner_pid(served))
+    assert sorted(map(_name, pids)) == [f"schooldns-w{index}" for index in range(len(pids))]
+    return pids
 
 
 async def test_two_workers_share_the_port_and_report_merged_metrics(tmp_path, upstream):
@@ -115,12 +134,37 @@ async def test_two_workers_share_the_port_and_report_merged_metrics(tmp_path, up
         # A worker that dies is replaced.
         worker_pids = _worker_pids(served)
         assert len(worker_pids) == 2
-        assert len(_children(served)) == 2  # the workers, and no other process (multiprocessing's resource tracker)
+        # Forked before the supervisor imported the admin API: aiohttp's C extensions are not mapped.
+        assert "_http_parser" in _mapped_extensions(served.process.pid)
+        assert not {"_http_parser", "_multidict"} & _mapped_extensions(_spawner_pid(served))
+        assert not {"_http_parser", "_multidict"} & _mapped_extensions(worker_pids[0])
         os.kill(worker_pids[-1], signal.SIGKILL)
-        await served.read_until(r"worker \d died")
-        await served.read_until(r"worker\d INFO resolver\.worker: serving DNS")
+        await served.read_until(rf"ERROR resolver\.spawner: worker 1 \(pid {worker_pids[-1]}\) killed by SIGKILL")
+        await served.read_until(r"ERROR resolver\.app: worker 1 died; restarting it")
+        await served.read_until(r"worker1 INFO resolver\.worker: serving DNS")
         assert (await served.query("www.example.com")).rcode() == dns.rcode.NOERROR
+        replaced = _worker_pids(served)
+        assert len(replaced) == 2 and worker_pids[0] in replaced and worker_pids[-1] not in replaced
 
+        spawner = _spawner_pid(served)
+        served.process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(served.process.wait(), 20) == 0
+        assert not any(map(_running, [spawner, *replaced]))
+
+
+async def test_a_spawner_that_died_is_replaced_when_a_worker_must_be_restarted(tmp_path, upstream):
+    async with serve(tmp_path, upstream, workers=2) as served:
+        workers = _worker_pids(served)
+        os.kill(_spawner_pid(served), signal.SIGKILL)
+        assert (await served.query("www.example.com")).rcode() == dns.rcode.NOERROR  # its workers go on
+        os.kill(workers[0], signal.SIGKILL)
+        await served.read_until(r"ERROR resolver\.app: the spawner process is gone .*; starting a new one")
+        await served.read_until(r"worker0 INFO resolver\.worker: serving DNS")
+        assert (await served.query("www.example.com")).rcode() == dns.rcode.NOERROR
+        replacement = _spawner_pid(served)
+        assert Path(f"/proc/{replacement}/cmdline").read_bytes().split(b"\0")[1:3] == [
+            b"-c", b"import sys; from resolver import spawner; spawner.main(sys.argv[1:])"]
+        assert _name(_children(replacement)[0]) == "schooldns-w0"
         served.process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(served.process.wait(), 20) == 0
 

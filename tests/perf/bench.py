@@ -301,12 +301,8 @@ class Proc:
         return cpu_stat(self.pid)
 
     def family(self) -> list[int]:
-        """This process and its children (a supervisor's workers)."""
-        try:
-            children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
-        except OSError:
-            children = []
-        return [self.pid, *map(int, children)]
+        """This process and its descendants, parents first (a supervisor, its spawner, the workers)."""
+        return descendants(self.pid)
 
     def tail(self, lines: int = 30) -> str:
         try:
@@ -651,9 +647,11 @@ def worker_scaling(result: Result, argv: list[str], directory: Path, args: argpa
                 cpu = [process_cpu_seconds(pid) - before[pid] for pid in family]
                 result.scaling_cpu_per_query[workers] = sum(cpu) / max(1, sum(run.completed for run in runs))
                 if workers == 2:
-                    result.scaling_busiest_share = max(cpu[1:]) / (sum(cpu[1:]) or 1)
-                    result.scaling_processes = [{"cpu_seconds": seconds, **smaps_kb(pid)}
-                                                for pid, seconds in zip(family, cpu)]
+                    names = [process_name(pid) for pid in family]
+                    on_workers = [seconds for name, seconds in zip(names, cpu) if name.startswith("schooldns-w")]
+                    result.scaling_busiest_share = max(on_workers) / (sum(on_workers) or 1)
+                    result.scaling_processes = [{"name": name, "cpu_seconds": seconds, **smaps_kb(pid)}
+                                                for pid, name, seconds in zip(family, names, cpu)]
             finally:
                 proc.stop()
             result.scaling[workers] = statistics.median(run.qps for run in runs)
@@ -675,6 +673,23 @@ def cpu_stat(pid: int) -> tuple[int, float, float]:
 def process_cpu_seconds(pid: int) -> float:
     _, user, system = cpu_stat(pid)
     return user + system
+
+
+def descendants(pid: int) -> list[int]:
+    """A process and all its descendants, parents before their children."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return [pid, *(grandchild for child in children for grandchild in descendants(int(child)))]
+
+
+def process_name(pid: int) -> str:
+    """/proc/PID/comm: what ps -e shows (schooldns-spawn, schooldns-w0, ...)."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
 
 
 def smaps_kb(pid: int) -> dict[str, float]:
@@ -977,10 +992,10 @@ def report(args: argparse.Namespace, info: dict[str, str], data: Data, results: 
                 f"cores {SERVER_CORE},{LOAD_CORE} (so the load generator shares the two cores with the workers), "
                 f"max-rate qps (median of {args.runs}) went from {one:,.0f} to {two:,.0f}: {two / one:.2f}x.")
             if base.scaling_processes:
-                rows = [f"{p['cpu_seconds']:.1f} s CPU, Pss {p.get('Pss', 0) / 1024:.0f} MB "
+                rows = [f"{p['name']} {p['cpu_seconds']:.1f} s CPU, Pss {p.get('Pss', 0) / 1024:.0f} MB "
                         f"(anon {p.get('Pss_Anon', 0) / 1024:.0f})" for p in base.scaling_processes]
-                add(f"With 2 workers, per process during / after those runs (supervisor first, then its "
-                    f"children, the workers): {'; '.join(rows)}.")
+                add(f"With 2 workers, per process during / after those runs (the supervisor, the spawner that "
+                    f"forks the workers, the workers): {'; '.join(rows)}.")
             if len(base.scaling_cpu_per_query) == 2 and base.scaling_busiest_share:
                 cpu_one, cpu_two = (base.scaling_cpu_per_query[w] * 1e6 for w in (1, 2))
                 share = base.scaling_busiest_share
@@ -995,7 +1010,7 @@ def report(args: argparse.Namespace, info: dict[str, str], data: Data, results: 
                 start_one, start_two = (base.scaling_start_pss[w] / 1024 for w in (1, 2))
                 add(f"Memory after start, before any load (Pss summed over every process, the shared index "
                     f"counted once): {start_one:.0f} MB with `workers: 1` (one process), {start_two:.0f} MB with "
-                    f"`workers: 2` (a supervisor and two workers): the second worker adds "
+                    f"`workers: 2` (a supervisor, the spawner and two workers): the second worker adds "
                     f"{start_two - start_one:.0f} MB.")
             add("")
         if base is not None:

@@ -1,4 +1,4 @@
-"""A spawned worker process imports only the data plane: no admin API, aiohttp or prometheus_client."""
+"""A worker process carries only the data plane: no admin API, aiohttp or prometheus_client."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,13 +25,17 @@ def _modules_after_import(*modules: str) -> set[str]:
     return set(json.loads(result.stdout))
 
 
-# A worker process is a fresh interpreter whose program imports resolver.worker and calls
-# spawned_main (see worker.spawn); nothing else is imported before it serves.
-def test_a_worker_process_loads_no_admin_modules():
-    loaded = _modules_after_import("resolver.worker")
-    assert "resolver.worker" in loaded
+# Workers are forked by the spawner (resolver.spawner). The first spawner is forked from
+# `schooldns serve` before the admin API's libraries are imported (checked on the running
+# processes in tests/integration/test_serve_process.py); a replacement is a fresh interpreter
+# whose program imports resolver.spawner. Either way the workers carry the data plane only.
+@pytest.mark.parametrize("module", ["resolver.worker", "resolver.spawner"])
+def test_a_worker_process_loads_no_admin_modules(module):
+    loaded = _modules_after_import(module)
+    assert module in loaded
     assert not [name for name in ADMIN_ONLY if name in loaded]
     assert "multiprocessing.resource_tracker" not in loaded
+
 
 
 def test_the_check_sees_what_the_supervisor_loads():
