@@ -1,6 +1,7 @@
 """Profile the per-query path in process: Pipeline.handle on cache hits and blocked names, no sockets.
 
     .venv/bin/python tests/perf/bench_pipeline.py [--names 20000] [--rounds 5] [--profile]
+    .venv/bin/python tests/perf/bench_pipeline.py --churn 200000   # + more names than repeats hold
 
 Builds the shipped example site (policies/ and blocklists/ of this checkout, the demo-local school
 owning 127.0.0.0/8), fills the answer cache through a fake forwarder (the pipeline's Forwarder
@@ -8,6 +9,9 @@ protocol, answering every name with one A record), then replays the query set ro
 with a fresh query ID per query, as a load generator cycling through its query file does. Prints
 nanoseconds per handle() call by kind (cached, renewed, blocked); `--profile` adds a cProfile of
 the same loop, the tool that decided the design of the hot path (see docs/performance.md).
+`--churn N` adds a kind "churn": N more cached names, asked in a seeded Zipf-like mix (name of
+rank r with weight 1/r), so the distinct names outnumber the repeats the pipeline keeps
+(pipeline.REPEAT_MAX), as on a busy resolver with a long tail of names asked once.
 Nothing is asserted about speed.
 """
 
@@ -68,6 +72,8 @@ def main() -> None:
     parser.add_argument("--names", type=int, default=20_000, help="distinct allowed names (default 20,000)")
     parser.add_argument("--rounds", type=int, default=5, help="passes over the query set (default 5)")
     parser.add_argument("--profile", action="store_true", help="print a cProfile of the replay loop")
+    parser.add_argument("--churn", type=int, default=0,
+                        help="also measure a Zipf mix over this many more names (0: not measured)")
     args = parser.parse_args()
 
     rng = random.Random(1)
@@ -75,7 +81,7 @@ def main() -> None:
         cfg = dataclasses.replace(config.load_config(REPO / "deploy" / "example" / "config.yaml"),
                                   state_dir=Path(state))
         snapshot = control.build_snapshot(cfg, 1)
-    answers = cache.AnswerCache(args.names * 2)
+    answers = cache.AnswerCache((args.names + args.churn) * 2)
     counters = metrics.Counters()
     now = [1000.0]  # the pipeline's monotonic clock, moved by hand for the "renewed" kind
     pipe = pipeline.Pipeline(snapshot, answers, AnsweringForwarder(), counters, clock=lambda: now[0])
@@ -86,9 +92,14 @@ def main() -> None:
     # cached: repeats of cached answers within the second they stay exact; renewed: the same one
     # second later each round, so every repeat has its TTLs re-aged (wire.reduce_ttls)
     kinds = {"cached": allowed, "renewed": allowed, "blocked": blocked}
+    churned = [f"tail{number}.example-{number % 991}.net" for number in range(args.churn)]
+    if churned:
+        # as many queries as 2.5 names of the mix each, most of them for the popular names
+        kinds["churn"] = rng.choices(churned, weights=[1 / rank for rank in range(1, len(churned) + 1)],
+                                     k=len(churned) * 5 // 2)
 
     async def fill() -> None:
-        for name in allowed:
+        for name in allowed + churned:
             reply = pipe.handle(query_bytes(name, rng), CLIENT, "udp")
             assert not isinstance(reply, bytes | None), f"{name} should be a cache miss first"
             await reply
@@ -96,6 +107,9 @@ def main() -> None:
     asyncio.run(fill())
     print(f"site: {len(snapshot.policies.schools)} schools, {snapshot.index.entry_count} listed names; "
           f"{len(allowed)} allowed (cached) + {len(blocked)} blocked query names, {args.rounds} rounds")
+    if churned:
+        print(f"churn: {len(kinds['churn']):,} queries over {len(set(kinds['churn'])):,} of {len(churned):,} "
+              f"names (repeats kept: at most {pipeline.REPEAT_MAX:,})")
 
     for kind, names in kinds.items():
         batch = [query_bytes(name, rng) for name in names]
