@@ -9,7 +9,7 @@ import socket
 from collections.abc import Coroutine
 from typing import Any
 
-from resolver import config, pipeline, wire
+from resolver import config, pipeline, udpbatch, wire
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ class UdpServer:
 
     def __init__(self, sock: socket.socket, pipe: pipeline.Pipeline, in_flight: InFlight):
         self.sock = sock
+        self.batch = udpbatch.for_socket(sock)
         self.pipeline = pipe
         self.in_flight = in_flight
         self.loop = asyncio.get_running_loop()
@@ -79,35 +80,29 @@ class UdpServer:
         self.sock.close()
 
     def _read_ready(self) -> None:
-        # Hot path: blocked names and cache hits are answered before the next datagram is read.
-        recvfrom = self.sock.recvfrom
+        # Hot path: every waiting datagram in one system call; blocked names and cache hits are
+        # answered in one more, cache misses on their own when their answer arrives.
         handle = self.pipeline.handle
-        for _ in range(wire.UDP_READ_BATCH):
-            try:
-                data, addr = recvfrom(wire.MAX_DATAGRAM)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # e.g. a queued ICMP error; the next datagram may be fine
-                log.debug("UDP receive error: %s", exc)
-                continue
-            reply = handle(data, addr[0], "udp")
+        answers = []
+        for data, client, sender in self.batch.receive():
+            reply = handle(data, client, "udp")
             if reply is None:
                 continue
             if type(reply) is bytes:
-                self.send(reply, addr)
+                answers.append((reply, sender))
             else:
-                self.in_flight.start(reply, functools.partial(self.send, addr=addr), "udp_in_flight_limit")
+                self.in_flight.start(reply, functools.partial(self.send, sender=sender), "udp_in_flight_limit")
+        if answers and not self.closed:
+            if dropped := self.batch.send(answers):
+                self.in_flight.counters.dropped["udp_send_buffer_full"] += dropped
+        if self.batch.oversized:
+            self.in_flight.counters.dropped["udp_oversized"] += self.batch.oversized
+            self.batch.oversized = 0
 
-    def send(self, answer: bytes, addr: Any) -> None:
+    def send(self, answer: bytes, sender: Any) -> None:
         """Send now or drop: a full socket buffer means the client will retry (as C servers do)."""
-        if self.closed:
-            return
-        try:
-            self.sock.sendto(answer, addr)
-        except (BlockingIOError, InterruptedError):
+        if not self.closed and self.batch.send([(answer, sender)]):
             self.in_flight.counters.dropped["udp_send_buffer_full"] += 1
-        except OSError as exc:
-            log.debug("UDP send error: %s", exc)
 
 
 class TcpConnections:

@@ -44,11 +44,13 @@ OPTION_EDE = 15
 # Largest UDP answer we send, whatever the client advertises (DNS flag day 2020).
 MAX_UDP_PAYLOAD = 1232
 MIN_UDP_PAYLOAD = 512
-# Largest UDP datagram. The UDP sockets are read with a buffer of this size (asyncio's transports
-# use 256 KiB): a 256 KiB buffer per datagram can make glibc mmap + munmap on every read
-# (measured: half the qps after a warm start, two page faults per query).
+# Largest UDP datagram. The upstream sockets are read with a buffer of this size (asyncio's
+# transports use 256 KiB): a 256 KiB buffer per datagram can make glibc mmap + munmap on every
+# read (measured: half the qps after a warm start, two page faults per query). The listeners read
+# into fixed buffers of 4 KiB per datagram (udpbatch.QUERY_MAX).
 MAX_DATAGRAM = 65535
-# Datagrams a UDP socket (listening or upstream) reads per wake-up of the event loop. asyncio's
+# Datagrams a UDP socket (listening or upstream) reads per wake-up of the event loop (a listener
+# with one recvmmsg call, see udpbatch). asyncio's
 # DatagramTransport reads one datagram per loop iteration (a select call, a callback and a recvfrom
 # for each); reading until the socket is empty, up to this many, measured 1.6x the datagrams per
 # second on one core, a little ahead of uvloop (docs/performance.md, "The hot path, profiled").
