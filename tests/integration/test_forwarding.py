@@ -293,6 +293,15 @@ async def test_malformed_question_gets_formerr_and_garbage_is_dropped(resolver):
     assert await _raw_udp(resolver.port, b"\x01\x02\x03", timeout=0.2) is None
 
 
+async def test_a_datagram_too_long_for_a_query_is_dropped_and_counted(resolver):
+    # The listener reads 4096 bytes per datagram (udpbatch.QUERY_MAX): a longer one is no query.
+    query = dns.message.make_query("www.example.com", "A").to_wire()
+    assert await _raw_udp(resolver.port, query + b"\x00" * 5000, timeout=0.3) is None
+    assert resolver.worker.counters.dropped["udp_oversized"] == 1
+    answer = dns.message.from_wire(await _raw_udp(resolver.port, query, timeout=3))
+    assert answer.rcode() == dns.rcode.NOERROR and resolver.worker.counters.dropped["udp_oversized"] == 1
+
+
 async def test_thousands_of_mutated_packets_leave_the_server_answering(resolver, upstream):
     rng = random.Random(1234)
     seed = dns.message.make_query("a.b.www.example.com", "A", use_edns=0, want_dnssec=True).to_wire()
