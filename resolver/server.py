@@ -63,6 +63,7 @@ class UdpServer:
         self.loop = asyncio.get_running_loop()
         self.reading = False
         self.closed = False
+        self.later: list[tuple[bytes, Any]] = []  # answers of cache misses, sent once per loop turn
 
     def start(self) -> None:
         self.loop.add_reader(self.sock.fileno(), self._read_ready)
@@ -76,6 +77,7 @@ class UdpServer:
 
     def close(self) -> None:
         self.pause_reading()
+        self._send_later()  # what the last queries in flight answered
         self.closed = True
         self.sock.close()
 
@@ -100,9 +102,18 @@ class UdpServer:
             self.batch.oversized = 0
 
     def send(self, answer: bytes, sender: Any) -> None:
-        """Send now or drop: a full socket buffer means the client will retry (as C servers do)."""
-        if not self.closed and self.batch.send([(answer, sender)]):
-            self.in_flight.counters.dropped["udp_send_buffer_full"] += 1
+        """Queue a cache miss's answer: the answers that arrive in one turn of the event loop go out together.
+
+        One sendmmsg per turn instead of one system call per answer, measured as CPU per miss.
+        """
+        if not self.later:
+            self.loop.call_soon(self._send_later)
+        self.later.append((answer, sender))
+
+    def _send_later(self) -> None:
+        answers, self.later = self.later, []
+        if answers and not self.closed and (dropped := self.batch.send(answers)):
+            self.in_flight.counters.dropped["udp_send_buffer_full"] += dropped
 
 
 class TcpConnections:

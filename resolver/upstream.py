@@ -112,6 +112,11 @@ _random_ids = _RandomIds()
 os.register_at_fork(after_in_child=_random_ids.__init__)
 
 
+# Every upstream UDP socket of the process reads into this buffer; a reply is copied out at once.
+_REPLY_BUFFER = bytearray(wire.MAX_DATAGRAM)
+_REPLY_VIEW = memoryview(_REPLY_BUFFER)
+
+
 class _UdpSocket:
     """One connected UDP socket (kernel-chosen random source port) with its in-flight queries.
 
@@ -129,9 +134,12 @@ class _UdpSocket:
         self.loop.add_reader(sock.fileno(), self._read_ready)
 
     def _read_ready(self) -> None:
+        recv_into = self.sock.recv_into
         for _ in range(wire.UDP_READ_BATCH):
             try:
-                data = self.sock.recv(wire.MAX_DATAGRAM)
+                # Into one buffer, then copied: recv(MAX_DATAGRAM) would allocate 64 KiB per reply
+                # and shrink it.
+                data = _REPLY_VIEW[:recv_into(_REPLY_BUFFER)].tobytes()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # ICMP errors (port unreachable...): fail what is in flight
