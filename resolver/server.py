@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import socket
 from collections.abc import Coroutine
 from typing import Any
 
 from resolver import config, pipeline, udpbatch, wire
 
-log = logging.getLogger(__name__)
 
 
 class InFlight:
@@ -94,9 +92,7 @@ class UdpServer:
                 answers.append((reply, sender))
             else:
                 self.in_flight.start(reply, functools.partial(self.send, sender=sender), "udp_in_flight_limit")
-        if answers and not self.closed:
-            if dropped := self.batch.send(answers):
-                self.in_flight.counters.dropped["udp_send_buffer_full"] += dropped
+        self._send(answers)
         if self.batch.oversized:
             self.in_flight.counters.dropped["udp_oversized"] += self.batch.oversized
             self.batch.oversized = 0
@@ -112,6 +108,10 @@ class UdpServer:
 
     def _send_later(self) -> None:
         answers, self.later = self.later, []
+        self._send(answers)
+
+    def _send(self, answers: list[tuple[bytes, Any]]) -> None:
+        """Send now or drop: a full socket buffer means the clients will retry (as C servers do)."""
         if answers and not self.closed and (dropped := self.batch.send(answers)):
             self.in_flight.counters.dropped["udp_send_buffer_full"] += dropped
 
