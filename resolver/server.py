@@ -11,7 +11,6 @@ from typing import Any
 from resolver import config, pipeline, udpbatch, wire
 
 
-
 class InFlight:
     """The capped, tracked set of query tasks of one worker (for the bound and the drain)."""
 
