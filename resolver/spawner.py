@@ -170,7 +170,7 @@ def _serve_requests(channel: socket.socket) -> None:
             socket.send_fds(channel, [str(pid).encode()], [ours.fileno(), pidfd])
             ours.close()
             children[pidfd] = (pid, args.index)
-    for pidfd, (pid, _) in children.items():  # stopping, or stopping themselves without a supervisor
+    for pid, _ in children.values():  # stopping, or stopping themselves without a supervisor
         os.waitpid(pid, 0)
 
 
