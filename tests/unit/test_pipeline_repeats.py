@@ -30,16 +30,18 @@ class Clocks:
 
 
 class CountingForwarder:
-    """The pipeline's Forwarder protocol: every name has one A record with TTL 300."""
+    """The pipeline's Forwarder protocol: every name has one A record, with TTL 300 unless `ttls` says."""
 
     def __init__(self) -> None:
         self.asked: list[str] = []
+        self.ttls: dict[str, int] = {}
 
     async def resolve(self, query: wire.Query) -> wire.Answer:
         self.asked.append(query.name)
         request = dns.message.make_query(query.name + ".", query.qtype)
         response = dns.message.make_response(request)
-        response.answer.append(dns.rrset.from_text(query.name + ".", 300, "IN", "A", "192.0.2.10"))
+        ttl = self.ttls.get(query.name, 300)
+        response.answer.append(dns.rrset.from_text(query.name + ".", ttl, "IN", "A", "192.0.2.10"))
         return wire.parse_upstream_answer(response.to_wire(), len(query.question), 0, 86400, 3600)
 
 
@@ -91,10 +93,30 @@ async def test_repeat_ttl_ages_with_the_cache(site):
     assert (await answer(pipe, query("www.example.com", 2))).answer[0].ttl == 300
     clocks.advance(0.5)
     assert (await answer(pipe, query("www.example.com", 3))).answer[0].ttl == 300
-    clocks.advance(0.6)  # a whole second after it was stored: the repeat is rebuilt
-    assert (await answer(pipe, query("www.example.com", 4))).answer[0].ttl == 299
-    clocks.advance(10)
-    assert (await answer(pipe, query("www.example.com", 5))).answer[0].ttl == 289
+    clocks.advance(0.6)  # a whole second after it was stored: the repeat is re-aged, 4 s ahead
+    assert (await answer(pipe, query("www.example.com", 4))).answer[0].ttl == 299 - 4
+    clocks.advance(4.8)  # 5.9 s after it was stored: the same bytes are still not above the exact TTL
+    assert (await answer(pipe, query("www.example.com", 5))).answer[0].ttl == 295
+    clocks.advance(0.2)
+    assert (await answer(pipe, query("www.example.com", 6))).answer[0].ttl == 294 - 4
+
+
+@pytest.mark.parametrize("ttl, most_ahead", [(300, pipeline.REPEAT_AGE_AHEAD_SECONDS), (40, 2), (15, 0)])
+async def test_repeat_ttl_is_never_above_the_exact_ttl_and_at_most_a_sixteenth_below(site, ttl, most_ahead):
+    pipe, clocks, forwarder, *_ = site
+    forwarder.ttls["www.example.com"] = ttl
+    await answer(pipe, query("www.example.com", 1))
+    stored_at = clocks.monotonic
+    below = []  # how far each served TTL is below the exact one
+    while clocks.monotonic - stored_at < ttl - 0.3:
+        exact = ttl - int(clocks.monotonic - stored_at)
+        served = (await answer(pipe, query("www.example.com", 2))).answer[0].ttl
+        assert exact - most_ahead <= served <= exact, (clocks.monotonic - stored_at, exact, served)
+        below.append(exact - served)
+        clocks.advance(0.3)
+    assert max(below) == most_ahead  # 0: a short TTL stays exact
+    assert below[-10:] == [0] * 10  # exact again in its last seconds
+    assert forwarder.asked == ["www.example.com"]
 
 
 async def test_repeat_ends_when_its_cached_answer_expires(site):

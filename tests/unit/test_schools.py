@@ -66,6 +66,18 @@ DIRECTORY = SchoolDirectory.build([
 def test_lookup(ip, expected):
     assert DIRECTORY.lookup(ip) == expected
     assert DIRECTORY.lookup(ip) == expected  # again, from the memo
+    try:
+        packed = ipaddress.ip_address(ip.partition("%")[0]).packed
+    except ValueError:
+        return
+    # the batched UDP reader gives the address packed: the same school (or none)
+    assert DIRECTORY.lookup(packed) == expected
+    assert DIRECTORY.lookup(packed) == expected
+
+
+@pytest.mark.parametrize("packed", [b"", b"\x7f\x00\x00", b"\x7f\x00\x00\x01\x00", bytes(15), bytes(17)])
+def test_packed_addresses_of_other_lengths_are_nobodys(packed):
+    assert DIRECTORY.lookup(packed) is None
 
 
 def test_empty_directory():
