@@ -339,6 +339,24 @@ class Proc:
             proc.stop()
 
 
+def wait_admin(directory: Path, proc: Proc, timeout: float) -> None:
+    """Until schooldns' admin API answers /healthz: it starts after the first DNS answer, and
+    memory "after start" includes it."""
+    match = re.search(r"admin: \{listen: \"127.0.0.1:(\d+)\"\}", (directory / "config.yaml").read_text())
+    if not match:
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{match.group(1)}/healthz", timeout=1):
+                return
+        except OSError:
+            if not proc.alive() or time.monotonic() > deadline:
+                raise BenchError(f"{proc.name}: the admin API did not answer within {timeout:.0f}s;"
+                                 f" log:\n{proc.tail()}") from None
+        time.sleep(0.02)
+
+
 def wait_answer(port: int, proc: Proc, started: float, timeout: float) -> float:
     """Seconds from `started` until the server gives a NOERROR answer with an A record."""
     import dns.exception
@@ -638,6 +656,7 @@ def worker_scaling(result: Result, argv: list[str], directory: Path, args: argpa
             proc = Proc("schooldns", unpinned, directory / f"server-{workers}w.log", cwd=directory)
             try:
                 wait_answer(port, proc, time.monotonic(), args.start_timeout)
+                wait_admin(directory, proc, args.start_timeout)
                 result.scaling_start_pss[workers] = sum(smaps_kb(pid).get("Pss", 0) for pid in proc.family())
                 dnsperf(tools, port, data.queries, seconds=None, clients=args.clients, once=True, cores=both)
                 family = proc.family()  # the server first, then its workers (if any)
@@ -752,6 +771,7 @@ def start_server(server: Server, args: argparse.Namespace, tools: dict[str, str]
             proc = running.proc = Proc(server.key, argv, directory / "server.log", cwd=directory)
             result.warm_start_seconds = wait_answer(port, proc, started, args.start_timeout)
             log(f"{server.key}: warm start, first answer after {result.warm_start_seconds:.2f}s")
+            wait_admin(directory, proc, args.start_timeout)
         result.memory_kb["ready"] = proc.status_kb()
         result.warm_pass = dnsperf(tools, port, data.queries, seconds=None, clients=args.clients, once=True)
         result.memory_kb["warm"] = proc.status_kb()
