@@ -72,16 +72,17 @@ class _Ring:
         self._addresses = ctypes.create_string_buffer(BATCH * address_size)
         self._iovecs = (_IoVec * BATCH)()
         self._headers = (_MMsgHdr * BATCH)()
+        self.pointer = ctypes.addressof(self._headers)
+        self.address_pointer = ctypes.addressof(self._addresses)
+        payload_pointer = ctypes.addressof(self._payloads)
         for i in range(BATCH):
-            self._iovecs[i].base = ctypes.addressof(self._payloads) + i * payload_size
+            self._iovecs[i].base = payload_pointer + i * payload_size
             self._iovecs[i].length = payload_size
             header = self._headers[i].header
-            header.name = ctypes.addressof(self._addresses) + i * address_size
+            header.name = self.address_pointer + i * address_size
             header.namelen = address_size  # the kernel writes it back unchanged: one family per socket
             header.iov = ctypes.pointer(self._iovecs[i])
             header.iovlen = 1
-        self.pointer = ctypes.addressof(self._headers)
-        self.address_pointer = ctypes.addressof(self._addresses)
         self.payloads = memoryview(self._payloads).cast("B")
         self.addresses = memoryview(self._addresses).cast("B")
         # The headers' `length` fields (bytes received) and the iovecs' lengths (bytes to send),
