@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
+import os
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from resolver import domains, listformats, yamlfile
 
+log = logging.getLogger(__name__)
+
 SOURCES_FILE = "sources.yaml"
+INDEX_FILE = "index.bin"  # in state_dir: the compiled image, memory-mapped by every worker
+MANIFEST_FILE = "index.json"  # beside it: the sources fingerprint it was compiled from, categories, counts
 MAX_CATEGORIES = 64  # one bit each in the index masks
 _CATEGORY_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 #: names the policy uses for blocks that do not come from a list (see resolver.policy)
@@ -184,3 +192,22 @@ def find_entry(sources: Sources, category: str, name: str) -> list[str]:
                         found.append(f"{source.file}:{number} ({source.kind})")
                         break
     return found
+
+
+def compile_to_state_dir(blocklists_dir: Path, state_dir: Path, fingerprint: str,
+                         progress: Progress | None = None) -> tuple[dict, bytes | None]:
+    """Compile the lists and write index.bin + index.json; returns (manifest, image if not written)."""
+    compiled = compile_lists(blocklists_dir, progress)
+    manifest = {"fingerprint": fingerprint, "categories": list(compiled.categories),
+                "entry_counts": dict(compiled.entry_counts), "compiled_at": time.time()}
+    manifest_path = state_dir / MANIFEST_FILE
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        domains.write_index(state_dir / INDEX_FILE, compiled.image)
+        tmp = manifest_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(manifest, indent=1))
+        os.replace(tmp, manifest_path)
+    except OSError as exc:
+        log.warning("cannot write compiled lists to %s (%s); keeping them in memory", state_dir, exc)
+        return manifest, compiled.image
+    return manifest, None

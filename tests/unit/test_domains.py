@@ -1,8 +1,10 @@
 """domains: the compiled index (exact/subtree, allow, categories), its file and its integrity checks."""
 
+import hashlib
 import random
 import struct
 import zlib
+from array import array
 
 import pytest
 from hypothesis import given, settings
@@ -419,6 +421,8 @@ def test_build_rejects_malformed_entries(entry, message):
     name, bit, match, kind = entry
     with pytest.raises(ValueError, match=message):
         domains.build_index_runs([(bit, match, kind, [name])])
+    with pytest.raises(ValueError, match=message):  # after good names: the bulk checks see it mid-text
+        domains.build_index_runs([(0, "exact", "block", ["good.example", "z.example"]), (bit, match, kind, [name])])
 
 
 @pytest.mark.parametrize("name", ["a\0b.example", "a.example\n", "a\r.example"])
@@ -592,8 +596,8 @@ def test_wrong_magic():
 
 
 def test_wrong_version():
-    with pytest.raises(IndexFormatError, match=r"format version 5 is not supported \(expected 4\)"):
-        DomainIndex.from_bytes(with_header(SAMPLE, version=5))
+    with pytest.raises(IndexFormatError, match=r"format version 4 is not supported \(expected 5\)"):
+        DomainIndex.from_bytes(with_header(SAMPLE, version=4))
 
 
 def test_format_2_image_is_refused(tmp_path):
@@ -663,14 +667,35 @@ def test_bad_slot_count():
         DomainIndex.from_bytes(with_header(SAMPLE, slots=12))
 
 
+@settings(max_examples=300, deadline=None, database=None)
+@given(fields=st.lists(st.integers(0, 2**16 - 1), min_size=1, max_size=40), limit=st.integers(1, 2**16),
+       low_bits=st.integers(0, 2**48 - 1))
+def test_fields_below_is_max_of_the_slots_fields(fields, limit, low_bits):
+    # The bytes-level check a load makes is the plain one: every slot's top 16 bits below `limit`.
+    slots = array("Q", [field << 48 | low_bits for field in fields])
+    assert domains._fields_below(memoryview(slots.tobytes()), limit) == (max(fields) < limit)
+    near = array("Q", [min(limit - 1, field) << 48 for field in fields])
+    assert domains._fields_below(memoryview(near.tobytes()), limit)
+
+
 def test_format_constants():
     assert domains.MAGIC == b"SDNSIDX\x00"
-    assert domains.FORMAT_VERSION == 4
+    assert domains.FORMAT_VERSION == 5
     assert SAMPLE[:8] == domains.MAGIC
     fields = dict(zip(HEADER_NAMES, HEADER.unpack_from(SAMPLE)))
     # example.com, www.example.com and xn--bng--8na8hpj.vn are listed; no ancestor is missing.
-    assert (fields["version"], fields["header_size"], fields["entries"], fields["nodes"]) == (4, 64, 3, 3)
+    assert (fields["version"], fields["header_size"], fields["entries"], fields["nodes"]) == (5, 64, 3, 3)
     assert fields["flags"] == 0
+
+
+def test_a_listed_slot_holds_bytes_1_to_5_of_the_names_blake2s_digest():
+    # The format says what a slot holds, for anyone reading an image without this module: the
+    # fingerprint is bytes 1..5 of the 32-byte blake2s digest of name + NUL, little-endian, in
+    # slot bits 8..47, beside the check byte (crc32 >> 24) and the field.
+    index = index_of(("example.com", 0, "subtree", "block"))
+    ((_, field, fingerprint),) = slots_of(index, "example.com")
+    assert fingerprint == int.from_bytes(hashlib.blake2s(b"example.com\0").digest()[1:6], "little")
+    assert fingerprint == domains._fingerprint(b"example.com\0") and field > 1
 
 
 def test_single_label_entries_are_probed_only_when_the_index_has_them():

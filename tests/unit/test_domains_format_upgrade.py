@@ -29,9 +29,9 @@ def site(tmp_path):
 
 
 def leave_old_index(site, fingerprint):
-    (site.state_dir / control.INDEX_FILE).write_bytes(FORMAT_2_IMAGE)
+    (site.state_dir / lists.INDEX_FILE).write_bytes(FORMAT_2_IMAGE)
     manifest = {"fingerprint": fingerprint, "categories": ["adult"], "entry_counts": {"adult": 1}}
-    (site.state_dir / control.MANIFEST_FILE).write_text(json.dumps(manifest))
+    (site.state_dir / lists.MANIFEST_FILE).write_text(json.dumps(manifest))
 
 
 def format_2_fingerprint(site, sources):
@@ -52,7 +52,7 @@ def assert_compiled_again(site, sources):
     index, manifest = control.load_index(site, sources)
     assert index.lookup("x.a.b.example") == 1
     assert manifest["fingerprint"] == control.sources_fingerprint(site.blocklists_dir, sources)
-    rewritten = domains.DomainIndex.load(site.state_dir / control.INDEX_FILE)
+    rewritten = domains.DomainIndex.load(site.state_dir / lists.INDEX_FILE)
     try:
         assert (rewritten.entry_count, rewritten.node_count) == (1, 2)
     finally:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from resolver import config, control, domains, lastgood
+from resolver import config, control, domains, lastgood, lists
 from resolver.errors import ResolverError
 from resolver.yamlfile import ConfigError
 from tests.support.harness import PROVINCE, write_site
@@ -141,4 +141,4 @@ def test_saved_json_records_what_the_copy_holds(cfg):
     assert record["entry_counts"] == built.entry_counts
     assert sorted(path.name for path in saved.policies_dir.iterdir()) == [
         "province.yaml", "school-a.yaml", "school-b.yaml"]
-    assert saved.index_path.stat().st_ino == (cfg.state_dir / control.INDEX_FILE).stat().st_ino  # linked, not copied
+    assert saved.index_path.stat().st_ino == (cfg.state_dir / lists.INDEX_FILE).stat().st_ino  # linked, not copied

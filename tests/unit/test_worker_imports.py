@@ -1,4 +1,4 @@
-"""A worker process carries only the data plane: no admin API, aiohttp or prometheus_client."""
+"""A worker process carries only the data plane (no admin API, aiohttp or prometheus_client); the compile child only the lists."""
 
 from __future__ import annotations
 
@@ -48,3 +48,25 @@ def test_the_serving_process_imports_the_admin_api_only_after_dns_serves():
 def test_the_check_sees_what_the_admin_api_loads():
     loaded = _modules_after_import("resolver.admin")
     assert {"aiohttp", "prometheus_client", "resolver.exposition"} <= loaded
+
+
+# The compile child (control._CHILD_PROGRAM) runs at every cold start and list change: it needs
+# the list parsers and the index builder, not the server's event loop or its config.
+def test_the_compile_child_loads_neither_asyncio_nor_the_server(tmp_path):
+    from resolver import control, lists
+
+    blocklists = tmp_path / "blocklists"
+    (blocklists / "adult").mkdir(parents=True)
+    (blocklists / "adult" / "a.txt").write_text("a.example\nb.example\n")
+    (blocklists / lists.SOURCES_FILE).write_text(
+        "categories:\n  adult:\n    description: Test.\n    sources:\n      - {file: adult/a.txt, format: domains}\n")
+    program = control._CHILD_PROGRAM + "print(json.dumps(sorted(sys.modules)))\n"
+    result = subprocess.run([sys.executable, "-c", program, str(blocklists), str(tmp_path / "state"), "fp",
+                             control.CompileIn.CHILD.value], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60, check=True)
+    manifest_line, modules_line = result.stdout.strip().splitlines()[-2:]
+    assert json.loads(manifest_line)["manifest"]["entry_counts"] == {"adult": 2}
+    loaded = set(json.loads(modules_line))
+    assert "resolver.lists" in loaded
+    assert not [name for name in ("asyncio", "resolver.config", "resolver.control", "resolver.pipeline")
+                if name in loaded]
