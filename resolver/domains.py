@@ -68,8 +68,9 @@ __all__ = [
 # Mask sets: real lists have a few hundred distinct mask combinations for a million names, so a
 # 15-bit reference in the slot is all a name needs; they are numbered in order of first use.
 # The image is deterministic: the same entries in the same order always give the same bytes.
-# Names are placed in input order (first appearance, run by run), then ancestors level by level
-# in order of first appearance; there is no global sort, which would cost a fifth of a build.
+# Names are placed in input order run by run (`build_index` makes one run per category, match
+# and kind), then ancestors level by level in order of first appearance; there is no global
+# sort, which would cost a fifth of a build.
 # Another order of the same entries gives another layout with the same lookups.
 #
 # Building needs no dict of the names: the table is its own. A repeated name meets its own slot
@@ -165,19 +166,22 @@ def build_index(entries: Iterable[tuple[str, int, str, str]]) -> bytes:
     caller bug and raises ValueError. Repeated names merge: their bits are OR'ed per (kind, match).
     `build_index_runs` is the same for names that come in bulk.
     """
-    runs: list[tuple[int, list[str]]] = []  # (packed bit, names): stretches of equal (bit, match, kind)
+    # One run per (bit, match, kind), in order of first appearance: entries of many categories
+    # mixed would otherwise make a run of almost every entry.
+    runs: dict[int, list[str]] = {}  # packed bit -> names
     bit_values: dict[tuple[int, str, str], int] = {}
     last_bit = last_match = last_kind = None
+    names: list[str] = []
     for name, bit, match, kind in entries:
+        # Entries come in stretches of equal (bit, match, kind): look the bit up once per stretch.
         if bit is not last_bit or match is not last_match or kind is not last_kind:
             bit_value = bit_values.get((bit, match, kind), 0)
             if not bit_value or type(bit) is not int:  # new, or True where the table holds a 1
                 bit_value = bit_values[(bit, match, kind)] = 1 << (64 * _column_of(name, bit, match, kind) + bit)
             last_bit, last_match, last_kind = bit, match, kind
-            if not runs or runs[-1][0] != bit_value:
-                runs.append((bit_value, []))
-        runs[-1][1].append(name)
-    return _build_image(runs)
+            names = runs.setdefault(bit_value, [])
+        names.append(name)
+    return _build_image(list(runs.items()))
 
 
 def build_index_runs(runs: Iterable[tuple[int, str, str, Sequence[str]]]) -> bytes:
