@@ -42,6 +42,8 @@ def test_quick_bench_reports_schooldns_qps(tmp_path):
     assert match, f"no schooldns qps row in the report:\n{section}"
     assert int(match.group(1).replace(",", "")) > 0
     assert re.search(r"^\| answers checked [^|]*\| [\d,]+ / 0 \|", section, re.MULTILINE), section
+    assert re.search(r"^\| start to first answer, s \(cold[^|]*\| \d+\.\d\d \|", section, re.MULTILINE), section
+    assert re.search(r"^\| start to first answer, s \(warm[^|]*\| \d+\.\d\d \|", section, re.MULTILINE), section
     assert "Domain index benchmark" in section  # bench_domains.py ran and its table was included
     assert re.search(r"schooldns worker processes: .* went from [\d,]+ to [\d,]+: [\d.]+x", section), section
     # ... with each process's CPU share and memory: the supervisor, the spawner and the two workers
