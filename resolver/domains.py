@@ -70,8 +70,8 @@ __all__ = [
 # The image is deterministic: the same entries in the same order always give the same bytes.
 # Names are placed in input order run by run (`build_index` makes one run per category, match
 # and kind), then ancestors level by level in order of first appearance; there is no global
-# sort, which would cost a fifth of a build.
-# Another order of the same entries gives another layout with the same lookups.
+# sort, which would cost a fifth of a build. Another order of the same entries gives another
+# layout with the same lookups.
 #
 # Building needs no dict of the names: the table is its own. A repeated name meets its own slot
 # (check byte and fingerprint) on its probe path and ORs its masks into it; a parent is listed
@@ -236,16 +236,16 @@ def _build_image(runs: list[tuple[int, Sequence[str]]]) -> bytes:
         position = end
     entry_count = len(slots) - slots.count(0)  # distinct listed names
     del keys, hashes
-    ancestor_count = 0
     for parents in parent_levels:
-        ancestor_count += _mark_or_place_parents(slots, parents)
+        _mark_or_place_parents(slots, parents)
+    node_count = len(slots) - slots.count(0)
 
     maskset_table = array("Q", [masks >> shift & _MASK64 for masks in masksets.all for shift in (0, 64, 128, 192)])
     if sys.byteorder != "little":
         slots.byteswap()
         maskset_table.byteswap()
     flags = _FLAG_SINGLE_LABELS if single_labels else 0
-    fields = (MAGIC, FORMAT_VERSION, _HEADER_SIZE, entry_count, entry_count + ancestor_count, len(slots),
+    fields = (MAGIC, FORMAT_VERSION, _HEADER_SIZE, entry_count, node_count, len(slots),
               len(masksets.all), flags)
     sections = (slots, maskset_table)  # joined once, without an intermediate body copy
     header = _HEADER.pack(*fields, _checksum(_HEADER.pack(*fields, 0), *sections))
@@ -348,16 +348,15 @@ def _place_listed(slots: array, hashes: Sequence[int], digests: Iterator[int], p
             slots[slot] = field | key
 
 
-def _mark_or_place_parents(slots: array, parents: list[bytes]) -> int:
+def _mark_or_place_parents(slots: array, parents: list[bytes]) -> None:
     """Set the has-descendants bit of every listed parent; place the others as unlisted ancestors.
 
     `parents` are distinct, each + NUL, none placed yet as an ancestor. Every listed name is in
     the table, so a parent is listed when its probe path has a listed slot with its check byte and
     fingerprint (the fingerprint is computed only on a check match, as in `lookup`); an ancestor
-    slot with its check byte is another name. Returns how many were placed.
+    slot with its check byte is another name.
     """
     slot_mask = len(slots) - 1
-    placed = 0
     for key, name_hash in zip(parents, map(_crc32, parents)):
         check = name_hash >> 24
         slot = name_hash & slot_mask
@@ -372,8 +371,6 @@ def _mark_or_place_parents(slots: array, parents: list[bytes]) -> int:
             slot = (slot + 1) & slot_mask
         else:
             slots[slot] = _ANCESTOR | check
-            placed += 1
-    return placed
 
 
 def _slot_count_for(node_count: int) -> int:

@@ -1,4 +1,4 @@
-"""Category lists: read blocklists/sources.yaml, parse every list file, compile one domain index image."""
+"""Category lists: read blocklists/sources.yaml, parse every list file, compile one domain index image (and write it to state_dir)."""
 
 from __future__ import annotations
 
