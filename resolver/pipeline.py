@@ -2,17 +2,19 @@
 
 `Pipeline.handle` is the data plane.  It is synchronous for everything that can be answered
 at once (malformed input, unknown clients, blocked names, cache hits) and returns the
-answer bytes directly, so the transport never creates a task for them.  Only a cache miss
-returns a coroutine, which the transport runs as a tracked task.
+answer bytes directly.  Only a cache miss returns a `Later`: the transport calls it with the
+function that sends its answer, and the upstream room calls back when the answer arrives
+(no task, future or coroutine per miss; see upstream._Question).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import socket
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from resolver import cache, domains, metrics, policy, schools, upstream, wire
@@ -31,7 +33,9 @@ REPEAT_OVERHEAD_BYTES = 200  # the repeat tuple, its float and the dict's share 
 REPEAT_AGE_AHEAD_SECONDS = 4
 BLOCKED_REPEAT_SECONDS = 60.0  # a kept blocked answer is made again after this (staggered per name)
 
-Reply = bytes | None | Coroutine[Any, Any, bytes | None]
+Deliver = Callable[[bytes | None], None]  # where an answer made later goes (None: no answer, drop)
+Later = Callable[[Deliver], None]  # a cache miss: call it once with its Deliver, which it calls once
+Reply = bytes | None | Later
 
 _EDE_BY_AUTHORITY = {"province": wire.EDE_CENSORED, "school": wire.EDE_FILTERED,
                      "deny": wire.EDE_BLOCKED}
@@ -40,7 +44,8 @@ _EDE_BY_AUTHORITY = {"province": wire.EDE_CENSORED, "school": wire.EDE_FILTERED,
 class Forwarder(Protocol):
     """What the pipeline needs from the upstream room (a fake in unit tests)."""
 
-    async def resolve(self, query: wire.Query) -> wire.Answer: ...
+    def ask(self, query: wire.Query, done: upstream.Done) -> None:
+        """Call done(answer, None) or done(None, error) once, now or later."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -174,22 +179,35 @@ class Pipeline:
             return self._answered(data, transport, school, segment, reply, entry.exact_until, None, entry,
                                   "cached")
 
-        # 5.-7. Forward upstream, inspect, cache, count: the only stage that waits.
-        return self._forward(query, school, snapshot, transport, limit, now)
+        # 5.-7. Forward upstream, then cache, inspect, count (_forwarded): the only stage that waits.
+        return functools.partial(self._ask, query, query,
+                                 functools.partial(self._forwarded, query, school, snapshot, transport, limit))
 
-    async def _forward(self, query: wire.Query, school: policy.SchoolPolicy, snapshot: Snapshot,
-                       transport: str, limit: int, now: float) -> bytes | None:
-        try:
-            answer = await self.forwarder.resolve(query)
-        except upstream.UpstreamError as exc:
-            stale = self.cache.lookup_stale(query.key, self.clock())
-            if stale is not None:
-                self.counters.count(school.id, transport, "stale")
-                return wire.replay(stale[0], stale[1], query, limit)
-            self.counters.count(school.id, transport, "servfail")
-            return self._error_answer(exc, query)
-        except Exception as exc:  # a bug: answer SERVFAIL rather than leave the client waiting
-            return self._error_answer(exc, query)
+    def _ask(self, question: wire.Query, query: wire.Query,
+             then: Callable[[wire.Answer | None, Exception | None], bytes | None], deliver: Deliver) -> None:
+        """Ask upstream the question (for the client's query); deliver what `then` makes of the outcome.
+
+        The client is always answered: a failure in `then` becomes an rcode like any other.
+        """
+        def answered(answer: wire.Answer | None, error: Exception | None) -> None:
+            try:
+                reply = then(answer, error)
+            except Exception as exc:  # a bug: answer SERVFAIL rather than leave the client waiting
+                reply = self._error_answer(exc, query)
+            deliver(reply)
+
+        self.forwarder.ask(question, answered)
+
+    def _forwarded(self, query: wire.Query, school: policy.SchoolPolicy, snapshot: Snapshot, transport: str,
+                   limit: int, answer: wire.Answer | None, error: Exception | None) -> bytes | None:
+        if answer is None:
+            if isinstance(error, upstream.UpstreamError):
+                stale = self.cache.lookup_stale(query.key, self.clock())
+                if stale is not None:
+                    self.counters.count(school.id, transport, "stale")
+                    return wire.replay(stale[0], stale[1], query, limit)
+                self.counters.count(school.id, transport, "servfail")
+            return self._error_answer(error, query)  # type: ignore[arg-type]
         self.cache.store(query.key, answer, self.clock())
         if answer.targets:
             block = self._inspect(query, answer.targets, school, snapshot, self.wall_clock())  # arrived now
@@ -321,14 +339,13 @@ class Pipeline:
         # NODATA, and null_ip / blockpage for other query types: NOERROR, no records, SOA.
         return wire.make_local_answer(query, wire.NOERROR, records, ttl, ede)
 
-    async def _rewrite_async(self, query: wire.Query, target: str, school: policy.SchoolPolicy,
-                             transport: str, limit: int, key: bytes) -> bytes | None:
-        target_query = wire.make_synthetic_query(target, query.qtype, query.do)
-        try:
-            target_answer = await self.forwarder.resolve(target_query)
-        except upstream.UpstreamError as exc:
-            self.counters.count(school.id, transport, "servfail")
-            return self._error_answer(exc, query)
+    def _rewritten(self, query: wire.Query, target: str, school: policy.SchoolPolicy, transport: str, limit: int,
+                   key: bytes, target_answer: wire.Answer | None, error: Exception | None) -> bytes | None:
+        """The safe-search answer, once the target's addresses came from upstream."""
+        if target_answer is None:
+            if isinstance(error, upstream.UpstreamError):
+                self.counters.count(school.id, transport, "servfail")
+            return self._error_answer(error, query)  # type: ignore[arg-type]
         if target_answer.rcode != wire.NOERROR:
             return self._error_answer(upstream.UpstreamError("safe-search target did not resolve"), query)
         answer = wire.make_rewrite(query, target, target_answer, max(target_answer.ttl, 1))
@@ -345,7 +362,9 @@ class Pipeline:
             reply = wire.replay(entry.message, entry.question_length, query, limit)
             return self._answered(data, transport, school, segment, reply, entry.exact_until, None, entry,
                                   "rewritten")
-        return self._rewrite_async(query, target, school, transport, limit, key)
+        target_query = wire.make_synthetic_query(target, query.qtype, query.do)
+        return functools.partial(self._ask, target_query, query,
+                                 functools.partial(self._rewritten, query, target, school, transport, limit, key))
 
     def _error_answer(self, exc: Exception, query: wire.Query | None) -> bytes | None:
         """The one place failures become answers."""

@@ -3,50 +3,45 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import socket
-from collections.abc import Coroutine
 from typing import Any
 
 from resolver import config, pipeline, udpbatch, wire
 
 
 class InFlight:
-    """The capped, tracked set of query tasks of one worker (for the bound and the drain)."""
+    """The capped count of one worker's cache misses waiting for their answers (for the bound and the drain)."""
 
     def __init__(self, limit: int, counters: Any):
-        # Made in the running loop, which it keeps: on Python 3.11 each asyncio.get_running_loop()
-        # makes a getpid system call, and a cache miss would pay it.
         self.limit = limit
         self.counters = counters
-        self.loop = asyncio.get_running_loop()
-        self.tasks: set[asyncio.Task[Any]] = set()
+        self.count = 0
+        self._idle: asyncio.Event | None = None  # set when the count reaches 0, while draining
 
-    def start(self, work: Coroutine[Any, Any, bytes | None], deliver: Any, reason: str) -> bool:
-        """Run work as a task that hands its answer to deliver(); False (work dropped) when full."""
-        if len(self.tasks) >= self.limit:
-            work.close()
+    def start(self, work: pipeline.Later, deliver: Any, reason: str) -> bool:
+        """Start work, which hands its answer to deliver(); False (work dropped) when full."""
+        if self.count >= self.limit:
             self.counters.dropped[reason] += 1
             return False
-        task = self.loop.create_task(_deliver(work, deliver))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self.count += 1
+        work(functools.partial(self._finished, deliver))
         return True
 
+    def _finished(self, deliver: Any, answer: bytes | None) -> None:
+        self.count -= 1
+        if not self.count and self._idle is not None:
+            self._idle.set()
+        if answer is not None:
+            deliver(answer)
+
     async def drain(self, timeout_seconds: float) -> None:
-        """Let queries in flight finish for up to timeout_seconds, then cancel the rest."""
-        if self.tasks:
-            _, pending = await asyncio.wait(set(self.tasks), timeout=timeout_seconds)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending)
-
-
-async def _deliver(work: Coroutine[Any, Any, bytes | None], deliver: Any) -> None:
-    answer = await work
-    if answer is not None:
-        deliver(answer)
+        """Let queries in flight finish for up to timeout_seconds (the rest fail when the upstreams close)."""
+        if self.count:
+            self._idle = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), timeout_seconds)
 
 
 class UdpServer:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import os
 import random
 import socket
 import time
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from resolver import wire
 from resolver.errors import ResolverError
@@ -83,13 +86,31 @@ class AnswerLimits:
     negative_max_ttl: int = 3600
 
 
+# What a UDP query is finished with: its matching reply, or why there is none (exactly one is None).
+UdpDone = Callable[[bytes | None, "UpstreamError | None"], None]
+# What a question asked of the pool is finished with: its answer, or the failure (exactly one is None).
+Done = Callable[[wire.Answer | None, Exception | None], None]
+
+
+async def _awaited(start: Callable[[Callable[[Any, Exception | None], None]], None]) -> Any:
+    """Await an operation started with start(done) that calls done(result, None) or done(None, error)."""
+    future = asyncio.get_running_loop().create_future()
+
+    def done(result: Any, error: Exception | None) -> None:
+        if not future.done():
+            future.set_exception(error) if error is not None else future.set_result(result)
+
+    start(done)
+    return await future
+
+
 class _Pending:
-    """One UDP query waiting for its reply: what the reply must match, and when to give up."""
+    """One UDP query waiting for its reply: what the reply must match, when to give up, who to tell."""
 
-    __slots__ = ("future", "question", "deadline", "timeout_seconds")
+    __slots__ = ("done", "question", "deadline", "timeout_seconds")
 
-    def __init__(self, future: asyncio.Future[bytes], question: bytes, timeout_seconds: float):
-        self.future = future
+    def __init__(self, done: UdpDone, question: bytes, timeout_seconds: float):
+        self.done = done
         self.question = question
         self.deadline = time.monotonic() + timeout_seconds
         self.timeout_seconds = timeout_seconds
@@ -129,6 +150,7 @@ class _UdpSocket:
         self.sock = sock
         self.pending: dict[int, _Pending] = {}
         self.uses = 0
+        self.retired = False  # used up: no new queries; closed once the last answer arrived
         self.closed = False
         self.loop = asyncio.get_running_loop()
         self.loop.add_reader(sock.fileno(), self._read_ready)
@@ -136,6 +158,8 @@ class _UdpSocket:
     def _read_ready(self) -> None:
         recv_into = self.sock.recv_into
         for _ in range(wire.UDP_READ_BATCH):
+            if self.closed:  # retired, and its last reply just arrived
+                return
             try:
                 # Into one buffer, then copied: recv(MAX_DATAGRAM) would allocate 64 KiB per reply
                 # and shrink it.
@@ -146,12 +170,12 @@ class _UdpSocket:
                 self._fail(UpstreamNetworkError(str(exc)))
                 return
             # Connected socket: the kernel already dropped datagrams from other sources.
-            pending = self.pending.get(int.from_bytes(data[:2], "big")) if len(data) >= 12 else None
-            if pending is None or not wire.reply_matches(data, data[0] << 8 | data[1], pending.question):
+            upstream_id = data[0] << 8 | data[1] if len(data) >= 12 else -1
+            pending = self.pending.get(upstream_id)
+            if pending is None or not wire.reply_matches(data, upstream_id, pending.question):
                 self.owner.mismatched += 1  # a stray, late or spoofed reply: ignore it
                 continue
-            if not pending.future.done():
-                pending.future.set_result(data)
+            self.finish(upstream_id, data, None)
 
     def send(self, message: bytes) -> None:
         try:
@@ -159,17 +183,26 @@ class _UdpSocket:
         except OSError as exc:  # a full buffer or an ICMP error from an earlier query
             raise UpstreamNetworkError(f"{self.owner.address}: {exc}") from None
 
+    def finish(self, upstream_id: int, reply: bytes | None, error: UpstreamError | None) -> None:
+        """Hand a waiting query its reply or error (once); a retired socket closes after its last one."""
+        pending = self.pending.pop(upstream_id, None)
+        if pending is None:
+            return
+        if not self.pending and self.retired:
+            self.close()
+        pending.done(reply, error)
+
     def _fail(self, exc: UpstreamError) -> None:
-        for pending in self.pending.values():
-            if not pending.future.done():
-                pending.future.set_exception(exc)
+        for upstream_id in list(self.pending):
+            self.finish(upstream_id, None, exc)
 
     def close(self) -> None:
         if not self.closed:
             self.closed = True
             self.loop.remove_reader(self.sock.fileno())
             self.sock.close()
-            self._fail(UpstreamNetworkError("socket closed"))
+            self.owner.discard(self)
+            self._fail(UpstreamNetworkError(f"{self.owner.address}: socket closed"))
 
 
 class Upstream:
@@ -181,6 +214,7 @@ class Upstream:
         self.socket_max_uses = socket_max_uses
         self._sockets: list[_UdpSocket] = []  # open and not retired
         self._retired: set[_UdpSocket] = set()  # used up: closed once their last answer arrived
+        self.closed = False
         self._timeout_check: asyncio.TimerHandle | None = None  # armed while queries wait (see _expire)
         # Health and counters (read by metrics and ordering; never per-client).
         self.consecutive_failures = 0
@@ -226,27 +260,39 @@ class Upstream:
         chosen.uses += 1
         if chosen.uses >= self.socket_max_uses:
             sockets.remove(chosen)
+            chosen.retired = True
             self._retired.add(chosen)
         return chosen
 
-    async def exchange_udp(self, query: wire.Query, timeout_seconds: float) -> bytes:
-        """One UDP round trip with a fresh random ID; only a matching reply is accepted."""
+    def discard(self, sock: _UdpSocket) -> None:
+        """Forget a closed socket."""
+        if sock in self._sockets:
+            self._sockets.remove(sock)
+        self._retired.discard(sock)
+
+    def send_udp(self, query: wire.Query, timeout_seconds: float, done: UdpDone) -> None:
+        """Send the question over UDP with a fresh random ID; `done` gets the matching reply, or the
+        error (timeout, ICMP, closed), exactly once and never before this returns. Raises
+        UpstreamNetworkError if the query cannot be sent."""
+        if self.closed:
+            raise UpstreamNetworkError(f"{self.address}: closed")
         sock = self._socket()
         upstream_id = _random_ids.next()
         while upstream_id in sock.pending:
             upstream_id = _random_ids.next()
-        future: asyncio.Future[bytes] = sock.loop.create_future()
-        sock.pending[upstream_id] = _Pending(future, query.question_lower, timeout_seconds)
-        if self._timeout_check is None:
-            self._timeout_check = sock.loop.call_later(TIMEOUT_CHECK_SECONDS, self._expire)
         try:
             sock.send(wire.make_upstream_query(query, upstream_id))
-            return await future
-        finally:
-            del sock.pending[upstream_id]
-            if sock in self._retired and not sock.pending:
-                self._retired.discard(sock)
+        except UpstreamNetworkError:
+            if sock.retired and not sock.pending:
                 sock.close()
+            raise
+        sock.pending[upstream_id] = _Pending(done, query.question_lower, timeout_seconds)
+        if self._timeout_check is None:
+            self._timeout_check = sock.loop.call_later(TIMEOUT_CHECK_SECONDS, self._expire)
+
+    async def exchange_udp(self, query: wire.Query, timeout_seconds: float) -> bytes:
+        """send_udp awaited: the matching reply, or its error raised."""
+        return await _awaited(functools.partial(self.send_udp, query, timeout_seconds))
 
     def _expire(self) -> None:
         """Fail the queries past their deadline; check again later while any is waiting.
@@ -257,17 +303,11 @@ class Upstream:
         """
         self._timeout_check = None
         now = time.monotonic()
-        waiting = False
-        for sock in (*self._sockets, *self._retired):
-            for pending in sock.pending.values():
-                if pending.future.done():
-                    continue
-                if now >= pending.deadline:
-                    pending.future.set_exception(UpstreamTimeout(
-                        f"{self.address}: no answer in {pending.timeout_seconds:.2f}s"))
-                else:
-                    waiting = True
-        if waiting:
+        expired = [(sock, upstream_id, pending.timeout_seconds) for sock in (*self._sockets, *self._retired)
+                   for upstream_id, pending in sock.pending.items() if now >= pending.deadline]
+        for sock, upstream_id, timeout_seconds in expired:  # may start queries: not while iterating
+            sock.finish(upstream_id, None, UpstreamTimeout(f"{self.address}: no answer in {timeout_seconds:.2f}s"))
+        if self._timeout_check is None and any(sock.pending for sock in (*self._sockets, *self._retired)):
             self._timeout_check = asyncio.get_running_loop().call_later(TIMEOUT_CHECK_SECONDS, self._expire)
 
     async def exchange_tcp(self, query: wire.Query, timeout_seconds: float) -> bytes:
@@ -294,6 +334,7 @@ class Upstream:
                 writer.close()
 
     def close(self) -> None:
+        self.closed = True
         if self._timeout_check is not None:
             self._timeout_check.cancel()
             self._timeout_check = None
@@ -301,6 +342,108 @@ class Upstream:
             sock.close()
         self._sockets.clear()
         self._retired.clear()
+
+
+class _Question:
+    """One question the pool is answering: its attempts over the upstreams in order, and who waits.
+
+    Driven by callbacks, not a task: a waiting cache miss holds no task, future or coroutine
+    frames (measured: 2.3 KB per waiting miss instead of 3.9; docs/performance.md, "Cache misses
+    without tasks").
+    """
+
+    __slots__ = ("pool", "query", "waiters", "deadline", "candidates", "index", "started", "last_answer", "worst")
+
+    def __init__(self, pool: UpstreamPool, query: wire.Query, done: Done):
+        self.pool = pool
+        self.query = query
+        self.waiters = [done]
+        self.started = time.monotonic()  # the clock of the attempts' deadlines (_Pending), and the event loop's
+        self.deadline = self.started + pool.timeout_seconds
+        self.candidates = pool.ordered(self.started)
+        self.index = -1  # the upstream being asked
+        self.last_answer: wire.Answer | None = None  # a SERVFAIL or REFUSED, returned if no upstream does better
+        self.worst: UpstreamError | None = None  # the most telling failure so far
+
+    def next_attempt(self) -> None:
+        """Ask the next upstream, sharing what is left of the time among the ones still to try; or finish."""
+        candidates = self.candidates
+        while self.index + 1 < len(candidates):
+            self.index += 1
+            if self.index:
+                self.started = time.monotonic()
+            remaining = self.deadline - self.started
+            if remaining <= 0:
+                break
+            upstream = candidates[self.index]
+            upstream.queries += 1
+            try:
+                upstream.send_udp(self.query, remaining / (len(candidates) - self.index), self.udp_done)
+                return
+            except UpstreamError as exc:
+                self.failed(upstream, exc)
+        if self.last_answer is not None:
+            self.finish(self.last_answer, None)
+        else:
+            worst = self.worst or UpstreamTimeout("no time left to ask any upstream")
+            self.finish(None, AllUpstreamsFailed(f"every upstream failed: {worst}", worst.ede_code))
+
+    def udp_done(self, reply: bytes | None, error: UpstreamError | None) -> None:
+        upstream = self.candidates[self.index]
+        if reply is None:
+            self.failed(upstream, error)  # type: ignore[arg-type]
+            self.next_attempt()
+        elif wire.is_truncated(reply):  # again over TCP: the one path that runs as a task
+            upstream.truncated += 1
+            self.pool.start_task(upstream.exchange_tcp(self.query, max(self.deadline - time.monotonic(), 0.05)),
+                                 self.tcp_done)
+        else:
+            self.replied(upstream, reply)
+
+    def tcp_done(self, task: asyncio.Task[bytes]) -> None:
+        upstream = self.candidates[self.index]
+        error = UpstreamNetworkError(f"{upstream.address} (tcp): cancelled") if task.cancelled() else task.exception()
+        if isinstance(error, UpstreamError):
+            self.failed(upstream, error)
+            self.next_attempt()
+        elif error is not None:
+            self.finish(None, error)  # a bug: the waiters answer SERVFAIL
+        else:
+            self.replied(upstream, task.result())
+
+    def replied(self, upstream: Upstream, reply: bytes) -> None:
+        limits = self.pool.limits
+        try:
+            answer = wire.parse_upstream_answer(reply, len(self.query.question), limits.min_ttl, limits.max_ttl,
+                                                limits.negative_max_ttl)
+        except wire.BadReply as exc:
+            upstream.mismatched += 1
+            self.failed(upstream, UpstreamNetworkError(f"{upstream.address}: bad reply: {exc}"), telling=False)
+            self.next_attempt()
+            return
+        upstream.record(True, self.started, time.monotonic())
+        if answer.rcode in (wire.SERVFAIL, wire.REFUSED):
+            self.last_answer = answer  # that upstream could not help; another may
+            self.next_attempt()
+            return
+        self.finish(answer, None)
+
+    def failed(self, upstream: Upstream, exc: UpstreamError, telling: bool = True) -> None:
+        """Count a failed attempt; a timeout is the most telling failure, else the first one."""
+        if isinstance(exc, UpstreamTimeout):
+            upstream.timeouts += 1
+        upstream.record(False, self.started, time.monotonic())
+        self.pool.reorder()
+        if self.worst is None or (telling and isinstance(exc, UpstreamTimeout)):
+            self.worst = exc
+
+    def finish(self, answer: wire.Answer | None, error: Exception | None) -> None:
+        del self.pool.asking[self.query.key]
+        for done in self.waiters:
+            try:
+                done(answer, error)
+            except Exception:  # a waiter's bug must not cost the other waiters their answer
+                log.exception("internal error handing out an upstream answer")
 
 
 class UpstreamPool:
@@ -315,42 +458,39 @@ class UpstreamPool:
         self.timeout_seconds = timeout_seconds
         self.limits = limits
         self.max_in_flight = max_in_flight
-        self._in_flight: dict[bytes, asyncio.Future[wire.Answer] | None] = {}
+        self.asking: dict[bytes, _Question] = {}  # question key -> the question being answered
         self.coalesced = 0
         self._order = list(self.upstreams)
         self._order_until = 0.0
+        self._tasks: set[asyncio.Task[Any]] = set()  # TCP exchanges (truncated answers)
 
-    def in_flight(self) -> int:
-        return len(self._in_flight)
+    def ask(self, query: wire.Query, done: Done) -> None:
+        """Answer the query's question: `done(answer, None)` or `done(None, error)`, exactly once,
+        possibly before this returns. Identical questions asked meanwhile share the answer."""
+        question = self.asking.get(query.key)
+        if question is not None:
+            question.waiters.append(done)
+            self.coalesced += 1
+        elif len(self.asking) >= self.max_in_flight:
+            done(None, UpstreamError("too many queries in flight upstream"))
+        else:
+            question = self.asking[query.key] = _Question(self, query, done)
+            question.next_attempt()
 
     async def resolve(self, query: wire.Query) -> wire.Answer:
-        """The upstream answer to the query's question; identical concurrent questions share one."""
-        key = query.key
-        in_flight = self._in_flight
-        if key in in_flight:
-            shared = in_flight[key]
-            if shared is None:  # the first waiter makes the future the asking query will fill
-                shared = in_flight[key] = asyncio.get_running_loop().create_future()
-            self.coalesced += 1
-            return await asyncio.shield(shared)
-        if len(in_flight) >= self.max_in_flight:
-            raise UpstreamError("too many queries in flight upstream")
-        in_flight[key] = None  # most questions are asked once: no future until someone waits
-        try:
-            answer = await self._resolve_uncoalesced(query)
-        except BaseException as exc:
-            future = in_flight[key]
-            if future is not None and not future.done():
-                future.set_exception(exc if isinstance(exc, Exception) else UpstreamError("cancelled"))
-                future.exception()  # mark retrieved: the waiters may be gone
-            raise
-        else:
-            future = in_flight[key]
-            if future is not None:
-                future.set_result(answer)
-            return answer
-        finally:
-            del in_flight[key]
+        """ask(), awaited: the answer, or the failure raised."""
+        return await _awaited(functools.partial(self.ask, query))
+
+    def start_task(self, work: Coroutine[Any, Any, Any], done: Callable[[asyncio.Task[Any]], None]) -> None:
+        """Run work as a task kept until it ends (closed with the pool), then call done(task)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(done)
+
+    def reorder(self) -> None:
+        """Sort the upstreams again at the next question (after a failure)."""
+        self._order_until = 0.0
 
     def ordered(self, now: float) -> list[Upstream]:
         """Healthy upstreams by latency first, then the ones recently failing.
@@ -362,55 +502,11 @@ class UpstreamPool:
             self._order_until = now + ORDER_REFRESH_SECONDS
         return self._order
 
-    async def _resolve_uncoalesced(self, query: wire.Query) -> wire.Answer:
-        clock = time.monotonic  # the clock of the attempts' deadlines (_Pending), and the event loop's
-        started = clock()
-        deadline = started + self.timeout_seconds
-        candidates = self.ordered(started)
-        last_answer: wire.Answer | None = None
-        worst: UpstreamError | None = None
-        for index, upstream in enumerate(candidates):
-            if index:
-                started = clock()
-            remaining = deadline - started
-            if remaining <= 0:
-                break
-            # Share what is left of the budget among the upstreams still to try.
-            attempt_timeout = remaining / (len(candidates) - index)
-            upstream.queries += 1
-            try:
-                reply = await upstream.exchange_udp(query, attempt_timeout)
-                if wire.is_truncated(reply):
-                    upstream.truncated += 1
-                    reply = await upstream.exchange_tcp(query, max(deadline - clock(), 0.05))
-                answer = wire.parse_upstream_answer(
-                    reply, len(query.question), self.limits.min_ttl, self.limits.max_ttl,
-                    self.limits.negative_max_ttl)
-            except UpstreamError as exc:
-                if isinstance(exc, UpstreamTimeout):
-                    upstream.timeouts += 1
-                upstream.record(False, started, clock())
-                self._order_until = 0.0
-                if worst is None or isinstance(exc, UpstreamTimeout):
-                    worst = exc
-                continue
-            except wire.BadReply as exc:
-                upstream.mismatched += 1
-                upstream.record(False, started, clock())
-                self._order_until = 0.0
-                worst = worst or UpstreamNetworkError(f"{upstream.address}: bad reply: {exc}")
-                continue
-            upstream.record(True, started, clock())
-            if answer.rcode in (wire.SERVFAIL, wire.REFUSED):
-                last_answer = answer  # that upstream could not help; another may
-                continue
-            return answer
-        if last_answer is not None:
-            return last_answer
-        if worst is None:
-            worst = UpstreamTimeout("no time left to ask any upstream")
-        raise AllUpstreamsFailed(f"every upstream failed: {worst}", worst.ede_code)
-
     def close(self) -> None:
+        """Close every upstream: questions still waiting fail (their waiters answer at once)."""
+        for task in self._tasks:
+            task.cancel()
+        for upstream in self.upstreams:
+            upstream.closed = True  # no failover to an upstream about to close
         for upstream in self.upstreams:
             upstream.close()

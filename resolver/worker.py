@@ -98,7 +98,7 @@ class Worker:
         now = time.monotonic()
         return {
             "counters": self.counters,
-            "in_flight": len(self.in_flight.tasks),
+            "in_flight": self.in_flight.count,
             "tcp_connections": len(self.tcp.open),
             "cache_entries": len(self.cache), "cache_bytes": self.cache.bytes,
             "cache_hits": self.cache.hits, "cache_misses": self.cache.misses,

@@ -365,3 +365,79 @@ async def test_independent_cli_client(resolver, tool):
             "+time=2", *transport, stdout=asyncio.subprocess.PIPE)
         out, _ = await proc.communicate()
         assert out.decode().split() == ["192.0.2.10"]
+
+
+def _question(name: str) -> wire.Query:
+    return wire.parse_query(dns.message.make_query(name, "A").to_wire())
+
+
+class _Outcomes:
+    """Records what UpstreamPool.ask hands a waiter, once per call, and can wait for the count."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[wire.Answer | None, Exception | None]] = []
+        self.arrived = asyncio.Event()
+
+    def __call__(self, answer, error) -> None:
+        self.calls.append((answer, error))
+        self.arrived.set()
+
+
+async def test_questions_waiting_when_the_pool_closes_fail_once_and_no_socket_is_left(upstream):
+    upstream.drop("lost.example.com")
+    async with FakeUpstream() as second:
+        second.drop()
+        pool = forwarding.UpstreamPool([forwarding.parse_address(upstream.address),
+                                        forwarding.parse_address(second.address)], timeout_seconds=5.0)
+        outcome = _Outcomes()
+        pool.ask(_question("lost.example.com"), outcome)
+        async def sent() -> None:
+            while not upstream.count("lost.example.com"):
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(sent(), 2)  # the query arrived and waits for its reply
+        assert not outcome.calls
+        pool.close()  # no failover to the second upstream, which is closing too
+        [(answer, error)] = outcome.calls
+        assert answer is None and isinstance(error, forwarding.AllUpstreamsFailed)
+        assert second.count() == 0
+        assert all(not u._sockets and not u._retired for u in pool.upstreams)
+        assert not pool.asking
+        with pytest.raises(forwarding.UpstreamError):  # a closed pool answers at once, opening nothing
+            await pool.resolve(_question("www.example.com"))
+        assert all(not u._sockets for u in pool.upstreams)
+
+
+async def test_a_waiter_that_fails_does_not_cost_the_others_their_answer(upstream, caplog):
+    pool = forwarding.UpstreamPool([forwarding.parse_address(upstream.address)])
+    try:
+        def broken(answer, error):
+            raise RuntimeError("a bug in a waiter")
+
+        outcome = _Outcomes()
+        pool.ask(_question("www.example.com"), broken)
+        pool.ask(_question("WWW.example.com"), outcome)  # the same question: it waits for the first
+        await asyncio.wait_for(outcome.arrived.wait(), 2)
+        [(answer, error)] = outcome.calls
+        assert error is None and answer.rcode == wire.NOERROR
+        assert pool.coalesced == 1 and upstream.count("www.example.com") == 1
+        assert "internal error handing out an upstream answer" in caplog.text
+    finally:
+        pool.close()
+
+
+async def test_questions_beyond_the_in_flight_bound_fail_at_once(upstream):
+    upstream.delay(0.3, "www.example.com")
+    pool = forwarding.UpstreamPool([forwarding.parse_address(upstream.address)], max_in_flight=1)
+    try:
+        first, second = _Outcomes(), _Outcomes()
+        pool.ask(_question("www.example.com"), first)
+        upstream.answer("other.example.com", "A", "192.0.2.2")
+        pool.ask(_question("other.example.com"), second)
+        [(answer, error)] = second.calls  # before ask returned: nothing was sent
+        assert answer is None and "too many queries in flight upstream" in str(error)
+        assert upstream.count("other.example.com") == 0
+        await asyncio.wait_for(first.arrived.wait(), 2)
+        assert first.calls[0][0].rcode == wire.NOERROR
+    finally:
+        pool.close()

@@ -18,7 +18,6 @@ Nothing is asserted about speed.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import cProfile
 import dataclasses
 import pstats
@@ -42,12 +41,12 @@ CLIENT = "127.0.0.1"
 class AnsweringForwarder:
     """Every name has one A record with TTL 3600 (the pipeline's Forwarder protocol)."""
 
-    async def resolve(self, query: wire.Query) -> wire.Answer:
+    def ask(self, query: wire.Query, done) -> None:
         request = dns.message.make_query(query.name + ".", query.qtype)
         response = dns.message.make_response(request)
         response.answer.append(dns.rrset.from_text(query.name + ".", 3600, "IN", "A", "192.0.2.1"))
         reply = response.to_wire()
-        return wire.parse_upstream_answer(reply, len(query.question), 0, 86400, 3600)
+        done(wire.parse_upstream_answer(reply, len(query.question), 0, 86400, 3600), None)
 
 
 def query_bytes(name: str, rng: random.Random) -> bytes:
@@ -98,13 +97,10 @@ def main() -> None:
         kinds["churn"] = rng.choices(churned, weights=[1 / rank for rank in range(1, len(churned) + 1)],
                                      k=len(churned) * 5 // 2)
 
-    async def fill() -> None:
-        for name in allowed + churned:
-            reply = pipe.handle(query_bytes(name, rng), CLIENT, "udp")
-            assert not isinstance(reply, bytes | None), f"{name} should be a cache miss first"
-            await reply
-
-    asyncio.run(fill())
+    for name in allowed + churned:
+        reply = pipe.handle(query_bytes(name, rng), CLIENT, "udp")
+        assert not isinstance(reply, bytes | None), f"{name} should be a cache miss first"
+        reply(lambda answer: None)  # the forwarder answers at once: the answer is cached
     print(f"site: {len(snapshot.policies.schools)} schools, {snapshot.index.entry_count} listed names; "
           f"{len(allowed)} allowed (cached) + {len(blocked)} blocked query names, {args.rounds} rounds")
     if churned:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import zoneinfo
 
@@ -36,13 +37,13 @@ class CountingForwarder:
         self.asked: list[str] = []
         self.ttls: dict[str, int] = {}
 
-    async def resolve(self, query: wire.Query) -> wire.Answer:
+    def ask(self, query: wire.Query, done) -> None:
         self.asked.append(query.name)
         request = dns.message.make_query(query.name + ".", query.qtype)
         response = dns.message.make_response(request)
         ttl = self.ttls.get(query.name, 300)
         response.answer.append(dns.rrset.from_text(query.name + ".", ttl, "IN", "A", "192.0.2.10"))
-        return wire.parse_upstream_answer(response.to_wire(), len(query.question), 0, 86400, 3600)
+        done(wire.parse_upstream_answer(response.to_wire(), len(query.question), 0, 86400, 3600), None)
 
 
 def make_site(tmp_path, files=None):
@@ -69,8 +70,10 @@ def query(name: str, query_id: int) -> bytes:
 
 async def answer(pipe: pipeline.Pipeline, data: bytes, client: str = SCHOOL_A, transport: str = "udp"):
     reply = pipe.handle(data, client, transport)
-    if not isinstance(reply, bytes):
-        reply = await reply
+    if not isinstance(reply, bytes):  # a cache miss: started with where its answer goes
+        delivered = asyncio.get_running_loop().create_future()
+        reply(delivered.set_result)
+        reply = await delivered
     return dns.message.from_wire(reply)
 
 
@@ -202,3 +205,15 @@ async def test_decisions_and_repeats_outlive_minutes_between_schedule_boundaries
         clocks.advance(20)  # 07:11:19, 07:11:39, 07:11:59: a minute passes, no schedule boundary
     assert decided == ["games.example.com", "games.example.com"]  # once per school
     assert len(pipe._repeats) == 2
+
+
+async def test_a_miss_is_answered_even_when_making_its_answer_fails(site, caplog):
+    pipe, _, forwarder, counters, _, _ = site
+
+    def ask_badly(query, done):  # an upstream room with a bug: not an Answer
+        done("not an answer", None)
+
+    forwarder.ask = ask_badly
+    reply = await answer(pipe, query("www.example.com", 7))
+    assert reply.rcode() == dns.rcode.SERVFAIL and reply.id == 7
+    assert counters.internal_errors == 1 and "internal error answering a query" in caplog.text
