@@ -9,7 +9,7 @@ import logging
 import multiprocessing.connection
 import signal
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from resolver import config, control, metrics, spawner, worker
 
@@ -61,10 +61,28 @@ async def run_single(cfg: config.Config, ready: Any = None) -> None:
 # the kernel spreads queries over cores. The supervisor serves no DNS; the workers serve no admin API.
 
 
+# A worker that dies is restarted at once. A restart that fails is tried again after
+# RESTART_DELAY_SECONDS, then after twice as long each time up to RESTART_DELAY_MAX_SECONDS (a
+# worker that cannot start, e.g. after config.yaml was broken, is not forked twice a second).
+RESTART_DELAY_SECONDS = 0.5
+RESTART_DELAY_MAX_SECONDS = 30.0
+
+
+class Forker(Protocol):
+    """What the supervisor needs from the spawner room (spawner.Spawner; a fake in tests)."""
+
+    def start_worker(self, args: worker.SpawnArgs) -> tuple[spawner.WorkerProcess,
+                                                             multiprocessing.connection.Connection]: ...
+
+    def replacement(self) -> Forker: ...
+
+    def close(self) -> None: ...
+
+
 class Supervisor:
     """Starts, watches and stops N worker processes; merges their numbers for the admin API."""
 
-    def __init__(self, cfg: config.Config, forker: spawner.Spawner):
+    def __init__(self, cfg: config.Config, forker: Forker):
         self.config = cfg
         self.spawner = forker
         self.processes: list[spawner.WorkerProcess] = []
@@ -72,8 +90,15 @@ class Supervisor:
         self.states: dict[int, dict[str, Any]] = {}
         self.ports: tuple[int, ...] = tuple(a.port for a in cfg.listen)
         self.stopping = False
-        self.restarts = 0
+        self.restarts = 0  # workers started again after dying
+        self.restart_failures = 0
+        self._restart_at: dict[int, tuple[float, float]] = {}  # worker index -> (loop time, delay) of its next try
         self.reload_failures = 0  # rejected here, so no worker counts them
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        """Stop the workers and return from run() (SIGTERM, SIGINT)."""
+        self._stop.set()
 
     def _spawn(self, index: int) -> tuple[spawner.WorkerProcess, multiprocessing.connection.Connection]:
         args = worker.SpawnArgs(self.config.file, self.ports, index, self.config.workers, logging.getLogger().level)
@@ -81,8 +106,7 @@ class Supervisor:
             return self.spawner.start_worker(args)
         except OSError as exc:
             log.error("the spawner process is gone (%s); starting a new one", exc)
-            self.spawner.close()
-            self.spawner = spawner.Spawner.start_fresh()
+            self.spawner = self.spawner.replacement()
             return self.spawner.start_worker(args)
 
     async def _wait_ready(self, index: int, conn: multiprocessing.connection.Connection,
@@ -108,17 +132,16 @@ class Supervisor:
             self.processes.append(process)
             self.conns.append(conn)
         log.info("%d workers serving DNS on ports %s", self.config.workers, self.ports)
-        stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGTERM, self.stop)
+        loop.add_signal_handler(signal.SIGINT, self.stop)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
         admin_runner = await start_admin(self.config, self.state, self.reload)
         if ready is not None:
             ready(self)
         watchers = [loop.create_task(self._watch()),
                     loop.create_task(worker.watch_files(self.config, self.reload, files))]
-        await stop.wait()
+        await self._stop.wait()
         self.stopping = True
         for watcher in watchers:
             watcher.cancel()
@@ -136,7 +159,8 @@ class Supervisor:
         self.spawner.close()
 
     async def _watch(self) -> None:
-        """Collect published numbers; restart a worker that died."""
+        """Collect published numbers; restart a worker that died. Never ends before shutdown."""
+        loop = asyncio.get_running_loop()
         while True:
             for index, conn in enumerate(self.conns):
                 try:
@@ -146,20 +170,33 @@ class Supervisor:
                             self.states[index] = message["state"]
                 except (EOFError, OSError):
                     pass
-                process = self.processes[index]
-                if not process.alive() and not self.stopping:
-                    log.error("worker %d died; restarting it", index)
-                    self.restarts += 1
-                    process.close()
-                    conn.close()
-                    process, conn = self._spawn(index)
-                    try:
-                        await self._wait_ready(index, conn, process)
-                    except RuntimeError as exc:
-                        log.error("%s", exc)
-                    finally:  # also when shutdown cancels the wait: the new worker must be stopped too
-                        self.processes[index], self.conns[index] = process, conn
+                if not self.stopping and not self.processes[index].alive():
+                    if loop.time() >= self._restart_at.get(index, (0.0, 0.0))[0]:
+                        await self._restart(index)
             await asyncio.sleep(0.5)
+
+    async def _restart(self, index: int) -> None:
+        """Start worker `index` again; when that fails, try again later (see RESTART_DELAY_SECONDS)."""
+        if index in self._restart_at:
+            log.info("starting worker %d again", index)
+        else:
+            log.error("worker %d died; restarting it", index)
+        self.processes[index].close()
+        self.conns[index].close()
+        try:
+            process, conn = self._spawn(index)
+            # Kept at once: shutdown may cancel the wait, and the new worker must be stopped too.
+            self.processes[index], self.conns[index] = process, conn
+            await self._wait_ready(index, conn, process)
+        except Exception as exc:  # OSError, RuntimeError from _wait_ready, ...: never the end of the watch
+            self.restart_failures += 1
+            previous = self._restart_at.get(index)
+            delay = RESTART_DELAY_SECONDS if previous is None else min(previous[1] * 2, RESTART_DELAY_MAX_SECONDS)
+            self._restart_at[index] = (asyncio.get_running_loop().time() + delay, delay)
+            log.error("worker %d did not start (%s); trying again in %.1fs", index, exc, delay)
+        else:
+            self.restarts += 1
+            self._restart_at.pop(index, None)
 
     async def reload(self) -> bool:
         """Validate the new files here first, then have every worker install them."""
@@ -196,10 +233,11 @@ class Supervisor:
             entries = state["list_entries"]
         return {**total, "counters": merged, "upstreams": list(upstreams.values()),
                 "generation": generation, "loaded_at": loaded_at, "list_entries": entries,
-                "workers": sum(1 for p in self.processes if p.alive())}
+                "workers": sum(1 for p in self.processes if p.alive()),
+                "worker_restarts": self.restarts, "worker_restart_failures": self.restart_failures}
 
 
-def serve(cfg: config.Config, forker: spawner.Spawner | None = None) -> None:
+def serve(cfg: config.Config, forker: Forker | None = None) -> None:
     """`schooldns serve`: one process, or a supervisor of cfg.workers processes forked by `forker`."""
     if cfg.workers == 1:
         asyncio.run(run_single(cfg))

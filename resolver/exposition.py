@@ -93,6 +93,12 @@ class ResolverCollector(Collector):
             entries.add_metric([category], value)
         yield entries
         yield _gauge("schooldns_workers", "Worker processes serving DNS.", s["workers"])
+        # Only a supervisor (workers: N > 1) restarts workers; one process reports 0.
+        yield _counter("schooldns_worker_restarts", "Workers that died and were started again.",
+                       s.get("worker_restarts", 0))
+        yield _counter("schooldns_worker_restart_failures",
+                       "Restarts of a worker that failed; the next try waits twice as long (up to 30 s).",
+                       s.get("worker_restart_failures", 0))
 
 
 def _counter(name: str, text: str, value: float) -> CounterMetricFamily:

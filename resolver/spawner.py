@@ -41,21 +41,25 @@ class WorkerProcess:
     """A worker forked by the spawner; the supervisor holds a pidfd, which is readable once it has exited."""
 
     pid: int
-    pidfd: int
+    pidfd: int  # -1 once closed: then it counts as exited
 
     def alive(self) -> bool:
         return not self.wait(0)
 
     def wait(self, timeout_seconds: float) -> bool:
         """True once the process has exited; False if it still runs after `timeout_seconds`."""
-        return _exited(self.pidfd, timeout_seconds)
+        return self.pidfd < 0 or _exited(self.pidfd, timeout_seconds)
 
     def send_signal(self, signum: int) -> None:
-        with contextlib.suppress(ProcessLookupError):  # already reaped by the spawner
-            signal.pidfd_send_signal(self.pidfd, signum)
+        if self.pidfd >= 0:
+            with contextlib.suppress(ProcessLookupError):  # already reaped by the spawner
+                signal.pidfd_send_signal(self.pidfd, signum)
 
     def close(self) -> None:
-        os.close(self.pidfd)
+        """Release the pidfd (once: its number may be reused by the next open file)."""
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
 
 
 class Spawner:
@@ -89,6 +93,11 @@ class Spawner:
                 sys.executable, "-c", "import sys; from resolver import spawner; spawner.main(sys.argv[1:])",
                 str(theirs.fileno()), str(logging.getLogger().level)], os.environ)
         return cls(ours, pid)
+
+    def replacement(self) -> Spawner:
+        """A spawner in place of this one, which is gone: this one reaped, a new one started."""
+        self.close()
+        return Spawner.start_fresh()
 
     def start_worker(self, args: worker.SpawnArgs) -> tuple[WorkerProcess, multiprocessing.connection.Connection]:
         """Have a worker forked; returns it and the supervisor's end of its connection.
