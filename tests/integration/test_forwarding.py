@@ -142,9 +142,13 @@ async def test_all_upstreams_failing_gives_servfail_with_ede(tmp_path):
         dead1.drop()
         dead2.drop()
         async with running_resolver(tmp_path, [dead1.address, dead2.address]) as resolver:
-            answer = await resolver.udp("www.example.com", use_edns=0, timeout=4)
-            assert answer.rcode() == dns.rcode.SERVFAIL
-            assert _ede(answer)[0][0] == wire.EDE_NO_REACHABLE_AUTHORITY
+            answers = await asyncio.gather(*[resolver.udp(f"n{i}.example.com", use_edns=0, timeout=4)
+                                             for i in range(20)])
+            assert {answer.rcode() for answer in answers} == {dns.rcode.SERVFAIL}
+            assert {_ede(answer)[0][0] for answer in answers} == {wire.EDE_NO_REACHABLE_AUTHORITY}
+            # Nothing is left waiting: every miss gave back its place, every question its slot.
+            assert resolver.worker.in_flight.count == 0 and not resolver.worker.pool.asking
+            assert dead1.count() + dead2.count() == 40  # each question asked of both, once
 
 
 async def test_closed_upstream_port_gives_network_error_ede(tmp_path):
@@ -156,6 +160,7 @@ async def test_closed_upstream_port_gives_network_error_ede(tmp_path):
         answer = await resolver.udp("www.example.com", use_edns=0)
         assert answer.rcode() == dns.rcode.SERVFAIL
         assert _ede(answer)[0][0] == wire.EDE_NETWORK_ERROR
+        assert resolver.worker.in_flight.count == 0 and not resolver.worker.pool.asking
 
 
 async def test_stale_answer_served_when_upstream_goes_away(resolver, upstream):
