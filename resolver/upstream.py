@@ -10,7 +10,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
 from resolver import wire
@@ -395,8 +395,11 @@ class _Question:
             self.next_attempt()
         elif wire.is_truncated(reply):  # again over TCP: the one path that runs as a task
             upstream.truncated += 1
-            self.pool.start_task(upstream.exchange_tcp(self.query, max(self.deadline - time.monotonic(), 0.05)),
-                                 self.tcp_done)
+            if not self.pool.start_tcp(upstream, self.query, max(self.deadline - time.monotonic(), 0.05),
+                                       self.tcp_done):
+                self.failed(upstream, UpstreamNetworkError(
+                    f"{upstream.address}: {self.pool.max_tcp_exchanges} TCP exchanges already in flight"))
+                self.next_attempt()
         else:
             self.replied(upstream, reply)
 
@@ -451,7 +454,7 @@ class UpstreamPool:
 
     def __init__(self, addresses: list[UpstreamAddress], timeout_seconds: float = 2.0,
                  limits: AnswerLimits = AnswerLimits(), sockets_per_upstream: int = 16,
-                 max_in_flight: int = 10000):
+                 max_in_flight: int = 10000, max_tcp_exchanges: int = 64):
         if not addresses:
             raise ValueError("at least one upstream is needed")
         self.upstreams = [Upstream(a, sockets_per_upstream) for a in addresses]
@@ -462,7 +465,8 @@ class UpstreamPool:
         self.coalesced = 0
         self._order = list(self.upstreams)
         self._order_until = 0.0
-        self._tasks: set[asyncio.Task[Any]] = set()  # TCP exchanges (truncated answers)
+        self.max_tcp_exchanges = max_tcp_exchanges
+        self._tcp_exchanges: set[asyncio.Task[bytes]] = set()  # retries of truncated answers
 
     def ask(self, query: wire.Query, done: Done) -> None:
         """Answer the query's question: `done(answer, None)` or `done(None, error)`, exactly once,
@@ -481,12 +485,20 @@ class UpstreamPool:
         """ask(), awaited: the answer, or the failure raised."""
         return await _awaited(functools.partial(self.ask, query))
 
-    def start_task(self, work: Coroutine[Any, Any, Any], done: Callable[[asyncio.Task[Any]], None]) -> None:
-        """Run work as a task kept until it ends (closed with the pool), then call done(task)."""
-        task = asyncio.get_running_loop().create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def start_tcp(self, upstream: Upstream, query: wire.Query, timeout_seconds: float,
+                  done: Callable[[asyncio.Task[bytes]], None]) -> bool:
+        """Run upstream.exchange_tcp as a task (cancelled when the pool closes), then done(task).
+
+        False, and nothing started, when max_tcp_exchanges are running: an upstream (or a
+        spoofer) that truncates every answer must not open a connection per cache miss.
+        """
+        if len(self._tcp_exchanges) >= self.max_tcp_exchanges:
+            return False
+        task = asyncio.get_running_loop().create_task(upstream.exchange_tcp(query, timeout_seconds))
+        self._tcp_exchanges.add(task)
+        task.add_done_callback(self._tcp_exchanges.discard)
         task.add_done_callback(done)
+        return True
 
     def reorder(self) -> None:
         """Sort the upstreams again at the next question (after a failure)."""
@@ -504,7 +516,7 @@ class UpstreamPool:
 
     def close(self) -> None:
         """Close every upstream: questions still waiting fail (their waiters answer at once)."""
-        for task in self._tasks:
+        for task in self._tcp_exchanges:
             task.cancel()
         for upstream in self.upstreams:
             upstream.closed = True  # no failover to an upstream about to close

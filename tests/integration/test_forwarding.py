@@ -18,7 +18,7 @@ import pytest
 from resolver import upstream as forwarding
 from resolver import wire
 from tests.support.fake_upstream import FakeUpstream
-from tests.support.harness import running_resolver
+from tests.support.harness import running_resolver, until
 
 
 @pytest.fixture
@@ -396,11 +396,7 @@ async def test_questions_waiting_when_the_pool_closes_fail_once_and_no_socket_is
                                         forwarding.parse_address(second.address)], timeout_seconds=5.0)
         outcome = _Outcomes()
         pool.ask(_question("lost.example.com"), outcome)
-        async def sent() -> None:
-            while not upstream.count("lost.example.com"):
-                await asyncio.sleep(0.01)
-
-        await asyncio.wait_for(sent(), 2)  # the query arrived and waits for its reply
+        await until(lambda: upstream.count("lost.example.com"), 2)  # the query arrived and waits for its reply
         assert not outcome.calls
         pool.close()  # no failover to the second upstream, which is closing too
         [(answer, error)] = outcome.calls
@@ -446,3 +442,35 @@ async def test_questions_beyond_the_in_flight_bound_fail_at_once(upstream):
         assert first.calls[0][0].rcode == wire.NOERROR
     finally:
         pool.close()
+
+
+async def test_truncated_answers_open_at_most_max_tcp_exchanges_connections(upstream):
+    # An upstream (or a spoofer) that truncates every answer must not get a connection per miss.
+    upstream.truncate()
+    gate = asyncio.Event()
+
+    async def hold_tcp(query, transport):
+        if transport == "tcp":
+            await gate.wait()
+        return "default"
+
+    upstream.hook = hold_tcp
+    pool = forwarding.UpstreamPool([forwarding.parse_address(upstream.address)], timeout_seconds=5.0,
+                                   max_tcp_exchanges=2)
+    try:
+        outcomes = [_Outcomes() for _ in range(5)]
+        for i, outcome in enumerate(outcomes):
+            upstream.answer(f"t{i}.example.com", "A", "192.0.2.3")
+            pool.ask(_question(f"t{i}.example.com"), outcome)
+        await until(lambda: sum(len(o.calls) for o in outcomes) == 3, 3)  # beyond the bound: failed at once
+        failed = [o.calls[0][1] for o in outcomes if o.calls]
+        assert all("2 TCP exchanges already in flight" in str(error) for error in failed)
+        assert upstream.count(transport="tcp") <= 2
+        gate.set()
+        await until(lambda: all(o.calls for o in outcomes), 3)
+        answered = [o.calls[0][0] for o in outcomes if o.calls[0][0] is not None]
+        assert len(answered) == 2 and all(answer.rcode == wire.NOERROR for answer in answered)
+        assert upstream.count(transport="tcp") == 2 and not pool.asking
+    finally:
+        pool.close()
+

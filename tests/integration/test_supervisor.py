@@ -38,12 +38,6 @@ class BreakableForker:
         self.real.close()
 
 
-async def until(condition, timeout_seconds: float) -> None:
-    async with asyncio.timeout(timeout_seconds):
-        while not condition():
-            await asyncio.sleep(0.05)
-
-
 @pytest.fixture
 async def upstream():
     async with FakeUpstream() as up:
@@ -62,7 +56,7 @@ async def test_a_worker_that_cannot_be_restarted_is_tried_again_until_it_starts(
         forker.broken = True
         os.kill(supervisor.processes[1].pid, signal.SIGKILL)
         # Each failure is logged and counted, and the watch goes on: it tries again, later each time.
-        await until(lambda: supervisor.restart_failures >= 2, 10)
+        await harness.until(lambda: supervisor.restart_failures >= 2, 10)
         assert "worker 1 did not start (no spawner could be started (test)); trying again in 0.5s" in caplog.text
         assert "trying again in 1.0s" in caplog.text
         state = supervisor.state()
@@ -71,7 +65,7 @@ async def test_a_worker_that_cannot_be_restarted_is_tried_again_until_it_starts(
         answer = await dns.asyncquery.udp(query, "127.0.0.1", port=supervisor.ports[0], timeout=3)
         assert answer.rcode() == dns.rcode.NOERROR  # the other worker serves meanwhile
         forker.broken = False
-        await until(lambda: supervisor.restarts == 1, 20)  # started, and reported ready
+        await harness.until(lambda: supervisor.restarts == 1, 20)  # started, and reported ready
         state = supervisor.state()
         assert state["workers"] == 2 and state["worker_restart_failures"] >= 2
         text = exposition.render(supervisor.state).decode()

@@ -89,6 +89,13 @@ class Running:
         return await dns.asyncquery.tcp(query, "127.0.0.1", port=self.port, source=source, timeout=timeout)
 
 
+async def until(condition, timeout_seconds: float) -> None:
+    """Wait until condition() is true, checking every 10 ms; TimeoutError after timeout_seconds."""
+    async with asyncio.timeout(timeout_seconds):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
 def write_site(root: Path, upstreams: list[str], config_extra: str = "",
                files: dict[str, str] | None = None) -> Path:
     """Write config.yaml + policies/ + blocklists/ under root; returns the config path."""
