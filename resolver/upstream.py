@@ -352,7 +352,8 @@ class _Question:
     without tasks").
     """
 
-    __slots__ = ("pool", "query", "waiters", "deadline", "candidates", "index", "started", "last_answer", "worst")
+    __slots__ = ("pool", "query", "waiters", "deadline", "candidates", "index", "started", "last_answer", "worst",
+                 "finished")
 
     def __init__(self, pool: UpstreamPool, query: wire.Query, done: Done):
         self.pool = pool
@@ -364,6 +365,7 @@ class _Question:
         self.index = -1  # the upstream being asked
         self.last_answer: wire.Answer | None = None  # a SERVFAIL or REFUSED, returned if no upstream does better
         self.worst: UpstreamError | None = None  # the most telling failure so far
+        self.finished = False
 
     def next_attempt(self) -> None:
         """Ask the next upstream, sharing what is left of the time among the ones still to try; or finish."""
@@ -389,6 +391,12 @@ class _Question:
             self.finish(None, AllUpstreamsFailed(f"every upstream failed: {worst}", worst.ede_code))
 
     def udp_done(self, reply: bytes | None, error: UpstreamError | None) -> None:
+        try:
+            self._udp_done(reply, error)
+        except Exception as exc:  # a bug: the waiters answer SERVFAIL, and nothing is left waiting
+            self.finish(None, exc)
+
+    def _udp_done(self, reply: bytes | None, error: UpstreamError | None) -> None:
         upstream = self.candidates[self.index]
         if reply is None:
             self.failed(upstream, error)  # type: ignore[arg-type]
@@ -406,13 +414,16 @@ class _Question:
     def tcp_done(self, task: asyncio.Task[bytes]) -> None:
         upstream = self.candidates[self.index]
         error = UpstreamNetworkError(f"{upstream.address} (tcp): cancelled") if task.cancelled() else task.exception()
-        if isinstance(error, UpstreamError):
-            self.failed(upstream, error)
-            self.next_attempt()
-        elif error is not None:
-            self.finish(None, error)  # a bug: the waiters answer SERVFAIL
-        else:
-            self.replied(upstream, task.result())
+        try:
+            if isinstance(error, UpstreamError):
+                self.failed(upstream, error)
+                self.next_attempt()
+            elif error is not None:
+                raise error
+            else:
+                self.replied(upstream, task.result())
+        except Exception as exc:  # a bug: the waiters answer SERVFAIL, and nothing is left waiting
+            self.finish(None, exc)
 
     def replied(self, upstream: Upstream, reply: bytes) -> None:
         limits = self.pool.limits
@@ -441,6 +452,10 @@ class _Question:
             self.worst = exc
 
     def finish(self, answer: wire.Answer | None, error: Exception | None) -> None:
+        """Hand every waiter the outcome; once (a later call, after a bug, does nothing)."""
+        if self.finished:
+            return
+        self.finished = True
         del self.pool.asking[self.query.key]
         for done in self.waiters:
             try:
@@ -479,7 +494,10 @@ class UpstreamPool:
             done(None, UpstreamError("too many queries in flight upstream"))
         else:
             question = self.asking[query.key] = _Question(self, query, done)
-            question.next_attempt()
+            try:
+                question.next_attempt()
+            except Exception as exc:  # a bug: the waiters answer SERVFAIL, and nothing is left waiting
+                question.finish(None, exc)
 
     async def resolve(self, query: wire.Query) -> wire.Answer:
         """ask(), awaited: the answer, or the failure raised."""

@@ -474,3 +474,23 @@ async def test_truncated_answers_open_at_most_max_tcp_exchanges_connections(upst
     finally:
         pool.close()
 
+
+
+async def test_a_bug_in_handling_a_reply_ends_the_question_and_leaves_nothing_waiting(upstream):
+    # Limits of the wrong type make parsing every reply fail with a TypeError: a stand-in for a bug.
+    pool = forwarding.UpstreamPool([forwarding.parse_address(upstream.address)],
+                                   limits=forwarding.AnswerLimits(min_ttl=None))  # type: ignore[arg-type]
+    try:
+        first, second = _Outcomes(), _Outcomes()
+        pool.ask(_question("www.example.com"), first)
+        pool.ask(_question("www.example.com"), second)  # coalesced: it gets the same outcome
+        await asyncio.wait_for(second.arrived.wait(), 2)
+        for outcome in (first, second):
+            [(answer, error)] = outcome.calls
+            assert answer is None and isinstance(error, TypeError)
+        assert not pool.asking
+        upstream.answer("other.example.com", "A", "192.0.2.4")
+        pool.limits = forwarding.AnswerLimits()  # the pool goes on answering
+        assert (await pool.resolve(_question("other.example.com"))).rcode == wire.NOERROR
+    finally:
+        pool.close()
