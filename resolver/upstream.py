@@ -419,7 +419,7 @@ class _Question:
                 self.failed(upstream, error)
                 self.next_attempt()
             elif error is not None:
-                raise error
+                self.finish(None, error)  # a bug in the exchange: the waiters answer SERVFAIL
             else:
                 self.replied(upstream, task.result())
         except Exception as exc:  # a bug: the waiters answer SERVFAIL, and nothing is left waiting
