@@ -94,6 +94,7 @@ class Supervisor:
         self.restart_failures = 0
         self._restart_at: dict[int, tuple[float, float]] = {}  # worker index -> (loop time, delay) of its next try
         self.reload_failures = 0  # rejected here, so no worker counts them
+        self._departed: list[dict[str, Any]] = []  # at most one state: the counters of workers that died (_bury)
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
@@ -181,6 +182,7 @@ class Supervisor:
             log.info("starting worker %d again", index)
         else:
             log.error("worker %d died; restarting it", index)
+            self._bury(index)
         self.processes[index].close()
         self.conns[index].close()
         try:
@@ -211,30 +213,55 @@ class Supervisor:
         return True
 
     def state(self) -> dict[str, Any]:
-        """Every worker's published numbers, summed."""
-        merged = metrics.Counters()
-        total: dict[str, Any] = {"in_flight": 0, "tcp_connections": 0, "cache_entries": 0, "cache_bytes": 0, "cache_hits": 0,
-                                 "cache_misses": 0, "cache_evictions": 0, "cache_stale_served": 0,
-                                 "coalesced": 0, "reload_failures": self.reload_failures, "serving_last_good": 0}
-        upstreams: dict[str, dict[str, Any]] = {}
-        generation, loaded_at, entries = 0, 0.0, {}
-        for state in self.states.values():
-            merged.merge(metrics.Counters.from_dict(state["counters"]))
-            for key in total:
-                total[key] += state[key]
-            for row in state["upstreams"]:
-                into = upstreams.setdefault(row["address"], dict.fromkeys(row, 0) | {"address": row["address"], "up": 1})
-                for key in ("queries", "failures", "timeouts", "truncated", "mismatched"):
-                    into[key] += row[key]
-                into["latency_seconds"] = max(into["latency_seconds"], row["latency_seconds"])
-                into["up"] = min(into["up"], row["up"])
-            generation = max(generation, state["generation"])
-            loaded_at = max(loaded_at, state["loaded_at"])
-            entries = state["list_entries"]
-        return {**total, "counters": merged, "upstreams": list(upstreams.values()),
-                "generation": generation, "loaded_at": loaded_at, "list_entries": entries,
-                "workers": sum(1 for p in self.processes if p.alive()),
+        """Every worker's published numbers, summed, with the counters of workers that died."""
+        summed = _summed([*self._departed, *self.states.values()])
+        summed["reload_failures"] += self.reload_failures
+        return {**summed, "workers": sum(1 for p in self.processes if p.alive()),
                 "worker_restarts": self.restarts, "worker_restart_failures": self.restart_failures}
+
+    def _bury(self, index: int) -> None:
+        """Keep a dead worker's last counters in the sums, so that no counter of /metrics goes down
+        when it restarts from zero (Prometheus would read a reset, and rate() a burst)."""
+        state = self.states.pop(index, None)
+        if state is not None:
+            departed = _summed([*self._departed, _counters_only(state)])
+            self._departed = [{**departed, "counters": departed["counters"].to_dict()}]
+
+
+# What a worker publishes (Worker.state) and the supervisor sums: its gauges, and its counters.
+_WORKER_GAUGES = ("in_flight", "tcp_connections", "cache_entries", "cache_bytes", "serving_last_good")
+_WORKER_COUNTERS = ("cache_hits", "cache_misses", "cache_evictions", "cache_stale_served", "coalesced",
+                    "reload_failures")
+
+
+def _summed(states: list[dict[str, Any]]) -> dict[str, Any]:
+    """Published worker states added up: counters and gauges summed, the newest generation, the
+    worst upstream health; the last state's list entries."""
+    merged = metrics.Counters()
+    total: dict[str, Any] = dict.fromkeys(_WORKER_GAUGES + _WORKER_COUNTERS, 0)
+    upstreams: dict[str, dict[str, Any]] = {}
+    generation, loaded_at, entries = 0, 0.0, {}
+    for state in states:
+        merged.merge(metrics.Counters.from_dict(state["counters"]))
+        for key in total:
+            total[key] += state[key]
+        for row in state["upstreams"]:
+            into = upstreams.setdefault(row["address"], dict.fromkeys(row, 0) | {"address": row["address"], "up": 1})
+            for key in ("queries", "failures", "timeouts", "truncated", "mismatched"):
+                into[key] += row[key]
+            into["latency_seconds"] = max(into["latency_seconds"], row["latency_seconds"])
+            into["up"] = min(into["up"], row["up"])
+        generation = max(generation, state["generation"])
+        loaded_at = max(loaded_at, state["loaded_at"])
+        entries = state["list_entries"] or entries
+    return {**total, "counters": merged, "upstreams": list(upstreams.values()),
+            "generation": generation, "loaded_at": loaded_at, "list_entries": entries}
+
+
+def _counters_only(state: dict[str, Any]) -> dict[str, Any]:
+    """A dead worker's state as it stays in the sums: its counters; gauges, health and generation neutral."""
+    return {**state, **dict.fromkeys(_WORKER_GAUGES, 0), "generation": 0, "loaded_at": 0.0, "list_entries": {},
+            "upstreams": [{**row, "latency_seconds": 0.0, "up": 1} for row in state["upstreams"]]}
 
 
 def serve(cfg: config.Config, forker: Forker | None = None) -> None:

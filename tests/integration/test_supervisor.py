@@ -75,3 +75,41 @@ async def test_a_worker_that_cannot_be_restarted_is_tried_again_until_it_starts(
         supervisor.stop()
         await asyncio.wait_for(running, 30)
     assert all(not process.alive() for process in supervisor.processes)
+
+
+def _answered(state) -> int:
+    """Queries counted in a published or summed state, whatever their school and result."""
+    counters = state["counters"]
+    rows = counters.queries.values() if hasattr(counters, "queries") else [row[3] for row in counters["queries"]]
+    return sum(rows)
+
+
+async def test_a_restarted_worker_does_not_take_its_counts_out_of_the_sums(tmp_path, upstream):
+    # /metrics counters are sums over the workers: one that dies and starts from zero must not make
+    # them go down (Prometheus would read a counter reset, and rate() would show a burst).
+    cfg = config.load_config(harness.write_site(tmp_path, [upstream.address], "workers: 2\n"))
+    supervisor = app.Supervisor(cfg, BreakableForker())
+    ready = asyncio.Event()
+    running = asyncio.create_task(supervisor.run(ready=lambda _: ready.set()))
+    try:
+        await asyncio.wait_for(ready.wait(), 60)
+        for _ in range(40):  # from as many source ports: SO_REUSEPORT spreads them over both workers
+            query = dns.message.make_query("www.example.com", "A")
+            await dns.asyncquery.udp(query, "127.0.0.1", port=supervisor.ports[0], timeout=3)
+        await harness.until(lambda: all(_answered(supervisor.states.get(i, {"counters": {"queries": []}})) > 0
+                                        for i in (0, 1)) and _answered(supervisor.state()) == 40, 10)
+        hits_before = supervisor.state()["cache_hits"]
+        dead = supervisor.states[1]
+        os.kill(supervisor.processes[1].pid, signal.SIGKILL)
+        await harness.until(lambda: supervisor.restarts == 1, 30)
+        # The new worker has published its own numbers (from zero).
+        await harness.until(lambda: supervisor.states.get(1) not in (None, dead), 5)
+        assert _answered(supervisor.states[1]) == 0
+        state = supervisor.state()
+        assert _answered(state) == 40 and state["cache_hits"] == hits_before
+        assert state["workers"] == 2 and state["in_flight"] == 0
+        text = exposition.render(supervisor.state).decode()
+        assert 'schooldns_queries_total{' in text
+    finally:
+        supervisor.stop()
+        await asyncio.wait_for(running, 30)
