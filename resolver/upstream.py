@@ -150,7 +150,6 @@ class _UdpSocket:
         self.sock = sock
         self.pending: dict[int, _Pending] = {}
         self.uses = 0
-        self.retired = False  # used up: no new queries; closed once the last answer arrived
         self.closed = False
         self.loop = asyncio.get_running_loop()
         self.loop.add_reader(sock.fileno(), self._read_ready)
@@ -182,6 +181,11 @@ class _UdpSocket:
             self.sock.send(message)
         except OSError as exc:  # a full buffer or an ICMP error from an earlier query
             raise UpstreamNetworkError(f"{self.owner.address}: {exc}") from None
+
+    @property
+    def retired(self) -> bool:
+        """Used up: no new queries; closed once its last answer arrived."""
+        return self in self.owner._retired
 
     def finish(self, upstream_id: int, reply: bytes | None, error: UpstreamError | None) -> None:
         """Hand a waiting query its reply or error (once); a retired socket closes after its last one."""
@@ -260,14 +264,11 @@ class Upstream:
         chosen.uses += 1
         if chosen.uses >= self.socket_max_uses:
             sockets.remove(chosen)
-            chosen.retired = True
             self._retired.add(chosen)
         return chosen
 
     def discard(self, sock: _UdpSocket) -> None:
-        """Forget a closed socket."""
-        if sock in self._sockets:
-            self._sockets.remove(sock)
+        """Forget a closed retired socket (close() forgets the open ones)."""
         self._retired.discard(sock)
 
     def send_udp(self, query: wire.Query, timeout_seconds: float, done: UdpDone) -> None:
