@@ -104,6 +104,7 @@ def _save_locked(state_dir: Path, policies_dir: Path, files_before: PolicyFiles,
             if (linked.st_dev, linked.st_ino) == (device, inode):
                 return True  # already the last good state
     directory = state_dir / f"{_PREFIX}{time.time_ns()}-{os.getpid()}"
+    temp_link = state_dir / f".{LINK}.{os.getpid()}.tmp"
     try:
         (directory / _POLICIES).mkdir(parents=True)
         for name, text in texts.items():
@@ -119,17 +120,19 @@ def _save_locked(state_dir: Path, policies_dir: Path, files_before: PolicyFiles,
             "policies_sha256": digest, "saved_at": time.time()}, indent=1).encode())
         _fsync_directory(directory / _POLICIES)
         _fsync_directory(directory)
-        temp_link = state_dir / f".{LINK}.{os.getpid()}.tmp"
         temp_link.unlink(missing_ok=True)
         os.symlink(directory.name, temp_link)
         os.replace(temp_link, state_dir / LINK)  # the swap: readers see the old copy or the new one
-        _fsync_directory(state_dir)
-    except BaseException:
+    except BaseException:  # a stop (SIGTERM) in the middle too: leave no half-made copy or link
         shutil.rmtree(directory, ignore_errors=True)
+        temp_link.unlink(missing_ok=True)
         raise
+    _fsync_directory(state_dir)  # after the swap: a failure here must not remove what the link names
     for old in state_dir.glob(f"{_PREFIX}*"):  # earlier copies, and any a crash left half-written
         if old.name != directory.name:
             shutil.rmtree(old, ignore_errors=True)
+    for stale in state_dir.glob(f".{LINK}.*.tmp"):  # a killed saver's link (saves hold the lock: none is live)
+        stale.unlink(missing_ok=True)
     log.info("saved policies and lists as the last good state in %s", directory)
     return True
 

@@ -75,6 +75,31 @@ def test_an_unchanged_build_keeps_the_copy_and_a_changed_one_replaces_it(cfg):
     assert not list(cfg.state_dir.glob(".last-good.*.tmp"))
 
 
+def test_a_save_clears_the_links_of_saves_that_were_killed_before_their_swap(cfg):
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    left = cfg.state_dir / ".last-good.4242.tmp"  # what a process killed between symlink and rename leaves
+    left.symlink_to("last-good-1-4242")
+
+    control.build_serving_snapshot(cfg, 1)
+
+    assert not left.is_symlink()
+    assert lastgood.locate(cfg.state_dir) is not None
+
+
+def test_a_save_that_fails_at_the_swap_leaves_no_copy_and_no_link(cfg):
+    control.build_serving_snapshot(cfg, 1)
+    before = copies(cfg)
+    link = cfg.state_dir / lastgood.LINK
+    link.unlink()
+    link.mkdir()  # a directory where the link goes: the rename onto it fails, as a stop there would end it
+    (cfg.policies_dir / "school-b.yaml").write_text(
+        (cfg.policies_dir / "school-b.yaml").read_text().replace("safe_search: true", "safe_search: false"))
+
+    control.build_serving_snapshot(cfg, 2)  # serves; the save only logs its failure
+
+    assert copies(cfg) == before and link.is_dir() and not list(cfg.state_dir.glob(".last-good.*.tmp"))
+
+
 @pytest.mark.parametrize("change", ["edited", "removed"])
 def test_a_policy_file_changed_during_the_build_is_not_saved(cfg, change):
     files_before = lastgood.policy_files(cfg.policies_dir)
