@@ -33,18 +33,20 @@ _ADDRESS_SIZE = {socket.AF_INET: 16, socket.AF_INET6: 28}
 _IP_BYTES = {socket.AF_INET: (4, 8), socket.AF_INET6: (8, 24)}
 
 
-class _IoVec(ctypes.Structure):
+# The C structures and the two system calls are public: tests/perf/loadgen.py sends its queries
+# with them too.
+class IoVec(ctypes.Structure):
     _fields_ = [("base", ctypes.c_void_p), ("length", ctypes.c_size_t)]
 
 
-class _MsgHdr(ctypes.Structure):
+class MsgHdr(ctypes.Structure):
     _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32),
-                ("iov", ctypes.POINTER(_IoVec)), ("iovlen", ctypes.c_size_t),
+                ("iov", ctypes.POINTER(IoVec)), ("iovlen", ctypes.c_size_t),
                 ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t), ("flags", ctypes.c_int)]
 
 
-class _MMsgHdr(ctypes.Structure):
-    _fields_ = [("header", _MsgHdr), ("length", ctypes.c_uint)]
+class MMsgHdr(ctypes.Structure):
+    _fields_ = [("header", MsgHdr), ("length", ctypes.c_uint)]
 
 
 def _system_calls() -> tuple[Any, Any] | None:
@@ -60,7 +62,7 @@ def _system_calls() -> tuple[Any, Any] | None:
     return recvmmsg, sendmmsg
 
 
-_SYSTEM_CALLS = _system_calls()
+SYSTEM_CALLS = _system_calls()
 
 
 class _Ring:
@@ -70,8 +72,8 @@ class _Ring:
         self.payload_size, self.address_size = payload_size, address_size
         self._payloads = ctypes.create_string_buffer(BATCH * payload_size)
         self._addresses = ctypes.create_string_buffer(BATCH * address_size)
-        self._iovecs = (_IoVec * BATCH)()
-        self._headers = (_MMsgHdr * BATCH)()
+        self._iovecs = (IoVec * BATCH)()
+        self._headers = (MMsgHdr * BATCH)()
         self.pointer = ctypes.addressof(self._headers)
         self.address_pointer = ctypes.addressof(self._addresses)
         payload_pointer = ctypes.addressof(self._payloads)
@@ -88,11 +90,11 @@ class _Ring:
         # The headers' `length` fields (bytes received) and the iovecs' lengths (bytes to send),
         # as strided views: read or written without a ctypes attribute access per datagram.
         unsigned = memoryview(self._headers).cast("B").cast("I")
-        self.received_lengths = unsigned[_MMsgHdr.length.offset // 4::ctypes.sizeof(_MMsgHdr) // 4]
+        self.received_lengths = unsigned[MMsgHdr.length.offset // 4::ctypes.sizeof(MMsgHdr) // 4]
         size_t = "Q" if ctypes.sizeof(ctypes.c_size_t) == 8 else "I"
         words = memoryview(self._iovecs).cast("B").cast(size_t)
-        self.send_lengths = words[_IoVec.length.offset // ctypes.sizeof(ctypes.c_size_t)::
-                                  ctypes.sizeof(_IoVec) // ctypes.sizeof(ctypes.c_size_t)]
+        self.send_lengths = words[IoVec.length.offset // ctypes.sizeof(ctypes.c_size_t)::
+                                  ctypes.sizeof(IoVec) // ctypes.sizeof(ctypes.c_size_t)]
 
 
 class BatchedUdp:
@@ -102,14 +104,14 @@ class BatchedUdp:
     """
 
     def __init__(self, sock: socket.socket):
-        assert _SYSTEM_CALLS is not None
+        assert SYSTEM_CALLS is not None
         self.sock = sock
         self._fd = sock.fileno()
         self._family = sock.family
         size = _ADDRESS_SIZE[sock.family]
         self._in = _Ring(QUERY_MAX + 1, size)  # + 1: a datagram that fills the buffer was too long
         self._out = _Ring(ANSWER_MAX, size)
-        self._recvmmsg, self._sendmmsg = _SYSTEM_CALLS
+        self._recvmmsg, self._sendmmsg = SYSTEM_CALLS
         self.oversized = 0  # datagrams longer than QUERY_MAX, dropped; the caller counts and resets
 
     def receive(self) -> list[tuple[bytes, bytes, bytes]]:
@@ -163,7 +165,7 @@ class BatchedUdp:
         """sendmmsg the first `count` messages of the out ring; how many were dropped for a full buffer."""
         done = 0
         while done < count:
-            sent = self._sendmmsg(self._fd, self._out.pointer + done * ctypes.sizeof(_MMsgHdr), count - done,
+            sent = self._sendmmsg(self._fd, self._out.pointer + done * ctypes.sizeof(MMsgHdr), count - done,
                                   _MSG_DONTWAIT)
             if sent > 0:
                 done += sent
@@ -222,6 +224,6 @@ def _sendto(sock: socket.socket, answer: bytes, address: Any) -> int:
 
 def for_socket(sock: socket.socket) -> BatchedUdp | PlainUdp:
     """The batched reader/writer where the C library has recvmmsg and sendmmsg, else the plain one."""
-    if _SYSTEM_CALLS is not None and sock.family in _ADDRESS_SIZE:
+    if SYSTEM_CALLS is not None and sock.family in _ADDRESS_SIZE:
         return BatchedUdp(sock)
     return PlainUdp(sock)

@@ -19,7 +19,9 @@ reported), two fixed-rate latency runs with dnsperf -v (per-query latencies -> p
 also checks every answer's rcode), the resident memory, and --runs 100%-miss runs (medians
 reported). The max-rate runs and the miss runs are
 interleaved across the servers (run 1 of every server, then run 2, ...), so that on a noisy
-machine each ratio compares the same stretch of time. Then tests/perf/bench_domains.py (the
+machine each ratio compares the same stretch of time. Then schooldns with one worker on one core
+against two workers on two cores, tests/perf/loadgen.py sharing the cores with them (there is no
+third; docs/performance.md, step 8). Then tests/perf/bench_domains.py (the
 domain index micro benchmark). The report goes between `<!-- bench:begin -->` and `<!-- bench:end -->` in --output
 (docs/performance.md by default) and to stdout. Nothing is asserted about speed.
 """
@@ -45,7 +47,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -567,6 +569,41 @@ def prepare_dnsmasq(directory: Path, data: Data, port: int, upstream: int, tools
 
 
 @dataclass
+class Scaling:
+    """schooldns with 1 worker on 1 core and with 2 workers on 2 cores, the load generator sharing them.
+
+    Keys are the number of workers. "light" is tests/perf/loadgen.py, run at each of LIGHT_WINDOWS
+    and the best median kept (its max rate); its CPU figures are from the runs at that window.
+    """
+
+    light_qps: dict[int, float] = field(default_factory=dict)  # median of the best window's runs
+    light_window: dict[int, int] = field(default_factory=dict)
+    light_all: dict[int, dict[int, list[float]]] = field(default_factory=dict)  # workers -> window -> qps
+    light_cpu_per_answer: dict[int, float] = field(default_factory=dict)  # loadgen's own CPU s / answer
+    server_cpu_per_answer: dict[int, float] = field(default_factory=dict)  # all server processes' CPU s / answer
+    busiest_share: float | None = None  # 2 workers: the busier worker's share of the workers' CPU
+    processes: list[dict[str, float]] = field(default_factory=list)  # 2 workers: name, CPU s, Pss, Pss_Anon
+    start_pss: dict[int, float] = field(default_factory=dict)  # total Pss (kB) right after start
+
+    @property
+    def ratio(self) -> float:
+        return self.light_qps[2] / self.light_qps[1]
+
+    def dedicated_estimate(self) -> float | None:
+        """Two workers on two cores of their own, against one, from CPU time per answer.
+
+        Each saturated worker answers 1 / (its CPU per answer) a second; the busier one saturates
+        first and the other then answers (1 - share) / share of what it does. So two answer
+        (cpu_1 / cpu_2) / share times what one does. Neither the load generator's cost nor how it
+        shares the cores enters.
+        """
+        cpu, share = self.server_cpu_per_answer, self.busiest_share
+        if not share or not cpu.get(2) or 1 not in cpu:
+            return None
+        return cpu[1] / cpu[2] / share
+
+
+@dataclass
 class Result:
     key: str
     title: str
@@ -591,15 +628,7 @@ class Result:
     log_problems: list[str] = field(default_factory=list)  # error lines in the server's log
     error: str | None = None
     swap_seconds: float | None = None  # schooldns: list swap (SIGHUP) until the new index is installed
-    scaling: dict[int, float] = field(default_factory=dict)  # schooldns: workers -> qps, nothing pinned
-    # schooldns, `workers: 2`: per process (supervisor, worker, ...) CPU seconds during the max-rate
-    # runs, and Pss / Pss_Anon in kB after them
-    scaling_processes: list[dict[str, float]] = field(default_factory=list)
-    scaling_start_pss: dict[int, float] = field(default_factory=dict)  # workers -> total Pss (kB) after start
-    # workers -> CPU seconds of every process per answered query in those runs; and with 2 workers,
-    # the busier worker's share of the workers' CPU seconds (how evenly the kernel split the queries)
-    scaling_cpu_per_query: dict[int, float] = field(default_factory=dict)
-    scaling_busiest_share: float | None = None
+    scaling: Scaling | None = None  # schooldns: 1 worker on 1 core against 2 on 2 (step 8)
 
     @property
     def start_seconds(self) -> float:
@@ -657,44 +686,87 @@ def list_swap(result: Result, proc: Proc, directory: Path, args: argparse.Namesp
         f"p99 {perf.percentile(0.99):.3f} ms, {perf.lost} lost")
 
 
-def worker_scaling(result: Result, argv: list[str], directory: Path, args: argparse.Namespace,
-                   tools: dict[str, str], port: int, data: Data, log: Callable[[str], None]) -> None:
-    """Max-rate qps with 1 and with 2 worker processes, server and dnsperf free to use both cores.
+LIGHT_WINDOWS = (8, 16)  # loadgen.py --window (queries outstanding on each of its 16 sockets)
 
-    On a 2-core machine the load generator shares the cores with the workers, so this measures
-    what a second worker adds on a shared box, not the scaling on dedicated cores.
+
+def worker_scaling(result: Result, directory: Path, args: argparse.Namespace, tools: dict[str, str],
+                   data: Data, log: Callable[[str], None]) -> None:
+    """Step 8: one worker on one core against two workers on two cores, the load generator sharing them.
+
+    There is no third core for the load generator, so it shares the cores the way the workers
+    get them: with `workers: 1` the server and the generator are pinned to core 0, with `workers:
+    2` all of them may run on cores 0 and 1. Both servers run at once, each from a copy of the
+    benchmark's schooldns directory (its compiled index included), and their runs interleave.
     """
-    both = f"{SERVER_CORE},{LOAD_CORE}"
-    config_path = directory / "config.yaml"
-    original = config_path.read_text()
+    scaling = result.scaling = Scaling()
+    procs: dict[int, tuple[Proc, int, str]] = {}
     try:
         for workers in (1, 2):
-            config_path.write_text(original.replace("workers: 1\n", f"workers: {workers}\n"))
-            unpinned = ["taskset", "-c", both, *argv[3:]]  # argv is taskset -c CORE schooldns ...
-            proc = Proc("schooldns", unpinned, directory / f"server-{workers}w.log", cwd=directory)
-            try:
-                wait_answer(port, proc, time.monotonic(), args.start_timeout)
-                wait_admin(directory, proc, args.start_timeout)
-                result.scaling_start_pss[workers] = sum(smaps_kb(pid).get("Pss", 0) for pid in proc.family())
-                dnsperf(tools, port, data.queries, seconds=None, clients=args.clients, once=True, cores=both)
-                family = proc.family()  # the server first, then its workers (if any)
-                before = {pid: process_cpu_seconds(pid) for pid in family}
-                runs = [dnsperf(tools, port, data.queries, seconds=args.seconds, clients=args.clients, cores=both)
-                        for _ in range(args.runs)]
-                cpu = [process_cpu_seconds(pid) - before[pid] for pid in family]
-                result.scaling_cpu_per_query[workers] = sum(cpu) / max(1, sum(run.completed for run in runs))
-                if workers == 2:
-                    names = [process_name(pid) for pid in family]
-                    on_workers = [seconds for name, seconds in zip(names, cpu) if name.startswith("schooldns-w")]
-                    result.scaling_busiest_share = max(on_workers) / (sum(on_workers) or 1)
-                    result.scaling_processes = [{"name": name, "cpu_seconds": seconds, **smaps_kb(pid)}
-                                                for pid, name, seconds in zip(family, names, cpu)]
-            finally:
-                proc.stop()
-            result.scaling[workers] = statistics.median(run.qps for run in runs)
-            log(f"schooldns: {workers} worker(s), nothing pinned: {result.scaling[workers]:,.0f} qps")
+            copy = directory.parent / f"schooldns-{workers}w"
+            shutil.copytree(directory, copy, ignore=shutil.ignore_patterns("*.log"))
+            port = free_port()
+            config = (copy / "config.yaml").read_text()
+            config = re.sub(r'listen: \["127.0.0.1:\d+"\]', f'listen: ["127.0.0.1:{port}"]', config)
+            config = re.sub(r'admin: \{listen: "127.0.0.1:\d+"\}', f'admin: {{listen: "127.0.0.1:{free_port()}"}}',
+                            config)
+            (copy / "config.yaml").write_text(config.replace("workers: 1\n", f"workers: {workers}\n"))
+            cores = ",".join([SERVER_CORE, LOAD_CORE][:workers])
+            argv = ["taskset", "-c", cores, str(SCHOOLDNS), "serve", "--config", str(copy / "config.yaml")]
+            proc = Proc(f"schooldns-{workers}w", argv, copy / "server.log", cwd=copy)
+            procs[workers] = proc, port, cores
+            wait_answer(port, proc, time.monotonic(), args.start_timeout)
+            wait_admin(copy, proc, args.start_timeout)
+            scaling.start_pss[workers] = sum(smaps_kb(pid).get("Pss", 0) for pid in proc.family())
+            dnsperf(tools, port, data.queries, seconds=None, clients=args.clients, once=True, cores=cores)
+        family = {workers: proc.family() for workers, (proc, _, _) in procs.items()}
+        started = {pid: process_cpu_seconds(pid) for pids in family.values() for pid in pids}
+        light: dict[tuple[int, int], list[dict]] = {}  # (workers, window) -> loadgen outputs + server CPU
+        for _ in range(args.runs):
+            for workers, (proc, port, cores) in procs.items():
+                for window in LIGHT_WINDOWS:
+                    before = [process_cpu_seconds(pid) for pid in family[workers]]
+                    run = loadgen(port, data.queries, args.seconds, window, cores)
+                    run["server_cpu"] = [process_cpu_seconds(pid) - b for pid, b in zip(family[workers], before)]
+                    light.setdefault((workers, window), []).append(run)
+        for workers, (proc, _, _) in procs.items():
+            if not proc.alive():
+                raise BenchError(f"schooldns with {workers} workers died during the scaling runs; log:\n{proc.tail()}")
+            scaling.light_all[workers] = {window: [run["qps"] for run in light[workers, window]]
+                                          for window in LIGHT_WINDOWS}
+            window = max(LIGHT_WINDOWS, key=lambda w: statistics.median(scaling.light_all[workers][w]))
+            runs = light[workers, window]
+            answered = sum(run["answered"] for run in runs)
+            scaling.light_window[workers] = window
+            scaling.light_qps[workers] = statistics.median(run["qps"] for run in runs)
+            scaling.light_cpu_per_answer[workers] = sum(run["cpu_seconds"] for run in runs) / answered
+            scaling.server_cpu_per_answer[workers] = sum(sum(run["server_cpu"]) for run in runs) / answered
+            log(f"schooldns: {workers} worker(s) on {workers} core(s): {scaling.light_qps[workers]:,.0f} qps "
+                f"(loadgen --window {window})")
+        names = [process_name(pid) for pid in family[2]]
+        cpu = [sum(run["server_cpu"][i] for run in light[2, scaling.light_window[2]]) for i in range(len(names))]
+        on_workers = [seconds for name, seconds in zip(names, cpu) if name.startswith("schooldns-w")]
+        scaling.busiest_share = max(on_workers) / (sum(on_workers) or 1) if on_workers else None
+        scaling.processes = [{"name": name, "cpu_seconds": process_cpu_seconds(pid) - started[pid], **smaps_kb(pid)}
+                             for pid, name in zip(family[2], names)]
     finally:
-        config_path.write_text(original)
+        for proc, _, _ in procs.values():
+            proc.stop()
+
+
+def loadgen(port: int, data_file: Path, seconds: float, window: int, cores: str) -> dict:
+    """One max-rate run of tests/perf/loadgen.py (16 sockets x `window`); its JSON output."""
+    command = ["taskset", "-c", cores, sys.executable, str(HERE / "loadgen.py"), "--port", str(port),
+               "--queries", str(data_file), "--seconds", f"{seconds:g}", "--sockets", "16", "--window", str(window)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"loadgen did not finish within {seconds + 60:.0f}s: {shlex.join(command)}") from None
+    if done.returncode != 0:
+        raise BenchError(f"loadgen failed ({done.returncode}): {shlex.join(command)}\n{done.stderr[-2000:]}")
+    run = json.loads(done.stdout.splitlines()[-1])
+    if not run["answered"]:
+        raise BenchError(f"loadgen got no answers: {shlex.join(command)}")
+    return run
 
 
 def cpu_stat(pid: int) -> tuple[int, float, float]:
@@ -884,7 +956,7 @@ def finish_server(running: Running, args: argparse.Namespace, tools: dict[str, s
             raise BenchError(f"{server.key} died during the runs; log:\n{proc.tail()}")
         if server.key == "schooldns" and args.scaling:
             proc.stop()
-            worker_scaling(result, running.argv, directory, args, tools, port, data, log)
+            worker_scaling(result, directory, args, tools, data, log)
     except BenchError as exc:
         fail(running, exc, log)
     finally:
@@ -963,6 +1035,43 @@ def sanitize(command: list[str], work: Path) -> str:
     return text.replace(f"{REPO}/", "")
 
 
+def scaling_paragraph(scaling: Scaling, args: argparse.Namespace) -> str:
+    """Step 8 in words: the measurement, the estimate for dedicated cores, the processes and memory."""
+    light, light_cpu = scaling.light_qps, scaling.light_cpu_per_answer
+    text = [
+        f"schooldns worker processes, one worker on one core against two workers on two cores. There is no "
+        f"third core: the load generator (tests/perf/loadgen.py, 16 sockets, the better of "
+        f"{' and '.join(map(str, LIGHT_WINDOWS))} queries outstanding per socket) shares core {SERVER_CORE} with "
+        f"the one worker and cores {SERVER_CORE},{LOAD_CORE} with the two. Median of {args.runs}: "
+        f"{light[1]:,.0f} qps with `workers: 1`, {light[2]:,.0f} qps with `workers: 2`: "
+        f"**{scaling.ratio:.2f}x**. loadgen itself took {light_cpu[1] * 1e6:.1f} us of CPU per answer "
+        f"beside one worker, {light_cpu[2] * 1e6:.1f} us beside two."]
+    estimate = scaling.dedicated_estimate()
+    if estimate is not None:
+        cpu = scaling.server_cpu_per_answer
+        share = scaling.busiest_share or 0.0
+        text.append(
+            f"CPU time of the server's processes per answer in those runs: {cpu[1] * 1e6:.2f} us with one "
+            f"worker, {cpu[2] * 1e6:.2f} us with two. The busier worker did {share:.0%} of the two workers' "
+            f"work (the kernel's SO_REUSEPORT hash of loadgen's 16 source ports). On dedicated cores the busier "
+            f"worker saturates first, which puts two workers at ({cpu[1] * 1e6:.2f} / {cpu[2] * 1e6:.2f}) / "
+            f"{share:.2f} = **{estimate:.2f}x** one worker with this split, and "
+            f"{2 * cpu[1] / cpu[2]:.2f}x with an even one (many clients): estimates from CPU time that leave "
+            f"out the load generator and how it shares the cores.")
+    if scaling.processes:
+        rows = [f"{p['name']} {p['cpu_seconds']:.1f} s CPU, Pss {p.get('Pss', 0) / 1024:.0f} MB "
+                f"(anon {p.get('Pss_Anon', 0) / 1024:.0f})" for p in scaling.processes]
+        text.append(f"With 2 workers, per process during / after all those runs (the supervisor, the spawner "
+                    f"that forks the workers, the workers): {'; '.join(rows)}.")
+    if len(scaling.start_pss) == 2:
+        one, two = (scaling.start_pss[w] / 1024 for w in (1, 2))
+        text.append(f"Memory after start, before any load (Pss summed over every process, the shared index "
+                    f"counted once): {one:.0f} MB with `workers: 1` (one process), {two:.0f} MB with "
+                    f"`workers: 2` (a supervisor, the spawner and two workers): the second worker adds "
+                    f"{two - one:.0f} MB.")
+    return "\n".join(text)
+
+
 def report(args: argparse.Namespace, info: dict[str, str], data: Data, results: list[Result],
            domains_table: str | None, upstream_cmd: list[str], started_at: datetime.datetime,
            elapsed: float) -> str:
@@ -1036,33 +1145,10 @@ def report(args: argparse.Namespace, info: dict[str, str], data: Data, results: 
                 f"server's core and the new index was installed after {base.swap_seconds:.1f} s. During that run: "
                 f"p50 / p99 / p99.9 {' / '.join(fmt_ms(swap.percentile(f)) for f in (0.5, 0.99, 0.999))} ms, "
                 f"{swap.lost:,} lost, {swap.qps:,.0f} answered/s.")
-        if base is not None and len(base.scaling) == 2:
-            one, two = base.scaling[1], base.scaling[2]
+        scaling = base.scaling if base is not None else None
+        if scaling is not None and len(scaling.light_qps) == 2:
             add("")
-            add(f"schooldns worker processes: with `workers: 2` instead of 1, server and dnsperf both free to run on "
-                f"cores {SERVER_CORE},{LOAD_CORE} (so the load generator shares the two cores with the workers), "
-                f"max-rate qps (median of {args.runs}) went from {one:,.0f} to {two:,.0f}: {two / one:.2f}x.")
-            if base.scaling_processes:
-                rows = [f"{p['name']} {p['cpu_seconds']:.1f} s CPU, Pss {p.get('Pss', 0) / 1024:.0f} MB "
-                        f"(anon {p.get('Pss_Anon', 0) / 1024:.0f})" for p in base.scaling_processes]
-                add(f"With 2 workers, per process during / after those runs (the supervisor, the spawner that "
-                    f"forks the workers, the workers): {'; '.join(rows)}.")
-            if len(base.scaling_cpu_per_query) == 2 and base.scaling_busiest_share:
-                cpu_one, cpu_two = (base.scaling_cpu_per_query[w] * 1e6 for w in (1, 2))
-                share = base.scaling_busiest_share
-                add(f"CPU time per answered query, all processes: {cpu_one:.1f} us with `workers: 1`, {cpu_two:.1f} us "
-                    f"with `workers: 2` (each worker shares a core with dnsperf here, and wakes up for fewer "
-                    f"datagrams at a time). The kernel gave the busier worker {share:.0%} of the workers' CPU "
-                    f"time (dnsperf's {args.clients} source ports hashed over the two sockets): on two "
-                    f"dedicated cores that caps two workers at 1 / {share:.2f} = {1 / share:.2f}x one worker, "
-                    f"reached if each saturated worker costs per query what one saturated worker does. A "
-                    f"bound from this split, not a measurement.")
-            if len(base.scaling_start_pss) == 2:
-                start_one, start_two = (base.scaling_start_pss[w] / 1024 for w in (1, 2))
-                add(f"Memory after start, before any load (Pss summed over every process, the shared index "
-                    f"counted once): {start_one:.0f} MB with `workers: 1` (one process), {start_two:.0f} MB with "
-                    f"`workers: 2` (a supervisor, the spawner and two workers): the second worker adds "
-                    f"{start_two - start_one:.0f} MB.")
+            add(scaling_paragraph(scaling, args))
             add("")
         if base is not None:
             ratios = []
@@ -1353,8 +1439,8 @@ def raw(results: list[Result], info: dict[str, str], args: argparse.Namespace) -
                      "warm_start_seconds": r.warm_start_seconds, "start_samples": r.start_samples,
                      "warm_start_samples": r.warm_start_samples, "answers_checked": r.answers_checked,
                      "faults_per_query": r.faults_per_query, "cpu_user": r.cpu_user, "cpu_system": r.cpu_system,
-                     "scaling": r.scaling, "scaling_processes": r.scaling_processes,
-                     "scaling_cpu_per_query": r.scaling_cpu_per_query, "scaling_busiest_share": r.scaling_busiest_share,
+                     "scaling": asdict(r.scaling) if r.scaling else None,
+                     "scaling_dedicated_estimate": r.scaling.dedicated_estimate() if r.scaling else None,
                      "wrong_answers": r.wrong_answers[:50], "status": r.status, "error": r.error,
                      "log_problems": r.log_problems[:50]}
                     for r in results],
