@@ -1052,9 +1052,9 @@ def scaling_paragraph(scaling: Scaling, args: argparse.Namespace) -> str:
         share = scaling.busiest_share or 0.0
         text.append(
             f"CPU time of the server's processes per answer in those runs: {cpu[1] * 1e6:.2f} us with one "
-            f"worker, {cpu[2] * 1e6:.2f} us with two. The busier worker did {share:.0%} of the two workers' "
-            f"work (the kernel's SO_REUSEPORT hash of loadgen's 16 source ports). On dedicated cores the busier "
-            f"worker saturates first, which puts two workers at ({cpu[1] * 1e6:.2f} / {cpu[2] * 1e6:.2f}) / "
+            f"worker, {cpu[2] * 1e6:.2f} us with two; the busier worker used {share:.0%} of the two workers' CPU "
+            f"time (which worker reads a query is the kernel's SO_REUSEPORT hash of loadgen's 16 source "
+            f"ports). On dedicated cores the busier worker saturates first, which puts two workers at ({cpu[1] * 1e6:.2f} / {cpu[2] * 1e6:.2f}) / "
             f"{share:.2f} = **{estimate:.2f}x** one worker with this split, and "
             f"{2 * cpu[1] / cpu[2]:.2f}x with an even one (many clients): estimates from CPU time that leave "
             f"out the load generator and how it shares the cores.")
