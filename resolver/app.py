@@ -217,7 +217,9 @@ class Supervisor:
         summed = _summed([*self._departed, *self.states.values()])
         summed["reload_failures"] += self.reload_failures
         return {**summed, "workers": sum(1 for p in self.processes if p.alive()),
-                "worker_restarts": self.restarts, "worker_restart_failures": self.restart_failures}
+                "worker_restarts": self.restarts, "worker_restart_failures": self.restart_failures,
+                "worker_queries": {index: sum(row[-1] for row in state["counters"]["queries"])
+                                   for index, state in self.states.items()}}
 
     def _bury(self, index: int) -> None:
         """Keep a dead worker's last counters in the sums, so that no counter of /metrics goes down

@@ -93,6 +93,13 @@ class ResolverCollector(Collector):
             entries.add_metric([category], value)
         yield entries
         yield _gauge("schooldns_workers", "Worker processes serving DNS.", s["workers"])
+        # How the kernel spread the queries over the workers (one process: worker 0 answers all).
+        per_worker = CounterMetricFamily("schooldns_worker_queries",
+                                         "DNS queries answered by each worker process (from 0 when it restarts).",
+                                         labels=["worker"])
+        for index, value in sorted(s.get("worker_queries", {0: sum(counters.queries.values())}).items()):
+            per_worker.add_metric([str(index)], value)
+        yield per_worker
         # Only a supervisor (workers: N > 1) restarts workers; one process reports 0.
         yield _counter("schooldns_worker_restarts", "Workers that died and were started again.",
                        s.get("worker_restarts", 0))

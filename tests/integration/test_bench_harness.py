@@ -54,6 +54,6 @@ def test_quick_bench_reports_schooldns_qps(tmp_path):
         "schooldns", "schooldns-spawn", "schooldns-w0", "schooldns-w1"], section
     # ... and the estimate for dedicated cores from CPU time per answer and the workers' split
     assert re.search(r"CPU time of the server's processes per answer in those runs: [\d.]+ us with one worker, "
-                     r"[\d.]+ us with two; .* = \*\*[\d.]+x\*\* one worker with this split", section), section
+                     r"[\d.]+ us with two\. .* = \*\*[\d.]+x\*\* one worker with this split", section), section
     # ... and what the second worker adds to the memory after start
     assert re.search(r"Memory after start, .*: the second worker adds \d+ MB\.", section), section

@@ -60,6 +60,7 @@ async def test_two_schools_get_different_answers_for_the_same_name(resolver):
     assert allowed.rcode() == dns.rcode.NOERROR and _addresses(allowed) == ["192.0.2.10"]
     metrics = await _metrics(resolver)
     assert 'schooldns_blocked_total{category="games",school="school-a"} 1.0' in metrics
+    assert 'schooldns_worker_queries_total{worker="0"} 2.0' in metrics  # one process: worker 0 answers all
 
 
 async def test_metrics_show_the_cache_and_its_estimated_memory(resolver):

@@ -98,6 +98,11 @@ async def test_a_restarted_worker_does_not_take_its_counts_out_of_the_sums(tmp_p
             await dns.asyncquery.udp(query, "127.0.0.1", port=supervisor.ports[0], timeout=3)
         await harness.until(lambda: all(_answered(supervisor.states.get(i, {"counters": {"queries": []}})) > 0
                                         for i in (0, 1)) and _answered(supervisor.state()) == 40, 10)
+        per_worker = supervisor.state()["worker_queries"]
+        assert sorted(per_worker) == [0, 1] and sum(per_worker.values()) == 40
+        text = exposition.render(supervisor.state).decode()
+        for index, answered in per_worker.items():  # how the kernel spread the queries
+            assert f'schooldns_worker_queries_total{{worker="{index}"}} {float(answered)}' in text
         hits_before = supervisor.state()["cache_hits"]
         dead = supervisor.states[1]
         os.kill(supervisor.processes[1].pid, signal.SIGKILL)
@@ -107,6 +112,7 @@ async def test_a_restarted_worker_does_not_take_its_counts_out_of_the_sums(tmp_p
         assert _answered(supervisor.states[1]) == 0
         state = supervisor.state()
         assert _answered(state) == 40 and state["cache_hits"] == hits_before
+        assert state["worker_queries"] == {0: per_worker[0], 1: 0}  # the new worker 1 counts from 0
         assert state["workers"] == 2 and state["in_flight"] == 0
         text = exposition.render(supervisor.state).decode()
         assert 'schooldns_queries_total{' in text

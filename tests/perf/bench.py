@@ -581,9 +581,12 @@ class Scaling:
     light_all: dict[int, dict[int, list[float]]] = field(default_factory=dict)  # workers -> window -> qps
     light_cpu_per_answer: dict[int, float] = field(default_factory=dict)  # loadgen's own CPU s / answer
     server_cpu_per_answer: dict[int, float] = field(default_factory=dict)  # all server processes' CPU s / answer
-    busiest_share: float | None = None  # 2 workers: the busier worker's share of the workers' CPU
+    busiest_share: float | None = None  # 2 workers: the busier worker's share of the workers' CPU time
     processes: list[dict[str, float]] = field(default_factory=list)  # 2 workers: name, CPU s, Pss, Pss_Anon
     start_pss: dict[int, float] = field(default_factory=dict)  # total Pss (kB) right after start
+    # 2 workers: the busier worker's share of the queries in each run (loadgen's ports are new each
+    # run, and the kernel hashes them anew), median over the runs at the window kept
+    query_share: float | None = None
 
     @property
     def ratio(self) -> float:
@@ -592,12 +595,13 @@ class Scaling:
     def dedicated_estimate(self) -> float | None:
         """Two workers on two cores of their own, against one, from CPU time per answer.
 
-        Each saturated worker answers 1 / (its CPU per answer) a second; the busier one saturates
-        first and the other then answers (1 - share) / share of what it does. So two answer
-        (cpu_1 / cpu_2) / share times what one does. Neither the load generator's cost nor how it
-        shares the cores enters.
+        A saturated worker answers 1 / (CPU per answer) a second. With two, the one that gets the
+        larger share of the queries fills its core first, and the two then answer 1 / share times
+        what it does: (cpu_1 / cpu_2) / share times one worker. Neither the load generator's cost
+        nor how it shares the cores enters; it assumes two workers on cores of their own each cost
+        per answer what they cost here.
         """
-        cpu, share = self.server_cpu_per_answer, self.busiest_share
+        cpu, share = self.server_cpu_per_answer, self.query_share
         if not share or not cpu.get(2) or 1 not in cpu:
             return None
         return cpu[1] / cpu[2] / share
@@ -700,9 +704,9 @@ def worker_scaling(result: Result, directory: Path, args: argparse.Namespace, to
     """
     scaling = result.scaling = Scaling()
     procs: dict[int, tuple[Proc, int, str]] = {}
+    copies = {workers: directory.parent / f"schooldns-{workers}w" for workers in (1, 2)}
     try:
-        for workers in (1, 2):
-            copy = directory.parent / f"schooldns-{workers}w"
+        for workers, copy in copies.items():
             shutil.copytree(directory, copy, ignore=shutil.ignore_patterns("*.log"))
             port = free_port()
             config = (copy / "config.yaml").read_text()
@@ -725,8 +729,12 @@ def worker_scaling(result: Result, directory: Path, args: argparse.Namespace, to
             for workers, (proc, port, cores) in procs.items():
                 for window in LIGHT_WINDOWS:
                     before = [process_cpu_seconds(pid) for pid in family[workers]]
+                    answered_before = published_worker_queries(copies[workers]) if workers == 2 else {}
                     run = loadgen(port, data.queries, args.seconds, window, cores)
                     run["server_cpu"] = [process_cpu_seconds(pid) - b for pid, b in zip(family[workers], before)]
+                    if workers == 2:  # how the kernel spread this run's queries
+                        answered = published_worker_queries(copies[workers])
+                        run["worker_queries"] = [answered[w] - answered_before.get(w, 0) for w in sorted(answered)]
                     light.setdefault((workers, window), []).append(run)
         for workers, (proc, _, _) in procs.items():
             if not proc.alive():
@@ -742,6 +750,10 @@ def worker_scaling(result: Result, directory: Path, args: argparse.Namespace, to
             scaling.server_cpu_per_answer[workers] = sum(sum(run["server_cpu"]) for run in runs) / answered
             log(f"schooldns: {workers} worker(s) on {workers} core(s): {scaling.light_qps[workers]:,.0f} qps "
                 f"(loadgen --window {window})")
+        splits = [max(run["worker_queries"]) / sum(run["worker_queries"])
+                  for run in light[2, scaling.light_window[2]] if len(run["worker_queries"]) == 2
+                  and sum(run["worker_queries"])]
+        scaling.query_share = statistics.median(splits) if splits else None
         names = [process_name(pid) for pid in family[2]]
         cpu = [sum(run["server_cpu"][i] for run in light[2, scaling.light_window[2]]) for i in range(len(names))]
         on_workers = [seconds for name, seconds in zip(names, cpu) if name.startswith("schooldns-w")]
@@ -986,15 +998,22 @@ METRICS = ("cache_entries", "cache_bytes", "cache_hits_total", "cache_misses_tot
            "internal_errors_total", "malformed_queries_total", "upstream_coalesced_total")
 
 
-def schooldns_status(directory: Path) -> dict | None:
-    """A few unlabelled counters from the admin API's /metrics (cache, internal errors)."""
+def metrics_text(directory: Path) -> str | None:
+    """The admin API's /metrics of the schooldns started from `directory`; None if it has no admin API."""
     port = admin_port(directory)
     if port is None:
         return None
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
-            text = reply.read().decode()
+            return reply.read().decode()
     except OSError:
+        return None
+
+
+def schooldns_status(directory: Path) -> dict | None:
+    """A few unlabelled counters from the admin API's /metrics (cache, internal errors)."""
+    text = metrics_text(directory)
+    if text is None:
         return None
     values = {}
     for line in text.splitlines():
@@ -1004,6 +1023,14 @@ def schooldns_status(directory: Path) -> dict | None:
         elif name.startswith("schooldns_queries_dropped_total{"):
             values["dropped_total"] = values.get("dropped_total", 0) + int(float(value))
     return values
+
+
+def published_worker_queries(directory: Path) -> dict[str, int]:
+    """schooldns_worker_queries_total per worker, once the workers have published what they answered."""
+    time.sleep(1.2)  # a worker publishes its counters to the supervisor every second
+    found = re.findall(r'^schooldns_worker_queries_total\{worker="(\d+)"\} (\S+)$', metrics_text(directory) or "",
+                       re.MULTILINE)
+    return {worker: int(float(value)) for worker, value in found}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1049,13 +1076,14 @@ def scaling_paragraph(scaling: Scaling, args: argparse.Namespace) -> str:
     estimate = scaling.dedicated_estimate()
     if estimate is not None:
         cpu = scaling.server_cpu_per_answer
-        share = scaling.busiest_share or 0.0
         text.append(
             f"CPU time of the server's processes per answer in those runs: {cpu[1] * 1e6:.2f} us with one "
-            f"worker, {cpu[2] * 1e6:.2f} us with two; the busier worker used {share:.0%} of the two workers' CPU "
-            f"time (which worker reads a query is the kernel's SO_REUSEPORT hash of loadgen's 16 source "
-            f"ports). On dedicated cores the busier worker saturates first, which puts two workers at ({cpu[1] * 1e6:.2f} / {cpu[2] * 1e6:.2f}) / "
-            f"{share:.2f} = **{estimate:.2f}x** one worker with this split, and "
+            f"worker, {cpu[2] * 1e6:.2f} us with two. The kernel's SO_REUSEPORT hash of loadgen's 16 source "
+            f"ports gave the busier worker {scaling.query_share:.0%} of a run's queries (median; it used "
+            f"{scaling.busiest_share or 0:.0%} of the two workers' CPU time, sharing the cores with loadgen). On "
+            f"dedicated cores that worker fills its core first, which puts two workers at "
+            f"({cpu[1] * 1e6:.2f} / {cpu[2] * 1e6:.2f}) / {scaling.query_share:.2f} = **{estimate:.2f}x** one "
+            f"worker with this split, and "
             f"{2 * cpu[1] / cpu[2]:.2f}x with an even one (many clients): estimates from CPU time that leave "
             f"out the load generator and how it shares the cores.")
     if scaling.processes:
