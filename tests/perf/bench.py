@@ -733,8 +733,9 @@ def worker_scaling(result: Result, directory: Path, args: argparse.Namespace, to
                     run = loadgen(port, data.queries, args.seconds, window, cores)
                     run["server_cpu"] = [process_cpu_seconds(pid) - b for pid, b in zip(family[workers], before)]
                     if workers == 2:  # how the kernel spread this run's queries
-                        answered = published_worker_queries(copies[workers])
-                        run["worker_queries"] = [answered[w] - answered_before.get(w, 0) for w in sorted(answered)]
+                        answered_after = published_worker_queries(copies[workers])
+                        run["worker_queries"] = [answered_after[w] - answered_before.get(w, 0)
+                                                 for w in sorted(answered_after)]
                     light.setdefault((workers, window), []).append(run)
         for workers, (proc, _, _) in procs.items():
             if not proc.alive():
