@@ -48,6 +48,9 @@ class AdminConfig:
     listen: upstream.UpstreamAddress | None = None
 
 
+WORKER_SPREADS = ("client", "random")  # `worker_spread`; server.spread_at_random says why
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Config:
     """Everything `schooldns serve` reads from its config file; paths are absolute."""
@@ -56,6 +59,7 @@ class Config:
     listen: tuple[upstream.UpstreamAddress, ...]
     upstreams: tuple[upstream.UpstreamAddress, ...]
     workers: int
+    worker_spread: str  # how UDP queries reach the workers: "client" (the kernel's hash) or "random"
     cache: CacheConfig
     forwarding: ForwardingConfig
     limits: LimitsConfig
@@ -94,6 +98,9 @@ def parse_config(doc: yamlfile.Document, path: Path) -> Config:
         workers = workers_raw
     else:
         top.fail("workers", f"expected a number of processes 1-256 or \"auto\", got {workers_raw!r}")
+    worker_spread = top.raw("worker_spread", "client")
+    if worker_spread not in WORKER_SPREADS:
+        top.fail("worker_spread", f"expected one of {', '.join(WORKER_SPREADS)}, got {worker_spread!r}")
 
     cache = _dataclass(top.sub("cache"), CacheConfig)
     forwarding = _dataclass(top.sub("forwarding"), ForwardingConfig)
@@ -112,7 +119,7 @@ def parse_config(doc: yamlfile.Document, path: Path) -> Config:
     doc.raise_if_failed()
     return Config(
         file=str(path), listen=tuple(listen), upstreams=tuple(upstreams), workers=workers,
-        cache=cache, forwarding=forwarding, limits=limits, reload=reload,
+        worker_spread=worker_spread, cache=cache, forwarding=forwarding, limits=limits, reload=reload,
         admin=AdminConfig(admin_listen[0] if admin_listen else None),
         policies_dir=policies_dir, blocklists_dir=blocklists_dir, state_dir=state_dir,
         default_school=default_school)

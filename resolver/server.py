@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import functools
 import socket
+import struct
+import sys
 from typing import Any
 
 from resolver import config, pipeline, udpbatch, wire
@@ -240,6 +243,41 @@ def bind_sockets(address: Any, reuse_port: bool) -> tuple[socket.socket, socket.
             if address.port != 0:
                 raise
     raise OSError(f"could not bind UDP and TCP to one free port on {address.host}")
+
+
+# `worker_spread: random`. With `workers: N` every worker binds the DNS port with SO_REUSEPORT, and
+# the kernel hands a datagram to one of them by a hash of the client's address and port: a client
+# stays on one worker (`worker_spread: client`, the default). Many clients spread evenly that way;
+# a few do not, and one source socket (a load balancer or an ISP resolver forwarding from one
+# port) lands on a single worker whatever N is. A classic BPF program attached to the group picks
+# the socket at random for each datagram instead, so each worker gets 1/N of the queries. A UDP
+# query needs no affinity: its answer leaves by the socket that read it. The price: a worker reads
+# fewer datagrams per wake-up, and with loadgen on the same two cores two workers answered ~20%
+# fewer queries (docs/performance.md, "Queries spread over the workers at random"). Where the
+# program's index is past the group's sockets (a worker being restarted), the kernel falls back
+# to the hash. Linux only (SO_ATTACH_REUSEPORT_CBPF, 4.5+).
+_SO_ATTACH_REUSEPORT_CBPF = getattr(socket, "SO_ATTACH_REUSEPORT_CBPF", 51)
+_MOD_K = 0x94  # BPF_ALU | BPF_MOD | BPF_K
+_RANDOM_SOCKET = (  # struct sock_filter: code, jt, jf, k
+    (0x20, 0, 0, (-0x1000 + 56) & 0xFFFFFFFF),  # BPF_LD | BPF_W | BPF_ABS of SKF_AD_OFF + SKF_AD_RANDOM: A = random
+    (_MOD_K, 0, 0, 0),  # A = A % workers (k is filled in)
+    (0x16, 0, 0, 0),  # BPF_RET | BPF_A: the index of the socket in the group
+)
+
+
+def spread_at_random(udp: socket.socket, workers: int) -> bool:
+    """Have the kernel hand each datagram to a random one of the `workers` sockets in this one's
+    SO_REUSEPORT group; False where it cannot (not Linux, or the kernel refused)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    program = [(code, jt, jf, workers if code == _MOD_K else k) for code, jt, jf, k in _RANDOM_SOCKET]
+    instructions = ctypes.create_string_buffer(b"".join(struct.pack("=HBBI", *line) for line in program))
+    fprog = struct.pack("@HP", len(program), ctypes.addressof(instructions))  # struct sock_fprog
+    try:
+        udp.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_REUSEPORT_CBPF, fprog)  # the kernel copies the program
+    except OSError:
+        return False
+    return True
 
 
 async def serve_sockets(pipe: pipeline.Pipeline, in_flight: InFlight, limits: config.LimitsConfig,

@@ -134,7 +134,14 @@ async def watch_files(cfg: config.Config, reload: Any, seen: tuple) -> None:
 
 
 def bind_all(cfg: config.Config, reuse_port: bool) -> list[tuple[socket.socket, socket.socket]]:
-    return [server.bind_sockets(address, reuse_port) for address in cfg.listen]
+    """The UDP and TCP socket of each listen address; `worker_spread: random` spreads the UDP
+    queries over the workers' sockets at random (server.spread_at_random)."""
+    sockets = [server.bind_sockets(address, reuse_port) for address in cfg.listen]
+    if reuse_port and cfg.worker_spread == "random" and not all(
+            [server.spread_at_random(udp, cfg.workers) for udp, _ in sockets]):
+        log.warning("worker_spread: random is not available here (Linux 4.5+ only); UDP queries reach "
+                    "the workers by a hash of the client's address and port")
+    return sockets
 
 
 # ---------------------------------------------------------------------------------------

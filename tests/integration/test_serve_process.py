@@ -7,6 +7,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -60,9 +61,10 @@ class Served:
 
 
 @contextlib.asynccontextmanager
-async def serve(root: Path, upstream: FakeUpstream, workers: int, files: dict[str, str] | None = None):
+async def serve(root: Path, upstream: FakeUpstream, workers: int, files: dict[str, str] | None = None,
+                more_config: str = ""):
     config = write_site(root, [upstream.address], f'workers: {workers}\nadmin: {{listen: "127.0.0.1:0"}}\n'
-                                                  "reload: {watch_interval_seconds: 0}\n", files)
+                                                  "reload: {watch_interval_seconds: 0}\n" + more_config, files)
     process = await asyncio.create_subprocess_exec(
         *SCHOOLDNS, "serve", "--config", str(config), stderr=asyncio.subprocess.PIPE,
         cwd=Path(__file__).resolve().parents[2], start_new_session=True)
@@ -150,6 +152,38 @@ async def test_two_workers_share_the_port_and_report_merged_metrics(tmp_path, up
         served.process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(served.process.wait(), 20) == 0
         assert not any(map(_running, [spawner, *replaced]))
+
+
+def _ask_from_one_socket(port: int, name: str, count: int) -> int:
+    """Send `count` queries one after another from one UDP socket (one source port); NOERROR answers."""
+    answered = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(3)
+        sock.connect(("127.0.0.1", port))
+        for _ in range(count):
+            query = dns.message.make_query(name, "A")
+            sock.send(query.to_wire())
+            reply = dns.message.from_wire(sock.recv(4096))
+            answered += reply.id == query.id and reply.rcode() == dns.rcode.NOERROR
+    return answered
+
+
+def _per_worker(metrics: str) -> dict[str, float]:
+    return {m[1]: float(m[2]) for m in re.finditer(r'^schooldns_worker_queries_total\{worker="(\d+)"\} (\S+)$',
+                                                      metrics, re.MULTILINE)}
+
+
+@pytest.mark.parametrize("spread", ["client", "random"])
+async def test_worker_spread_decides_whether_one_client_socket_reaches_every_worker(tmp_path, upstream, spread):
+    async with serve(tmp_path, upstream, workers=2, more_config=f"worker_spread: {spread}\n") as served:
+        assert await asyncio.to_thread(_ask_from_one_socket, served.dns_port, "www.example.com", 200) == 200
+        await _until_metric(served, "schooldns_worker_queries_total", 200)
+        per_worker = _per_worker(await served.metrics())
+        assert sorted(per_worker) == ["0", "1"]
+        if spread == "client":  # one address and port: the kernel's hash puts every query on one worker
+            assert sorted(per_worker.values()) == [0, 200]
+        else:  # each datagram to a random worker: fewer than 41 of 200 on one has a chance below 1e-15
+            assert min(per_worker.values()) > 40
 
 
 async def test_a_spawner_that_died_is_replaced_when_a_worker_must_be_restarted(tmp_path, upstream):
