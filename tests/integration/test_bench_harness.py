@@ -29,9 +29,9 @@ def test_quick_bench_reports_schooldns_qps(tmp_path):
     try:
         done = subprocess.run(
             [sys.executable, str(BENCH), "--quick", "--skip-baselines", "--runs", "1", "--output", str(report)],
-            cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+            cwd=REPO, capture_output=True, text=True, timeout=180, check=False)
     except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"bench.py --quick did not finish within 120 s:\n{exc.stdout}\n{exc.stderr}")
+        pytest.fail(f"bench.py --quick did not finish within 180 s:\n{exc.stdout}\n{exc.stderr}")
     assert done.returncode == 0, f"bench.py failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
 
     text = report.read_text()
@@ -55,5 +55,8 @@ def test_quick_bench_reports_schooldns_qps(tmp_path):
     # ... and the estimate for dedicated cores from CPU time per answer and the workers' split
     assert re.search(r"CPU time of the server's processes per answer in those runs: [\d.]+ us with one worker, "
                      r"[\d.]+ us with two\. .* = \*\*[\d.]+x\*\* one worker with this split", section), section
+    # ... and the same for two workers with `worker_spread: random`
+    assert re.search(r"With `worker_spread: random` .*: [\d,]+ qps, [\d.]+x one worker; .* \*\*[\d.]+x\*\* one worker "
+                     r"on dedicated cores", section), section
     # ... and what the second worker adds to the memory after start
     assert re.search(r"Memory after start, .*: the second worker adds \d+ MB\.", section), section

@@ -568,31 +568,36 @@ def prepare_dnsmasq(directory: Path, data: Data, port: int, upstream: int, tools
 # ---------------------------------------------------------------------------------------------
 
 
+# Step 8's servers: label -> (workers, worker_spread)
+SCALING_SERVERS = {"1": (1, "client"), "2": (2, "client"), "2 random": (2, "random")}
+
+
 @dataclass
 class Scaling:
     """schooldns with 1 worker on 1 core and with 2 workers on 2 cores, the load generator sharing them.
 
-    Keys are the number of workers. "light" is tests/perf/loadgen.py, run at each of LIGHT_WINDOWS
-    and the best median kept (its max rate); its CPU figures are from the runs at that window.
+    Keys are the labels of SCALING_SERVERS. "light" is tests/perf/loadgen.py, run at each of
+    LIGHT_WINDOWS and the best median kept (its max rate); its CPU figures are from the runs at
+    that window.
     """
 
-    light_qps: dict[int, float] = field(default_factory=dict)  # median of the best window's runs
-    light_window: dict[int, int] = field(default_factory=dict)
-    light_all: dict[int, dict[int, list[float]]] = field(default_factory=dict)  # workers -> window -> qps
-    light_cpu_per_answer: dict[int, float] = field(default_factory=dict)  # loadgen's own CPU s / answer
-    server_cpu_per_answer: dict[int, float] = field(default_factory=dict)  # all server processes' CPU s / answer
-    busiest_share: float | None = None  # 2 workers: the busier worker's share of the workers' CPU time
-    processes: list[dict[str, float]] = field(default_factory=list)  # 2 workers: name, CPU s, Pss, Pss_Anon
-    start_pss: dict[int, float] = field(default_factory=dict)  # total Pss (kB) right after start
-    # 2 workers: the busier worker's share of the queries in each run (loadgen's ports are new each
-    # run, and the kernel hashes them anew), median over the runs at the window kept
-    query_share: float | None = None
+    light_qps: dict[str, float] = field(default_factory=dict)  # median of the best window's runs
+    light_window: dict[str, int] = field(default_factory=dict)
+    light_all: dict[str, dict[int, list[float]]] = field(default_factory=dict)  # label -> window -> qps
+    light_cpu_per_answer: dict[str, float] = field(default_factory=dict)  # loadgen's own CPU s / answer
+    server_cpu_per_answer: dict[str, float] = field(default_factory=dict)  # all server processes' CPU s / answer
+    # two workers: the busier worker's share of the queries in each run (loadgen's ports are new
+    # each run, and the kernel hashes them anew), median over the runs at the window kept; and
+    # the busier worker's share of the workers' CPU time in those runs
+    query_share: dict[str, float] = field(default_factory=dict)
+    busiest_share: dict[str, float] = field(default_factory=dict)
+    processes: list[dict[str, float]] = field(default_factory=list)  # "2": name, CPU s, Pss, Pss_Anon
+    start_pss: dict[str, float] = field(default_factory=dict)  # total Pss (kB) right after start
 
-    @property
-    def ratio(self) -> float:
-        return self.light_qps[2] / self.light_qps[1]
+    def ratio(self, label: str) -> float:
+        return self.light_qps[label] / self.light_qps["1"]
 
-    def dedicated_estimate(self) -> float | None:
+    def dedicated_estimate(self, label: str) -> float | None:
         """Two workers on two cores of their own, against one, from CPU time per answer.
 
         A saturated worker answers 1 / (CPU per answer) a second. With two, the one that gets the
@@ -601,10 +606,10 @@ class Scaling:
         nor how it shares the cores enters; it assumes two workers on cores of their own each cost
         per answer what they cost here.
         """
-        cpu, share = self.server_cpu_per_answer, self.query_share
-        if not share or not cpu.get(2) or 1 not in cpu:
+        cpu, share = self.server_cpu_per_answer, self.query_share.get(label)
+        if not share or not cpu.get(label) or "1" not in cpu:
             return None
-        return cpu[1] / cpu[2] / share
+        return cpu["1"] / cpu[label] / share
 
 
 @dataclass
@@ -699,68 +704,77 @@ def worker_scaling(result: Result, directory: Path, args: argparse.Namespace, to
 
     There is no third core for the load generator, so it shares the cores the way the workers
     get them: with `workers: 1` the server and the generator are pinned to core 0, with `workers:
-    2` all of them may run on cores 0 and 1. Both servers run at once, each from a copy of the
-    benchmark's schooldns directory (its compiled index included), and their runs interleave.
+    2` all of them may run on cores 0 and 1. Two workers run twice, with `worker_spread: client`
+    (the default) and `random`. The servers run at once, each from a copy of the benchmark's
+    schooldns directory (its compiled index included), and their runs interleave.
     """
     scaling = result.scaling = Scaling()
-    procs: dict[int, tuple[Proc, int, str]] = {}
-    copies = {workers: directory.parent / f"schooldns-{workers}w" for workers in (1, 2)}
+    procs: dict[str, tuple[Proc, int, str]] = {}
+    copies = {label: directory.parent / f"schooldns-{label.replace(' ', '-')}" for label in SCALING_SERVERS}
     try:
-        for workers, copy in copies.items():
+        for label, (workers, spread) in SCALING_SERVERS.items():
+            copy = copies[label]
             shutil.copytree(directory, copy, ignore=shutil.ignore_patterns("*.log"))
             port = free_port()
             config = (copy / "config.yaml").read_text()
             config = re.sub(r'listen: \["127.0.0.1:\d+"\]', f'listen: ["127.0.0.1:{port}"]', config)
             config = re.sub(r'admin: \{listen: "127.0.0.1:\d+"\}', f'admin: {{listen: "127.0.0.1:{free_port()}"}}',
                             config)
-            (copy / "config.yaml").write_text(config.replace("workers: 1\n", f"workers: {workers}\n"))
+            config = config.replace("workers: 1\n", f"workers: {workers}\nworker_spread: {spread}\n")
+            (copy / "config.yaml").write_text(config)
             cores = ",".join([SERVER_CORE, LOAD_CORE][:workers])
             argv = ["taskset", "-c", cores, str(SCHOOLDNS), "serve", "--config", str(copy / "config.yaml")]
-            proc = Proc(f"schooldns-{workers}w", argv, copy / "server.log", cwd=copy)
-            procs[workers] = proc, port, cores
+            proc = Proc(f"schooldns-{label}", argv, copy / "server.log", cwd=copy)
+            procs[label] = proc, port, cores
             wait_answer(port, proc, time.monotonic(), args.start_timeout)
             wait_admin(copy, proc, args.start_timeout)
-            scaling.start_pss[workers] = sum(smaps_kb(pid).get("Pss", 0) for pid in proc.family())
+            scaling.start_pss[label] = sum(smaps_kb(pid).get("Pss", 0) for pid in proc.family())
             dnsperf(tools, port, data.queries, seconds=None, clients=args.clients, once=True, cores=cores)
-        family = {workers: proc.family() for workers, (proc, _, _) in procs.items()}
+        family = {label: proc.family() for label, (proc, _, _) in procs.items()}
         started = {pid: process_cpu_seconds(pid) for pids in family.values() for pid in pids}
-        light: dict[tuple[int, int], list[dict]] = {}  # (workers, window) -> loadgen outputs + server CPU
+        light: dict[tuple[str, int], list[dict]] = {}  # (label, window) -> loadgen outputs + server CPU
         for _ in range(args.runs):
-            for workers, (proc, port, cores) in procs.items():
+            for label, (proc, port, cores) in procs.items():
+                several = SCALING_SERVERS[label][0] > 1
                 for window in LIGHT_WINDOWS:
-                    before = [process_cpu_seconds(pid) for pid in family[workers]]
-                    answered_before = published_worker_queries(copies[workers]) if workers == 2 else {}
+                    before = [process_cpu_seconds(pid) for pid in family[label]]
+                    answered_before = published_worker_queries(copies[label]) if several else {}
                     run = loadgen(port, data.queries, args.seconds, window, cores)
-                    run["server_cpu"] = [process_cpu_seconds(pid) - b for pid, b in zip(family[workers], before)]
-                    if workers == 2:  # how the kernel spread this run's queries
-                        answered_after = published_worker_queries(copies[workers])
+                    run["server_cpu"] = [process_cpu_seconds(pid) - b for pid, b in zip(family[label], before)]
+                    if several:  # how the kernel spread this run's queries
+                        answered_after = published_worker_queries(copies[label])
                         run["worker_queries"] = [answered_after[w] - answered_before.get(w, 0)
                                                  for w in sorted(answered_after)]
-                    light.setdefault((workers, window), []).append(run)
-        for workers, (proc, _, _) in procs.items():
+                    light.setdefault((label, window), []).append(run)
+        for label, (proc, _, _) in procs.items():
             if not proc.alive():
-                raise BenchError(f"schooldns with {workers} workers died during the scaling runs; log:\n{proc.tail()}")
-            scaling.light_all[workers] = {window: [run["qps"] for run in light[workers, window]]
-                                          for window in LIGHT_WINDOWS}
-            window = max(LIGHT_WINDOWS, key=lambda w: statistics.median(scaling.light_all[workers][w]))
-            runs = light[workers, window]
+                raise BenchError(f"schooldns ({label}) died during the scaling runs; log:\n{proc.tail()}")
+            scaling.light_all[label] = {window: [run["qps"] for run in light[label, window]]
+                                        for window in LIGHT_WINDOWS}
+            window = max(LIGHT_WINDOWS, key=lambda w: statistics.median(scaling.light_all[label][w]))
+            runs = light[label, window]
             answered = sum(run["answered"] for run in runs)
-            scaling.light_window[workers] = window
-            scaling.light_qps[workers] = statistics.median(run["qps"] for run in runs)
-            scaling.light_cpu_per_answer[workers] = sum(run["cpu_seconds"] for run in runs) / answered
-            scaling.server_cpu_per_answer[workers] = sum(sum(run["server_cpu"]) for run in runs) / answered
-            log(f"schooldns: {workers} worker(s) on {workers} core(s): {scaling.light_qps[workers]:,.0f} qps "
-                f"(loadgen --window {window})")
-        splits = [max(run["worker_queries"]) / sum(run["worker_queries"])
-                  for run in light[2, scaling.light_window[2]] if len(run["worker_queries"]) == 2
-                  and sum(run["worker_queries"])]
-        scaling.query_share = statistics.median(splits) if splits else None
-        names = [process_name(pid) for pid in family[2]]
-        cpu = [sum(run["server_cpu"][i] for run in light[2, scaling.light_window[2]]) for i in range(len(names))]
-        on_workers = [seconds for name, seconds in zip(names, cpu) if name.startswith("schooldns-w")]
-        scaling.busiest_share = max(on_workers) / (sum(on_workers) or 1) if on_workers else None
-        scaling.processes = [{"name": name, "cpu_seconds": process_cpu_seconds(pid) - started[pid], **smaps_kb(pid)}
-                             for pid, name in zip(family[2], names)]
+            scaling.light_window[label] = window
+            scaling.light_qps[label] = statistics.median(run["qps"] for run in runs)
+            scaling.light_cpu_per_answer[label] = sum(run["cpu_seconds"] for run in runs) / answered
+            scaling.server_cpu_per_answer[label] = sum(sum(run["server_cpu"]) for run in runs) / answered
+            workers, spread = SCALING_SERVERS[label]
+            log(f"schooldns, {workers} worker(s) on {workers} core(s), worker_spread {spread}: "
+                f"{scaling.light_qps[label]:,.0f} qps (loadgen --window {window})")
+            if workers == 1:
+                continue
+            splits = [max(run["worker_queries"]) / sum(run["worker_queries"])
+                      for run in runs if len(run["worker_queries"]) == 2 and sum(run["worker_queries"])]
+            if splits:
+                scaling.query_share[label] = statistics.median(splits)
+            names = [process_name(pid) for pid in family[label]]
+            cpu = [sum(run["server_cpu"][i] for run in runs) for i in range(len(names))]
+            on_workers = [seconds for name, seconds in zip(names, cpu) if name.startswith("schooldns-w")]
+            if on_workers and sum(on_workers):
+                scaling.busiest_share[label] = max(on_workers) / sum(on_workers)
+            if label == "2":
+                scaling.processes = [{"name": name, "cpu_seconds": process_cpu_seconds(pid) - started[pid],
+                                      **smaps_kb(pid)} for pid, name in zip(family[label], names)]
     finally:
         for proc, _, _ in procs.values():
             proc.stop()
@@ -1064,36 +1078,42 @@ def sanitize(command: list[str], work: Path) -> str:
 
 
 def scaling_paragraph(scaling: Scaling, args: argparse.Namespace) -> str:
-    """Step 8 in words: the measurement, the estimate for dedicated cores, the processes and memory."""
-    light, light_cpu = scaling.light_qps, scaling.light_cpu_per_answer
+    """Step 8 in words: the measurements, the estimates for dedicated cores, the processes and memory."""
+    light, light_cpu, cpu = scaling.light_qps, scaling.light_cpu_per_answer, scaling.server_cpu_per_answer
     text = [
         f"schooldns worker processes, one worker on one core against two workers on two cores. There is no "
         f"third core: the load generator (tests/perf/loadgen.py, 16 sockets, the better of "
         f"{' and '.join(map(str, LIGHT_WINDOWS))} queries outstanding per socket) shares core {SERVER_CORE} with "
         f"the one worker and cores {SERVER_CORE},{LOAD_CORE} with the two. Median of {args.runs}: "
-        f"{light[1]:,.0f} qps with `workers: 1`, {light[2]:,.0f} qps with `workers: 2`: "
-        f"**{scaling.ratio:.2f}x**. loadgen itself took {light_cpu[1] * 1e6:.1f} us of CPU per answer "
-        f"beside one worker, {light_cpu[2] * 1e6:.1f} us beside two."]
-    estimate = scaling.dedicated_estimate()
+        f"{light['1']:,.0f} qps with `workers: 1`, {light['2']:,.0f} qps with `workers: 2`: "
+        f"**{scaling.ratio('2'):.2f}x**. loadgen itself took {light_cpu['1'] * 1e6:.1f} us of CPU per answer "
+        f"beside one worker, {light_cpu['2'] * 1e6:.1f} us beside two."]
+    estimate = scaling.dedicated_estimate("2")
     if estimate is not None:
-        cpu = scaling.server_cpu_per_answer
         text.append(
-            f"CPU time of the server's processes per answer in those runs: {cpu[1] * 1e6:.2f} us with one "
-            f"worker, {cpu[2] * 1e6:.2f} us with two. The kernel's SO_REUSEPORT hash of loadgen's 16 source "
-            f"ports gave the busier worker {scaling.query_share:.0%} of a run's queries (median; it used "
-            f"{scaling.busiest_share or 0:.0%} of the two workers' CPU time, sharing the cores with loadgen). On "
-            f"dedicated cores that worker fills its core first, which puts two workers at "
-            f"({cpu[1] * 1e6:.2f} / {cpu[2] * 1e6:.2f}) / {scaling.query_share:.2f} = **{estimate:.2f}x** one "
-            f"worker with this split, and "
-            f"{2 * cpu[1] / cpu[2]:.2f}x with an even one (many clients): estimates from CPU time that leave "
-            f"out the load generator and how it shares the cores.")
+            f"CPU time of the server's processes per answer in those runs: {cpu['1'] * 1e6:.2f} us with one "
+            f"worker, {cpu['2'] * 1e6:.2f} us with two. The kernel's SO_REUSEPORT hash of loadgen's 16 source "
+            f"ports gave the busier worker {scaling.query_share['2']:.0%} of a run's queries (median; it used "
+            f"{scaling.busiest_share.get('2', 0):.0%} of the two workers' CPU time, sharing the cores with "
+            f"loadgen). On dedicated cores that worker fills its core first, which puts two workers at "
+            f"({cpu['1'] * 1e6:.2f} / {cpu['2'] * 1e6:.2f}) / {scaling.query_share['2']:.2f} = "
+            f"**{estimate:.2f}x** one worker with this split, and {2 * cpu['1'] / cpu['2']:.2f}x with an even "
+            f"one (many clients): estimates from CPU time that leave out the load generator and how it "
+            f"shares the cores.")
+    estimate = scaling.dedicated_estimate("2 random")
+    if estimate is not None:
+        text.append(
+            f"With `worker_spread: random` (each query to a random worker): {light['2 random']:,.0f} qps, "
+            f"{scaling.ratio('2 random'):.2f}x one worker; the busier worker got "
+            f"{scaling.query_share['2 random']:.0%} of a run's queries, at {cpu['2 random'] * 1e6:.2f} us of CPU "
+            f"per answer: **{estimate:.2f}x** one worker on dedicated cores by the same estimate.")
     if scaling.processes:
         rows = [f"{p['name']} {p['cpu_seconds']:.1f} s CPU, Pss {p.get('Pss', 0) / 1024:.0f} MB "
                 f"(anon {p.get('Pss_Anon', 0) / 1024:.0f})" for p in scaling.processes]
         text.append(f"With 2 workers, per process during / after all those runs (the supervisor, the spawner "
                     f"that forks the workers, the workers): {'; '.join(rows)}.")
-    if len(scaling.start_pss) == 2:
-        one, two = (scaling.start_pss[w] / 1024 for w in (1, 2))
+    if {"1", "2"} <= scaling.start_pss.keys():
+        one, two = (scaling.start_pss[label] / 1024 for label in ("1", "2"))
         text.append(f"Memory after start, before any load (Pss summed over every process, the shared index "
                     f"counted once): {one:.0f} MB with `workers: 1` (one process), {two:.0f} MB with "
                     f"`workers: 2` (a supervisor, the spawner and two workers): the second worker adds "
@@ -1175,7 +1195,7 @@ def report(args: argparse.Namespace, info: dict[str, str], data: Data, results: 
                 f"p50 / p99 / p99.9 {' / '.join(fmt_ms(swap.percentile(f)) for f in (0.5, 0.99, 0.999))} ms, "
                 f"{swap.lost:,} lost, {swap.qps:,.0f} answered/s.")
         scaling = base.scaling if base is not None else None
-        if scaling is not None and len(scaling.light_qps) == 2:
+        if scaling is not None and {"1", "2"} <= scaling.light_qps.keys():
             add("")
             add(scaling_paragraph(scaling, args))
             add("")
@@ -1469,7 +1489,8 @@ def raw(results: list[Result], info: dict[str, str], args: argparse.Namespace) -
                      "warm_start_samples": r.warm_start_samples, "answers_checked": r.answers_checked,
                      "faults_per_query": r.faults_per_query, "cpu_user": r.cpu_user, "cpu_system": r.cpu_system,
                      "scaling": asdict(r.scaling) if r.scaling else None,
-                     "scaling_dedicated_estimate": r.scaling.dedicated_estimate() if r.scaling else None,
+                     "scaling_dedicated_estimate": {label: r.scaling.dedicated_estimate(label)
+                                                    for label in SCALING_SERVERS} if r.scaling else None,
                      "wrong_answers": r.wrong_answers[:50], "status": r.status, "error": r.error,
                      "log_problems": r.log_problems[:50]}
                     for r in results],
