@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from resolver import udpbatch  # noqa: E402
 
-BATCH = 64  # datagrams per system call
+BATCH = udpbatch.BATCH  # datagrams per system call
 SLOT = 512  # bytes per query in the send buffer and per answer in the receive buffer
 SILENCE = 0.05
 QTYPES = {"A": 1, "NS": 2, "CNAME": 5, "SOA": 6, "PTR": 12, "MX": 15, "TXT": 16, "AAAA": 28, "HTTPS": 65}
@@ -102,8 +102,7 @@ def run(host: str, port: int, queries: list[bytes], seconds: float, sockets: int
         sock.connect((host, port))
         sock.setblocking(False)
         poller.register(sock.fileno(), select.EPOLLIN)
-    outstanding = {sock.fileno(): 0 for sock in socks}
-    last_answer: dict[int, float] = {}
+    last_answer: dict[int, float] = {}  # socket -> when it last had an answer
     position = sent = answered = refills = 0
 
     def send(fd: int, wanted: int) -> int:
@@ -122,24 +121,24 @@ def run(host: str, port: int, queries: list[bytes], seconds: float, sockets: int
 
     usage = resource.getrusage(resource.RUSAGE_SELF)
     started = now = time.monotonic()
-    for fd in outstanding:
-        outstanding[fd] = send(fd, window)
-        last_answer[fd] = started
+    for sock in socks:
+        send(sock.fileno(), window)
+        last_answer[sock.fileno()] = started
     end, next_check = started + seconds, started + SILENCE
     while now < end:
         for fd, _ in poller.poll(SILENCE):
             got = recvmmsg(fd, incoming.pointer, BATCH, socket.MSG_DONTWAIT, None)
             if got > 0:
                 answered += got
-                outstanding[fd] += send(fd, got) - got
+                send(fd, got)  # one new query for each answer: the window stays full
                 last_answer[fd] = now
         now = time.monotonic()
         if now >= next_check:
             next_check = now + SILENCE
-            for fd in outstanding:
+            for fd in last_answer:
                 if now - last_answer[fd] >= SILENCE:
                     refills += 1
-                    outstanding[fd] = send(fd, window)
+                    send(fd, window)
                     last_answer[fd] = now
     elapsed = time.monotonic() - started
     after = resource.getrusage(resource.RUSAGE_SELF)
