@@ -58,5 +58,10 @@ def test_quick_bench_reports_schooldns_qps(tmp_path):
     # ... and the same for two workers with `worker_spread: random`
     assert re.search(r"With `worker_spread: random` .*: [\d,]+ qps, [\d.]+x one worker; .* \*\*[\d.]+x\*\* one worker "
                      r"on dedicated cores", section), section
+    # ... and one worker against two, each held to half a core of its own (where a cgroup can be made)
+    held = re.search(r"Held to 0.5 of a core each: .* [\d,]+ qps with one worker, [\d,]+ qps with two: "
+                     r"\*\*[\d.]+x\*\*\. Each worker used \d+% or more of what its quota allowed", section)
+    skipped = re.search(r"The runs with workers held to half a core each were skipped: \S.*\.$", section, re.MULTILINE)
+    assert held or skipped, section
     # ... and what the second worker adds to the memory after start
     assert re.search(r"Memory after start, .*: the second worker adds \d+ MB\.", section), section

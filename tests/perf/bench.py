@@ -29,6 +29,7 @@ domain index micro benchmark). The report goes between `<!-- bench:begin -->` an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -49,6 +50,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -568,8 +570,77 @@ def prepare_dnsmasq(directory: Path, data: Data, port: int, upstream: int, tools
 # ---------------------------------------------------------------------------------------------
 
 
-# Step 8's servers: label -> (workers, worker_spread)
-SCALING_SERVERS = {"1": (1, "client"), "2": (2, "client"), "2 random": (2, "random")}
+class ScalingServer(NamedTuple):
+    """One schooldns of step 8: how many workers, its worker_spread, and the share of a core each worker gets.
+
+    `core_share` None: the workers have the cores as they come, shared with the load generator.
+    A number: each worker is pinned to a core of its own and held to that share of it by a CPU
+    quota (HeldWorkers), so the load generator always has the rest and never takes a worker's time.
+    """
+
+    workers: int
+    spread: str
+    core_share: float | None = None
+
+
+# Step 8's servers, by label
+SCALING_SERVERS = {"1": ScalingServer(1, "client"), "2": ScalingServer(2, "client"),
+                   "2 random": ScalingServer(2, "random"),
+                   "1 half": ScalingServer(1, "client", 0.5), "2 half": ScalingServer(2, "client", 0.5)}
+QUOTA_PERIOD_US = 10_000  # a held worker waits at most a few ms for its quota: far under loadgen's SILENCE
+
+
+class HeldWorkers:
+    """Worker processes held to a share of a core each: pinned to it, in a cgroup of their own with a CPU quota.
+
+    Uses cgroup v2 (cpu.max) where the cpu controller is enabled for child groups, else the v1 cpu
+    hierarchy (cpu.cfs_quota_us). The groups are made beside this process's and removed by
+    release(), once their processes are gone. Needs root; the OSError says why it cannot.
+    """
+
+    V2, V1 = Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/cpu")
+
+    def __init__(self) -> None:
+        self.groups: list[Path] = []
+
+    @classmethod
+    def hierarchy(cls) -> tuple[Path, int]:
+        """The root of a writable cgroup hierarchy with the cpu controller, and its version."""
+        try:
+            v2_children = (cls.V2 / "cgroup.subtree_control").read_text().split()
+        except OSError:
+            v2_children = []
+        if "cpu" in v2_children:
+            root, version = cls.V2, 2
+        elif (cls.V1 / "cpu.cfs_quota_us").exists():
+            root, version = cls.V1, 1
+        else:
+            raise OSError(f"no cgroup cpu controller for child groups under {cls.V2}")
+        if not os.access(root, os.W_OK):
+            raise OSError(f"{root} is not writable (run as root)")
+        return root, version
+
+    def hold(self, pid: int, core: str, share: float, name: str) -> None:
+        """Pin every thread of `pid` to `core` and give it `share` of that core's time."""
+        root, version = self.hierarchy()
+        group = root / f"schooldns-bench-{os.getpid()}-{name}"
+        group.mkdir()
+        self.groups.append(group)
+        quota = round(QUOTA_PERIOD_US * share)
+        if version == 2:
+            (group / "cpu.max").write_text(f"{quota} {QUOTA_PERIOD_US}")
+        else:
+            (group / "cpu.cfs_period_us").write_text(str(QUOTA_PERIOD_US))
+            (group / "cpu.cfs_quota_us").write_text(str(quota))
+        (group / "cgroup.procs").write_text(str(pid))
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            os.sched_setaffinity(int(task.name), {int(core)})
+
+    def release(self) -> None:
+        for group in self.groups:
+            with contextlib.suppress(OSError):
+                group.rmdir()
+        self.groups.clear()
 
 
 @dataclass
@@ -593,9 +664,13 @@ class Scaling:
     busiest_share: dict[str, float] = field(default_factory=dict)
     processes: list[dict[str, float]] = field(default_factory=list)  # "2": name, CPU s, Pss, Pss_Anon
     start_pss: dict[str, float] = field(default_factory=dict)  # total Pss (kB) right after start
+    # servers whose workers were held to a share of a core: the least of the workers' CPU time
+    # over what their quota allowed in the runs kept (near 1: saturated); or why none could be held
+    quota_use: dict[str, float] = field(default_factory=dict)
+    quota_error: str | None = None
 
-    def ratio(self, label: str) -> float:
-        return self.light_qps[label] / self.light_qps["1"]
+    def ratio(self, label: str, base: str = "1") -> float:
+        return self.light_qps[label] / self.light_qps[base]
 
     def dedicated_estimate(self, label: str) -> float | None:
         """Two workers on two cores of their own, against one, from CPU time per answer.
@@ -705,14 +780,27 @@ def worker_scaling(result: Result, directory: Path, args: argparse.Namespace, to
     There is no third core for the load generator, so it shares the cores the way the workers
     get them: with `workers: 1` the server and the generator are pinned to core 0, with `workers:
     2` all of them may run on cores 0 and 1. Two workers run twice, with `worker_spread: client`
-    (the default) and `random`. The servers run at once, each from a copy of the benchmark's
-    schooldns directory (its compiled index included), and their runs interleave.
+    (the default) and `random`. Then once more, one worker against two, with each worker held to
+    half of a core of its own by a CPU quota (HeldWorkers) and the generator on both cores: it
+    has the other halves, so it takes no time from the workers, as on a machine with a core for
+    it (skipped, and the report says why, where no cgroup can be made). The servers run at once,
+    each from a copy of the benchmark's schooldns directory (its compiled index included), and
+    their runs interleave.
     """
     scaling = result.scaling = Scaling()
     procs: dict[str, tuple[Proc, int, str]] = {}
-    copies = {label: directory.parent / f"schooldns-{label.replace(' ', '-')}" for label in SCALING_SERVERS}
+    held: dict[str, list[int]] = {}  # label -> worker pids, in worker order, each held to its core
+    holder = HeldWorkers()
     try:
-        for label, (workers, spread) in SCALING_SERVERS.items():
+        holder.hierarchy()
+    except OSError as exc:
+        scaling.quota_error = str(exc)
+        log(f"step 8: the half-core runs are skipped: {exc}")
+    servers = {label: server for label, server in SCALING_SERVERS.items()
+               if server.core_share is None or scaling.quota_error is None}
+    copies = {label: directory.parent / f"schooldns-{label.replace(' ', '-')}" for label in servers}
+    try:
+        for label, server in servers.items():
             copy = copies[label]
             shutil.copytree(directory, copy, ignore=shutil.ignore_patterns("*.log"))
             port = free_port()
@@ -720,9 +808,10 @@ def worker_scaling(result: Result, directory: Path, args: argparse.Namespace, to
             config = re.sub(r'listen: \["127.0.0.1:\d+"\]', f'listen: ["127.0.0.1:{port}"]', config)
             config = re.sub(r'admin: \{listen: "127.0.0.1:\d+"\}', f'admin: {{listen: "127.0.0.1:{free_port()}"}}',
                             config)
-            config = config.replace("workers: 1\n", f"workers: {workers}\nworker_spread: {spread}\n")
+            config = config.replace("workers: 1\n", f"workers: {server.workers}\nworker_spread: {server.spread}\n")
             (copy / "config.yaml").write_text(config)
-            cores = ",".join([SERVER_CORE, LOAD_CORE][:workers])
+            # held workers are pinned to a core each below, and the load generator uses both
+            cores = ",".join([SERVER_CORE, LOAD_CORE][:2 if server.core_share else server.workers])
             argv = ["taskset", "-c", cores, str(SCHOOLDNS), "serve", "--config", str(copy / "config.yaml")]
             proc = Proc(f"schooldns-{label}", argv, copy / "server.log", cwd=copy)
             procs[label] = proc, port, cores
@@ -730,12 +819,26 @@ def worker_scaling(result: Result, directory: Path, args: argparse.Namespace, to
             wait_admin(copy, proc, args.start_timeout)
             scaling.start_pss[label] = sum(smaps_kb(pid).get("Pss", 0) for pid in proc.family())
             dnsperf(tools, port, data.queries, seconds=None, clients=args.clients, once=True, cores=cores)
+            if server.core_share:
+                workers = [proc.pid] if server.workers == 1 else sorted(
+                    (pid for pid in proc.family() if process_name(pid).startswith("schooldns-w")),
+                    key=process_name)
+                if len(workers) != server.workers:
+                    raise BenchError(f"schooldns ({label}): found {len(workers)} worker processes, "
+                                     f"not {server.workers}")
+                for number, (pid, core) in enumerate(zip(workers, [SERVER_CORE, LOAD_CORE])):
+                    try:
+                        holder.hold(pid, core, server.core_share, f"{label.replace(' ', '-')}-w{number}")
+                    except OSError as exc:
+                        raise BenchError(f"could not hold a worker to {server.core_share:g} of core {core}: "
+                                         f"{exc}") from None
+                held[label] = workers
         family = {label: proc.family() for label, (proc, _, _) in procs.items()}
         started = {pid: process_cpu_seconds(pid) for pids in family.values() for pid in pids}
         light: dict[tuple[str, int], list[dict]] = {}  # (label, window) -> loadgen outputs + server CPU
         for _ in range(args.runs):
             for label, (proc, port, cores) in procs.items():
-                several = SCALING_SERVERS[label][0] > 1
+                several = servers[label].workers > 1
                 for window in LIGHT_WINDOWS:
                     before = [process_cpu_seconds(pid) for pid in family[label]]
                     answered_before = published_worker_queries(copies[label]) if several else {}
@@ -747,8 +850,9 @@ def worker_scaling(result: Result, directory: Path, args: argparse.Namespace, to
                                                  for w in sorted(answered_after)]
                     light.setdefault((label, window), []).append(run)
         for label, (proc, _, _) in procs.items():
-            if not proc.alive():
-                raise BenchError(f"schooldns ({label}) died during the scaling runs; log:\n{proc.tail()}")
+            if not proc.alive() or set(held.get(label, [])) - set(proc.family()):
+                raise BenchError(f"schooldns ({label}) or a worker died during the scaling runs; log:\n"
+                                 f"{proc.tail()}")
             scaling.light_all[label] = {window: [run["qps"] for run in light[label, window]]
                                         for window in LIGHT_WINDOWS}
             window = max(LIGHT_WINDOWS, key=lambda w: statistics.median(scaling.light_all[label][w]))
@@ -758,10 +862,17 @@ def worker_scaling(result: Result, directory: Path, args: argparse.Namespace, to
             scaling.light_qps[label] = statistics.median(run["qps"] for run in runs)
             scaling.light_cpu_per_answer[label] = sum(run["cpu_seconds"] for run in runs) / answered
             scaling.server_cpu_per_answer[label] = sum(sum(run["server_cpu"]) for run in runs) / answered
-            workers, spread = SCALING_SERVERS[label]
-            log(f"schooldns, {workers} worker(s) on {workers} core(s), worker_spread {spread}: "
-                f"{scaling.light_qps[label]:,.0f} qps (loadgen --window {window})")
-            if workers == 1:
+            server = servers[label]
+            held_to = f", each held to {server.core_share:g} of its core" if server.core_share else ""
+            log(f"schooldns, {server.workers} worker(s) on {server.workers} core(s){held_to}, worker_spread "
+                f"{server.spread}: {scaling.light_qps[label]:,.0f} qps (loadgen --window {window}), server CPU "
+                f"{scaling.server_cpu_per_answer[label] * 1e6:.2f} us per answer")
+            if label in held:
+                allowed = sum(run["seconds"] for run in runs) * server.core_share
+                scaling.quota_use[label] = min(
+                    sum(run["server_cpu"][family[label].index(pid)] for run in runs) / allowed
+                    for pid in held[label])
+            if server.workers == 1:
                 continue
             splits = [max(run["worker_queries"]) / sum(run["worker_queries"])
                       for run in runs if len(run["worker_queries"]) == 2 and sum(run["worker_queries"])]
@@ -778,6 +889,7 @@ def worker_scaling(result: Result, directory: Path, args: argparse.Namespace, to
     finally:
         for proc, _, _ in procs.values():
             proc.stop()
+        holder.release()
 
 
 def loadgen(port: int, data_file: Path, seconds: float, window: int, cores: str) -> dict:
@@ -1095,7 +1207,8 @@ def scaling_paragraph(scaling: Scaling, args: argparse.Namespace) -> str:
             f"worker, {cpu['2'] * 1e6:.2f} us with two. The kernel's SO_REUSEPORT hash of loadgen's 16 source "
             f"ports gave the busier worker {scaling.query_share['2']:.0%} of a run's queries (median; it used "
             f"{scaling.busiest_share.get('2', 0):.0%} of the two workers' CPU time, sharing the cores with "
-            f"loadgen). On dedicated cores that worker fills its core first, which puts two workers at "
+            f"loadgen). With clients that each send at their own pace (open loop), on dedicated cores "
+            f"that worker would fill its core first, which puts two workers at "
             f"({cpu['1'] * 1e6:.2f} / {cpu['2'] * 1e6:.2f}) / {scaling.query_share['2']:.2f} = "
             f"**{estimate:.2f}x** one worker with this split, and {2 * cpu['1'] / cpu['2']:.2f}x with an even "
             f"one (many clients): estimates from CPU time that leave out the load generator and how it "
@@ -1107,6 +1220,22 @@ def scaling_paragraph(scaling: Scaling, args: argparse.Namespace) -> str:
             f"{scaling.ratio('2 random'):.2f}x one worker; the busier worker got "
             f"{scaling.query_share['2 random']:.0%} of a run's queries, at {cpu['2 random'] * 1e6:.2f} us of CPU "
             f"per answer: **{estimate:.2f}x** one worker on dedicated cores by the same estimate.")
+    if {"1 half", "2 half"} <= light.keys():
+        share = SCALING_SERVERS["2 half"].core_share
+        text.append(
+            f"Held to {share:g} of a core each: every worker pinned to a core of its own and held to "
+            f"{share:g} of it by a CPU quota ({round(QUOTA_PERIOD_US * share)} us per {QUOTA_PERIOD_US} us, in a "
+            f"cgroup of its own), loadgen on both cores, where it has the rest of each and so takes no time "
+            f"from the workers, as with a core of its own. Median of {args.runs}: {light['1 half']:,.0f} qps with "
+            f"one worker, {light['2 half']:,.0f} qps with two: **{scaling.ratio('2 half', '1 half'):.2f}x**. "
+            f"Each worker used {min(scaling.quota_use.values()):.0%} or more of what its quota allowed "
+            f"(saturated); loadgen used {light_cpu['2 half'] * light['2 half']:.2f} of a core beside the two. "
+            f"The busier worker answered {scaling.query_share.get('2 half', 0):.0%} of a run's queries: "
+            f"loadgen keeps a window of queries outstanding per socket, so the sockets of the less loaded "
+            f"worker get their answers sooner and send more, and the split follows what each worker can "
+            f"answer, not how the ports hash.")
+    elif scaling.quota_error:
+        text.append(f"The runs with workers held to half a core each were skipped: {scaling.quota_error}.")
     if scaling.processes:
         rows = [f"{p['name']} {p['cpu_seconds']:.1f} s CPU, Pss {p.get('Pss', 0) / 1024:.0f} MB "
                 f"(anon {p.get('Pss_Anon', 0) / 1024:.0f})" for p in scaling.processes]
@@ -1490,7 +1619,9 @@ def raw(results: list[Result], info: dict[str, str], args: argparse.Namespace) -
                      "faults_per_query": r.faults_per_query, "cpu_user": r.cpu_user, "cpu_system": r.cpu_system,
                      "scaling": asdict(r.scaling) if r.scaling else None,
                      "scaling_dedicated_estimate": {label: r.scaling.dedicated_estimate(label)
-                                                    for label in SCALING_SERVERS} if r.scaling else None,
+                                                    for label, server in SCALING_SERVERS.items()
+                                                    if server.workers > 1 and not server.core_share}
+                     if r.scaling else None,
                      "wrong_answers": r.wrong_answers[:50], "status": r.status, "error": r.error,
                      "log_problems": r.log_problems[:50]}
                     for r in results],
