@@ -796,11 +796,11 @@ def worker_scaling(result: Result, directory: Path, args: argparse.Namespace, to
     except OSError as exc:
         scaling.quota_error = str(exc)
         log(f"step 8: the half-core runs are skipped: {exc}")
-    servers = {label: server for label, server in SCALING_SERVERS.items()
-               if server.core_share is None or scaling.quota_error is None}
-    copies = {label: directory.parent / f"schooldns-{label.replace(' ', '-')}" for label in servers}
+    copies = {label: directory.parent / f"schooldns-{label.replace(' ', '-')}" for label in SCALING_SERVERS}
     try:
-        for label, server in servers.items():
+        for label, server in SCALING_SERVERS.items():
+            if server.core_share and scaling.quota_error:
+                continue
             copy = copies[label]
             shutil.copytree(directory, copy, ignore=shutil.ignore_patterns("*.log"))
             port = free_port()
@@ -826,19 +826,23 @@ def worker_scaling(result: Result, directory: Path, args: argparse.Namespace, to
                 if len(workers) != server.workers:
                     raise BenchError(f"schooldns ({label}): found {len(workers)} worker processes, "
                                      f"not {server.workers}")
-                for number, (pid, core) in enumerate(zip(workers, [SERVER_CORE, LOAD_CORE])):
-                    try:
+                try:
+                    for number, (pid, core) in enumerate(zip(workers, [SERVER_CORE, LOAD_CORE])):
                         holder.hold(pid, core, server.core_share, f"{label.replace(' ', '-')}-w{number}")
-                    except OSError as exc:
-                        raise BenchError(f"could not hold a worker to {server.core_share:g} of core {core}: "
-                                         f"{exc}") from None
+                except OSError as exc:  # as if no cgroup could be made: the other runs go on
+                    scaling.quota_error = f"could not hold a worker of {label!r} to its core: {exc}"
+                    log(f"step 8: the half-core runs are skipped: {scaling.quota_error}")
+                    for unheld in [name for name in procs if SCALING_SERVERS[name].core_share]:
+                        procs.pop(unheld)[0].stop()
+                    held.clear()
+                    continue
                 held[label] = workers
         family = {label: proc.family() for label, (proc, _, _) in procs.items()}
         started = {pid: process_cpu_seconds(pid) for pids in family.values() for pid in pids}
         light: dict[tuple[str, int], list[dict]] = {}  # (label, window) -> loadgen outputs + server CPU
         for _ in range(args.runs):
             for label, (proc, port, cores) in procs.items():
-                several = servers[label].workers > 1
+                several = SCALING_SERVERS[label].workers > 1
                 for window in LIGHT_WINDOWS:
                     before = [process_cpu_seconds(pid) for pid in family[label]]
                     answered_before = published_worker_queries(copies[label]) if several else {}
@@ -862,7 +866,7 @@ def worker_scaling(result: Result, directory: Path, args: argparse.Namespace, to
             scaling.light_qps[label] = statistics.median(run["qps"] for run in runs)
             scaling.light_cpu_per_answer[label] = sum(run["cpu_seconds"] for run in runs) / answered
             scaling.server_cpu_per_answer[label] = sum(sum(run["server_cpu"]) for run in runs) / answered
-            server = servers[label]
+            server = SCALING_SERVERS[label]
             held_to = f", each held to {server.core_share:g} of its core" if server.core_share else ""
             log(f"schooldns, {server.workers} worker(s) on {server.workers} core(s){held_to}, worker_spread "
                 f"{server.spread}: {scaling.light_qps[label]:,.0f} qps (loadgen --window {window}), server CPU "
