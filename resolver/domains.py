@@ -13,8 +13,8 @@ from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain, filterfalse
-from pathlib import Path
 
+from resolver import durable
 from resolver.errors import ResolverError
 
 __all__ = [
@@ -384,22 +384,7 @@ def write_index(path: str | os.PathLike[str], image: bytes) -> None:
     Never rewrite a live index in place: processes that mapped the old file keep reading the old
     inode, and a new `DomainIndex.load` sees either the old image or the new one, never a mix.
     """
-    target = Path(path)
-    temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        with open(temp, "wb") as file:
-            file.write(image)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    directory = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    durable.replace_synced(path, image)
 
 
 class DomainIndex:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from resolver import domains
+from resolver import domains, durable
 from resolver.errors import ResolverError
 
 log = logging.getLogger(__name__)
@@ -108,18 +108,18 @@ def _save_locked(state_dir: Path, policies_dir: Path, files_before: PolicyFiles,
     try:
         (directory / _POLICIES).mkdir(parents=True)
         for name, text in texts.items():
-            _write_synced(directory / _POLICIES / name, text)
+            durable.write_synced(directory / _POLICIES / name, text)
         os.link(index_path, directory / _INDEX)
         linked = os.stat(directory / _INDEX)
         if (linked.st_dev, linked.st_ino) != (device, inode) or policy_files(policies_dir) != files_before:
             log.info("policies or lists changed while the last good copy was saved; not saving it")
             shutil.rmtree(directory, ignore_errors=True)
             return False
-        _write_synced(directory / _SAVED, json.dumps({
+        durable.write_synced(directory / _SAVED, json.dumps({
             "categories": list(categories), "entry_counts": dict(entry_counts),
             "policies_sha256": digest, "saved_at": time.time()}, indent=1).encode())
-        _fsync_directory(directory / _POLICIES)
-        _fsync_directory(directory)
+        durable.sync_directory(directory / _POLICIES)
+        durable.sync_directory(directory)
         temp_link.unlink(missing_ok=True)
         os.symlink(directory.name, temp_link)
         os.replace(temp_link, state_dir / LINK)  # the swap: readers see the old copy or the new one
@@ -127,7 +127,7 @@ def _save_locked(state_dir: Path, policies_dir: Path, files_before: PolicyFiles,
         shutil.rmtree(directory, ignore_errors=True)
         temp_link.unlink(missing_ok=True)
         raise
-    _fsync_directory(state_dir)  # after the swap: a failure here must not remove what the link names
+    durable.sync_directory(state_dir)  # after the swap: a failure here must not remove what the link names
     for old in state_dir.glob(f"{_PREFIX}*"):  # earlier copies, and any a crash left half-written
         if old.name != directory.name:
             shutil.rmtree(old, ignore_errors=True)
@@ -170,18 +170,3 @@ def _digest(texts: Mapping[str, bytes]) -> str:
         digest.update(f"{name}\0{len(texts[name])}\0".encode())
         digest.update(texts[name])
     return digest.hexdigest()
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-
-
-def _fsync_directory(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

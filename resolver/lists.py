@@ -5,13 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from resolver import domains, listformats, yamlfile
+from resolver import domains, durable, listformats, yamlfile
 
 log = logging.getLogger(__name__)
 
@@ -204,9 +203,7 @@ def compile_to_state_dir(blocklists_dir: Path, state_dir: Path, fingerprint: str
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
         domains.write_index(state_dir / INDEX_FILE, compiled.image)
-        tmp = manifest_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(manifest, indent=1))
-        os.replace(tmp, manifest_path)
+        durable.replace_synced(manifest_path, json.dumps(manifest, indent=1).encode())
     except OSError as exc:
         log.warning("cannot write compiled lists to %s (%s); keeping them in memory", state_dir, exc)
         return manifest, compiled.image

@@ -1,0 +1,47 @@
+"""Files in state_dir written so that a crash or power loss leaves the old content or the new, never a mix."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def write_synced(path: str | os.PathLike[str], data: bytes) -> None:
+    """Create (or truncate) the file at `path` with `data`, on disk when this returns (fsync)."""
+    with open(path, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def sync_directory(path: str | os.PathLike[str]) -> None:
+    """Put the directory's entries on disk (fsync): the files made, renamed or removed in it."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def replace_synced(path: str | os.PathLike[str], data: bytes) -> None:
+    """Replace the file at `path` with `data` in one rename, on disk when this returns.
+
+    The data goes to a temporary file beside it (`.<name>.<pid>.tmp`, removed if anything fails),
+    which is synced and renamed over `path`, and then the directory is synced. Readers, and a
+    start after a crash, see the old file or the new one; a process that opened or mapped the old
+    file keeps reading the old inode.
+    """
+    target = Path(path)
+    temp = temporary_path(target, os.getpid())
+    try:
+        write_synced(temp, data)
+        os.replace(temp, target)
+    except BaseException:  # a stop (SIGTERM) in the middle too: leave no temporary file
+        temp.unlink(missing_ok=True)
+        raise
+    sync_directory(target.parent)
+
+
+def temporary_path(target: Path, pid: int) -> Path:
+    """Where process `pid` writes the new content of `target` before the rename (replace_synced)."""
+    return target.with_name(f".{target.name}.{pid}.tmp")
