@@ -12,13 +12,17 @@ import sys
 import time
 from pathlib import Path
 
-from resolver import config, domains, lastgood, lists, pipeline, policy, schools
+from resolver import config, domains, durable, lastgood, lists, pipeline, policy, schools
 from resolver.errors import ResolverError
 from resolver.yamlfile import ConfigError, Problem
 
 log = logging.getLogger(__name__)
 
 COMPILE_NICENESS = 10  # added to the nice value of a start's compile process
+# A reload's compile at idle priority that gets less than this share of a core over a window is
+# starved (queries keep the cores busy): it is started again at nice +10 (see _compile_in_child).
+COMPILE_IDLE_WINDOW_SECONDS = 30.0
+COMPILE_IDLE_MIN_SHARE = 0.25
 
 
 class CompileIn(enum.Enum):
@@ -156,8 +160,8 @@ def load_index(cfg: config.Config, sources: lists.Sources,
 # queries leave, and a query arriving preempts it at once. Under nice +10 the compile kept the
 # core for up to a few milliseconds before the server ran: a swap of the 1M list at 30k qps on
 # the server's core gave p99 4.2-4.5 ms with nice +10 and 1.2-3.0 ms with SCHED_IDLE (bench.py,
-# alternated). A core kept busy by queries alone would starve the compile; the new lists then
-# wait, and the old ones keep serving. It imports only what compiling needs (resolver.lists: no
+# alternated). Cores kept busy by queries alone would starve it: _compile_in_child then starts it
+# again at nice +10. It imports only what compiling needs (resolver.lists: no
 # asyncio, no config), 0.15 s less of a cold start. Its log lines keep the name resolver.control.
 _CHILD_PROGRAM = f"""
 import os, sys
@@ -182,17 +186,70 @@ except errors.ResolverError as exc:
 
 
 def _compile_in_child(cfg: config.Config, fingerprint: str, compile_in: CompileIn) -> dict | None:
-    """lists.compile_to_state_dir in a child process of lower priority: the manifest, or None if it could not write."""
-    done = subprocess.run([sys.executable, "-c", _CHILD_PROGRAM, str(cfg.blocklists_dir), str(cfg.state_dir),
-                           fingerprint, compile_in.value],
-                          stdout=subprocess.PIPE, text=True, check=False)
+    """lists.compile_to_state_dir in a child process of lower priority: the manifest, or None if it could not write.
+
+    Under SCHED_IDLE the child runs only on CPU time that queries leave; on cores they keep
+    busy it would never finish, and the new lists (a province's urgent addition too) would never
+    serve. So a child that gets less than COMPILE_IDLE_MIN_SHARE of a core over a window of
+    COMPILE_IDLE_WINDOW_SECONDS is stopped and the compile starts again at nice +10, which the
+    kernel gives about a tenth of a busy core. It is started again rather than raised in place:
+    leaving SCHED_IDLE needs CAP_SYS_NICE or an RLIMIT_NICE that a service rarely has.
+    """
+    child = _start_compile_child(cfg, fingerprint, compile_in)
+    if compile_in is CompileIn.IDLE_CHILD:
+        share = _starved_share(child, COMPILE_IDLE_WINDOW_SECONDS, COMPILE_IDLE_MIN_SHARE)
+        if share is not None:
+            child.kill()
+            child.communicate()
+            for name in (lists.INDEX_FILE, lists.MANIFEST_FILE):  # a write it was in the middle of
+                durable.temporary_path(cfg.state_dir / name, child.pid).unlink(missing_ok=True)
+            log.warning("the lists' compile at idle priority had %.0f%% of a core over %gs (queries keep the "
+                        "cores busy); compiling again at nice +%d", share * 100, COMPILE_IDLE_WINDOW_SECONDS,
+                        COMPILE_NICENESS)
+            child = _start_compile_child(cfg, fingerprint, CompileIn.CHILD)
+    stdout, _ = child.communicate()
     try:
-        outcome = json.loads(done.stdout.strip().splitlines()[-1])
+        outcome = json.loads(stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
-        raise ResolverError(f"compiling the lists failed (exit status {done.returncode}); see the log") from None
+        raise ResolverError(f"compiling the lists failed (exit status {child.returncode}); see the log") from None
     if "error" in outcome:
         raise ResolverError(outcome["error"])
     return outcome["manifest"]
+
+
+def _start_compile_child(cfg: config.Config, fingerprint: str, compile_in: CompileIn) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", _CHILD_PROGRAM, str(cfg.blocklists_dir), str(cfg.state_dir),
+                             fingerprint, compile_in.value], stdout=subprocess.PIPE, text=True)
+
+
+def _starved_share(child: subprocess.Popen, window: float, least: float) -> float | None:
+    """Wait for `child` to exit (None), or until it gets under `least` of a core over a window: that share.
+
+    The child prints one short JSON line at its end (far under a pipe's buffer), so waiting
+    without reading its output cannot block it.
+    """
+    used = _cpu_seconds(child.pid)
+    while True:
+        try:
+            child.wait(timeout=window)
+            return None
+        except subprocess.TimeoutExpired:
+            now = _cpu_seconds(child.pid)
+            if now is None:
+                return None  # gone between the wait and the read: communicate() collects it
+            if (now - used) / window < least:
+                return (now - used) / window
+            used = now
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a live child process (Linux /proc), None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rpartition(b")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def files_signature(cfg: config.Config) -> tuple:
