@@ -104,7 +104,7 @@ def _save_locked(state_dir: Path, policies_dir: Path, files_before: PolicyFiles,
             if (linked.st_dev, linked.st_ino) == (device, inode):
                 return True  # already the last good state
     directory = state_dir / f"{_PREFIX}{time.time_ns()}-{os.getpid()}"
-    temp_link = state_dir / f".{LINK}.{os.getpid()}.tmp"
+    temp_link = durable.temporary_path(state_dir / LINK, os.getpid())
     try:
         (directory / _POLICIES).mkdir(parents=True)
         for name, text in texts.items():
