@@ -45,3 +45,28 @@ def replace_synced(path: str | os.PathLike[str], data: bytes) -> None:
 def temporary_path(target: Path, pid: int) -> Path:
     """Where process `pid` writes the new content of `target` before the rename (replace_synced)."""
     return target.with_name(f".{target.name}.{pid}.tmp")
+
+
+def remove_stale_temporaries(target: Path) -> list[Path]:
+    """Remove the temporary files of `target` left by processes that no longer run (killed mid-write).
+
+    Those of live processes are kept: they may be writing now. Returns what was removed.
+    """
+    removed = []
+    for temp in target.parent.glob(f".{target.name}.*.tmp"):
+        pid = temp.name[len(target.name) + 2:-len(".tmp")]
+        if not pid.isdigit() or _running(int(pid)):
+            continue
+        temp.unlink(missing_ok=True)
+        removed.append(temp)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True

@@ -202,6 +202,9 @@ def compile_to_state_dir(blocklists_dir: Path, state_dir: Path, fingerprint: str
     manifest_path = state_dir / MANIFEST_FILE
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
+        for name in (INDEX_FILE, MANIFEST_FILE):
+            for stale in durable.remove_stale_temporaries(state_dir / name):
+                log.info("removed %s, left by a process killed while it wrote", stale)
         domains.write_index(state_dir / INDEX_FILE, compiled.image)
         durable.replace_synced(manifest_path, json.dumps(manifest, indent=1).encode())
     except OSError as exc:

@@ -1,9 +1,11 @@
-"""durable: synced writes and one-rename replaces on real files, and what a failed replace leaves behind."""
+"""durable: synced writes and one-rename replaces on real files, what a failed replace leaves, and the sweep of stale ones."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -50,13 +52,37 @@ def test_sync_directory_refuses_a_file(tmp_path):
         durable.sync_directory(path)
 
 
-def test_compile_writes_index_and_manifest_with_no_temporary_file(tmp_path):
+def dead_pid() -> int:
+    """The pid of a child that has exited and been reaped (no process has it, barring a quick reuse)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_stale_temporaries_of_dead_processes_are_removed_and_live_ones_kept(tmp_path):
+    target = tmp_path / "index.bin"
+    dead = tmp_path / f".index.bin.{dead_pid()}.tmp"
+    live = durable.temporary_path(target, os.getpid())
+    others = [tmp_path / ".index.json.1.tmp", tmp_path / ".index.bin.editor.tmp", target]
+    for path in [dead, live, *others]:
+        path.write_bytes(b"x")
+
+    assert durable.remove_stale_temporaries(target) == [dead]
+
+    assert sorted(tmp_path.iterdir()) == sorted([live, *others])
+
+
+def test_compile_writes_index_and_manifest_and_sweeps_stale_temporary_files(tmp_path):
     blocklists = tmp_path / "blocklists"
     blocklists.mkdir()
     (blocklists / "games.txt").write_text("game.example\n")
     (blocklists / "sources.yaml").write_text(
         "categories:\n  games:\n    description: Online games.\n    sources:\n      - {file: games.txt, format: domains}\n")
     state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    killed = dead_pid()
+    for name in (lists.INDEX_FILE, lists.MANIFEST_FILE):  # what a compile killed mid-write leaves
+        durable.temporary_path(state_dir / name, killed).write_bytes(b"half")
 
     manifest, image = lists.compile_to_state_dir(blocklists, state_dir, "fingerprint-1")
 
