@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from resolver import config, domains, durable, lastgood, lists, pipeline, policy, schools
+from resolver import config, domains, lastgood, lists, pipeline, policy, schools
 from resolver.errors import ResolverError
 from resolver.yamlfile import ConfigError, Problem
 
@@ -200,9 +200,7 @@ def _compile_in_child(cfg: config.Config, fingerprint: str, compile_in: CompileI
         share = _starved_share(child, COMPILE_IDLE_WINDOW_SECONDS, COMPILE_IDLE_MIN_SHARE)
         if share is not None:
             child.kill()
-            child.communicate()
-            for name in (lists.INDEX_FILE, lists.MANIFEST_FILE):  # a write it was in the middle of
-                durable.temporary_path(cfg.state_dir / name, child.pid).unlink(missing_ok=True)
+            child.communicate()  # reaped: the next compile sweeps any write it was in the middle of
             log.warning("the lists' compile at idle priority had %.0f%% of a core over %gs (queries keep the "
                         "cores busy); compiling again at nice +%d", share * 100, COMPILE_IDLE_WINDOW_SECONDS,
                         COMPILE_NICENESS)
