@@ -1,15 +1,18 @@
-# schooldns: `make run` and `make test` work from a fresh clone.
+# schooldns: `make run` and `make test` work from a fresh clone (as root they install what they need).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+PACKAGES := scripts/debian-packages
 
-.PHONY: run test bench bench-tools bytecode check clean tools
+.PHONY: run test lint format bench bench-smoke bench-tools test-tools bytecode check clean venv
 
+# Debian's python3 lacks ensurepip until python3-venv is installed.
 $(STAMP): pyproject.toml
+	@$(PYTHON) -c "import ensurepip" 2>/dev/null || $(PACKAGES) =python3-venv
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,lint]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -26,13 +29,31 @@ run: $(STAMP) bytecode
 check: $(STAMP)
 	$(VENV)/bin/schooldns check --config deploy/example/config.yaml
 
-test: $(STAMP)
+# The independent clients the integration tests drive.
+test-tools:
+	@$(PACKAGES) dig=bind9-dnsutils kdig=knot-dnsutils
+
+test: $(STAMP) test-tools
 	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check resolver tests
+	$(VENV)/bin/ruff format --check resolver tests
+	$(VENV)/bin/mypy
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format resolver tests
+	$(VENV)/bin/ruff check --fix resolver tests
 
 # Benchmarks (not part of `make test`): writes the results into docs/performance.md.
 # BENCH_ARGS passes options, e.g. `make bench BENCH_ARGS="--skip-baselines --entries 100000"`.
 bench: $(STAMP) bytecode
 	$(PY) tests/perf/bench.py $(BENCH_ARGS)
+
+# The benchmark harness end to end on a 10k list with 3 s runs (about 80 s); asserts no speed.
+bench-smoke: $(STAMP) bytecode
+	@$(PACKAGES) dnsperf=dnsperf
+	$(PY) -m pytest -m bench tests/perf/test_bench_harness.py
 
 # Installs dnsperf, unbound and dnsmasq-base with apt-get (root), starting no daemon.
 bench-tools:

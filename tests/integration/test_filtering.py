@@ -13,7 +13,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from resolver import cache
+from resolver.dataplane import cache
 from tests.support import harness
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.harness import running_resolver

@@ -20,7 +20,7 @@ import pytest
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.harness import SCHOOL_A, write_site
 
-SCHOOLDNS = [sys.executable, "-m", "resolver.cli"]
+SCHOOLDNS = [sys.executable, "-m", "resolver"]
 
 
 @pytest.fixture
@@ -141,9 +141,9 @@ async def test_two_workers_share_the_port_and_report_merged_metrics(tmp_path, up
         assert not {"_http_parser", "_multidict"} & _mapped_extensions(_spawner_pid(served))
         assert not {"_http_parser", "_multidict"} & _mapped_extensions(worker_pids[0])
         os.kill(worker_pids[-1], signal.SIGKILL)
-        await served.read_until(rf"ERROR resolver\.spawner: worker 1 \(pid {worker_pids[-1]}\) killed by SIGKILL")
-        await served.read_until(r"ERROR resolver\.app: worker 1 died; restarting it")
-        await served.read_until(r"worker1 INFO resolver\.worker: serving DNS")
+        await served.read_until(rf"ERROR resolver\.processes\.spawner: worker 1 \(pid {worker_pids[-1]}\) killed by SIGKILL")
+        await served.read_until(r"ERROR resolver\.processes\.app: worker 1 died; restarting it")
+        await served.read_until(r"worker1 INFO resolver\.processes\.worker: serving DNS")
         assert (await served.query("www.example.com")).rcode() == dns.rcode.NOERROR
         replaced = _worker_pids(served)
         assert len(replaced) == 2 and worker_pids[0] in replaced and worker_pids[-1] not in replaced
@@ -192,12 +192,12 @@ async def test_a_spawner_that_died_is_replaced_when_a_worker_must_be_restarted(t
         os.kill(_spawner_pid(served), signal.SIGKILL)
         assert (await served.query("www.example.com")).rcode() == dns.rcode.NOERROR  # its workers go on
         os.kill(workers[0], signal.SIGKILL)
-        await served.read_until(r"ERROR resolver\.app: the spawner process is gone .*; starting a new one")
-        await served.read_until(r"worker0 INFO resolver\.worker: serving DNS")
+        await served.read_until(r"ERROR resolver\.processes\.app: the spawner process is gone .*; starting a new one")
+        await served.read_until(r"worker0 INFO resolver\.processes\.worker: serving DNS")
         assert (await served.query("www.example.com")).rcode() == dns.rcode.NOERROR
         replacement = _spawner_pid(served)
         assert Path(f"/proc/{replacement}/cmdline").read_bytes().split(b"\0")[1:3] == [
-            b"-c", b"import sys; from resolver import spawner; spawner.main(sys.argv[1:])"]
+            b"-c", b"import sys; from resolver.processes import spawner; spawner.main(sys.argv[1:])"]
         assert _name(_children(replacement)[0]) == "schooldns-w0"
         served.process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(served.process.wait(), 20) == 0
@@ -217,8 +217,8 @@ async def test_workers_stop_when_their_supervisor_is_killed(tmp_path, upstream):
         workers = _worker_pids(served)
         assert len(workers) == 2
         served.process.kill()  # the supervisor alone, not its process group (whose stderr the workers share)
-        await served.read_until(r"worker\d ERROR resolver\.worker: lost the supervisor")
-        await served.read_until(r"worker\d ERROR resolver\.worker: lost the supervisor")
+        await served.read_until(r"worker\d ERROR resolver\.processes\.worker: lost the supervisor")
+        await served.read_until(r"worker\d ERROR resolver\.processes\.worker: lost the supervisor")
         async with asyncio.timeout(15):
             while any(map(_running, workers)):
                 await asyncio.sleep(0.1)
@@ -229,7 +229,7 @@ async def test_sigterm_while_a_worker_restarts_stops_that_worker_too(tmp_path, u
         os.kill(_worker_pids(served)[-1], signal.SIGKILL)
         await served.read_until(r"worker \d died")
         # The new worker serves before the supervisor has taken it in: stop right then.
-        await served.read_until(r"worker\d INFO resolver\.worker: serving DNS")
+        await served.read_until(r"worker\d INFO resolver\.processes\.worker: serving DNS")
         served.process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(served.process.wait(), 20) == 0
 
@@ -261,11 +261,11 @@ async def test_a_reload_compiles_at_idle_priority_and_a_start_at_nice_10(tmp_pat
     # A reload's compile shares the core with queries: under SCHED_IDLE it runs only on the CPU
     # time they leave (docs/operations.md). The child logs the priority it reads back.
     async with serve(tmp_path, upstream, workers) as served:
-        assert any(re.search(r" compile INFO resolver\.control: compiling the lists at nice \+10$", line.rstrip())
+        assert any(re.search(r" compile INFO resolver\.control\.compiler: compiling the lists at nice \+10$", line.rstrip())
                    for line in served.log), "".join(served.log)
         (tmp_path / "blocklists/adult.txt").write_text("www.example.com\n")
         served.process.send_signal(signal.SIGHUP)
-        await served.read_until(r"compile INFO resolver\.control: compiling the lists at idle priority \(SCHED_IDLE\)")
+        await served.read_until(r"compile INFO resolver\.control\.compiler: compiling the lists at idle priority \(SCHED_IDLE\)")
         for _ in range(workers):
             await served.read_until(r"installed generation 2")
         assert (await served.query("www.example.com")).rcode() == dns.rcode.NXDOMAIN
@@ -327,7 +327,7 @@ async def test_a_cold_start_compiles_the_lists_in_a_child_process(tmp_path, upst
     # Compiling a million names leaves ~110 MB of freed memory in the process that did it: a
     # serving process (or the supervisor) hands the compile to a child, at start as on reload.
     async with serve(tmp_path, upstream, workers) as served:
-        compiled = [line for line in served.log if re.search(r" compile INFO resolver\.control: lists: ", line)]
+        compiled = [line for line in served.log if re.search(r" compile INFO resolver\.control\.compiler: lists: ", line)]
         assert compiled, "".join(served.log)
         assert not any(re.search(r"\d INFO resolver\.control: lists: ", line) for line in served.log)
         assert (await served.query("www.example.com")).rcode() == dns.rcode.NOERROR

@@ -11,7 +11,9 @@ import dns.message
 import dns.rcode
 import pytest
 
-from resolver import app, config, exposition, spawner
+from resolver.control import config
+from resolver.operations import exposition
+from resolver.processes import app, spawner
 from tests.support import harness
 from tests.support.fake_upstream import FakeUpstream
 

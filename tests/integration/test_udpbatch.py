@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from resolver import udpbatch
+from resolver.dataplane import udpbatch
 
 IMPLEMENTATIONS = [udpbatch.BatchedUdp, udpbatch.PlainUdp]
 FAMILIES = [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")]

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from resolver import domains
+from resolver.filtering import domains
 
 Entry = tuple[str, int, str, str]
 

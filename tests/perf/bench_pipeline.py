@@ -33,7 +33,8 @@ import dns.rrset
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from resolver import cache, config, control, metrics, pipeline, wire  # noqa: E402
+from resolver.control import config, snapshots  # noqa: E402
+from resolver.dataplane import cache, metrics, pipeline, wire  # noqa: E402
 
 CLIENT = "127.0.0.1"
 
@@ -79,7 +80,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as state:
         cfg = dataclasses.replace(config.load_config(REPO / "deploy" / "example" / "config.yaml"),
                                   state_dir=Path(state))
-        snapshot = control.build_snapshot(cfg, 1)
+        snapshot = snapshots.build_snapshot(cfg, 1)
     answers = cache.AnswerCache((args.names + args.churn) * 2)
     counters = metrics.Counters()
     now = [1000.0]  # the pipeline's monotonic clock, moved by hand for the "renewed" kind

@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from resolver import udpbatch  # noqa: E402
+from resolver.dataplane import udpbatch  # noqa: E402
 
 BATCH = udpbatch.BATCH  # datagrams per system call
 SLOT = 512  # bytes per query in the send buffer and per answer in the receive buffer

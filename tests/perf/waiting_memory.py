@@ -46,7 +46,7 @@ def main() -> None:
         config = harness.write_site(Path(work), [f"127.0.0.1:{silent.getsockname()[1]}"])
         text = config.read_text().replace('listen: ["127.0.0.1:0"]', f'listen: ["127.0.0.1:{port}"]')
         config.write_text(text.replace("timeout_seconds: 1.0", "timeout_seconds: 30"))
-        server = subprocess.Popen([sys.executable, "-m", "resolver.cli", "serve", "--config", str(config)],
+        server = subprocess.Popen([sys.executable, "-m", "resolver", "serve", "--config", str(config)],
                                   cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             client.settimeout(0.2)

@@ -11,7 +11,9 @@ from pathlib import Path
 import dns.asyncquery
 import dns.message
 
-from resolver import admin, config, control, worker
+from resolver.control import config, snapshots
+from resolver.operations import admin
+from resolver.processes import worker
 
 PROVINCE = """\
 mandatory: [malware]
@@ -119,8 +121,8 @@ async def running_resolver(root: Path, upstreams: list[str], config_extra: str =
     if with_admin:
         config_extra += 'admin: {listen: "127.0.0.1:0"}\n'
     cfg = config.load_config(write_site(root, upstreams, config_extra, files))
-    signature = control.files_signature(cfg)
-    dns_worker = worker.Worker(cfg, control.build_snapshot(cfg, 1))
+    signature = snapshots.files_signature(cfg)
+    dns_worker = worker.Worker(cfg, snapshots.build_snapshot(cfg, 1))
     await dns_worker.start(worker.bind_all(cfg, reuse_port=False))
     runner = await admin.start(cfg, admin.Control(state=dns_worker.state, reload=dns_worker.reload))
     running = Running(dns_worker, cfg, root, admin.bound_port(runner) if runner else None)

@@ -5,7 +5,7 @@ import gc
 import dns.message
 import dns.rrset
 
-from resolver import cache, wire
+from resolver.dataplane import cache, wire
 
 
 def make_answer(name="www.example.com", ttl=100):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from resolver import config
+from resolver.control import config
 from resolver.yamlfile import ConfigError
 from tests.support.harness import write_site
 

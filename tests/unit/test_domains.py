@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resolver import domains
-from resolver.domains import DomainIndex, IndexFormatError, Match, build_index, write_index
+from resolver.filtering import domains
+from resolver.filtering.domains import DomainIndex, IndexFormatError, Match, build_index, write_index
 
 HEADER = struct.Struct("<8sIIIIIIII24x")
 HEADER_NAMES = ["magic", "version", "header_size", "entries", "nodes", "slots", "masksets", "flags", "crc"]
@@ -602,7 +602,7 @@ def test_wrong_version():
 
 def test_format_2_image_is_refused(tmp_path):
     # A format-2 file (no ancestor nodes, another layout) left on disk by an older schooldns: the
-    # loader refuses it, and control.load_index then compiles the lists again.
+    # loader refuses it, and snapshots.load_index then compiles the lists again.
     old_header = struct.pack("<8sIIIIIIII24x", domains.MAGIC, 2, 64, 1, 8, 1, 12, 0, 0)
     path = tmp_path / "index.bin"
     path.write_bytes(old_header + bytes(8 * 8 + 32 + 8) + b"example.com\0")

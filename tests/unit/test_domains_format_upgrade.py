@@ -8,7 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from resolver import control, domains, lists
+from resolver.control import snapshots
+from resolver.filtering import domains, lists
 
 SOURCES = "categories:\n  adult:\n    sources: [{file: adult.txt, format: domains}]\n"
 # A format-2 image as an older schooldns wrote it: its header, then one entry (example.com).
@@ -45,13 +46,13 @@ def format_2_fingerprint(site, sources):
 
 def test_the_fingerprint_changes_with_the_format(site):
     sources = lists.load_sources(site.blocklists_dir)
-    assert control.sources_fingerprint(site.blocklists_dir, sources) != format_2_fingerprint(site, sources)
+    assert snapshots.sources_fingerprint(site.blocklists_dir, sources) != format_2_fingerprint(site, sources)
 
 
 def assert_compiled_again(site, sources):
-    index, manifest = control.load_index(site, sources)
+    index, manifest = snapshots.load_index(site, sources)
     assert index.lookup("x.a.b.example") == 1
-    assert manifest["fingerprint"] == control.sources_fingerprint(site.blocklists_dir, sources)
+    assert manifest["fingerprint"] == snapshots.sources_fingerprint(site.blocklists_dir, sources)
     rewritten = domains.DomainIndex.load(site.state_dir / lists.INDEX_FILE)
     try:
         assert (rewritten.entry_count, rewritten.node_count) == (1, 2)
@@ -68,8 +69,8 @@ def test_an_old_manifest_and_index_are_compiled_again(site):
 def test_a_format_2_index_under_a_matching_manifest_is_refused_and_compiled_again(site, caplog):
     # Even if the manifest matched (say, a hand-copied state_dir), loading refuses the old image.
     sources = lists.load_sources(site.blocklists_dir)
-    leave_old_index(site, control.sources_fingerprint(site.blocklists_dir, sources))
-    with caplog.at_level(logging.WARNING, logger="resolver.control"):
+    leave_old_index(site, snapshots.sources_fingerprint(site.blocklists_dir, sources))
+    with caplog.at_level(logging.WARNING, logger="resolver.control.snapshots"):
         assert_compiled_again(site, sources)
     assert "compiling again" in caplog.text
     assert f"domain index format version 2 is not supported (expected {domains.FORMAT_VERSION})" in caplog.text

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from resolver import durable, lists
+from resolver import durable
+from resolver.filtering import lists
 
 
 def test_write_synced_creates_and_truncates(tmp_path):

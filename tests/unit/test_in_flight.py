@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from resolver import metrics, server
+from resolver.dataplane import metrics, server
 
 
 class _Waiting:

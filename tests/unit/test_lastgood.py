@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from resolver import config, control, domains, lastgood, lists
+from resolver.control import config, lastgood, snapshots
+from resolver.filtering import domains, lists
 from resolver.errors import ResolverError
 from resolver.yamlfile import ConfigError
 from tests.support.harness import PROVINCE, write_site
@@ -29,12 +30,12 @@ def copies(cfg: config.Config) -> list[str]:
 
 
 def test_a_start_with_broken_files_serves_the_copy_saved_by_the_last_build(cfg):
-    built = control.build_serving_snapshot(cfg, 1)
+    built = snapshots.build_serving_snapshot(cfg, 1)
     assert not built.from_last_good
     (cfg.policies_dir / "province.yaml").write_text(BROKEN_PROVINCE)
     (cfg.blocklists_dir / "games.txt").unlink()  # sources.yaml names it: the lists do not build either
 
-    started = control.start_snapshot(cfg, 1)
+    started = snapshots.start_snapshot(cfg, 1)
 
     assert started.from_last_good
     assert started.categories == built.categories and started.entry_counts == built.entry_counts
@@ -46,26 +47,26 @@ def test_a_start_with_broken_files_serves_the_copy_saved_by_the_last_build(cfg):
 
 
 def test_the_copy_keeps_its_own_index_when_a_later_compile_replaces_index_bin(cfg):
-    control.build_serving_snapshot(cfg, 1)
+    snapshots.build_serving_snapshot(cfg, 1)
     (cfg.blocklists_dir / "games.txt").write_text("")
-    assert control.build_snapshot(cfg, 2).index.lookup("games.example.com") == 0  # `explain` does this: no save
+    assert snapshots.build_snapshot(cfg, 2).index.lookup("games.example.com") == 0  # `explain` does this: no save
     (cfg.policies_dir / "province.yaml").write_text(BROKEN_PROVINCE)
 
-    started = control.start_snapshot(cfg, 3)
+    started = snapshots.start_snapshot(cfg, 3)
 
     assert started.from_last_good
     assert started.index.lookup("games.example.com") == games_bit(started)
 
 
 def test_an_unchanged_build_keeps_the_copy_and_a_changed_one_replaces_it(cfg):
-    control.build_serving_snapshot(cfg, 1)
+    snapshots.build_serving_snapshot(cfg, 1)
     first = copies(cfg)
-    control.build_serving_snapshot(cfg, 2)
+    snapshots.build_serving_snapshot(cfg, 2)
     assert copies(cfg) == first and len(first) == 1
 
     (cfg.policies_dir / "school-b.yaml").write_text(
         (cfg.policies_dir / "school-b.yaml").read_text().replace("safe_search: true", "safe_search: false"))
-    control.build_serving_snapshot(cfg, 3)
+    snapshots.build_serving_snapshot(cfg, 3)
 
     second = copies(cfg)
     assert len(second) == 1 and second != first
@@ -80,14 +81,14 @@ def test_a_save_clears_the_links_of_saves_that_were_killed_before_their_swap(cfg
     left = cfg.state_dir / ".last-good.4242.tmp"  # what a process killed between symlink and rename leaves
     left.symlink_to("last-good-1-4242")
 
-    control.build_serving_snapshot(cfg, 1)
+    snapshots.build_serving_snapshot(cfg, 1)
 
     assert not left.is_symlink()
     assert lastgood.locate(cfg.state_dir) is not None
 
 
 def test_a_save_that_fails_at_the_swap_leaves_no_copy_and_no_link(cfg):
-    control.build_serving_snapshot(cfg, 1)
+    snapshots.build_serving_snapshot(cfg, 1)
     before = copies(cfg)
     link = cfg.state_dir / lastgood.LINK
     link.unlink()
@@ -95,7 +96,7 @@ def test_a_save_that_fails_at_the_swap_leaves_no_copy_and_no_link(cfg):
     (cfg.policies_dir / "school-b.yaml").write_text(
         (cfg.policies_dir / "school-b.yaml").read_text().replace("safe_search: true", "safe_search: false"))
 
-    control.build_serving_snapshot(cfg, 2)  # serves; the save only logs its failure
+    snapshots.build_serving_snapshot(cfg, 2)  # serves; the save only logs its failure
 
     assert copies(cfg) == before and link.is_dir() and not list(cfg.state_dir.glob(".last-good.*.tmp"))
 
@@ -103,7 +104,7 @@ def test_a_save_that_fails_at_the_swap_leaves_no_copy_and_no_link(cfg):
 @pytest.mark.parametrize("change", ["edited", "removed"])
 def test_a_policy_file_changed_during_the_build_is_not_saved(cfg, change):
     files_before = lastgood.policy_files(cfg.policies_dir)
-    snapshot = control.build_snapshot(cfg, 1)
+    snapshot = snapshots.build_snapshot(cfg, 1)
     school_b = cfg.policies_dir / "school-b.yaml"  # changed after the build read it
     if change == "edited":
         school_b.write_text(school_b.read_text() + "# edited\n")
@@ -116,7 +117,7 @@ def test_a_policy_file_changed_during_the_build_is_not_saved(cfg, change):
 
 
 def test_an_index_held_in_memory_is_not_saved(cfg):
-    snapshot = control.build_snapshot(cfg, 1)
+    snapshot = snapshots.build_snapshot(cfg, 1)
     in_memory = domains.DomainIndex.from_bytes(domains.build_index([("games.example.com", 0, "exact", "block")]))
     assert in_memory.file is None
     assert not lastgood.save(cfg.state_dir, cfg.policies_dir, lastgood.policy_files(cfg.policies_dir), in_memory,
@@ -127,13 +128,13 @@ def test_an_index_held_in_memory_is_not_saved(cfg):
 def test_without_a_copy_a_start_with_broken_files_fails_with_their_problems(cfg):
     (cfg.policies_dir / "province.yaml").write_text(BROKEN_PROVINCE)
     with pytest.raises(ConfigError) as caught:
-        control.start_snapshot(cfg, 1)
+        snapshots.start_snapshot(cfg, 1)
     assert f"{cfg.policies_dir / 'province.yaml'}:7: colour: unknown key 'colour'" in str(caught.value)
 
 
 @pytest.mark.parametrize("damage", ["saved.json", "index.bin", "policies"])
 def test_a_damaged_copy_fails_the_start_naming_both_problems(cfg, damage):
-    control.build_serving_snapshot(cfg, 1)
+    snapshots.build_serving_snapshot(cfg, 1)
     saved = lastgood.locate(cfg.state_dir)
     if damage == "saved.json":
         (saved.directory / "saved.json").write_text("{\"categories\": ")
@@ -148,7 +149,7 @@ def test_a_damaged_copy_fails_the_start_naming_both_problems(cfg, damage):
     (cfg.policies_dir / "province.yaml").write_text(BROKEN_PROVINCE)
 
     with pytest.raises(ResolverError) as caught:
-        control.start_snapshot(cfg, 1)
+        snapshots.start_snapshot(cfg, 1)
 
     message = str(caught.value)
     assert "colour: unknown key 'colour'" in message
@@ -159,7 +160,7 @@ def test_a_damaged_copy_fails_the_start_naming_both_problems(cfg, damage):
 
 
 def test_saved_json_records_what_the_copy_holds(cfg):
-    built = control.build_serving_snapshot(cfg, 1)
+    built = snapshots.build_serving_snapshot(cfg, 1)
     saved = lastgood.locate(cfg.state_dir)
     record = json.loads((saved.directory / "saved.json").read_text())
     assert record["categories"] == list(built.categories)

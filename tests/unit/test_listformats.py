@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resolver import listformats as lf
-from resolver.listformats import ALLOW, BLOCK, EXACT, SUBTREE, InvalidName, Tally
+from resolver.filtering import listformats as lf
+from resolver.filtering.listformats import ALLOW, BLOCK, EXACT, SUBTREE, InvalidName, Tally
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from resolver import domains, listformats, lists
+from resolver.filtering import domains, listformats, lists
 from resolver.yamlfile import ConfigError, Problem
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,7 +11,8 @@ import dns.rcode
 import dns.rrset
 import pytest
 
-from resolver import cache, config, control, metrics, pipeline, wire
+from resolver.control import config, snapshots
+from resolver.dataplane import cache, metrics, pipeline, wire
 from tests.support import harness
 
 SCHOOL_A = "127.0.0.1"  # primary: games blocked
@@ -52,7 +53,7 @@ def make_site(tmp_path, files=None):
     forwarder = CountingForwarder()
     counters = metrics.Counters()
     answers = cache.AnswerCache(100)
-    pipe = pipeline.Pipeline(control.build_snapshot(cfg, 1), answers, forwarder, counters,
+    pipe = pipeline.Pipeline(snapshots.build_snapshot(cfg, 1), answers, forwarder, counters,
                              clock=lambda: clocks.monotonic, wall_clock=lambda: clocks.wall)
     return pipe, clocks, forwarder, counters, answers, cfg
 
@@ -162,7 +163,7 @@ async def test_new_snapshot_drops_every_repeat(site, tmp_path):
     pipe, _, _, _, _, cfg = site
     assert (await answer(pipe, query("games.example.com", 1))).rcode() == dns.rcode.NXDOMAIN
     (tmp_path / "blocklists/games.txt").write_text("other.example.com\n")
-    pipe.install(control.build_snapshot(cfg, 2))
+    pipe.install(snapshots.build_snapshot(cfg, 2))
     assert (await answer(pipe, query("games.example.com", 2))).rcode() == dns.rcode.NOERROR
 
 

@@ -5,8 +5,8 @@ import zoneinfo
 
 import pytest
 
-from resolver import policy
-from resolver.policy import ALLOW, Action, Authority, Block, Rewrite
+from resolver.filtering import policy
+from resolver.filtering.policy import ALLOW, Action, Authority, Block, Rewrite
 from resolver.yamlfile import ConfigError
 
 CATEGORIES = ("adult", "gambling", "violence", "drugs", "malware", "phishing", "csam", "games", "social", "bypass")

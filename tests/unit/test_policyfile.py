@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from resolver import policy, policyfile
-from resolver.policy import Action
-from resolver.safesearch import YouTubeMode
+from resolver.filtering import policy, policyfile
+from resolver.filtering.policy import Action
+from resolver.filtering.safesearch import YouTubeMode
 from resolver.yamlfile import ConfigError
 
 CATEGORIES = ("adult", "gambling", "violence", "drugs", "malware", "phishing", "csam", "games", "social", "bypass")

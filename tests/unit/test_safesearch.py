@@ -2,8 +2,8 @@
 
 import pytest
 
-from resolver import safesearch
-from resolver.safesearch import YouTubeMode
+from resolver.filtering import safesearch
+from resolver.filtering.safesearch import YouTubeMode
 from resolver.yamlfile import ConfigError
 
 TABLE = safesearch.default_table()

@@ -4,8 +4,8 @@ import ipaddress
 
 import pytest
 
-from resolver import schools
-from resolver.schools import DirectoryError, SchoolDirectory
+from resolver.filtering import schools
+from resolver.filtering.schools import DirectoryError, SchoolDirectory
 
 DIRECTORY = SchoolDirectory.build([
     ("203.0.113.0/28", "nguyen-du"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from resolver import upstream
+from resolver.dataplane import upstream
 
 
 def _next_ids(count: int) -> list[int]:

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resolver import wire
+from resolver.dataplane import wire
 
 
 def q(name="www.Example.com", rdtype="A", **kw) -> bytes:

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # Only the supervisor (or the one process of `workers: 1`) serves the admin API. Each of these
 # costs every worker process megabytes of memory it never uses.
-ADMIN_ONLY = ("aiohttp", "prometheus_client", "resolver.admin", "resolver.exposition", "resolver.app")
+ADMIN_ONLY = ("aiohttp", "prometheus_client", "resolver.operations.admin", "resolver.operations.exposition", "resolver.processes.app")
 
 
 def _modules_after_import(*modules: str) -> set[str]:
@@ -29,7 +29,7 @@ def _modules_after_import(*modules: str) -> set[str]:
 # `schooldns serve` before the admin API's libraries are imported (checked on the running
 # processes in tests/integration/test_serve_process.py); a replacement is a fresh interpreter
 # whose program imports resolver.spawner. Either way the workers carry the data plane only.
-@pytest.mark.parametrize("module", ["resolver.worker", "resolver.spawner"])
+@pytest.mark.parametrize("module", ["resolver.processes.worker", "resolver.processes.spawner"])
 def test_a_worker_process_loads_no_admin_modules(module):
     loaded = _modules_after_import(module)
     assert module in loaded
@@ -40,33 +40,35 @@ def test_a_worker_process_loads_no_admin_modules(module):
 # app.start_admin imports the admin API in a thread once DNS answers: importing aiohttp and
 # prometheus_client first delayed the first answer of a warm start by ~0.5 s (docs/performance.md).
 def test_the_serving_process_imports_the_admin_api_only_after_dns_serves():
-    loaded = _modules_after_import("resolver.app")
-    assert "resolver.worker" in loaded
-    assert not [name for name in ADMIN_ONLY if name in loaded and name != "resolver.app"]
+    loaded = _modules_after_import("resolver.processes.app")
+    assert "resolver.processes.worker" in loaded
+    assert not [name for name in ADMIN_ONLY if name in loaded and name != "resolver.processes.app"]
 
 
 def test_the_check_sees_what_the_admin_api_loads():
-    loaded = _modules_after_import("resolver.admin")
-    assert {"aiohttp", "prometheus_client", "resolver.exposition"} <= loaded
+    loaded = _modules_after_import("resolver.operations.admin")
+    assert {"aiohttp", "prometheus_client", "resolver.operations.exposition"} <= loaded
 
 
-# The compile child (control._CHILD_PROGRAM) runs at every cold start and list change: it needs
-# the list parsers and the index builder, not the server's event loop or its config.
+# The compile child (`python -m resolver.control.compiler`) runs at every cold start and list
+# change: it needs the list parsers and the index builder, not the server's event loop or its config.
 def test_the_compile_child_loads_neither_asyncio_nor_the_server(tmp_path):
-    from resolver import control, lists
+    from resolver.filtering import lists
 
     blocklists = tmp_path / "blocklists"
     (blocklists / "adult").mkdir(parents=True)
     (blocklists / "adult" / "a.txt").write_text("a.example\nb.example\n")
     (blocklists / lists.SOURCES_FILE).write_text(
         "categories:\n  adult:\n    description: Test.\n    sources:\n      - {file: adult/a.txt, format: domains}\n")
-    program = control._CHILD_PROGRAM + "print(json.dumps(sorted(sys.modules)))\n"
-    result = subprocess.run([sys.executable, "-c", program, str(blocklists), str(tmp_path / "state"), "fp",
-                             control.CompileIn.CHILD.value], cwd=ROOT, capture_output=True, text=True,
-                            timeout=60, check=True)
+    program = ("import json, runpy, sys; sys.argv[0] = 'compiler'\n"
+               "try:\n    runpy.run_module('resolver.control.compiler', run_name='__main__')\n"
+               "except SystemExit:\n    pass\n"
+               "print(json.dumps(sorted(sys.modules)))\n")
+    result = subprocess.run([sys.executable, "-c", program, str(blocklists), str(tmp_path / "state"), "fp", "nice"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
     manifest_line, modules_line = result.stdout.strip().splitlines()[-2:]
     assert json.loads(manifest_line)["manifest"]["entry_counts"] == {"adult": 2}
     loaded = set(json.loads(modules_line))
-    assert "resolver.lists" in loaded
-    assert not [name for name in ("asyncio", "resolver.config", "resolver.control", "resolver.pipeline")
-                if name in loaded]
+    assert "resolver.filtering.lists" in loaded
+    assert not [name for name in ("asyncio", "resolver.control.config", "resolver.control.snapshots",
+                                  "resolver.dataplane.pipeline") if name in loaded]

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from resolver import wire
+from resolver.dataplane import wire
 from resolver.errors import ResolverError
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from resolver import listformats, safesearch
+from resolver.filtering import listformats, safesearch
 
 log = logging.getLogger(__name__)
 
@@ -576,20 +576,20 @@ def load_policies(policies_dir: Path, categories: Sequence[str],
     """Load province.yaml and every school file; raise one ConfigError listing every problem in every file.
 
     `categories[i]` is the category of bit i in the domain index's masks; `table` defaults to the
-    shipped resolver/data/safe_search.yaml.
+    shipped resolver/filtering/data/safe_search.yaml.
     """
-    from resolver import policyfile
+    from resolver.filtering import policyfile
     return policyfile.load_policies(policies_dir, categories, table)
 
 
 def parse_province(text: str, file: str, categories: Sequence[str],
                    table: safesearch.SafeSearchTable | None = None) -> Province:
     """Parse province.yaml text (tests, `schooldns check`); ConfigError on any problem."""
-    from resolver import policyfile
+    from resolver.filtering import policyfile
     return policyfile.parse_province(text, file, categories, table)
 
 
 def parse_school(text: str, file: str, categories: Sequence[str], province: Province) -> SchoolPolicy:
     """Parse one school file's text against a province; the file stem must equal the school id."""
-    from resolver import policyfile
+    from resolver.filtering import policyfile
     return policyfile.parse_school(text, file, categories, province)

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from resolver import policy, safesearch, yamlfile
+from resolver import yamlfile
+from resolver.filtering import policy, safesearch
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from resolver import domains, durable
+from resolver import durable
+from resolver.filtering import domains
 from resolver.errors import ResolverError
 
 log = logging.getLogger(__name__)

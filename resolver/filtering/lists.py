@@ -10,7 +10,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from resolver import domains, durable, listformats, yamlfile
+from resolver import durable, yamlfile
+from resolver.filtering import domains, listformats
 
 log = logging.getLogger(__name__)
 

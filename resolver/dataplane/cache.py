@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 from typing import NamedTuple
 
-from resolver import wire
+from resolver.dataplane import wire
 
 STALE_ANSWER_TTL = 30  # RFC 8767 4: TTL of a stale answer served when every upstream fails
 # Memory of one cached answer beyond its key and message bytes: the stored tuple, its two floats

@@ -11,7 +11,8 @@ from typing import Any
 from aiohttp import web
 
 import resolver
-from resolver import config, exposition
+from resolver.control import config
+from resolver.operations import exposition
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Everything on the per-query path works on raw bytes with struct: parsing a query never
 builds a message object, and a cached answer is replayed by patching its ID, question and
-TTLs.  dnslib is used only on rare paths (safe-search rewrites).
+TTLs.  Safe-search rewrites are built here too: no DNS library is imported by the server.
 """
 
 from __future__ import annotations

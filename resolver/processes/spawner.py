@@ -14,7 +14,7 @@ import signal
 import socket
 import sys
 
-from resolver import worker
+from resolver.processes import worker
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class Spawner:
         with theirs:
             theirs.set_inheritable(True)  # the only descriptor it inherits: Python opens all others non-inheritable
             pid = os.posix_spawn(sys.executable, [
-                sys.executable, "-c", "import sys; from resolver import spawner; spawner.main(sys.argv[1:])",
+                sys.executable, "-c", "import sys; from resolver.processes import spawner; spawner.main(sys.argv[1:])",
                 str(theirs.fileno()), str(logging.getLogger().level)], os.environ)
         return cls(ours, pid)
 

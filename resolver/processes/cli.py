@@ -8,30 +8,39 @@ import logging
 import sys
 import zoneinfo
 
-from resolver import config, control
-from resolver.errors import ResolverError
+import resolver
+from resolver.control import checks, config, snapshots
+from resolver.errors import ResolverError, UsageError
+
+LOG_LEVELS = ["debug", "info", "warning", "error"]
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; the exit status: 0 done, 1 a problem (one line says what), 2 a usage error."""
     parser = argparse.ArgumentParser(prog="schooldns", description="DNS filter for school networks.")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--version", action="version", version=f"schooldns {resolver.__version__}")
+    # Accepted before or after the command; the default is `info` for serve and `warning` for the
+    # tools, whose output is what they print.
+    parser.add_argument("--log-level", choices=LOG_LEVELS)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="answer DNS queries until SIGTERM")
-    serve.add_argument("--config", required=True, help="path to config.yaml")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help)
+        sub.add_argument("--config", required=True, help="path to config.yaml")
+        sub.add_argument("--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS)
+        return sub
 
-    check = commands.add_parser("check", help="validate config, policies and lists; exit 1 on errors")
-    check.add_argument("--config", required=True)
-
-    explain = commands.add_parser("explain", help="show what a school gets for a name, and why")
-    explain.add_argument("--config", required=True)
+    command("serve", "answer DNS queries until SIGTERM")
+    command("check", "validate config, policies and lists; exit 1 on errors")
+    explain = command("explain", "show what a school gets for a name, and why")
     explain.add_argument("school", help="school id (file stem in policies/)")
     explain.add_argument("name", help="domain name, e.g. www.example.com")
     explain.add_argument("--at", help="time to evaluate schedules at: 'YYYY-MM-DD HH:MM' in the "
                                       "policy timezone, or ISO 8601 with offset (default: now)")
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
+    level = args.log_level or ("info" if args.command == "serve" else "warning")
+    logging.basicConfig(level=level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "serve":
@@ -41,14 +50,17 @@ def main(argv: list[str] | None = None) -> int:
                 # Forked here, single-threaded and before the admin API's libraries are imported:
                 # the workers it forks share the data plane's pages with this process, and the
                 # supervisor writes to no shared page of the libraries only it uses.
-                from resolver import spawner
+                from resolver.processes import spawner
                 forker = spawner.Spawner.fork()
-            from resolver import app  # only `serve` needs the servers
+            from resolver.processes import app  # only `serve` needs the servers
             app.serve(cfg, forker)
             return 0
         if args.command == "check":
             return _check(args.config)
         return _explain(args.config, args.school, args.name, args.at)
+    except UsageError as exc:
+        print(f"schooldns {args.command}: {exc}", file=sys.stderr)
+        return 2
     except ResolverError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -58,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _check(config_path: str) -> int:
     cfg = config.load_config(config_path)
-    report = control.check(cfg)
+    report = checks.check(cfg)
     for line in report:
         print(line)
     print(f"{config_path}: OK")
@@ -67,9 +79,10 @@ def _check(config_path: str) -> int:
 
 def _explain(config_path: str, school_id: str, name: str, at: str | None) -> int:
     cfg = config.load_config(config_path)
-    snapshot = control.build_snapshot(cfg, 1)
+    checks.check_name(name)  # before the lists are loaded: a URL is a typing slip, said at once
+    snapshot = snapshots.build_snapshot(cfg, 1)
     when = _parse_time(at, snapshot.province.timezone) if at else datetime.datetime.now(datetime.UTC)
-    for line in control.explain(snapshot, school_id, name, when.timestamp(), cfg.blocklists_dir):
+    for line in checks.explain(snapshot, school_id, name, when.timestamp(), cfg.blocklists_dir):
         print(line)
     return 0
 

@@ -6,7 +6,8 @@ import dataclasses
 import os
 from pathlib import Path
 
-from resolver import upstream, yamlfile
+from resolver import yamlfile
+from resolver.dataplane import upstream
 from resolver.yamlfile import ConfigError
 
 __all__ = ["Config", "ConfigError", "load_config", "parse_config"]

@@ -8,7 +8,7 @@ import logging
 import socket
 from typing import Any
 
-from resolver import wire
+from resolver.dataplane import wire
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from resolver import cache, domains, metrics, policy, schools, upstream, wire
+from resolver.dataplane import cache, metrics, upstream, wire
+from resolver.filtering import domains, policy, schools
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,8 @@ import struct
 import sys
 from typing import Any
 
-from resolver import config, pipeline, udpbatch, wire
+from resolver.control import config
+from resolver.dataplane import pipeline, udpbatch, wire
 
 
 class InFlight:

@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "tests" / "perf" / "bench.py"
 
 
+@pytest.mark.bench
 def test_quick_bench_reports_schooldns_qps(tmp_path):
     if shutil.which("dnsperf") is None:
         pytest.fail("dnsperf is not installed: the benchmark harness test needs it "

@@ -13,7 +13,8 @@ import socket
 import time
 from typing import Any
 
-from resolver import cache, config, control, metrics, pipeline, server, upstream
+from resolver.control import config, snapshots
+from resolver.dataplane import cache, metrics, pipeline, server, upstream
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class Worker:
         self.tcp = server.TcpConnections(self.pipeline, self.in_flight, cfg.limits)
         self.workers = workers
         self.reload_failures = 0
-        self.list_entries: dict[str, int] = control.entry_counts(snapshot)
+        self.list_entries: dict[str, int] = snapshots.entry_counts(snapshot)
         self._udp: list[server.UdpServer] = []
         self._tcp_servers: list[asyncio.Server] = []
         self.addresses: list[tuple[str, int]] = []
@@ -66,14 +67,14 @@ class Worker:
         async with self._reloading:
             generation = self.pipeline.snapshot.generation + 1
             try:
-                snapshot = await asyncio.to_thread(control.build_serving_snapshot, self.config, generation, reload=True)
+                snapshot = await asyncio.to_thread(snapshots.build_serving_snapshot, self.config, generation, reload=True)
             except Exception as exc:  # ConfigError and anything else: the old snapshot keeps serving
                 self.reload_failures += 1
                 log.error("reload rejected, still serving generation %d:\n%s",
                           self.pipeline.snapshot.generation, exc)
                 return False
             self.pipeline.install(snapshot)
-            self.list_entries = control.entry_counts(snapshot)
+            self.list_entries = snapshots.entry_counts(snapshot)
             log.info("installed generation %d", generation)
             return True
 
@@ -126,7 +127,7 @@ async def watch_files(cfg: config.Config, reload: Any, seen: tuple) -> None:
         return
     while True:
         await asyncio.sleep(interval)
-        current = await asyncio.to_thread(control.files_signature, cfg)
+        current = await asyncio.to_thread(snapshots.files_signature, cfg)
         if current != seen:
             seen = current
             log.info("policy or list files changed; reloading")
@@ -179,7 +180,7 @@ def spawned_main(args: SpawnArgs, fd: int) -> None:
 async def _spawned_async(cfg: config.Config, args: SpawnArgs,
                          conn: multiprocessing.connection.Connection) -> None:
     # No local name for the first snapshot: it would outlive the first list swap (see app.run_single).
-    worker = Worker(cfg, await asyncio.to_thread(control.start_snapshot, cfg, 1),
+    worker = Worker(cfg, await asyncio.to_thread(snapshots.start_snapshot, cfg, 1),
                     args.workers)
     await worker.start(bind_all(cfg, reuse_port=True))
     conn.send({"ready": [port for _, port in worker.addresses]})

@@ -11,7 +11,9 @@ import signal
 import time
 from typing import Any, Protocol
 
-from resolver import config, control, metrics, spawner, worker
+from resolver.control import config, snapshots
+from resolver.dataplane import metrics
+from resolver.processes import spawner, worker
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +24,7 @@ async def start_admin(cfg: config.Config, state: Any, reload: Any) -> Any:
     Its libraries (aiohttp, prometheus_client) took 0.77 s to import of a 1.33 s warm start
     (2026-12-04); imported before serving, they delayed the first DNS answer by that much.
     """
-    admin = await asyncio.to_thread(importlib.import_module, "resolver.admin")
+    admin = await asyncio.to_thread(importlib.import_module, "resolver.operations.admin")
     # Kept out of the garbage collector's full collections like everything built before serving
     # (Worker.start). A query in flight now that ends in a reference cycle is never collected:
     # at most the few of this moment, once.
@@ -32,10 +34,10 @@ async def start_admin(cfg: config.Config, state: Any, reload: Any) -> Any:
 
 async def run_single(cfg: config.Config, ready: Any = None) -> None:
     """workers: 1 — everything (DNS, admin, reload) in this process until SIGTERM/SIGINT."""
-    files = control.files_signature(cfg)
+    files = snapshots.files_signature(cfg)
     # No local name for the first snapshot: this frame lives until shutdown, and would keep it
     # (and its memory-mapped index) alive after the first list swap.
-    dns_worker = worker.Worker(cfg, await asyncio.to_thread(control.start_snapshot, cfg, 1))
+    dns_worker = worker.Worker(cfg, await asyncio.to_thread(snapshots.start_snapshot, cfg, 1))
     await dns_worker.start(worker.bind_all(cfg, reuse_port=False))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -124,7 +126,7 @@ class Supervisor:
         raise RuntimeError(f"worker {index} did not start within {timeout_seconds:.0f}s")
 
     async def run(self, ready: Any = None) -> None:
-        files = control.files_signature(self.config)
+        files = snapshots.files_signature(self.config)
         # Worker 0 first: with port 0 it picks the ports the others then share.
         for index in range(self.config.workers):
             process, conn = self._spawn(index)
@@ -203,7 +205,7 @@ class Supervisor:
     async def reload(self) -> bool:
         """Validate the new files here first, then have every worker install them."""
         try:
-            await asyncio.to_thread(control.build_serving_snapshot, self.config, 0, reload=True)
+            await asyncio.to_thread(snapshots.build_serving_snapshot, self.config, 0, reload=True)
         except Exception as exc:
             log.error("reload rejected, workers keep their snapshot:\n%s", exc)
             self.reload_failures += 1

@@ -85,8 +85,8 @@ def load_table(path: Path) -> SafeSearchTable:
 
 @functools.cache
 def default_table() -> SafeSearchTable:
-    """The table shipped as resolver/data/safe_search.yaml (parsed once per process)."""
-    resource = importlib.resources.files("resolver").joinpath(DEFAULT_TABLE_RESOURCE)
+    """The table shipped as resolver/filtering/data/safe_search.yaml (parsed once per process)."""
+    resource = importlib.resources.files("resolver.filtering").joinpath(DEFAULT_TABLE_RESOURCE)
     return parse_table(resource.read_text(encoding="utf-8"), f"resolver/{DEFAULT_TABLE_RESOURCE}")
 
 

@@ -1,0 +1,1 @@
+"""Operations: what an operator reads and drives (admin API, metrics exposition)."""

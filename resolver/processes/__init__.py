@@ -1,0 +1,1 @@
+"""The process model: composition root, workers, the spawner and the command line."""
