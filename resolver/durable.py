@@ -54,7 +54,7 @@ def remove_stale_temporaries(target: Path) -> list[Path]:
     """
     removed = []
     for temp in target.parent.glob(f".{target.name}.*.tmp"):
-        pid = temp.name[len(target.name) + 2:-len(".tmp")]
+        pid = temp.name[len(target.name) + 2 : -len(".tmp")]
         if not pid.isdigit() or _running(int(pid)):
             continue
         temp.unlink(missing_ok=True)

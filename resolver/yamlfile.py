@@ -103,8 +103,9 @@ def load_yaml(path: Path, display_name: str | None = None) -> Document:
     return parse_yaml(text, name)
 
 
-def _convert(loader: yaml.SafeLoader, node: yaml.Node, key: Key, lines: dict[Key, int],
-             problems: list[Problem], file: str) -> Any:
+def _convert(
+    loader: yaml.SafeLoader, node: yaml.Node, key: Key, lines: dict[Key, int], problems: list[Problem], file: str
+) -> Any:
     lines[key] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
@@ -113,16 +114,14 @@ def _convert(loader: yaml.SafeLoader, node: yaml.Node, key: Key, lines: dict[Key
             if not isinstance(name, str):
                 name = str(name)
             if name in out:
-                problems.append(Problem(file, key_node.start_mark.line + 1,
-                                        key_path(key + (name,)), "duplicate key"))
+                problems.append(Problem(file, key_node.start_mark.line + 1, key_path(key + (name,)), "duplicate key"))
                 continue
             lines[key + (name,)] = key_node.start_mark.line + 1
             out[name] = _convert(loader, value_node, key + (name,), lines, problems, file)
             lines[key + (name,)] = key_node.start_mark.line + 1
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_convert(loader, item, key + (i,), lines, problems, file)
-                for i, item in enumerate(node.value)]
+        return [_convert(loader, item, key + (i,), lines, problems, file) for i, item in enumerate(node.value)]
     return loader.construct_object(node, deep=True)
 
 
@@ -160,8 +159,13 @@ class Section:
             return None
         return default
 
-    def typed(self, name: str, kind: type | tuple[type, ...], default: Any = _MISSING,
-              check: Callable[[Any], str | None] | None = None) -> Any:
+    def typed(
+        self,
+        name: str,
+        kind: type | tuple[type, ...],
+        default: Any = _MISSING,
+        check: Callable[[Any], str | None] | None = None,
+    ) -> Any:
         """The value if it has the given type (and passes check, which returns an error text)."""
         value = self.raw(name, default)
         if name not in self.values:
@@ -222,12 +226,24 @@ class Section:
 def _kind(value: Any) -> str:
     if value is None:
         return "nothing"
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
-            int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
+    return {
+        dict: "a mapping",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+    }.get(type(value), type(value).__name__)
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
     if isinstance(kind, tuple):
         return " or ".join(_kind_name(k) for k in kind)
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
-            int: "an integer", float: "a number"}.get(kind, kind.__name__)
+    return {
+        dict: "a mapping",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+    }.get(kind, kind.__name__)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from resolver.control import config
 from resolver.dataplane import pipeline
-from resolver.filtering import lists, policy, schools
 from resolver.errors import UsageError
+from resolver.filtering import lists, policy, schools
 from resolver.yamlfile import ConfigError, Problem
 
 
@@ -19,11 +19,12 @@ def check(cfg: config.Config) -> list[str]:
     if cfg.default_school is not None and policies.school(cfg.default_school) is None:
         raise ConfigError([Problem(cfg.file, 1, "default_school", f"no school '{cfg.default_school}'")])
     schools.SchoolDirectory.build(policies.networks())
-    out = [f"{len(policies.schools)} schools, {len(compiled.categories)} categories, "
-           f"{sum(compiled.entry_counts.values())} list entries"]
+    out = [
+        f"{len(policies.schools)} schools, {len(compiled.categories)} categories, "
+        f"{sum(compiled.entry_counts.values())} list entries"
+    ]
     for report in compiled.reports:
-        out.append(f"  {report.file}: {report.entries} entries, {report.skipped} skipped, "
-                   f"{report.invalid} invalid")
+        out.append(f"  {report.file}: {report.entries} entries, {report.skipped} skipped, {report.invalid} invalid")
     return out
 
 
@@ -35,8 +36,9 @@ def check_name(name: str) -> str:
         raise UsageError(str(exc)) from None
 
 
-def explain(snapshot: pipeline.Snapshot, school_id: str, name: str, now_epoch_seconds: float,
-            blocklists_dir: Path | None = None) -> list[str]:
+def explain(
+    snapshot: pipeline.Snapshot, school_id: str, name: str, now_epoch_seconds: float, blocklists_dir: Path | None = None
+) -> list[str]:
     """`schooldns explain`: the decision for one school and name, with every reason.
 
     With `blocklists_dir`, each matching list entry is traced to its file and line.
@@ -55,6 +57,9 @@ def explain(snapshot: pipeline.Snapshot, school_id: str, name: str, now_epoch_se
         categories = [c for i, c in enumerate(snapshot.categories) if match.bits >> i & 1]
         out.append(f"listed: {match.name} ({match.kind}, {match.match}) in {', '.join(categories)}")
         if sources is not None:
-            out.extend(f"  from {where}" for category in categories
-                       for where in lists.find_entry(sources, category, match.name))
+            out.extend(
+                f"  from {where}"
+                for category in categories
+                for where in lists.find_entry(sources, category, match.name)
+            )
     return out

@@ -56,8 +56,13 @@ def compile_in_child(blocklists_dir: Path, state_dir: Path, fingerprint: str, pr
         if share is not None:
             child.kill()
             child.communicate()
-            log.warning("the lists' compile at idle priority had %.0f%% of a core over %gs (queries keep the "
-                        "cores busy); compiling again at nice +%d", share * 100, IDLE_WINDOW_SECONDS, NICENESS)
+            log.warning(
+                "the lists' compile at idle priority had %.0f%% of a core over %gs (queries keep the "
+                "cores busy); compiling again at nice +%d",
+                share * 100,
+                IDLE_WINDOW_SECONDS,
+                NICENESS,
+            )
             child = _start(blocklists_dir, state_dir, fingerprint, Priority.NICE)
     stdout, _ = child.communicate()
     try:
@@ -73,8 +78,11 @@ def compile_in_child(blocklists_dir: Path, state_dir: Path, fingerprint: str, pr
 
 
 def _start(blocklists_dir: Path, state_dir: Path, fingerprint: str, priority: Priority) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", log.name, str(blocklists_dir), str(state_dir), fingerprint,
-                             priority.value], stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", log.name, str(blocklists_dir), str(state_dir), fingerprint, priority.value],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _starved_share(child: subprocess.Popen[str], window: float, least: float) -> float | None:
@@ -119,8 +127,10 @@ def main(argv: list[str]) -> int:
     from resolver.filtering import lists
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s compile %(levelname)s %(name)s: %(message)s")
-    log.info("compiling the lists at %s", "idle priority (SCHED_IDLE)"
-             if idle and os.sched_getscheduler(0) == os.SCHED_IDLE else f"nice {os.nice(0):+d}")
+    log.info(
+        "compiling the lists at %s",
+        "idle priority (SCHED_IDLE)" if idle and os.sched_getscheduler(0) == os.SCHED_IDLE else f"nice {os.nice(0):+d}",
+    )
     outcome: dict[str, Any]
     try:
         manifest, image = lists.compile_to_state_dir(Path(blocklists_dir), Path(state_dir), fingerprint, log.info)

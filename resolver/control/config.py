@@ -98,7 +98,7 @@ def parse_config(doc: yamlfile.Document, path: Path) -> Config:
     elif isinstance(workers_raw, int) and not isinstance(workers_raw, bool) and 1 <= workers_raw <= 256:
         workers = workers_raw
     else:
-        top.fail("workers", f"expected a number of processes 1-256 or \"auto\", got {workers_raw!r}")
+        top.fail("workers", f'expected a number of processes 1-256 or "auto", got {workers_raw!r}')
     worker_spread = top.raw("worker_spread", "client")
     if worker_spread not in WORKER_SPREADS:
         top.fail("worker_spread", f"expected one of {', '.join(WORKER_SPREADS)}, got {worker_spread!r}")
@@ -119,15 +119,26 @@ def parse_config(doc: yamlfile.Document, path: Path) -> Config:
     top.done()
     doc.raise_if_failed()
     return Config(
-        file=str(path), listen=tuple(listen), upstreams=tuple(upstreams), workers=workers,
-        worker_spread=worker_spread, cache=cache, forwarding=forwarding, limits=limits, reload=reload,
+        file=str(path),
+        listen=tuple(listen),
+        upstreams=tuple(upstreams),
+        workers=workers,
+        worker_spread=worker_spread,
+        cache=cache,
+        forwarding=forwarding,
+        limits=limits,
+        reload=reload,
         admin=AdminConfig(admin_listen[0] if admin_listen else None),
-        policies_dir=policies_dir, blocklists_dir=blocklists_dir, state_dir=state_dir,
-        default_school=default_school)
+        policies_dir=policies_dir,
+        blocklists_dir=blocklists_dir,
+        state_dir=state_dir,
+        default_school=default_school,
+    )
 
 
-def _addresses(section: yamlfile.Section, name: str, default: list[str] | None, default_port: int,
-               single: bool = False) -> list[upstream.UpstreamAddress]:
+def _addresses(
+    section: yamlfile.Section, name: str, default: list[str] | None, default_port: int, single: bool = False
+) -> list[upstream.UpstreamAddress]:
     if single and isinstance(section.values.get(name), str):
         section.values[name] = [section.values[name]]
     out = []
@@ -147,8 +158,7 @@ def _dataclass(section: yamlfile.Section, cls: type) -> object:
     for field in dataclasses.fields(cls):
         default = field.default
         kind = (int, float) if isinstance(default, float) else int
-        value = section.typed(field.name, kind, default,
-                              check=lambda v: "must not be negative" if v < 0 else None)
+        value = section.typed(field.name, kind, default, check=lambda v: "must not be negative" if v < 0 else None)
         values[field.name] = float(value) if isinstance(default, float) else value
     section.done()
     return cls(**values)

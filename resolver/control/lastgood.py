@@ -15,8 +15,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from resolver import durable
-from resolver.filtering import domains
 from resolver.errors import ResolverError
+from resolver.filtering import domains
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,14 @@ def policy_files(policies_dir: Path) -> PolicyFiles:
     return tuple(files)
 
 
-def save(state_dir: Path, policies_dir: Path, files_before: PolicyFiles, index: domains.DomainIndex,
-         categories: Sequence[str], entry_counts: Mapping[str, int]) -> bool:
+def save(
+    state_dir: Path,
+    policies_dir: Path,
+    files_before: PolicyFiles,
+    index: domains.DomainIndex,
+    categories: Sequence[str],
+    entry_counts: Mapping[str, int],
+) -> bool:
     """Record policies and index that just built as the last good state; True if it holds them now.
 
     `files_before` is `policy_files` taken before the build read the policies: if a file changed
@@ -89,8 +95,14 @@ def save(state_dir: Path, policies_dir: Path, files_before: PolicyFiles, index: 
         return False
 
 
-def _save_locked(state_dir: Path, policies_dir: Path, files_before: PolicyFiles, index_file: tuple[str, int, int],
-                 categories: Sequence[str], entry_counts: Mapping[str, int]) -> bool:
+def _save_locked(
+    state_dir: Path,
+    policies_dir: Path,
+    files_before: PolicyFiles,
+    index_file: tuple[str, int, int],
+    categories: Sequence[str],
+    entry_counts: Mapping[str, int],
+) -> bool:
     try:
         texts = {name: (policies_dir / name).read_bytes() for name, _, _ in files_before}
     except FileNotFoundError:
@@ -116,9 +128,18 @@ def _save_locked(state_dir: Path, policies_dir: Path, files_before: PolicyFiles,
             log.info("policies or lists changed while the last good copy was saved; not saving it")
             shutil.rmtree(directory, ignore_errors=True)
             return False
-        durable.write_synced(directory / _SAVED, json.dumps({
-            "categories": list(categories), "entry_counts": dict(entry_counts),
-            "policies_sha256": digest, "saved_at": time.time()}, indent=1).encode())
+        durable.write_synced(
+            directory / _SAVED,
+            json.dumps(
+                {
+                    "categories": list(categories),
+                    "entry_counts": dict(entry_counts),
+                    "policies_sha256": digest,
+                    "saved_at": time.time(),
+                },
+                indent=1,
+            ).encode(),
+        )
         durable.sync_directory(directory / _POLICIES)
         durable.sync_directory(directory)
         temp_link.unlink(missing_ok=True)

@@ -12,11 +12,12 @@ from pathlib import Path
 
 from resolver.control import compiler, config, lastgood
 from resolver.dataplane import pipeline
-from resolver.filtering import domains, lists, policy, schools
 from resolver.errors import ResolverError
+from resolver.filtering import domains, lists, policy, schools
 from resolver.yamlfile import ConfigError, Problem
 
 log = logging.getLogger(__name__)
+
 
 class CompileIn(enum.Enum):
     """Where changed lists are compiled (see build_snapshot)."""
@@ -26,8 +27,9 @@ class CompileIn(enum.Enum):
     IDLE_CHILD = "idle child"  # a reload while serving: a child under SCHED_IDLE (see compiler.Priority)
 
 
-def build_snapshot(cfg: config.Config, generation: int,
-                   compile_in: CompileIn = CompileIn.THIS_PROCESS) -> pipeline.Snapshot:
+def build_snapshot(
+    cfg: config.Config, generation: int, compile_in: CompileIn = CompileIn.THIS_PROCESS
+) -> pipeline.Snapshot:
     """Load and validate policies and lists into a new Snapshot; raise ConfigError on any problem.
 
     Runs off the event loop (asyncio.to_thread) or before it starts.  Nothing here touches
@@ -39,8 +41,7 @@ def build_snapshot(cfg: config.Config, generation: int,
     policies = policy.load_policies(cfg.policies_dir, sources.categories)
     default_school = _default_school(cfg, policies)  # before a compile that would be wasted
     index, manifest = load_index(cfg, sources, compile_in)
-    return _assemble(generation, policies, default_school, index, tuple(sources.categories),
-                     manifest["entry_counts"])
+    return _assemble(generation, policies, default_school, index, tuple(sources.categories), manifest["entry_counts"])
 
 
 def build_serving_snapshot(cfg: config.Config, generation: int, reload: bool = False) -> pipeline.Snapshot:
@@ -50,8 +51,9 @@ def build_serving_snapshot(cfg: config.Config, generation: int, reload: bool = F
     """
     files_before = lastgood.policy_files(cfg.policies_dir)
     snapshot = build_snapshot(cfg, generation, CompileIn.IDLE_CHILD if reload else CompileIn.CHILD)
-    lastgood.save(cfg.state_dir, cfg.policies_dir, files_before, snapshot.index, snapshot.categories,
-                  snapshot.entry_counts)
+    lastgood.save(
+        cfg.state_dir, cfg.policies_dir, files_before, snapshot.index, snapshot.categories, snapshot.entry_counts
+    )
     return snapshot
 
 
@@ -71,17 +73,28 @@ def start_snapshot(cfg: config.Config, generation: int) -> pipeline.Snapshot:
         saved = lastgood.locate(cfg.state_dir)
         if saved is not None:
             policies = policy.load_policies(saved.policies_dir, saved.categories)
-            snapshot = _assemble(generation, policies, _default_school(cfg, policies),
-                                 domains.DomainIndex.load(saved.index_path), saved.categories,
-                                 saved.entry_counts, from_last_good=True)
+            snapshot = _assemble(
+                generation,
+                policies,
+                _default_school(cfg, policies),
+                domains.DomainIndex.load(saved.index_path),
+                saved.categories,
+                saved.entry_counts,
+                from_last_good=True,
+            )
     except (ResolverError, OSError) as exc:
-        raise ResolverError(f"{problem}\n(the last good copy in {cfg.state_dir / lastgood.LINK} "
-                            f"cannot be used either: {exc})") from None
+        raise ResolverError(
+            f"{problem}\n(the last good copy in {cfg.state_dir / lastgood.LINK} cannot be used either: {exc})"
+        ) from None
     if saved is None:
         raise problem
-    log.error("the policies or lists do not build:\n%s\nSERVING THE LAST GOOD policies and lists, saved %s "
-              "in %s. Fix the files: the next reload that builds replaces them.", problem,
-              time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(saved.saved_at)), saved.directory)
+    log.error(
+        "the policies or lists do not build:\n%s\nSERVING THE LAST GOOD policies and lists, saved %s "
+        "in %s. Fix the files: the next reload that builds replaces them.",
+        problem,
+        time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(saved.saved_at)),
+        saved.directory,
+    )
     return snapshot
 
 
@@ -90,19 +103,33 @@ def _default_school(cfg: config.Config, policies: policy.Policies) -> policy.Sch
         return None
     school = policies.school(cfg.default_school)
     if school is None:
-        raise ConfigError([Problem(cfg.file, 1, "default_school",
-                                   f"no school '{cfg.default_school}' in {cfg.policies_dir}")])
+        raise ConfigError(
+            [Problem(cfg.file, 1, "default_school", f"no school '{cfg.default_school}' in {cfg.policies_dir}")]
+        )
     return school
 
 
-def _assemble(generation: int, policies: policy.Policies, default_school: policy.SchoolPolicy | None,
-              index: domains.DomainIndex, categories: tuple[str, ...], entry_counts: dict[str, int],
-              from_last_good: bool = False) -> pipeline.Snapshot:
+def _assemble(
+    generation: int,
+    policies: policy.Policies,
+    default_school: policy.SchoolPolicy | None,
+    index: domains.DomainIndex,
+    categories: tuple[str, ...],
+    entry_counts: dict[str, int],
+    from_last_good: bool = False,
+) -> pipeline.Snapshot:
     return pipeline.Snapshot(
-        generation=generation, index=index, directory=schools.SchoolDirectory.build(policies.networks()),
-        default_school=default_school, province=policies.province, policies=policies,
-        categories=categories, entry_counts=dict(entry_counts), loaded_at=time.time(),
-        from_last_good=from_last_good)
+        generation=generation,
+        index=index,
+        directory=schools.SchoolDirectory.build(policies.networks()),
+        default_school=default_school,
+        province=policies.province,
+        policies=policies,
+        categories=categories,
+        entry_counts=dict(entry_counts),
+        loaded_at=time.time(),
+        from_last_good=from_last_good,
+    )
 
 
 def sources_fingerprint(blocklists_dir: Path, sources: lists.Sources) -> str:
@@ -117,8 +144,9 @@ def sources_fingerprint(blocklists_dir: Path, sources: lists.Sources) -> str:
     return digest.hexdigest()
 
 
-def load_index(cfg: config.Config, sources: lists.Sources,
-               compile_in: CompileIn = CompileIn.THIS_PROCESS) -> tuple[domains.DomainIndex, dict]:
+def load_index(
+    cfg: config.Config, sources: lists.Sources, compile_in: CompileIn = CompileIn.THIS_PROCESS
+) -> tuple[domains.DomainIndex, dict]:
     """The memory-mapped compiled index for these sources: reused from state_dir, or compiled now.
 
     Worker processes map the same file read-only, so its pages are shared, not copied.
@@ -146,8 +174,7 @@ def load_index(cfg: config.Config, sources: lists.Sources,
     else:
         manifest, image = lists.compile_to_state_dir(cfg.blocklists_dir, cfg.state_dir, fingerprint, log.info)
     index = domains.DomainIndex.load(index_path) if image is None else domains.DomainIndex.from_bytes(image)
-    log.info("compiled %d list entries in %.2fs", sum(manifest["entry_counts"].values()),
-             time.monotonic() - started)
+    log.info("compiled %d list entries in %.2fs", sum(manifest["entry_counts"].values()), time.monotonic() - started)
     return index, manifest
 
 

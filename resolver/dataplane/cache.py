@@ -92,7 +92,7 @@ class AnswerCache:
         self.stale_served += 1
         buf = bytearray(stored[0])
         for offset in stored[2]:
-            buf[offset:offset + 4] = STALE_ANSWER_TTL.to_bytes(4, "big")
+            buf[offset : offset + 4] = STALE_ANSWER_TTL.to_bytes(4, "big")
         return bytes(buf), stored[1]
 
     def store(self, key: bytes, answer: wire.Answer, now: float) -> None:
@@ -110,8 +110,15 @@ class AnswerCache:
             if len(shapes) >= _SHAPES_MAX:
                 shapes.clear()
             offsets = shapes[answer.ttl_offsets] = answer.ttl_offsets
-        stored = entries[key] = (answer.message, answer.question_length, offsets, answer.targets,
-                                 now, now + answer.ttl, 0)
+        stored = entries[key] = (
+            answer.message,
+            answer.question_length,
+            offsets,
+            answer.targets,
+            now,
+            now + answer.ttl,
+            0,
+        )
         entries.move_to_end(key)
         self.bytes += _cost(key, stored)
         while len(entries) > self.max_entries or self.bytes > self.max_bytes:

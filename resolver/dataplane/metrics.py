@@ -17,7 +17,7 @@ class Counters:
     address.  They are turned into Prometheus metrics only when scraped.
     """
 
-    __slots__ = ("queries", "blocked", "malformed", "internal_errors", "dropped")
+    __slots__ = ("blocked", "dropped", "internal_errors", "malformed", "queries")
 
     def __init__(self) -> None:
         # defaultdict(int), not Counter: `+= 1` on a Counter (a dict subclass with Python-level
@@ -50,10 +50,13 @@ class Counters:
         self.internal_errors += other.internal_errors
 
     def to_dict(self) -> dict[str, Any]:
-        return {"queries": [[*k, v] for k, v in self.queries.items()],
-                "blocked": [[*k, v] for k, v in self.blocked.items()],
-                "malformed": self.malformed, "internal_errors": self.internal_errors,
-                "dropped": dict(self.dropped)}
+        return {
+            "queries": [[*k, v] for k, v in self.queries.items()],
+            "blocked": [[*k, v] for k, v in self.blocked.items()],
+            "malformed": self.malformed,
+            "internal_errors": self.internal_errors,
+            "dropped": dict(self.dropped),
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Counters:

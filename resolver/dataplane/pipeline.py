@@ -38,8 +38,7 @@ Deliver = Callable[[bytes | None], None]  # where an answer made later goes (Non
 Later = Callable[[Deliver], None]  # a cache miss: call it once with its Deliver, which it calls once
 Reply = bytes | None | Later
 
-_EDE_BY_AUTHORITY = {"province": wire.EDE_CENSORED, "school": wire.EDE_FILTERED,
-                     "deny": wire.EDE_BLOCKED}
+_EDE_BY_AUTHORITY = {"province": wire.EDE_CENSORED, "school": wire.EDE_FILTERED, "deny": wire.EDE_BLOCKED}
 
 
 class Forwarder(Protocol):
@@ -85,8 +84,15 @@ _Repeat = tuple[bytes, float, _Verdict, float | None, int, float | None, tuple[i
 class Pipeline:
     """Answers one query's bytes with answer bytes (or None: drop) for one client address."""
 
-    def __init__(self, snapshot: Snapshot, answers: cache.AnswerCache, forwarder: Forwarder,
-                 counters: metrics.Counters, clock: Any = time.monotonic, wall_clock: Any = time.time):
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        answers: cache.AnswerCache,
+        forwarder: Forwarder,
+        counters: metrics.Counters,
+        clock: Any = time.monotonic,
+        wall_clock: Any = time.time,
+    ):
         self.snapshot = snapshot
         self.cache = answers
         self.forwarder = forwarder
@@ -153,9 +159,13 @@ class Pipeline:
         limit = query.payload if transport == "udp" else 65535
         if school is None:
             counters.count("unknown", transport, "refused")
-            return wire.make_error(query.id, query.flags, wire.REFUSED, query,
-                                   wire.ede_option(wire.EDE_PROHIBITED, "client not in any school network")
-                                   if query.edns else b"")
+            return wire.make_error(
+                query.id,
+                query.flags,
+                wire.REFUSED,
+                query,
+                wire.ede_option(wire.EDE_PROHIBITED, "client not in any school network") if query.edns else b"",
+            )
 
         # 3. Decide: policy x domain index.
         now = self.clock()
@@ -163,8 +173,9 @@ class Pipeline:
         if decision is not policy.ALLOW:
             if isinstance(decision, policy.Block):
                 reply = self._blocked(query, decision, snapshot)
-                return self._answered(data, transport, school, segment, reply, now + BLOCKED_REPEAT_SECONDS,
-                                      decision.category)
+                return self._answered(
+                    data, transport, school, segment, reply, now + BLOCKED_REPEAT_SECONDS, decision.category
+                )
             return self._rewrite(data, query, decision.target, school, segment, transport, limit, now)
 
         # 4. Cache lookup (raw bytes: ID, question and TTLs patched).
@@ -174,22 +185,29 @@ class Pipeline:
                 block = self._inspect(query, entry.targets, school, snapshot, wall)
                 if block is not None:
                     reply = self._blocked(query, block, snapshot)
-                    return self._answered(data, transport, school, segment, reply, entry.expires_at,
-                                          block.category, entry)
+                    return self._answered(
+                        data, transport, school, segment, reply, entry.expires_at, block.category, entry
+                    )
             reply = wire.replay(entry.message, entry.question_length, query, limit)
-            return self._answered(data, transport, school, segment, reply, entry.exact_until, None, entry,
-                                  "cached")
+            return self._answered(data, transport, school, segment, reply, entry.exact_until, None, entry, "cached")
 
         # 5.-7. Forward upstream, then cache, inspect, count (_forwarded): the only stage that waits.
-        return functools.partial(self._ask, query, query,
-                                 functools.partial(self._forwarded, query, school, snapshot, transport, limit))
+        return functools.partial(
+            self._ask, query, query, functools.partial(self._forwarded, query, school, snapshot, transport, limit)
+        )
 
-    def _ask(self, question: wire.Query, query: wire.Query,
-             then: Callable[[wire.Answer | None, Exception | None], bytes | None], deliver: Deliver) -> None:
+    def _ask(
+        self,
+        question: wire.Query,
+        query: wire.Query,
+        then: Callable[[wire.Answer | None, Exception | None], bytes | None],
+        deliver: Deliver,
+    ) -> None:
         """Ask upstream the question (for the client's query); deliver what `then` makes of the outcome.
 
         The client is always answered: a failure in `then` becomes an rcode like any other.
         """
+
         def answered(answer: wire.Answer | None, error: Exception | None) -> None:
             try:
                 reply = then(answer, error)
@@ -199,8 +217,16 @@ class Pipeline:
 
         self.forwarder.ask(question, answered)
 
-    def _forwarded(self, query: wire.Query, school: policy.SchoolPolicy, snapshot: Snapshot, transport: str,
-                   limit: int, answer: wire.Answer | None, error: Exception | None) -> bytes | None:
+    def _forwarded(
+        self,
+        query: wire.Query,
+        school: policy.SchoolPolicy,
+        snapshot: Snapshot,
+        transport: str,
+        limit: int,
+        answer: wire.Answer | None,
+        error: Exception | None,
+    ) -> bytes | None:
         if answer is None:
             if isinstance(error, upstream.UpstreamError):
                 stale = self.cache.lookup_stale(query.key, self.clock())
@@ -245,9 +271,18 @@ class Pipeline:
         """
         return policy.decide(school, name, snapshot.index.lookup(name), wall)
 
-    def _answered(self, data: bytes, transport: str, school: policy.SchoolPolicy, segment: int, reply: bytes,
-                  until: float, category: str | None, entry: cache.CacheEntry | None = None,
-                  result: str = "blocked") -> bytes:
+    def _answered(
+        self,
+        data: bytes,
+        transport: str,
+        school: policy.SchoolPolicy,
+        segment: int,
+        reply: bytes,
+        until: float,
+        category: str | None,
+        entry: cache.CacheEntry | None = None,
+        result: str = "blocked",
+    ) -> bytes:
         """Count an answer made at once and, for UDP, keep it for repeats (see _Repeat above).
 
         `segment` is the schedule segment its decision was made in; `until` is when the reply stops
@@ -300,8 +335,9 @@ class Pipeline:
         self._repeat_count = self._repeat_bytes = 0
         self._verdicts = {}
 
-    def _inspect(self, query: wire.Query, targets: tuple[str, ...], school: policy.SchoolPolicy,
-                 snapshot: Snapshot, wall: float) -> policy.Block | None:
+    def _inspect(
+        self, query: wire.Query, targets: tuple[str, ...], school: policy.SchoolPolicy, snapshot: Snapshot, wall: float
+    ) -> policy.Block | None:
         """CNAME cloaking: an answer whose chain (or HTTPS/SVCB target) reaches a blocked name."""
         if policy.is_explicitly_allowed(school, query.name):
             return None
@@ -340,8 +376,17 @@ class Pipeline:
         # NODATA, and null_ip / blockpage for other query types: NOERROR, no records, SOA.
         return wire.make_local_answer(query, wire.NOERROR, records, ttl, ede)
 
-    def _rewritten(self, query: wire.Query, target: str, school: policy.SchoolPolicy, transport: str, limit: int,
-                   key: bytes, target_answer: wire.Answer | None, error: Exception | None) -> bytes | None:
+    def _rewritten(
+        self,
+        query: wire.Query,
+        target: str,
+        school: policy.SchoolPolicy,
+        transport: str,
+        limit: int,
+        key: bytes,
+        target_answer: wire.Answer | None,
+        error: Exception | None,
+    ) -> bytes | None:
         """The safe-search answer, once the target's addresses came from upstream."""
         if target_answer is None:
             if isinstance(error, upstream.UpstreamError):
@@ -354,18 +399,30 @@ class Pipeline:
         self.counters.count(school.id, transport, "rewritten")
         return wire.replay(answer.message, answer.question_length, query, limit)
 
-    def _rewrite(self, data: bytes, query: wire.Query, target: str, school: policy.SchoolPolicy, segment: int,
-                 transport: str, limit: int, now: float) -> Reply:
+    def _rewrite(
+        self,
+        data: bytes,
+        query: wire.Query,
+        target: str,
+        school: policy.SchoolPolicy,
+        segment: int,
+        transport: str,
+        limit: int,
+        now: float,
+    ) -> Reply:
         """Safe search: CNAME to the engine's safe host, plus that host's addresses (cached)."""
         key = query.key + b"\x00safe\x00" + target.encode()
         entry = self.cache.lookup(key, now)
         if entry is not None:
             reply = wire.replay(entry.message, entry.question_length, query, limit)
-            return self._answered(data, transport, school, segment, reply, entry.exact_until, None, entry,
-                                  "rewritten")
+            return self._answered(data, transport, school, segment, reply, entry.exact_until, None, entry, "rewritten")
         target_query = wire.make_synthetic_query(target, query.qtype, query.do)
-        return functools.partial(self._ask, target_query, query,
-                                 functools.partial(self._rewritten, query, target, school, transport, limit, key))
+        return functools.partial(
+            self._ask,
+            target_query,
+            query,
+            functools.partial(self._rewritten, query, target, school, transport, limit, key),
+        )
 
     def _error_answer(self, exc: Exception, query: wire.Query | None) -> bytes | None:
         """The one place failures become answers."""

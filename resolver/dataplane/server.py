@@ -178,8 +178,8 @@ class TcpConnection(asyncio.Protocol):
                 return
             if len(buffer) < 2 + length:
                 break
-            message = bytes(buffer[2:2 + length])
-            del buffer[:2 + length]
+            message = bytes(buffer[2 : 2 + length])
+            del buffer[: 2 + length]
             self._answer(message)
         if len(buffer) > 2 + 65535:
             self.close()
@@ -281,9 +281,14 @@ def spread_at_random(udp: socket.socket, workers: int) -> bool:
     return True
 
 
-async def serve_sockets(pipe: pipeline.Pipeline, in_flight: InFlight, limits: config.LimitsConfig,
-                        udp_sock: socket.socket, tcp_sock: socket.socket,
-                        tcp: TcpConnections) -> tuple[UdpServer, asyncio.Server]:
+async def serve_sockets(
+    pipe: pipeline.Pipeline,
+    in_flight: InFlight,
+    limits: config.LimitsConfig,
+    udp_sock: socket.socket,
+    tcp_sock: socket.socket,
+    tcp: TcpConnections,
+) -> tuple[UdpServer, asyncio.Server]:
     """Start serving on already-bound sockets."""
     loop = asyncio.get_running_loop()
     udp = UdpServer(udp_sock, pipe, in_flight)

@@ -40,9 +40,15 @@ class IoVec(ctypes.Structure):
 
 
 class MsgHdr(ctypes.Structure):
-    _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32),
-                ("iov", ctypes.POINTER(IoVec)), ("iovlen", ctypes.c_size_t),
-                ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t), ("flags", ctypes.c_int)]
+    _fields_ = [
+        ("name", ctypes.c_void_p),
+        ("namelen", ctypes.c_uint32),
+        ("iov", ctypes.POINTER(IoVec)),
+        ("iovlen", ctypes.c_size_t),
+        ("control", ctypes.c_void_p),
+        ("controllen", ctypes.c_size_t),
+        ("flags", ctypes.c_int),
+    ]
 
 
 class MMsgHdr(ctypes.Structure):
@@ -90,11 +96,13 @@ class _Ring:
         # The headers' `length` fields (bytes received) and the iovecs' lengths (bytes to send),
         # as strided views: read or written without a ctypes attribute access per datagram.
         unsigned = memoryview(self._headers).cast("B").cast("I")
-        self.received_lengths = unsigned[MMsgHdr.length.offset // 4::ctypes.sizeof(MMsgHdr) // 4]
+        self.received_lengths = unsigned[MMsgHdr.length.offset // 4 :: ctypes.sizeof(MMsgHdr) // 4]
         size_t = "Q" if ctypes.sizeof(ctypes.c_size_t) == 8 else "I"
         words = memoryview(self._iovecs).cast("B").cast(size_t)
-        self.send_lengths = words[IoVec.length.offset // ctypes.sizeof(ctypes.c_size_t)::
-                                  ctypes.sizeof(IoVec) // ctypes.sizeof(ctypes.c_size_t)]
+        self.send_lengths = words[
+            IoVec.length.offset // ctypes.sizeof(ctypes.c_size_t) :: ctypes.sizeof(IoVec)
+            // ctypes.sizeof(ctypes.c_size_t)
+        ]
 
 
 class BatchedUdp:
@@ -136,8 +144,8 @@ class BatchedUdp:
                 self.oversized += 1
                 continue
             start = i * payload_size
-            sender = addresses[i * address_size:(i + 1) * address_size]
-            received.append((payloads[start:start + length].tobytes(), sender[ip_start:ip_end], sender))
+            sender = addresses[i * address_size : (i + 1) * address_size]
+            received.append((payloads[start : start + length].tobytes(), sender[ip_start:ip_end], sender))
         return received
 
     def send(self, answers: list[tuple[bytes, bytes]]) -> int:
@@ -155,9 +163,9 @@ class BatchedUdp:
                 dropped += self._send_ring(count)
                 count = 0
             start = count * payload_size
-            payloads[start:start + len(answer)] = answer
+            payloads[start : start + len(answer)] = answer
             lengths[count] = len(answer)
-            addresses[count * address_size:(count + 1) * address_size] = sender
+            addresses[count * address_size : (count + 1) * address_size] = sender
             count += 1
         return dropped + self._send_ring(count)
 
@@ -165,8 +173,9 @@ class BatchedUdp:
         """sendmmsg the first `count` messages of the out ring; how many were dropped for a full buffer."""
         done = 0
         while done < count:
-            sent = self._sendmmsg(self._fd, self._out.pointer + done * ctypes.sizeof(MMsgHdr), count - done,
-                                  _MSG_DONTWAIT)
+            sent = self._sendmmsg(
+                self._fd, self._out.pointer + done * ctypes.sizeof(MMsgHdr), count - done, _MSG_DONTWAIT
+            )
             if sent > 0:
                 done += sent
                 continue

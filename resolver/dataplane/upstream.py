@@ -107,7 +107,7 @@ async def _awaited(start: Callable[[Callable[[Any, Exception | None], None]], No
 class _Pending:
     """One UDP query waiting for its reply: what the reply must match, when to give up, who to tell."""
 
-    __slots__ = ("done", "question", "deadline", "timeout_seconds")
+    __slots__ = ("deadline", "done", "question", "timeout_seconds")
 
     def __init__(self, done: UdpDone, question: bytes, timeout_seconds: float):
         self.done = done
@@ -162,7 +162,7 @@ class _UdpSocket:
             try:
                 # Into one buffer, then copied: recv(MAX_DATAGRAM) would allocate 64 KiB per reply
                 # and shrink it.
-                data = _REPLY_VIEW[:recv_into(_REPLY_BUFFER)].tobytes()
+                data = _REPLY_VIEW[: recv_into(_REPLY_BUFFER)].tobytes()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # ICMP errors (port unreachable...): fail what is in flight
@@ -231,8 +231,7 @@ class Upstream:
         self.mismatched = 0
 
     def is_down(self, now: float) -> bool:
-        return (self.consecutive_failures >= DOWN_AFTER_FAILURES
-                and now - self.last_failure < DOWN_COOLDOWN_SECONDS)
+        return self.consecutive_failures >= DOWN_AFTER_FAILURES and now - self.last_failure < DOWN_COOLDOWN_SECONDS
 
     def record(self, ok: bool, started: float, now: float) -> None:
         """Count an exchange that began at `started` and ended `now` (time.monotonic)."""
@@ -304,8 +303,12 @@ class Upstream:
         """
         self._timeout_check = None
         now = time.monotonic()
-        expired = [(sock, upstream_id, pending.timeout_seconds) for sock in (*self._sockets, *self._retired)
-                   for upstream_id, pending in sock.pending.items() if now >= pending.deadline]
+        expired = [
+            (sock, upstream_id, pending.timeout_seconds)
+            for sock in (*self._sockets, *self._retired)
+            for upstream_id, pending in sock.pending.items()
+            if now >= pending.deadline
+        ]
         for sock, upstream_id, timeout_seconds in expired:  # may start queries: not while iterating
             sock.finish(upstream_id, None, UpstreamTimeout(f"{self.address}: no answer in {timeout_seconds:.2f}s"))
         if self._timeout_check is None and any(sock.pending for sock in (*self._sockets, *self._retired)):
@@ -353,8 +356,18 @@ class _Question:
     without tasks").
     """
 
-    __slots__ = ("pool", "query", "waiters", "deadline", "candidates", "index", "started", "last_answer", "worst",
-                 "finished")
+    __slots__ = (
+        "candidates",
+        "deadline",
+        "finished",
+        "index",
+        "last_answer",
+        "pool",
+        "query",
+        "started",
+        "waiters",
+        "worst",
+    )
 
     def __init__(self, pool: UpstreamPool, query: wire.Query, done: Done):
         self.pool = pool
@@ -404,10 +417,15 @@ class _Question:
             self.next_attempt()
         elif wire.is_truncated(reply):  # again over TCP: the one path that runs as a task
             upstream.truncated += 1
-            if not self.pool.start_tcp(upstream, self.query, max(self.deadline - time.monotonic(), 0.05),
-                                       self.tcp_done):
-                self.failed(upstream, UpstreamNetworkError(
-                    f"{upstream.address}: {self.pool.max_tcp_exchanges} TCP exchanges already in flight"))
+            if not self.pool.start_tcp(
+                upstream, self.query, max(self.deadline - time.monotonic(), 0.05), self.tcp_done
+            ):
+                self.failed(
+                    upstream,
+                    UpstreamNetworkError(
+                        f"{upstream.address}: {self.pool.max_tcp_exchanges} TCP exchanges already in flight"
+                    ),
+                )
                 self.next_attempt()
         else:
             self.replied(upstream, reply)
@@ -429,8 +447,9 @@ class _Question:
     def replied(self, upstream: Upstream, reply: bytes) -> None:
         limits = self.pool.limits
         try:
-            answer = wire.parse_upstream_answer(reply, len(self.query.question), limits.min_ttl, limits.max_ttl,
-                                                limits.negative_max_ttl)
+            answer = wire.parse_upstream_answer(
+                reply, len(self.query.question), limits.min_ttl, limits.max_ttl, limits.negative_max_ttl
+            )
         except wire.BadReply as exc:
             upstream.mismatched += 1
             self.failed(upstream, UpstreamNetworkError(f"{upstream.address}: bad reply: {exc}"), telling=False)
@@ -468,9 +487,15 @@ class _Question:
 class UpstreamPool:
     """Answers questions from a set of upstreams, in order of health, merging identical in-flight queries."""
 
-    def __init__(self, addresses: list[UpstreamAddress], timeout_seconds: float = 2.0,
-                 limits: AnswerLimits = AnswerLimits(), sockets_per_upstream: int = 16,
-                 max_in_flight: int = 10000, max_tcp_exchanges: int = 64):
+    def __init__(
+        self,
+        addresses: list[UpstreamAddress],
+        timeout_seconds: float = 2.0,
+        limits: AnswerLimits = AnswerLimits(),
+        sockets_per_upstream: int = 16,
+        max_in_flight: int = 10000,
+        max_tcp_exchanges: int = 64,
+    ):
         if not addresses:
             raise ValueError("at least one upstream is needed")
         self.upstreams = [Upstream(a, sockets_per_upstream) for a in addresses]
@@ -504,8 +529,9 @@ class UpstreamPool:
         """ask(), awaited: the answer, or the failure raised."""
         return await _awaited(functools.partial(self.ask, query))
 
-    def start_tcp(self, upstream: Upstream, query: wire.Query, timeout_seconds: float,
-                  done: Callable[[asyncio.Task[bytes]], None]) -> bool:
+    def start_tcp(
+        self, upstream: Upstream, query: wire.Query, timeout_seconds: float, done: Callable[[asyncio.Task[bytes]], None]
+    ) -> bool:
         """Run upstream.exchange_tcp as a task (cancelled when the pool closes), then done(task).
 
         False, and nothing started, when max_tcp_exchanges are running: an upstream (or a

@@ -170,7 +170,7 @@ def parse_query(data: bytes) -> Query:
         end = pos + 1 + length
         if end > size:
             raise FormError("question label runs past the end", query_id, flags)
-        labels.append(data[pos + 1:end])
+        labels.append(data[pos + 1 : end])
         pos = end
         if pos - 12 > 254:
             raise FormError("question name longer than 255 octets", query_id, flags)
@@ -217,8 +217,7 @@ def _labels_to_text(labels: list[bytes]) -> str:
     # Fast path: only letters, digits, '-', '_', '*' and the dots the join put there.
     if not text.translate(None, _PLAIN_WITH_DOT) and text.count(b".") == len(labels) - 1:
         return text.decode("ascii")
-    return ".".join("".join(chr(b) if b in _PLAIN_BYTES else f"\\{b:03d}" for b in label.lower())
-                    for label in labels)
+    return ".".join("".join(chr(b) if b in _PLAIN_BYTES else f"\\{b:03d}" for b in label.lower()) for label in labels)
 
 
 _PLAIN_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789-_*")
@@ -274,7 +273,7 @@ def read_name(data: bytes, pos: int) -> tuple[str, int]:
             continue
         if length > 63:
             raise BadReply("bad label length")
-        labels.append(data[pos + 1:pos + 1 + length])
+        labels.append(data[pos + 1 : pos + 1 + length])
         total += length + 1
         if total > 255:
             raise BadReply("name longer than 255 octets")
@@ -318,8 +317,7 @@ def _answer_flags(query_flags: int, rcode: int, extra: int = 0) -> int:
     return QR | RA | (query_flags & (RD | CD)) | extra | (rcode & 0xF)
 
 
-def make_error(query_id: int, flags: int, rcode: int, query: Query | None = None,
-               ede: bytes = b"") -> bytes:
+def make_error(query_id: int, flags: int, rcode: int, query: Query | None = None, ede: bytes = b"") -> bytes:
     """An answer with no records: FORMERR/NOTIMP/REFUSED/SERVFAIL/BADVERS (+ EDE when EDNS)."""
     opcode = flags & OPCODE_MASK
     out_flags = QR | RA | opcode | (flags & (RD | CD)) | (rcode & 0xF)
@@ -338,8 +336,9 @@ def _soa_rdata(negative_ttl: int) -> bytes:
     return _SOA_NAMES + struct.pack("!IIIII", 1, 3600, 600, 86400, negative_ttl)
 
 
-def make_local_answer(query: Query, rcode: int, answers: list[tuple[int, int, bytes]],
-                      negative_ttl: int, ede: bytes = b"") -> bytes:
+def make_local_answer(
+    query: Query, rcode: int, answers: list[tuple[int, int, bytes]], negative_ttl: int, ede: bytes = b""
+) -> bytes:
     """A synthesized answer: records owned by the query name (type, ttl, rdata), or none + SOA.
 
     Used for blocked names (NXDOMAIN / NODATA with an SOA whose MINIMUM is the blocked TTL,
@@ -381,8 +380,7 @@ def frame(message: bytes) -> bytes:
 def make_upstream_query(query: Query, upstream_id: int) -> bytes:
     """Our own query for the client's question: our ID, lower-cased name, EDNS with DO as asked."""
     flags = RD | (query.flags & CD)
-    return (_HEADER.pack(upstream_id, flags, 1, 0, 0, 1) + query.question_lower
-            + _opt_record(MAX_UDP_PAYLOAD, query.do))
+    return _HEADER.pack(upstream_id, flags, 1, 0, 0, 1) + query.question_lower + _opt_record(MAX_UDP_PAYLOAD, query.do)
 
 
 def reply_matches(reply: bytes, upstream_id: int, question_lower: bytes) -> bool:
@@ -392,7 +390,7 @@ def reply_matches(reply: bytes, upstream_id: int, question_lower: bytes) -> bool
     reply_id, flags, qdcount = struct.unpack_from("!HHH", reply)
     if reply_id != upstream_id or not flags & QR or qdcount != 1:
         return False
-    return lower_question(reply[12:12 + len(question_lower)]) == question_lower
+    return lower_question(reply[12 : 12 + len(question_lower)]) == question_lower
 
 
 def is_truncated(reply: bytes) -> bool:
@@ -418,8 +416,9 @@ class Answer(NamedTuple):
     targets: tuple[str, ...]  # CNAME / SVCB / HTTPS target names in the answer section
 
 
-def parse_upstream_answer(reply: bytes, question_length: int, min_ttl: int, max_ttl: int,
-                          negative_max_ttl: int) -> Answer:
+def parse_upstream_answer(
+    reply: bytes, question_length: int, min_ttl: int, max_ttl: int, negative_max_ttl: int
+) -> Answer:
     """Walk an upstream reply once: drop its OPT, clamp TTLs, find targets and cache lifetime."""
     size = len(reply)
     _, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(reply)
@@ -513,7 +512,7 @@ def reduce_ttls(message: bytes, ttl_offsets: tuple[int, ...], seconds: int, star
     if len(ttl_offsets) == 1:  # most answers: one record, or a NODATA's SOA; two slices beat a bytearray
         offset = ttl_offsets[0] - start
         ttl = _U32.unpack_from(message, offset)[0]
-        return message[:offset] + _U32.pack(ttl - seconds if ttl > seconds else 0) + message[offset + 4:]
+        return message[:offset] + _U32.pack(ttl - seconds if ttl > seconds else 0) + message[offset + 4 :]
     buf = bytearray(message)
     for offset in ttl_offsets:
         offset -= start
@@ -531,11 +530,10 @@ def replay(message: bytes, question_length: int, query: Query, limit: int) -> by
     """
     flags = (message[2] << 8 | message[3]) & ~(RD | TC | OPCODE_MASK) | (query.flags & RD)
     head = _U16X2.pack(query.id, flags)
-    rest = message[12 + question_length:]
+    rest = message[12 + question_length :]
     if query.edns:
         arcount = (message[10] << 8 | message[11]) + 1
-        out = (head + message[4:10] + _U16.pack(arcount) + query.question + rest
-               + _opt_record(MAX_UDP_PAYLOAD, query.do))
+        out = head + message[4:10] + _U16.pack(arcount) + query.question + rest + _opt_record(MAX_UDP_PAYLOAD, query.do)
     else:
         out = head + message[4:12] + query.question + rest
     if len(out) > limit:
@@ -547,8 +545,7 @@ def make_truncated(query: Query, flags: int) -> bytes:
     """Header + question (+ OPT) with TC=1: 'ask me again over TCP'."""
     flags |= TC
     if query.edns:
-        return (_HEADER.pack(query.id, flags, 1, 0, 0, 1) + query.question
-                + _opt_record(MAX_UDP_PAYLOAD, query.do))
+        return _HEADER.pack(query.id, flags, 1, 0, 0, 1) + query.question + _opt_record(MAX_UDP_PAYLOAD, query.do)
     return _HEADER.pack(query.id, flags, 1, 0, 0, 0) + query.question
 
 

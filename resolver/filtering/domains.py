@@ -190,15 +190,18 @@ def build_index_runs(runs: Iterable[tuple[int, str, str, Sequence[str]]]) -> byt
     A run is typically one list source's names for one (match, kind); the same name may appear in
     many runs and repeat within one. Same rules and ValueErrors as `build_index`.
     """
-    return _build_image([(1 << (64 * _column_of(names[0], bit, match, kind) + bit), names)
-                         for bit, match, kind, names in runs if names])
+    return _build_image(
+        [(1 << (64 * _column_of(names[0], bit, match, kind) + bit), names) for bit, match, kind, names in runs if names]
+    )
 
 
 def _column_of(name: str, bit: int, match: str, kind: str) -> int:
     """Position of (kind, match) in the mask quadruple; ValueError naming `name` if bit/match/kind is bad."""
     column = _COLUMN.get((kind, match))
     if column is None:
-        raise ValueError(f"entry {name!r}: kind must be one of {_KINDS} and match one of {_MATCHES}, got {kind!r}/{match!r}")
+        raise ValueError(
+            f"entry {name!r}: kind must be one of {_KINDS} and match one of {_MATCHES}, got {kind!r}/{match!r}"
+        )
     if type(bit) is not int or not 0 <= bit < 64:
         raise ValueError(f"entry {name!r}: category bit must be an int in 0..63, got {bit!r}")
     return column
@@ -231,8 +234,7 @@ def _build_image(runs: list[tuple[int, Sequence[str]]]) -> bytes:
     position = 0
     for packed_bit, run_names in runs:
         end = position + len(run_names)
-        _place_listed(slots, hashes[position:end], _fingerprints_in_place(keys[position:end]),
-                      packed_bit, masksets)
+        _place_listed(slots, hashes[position:end], _fingerprints_in_place(keys[position:end]), packed_bit, masksets)
         position = end
     entry_count = len(slots) - slots.count(0)  # distinct listed names
     del keys, hashes
@@ -245,8 +247,7 @@ def _build_image(runs: list[tuple[int, Sequence[str]]]) -> bytes:
         slots.byteswap()
         maskset_table.byteswap()
     flags = _FLAG_SINGLE_LABELS if single_labels else 0
-    fields = (MAGIC, FORMAT_VERSION, _HEADER_SIZE, entry_count, node_count, len(slots),
-              len(masksets.all), flags)
+    fields = (MAGIC, FORMAT_VERSION, _HEADER_SIZE, entry_count, node_count, len(slots), len(masksets.all), flags)
     sections = (slots, maskset_table)  # joined once, without an intermediate body copy
     header = _HEADER.pack(*fields, _checksum(_HEADER.pack(*fields, 0), *sections))
     return b"".join((header, *sections))
@@ -295,10 +296,10 @@ def _check_listed_names(names: Sequence[str]) -> bytes:
     raw = text.encode("ascii")
     # With the separators turned into one dot ("a.b\0\nc\0\n" -> "a.b.c."), an empty label or a
     # trailing dot shows as "..", a leading dot as the first byte. Searched in bytes: faster.
-    if (raw.translate(None, _ALL_BUT_UPPER_CASE) or b".." in raw.translate(_NUL_TO_DOT, b"\n")
-            or raw.startswith(b".")):
-        bad = next(name for name in names if name.lower() != name or ".." in name
-                   or name.startswith(".") or name.endswith("."))
+    if raw.translate(None, _ALL_BUT_UPPER_CASE) or b".." in raw.translate(_NUL_TO_DOT, b"\n") or raw.startswith(b"."):
+        bad = next(
+            name for name in names if name.lower() != name or ".." in name or name.startswith(".") or name.endswith(".")
+        )
         raise ValueError(f"listed name must be lower-case, without empty labels or a trailing dot: {bad!r}")
     return raw
 
@@ -325,8 +326,9 @@ def _parents_by_level(names: bytes, single_labels: bool) -> list[list[bytes]]:
     return levels
 
 
-def _place_listed(slots: array, hashes: Sequence[int], digests: Iterator[int], packed_bit: int,
-                  masksets: _MaskSets) -> None:
+def _place_listed(
+    slots: array, hashes: Sequence[int], digests: Iterator[int], packed_bit: int, masksets: _MaskSets
+) -> None:
     """Put a run's names at the first free slot from their home slot (linear probing), or merge repeats.
 
     `digests` as from `_fingerprints_in_place`. A name is repeated when a slot on its probe path
@@ -390,11 +392,23 @@ def write_index(path: str | os.PathLike[str], image: bytes) -> None:
 class DomainIndex:
     """Read-only view of a compiled index image: `lookup(name)` -> effective category mask."""
 
-    __slots__ = ("_mmap", "_slots", "_slot_mask", "_own_masks", "_parent_masks", "_quads",
-                 "_single_labels", "entry_count", "node_count", "size_bytes", "file")
+    __slots__ = (
+        "_mmap",
+        "_own_masks",
+        "_parent_masks",
+        "_quads",
+        "_single_labels",
+        "_slot_mask",
+        "_slots",
+        "entry_count",
+        "file",
+        "node_count",
+        "size_bytes",
+    )
 
-    def __init__(self, image: bytes | mmap.mmap, file_map: mmap.mmap | None = None,
-                 file: tuple[str, int, int] | None = None) -> None:
+    def __init__(
+        self, image: bytes | mmap.mmap, file_map: mmap.mmap | None = None, file: tuple[str, int, int] | None = None
+    ) -> None:
         """Validate `image` and view it in place (no copy). Prefer `from_bytes`, `load` or `empty`."""
         layout = _check_image(image)
         view = memoryview(image)
@@ -525,8 +539,11 @@ class DomainIndex:
         fingerprint = _fingerprint(key)
         slot = key_hash & self._slot_mask
         while value := self._slots[slot]:
-            if (value & 0xFF == key_hash >> 24 and value >> _FIELD_SHIFT != 1
-                    and value >> 8 & _FINGERPRINT_MASK == fingerprint):
+            if (
+                value & 0xFF == key_hash >> 24
+                and value >> _FIELD_SHIFT != 1
+                and value >> 8 & _FINGERPRINT_MASK == fingerprint
+            ):
                 return value >> _FIELD_SHIFT
             slot = (slot + 1) & self._slot_mask
         return -1
@@ -551,8 +568,9 @@ def _check_image(image: bytes | mmap.mmap) -> _Layout:
     size = len(image)
     if size < _HEADER_SIZE:
         raise IndexFormatError(f"domain index truncated: {size} bytes, shorter than the {_HEADER_SIZE}-byte header")
-    (magic, version, header_size, entry_count, node_count, slot_count, maskset_count, flags,
-     stored_crc) = _HEADER.unpack_from(image)
+    (magic, version, header_size, entry_count, node_count, slot_count, maskset_count, flags, stored_crc) = (
+        _HEADER.unpack_from(image)
+    )
     if magic != MAGIC:
         raise IndexFormatError(f"not a domain index (magic {magic!r}, expected {MAGIC!r})")
     if version != FORMAT_VERSION:
@@ -564,8 +582,9 @@ def _check_image(image: bytes | mmap.mmap) -> _Layout:
     if entry_count > node_count:
         raise IndexFormatError(f"domain index has {entry_count} entries but only {node_count} nodes")
     masksets_start = _HEADER_SIZE + 8 * slot_count
-    layout = _Layout(entry_count, node_count, slot_count, _HEADER_SIZE, masksets_start,
-                     bool(flags & _FLAG_SINGLE_LABELS))
+    layout = _Layout(
+        entry_count, node_count, slot_count, _HEADER_SIZE, masksets_start, bool(flags & _FLAG_SINGLE_LABELS)
+    )
     expected_size = masksets_start + 32 * maskset_count
     if size != expected_size:
         problem = "truncated" if size < expected_size else "has trailing bytes"

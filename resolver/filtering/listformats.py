@@ -56,13 +56,23 @@ _ldh_chars = re.compile(r"[a-z0-9_-]*").fullmatch
 # _SHAPE_OF_BYTE: [a-z0-9_] -> "a", "-" -> "-", "." and "\n" (label ends) -> ".", other -> "!";
 # _TLD_CLASS_OF_BYTE: [a-z] -> "a", [0-9_-] -> "0", "." and "\n" -> themselves, other -> "!".
 _SHAPE_OF_BYTE = bytes(
-    ord("a") if chr(byte) in "abcdefghijklmnopqrstuvwxyz0123456789_" else
-    byte if chr(byte) == "-" else ord(".") if chr(byte) in ".\n" else ord("!")
+    ord("a")
+    if chr(byte) in "abcdefghijklmnopqrstuvwxyz0123456789_"
+    else byte
+    if chr(byte) == "-"
+    else ord(".")
+    if chr(byte) in ".\n"
+    else ord("!")
     for byte in range(256)
 )
 _TLD_CLASS_OF_BYTE = bytes(
-    ord("a") if chr(byte) in "abcdefghijklmnopqrstuvwxyz" else ord("0") if chr(byte) in "0123456789_-" else
-    byte if chr(byte) in ".\n" else ord("!")
+    ord("a")
+    if chr(byte) in "abcdefghijklmnopqrstuvwxyz"
+    else ord("0")
+    if chr(byte) in "0123456789_-"
+    else byte
+    if chr(byte) in ".\n"
+    else ord("!")
     for byte in range(256)
 )
 
@@ -150,7 +160,7 @@ class Tally:
     are malformed. Blank lines are not counted.
     """
 
-    __slots__ = ("skipped", "invalid", "reasons", "examples")
+    __slots__ = ("examples", "invalid", "reasons", "skipped")
 
     def __init__(self) -> None:
         self.skipped = 0
@@ -212,8 +222,7 @@ def _name_or_reject(text: str, number: int, line: str, tally: Tally) -> str | No
 # --- domains -------------------------------------------------------------------------------
 
 
-def parse_domains(lines: Iterable[str], tally: Tally | None = None, *,
-                  match: str = SUBTREE) -> Iterator[Entry]:
+def parse_domains(lines: Iterable[str], tally: Tally | None = None, *, match: str = SUBTREE) -> Iterator[Entry]:
     """One name per line, '#' comments (whole-line or trailing); `*.d` is d's subtree even in an exact source."""
     tally = tally if tally is not None else Tally()
     fast = _fast
@@ -225,8 +234,9 @@ def parse_domains(lines: Iterable[str], tally: Tally | None = None, *,
             yield entry
 
 
-def parse_domains_text(text: str, tally: Tally | None = None, *,
-                       match: str = SUBTREE) -> dict[tuple[str, str], list[str]]:
+def parse_domains_text(
+    text: str, tally: Tally | None = None, *, match: str = SUBTREE
+) -> dict[tuple[str, str], list[str]]:
     """`parse_domains` over a whole file's text at once: {(match, kind): names}, the same tally.
 
     `text` is a file read in text mode (universal newlines, so lines end in "\n" only). The lines
@@ -289,13 +299,19 @@ def _domains_rule(text: str, number: int, tally: Tally, match: str) -> Entry | N
 # --- hosts ---------------------------------------------------------------------------------
 
 _SINKS = frozenset({"0.0.0.0", "127.0.0.1", "::", "::1", "0:0:0:0:0:0:0:0", "0:0:0:0:0:0:0:1"})
-_LOCAL_NAMES = frozenset({
-    "localhost", "localhost.localdomain", "local", "localdomain", "broadcasthost", "0.0.0.0",
-})
+_LOCAL_NAMES = frozenset(
+    {
+        "localhost",
+        "localhost.localdomain",
+        "local",
+        "localdomain",
+        "broadcasthost",
+        "0.0.0.0",
+    }
+)
 
 
-def parse_hosts(lines: Iterable[str], tally: Tally | None = None, *,
-                match: str = SUBTREE) -> Iterator[Entry]:
+def parse_hosts(lines: Iterable[str], tally: Tally | None = None, *, match: str = SUBTREE) -> Iterator[Entry]:
     """`address name [name...]` lines, any IP address (it is ignored); '#' comments; a lone name is a name.
 
     localhost-style names (localhost, localhost.localdomain, local, broadcasthost, 0.0.0.0, ip6-*)
@@ -309,9 +325,14 @@ def parse_hosts(lines: Iterable[str], tally: Tally | None = None, *,
         text = line.strip()
         space = text.find(" ")
         if space > 0 and text[:space] in sinks:
-            name = text[space + 1:]
-            if (fast(name) and "xn--" not in name and (len(name) <= MAX_LABEL or _long_ok(name))
-                    and name not in local_names and not name.startswith("ip6-")):
+            name = text[space + 1 :]
+            if (
+                fast(name)
+                and "xn--" not in name
+                and (len(name) <= MAX_LABEL or _long_ok(name))
+                and name not in local_names
+                and not name.startswith("ip6-")
+            ):
                 yield name, match, BLOCK
                 continue
         if not text:
@@ -346,16 +367,73 @@ def parse_hosts(lines: Iterable[str], tally: Tally | None = None, *,
 ADBLOCK_OPTIONS = frozenset({"important", "doc", "document", "all", "match-case", "reason"})
 # Real options that narrow a rule below the domain (request type, party, initiator, client): the
 # whole rule is skipped, counted as "option $name" (also for "~name"); others as "unknown option".
-_NARROWING_OPTIONS = frozenset({
-    "third-party", "3p", "first-party", "1p", "strict1p", "strict3p", "script", "image",
-    "stylesheet", "css", "xmlhttprequest", "xhr", "subdocument", "frame", "object", "media",
-    "font", "ping", "websocket", "other", "popup", "popunder", "domain", "from", "to", "denyallow",
-    "badfilter", "redirect", "redirect-rule", "removeparam", "csp", "permissions", "header",
-    "ipaddress", "method", "client", "ctag", "dnstype", "dnsrewrite", "elemhide", "ehide",
-    "generichide", "ghide", "specifichide", "shide", "genericblock", "inline-script",
-    "inline-font", "empty", "mp4", "cname", "rewrite", "replace", "urltransform", "jsonprune",
-    "network", "app", "cookie", "stealth", "content", "extension", "jsinject", "urlblock",
-})
+_NARROWING_OPTIONS = frozenset(
+    {
+        "third-party",
+        "3p",
+        "first-party",
+        "1p",
+        "strict1p",
+        "strict3p",
+        "script",
+        "image",
+        "stylesheet",
+        "css",
+        "xmlhttprequest",
+        "xhr",
+        "subdocument",
+        "frame",
+        "object",
+        "media",
+        "font",
+        "ping",
+        "websocket",
+        "other",
+        "popup",
+        "popunder",
+        "domain",
+        "from",
+        "to",
+        "denyallow",
+        "badfilter",
+        "redirect",
+        "redirect-rule",
+        "removeparam",
+        "csp",
+        "permissions",
+        "header",
+        "ipaddress",
+        "method",
+        "client",
+        "ctag",
+        "dnstype",
+        "dnsrewrite",
+        "elemhide",
+        "ehide",
+        "generichide",
+        "ghide",
+        "specifichide",
+        "shide",
+        "genericblock",
+        "inline-script",
+        "inline-font",
+        "empty",
+        "mp4",
+        "cname",
+        "rewrite",
+        "replace",
+        "urltransform",
+        "jsonprune",
+        "network",
+        "app",
+        "cookie",
+        "stealth",
+        "content",
+        "extension",
+        "jsinject",
+        "urlblock",
+    }
+)
 _cosmetic = re.compile(r"#@?[$?%]{0,2}#|#@?\+js|\$@?\$").search
 
 
@@ -455,8 +533,7 @@ _CLASSES = frozenset({"IN", "CH", "HS", "CS"})
 _is_ttl = re.compile(r"(?:\d+[smhdw]?)+", re.IGNORECASE).fullmatch
 _RPZ_TRIGGERS = frozenset({"rpz-ip", "rpz-nsip", "rpz-nsdname", "rpz-client-ip"})
 _RPZ_ACTIONS = {".": BLOCK, "rpz-passthru.": ALLOW}
-_RPZ_SKIPPED_ACTIONS = {"*.": "action nodata", "rpz-drop.": "action rpz-drop",
-                        "rpz-tcp-only.": "action rpz-tcp-only"}
+_RPZ_SKIPPED_ACTIONS = {"*.": "action nodata", "rpz-drop.": "action rpz-drop", "rpz-tcp-only.": "action rpz-tcp-only"}
 
 
 def parse_rpz(lines: Iterable[str], tally: Tally | None = None, *, origin: str = "") -> Iterator[Entry]:
@@ -475,7 +552,7 @@ def parse_rpz(lines: Iterable[str], tally: Tally | None = None, *, origin: str =
     pending_start = 0
     for number, line in enumerate(lines, 1):
         if line.endswith((" CNAME .\n", " CNAME .")) and line[0] not in " \t;$*@" and zone.plain:
-            owner = line[:line.rindex(" CNAME .")].rstrip()
+            owner = line[: line.rindex(" CNAME .")].rstrip()
             if fast(owner) and "xn--" not in owner and (len(owner) <= MAX_LABEL or _long_ok(owner)):
                 zone.owner = owner
                 yield owner, EXACT, BLOCK
@@ -501,13 +578,13 @@ def parse_rpz(lines: Iterable[str], tally: Tally | None = None, *, origin: str =
 class _RpzZone:
     """The state of one zone file while it is read: origin, apex and the last owner's trigger name."""
 
-    __slots__ = ("origin", "apex", "owner", "plain")
+    __slots__ = ("apex", "origin", "owner", "plain")
 
     def __init__(self, origin: str):
-        self.origin = origin            # the current $ORIGIN, absolute without the dot ("" = root)
-        self.apex = origin or None      # the zone name that trigger names are relative to
-        self.owner: str | None = None   # trigger name of the last owner ("." once: outside the zone)
-        self.plain = True               # origin == apex: a relative owner is its own trigger name
+        self.origin = origin  # the current $ORIGIN, absolute without the dot ("" = root)
+        self.apex = origin or None  # the zone name that trigger names are relative to
+        self.owner: str | None = None  # trigger name of the last owner ("." once: outside the zone)
+        self.plain = True  # origin == apex: a relative owner is its own trigger name
 
     def record(self, text: str, number: int, tally: Tally) -> Iterator[Entry]:
         fields = text.split()
@@ -578,15 +655,14 @@ class _RpzZone:
         if name == apex:
             return ""
         if name.endswith(apex) and name[-len(apex) - 1] == ".":
-            return name[:-len(apex) - 1]
+            return name[: -len(apex) - 1]
         return "."
 
 
 # --- dispatch ------------------------------------------------------------------------------
 
 
-def parse_list(fmt: str, lines: Iterable[str], tally: Tally | None = None,
-               match: str | None = None) -> Iterator[Entry]:
+def parse_list(fmt: str, lines: Iterable[str], tally: Tally | None = None, match: str | None = None) -> Iterator[Entry]:
     """The parser of a format name; `match` applies to domains and hosts only (default subtree)."""
     if fmt == "domains":
         return parse_domains(lines, tally, match=match or SUBTREE)
@@ -599,8 +675,9 @@ def parse_list(fmt: str, lines: Iterable[str], tally: Tally | None = None,
     raise ValueError(f"unknown list format {fmt!r}")
 
 
-def parse_list_runs(fmt: str, file: TextIO, tally: Tally | None = None,
-                    match: str | None = None) -> dict[tuple[str, str], list[str]]:
+def parse_list_runs(
+    fmt: str, file: TextIO, tally: Tally | None = None, match: str | None = None
+) -> dict[tuple[str, str], list[str]]:
     """`parse_list` of an open text file, as {(match, kind): names} for `domains.build_index_runs`.
 
     The domains format is parsed in bulk (`parse_domains_text`); the others line by line, their

@@ -111,8 +111,9 @@ def load_sources(blocklists_dir: Path) -> Sources:
     return Sources(blocklists_dir, tuple(names), tuple(sources))
 
 
-def _read_source(doc: yamlfile.Document, key: yamlfile.Key, item: object, category: str, kind: str,
-                 blocklists_dir: Path) -> Source | None:
+def _read_source(
+    doc: yamlfile.Document, key: yamlfile.Key, item: object, category: str, kind: str, blocklists_dir: Path
+) -> Source | None:
     if not isinstance(item, dict):
         doc.fail(key, "expected a mapping like {file: ..., format: ...}")
         return None
@@ -134,7 +135,7 @@ def _read_source(doc: yamlfile.Document, key: yamlfile.Key, item: object, catego
         elif fmt not in listformats.FORMATS_WITH_MATCH:
             section.fail("match", f"format '{fmt}' sets exact or subtree per rule; remove `match`")
             ok = False
-    path = (blocklists_dir / file)
+    path = blocklists_dir / file
     if Path(file).is_absolute() or ".." in Path(file).parts:
         section.fail("file", "list files are paths inside the blocklists directory")
         return None
@@ -165,12 +166,23 @@ def compile_lists(blocklists_dir: Path, progress: Progress | None = None) -> Com
             runs.append((bit, match, "allow" if source.kind == "allow" else kind, names))
         if source.kind == "block":
             counts[source.category] += produced
-        report = SourceReport(source.category, source.kind, source.file, source.format, produced,
-                              tally.skipped, tally.invalid, dict(tally.reasons), dict(tally.examples))
+        report = SourceReport(
+            source.category,
+            source.kind,
+            source.file,
+            source.format,
+            produced,
+            tally.skipped,
+            tally.invalid,
+            dict(tally.reasons),
+            dict(tally.examples),
+        )
         reports.append(report)
         if progress is not None:
-            progress(f"lists: {source.category}/{source.kind}: {source.file}: {produced} entries, "
-                     f"{tally.skipped} skipped, {tally.invalid} invalid")
+            progress(
+                f"lists: {source.category}/{source.kind}: {source.file}: {produced} entries, "
+                f"{tally.skipped} skipped, {tally.invalid} invalid"
+            )
 
     image = domains.build_index_runs(runs)
     return CompiledLists(sources.categories, image, tuple(reports), counts)
@@ -194,12 +206,17 @@ def find_entry(sources: Sources, category: str, name: str) -> list[str]:
     return found
 
 
-def compile_to_state_dir(blocklists_dir: Path, state_dir: Path, fingerprint: str,
-                         progress: Progress | None = None) -> tuple[dict, bytes | None]:
+def compile_to_state_dir(
+    blocklists_dir: Path, state_dir: Path, fingerprint: str, progress: Progress | None = None
+) -> tuple[dict, bytes | None]:
     """Compile the lists and write index.bin + index.json; returns (manifest, image if not written)."""
     compiled = compile_lists(blocklists_dir, progress)
-    manifest = {"fingerprint": fingerprint, "categories": list(compiled.categories),
-                "entry_counts": dict(compiled.entry_counts), "compiled_at": time.time()}
+    manifest = {
+        "fingerprint": fingerprint,
+        "categories": list(compiled.categories),
+        "entry_counts": dict(compiled.entry_counts),
+        "compiled_at": time.time(),
+    }
     manifest_path = state_dir / MANIFEST_FILE
     try:
         state_dir.mkdir(parents=True, exist_ok=True)

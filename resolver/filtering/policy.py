@@ -97,13 +97,17 @@ Decision = Allow | Block | Rewrite
 # Apple documents NXDOMAIN for Private Relay, and RFC 9462 names get NODATA so clients do not
 # discover the upstream's encrypted endpoints through us.
 _BYPASS_BLOCKS: dict[str, Block] = {
-    "use-application-dns.net": Block(BYPASS_CATEGORY, Authority.PROVINCE, Action.NXDOMAIN,
-                                     "Firefox DNS-over-HTTPS canary"),
-    **{host: Block(BYPASS_CATEGORY, Authority.PROVINCE, Action.NXDOMAIN, "iCloud Private Relay")
-       for host in ("mask.icloud.com", "mask-h2.icloud.com", "mask-canary.icloud.com")},
+    "use-application-dns.net": Block(
+        BYPASS_CATEGORY, Authority.PROVINCE, Action.NXDOMAIN, "Firefox DNS-over-HTTPS canary"
+    ),
+    **{
+        host: Block(BYPASS_CATEGORY, Authority.PROVINCE, Action.NXDOMAIN, "iCloud Private Relay")
+        for host in ("mask.icloud.com", "mask-h2.icloud.com", "mask-canary.icloud.com")
+    },
 }
-_DDR_BLOCK = Block(BYPASS_CATEGORY, Authority.PROVINCE, Action.NODATA,
-                   "resolver discovery (DDR, resolver.arpa, RFC 9462)")
+_DDR_BLOCK = Block(
+    BYPASS_CATEGORY, Authority.PROVINCE, Action.NODATA, "resolver discovery (DDR, resolver.arpa, RFC 9462)"
+)
 BYPASS_NAMES = (*_BYPASS_BLOCKS, "resolver.arpa")
 
 
@@ -314,7 +318,7 @@ def _match_subtree(table: Mapping[str, Any], name: str) -> Any:
         return value
     dot = name.find(".")
     while dot >= 0:
-        value = table.get(name[dot + 1:])
+        value = table.get(name[dot + 1 :])
         if value is not None:
             return value
         dot = name.find(".", dot + 1)
@@ -385,8 +389,9 @@ def explain(school: SchoolPolicy, name: str, list_mask: int, now_epoch_seconds: 
         rule = f"allow entry '{entry}'"
         if list_mask & blocked_mask:
             rule += f" (overrides {', '.join(_names(list_mask & blocked_mask, categories))})"
-    elif not school.bypass_prevention and (name in _BYPASS_BLOCKS or name == "resolver.arpa"
-                                           or name.endswith(".resolver.arpa")):
+    elif not school.bypass_prevention and (
+        name in _BYPASS_BLOCKS or name == "resolver.arpa" or name.endswith(".resolver.arpa")
+    ):
         rule = "bypass prevention is off in province.yaml"
     elif list_mask:
         rule = "listed, but none of its categories is blocked for this school now"
@@ -461,10 +466,23 @@ def _hhmm(minute: int) -> str:
 # Compiling a school's tables (load time)
 
 
-def compile_school(*, id: str, name: str, level: str, file: str, networks: Sequence[Network],
-                   block: Sequence[str], unblock: Sequence[str], allow: Sequence[str], deny: Sequence[str],
-                   safe_search: bool, safe_search_youtube: safesearch.YouTubeMode,
-                   schedules: Sequence[Schedule], action: Action, province: Province) -> SchoolPolicy:
+def compile_school(
+    *,
+    id: str,
+    name: str,
+    level: str,
+    file: str,
+    networks: Sequence[Network],
+    block: Sequence[str],
+    unblock: Sequence[str],
+    allow: Sequence[str],
+    deny: Sequence[str],
+    safe_search: bool,
+    safe_search_youtube: safesearch.YouTubeMode,
+    schedules: Sequence[Schedule],
+    action: Action,
+    province: Province,
+) -> SchoolPolicy:
     """Build a SchoolPolicy and every lookup table decide() uses; inputs are already validated."""
     categories = province.categories
     bit_of = {category: 1 << i for i, category in enumerate(categories)}
@@ -479,23 +497,34 @@ def compile_school(*, id: str, name: str, level: str, file: str, networks: Seque
 
     mandatory_blocks = {
         bit_of[c]: Block(c, Authority.PROVINCE, action, f"category '{c}' is mandatory for every school")
-        for c in province.mandatory}
+        for c in province.mandatory
+    }
     category_blocks = {
-        bit_of[c]: Block(c, Authority.SCHOOL, action,
-                         f"category '{c}' is blocked by this school's block list" if c in block
-                         else f"category '{c}' is blocked by profile '{level}'")
-        for c in categories}
+        bit_of[c]: Block(
+            c,
+            Authority.SCHOOL,
+            action,
+            f"category '{c}' is blocked by this school's block list"
+            if c in block
+            else f"category '{c}' is blocked by profile '{level}'",
+        )
+        for c in categories
+    }
     schedule_blocks = {
-        (i, bit_of[c]): Block(c, Authority.SCHOOL, action,
-                              f"category '{c}' is blocked by schedule '{s.name}' ({s.describe()})")
-        for i, s in enumerate(schedules) for c in s.block}
+        (i, bit_of[c]): Block(
+            c, Authority.SCHOOL, action, f"category '{c}' is blocked by schedule '{s.name}' ({s.describe()})"
+        )
+        for i, s in enumerate(schedules)
+        for c in s.block
+    }
     any_time_mask = base_mask
     for s in schedules:
         any_time_mask |= s.mask & ~province.mandatory_mask
     week_starts, week_masks, week_active = _compile_week(base_mask, province.mandatory_mask, schedules)
 
     rules: dict[str, Allow | Block] = {
-        entry: Block(DENY_CATEGORY, Authority.DENY, action, f"deny entry '{entry}'") for entry in deny}
+        entry: Block(DENY_CATEGORY, Authority.DENY, action, f"deny entry '{entry}'") for entry in deny
+    }
     rules.update((entry, ALLOW) for entry in allow)  # the same entry in both: allow wins the tie
 
     table = province.safe_search_table
@@ -505,19 +534,40 @@ def compile_school(*, id: str, name: str, level: str, file: str, networks: Seque
     if safe_search:
         for row in table.no_safe_mode:
             target = safe_blocks_subtree if row.subtree else safe_blocks_exact
-            target[row.name] = Block(SAFE_SEARCH_CATEGORY, Authority.SCHOOL, action,
-                                     f"{row.engine} has no safe search mode ({row.name})")
+            target[row.name] = Block(
+                SAFE_SEARCH_CATEGORY, Authority.SCHOOL, action, f"{row.engine} has no safe search mode ({row.name})"
+            )
 
     return SchoolPolicy(
-        id=id, name=name, level=level, file=file, networks=tuple(networks), block=tuple(block),
-        unblock=tuple(unblock), allow=tuple(allow), deny=tuple(deny), safe_search=safe_search,
-        safe_search_youtube=safe_search_youtube, schedules=tuple(schedules), action=action,
-        bypass_prevention=province.bypass_prevention, mandatory_mask=province.mandatory_mask,
-        base_mask=base_mask, province=province, rules=rules, mandatory_blocks=mandatory_blocks,
-        category_blocks=category_blocks, schedule_blocks=schedule_blocks, any_time_mask=any_time_mask,
-        week_starts=week_starts, week_masks=week_masks, week_active=week_active,
-        safe_rewrites=safe_rewrites, safe_blocks_exact=safe_blocks_exact,
-        safe_blocks_subtree=safe_blocks_subtree)
+        id=id,
+        name=name,
+        level=level,
+        file=file,
+        networks=tuple(networks),
+        block=tuple(block),
+        unblock=tuple(unblock),
+        allow=tuple(allow),
+        deny=tuple(deny),
+        safe_search=safe_search,
+        safe_search_youtube=safe_search_youtube,
+        schedules=tuple(schedules),
+        action=action,
+        bypass_prevention=province.bypass_prevention,
+        mandatory_mask=province.mandatory_mask,
+        base_mask=base_mask,
+        province=province,
+        rules=rules,
+        mandatory_blocks=mandatory_blocks,
+        category_blocks=category_blocks,
+        schedule_blocks=schedule_blocks,
+        any_time_mask=any_time_mask,
+        week_starts=week_starts,
+        week_masks=week_masks,
+        week_active=week_active,
+        safe_rewrites=safe_rewrites,
+        safe_blocks_exact=safe_blocks_exact,
+        safe_blocks_subtree=safe_blocks_subtree,
+    )
 
 
 @functools.lru_cache(maxsize=16)
@@ -527,8 +577,11 @@ def _rewrite_table(table: safesearch.SafeSearchTable, youtube: safesearch.YouTub
     return {host: targets[target] for host, target in table.rewrites_for(youtube).items()}
 
 
-def _compile_week(base_mask: int, mandatory_mask: int, schedules: Sequence[Schedule],
-                  ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[tuple[int, ...], ...]]:
+def _compile_week(
+    base_mask: int,
+    mandatory_mask: int,
+    schedules: Sequence[Schedule],
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[tuple[int, ...], ...]]:
     """The week as segments: start minute (Monday 00:00 = 0), blocked mask and active schedule indexes."""
     if not schedules:
         return (0,), (base_mask,), ((),)
@@ -571,25 +624,30 @@ def _compile_week(base_mask: int, mandatory_mask: int, schedules: Sequence[Sched
 # used because it imports this module (the model stays importable on its own).
 
 
-def load_policies(policies_dir: Path, categories: Sequence[str],
-                  table: safesearch.SafeSearchTable | None = None) -> Policies:
+def load_policies(
+    policies_dir: Path, categories: Sequence[str], table: safesearch.SafeSearchTable | None = None
+) -> Policies:
     """Load province.yaml and every school file; raise one ConfigError listing every problem in every file.
 
     `categories[i]` is the category of bit i in the domain index's masks; `table` defaults to the
     shipped resolver/filtering/data/safe_search.yaml.
     """
     from resolver.filtering import policyfile
+
     return policyfile.load_policies(policies_dir, categories, table)
 
 
-def parse_province(text: str, file: str, categories: Sequence[str],
-                   table: safesearch.SafeSearchTable | None = None) -> Province:
+def parse_province(
+    text: str, file: str, categories: Sequence[str], table: safesearch.SafeSearchTable | None = None
+) -> Province:
     """Parse province.yaml text (tests, `schooldns check`); ConfigError on any problem."""
     from resolver.filtering import policyfile
+
     return policyfile.parse_province(text, file, categories, table)
 
 
 def parse_school(text: str, file: str, categories: Sequence[str], province: Province) -> SchoolPolicy:
     """Parse one school file's text against a province; the file stem must equal the school id."""
     from resolver.filtering import policyfile
+
     return policyfile.parse_school(text, file, categories, province)

@@ -36,8 +36,9 @@ class _Placed:
     key: yamlfile.Key
 
 
-def load_policies(policies_dir: Path, categories: Sequence[str],
-                  table: safesearch.SafeSearchTable | None = None) -> policy.Policies:
+def load_policies(
+    policies_dir: Path, categories: Sequence[str], table: safesearch.SafeSearchTable | None = None
+) -> policy.Policies:
     """province.yaml plus every other *.yaml in the directory (each a school); one ConfigError for all problems."""
     categories = tuple(categories)
     table = table or safesearch.default_table()
@@ -60,8 +61,9 @@ def load_policies(policies_dir: Path, categories: Sequence[str],
         if path.name == policy.PROVINCE_FILE or path.name.startswith(".") or not path.is_file():
             continue
         if path.suffix == ".yml":
-            problems.append(yamlfile.Problem(str(path), 1, "", f"policy files end in .yaml: rename it to "
-                                                                f"{path.stem}.yaml"))
+            problems.append(
+                yamlfile.Problem(str(path), 1, "", f"policy files end in .yaml: rename it to {path.stem}.yaml")
+            )
             continue
         if path.suffix != ".yaml":
             continue
@@ -83,8 +85,9 @@ def load_policies(policies_dir: Path, categories: Sequence[str],
     return policy.Policies(province=province, schools=tuple(schools), by_id={s.id: s for s in schools})
 
 
-def parse_province(text: str, file: str, categories: Sequence[str],
-                   table: safesearch.SafeSearchTable | None = None) -> policy.Province:
+def parse_province(
+    text: str, file: str, categories: Sequence[str], table: safesearch.SafeSearchTable | None = None
+) -> policy.Province:
     doc = yamlfile.parse_yaml(text, file)
     province = _read_province(doc, tuple(categories), table or safesearch.default_table())
     doc.raise_if_failed()
@@ -104,17 +107,24 @@ def parse_school(text: str, file: str, categories: Sequence[str], province: poli
 # province.yaml
 
 
-def _read_province(doc: yamlfile.Document, categories: tuple[str, ...],
-                   table: safesearch.SafeSearchTable) -> policy.Province:
+def _read_province(
+    doc: yamlfile.Document, categories: tuple[str, ...], table: safesearch.SafeSearchTable
+) -> policy.Province:
     top = doc.section()
     mandatory = [c for c, _ in _categories(top, "mandatory", categories)]
     timezone = top.typed("timezone", str, policy.DEFAULT_TIMEZONE)
     tz = _zone(top, timezone)
     info_url = top.typed("info_url", str, "", check=_check_url)
     blocked_ttl_seconds = top.typed(
-        "blocked_ttl_seconds", (int, float), policy.DEFAULT_BLOCKED_TTL_SECONDS,
-        check=lambda v: None if 0 <= v <= policy.MAX_BLOCKED_TTL_SECONDS else
-        f"expected 0 to {policy.MAX_BLOCKED_TTL_SECONDS:g} seconds, got {v}")
+        "blocked_ttl_seconds",
+        (int, float),
+        policy.DEFAULT_BLOCKED_TTL_SECONDS,
+        check=lambda v: (
+            None
+            if 0 <= v <= policy.MAX_BLOCKED_TTL_SECONDS
+            else f"expected 0 to {policy.MAX_BLOCKED_TTL_SECONDS:g} seconds, got {v}"
+        ),
+    )
     action = _action(top, "action") or policy.Action.NXDOMAIN
     safe_search = top.typed("safe_search", bool, True)
     youtube = _youtube(top, "safe_search_youtube") or safesearch.YouTubeMode.MODERATE
@@ -129,9 +139,12 @@ def _read_province(doc: yamlfile.Document, categories: tuple[str, ...],
             profiles_section.fail(name, f"profile name '{name}' must be lower-case letters, digits, '-' or '_'")
         section = profiles_section.sub(name)
         profiles[name] = policy.Profile(
-            name=name, block=tuple(c for c, _ in _categories(section, "block", categories)),
-            action=_action(section, "action"), safe_search=section.typed("safe_search", bool, None),
-            safe_search_youtube=_youtube(section, "safe_search_youtube"))
+            name=name,
+            block=tuple(c for c, _ in _categories(section, "block", categories)),
+            action=_action(section, "action"),
+            safe_search=section.typed("safe_search", bool, None),
+            safe_search_youtube=_youtube(section, "safe_search_youtube"),
+        )
         section.done()
         if profiles[name].action is policy.Action.BLOCKPAGE and blockpage is None:
             section.fail("action", _NEEDS_BLOCKPAGE)
@@ -142,12 +155,24 @@ def _read_province(doc: yamlfile.Document, categories: tuple[str, ...],
     for category in mandatory:
         mask |= 1 << categories.index(category)
     return policy.Province(
-        file=doc.file, mandatory=tuple(mandatory), timezone=timezone, info_url=info_url, profiles=profiles,
-        blocked_ttl_seconds=float(blocked_ttl_seconds), blockpage=blockpage,
-        blockpage_ipv4=_packed(blockpage and blockpage.ipv4), blockpage_ipv6=_packed(blockpage and blockpage.ipv6),
+        file=doc.file,
+        mandatory=tuple(mandatory),
+        timezone=timezone,
+        info_url=info_url,
+        profiles=profiles,
+        blocked_ttl_seconds=float(blocked_ttl_seconds),
+        blockpage=blockpage,
+        blockpage_ipv4=_packed(blockpage and blockpage.ipv4),
+        blockpage_ipv6=_packed(blockpage and blockpage.ipv6),
         action=action,
-        safe_search=safe_search, safe_search_youtube=youtube, bypass_prevention=bypass_prevention,
-        mandatory_mask=mask, categories=categories, tz=tz, safe_search_table=table)
+        safe_search=safe_search,
+        safe_search_youtube=youtube,
+        bypass_prevention=bypass_prevention,
+        mandatory_mask=mask,
+        categories=categories,
+        tz=tz,
+        safe_search_table=table,
+    )
 
 
 _NEEDS_BLOCKPAGE = "action 'blockpage' needs `blockpage: {ipv4: ..., ipv6: ...}` in province.yaml"
@@ -155,13 +180,13 @@ _NEEDS_BLOCKPAGE = "action 'blockpage' needs `blockpage: {ipv4: ..., ipv6: ...}`
 
 def _zone(top: yamlfile.Section, name: str | None) -> Any:
     if name is None:
-        return datetime.timezone.utc
+        return datetime.UTC
     try:
         return zoneinfo.ZoneInfo(name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         hint = "" if zoneinfo.available_timezones() else " (this system has no time zone database: install tzdata)"
         top.fail("timezone", f"unknown time zone '{name}', expected an IANA name like Asia/Ho_Chi_Minh{hint}")
-        return datetime.timezone.utc
+        return datetime.UTC
 
 
 def _blockpage(top: yamlfile.Section) -> policy.Blockpage | None:
@@ -173,8 +198,9 @@ def _blockpage(top: yamlfile.Section) -> policy.Blockpage | None:
         if not section.values:
             top.fail("blockpage", "give the block page's ipv4, ipv6 or both")
         return None
-    return policy.Blockpage(ipv4=ipv4 and str(ipaddress.ip_address(ipv4)),
-                            ipv6=ipv6 and str(ipaddress.ip_address(ipv6)))
+    return policy.Blockpage(
+        ipv4=ipv4 and str(ipaddress.ip_address(ipv4)), ipv6=ipv6 and str(ipaddress.ip_address(ipv6))
+    )
 
 
 def _packed(address: str | None) -> bytes | None:
@@ -201,16 +227,22 @@ def _check_url(value: str) -> str | None:
 # <school-id>.yaml
 
 
-def _read_school(doc: yamlfile.Document, categories: tuple[str, ...], province: policy.Province | None,
-                 ) -> tuple[policy.SchoolPolicy | None, list[_Placed]]:
+def _read_school(
+    doc: yamlfile.Document,
+    categories: tuple[str, ...],
+    province: policy.Province | None,
+) -> tuple[policy.SchoolPolicy | None, list[_Placed]]:
     """The compiled school (None if its file or the province has problems) and its networks."""
     top = doc.section()
     file_name = Path(doc.file).name
     stem = Path(doc.file).stem
     school_id = top.typed("id", str, check=_check_id)
     if school_id is not None and school_id != stem:
-        top.fail("id", f"id '{school_id}' does not match the file name '{file_name}' "
-                       f"(name the file {school_id}.yaml, or change id to '{stem}')")
+        top.fail(
+            "id",
+            f"id '{school_id}' does not match the file name '{file_name}' "
+            f"(name the file {school_id}.yaml, or change id to '{stem}')",
+        )
     owner = school_id or stem
     name = top.typed("name", str, owner)
     level = top.typed("level", str)
@@ -218,8 +250,11 @@ def _read_school(doc: yamlfile.Document, categories: tuple[str, ...], province: 
     if level is not None and province is not None:
         profile = province.profiles.get(level)
         if profile is None:
-            top.fail("level", f"unknown level '{level}'{_did_you_mean(level, province.profiles)} "
-                              f"(profiles in {policy.PROVINCE_FILE}: {', '.join(province.profiles)})")
+            top.fail(
+                "level",
+                f"unknown level '{level}'{_did_you_mean(level, province.profiles)} "
+                f"(profiles in {policy.PROVINCE_FILE}: {', '.join(province.profiles)})",
+            )
     networks, placed = _networks(top, owner)
     block = _categories(top, "block", categories)
     unblock = _categories(top, "unblock", categories)
@@ -233,8 +268,9 @@ def _read_school(doc: yamlfile.Document, categories: tuple[str, ...], province: 
     deny = _domains(top, "deny")
     defaults = province or _FALLBACK_DEFAULTS
     safe_search = top.typed("safe_search", bool, _first(profile and profile.safe_search, defaults.safe_search))
-    youtube = _youtube(top, "safe_search_youtube") or _first(profile and profile.safe_search_youtube,
-                                                              defaults.safe_search_youtube)
+    youtube = _youtube(top, "safe_search_youtube") or _first(
+        profile and profile.safe_search_youtube, defaults.safe_search_youtube
+    )
     schedules = _schedules(top, categories)
     action = _action(top, "action") or _first(profile and profile.action, defaults.action)
     if top.has("action") and action is policy.Action.BLOCKPAGE and province and province.blockpage is None:
@@ -243,9 +279,21 @@ def _read_school(doc: yamlfile.Document, categories: tuple[str, ...], province: 
     if province is None or profile is None or doc.problems or school_id is None:
         return None, placed
     school = policy.compile_school(
-        id=school_id, name=name, level=level, file=doc.file, networks=networks, block=[c for c, _ in block],
-        unblock=[c for c, _ in unblock], allow=allow, deny=deny, safe_search=safe_search,
-        safe_search_youtube=youtube, schedules=schedules, action=action, province=province)
+        id=school_id,
+        name=name,
+        level=level,
+        file=doc.file,
+        networks=networks,
+        block=[c for c, _ in block],
+        unblock=[c for c, _ in unblock],
+        allow=allow,
+        deny=deny,
+        safe_search=safe_search,
+        safe_search_youtube=youtube,
+        schedules=schedules,
+        action=action,
+        province=province,
+    )
     return school, placed
 
 
@@ -266,8 +314,10 @@ def _first(*values: Any) -> Any:
 
 def _check_id(value: str) -> str | None:
     if not _ID_RE.match(value):
-        return (f"id '{value}' must be lower-case letters, digits and '-' (at most 63, not starting or "
-                f"ending with '-'), e.g. thpt-nguyen-du")
+        return (
+            f"id '{value}' must be lower-case letters, digits and '-' (at most 63, not starting or "
+            f"ending with '-'), e.g. thpt-nguyen-du"
+        )
     if value in _RESERVED_IDS:
         return f"id '{value}' is reserved"
     return None
@@ -288,8 +338,11 @@ def _networks(top: yamlfile.Section, owner: str) -> tuple[list[policy.Network], 
             else:
                 doc.fail(key, f"'{text}' has host bits set: did you mean {loose}?")
             continue
-        if isinstance(network, ipaddress.IPv6Network) and network.network_address.ipv4_mapped and \
-                network.prefixlen >= 96:
+        if (
+            isinstance(network, ipaddress.IPv6Network)
+            and network.network_address.ipv4_mapped
+            and network.prefixlen >= 96
+        ):
             mapped = ipaddress.ip_network(f"{network.network_address.ipv4_mapped}/{network.prefixlen - 96}")
             doc.fail(key, f"'{text}' is an IPv4-mapped network: write {mapped} (mapped clients match it)")
             continue
@@ -301,8 +354,9 @@ def _networks(top: yamlfile.Section, owner: str) -> tuple[list[policy.Network], 
 def _overlaps(placed: list[_Placed]) -> list[yamlfile.Problem]:
     """Every network that overlaps an earlier one (by address), naming both files; CIDR blocks nest or are disjoint."""
     problems = []
-    ordered = sorted(placed, key=lambda p: (p.network.version, int(p.network.network_address),
-                                            p.network.prefixlen, p.file, p.line))
+    ordered = sorted(
+        placed, key=lambda p: (p.network.version, int(p.network.network_address), p.network.prefixlen, p.file, p.line)
+    )
     current: _Placed | None = None
     current_end = -1
     for entry in ordered:
@@ -310,9 +364,14 @@ def _overlaps(placed: list[_Placed]) -> list[yamlfile.Problem]:
         end = int(entry.network.broadcast_address)
         if current is not None and current.network.version == entry.network.version and start <= current_end:
             whose = "the same school" if current.file == entry.file else f"school '{current.owner}'"
-            problems.append(yamlfile.Problem(
-                entry.file, entry.line, yamlfile.key_path(entry.key),
-                f"{entry.network} overlaps {current.network} of {whose} ({current.file}:{current.line})"))
+            problems.append(
+                yamlfile.Problem(
+                    entry.file,
+                    entry.line,
+                    yamlfile.key_path(entry.key),
+                    f"{entry.network} overlaps {current.network} of {whose} ({current.file}:{current.line})",
+                )
+            )
         if current is None or current.network.version != entry.network.version or end > current_end:
             current, current_end = entry, end
     return problems
@@ -337,8 +396,11 @@ def _schedules(top: yamlfile.Section, categories: tuple[str, ...]) -> list[polic
         if section.has("block") and not block and not section.values.get("block"):
             section.fail("block", "a schedule must block at least one category")
         if start is not None and end is not None and start == end:
-            section.fail("to", f"'to' equals 'from' ({_hhmm(start)}): the window is empty "
-                               f"(for a whole day write from: \"00:00\", to: \"24:00\")")
+            section.fail(
+                "to",
+                f"'to' equals 'from' ({_hhmm(start)}): the window is empty "
+                f'(for a whole day write from: "00:00", to: "24:00")',
+            )
             start = None
         section.done()
         if start is None or end is None or not days or not block:
@@ -346,8 +408,9 @@ def _schedules(top: yamlfile.Section, categories: tuple[str, ...]) -> list[polic
         mask = 0
         for category in block:
             mask |= 1 << categories.index(category)
-        schedules.append(policy.Schedule(name=name, days=days, from_minute=start, to_minute=end,
-                                         block=tuple(block), mask=mask))
+        schedules.append(
+            policy.Schedule(name=name, days=days, from_minute=start, to_minute=end, block=tuple(block), mask=mask)
+        )
     return schedules
 
 
@@ -374,8 +437,9 @@ def _time(section: yamlfile.Section, key: str, *, allow_24: bool) -> int | None:
     if value is None:
         return None
     if isinstance(value, int) and not isinstance(value, bool):
-        section.fail(key, f"write the time in quotes, like \"07:00\" (YAML read the unquoted value as the "
-                          f"number {value})")
+        section.fail(
+            key, f'write the time in quotes, like "07:00" (YAML read the unquoted value as the number {value})'
+        )
         return None
     match = _TIME_RE.match(value.strip()) if isinstance(value, str) else None
     if match:
@@ -383,7 +447,7 @@ def _time(section: yamlfile.Section, key: str, *, allow_24: bool) -> int | None:
         if (hour < 24 and minute < 60) or (allow_24 and hour == 24 and minute == 0):
             return hour * 60 + minute
     upper = "24:00" if allow_24 else "23:59"
-    section.fail(key, f"expected a time \"HH:MM\" from 00:00 to {upper}, got {value!r}")
+    section.fail(key, f'expected a time "HH:MM" from 00:00 to {upper}, got {value!r}')
     return None
 
 
@@ -403,14 +467,20 @@ def _strings(section: yamlfile.Section, name: str) -> list[tuple[str, yamlfile.K
     return section.string_list(name)
 
 
-def _categories(section: yamlfile.Section, name: str, categories: tuple[str, ...],
-                ) -> list[tuple[str, yamlfile.Key]]:
+def _categories(
+    section: yamlfile.Section,
+    name: str,
+    categories: tuple[str, ...],
+) -> list[tuple[str, yamlfile.Key]]:
     out: list[tuple[str, yamlfile.Key]] = []
     seen: set[str] = set()
     for text, key in _strings(section, name):
         if text not in categories:
-            section.doc.fail(key, f"unknown category '{text}'{_did_you_mean(text, categories)} "
-                                  f"(known categories: {', '.join(categories)})")
+            section.doc.fail(
+                key,
+                f"unknown category '{text}'{_did_you_mean(text, categories)} "
+                f"(known categories: {', '.join(categories)})",
+            )
         elif text not in seen:
             seen.add(text)
             out.append((text, key))
@@ -446,8 +516,10 @@ def _youtube(section: yamlfile.Section, key: str) -> safesearch.YouTubeMode | No
     try:
         return safesearch.YouTubeMode(value)
     except ValueError:
-        section.fail(key, f"unknown YouTube mode '{value}' (expected one of "
-                          f"{', '.join(m.value for m in safesearch.YouTubeMode)})")
+        section.fail(
+            key,
+            f"unknown YouTube mode '{value}' (expected one of {', '.join(m.value for m in safesearch.YouTubeMode)})",
+        )
         return None
 
 

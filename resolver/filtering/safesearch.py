@@ -138,9 +138,12 @@ def _read_table(doc: yamlfile.Document) -> SafeSearchTable:
         row = doc.section(key)
         engine = row.typed("engine", str)
         name = row.typed("name", str, check=_check_name)
-        match = row.typed("match", str, "subtree",
-                          check=lambda v: None if v in ("subtree", "exact") else
-                          f"expected 'subtree' or 'exact', got '{v}'")
+        match = row.typed(
+            "match",
+            str,
+            "subtree",
+            check=lambda v: None if v in ("subtree", "exact") else f"expected 'subtree' or 'exact', got '{v}'",
+        )
         row.done()
         if engine is None or name is None or match is None:
             continue
@@ -150,8 +153,13 @@ def _read_table(doc: yamlfile.Document) -> SafeSearchTable:
         seen.add(name)
         no_safe_mode.append(NoSafeMode(engine, name, match == "subtree"))
     top.done()
-    return SafeSearchTable(rewrites=rewrites, engines=engines, youtube_hosts=tuple(youtube_hosts),
-                           youtube_targets=youtube_targets, no_safe_mode=tuple(no_safe_mode))
+    return SafeSearchTable(
+        rewrites=rewrites,
+        engines=engines,
+        youtube_hosts=tuple(youtube_hosts),
+        youtube_targets=youtube_targets,
+        no_safe_mode=tuple(no_safe_mode),
+    )
 
 
 def _check_name(value: str) -> str | None:

@@ -30,10 +30,9 @@ class DirectoryError(ResolverError):
 class SchoolDirectory(Generic[T]):
     """Immutable after build(): one dict per configured prefix length, probed longest first."""
 
-    __slots__ = ("_v4", "_v6", "_memo", "_size")
+    __slots__ = ("_memo", "_size", "_v4", "_v6")
 
-    def __init__(self, v4: tuple[tuple[int, dict[int, T]], ...], v6: tuple[tuple[int, dict[int, T]], ...],
-                 size: int):
+    def __init__(self, v4: tuple[tuple[int, dict[int, T]], ...], v6: tuple[tuple[int, dict[int, T]], ...], size: int):
         self._v4 = v4  # ((shift, {address >> shift: school}), ...), longest prefix first
         self._v6 = v6
         self._size = size
@@ -46,8 +45,11 @@ class SchoolDirectory(Generic[T]):
         size = 0
         for network, school in schools:
             net = _network(network)
-            if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96 and \
-                    net.network_address.ipv4_mapped is not None:
+            if (
+                isinstance(net, ipaddress.IPv6Network)
+                and net.prefixlen >= 96
+                and net.network_address.ipv4_mapped is not None
+            ):
                 net = ipaddress.IPv4Network((net.network_address.ipv4_mapped, net.prefixlen - 96))
             bits = net.max_prefixlen
             table = tables.setdefault((net.version, net.prefixlen), {})

@@ -45,17 +45,21 @@ def make_app(control: Control) -> web.Application:
 
     async def status(_: web.Request) -> web.Response:
         state = control.state()
-        return web.json_response({
-            "version": resolver.__version__,
-            "generation": state["generation"],
-            "lists_age_seconds": round(time.time() - state["loaded_at"], 1) if state["loaded_at"] else None,
-            "list_entries": state["list_entries"],
-            "serving_last_good": state["serving_last_good"] > 0,
-            "workers": state["workers"],
-            "cache_entries": state["cache_entries"],
-            "upstreams": [{"address": u["address"], "up": bool(u["up"]),
-                           "latency_ms": round(u["latency_seconds"] * 1000, 2)} for u in state["upstreams"]],
-        })
+        return web.json_response(
+            {
+                "version": resolver.__version__,
+                "generation": state["generation"],
+                "lists_age_seconds": round(time.time() - state["loaded_at"], 1) if state["loaded_at"] else None,
+                "list_entries": state["list_entries"],
+                "serving_last_good": state["serving_last_good"] > 0,
+                "workers": state["workers"],
+                "cache_entries": state["cache_entries"],
+                "upstreams": [
+                    {"address": u["address"], "up": bool(u["up"]), "latency_ms": round(u["latency_seconds"] * 1000, 2)}
+                    for u in state["upstreams"]
+                ],
+            }
+        )
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

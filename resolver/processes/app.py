@@ -73,8 +73,9 @@ RESTART_DELAY_MAX_SECONDS = 30.0
 class Forker(Protocol):
     """What the supervisor needs from the spawner room (spawner.Spawner; a fake in tests)."""
 
-    def start_worker(self, args: worker.SpawnArgs) -> tuple[spawner.WorkerProcess,
-                                                             multiprocessing.connection.Connection]: ...
+    def start_worker(
+        self, args: worker.SpawnArgs
+    ) -> tuple[spawner.WorkerProcess, multiprocessing.connection.Connection]: ...
 
     def replacement(self) -> Forker: ...
 
@@ -112,8 +113,13 @@ class Supervisor:
             self.spawner = self.spawner.replacement()
             return self.spawner.start_worker(args)
 
-    async def _wait_ready(self, index: int, conn: multiprocessing.connection.Connection,
-                          process: spawner.WorkerProcess, timeout_seconds: float = 120.0) -> list[int]:
+    async def _wait_ready(
+        self,
+        index: int,
+        conn: multiprocessing.connection.Connection,
+        process: spawner.WorkerProcess,
+        timeout_seconds: float = 120.0,
+    ) -> list[int]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_seconds
         while loop.time() < deadline:
@@ -142,8 +148,10 @@ class Supervisor:
         admin_runner = await start_admin(self.config, self.state, self.reload)
         if ready is not None:
             ready(self)
-        watchers = [loop.create_task(self._watch()),
-                    loop.create_task(worker.watch_files(self.config, self.reload, files))]
+        watchers = [
+            loop.create_task(self._watch()),
+            loop.create_task(worker.watch_files(self.config, self.reload, files)),
+        ]
         await self._stop.wait()
         self.stopping = True
         for watcher in watchers:
@@ -218,10 +226,15 @@ class Supervisor:
         """Every worker's published numbers, summed, with the counters of workers that died."""
         summed = _summed([*self._departed, *self.states.values()])
         summed["reload_failures"] += self.reload_failures
-        return {**summed, "workers": sum(1 for p in self.processes if p.alive()),
-                "worker_restarts": self.restarts, "worker_restart_failures": self.restart_failures,
-                "worker_queries": {index: sum(row[-1] for row in state["counters"]["queries"])
-                                   for index, state in self.states.items()}}
+        return {
+            **summed,
+            "workers": sum(1 for p in self.processes if p.alive()),
+            "worker_restarts": self.restarts,
+            "worker_restart_failures": self.restart_failures,
+            "worker_queries": {
+                index: sum(row[-1] for row in state["counters"]["queries"]) for index, state in self.states.items()
+            },
+        }
 
     def _bury(self, index: int) -> None:
         """Keep a dead worker's last counters in the sums, so that no counter of /metrics goes down
@@ -234,8 +247,14 @@ class Supervisor:
 
 # What a worker publishes (Worker.state) and the supervisor sums: its gauges, and its counters.
 _WORKER_GAUGES = ("in_flight", "tcp_connections", "cache_entries", "cache_bytes", "serving_last_good")
-_WORKER_COUNTERS = ("cache_hits", "cache_misses", "cache_evictions", "cache_stale_served", "coalesced",
-                    "reload_failures")
+_WORKER_COUNTERS = (
+    "cache_hits",
+    "cache_misses",
+    "cache_evictions",
+    "cache_stale_served",
+    "coalesced",
+    "reload_failures",
+)
 
 
 def _summed(states: list[dict[str, Any]]) -> dict[str, Any]:
@@ -258,14 +277,26 @@ def _summed(states: list[dict[str, Any]]) -> dict[str, Any]:
         generation = max(generation, state["generation"])
         loaded_at = max(loaded_at, state["loaded_at"])
         entries = state["list_entries"] or entries
-    return {**total, "counters": merged, "upstreams": list(upstreams.values()),
-            "generation": generation, "loaded_at": loaded_at, "list_entries": entries}
+    return {
+        **total,
+        "counters": merged,
+        "upstreams": list(upstreams.values()),
+        "generation": generation,
+        "loaded_at": loaded_at,
+        "list_entries": entries,
+    }
 
 
 def _counters_only(state: dict[str, Any]) -> dict[str, Any]:
     """A dead worker's state as it stays in the sums: its counters; gauges, health and generation neutral."""
-    return {**state, **dict.fromkeys(_WORKER_GAUGES, 0), "generation": 0, "loaded_at": 0.0, "list_entries": {},
-            "upstreams": [{**row, "latency_seconds": 0.0, "up": 1} for row in state["upstreams"]]}
+    return {
+        **state,
+        **dict.fromkeys(_WORKER_GAUGES, 0),
+        "generation": 0,
+        "loaded_at": 0.0,
+        "list_entries": {},
+        "upstreams": [{**row, "latency_seconds": 0.0, "up": 1} for row in state["upstreams"]],
+    }
 
 
 def serve(cfg: config.Config, forker: Forker | None = None) -> None:

@@ -35,13 +35,15 @@ def main(argv: list[str] | None = None) -> int:
     explain = command("explain", "show what a school gets for a name, and why")
     explain.add_argument("school", help="school id (file stem in policies/)")
     explain.add_argument("name", help="domain name, e.g. www.example.com")
-    explain.add_argument("--at", help="time to evaluate schedules at: 'YYYY-MM-DD HH:MM' in the "
-                                      "policy timezone, or ISO 8601 with offset (default: now)")
+    explain.add_argument(
+        "--at",
+        help="time to evaluate schedules at: 'YYYY-MM-DD HH:MM' in the "
+        "policy timezone, or ISO 8601 with offset (default: now)",
+    )
 
     args = parser.parse_args(argv)
     level = args.log_level or ("info" if args.command == "serve" else "warning")
-    logging.basicConfig(level=level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "serve":
             cfg = config.load_config(args.config)
@@ -51,8 +53,10 @@ def main(argv: list[str] | None = None) -> int:
                 # the workers it forks share the data plane's pages with this process, and the
                 # supervisor writes to no shared page of the libraries only it uses.
                 from resolver.processes import spawner
+
                 forker = spawner.Spawner.fork()
             from resolver.processes import app  # only `serve` needs the servers
+
             app.serve(cfg, forker)
             return 0
         if args.command == "check":

@@ -89,9 +89,17 @@ class Spawner:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with theirs:
             theirs.set_inheritable(True)  # the only descriptor it inherits: Python opens all others non-inheritable
-            pid = os.posix_spawn(sys.executable, [
-                sys.executable, "-c", "import sys; from resolver.processes import spawner; spawner.main(sys.argv[1:])",
-                str(theirs.fileno()), str(logging.getLogger().level)], os.environ)
+            pid = os.posix_spawn(
+                sys.executable,
+                [
+                    sys.executable,
+                    "-c",
+                    "import sys; from resolver.processes import spawner; spawner.main(sys.argv[1:])",
+                    str(theirs.fileno()),
+                    str(logging.getLogger().level),
+                ],
+                os.environ,
+            )
         return cls(ours, pid)
 
     def replacement(self) -> Spawner:
@@ -197,9 +205,8 @@ def _exited(pidfd: int, timeout_seconds: float) -> bool:
 
 
 def _set_name(name: str) -> None:
-    with contextlib.suppress(OSError):
-        with open("/proc/self/comm", "w") as comm:
-            comm.write(name)
+    with contextlib.suppress(OSError), open("/proc/self/comm", "w") as comm:
+        comm.write(name)
 
 
 def _name() -> str:

@@ -27,13 +27,16 @@ class Worker:
     def __init__(self, cfg: config.Config, snapshot: pipeline.Snapshot, workers: int = 1):
         self.config = cfg
         self.counters = metrics.Counters()
-        self.cache = cache.AnswerCache(cfg.cache.max_entries, cfg.cache.stale_seconds,
-                                       cfg.cache.max_megabytes * 2**20)
+        self.cache = cache.AnswerCache(cfg.cache.max_entries, cfg.cache.stale_seconds, cfg.cache.max_megabytes * 2**20)
         self.pool = upstream.UpstreamPool(
-            list(cfg.upstreams), cfg.forwarding.timeout_seconds,
-            upstream.AnswerLimits(cfg.cache.min_ttl_seconds, cfg.cache.max_ttl_seconds,
-                                  cfg.cache.negative_max_ttl_seconds),
-            cfg.forwarding.sockets_per_upstream, cfg.forwarding.max_in_flight)
+            list(cfg.upstreams),
+            cfg.forwarding.timeout_seconds,
+            upstream.AnswerLimits(
+                cfg.cache.min_ttl_seconds, cfg.cache.max_ttl_seconds, cfg.cache.negative_max_ttl_seconds
+            ),
+            cfg.forwarding.sockets_per_upstream,
+            cfg.forwarding.max_in_flight,
+        )
         self.pipeline = pipeline.Pipeline(snapshot, self.cache, self.pool, self.counters)
         self.in_flight = server.InFlight(cfg.limits.max_queries_in_flight, self.counters)
         self.tcp = server.TcpConnections(self.pipeline, self.in_flight, cfg.limits)
@@ -52,13 +55,17 @@ class Worker:
         # becomes garbage later would never be collected.
         gc.freeze()
         for udp_sock, tcp_sock in sockets:
-            udp, tcp = await server.serve_sockets(self.pipeline, self.in_flight, self.config.limits,
-                                                  udp_sock, tcp_sock, self.tcp)
+            udp, tcp = await server.serve_sockets(
+                self.pipeline, self.in_flight, self.config.limits, udp_sock, tcp_sock, self.tcp
+            )
             self._udp.append(udp)
             self._tcp_servers.append(tcp)
             self.addresses.append(udp_sock.getsockname()[:2])
-        log.info("serving DNS on %s (udp+tcp) with %d upstream(s)",
-                 ", ".join(f"{h}:{p}" for h, p in self.addresses), len(self.config.upstreams))
+        log.info(
+            "serving DNS on %s (udp+tcp) with %d upstream(s)",
+            ", ".join(f"{h}:{p}" for h, p in self.addresses),
+            len(self.config.upstreams),
+        )
 
     async def reload(self) -> bool:
         """Build a new snapshot off the event loop and install it; on failure keep the old one."""
@@ -67,11 +74,12 @@ class Worker:
         async with self._reloading:
             generation = self.pipeline.snapshot.generation + 1
             try:
-                snapshot = await asyncio.to_thread(snapshots.build_serving_snapshot, self.config, generation, reload=True)
+                snapshot = await asyncio.to_thread(
+                    snapshots.build_serving_snapshot, self.config, generation, reload=True
+                )
             except Exception as exc:  # ConfigError and anything else: the old snapshot keeps serving
                 self.reload_failures += 1
-                log.error("reload rejected, still serving generation %d:\n%s",
-                          self.pipeline.snapshot.generation, exc)
+                log.error("reload rejected, still serving generation %d:\n%s", self.pipeline.snapshot.generation, exc)
                 return False
             self.pipeline.install(snapshot)
             self.list_entries = snapshots.entry_counts(snapshot)
@@ -101,16 +109,30 @@ class Worker:
             "counters": self.counters,
             "in_flight": self.in_flight.count,
             "tcp_connections": len(self.tcp.open),
-            "cache_entries": len(self.cache), "cache_bytes": self.cache.bytes,
-            "cache_hits": self.cache.hits, "cache_misses": self.cache.misses,
-            "cache_evictions": self.cache.evictions, "cache_stale_served": self.cache.stale_served,
+            "cache_entries": len(self.cache),
+            "cache_bytes": self.cache.bytes,
+            "cache_hits": self.cache.hits,
+            "cache_misses": self.cache.misses,
+            "cache_evictions": self.cache.evictions,
+            "cache_stale_served": self.cache.stale_served,
             "coalesced": self.pool.coalesced,
-            "upstreams": [{"address": str(u.address), "queries": u.queries, "failures": u.failures,
-                           "timeouts": u.timeouts, "truncated": u.truncated, "mismatched": u.mismatched,
-                           "latency_seconds": u.latency_seconds, "up": 0 if u.is_down(now) else 1}
-                          for u in self.pool.upstreams],
-            "generation": snapshot.generation, "loaded_at": snapshot.loaded_at,
-            "reload_failures": self.reload_failures, "list_entries": self.list_entries,
+            "upstreams": [
+                {
+                    "address": str(u.address),
+                    "queries": u.queries,
+                    "failures": u.failures,
+                    "timeouts": u.timeouts,
+                    "truncated": u.truncated,
+                    "mismatched": u.mismatched,
+                    "latency_seconds": u.latency_seconds,
+                    "up": 0 if u.is_down(now) else 1,
+                }
+                for u in self.pool.upstreams
+            ],
+            "generation": snapshot.generation,
+            "loaded_at": snapshot.loaded_at,
+            "reload_failures": self.reload_failures,
+            "list_entries": self.list_entries,
             "serving_last_good": int(snapshot.from_last_good),
             "workers": self.workers,
         }
@@ -138,10 +160,15 @@ def bind_all(cfg: config.Config, reuse_port: bool) -> list[tuple[socket.socket, 
     """The UDP and TCP socket of each listen address; `worker_spread: random` spreads the UDP
     queries over the workers' sockets at random (server.spread_at_random)."""
     sockets = [server.bind_sockets(address, reuse_port) for address in cfg.listen]
-    if reuse_port and cfg.worker_spread == "random" and not all(
-            [server.spread_at_random(udp, cfg.workers) for udp, _ in sockets]):
-        log.warning("worker_spread: random is not available here (Linux 4.5+ only); UDP queries reach "
-                    "the workers by a hash of the client's address and port")
+    if (
+        reuse_port
+        and cfg.worker_spread == "random"
+        and not all([server.spread_at_random(udp, cfg.workers) for udp, _ in sockets])
+    ):
+        log.warning(
+            "worker_spread: random is not available here (Linux 4.5+ only); UDP queries reach "
+            "the workers by a hash of the client's address and port"
+        )
     return sockets
 
 
@@ -166,8 +193,11 @@ class SpawnArgs:
 def spawned_main(args: SpawnArgs, fd: int) -> None:
     """The main function of a worker process (forked by resolver.spawner): load the config, serve until SIGTERM."""
     conn = multiprocessing.connection.Connection(fd)
-    logging.basicConfig(level=args.log_level, force=True,  # replaces the handler inherited from the supervisor
-                        format=f"%(asctime)s worker{args.index} %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level,
+        force=True,  # replaces the handler inherited from the supervisor
+        format=f"%(asctime)s worker{args.index} %(levelname)s %(name)s: %(message)s",
+    )
     cfg = config.load_config(args.config_file)
     listen = tuple(dataclasses.replace(a, port=p) for a, p in zip(cfg.listen, args.ports))
     cfg = dataclasses.replace(cfg, listen=listen)
@@ -177,11 +207,9 @@ def spawned_main(args: SpawnArgs, fd: int) -> None:
         pass
 
 
-async def _spawned_async(cfg: config.Config, args: SpawnArgs,
-                         conn: multiprocessing.connection.Connection) -> None:
+async def _spawned_async(cfg: config.Config, args: SpawnArgs, conn: multiprocessing.connection.Connection) -> None:
     # No local name for the first snapshot: it would outlive the first list swap (see app.run_single).
-    worker = Worker(cfg, await asyncio.to_thread(snapshots.start_snapshot, cfg, 1),
-                    args.workers)
+    worker = Worker(cfg, await asyncio.to_thread(snapshots.start_snapshot, cfg, 1), args.workers)
     await worker.start(bind_all(cfg, reuse_port=True))
     conn.send({"ready": [port for _, port in worker.addresses]})
     stop = asyncio.Event()

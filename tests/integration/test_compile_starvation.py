@@ -54,8 +54,11 @@ def test_a_starved_compile_is_started_again_at_nice_10(cfg, one_core, monkeypatc
     assert "the lists' compile at idle priority had" in warnings[0] and "over 0.5s" in warnings[0]
     assert warnings[0].endswith("compiling again at nice +10")
     # the starved child may not even get as far as its first log line; the second one finishes
-    children = [line.split("compiling the lists at ")[1] for line in capfd.readouterr().err.splitlines()
-                if "compiling the lists at" in line]
+    children = [
+        line.split("compiling the lists at ")[1]
+        for line in capfd.readouterr().err.splitlines()
+        if "compiling the lists at" in line
+    ]
     assert children in (["nice +10"], ["idle priority (SCHED_IDLE)", "nice +10"]), children
     assert sorted(p.name for p in cfg.state_dir.iterdir()) == sorted([lists.INDEX_FILE, lists.MANIFEST_FILE])
 

@@ -66,8 +66,11 @@ async def test_two_schools_get_different_answers_for_the_same_name(resolver):
 async def test_metrics_show_the_cache_and_its_estimated_memory(resolver):
     for name in ("one.example.com", "two.example.com"):  # NXDOMAIN with an SOA: cached too (RFC 2308)
         await resolver.udp(name, source=SCHOOL_B)
-    values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in (await _metrics(resolver)).splitlines()
-              if line.startswith(("schooldns_cache_entries ", "schooldns_cache_bytes "))}
+    values = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in (await _metrics(resolver)).splitlines()
+        if line.startswith(("schooldns_cache_entries ", "schooldns_cache_bytes "))
+    }
     assert values["schooldns_cache_entries"] == 2
     assert 2 * cache.ENTRY_OVERHEAD_BYTES < values["schooldns_cache_bytes"] < 2 * (cache.ENTRY_OVERHEAD_BYTES + 512)
 
@@ -80,8 +83,10 @@ async def test_every_query_type_of_a_blocked_name_is_blocked(resolver, upstream,
 
 
 async def test_mandatory_category_beats_the_school_allow_list(tmp_path, upstream):
-    files = {"policies/school-a.yaml": "id: school-a\nname: A\nlevel: primary\nnetworks: [127.0.0.1/32]\n"
-                                       "allow: [malware.example.com]\n"}
+    files = {
+        "policies/school-a.yaml": "id: school-a\nname: A\nlevel: primary\nnetworks: [127.0.0.1/32]\n"
+        "allow: [malware.example.com]\n"
+    }
     async with running_resolver(tmp_path, [upstream.address], files=files) as resolver:
         answer = await resolver.udp("malware.example.com", use_edns=0)
     assert answer.rcode() == dns.rcode.NXDOMAIN
@@ -96,17 +101,22 @@ async def test_deny_and_allow_entries(resolver):
     assert _addresses(allowed) == ["192.0.2.10"]
 
 
-@pytest.mark.parametrize("action, rdtype, rcode, records", [
-    ("refused", "A", dns.rcode.REFUSED, []),
-    ("null_ip", "A", dns.rcode.NOERROR, ["0.0.0.0"]),
-    ("null_ip", "AAAA", dns.rcode.NOERROR, ["::"]),
-    ("null_ip", "TXT", dns.rcode.NOERROR, []),
-    ("blockpage", "A", dns.rcode.NOERROR, ["192.0.2.80"]),
-    ("blockpage", "AAAA", dns.rcode.NOERROR, ["2001:db8::80"]),
-])
+@pytest.mark.parametrize(
+    "action, rdtype, rcode, records",
+    [
+        ("refused", "A", dns.rcode.REFUSED, []),
+        ("null_ip", "A", dns.rcode.NOERROR, ["0.0.0.0"]),
+        ("null_ip", "AAAA", dns.rcode.NOERROR, ["::"]),
+        ("null_ip", "TXT", dns.rcode.NOERROR, []),
+        ("blockpage", "A", dns.rcode.NOERROR, ["192.0.2.80"]),
+        ("blockpage", "AAAA", dns.rcode.NOERROR, ["2001:db8::80"]),
+    ],
+)
 async def test_block_actions(tmp_path, upstream, action, rdtype, rcode, records):
-    files = {"policies/province.yaml": harness.PROVINCE + 'blockpage: {ipv4: 192.0.2.80, ipv6: "2001:db8::80"}\n',
-             "policies/school-a.yaml": harness.SCHOOL_A + f"action: {action}\n"}
+    files = {
+        "policies/province.yaml": harness.PROVINCE + 'blockpage: {ipv4: 192.0.2.80, ipv6: "2001:db8::80"}\n',
+        "policies/school-a.yaml": harness.SCHOOL_A + f"action: {action}\n",
+    }
     async with running_resolver(tmp_path, [upstream.address], files=files) as resolver:
         answer = await resolver.udp("adult.example.com", rdtype, use_edns=0)
     assert answer.rcode() == rcode
@@ -138,11 +148,14 @@ async def test_https_record_pointing_into_blocked_space_is_blocked(resolver):
     assert answer.rcode() == dns.rcode.NOERROR and answer.answer
 
 
-@pytest.mark.parametrize("name, target, address", [
-    ("www.google.com", "forcesafesearch.google.com.", "216.239.38.120"),
-    ("www.google.com.vn", "forcesafesearch.google.com.", "216.239.38.120"),
-    ("www.youtube.com", "restrictmoderate.youtube.com.", "216.239.38.119"),
-])
+@pytest.mark.parametrize(
+    "name, target, address",
+    [
+        ("www.google.com", "forcesafesearch.google.com.", "216.239.38.120"),
+        ("www.google.com.vn", "forcesafesearch.google.com.", "216.239.38.120"),
+        ("www.youtube.com", "restrictmoderate.youtube.com.", "216.239.38.119"),
+    ],
+)
 async def test_safe_search_answers_cname_and_target_addresses(resolver, upstream, name, target, address):
     for _ in range(2):  # the second answer comes from the cache
         answer = await resolver.udp(name, source=SCHOOL_B)
@@ -159,11 +172,14 @@ async def test_search_engine_without_safe_mode_is_blocked(resolver):
     assert answer.rcode() == dns.rcode.NXDOMAIN and "category=safe_search" in _ede(answer)[0][1]
 
 
-@pytest.mark.parametrize("name, rdtype, rcode", [
-    ("use-application-dns.net", "A", dns.rcode.NXDOMAIN),
-    ("mask.icloud.com", "AAAA", dns.rcode.NXDOMAIN),
-    ("_dns.resolver.arpa", "SVCB", dns.rcode.NOERROR),
-])
+@pytest.mark.parametrize(
+    "name, rdtype, rcode",
+    [
+        ("use-application-dns.net", "A", dns.rcode.NXDOMAIN),
+        ("mask.icloud.com", "AAAA", dns.rcode.NXDOMAIN),
+        ("_dns.resolver.arpa", "SVCB", dns.rcode.NOERROR),
+    ],
+)
 async def test_bypass_prevention_is_on_by_default(resolver, upstream, name, rdtype, rcode):
     answer = await resolver.udp(name, rdtype, source=SCHOOL_B, use_edns=0)
     assert answer.rcode() == rcode and not answer.answer
@@ -172,8 +188,10 @@ async def test_bypass_prevention_is_on_by_default(resolver, upstream, name, rdty
 
 
 async def test_schedule_blocks_only_inside_its_window(tmp_path, upstream):
-    files = {"policies/school-b.yaml": harness.SCHOOL_B + 'schedules:\n  - {name: lessons, days: [mon], '
-                                                          'from: "07:00", to: "11:30", block: [games]}\n'}
+    files = {
+        "policies/school-b.yaml": harness.SCHOOL_B + "schedules:\n  - {name: lessons, days: [mon], "
+        'from: "07:00", to: "11:30", block: [games]}\n'
+    }
     async with running_resolver(tmp_path, [upstream.address], files=files) as resolver:
         monday = datetime.datetime(2026, 11, 23, tzinfo=TZ)  # a Monday
         clock = {"now": (monday + datetime.timedelta(hours=7)).timestamp()}
@@ -187,7 +205,8 @@ async def test_schedule_blocks_only_inside_its_window(tmp_path, upstream):
 
 async def test_broken_policy_file_leaves_the_old_policy_serving(resolver):
     (resolver.root / "policies/school-a.yaml").write_text(
-        "id: school-a\nname: A\nlevel: primary\nnetworks: [127.0.0.1/32]\ndeny: [www.example.com]\nblok: [games]\n")
+        "id: school-a\nname: A\nlevel: primary\nnetworks: [127.0.0.1/32]\ndeny: [www.example.com]\nblok: [games]\n"
+    )
     assert await resolver.worker.reload() is False
     assert (await resolver.udp("www.example.com")).rcode() == dns.rcode.NOERROR  # new deny not installed
     assert (await resolver.udp("games.example.com")).rcode() == dns.rcode.NXDOMAIN  # old policy still there

@@ -142,8 +142,9 @@ async def test_all_upstreams_failing_gives_servfail_with_ede(tmp_path):
         dead1.drop()
         dead2.drop()
         async with running_resolver(tmp_path, [dead1.address, dead2.address]) as resolver:
-            answers = await asyncio.gather(*[resolver.udp(f"n{i}.example.com", use_edns=0, timeout=4)
-                                             for i in range(20)])
+            answers = await asyncio.gather(
+                *[resolver.udp(f"n{i}.example.com", use_edns=0, timeout=4) for i in range(20)]
+            )
             assert {answer.rcode() for answer in answers} == {dns.rcode.SERVFAIL}
             assert {_ede(answer)[0][0] for answer in answers} == {wire.EDE_NO_REACHABLE_AUTHORITY}
             # Nothing is left waiting: every miss gave back its place, every question its slot.
@@ -245,6 +246,7 @@ async def test_udp_exchanges_time_out_on_their_own_deadlines_and_the_check_stops
     lost = wire.parse_query(dns.message.make_query("lost.example.com", "A").to_wire())
     loop = asyncio.get_running_loop()
     try:
+
         async def timed(query, timeout):
             started = loop.time()
             try:
@@ -253,7 +255,8 @@ async def test_udp_exchanges_time_out_on_their_own_deadlines_and_the_check_stops
                 return exc, loop.time() - started
 
         (short, short_s), (answered, _), (long, long_s) = await asyncio.gather(
-            timed(lost, 0.2), timed(fast, 1.0), timed(lost, 0.6))
+            timed(lost, 0.2), timed(fast, 1.0), timed(lost, 0.6)
+        )
         assert isinstance(short, forwarding.UpstreamTimeout) and "no answer in 0.20s" in str(short)
         assert isinstance(long, forwarding.UpstreamTimeout) and "no answer in 0.60s" in str(long)
         assert dns.message.from_wire(answered).answer  # a reply in time is not failed by the check
@@ -318,7 +321,7 @@ async def test_thousands_of_mutated_packets_leave_the_server_answering(resolver,
             for _ in range(rng.randint(1, 8)):
                 packet[rng.randrange(len(packet))] = rng.randrange(256)
             if i % 3 == 0:
-                packet = packet[:rng.randrange(len(packet))]
+                packet = packet[: rng.randrange(len(packet))]
             if i % 7 == 0:
                 packet = bytearray(os.urandom(rng.randrange(1, 600)))
             if len(packet) > 2:
@@ -339,16 +342,14 @@ async def test_thousands_of_mutated_packets_leave_the_server_answering(resolver,
 
 
 async def test_tcp_idle_connections_are_closed(tmp_path, upstream):
-    async with running_resolver(tmp_path, [upstream.address],
-                                "limits: {tcp_idle_timeout_seconds: 0.2}\n") as resolver:
+    async with running_resolver(tmp_path, [upstream.address], "limits: {tcp_idle_timeout_seconds: 0.2}\n") as resolver:
         reader, writer = await asyncio.open_connection("127.0.0.1", resolver.port)
         assert await asyncio.wait_for(reader.read(), 2.0) == b""  # the server closed it
         writer.close()
 
 
 async def test_tcp_connection_cap(tmp_path, upstream):
-    async with running_resolver(tmp_path, [upstream.address],
-                                "limits: {tcp_max_connections: 2}\n") as resolver:
+    async with running_resolver(tmp_path, [upstream.address], "limits: {tcp_max_connections: 2}\n") as resolver:
         held = [await asyncio.open_connection("127.0.0.1", resolver.port) for _ in range(2)]
         reader, writer = await asyncio.open_connection("127.0.0.1", resolver.port)
         assert await asyncio.wait_for(reader.read(), 2.0) == b""
@@ -364,8 +365,18 @@ async def test_independent_cli_client(resolver, tool):
         pytest.fail(f"{tool} is not installed (`make test` installs it when run as root)")
     for transport in ([], ["+tcp"]):
         proc = await asyncio.create_subprocess_exec(
-            path, "@127.0.0.1", "-p", str(resolver.port), "www.example.com", "A", "+short", "+retry=0",
-            "+time=2", *transport, stdout=asyncio.subprocess.PIPE)
+            path,
+            "@127.0.0.1",
+            "-p",
+            str(resolver.port),
+            "www.example.com",
+            "A",
+            "+short",
+            "+retry=0",
+            "+time=2",
+            *transport,
+            stdout=asyncio.subprocess.PIPE,
+        )
         out, _ = await proc.communicate()
         assert out.decode().split() == ["192.0.2.10"]
 
@@ -390,8 +401,9 @@ async def test_questions_waiting_when_the_pool_closes_fail_once_and_no_socket_is
     upstream.drop("lost.example.com")
     async with FakeUpstream() as second:
         second.drop()
-        pool = forwarding.UpstreamPool([forwarding.parse_address(upstream.address),
-                                        forwarding.parse_address(second.address)], timeout_seconds=5.0)
+        pool = forwarding.UpstreamPool(
+            [forwarding.parse_address(upstream.address), forwarding.parse_address(second.address)], timeout_seconds=5.0
+        )
         outcome = _Outcomes()
         pool.ask(_question("lost.example.com"), outcome)
         await until(lambda: upstream.count("lost.example.com"), 2)  # the query arrived and waits for its reply
@@ -410,6 +422,7 @@ async def test_questions_waiting_when_the_pool_closes_fail_once_and_no_socket_is
 async def test_a_waiter_that_fails_does_not_cost_the_others_their_answer(upstream, caplog):
     pool = forwarding.UpstreamPool([forwarding.parse_address(upstream.address)])
     try:
+
         def broken(answer, error):
             raise RuntimeError("a bug in a waiter")
 
@@ -453,8 +466,9 @@ async def test_truncated_answers_open_at_most_max_tcp_exchanges_connections(upst
         return "default"
 
     upstream.hook = hold_tcp
-    pool = forwarding.UpstreamPool([forwarding.parse_address(upstream.address)], timeout_seconds=5.0,
-                                   max_tcp_exchanges=2)
+    pool = forwarding.UpstreamPool(
+        [forwarding.parse_address(upstream.address)], timeout_seconds=5.0, max_tcp_exchanges=2
+    )
     try:
         outcomes = [_Outcomes() for _ in range(5)]
         for i, outcome in enumerate(outcomes):
@@ -473,11 +487,11 @@ async def test_truncated_answers_open_at_most_max_tcp_exchanges_connections(upst
         pool.close()
 
 
-
 async def test_a_bug_in_handling_a_reply_ends_the_question_and_leaves_nothing_waiting(upstream):
     # Limits of the wrong type make parsing every reply fail with a TypeError: a stand-in for a bug.
-    pool = forwarding.UpstreamPool([forwarding.parse_address(upstream.address)],
-                                   limits=forwarding.AnswerLimits(min_ttl=None))  # type: ignore[arg-type]
+    pool = forwarding.UpstreamPool(
+        [forwarding.parse_address(upstream.address)], limits=forwarding.AnswerLimits(min_ttl=None)
+    )  # type: ignore[arg-type]
     try:
         first, second = _Outcomes(), _Outcomes()
         pool.ask(_question("www.example.com"), first)

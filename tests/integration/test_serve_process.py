@@ -51,8 +51,9 @@ class Served:
                     return match
 
     async def query(self, name: str, timeout: float = 3.0) -> dns.message.Message:
-        return await dns.asyncquery.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=self.dns_port,
-                                        timeout=timeout)
+        return await dns.asyncquery.udp(
+            dns.message.make_query(name, "A"), "127.0.0.1", port=self.dns_port, timeout=timeout
+        )
 
     async def metrics(self) -> str:
         async with aiohttp.ClientSession() as session:
@@ -61,13 +62,24 @@ class Served:
 
 
 @contextlib.asynccontextmanager
-async def serve(root: Path, upstream: FakeUpstream, workers: int, files: dict[str, str] | None = None,
-                more_config: str = ""):
-    config = write_site(root, [upstream.address], f'workers: {workers}\nadmin: {{listen: "127.0.0.1:0"}}\n'
-                                                  "reload: {watch_interval_seconds: 0}\n" + more_config, files)
+async def serve(
+    root: Path, upstream: FakeUpstream, workers: int, files: dict[str, str] | None = None, more_config: str = ""
+):
+    config = write_site(
+        root,
+        [upstream.address],
+        f'workers: {workers}\nadmin: {{listen: "127.0.0.1:0"}}\nreload: {{watch_interval_seconds: 0}}\n' + more_config,
+        files,
+    )
     process = await asyncio.create_subprocess_exec(
-        *SCHOOLDNS, "serve", "--config", str(config), stderr=asyncio.subprocess.PIPE,
-        cwd=Path(__file__).resolve().parents[2], start_new_session=True)
+        *SCHOOLDNS,
+        "serve",
+        "--config",
+        str(config),
+        stderr=asyncio.subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[2],
+        start_new_session=True,
+    )
     served = Served(process)
     try:
         if workers == 1:
@@ -141,7 +153,9 @@ async def test_two_workers_share_the_port_and_report_merged_metrics(tmp_path, up
         assert not {"_http_parser", "_multidict"} & _mapped_extensions(_spawner_pid(served))
         assert not {"_http_parser", "_multidict"} & _mapped_extensions(worker_pids[0])
         os.kill(worker_pids[-1], signal.SIGKILL)
-        await served.read_until(rf"ERROR resolver\.processes\.spawner: worker 1 \(pid {worker_pids[-1]}\) killed by SIGKILL")
+        await served.read_until(
+            rf"ERROR resolver\.processes\.spawner: worker 1 \(pid {worker_pids[-1]}\) killed by SIGKILL"
+        )
         await served.read_until(r"ERROR resolver\.processes\.app: worker 1 died; restarting it")
         await served.read_until(r"worker1 INFO resolver\.processes\.worker: serving DNS")
         assert (await served.query("www.example.com")).rcode() == dns.rcode.NOERROR
@@ -169,8 +183,10 @@ def _ask_from_one_socket(port: int, name: str, count: int) -> int:
 
 
 def _per_worker(metrics: str) -> dict[str, float]:
-    return {m[1]: float(m[2]) for m in re.finditer(r'^schooldns_worker_queries_total\{worker="(\d+)"\} (\S+)$',
-                                                      metrics, re.MULTILINE)}
+    return {
+        m[1]: float(m[2])
+        for m in re.finditer(r'^schooldns_worker_queries_total\{worker="(\d+)"\} (\S+)$', metrics, re.MULTILINE)
+    }
 
 
 @pytest.mark.parametrize("spread", ["client", "random"])
@@ -197,7 +213,9 @@ async def test_a_spawner_that_died_is_replaced_when_a_worker_must_be_restarted(t
         assert (await served.query("www.example.com")).rcode() == dns.rcode.NOERROR
         replacement = _spawner_pid(served)
         assert Path(f"/proc/{replacement}/cmdline").read_bytes().split(b"\0")[1:3] == [
-            b"-c", b"import sys; from resolver.processes import spawner; spawner.main(sys.argv[1:])"]
+            b"-c",
+            b"import sys; from resolver.processes import spawner; spawner.main(sys.argv[1:])",
+        ]
         assert _name(_children(replacement)[0]) == "schooldns-w0"
         served.process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(served.process.wait(), 20) == 0
@@ -261,11 +279,15 @@ async def test_a_reload_compiles_at_idle_priority_and_a_start_at_nice_10(tmp_pat
     # A reload's compile shares the core with queries: under SCHED_IDLE it runs only on the CPU
     # time they leave (docs/operations.md). The child logs the priority it reads back.
     async with serve(tmp_path, upstream, workers) as served:
-        assert any(re.search(r" compile INFO resolver\.control\.compiler: compiling the lists at nice \+10$", line.rstrip())
-                   for line in served.log), "".join(served.log)
+        assert any(
+            re.search(r" compile INFO resolver\.control\.compiler: compiling the lists at nice \+10$", line.rstrip())
+            for line in served.log
+        ), "".join(served.log)
         (tmp_path / "blocklists/adult.txt").write_text("www.example.com\n")
         served.process.send_signal(signal.SIGHUP)
-        await served.read_until(r"compile INFO resolver\.control\.compiler: compiling the lists at idle priority \(SCHED_IDLE\)")
+        await served.read_until(
+            r"compile INFO resolver\.control\.compiler: compiling the lists at idle priority \(SCHED_IDLE\)"
+        )
         for _ in range(workers):
             await served.read_until(r"installed generation 2")
         assert (await served.query("www.example.com")).rcode() == dns.rcode.NXDOMAIN
@@ -290,11 +312,17 @@ async def test_sighup_reloads_and_sigterm_drains_queries_in_flight(tmp_path, ups
 
 
 async def test_check_reports_every_problem_as_file_line_key(tmp_path, upstream):
-    config = write_site(tmp_path, [upstream.address], files={
-        "policies/school-b.yaml": "id: school-b\nname: B\nlevel: upper_secondary\nnetworks: [127.0.0.2/32]\n"
-                                  "block: [gamez]\ncolour: blue\n"})
-    process = await asyncio.create_subprocess_exec(*SCHOOLDNS, "check", "--config", str(config),
-                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    config = write_site(
+        tmp_path,
+        [upstream.address],
+        files={
+            "policies/school-b.yaml": "id: school-b\nname: B\nlevel: upper_secondary\nnetworks: [127.0.0.2/32]\n"
+            "block: [gamez]\ncolour: blue\n"
+        },
+    )
+    process = await asyncio.create_subprocess_exec(
+        *SCHOOLDNS, "check", "--config", str(config), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
     out, err = await process.communicate()
     assert process.returncode == 1
     lines = err.decode().splitlines()
@@ -306,13 +334,24 @@ async def test_check_reports_every_problem_as_file_line_key(tmp_path, upstream):
 async def test_check_and_explain_on_the_shipped_example():
     root = Path(__file__).resolve().parents[2]
     config = root / "deploy/example/config.yaml"
-    process = await asyncio.create_subprocess_exec(*SCHOOLDNS, "--log-level", "warning", "check", "--config",
-                                                   str(config), stdout=asyncio.subprocess.PIPE)
+    process = await asyncio.create_subprocess_exec(
+        *SCHOOLDNS, "--log-level", "warning", "check", "--config", str(config), stdout=asyncio.subprocess.PIPE
+    )
     out, _ = await process.communicate()
     assert process.returncode == 0 and out.decode().endswith("config.yaml: OK\n")
     process = await asyncio.create_subprocess_exec(
-        *SCHOOLDNS, "--log-level", "warning", "explain", "--config", str(config), "thcs-le-loi",
-        "www.facebook.com", "--at", "2026-11-23 22:00", stdout=asyncio.subprocess.PIPE)
+        *SCHOOLDNS,
+        "--log-level",
+        "warning",
+        "explain",
+        "--config",
+        str(config),
+        "thcs-le-loi",
+        "www.facebook.com",
+        "--at",
+        "2026-11-23 22:00",
+        stdout=asyncio.subprocess.PIPE,
+    )
     out, _ = await process.communicate()
     text = out.decode()
     assert process.returncode == 0
@@ -327,7 +366,9 @@ async def test_a_cold_start_compiles_the_lists_in_a_child_process(tmp_path, upst
     # Compiling a million names leaves ~110 MB of freed memory in the process that did it: a
     # serving process (or the supervisor) hands the compile to a child, at start as on reload.
     async with serve(tmp_path, upstream, workers) as served:
-        compiled = [line for line in served.log if re.search(r" compile INFO resolver\.control\.compiler: lists: ", line)]
+        compiled = [
+            line for line in served.log if re.search(r" compile INFO resolver\.control\.compiler: lists: ", line)
+        ]
         assert compiled, "".join(served.log)
         assert not any(re.search(r"\d INFO resolver\.control: lists: ", line) for line in served.log)
         assert (await served.query("www.example.com")).rcode() == dns.rcode.NOERROR
@@ -384,8 +425,9 @@ async def test_a_start_with_broken_files_serves_the_last_good_policies_and_lists
 async def test_a_start_with_broken_files_and_no_last_good_state_fails_naming_the_problem(tmp_path, upstream):
     broken = SCHOOL_A.replace("deny: [denied.example.org]", "deny: [denied.example.org")
     config = write_site(tmp_path, [upstream.address], files={"policies/school-a.yaml": broken})
-    process = await asyncio.create_subprocess_exec(*SCHOOLDNS, "serve", "--config", str(config),
-                                                   stderr=asyncio.subprocess.PIPE)
+    process = await asyncio.create_subprocess_exec(
+        *SCHOOLDNS, "serve", "--config", str(config), stderr=asyncio.subprocess.PIPE
+    )
     _, err = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 1
     assert f"{tmp_path / 'policies/school-a.yaml'}:7: invalid YAML" in err.decode()

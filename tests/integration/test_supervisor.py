@@ -98,8 +98,13 @@ async def test_a_restarted_worker_does_not_take_its_counts_out_of_the_sums(tmp_p
         for _ in range(40):  # from as many source ports: SO_REUSEPORT spreads them over both workers
             query = dns.message.make_query("www.example.com", "A")
             await dns.asyncquery.udp(query, "127.0.0.1", port=supervisor.ports[0], timeout=3)
-        await harness.until(lambda: all(_answered(supervisor.states.get(i, {"counters": {"queries": []}})) > 0
-                                        for i in (0, 1)) and _answered(supervisor.state()) == 40, 10)
+        await harness.until(
+            lambda: (
+                all(_answered(supervisor.states.get(i, {"counters": {"queries": []}})) > 0 for i in (0, 1))
+                and _answered(supervisor.state()) == 40
+            ),
+            10,
+        )
         per_worker = supervisor.state()["worker_queries"]
         assert sorted(per_worker) == [0, 1] and sum(per_worker.values()) == 40
         text = exposition.render(supervisor.state).decode()
@@ -117,7 +122,7 @@ async def test_a_restarted_worker_does_not_take_its_counts_out_of_the_sums(tmp_p
         assert state["worker_queries"] == {0: per_worker[0], 1: 0}  # the new worker 1 counts from 0
         assert state["workers"] == 2 and state["in_flight"] == 0
         text = exposition.render(supervisor.state).decode()
-        assert 'schooldns_queries_total{' in text
+        assert "schooldns_queries_total{" in text
     finally:
         supervisor.stop()
         await asyncio.wait_for(running, 30)

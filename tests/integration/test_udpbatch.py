@@ -63,7 +63,9 @@ def test_datagrams_come_in_batches_and_answers_reach_each_sender(implementation,
             client.settimeout(3)
             for _ in range(len([p for p, port in sent.items() if port == client.getsockname()[1]])):
                 answer = client.recv(2048)
-                assert answer.startswith(b"answer to ") and sent[answer[len(b"answer to "):]] == client.getsockname()[1]
+                assert (
+                    answer.startswith(b"answer to ") and sent[answer[len(b"answer to ") :]] == client.getsockname()[1]
+                )
     finally:
         server.close()
         for client in clients:

@@ -53,7 +53,7 @@ def answer(query: bytes) -> bytes | None:
         pos += 1 + length
     if pos + 4 > end:
         return None
-    question = query[12:pos + 4]
+    question = query[12 : pos + 4]
     qtype, qclass = struct.unpack_from("!HH", query, pos)
     edns = arcount > 0
     reply_flags = 0x8000 | 0x0400 | (flags & 0x0100) | 0x0080  # QR AA RD(copied) RA, NOERROR
@@ -96,8 +96,8 @@ def serve_tcp_connection(conn: socket.socket) -> None:
                     length = struct.unpack_from("!H", buffer)[0]
                     if len(buffer) < 2 + length:
                         break
-                    reply = answer(buffer[2:2 + length])
-                    buffer = buffer[2 + length:]
+                    reply = answer(buffer[2 : 2 + length])
+                    buffer = buffer[2 + length :]
                     if reply is not None:
                         conn.sendall(struct.pack("!H", len(reply)) + reply)
         except OSError:

@@ -95,11 +95,14 @@ def ensure_tools(tools: list[str]) -> dict[str, str]:
         packages = sorted({PACKAGES[tool] for tool in missing})
         if os.geteuid() != 0:
             hint = " (or pass --skip-baselines)" if set(missing) <= set(BASELINE_TOOLS) else ""
-            raise BenchError(f"missing tools: {', '.join(missing)}; install the Debian packages "
-                             f"{' '.join(packages)} as root (`make bench-tools`){hint}")
+            raise BenchError(
+                f"missing tools: {', '.join(missing)}; install the Debian packages "
+                f"{' '.join(packages)} as root (`make bench-tools`){hint}"
+            )
         if shutil.which("apt-get") is None:
-            raise BenchError(f"missing tools: {', '.join(missing)}, and no apt-get to install "
-                             f"{' '.join(packages)} with")
+            raise BenchError(
+                f"missing tools: {', '.join(missing)}, and no apt-get to install {' '.join(packages)} with"
+            )
         print(f"bench: installing {' '.join(packages)} with apt-get", flush=True)
         apt_install(packages)
         still = [tool for tool in tools if which(tool) is None]
@@ -119,8 +122,7 @@ def apt_install(packages: list[str]) -> None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     try:
         subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-        subprocess.run(["apt-get", "install", "-y", "-qq", *packages], check=True, env=env,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *packages], check=True, env=env, stdout=subprocess.DEVNULL)
     except subprocess.CalledProcessError as exc:
         raise BenchError(f"apt-get failed: {exc}") from None
     finally:
@@ -128,8 +130,12 @@ def apt_install(packages: list[str]) -> None:
             policy.unlink()
     if Path("/run/systemd/system").is_dir() and shutil.which("systemctl"):
         for service in ("unbound", "dnsmasq"):
-            subprocess.run(["systemctl", "disable", "--now", service], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, check=False)
+            subprocess.run(
+                ["systemctl", "disable", "--now", service],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                check=False,
+            )
 
 
 def tool_version(path: str, tool: str) -> str:
@@ -188,7 +194,7 @@ def listed(name: str, blocked: set[str]) -> bool:
         dot = name.find(".")
         if dot < 0:
             return False
-        name = name[dot + 1:]
+        name = name[dot + 1 :]
 
 
 def generate(work: Path, entries: int, queries: int, misses: int, miss_files: int, seed: int) -> Data:
@@ -277,8 +283,9 @@ class Proc:
         self.argv = argv
         self.log_path = log
         self.log = open(log, "ab")
-        self.popen = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, cwd=cwd, start_new_session=True)
+        self.popen = subprocess.Popen(
+            argv, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd, start_new_session=True
+        )
         Proc.running.append(self)
 
     @property
@@ -363,8 +370,9 @@ def wait_admin(directory: Path, proc: Proc, timeout: float) -> None:
                 return
         except OSError:
             if not proc.alive() or time.monotonic() > deadline:
-                raise BenchError(f"{proc.name}: the admin API did not answer within {timeout:.0f}s;"
-                                 f" log:\n{proc.tail()}") from None
+                raise BenchError(
+                    f"{proc.name}: the admin API did not answer within {timeout:.0f}s; log:\n{proc.tail()}"
+                ) from None
         time.sleep(0.02)
 
 
@@ -378,8 +386,10 @@ def wait_answer(port: int, proc: Proc, started: float, timeout: float) -> float:
     attempt = 0
     while True:
         if not proc.alive():
-            raise BenchError(f"{proc.name} exited with code {proc.popen.returncode} before answering;"
-                             f" log {proc.log_path}:\n{proc.tail()}")
+            raise BenchError(
+                f"{proc.name} exited with code {proc.popen.returncode} before answering;"
+                f" log {proc.log_path}:\n{proc.tail()}"
+            )
         if time.monotonic() - started > timeout:
             raise BenchError(f"{proc.name} did not answer within {timeout:.0f}s; log:\n{proc.tail()}")
         attempt += 1
@@ -422,11 +432,38 @@ class Perf:
 _VERBOSE_LINE = re.compile(r"^> (\S+) (\S+) \S+ ([0-9.]+)$")
 
 
-def dnsperf(tools: dict[str, str], port: int, data_file: Path, *, seconds: float | None,
-            clients: int, qps: int | None = None, once: bool = False, verbose: bool = False,
-            cores: str | None = None) -> Perf:
-    command = ["taskset", "-c", cores or LOAD_CORE, tools["dnsperf"], "-s", "127.0.0.1", "-p", str(port),
-               "-d", str(data_file), "-c", str(clients), "-T", "1", "-q", "100", "-t", "2"]
+def dnsperf(
+    tools: dict[str, str],
+    port: int,
+    data_file: Path,
+    *,
+    seconds: float | None,
+    clients: int,
+    qps: int | None = None,
+    once: bool = False,
+    verbose: bool = False,
+    cores: str | None = None,
+) -> Perf:
+    command = [
+        "taskset",
+        "-c",
+        cores or LOAD_CORE,
+        tools["dnsperf"],
+        "-s",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-d",
+        str(data_file),
+        "-c",
+        str(clients),
+        "-T",
+        "1",
+        "-q",
+        "100",
+        "-t",
+        "2",
+    ]
     if seconds is not None:
         command += ["-l", f"{seconds:g}"]
     if once:
@@ -499,37 +536,57 @@ def prepare_schooldns(directory: Path, data: Data, port: int, upstream: int) -> 
     (directory / "blocklists" / "sources.yaml").write_text(
         "# Generated by tests/perf/bench.py.\ncategories:\n  adult:\n"
         "    description: Generated benchmark list.\n    sources:\n"
-        "      - {file: adult/bench.txt, format: domains}\n")
+        "      - {file: adult/bench.txt, format: domains}\n"
+    )
     (directory / "policies" / "province.yaml").write_text(
         "# Generated by tests/perf/bench.py.\nmandatory: []\ntimezone: Asia/Ho_Chi_Minh\n"
-        "info_url: \"http://blocked.example.vn/\"\nblocked_ttl_seconds: 60\naction: nxdomain\n"
-        "safe_search: false\nbypass_prevention: false\nprofiles:\n  bench: {block: []}\n")
+        'info_url: "http://blocked.example.vn/"\nblocked_ttl_seconds: 60\naction: nxdomain\n'
+        "safe_search: false\nbypass_prevention: false\nprofiles:\n  bench: {block: []}\n"
+    )
     (directory / "policies" / "bench-school.yaml").write_text(
         "# Generated by tests/perf/bench.py: the loopback clients are this school.\n"
-        "id: bench-school\nname: \"Benchmark school\"\nlevel: bench\nnetworks: [127.0.0.0/8]\n"
-        "block: [adult]\n")
+        'id: bench-school\nname: "Benchmark school"\nlevel: bench\nnetworks: [127.0.0.0/8]\n'
+        "block: [adult]\n"
+    )
     admin_listen_port = free_port()
     (directory / "config.yaml").write_text(
         "# Generated by tests/perf/bench.py.\nversion: 1\n"
-        f"listen: [\"127.0.0.1:{port}\"]\nupstreams: [\"127.0.0.1:{upstream}\"]\nworkers: 1\n"
+        f'listen: ["127.0.0.1:{port}"]\nupstreams: ["127.0.0.1:{upstream}"]\nworkers: 1\n'
         "cache: {max_entries: 200000}\npolicies_dir: policies\nblocklists_dir: blocklists\n"
-        f"state_dir: state\nadmin: {{listen: \"127.0.0.1:{admin_listen_port}\"}}\n")
+        f'state_dir: state\nadmin: {{listen: "127.0.0.1:{admin_listen_port}"}}\n'
+    )
     return ["taskset", "-c", SERVER_CORE, str(SCHOOLDNS), "serve", "--config", str(directory / "config.yaml")]
 
 
-def prepare_unbound(directory: Path, data: Data, port: int, upstream: int, rpz: bool,
-                    tools: dict[str, str]) -> list[str]:
+def prepare_unbound(
+    directory: Path, data: Data, port: int, upstream: int, rpz: bool, tools: dict[str, str]
+) -> list[str]:
     modules = "respip iterator" if rpz else "iterator"
     conf = [
-        "# Generated by tests/perf/bench.py.", "server:",
-        f"  interface: 127.0.0.1@{port}", f"  port: {port}", "  do-ip6: no",
-        "  num-threads: 1", "  so-reuseport: no", "  do-daemonize: no",
-        "  username: \"\"", "  chroot: \"\"", f"  directory: \"{directory}\"", "  pidfile: \"\"",
-        "  use-syslog: no", "  logfile: \"\"", "  verbosity: 0", "  log-queries: no",
-        f"  module-config: \"{modules}\"", "  do-not-query-localhost: no", "  qname-minimisation: no",
-        "  prefetch: no", "  minimal-responses: yes",
+        "# Generated by tests/perf/bench.py.",
+        "server:",
+        f"  interface: 127.0.0.1@{port}",
+        f"  port: {port}",
+        "  do-ip6: no",
+        "  num-threads: 1",
+        "  so-reuseport: no",
+        "  do-daemonize: no",
+        '  username: ""',
+        '  chroot: ""',
+        f'  directory: "{directory}"',
+        '  pidfile: ""',
+        "  use-syslog: no",
+        '  logfile: ""',
+        "  verbosity: 0",
+        "  log-queries: no",
+        f'  module-config: "{modules}"',
+        "  do-not-query-localhost: no",
+        "  qname-minimisation: no",
+        "  prefetch: no",
+        "  minimal-responses: yes",
         "  access-control: 127.0.0.0/8 allow",
-        "  msg-cache-size: 64m", "  rrset-cache-size: 128m",
+        "  msg-cache-size: 64m",
+        "  rrset-cache-size: 128m",
     ]
     if rpz:
         zone = directory / "rpz.zone"
@@ -537,14 +594,14 @@ def prepare_unbound(directory: Path, data: Data, port: int, upstream: int, rpz: 
             file.write("$TTL 60\n@ SOA localhost. hostmaster.localhost. 1 3600 600 86400 60\n@ NS localhost.\n")
             for name in data.names:
                 file.write(f"{name} CNAME .\n*.{name} CNAME .\n")
-        conf += ["rpz:", "  name: rpz.bench.", f"  zonefile: \"{zone}\"", "  rpz-log: no"]
+        conf += ["rpz:", "  name: rpz.bench.", f'  zonefile: "{zone}"', "  rpz-log: no"]
     else:
         zones = directory / "local-zones.conf"
         with open(zones, "w", encoding="ascii") as file:
             file.write("server:\n")
-            file.writelines(f"  local-zone: \"{name}.\" always_nxdomain\n" for name in data.names)
-        conf.append(f"  include: \"{zones}\"")
-    conf += ["forward-zone:", "  name: \".\"", f"  forward-addr: 127.0.0.1@{upstream}"]
+            file.writelines(f'  local-zone: "{name}." always_nxdomain\n' for name in data.names)
+        conf.append(f'  include: "{zones}"')
+    conf += ["forward-zone:", '  name: "."', f"  forward-addr: 127.0.0.1@{upstream}"]
     (directory / "unbound.conf").write_text("\n".join(conf) + "\n")
     return ["taskset", "-c", SERVER_CORE, tools["unbound"], "-d", "-p", "-c", str(directory / "unbound.conf")]
 
@@ -554,10 +611,21 @@ def prepare_dnsmasq(directory: Path, data: Data, port: int, upstream: int, tools
     with open(blocked, "w", encoding="ascii") as file:
         file.writelines(f"address=/{name}/\n" for name in data.names)  # NXDOMAIN for name and below
     conf = [
-        "# Generated by tests/perf/bench.py.", f"port={port}", "listen-address=127.0.0.1",
-        "bind-interfaces", "no-resolv", "no-hosts", "no-poll",
-        f"server=127.0.0.1#{upstream}", "cache-size=200000", "dns-forward-max=10000",
-        "user=", "group=", "pid-file=", "log-facility=-", f"conf-file={blocked}",
+        "# Generated by tests/perf/bench.py.",
+        f"port={port}",
+        "listen-address=127.0.0.1",
+        "bind-interfaces",
+        "no-resolv",
+        "no-hosts",
+        "no-poll",
+        f"server=127.0.0.1#{upstream}",
+        "cache-size=200000",
+        "dns-forward-max=10000",
+        "user=",
+        "group=",
+        "pid-file=",
+        "log-facility=-",
+        f"conf-file={blocked}",
     ]
     if os.geteuid() != 0:
         conf = [line for line in conf if not line.startswith(("user=", "group="))]
@@ -584,9 +652,13 @@ class ScalingServer(NamedTuple):
 
 
 # Step 8's servers, by label
-SCALING_SERVERS = {"1": ScalingServer(1, "client"), "2": ScalingServer(2, "client"),
-                   "2 random": ScalingServer(2, "random"),
-                   "1 half": ScalingServer(1, "client", 0.5), "2 half": ScalingServer(2, "client", 0.5)}
+SCALING_SERVERS = {
+    "1": ScalingServer(1, "client"),
+    "2": ScalingServer(2, "client"),
+    "2 random": ScalingServer(2, "random"),
+    "1 half": ScalingServer(1, "client", 0.5),
+    "2 half": ScalingServer(2, "client", 0.5),
+}
 QUOTA_PERIOD_US = 10_000  # a held worker waits at most a few ms for its quota: far under loadgen's SILENCE
 
 
@@ -733,8 +805,17 @@ class Result:
         return ordered[(len(ordered) - 1) // 2] if ordered else None
 
 
-def list_swap(result: Result, proc: Proc, directory: Path, args: argparse.Namespace, tools: dict[str, str],
-              port: int, data: Data, rate: int, log: Callable[[str], None]) -> None:
+def list_swap(
+    result: Result,
+    proc: Proc,
+    directory: Path,
+    args: argparse.Namespace,
+    tools: dict[str, str],
+    port: int,
+    data: Data,
+    rate: int,
+    log: Callable[[str], None],
+) -> None:
     """A fixed-rate run during which the whole list is replaced and schooldns reloads (SIGHUP).
 
     The new file is the same list plus one name, so the compiled index is rebuilt from scratch
@@ -766,15 +847,23 @@ def list_swap(result: Result, proc: Proc, directory: Path, args: argparse.Namesp
         raise BenchError(f"schooldns did not install the swapped list; log:\n{proc.tail()}")
     result.latency["swap"] = perf
     check_answers(result, perf, data)
-    log(f"schooldns: list swap under {rate:,} qps: p50 {perf.percentile(0.5):.3f} ms, "
-        f"p99 {perf.percentile(0.99):.3f} ms, {perf.lost} lost")
+    log(
+        f"schooldns: list swap under {rate:,} qps: p50 {perf.percentile(0.5):.3f} ms, "
+        f"p99 {perf.percentile(0.99):.3f} ms, {perf.lost} lost"
+    )
 
 
 LIGHT_WINDOWS = (8, 16)  # loadgen.py --window (queries outstanding on each of its 16 sockets)
 
 
-def worker_scaling(result: Result, directory: Path, args: argparse.Namespace, tools: dict[str, str],
-                   data: Data, log: Callable[[str], None]) -> None:
+def worker_scaling(
+    result: Result,
+    directory: Path,
+    args: argparse.Namespace,
+    tools: dict[str, str],
+    data: Data,
+    log: Callable[[str], None],
+) -> None:
     """Step 8: one worker on one core against two workers on two cores, the load generator sharing them.
 
     There is no third core for the load generator, so it shares the cores the way the workers
@@ -806,12 +895,13 @@ def worker_scaling(result: Result, directory: Path, args: argparse.Namespace, to
             port = free_port()
             config = (copy / "config.yaml").read_text()
             config = re.sub(r'listen: \["127.0.0.1:\d+"\]', f'listen: ["127.0.0.1:{port}"]', config)
-            config = re.sub(r'admin: \{listen: "127.0.0.1:\d+"\}', f'admin: {{listen: "127.0.0.1:{free_port()}"}}',
-                            config)
+            config = re.sub(
+                r'admin: \{listen: "127.0.0.1:\d+"\}', f'admin: {{listen: "127.0.0.1:{free_port()}"}}', config
+            )
             config = config.replace("workers: 1\n", f"workers: {server.workers}\nworker_spread: {server.spread}\n")
             (copy / "config.yaml").write_text(config)
             # held workers are pinned to a core each below, and the load generator uses both
-            cores = ",".join([SERVER_CORE, LOAD_CORE][:2 if server.core_share else server.workers])
+            cores = ",".join([SERVER_CORE, LOAD_CORE][: 2 if server.core_share else server.workers])
             argv = ["taskset", "-c", cores, str(SCHOOLDNS), "serve", "--config", str(copy / "config.yaml")]
             proc = Proc(f"schooldns-{label}", argv, copy / "server.log", cwd=copy)
             procs[label] = proc, port, cores
@@ -820,12 +910,17 @@ def worker_scaling(result: Result, directory: Path, args: argparse.Namespace, to
             scaling.start_pss[label] = sum(smaps_kb(pid).get("Pss", 0) for pid in proc.family())
             dnsperf(tools, port, data.queries, seconds=None, clients=args.clients, once=True, cores=cores)
             if server.core_share:
-                workers = [proc.pid] if server.workers == 1 else sorted(
-                    (pid for pid in proc.family() if process_name(pid).startswith("schooldns-w")),
-                    key=process_name)
+                workers = (
+                    [proc.pid]
+                    if server.workers == 1
+                    else sorted(
+                        (pid for pid in proc.family() if process_name(pid).startswith("schooldns-w")), key=process_name
+                    )
+                )
                 if len(workers) != server.workers:
-                    raise BenchError(f"schooldns ({label}): found {len(workers)} worker processes, "
-                                     f"not {server.workers}")
+                    raise BenchError(
+                        f"schooldns ({label}): found {len(workers)} worker processes, not {server.workers}"
+                    )
                 try:
                     for number, (pid, core) in enumerate(zip(workers, [SERVER_CORE, LOAD_CORE])):
                         holder.hold(pid, core, server.core_share, f"{label.replace(' ', '-')}-w{number}")
@@ -850,15 +945,16 @@ def worker_scaling(result: Result, directory: Path, args: argparse.Namespace, to
                     run["server_cpu"] = [process_cpu_seconds(pid) - b for pid, b in zip(family[label], before)]
                     if several:  # how the kernel spread this run's queries
                         answered_after = published_worker_queries(copies[label])
-                        run["worker_queries"] = [answered_after[w] - answered_before.get(w, 0)
-                                                 for w in sorted(answered_after)]
+                        run["worker_queries"] = [
+                            answered_after[w] - answered_before.get(w, 0) for w in sorted(answered_after)
+                        ]
                     light.setdefault((label, window), []).append(run)
         for label, (proc, _, _) in procs.items():
             if not proc.alive() or set(held.get(label, [])) - set(proc.family()):
-                raise BenchError(f"schooldns ({label}) or a worker died during the scaling runs; log:\n"
-                                 f"{proc.tail()}")
-            scaling.light_all[label] = {window: [run["qps"] for run in light[label, window]]
-                                        for window in LIGHT_WINDOWS}
+                raise BenchError(f"schooldns ({label}) or a worker died during the scaling runs; log:\n{proc.tail()}")
+            scaling.light_all[label] = {
+                window: [run["qps"] for run in light[label, window]] for window in LIGHT_WINDOWS
+            }
             window = max(LIGHT_WINDOWS, key=lambda w: statistics.median(scaling.light_all[label][w]))
             runs = light[label, window]
             answered = sum(run["answered"] for run in runs)
@@ -868,18 +964,23 @@ def worker_scaling(result: Result, directory: Path, args: argparse.Namespace, to
             scaling.server_cpu_per_answer[label] = sum(sum(run["server_cpu"]) for run in runs) / answered
             server = SCALING_SERVERS[label]
             held_to = f", each held to {server.core_share:g} of its core" if server.core_share else ""
-            log(f"schooldns, {server.workers} worker(s) on {server.workers} core(s){held_to}, worker_spread "
+            log(
+                f"schooldns, {server.workers} worker(s) on {server.workers} core(s){held_to}, worker_spread "
                 f"{server.spread}: {scaling.light_qps[label]:,.0f} qps (loadgen --window {window}), server CPU "
-                f"{scaling.server_cpu_per_answer[label] * 1e6:.2f} us per answer")
+                f"{scaling.server_cpu_per_answer[label] * 1e6:.2f} us per answer"
+            )
             if label in held:
                 allowed = sum(run["seconds"] for run in runs) * server.core_share
                 scaling.quota_use[label] = min(
-                    sum(run["server_cpu"][family[label].index(pid)] for run in runs) / allowed
-                    for pid in held[label])
+                    sum(run["server_cpu"][family[label].index(pid)] for run in runs) / allowed for pid in held[label]
+                )
             if server.workers == 1:
                 continue
-            splits = [max(run["worker_queries"]) / sum(run["worker_queries"])
-                      for run in runs if len(run["worker_queries"]) == 2 and sum(run["worker_queries"])]
+            splits = [
+                max(run["worker_queries"]) / sum(run["worker_queries"])
+                for run in runs
+                if len(run["worker_queries"]) == 2 and sum(run["worker_queries"])
+            ]
             if splits:
                 scaling.query_share[label] = statistics.median(splits)
             names = [process_name(pid) for pid in family[label]]
@@ -888,8 +989,10 @@ def worker_scaling(result: Result, directory: Path, args: argparse.Namespace, to
             if on_workers and sum(on_workers):
                 scaling.busiest_share[label] = max(on_workers) / sum(on_workers)
             if label == "2":
-                scaling.processes = [{"name": name, "cpu_seconds": process_cpu_seconds(pid) - started[pid],
-                                      **smaps_kb(pid)} for pid, name in zip(family[label], names)]
+                scaling.processes = [
+                    {"name": name, "cpu_seconds": process_cpu_seconds(pid) - started[pid], **smaps_kb(pid)}
+                    for pid, name in zip(family[label], names)
+                ]
     finally:
         for proc, _, _ in procs.values():
             proc.stop()
@@ -898,8 +1001,23 @@ def worker_scaling(result: Result, directory: Path, args: argparse.Namespace, to
 
 def loadgen(port: int, data_file: Path, seconds: float, window: int, cores: str) -> dict:
     """One max-rate run of tests/perf/loadgen.py (16 sockets x `window`); its JSON output."""
-    command = ["taskset", "-c", cores, sys.executable, str(HERE / "loadgen.py"), "--port", str(port),
-               "--queries", str(data_file), "--seconds", f"{seconds:g}", "--sockets", "16", "--window", str(window)]
+    command = [
+        "taskset",
+        "-c",
+        cores,
+        sys.executable,
+        str(HERE / "loadgen.py"),
+        "--port",
+        str(port),
+        "--queries",
+        str(data_file),
+        "--seconds",
+        f"{seconds:g}",
+        "--sockets",
+        "16",
+        "--window",
+        str(window),
+    ]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=False)
     except subprocess.TimeoutExpired:
@@ -983,8 +1101,9 @@ class Running:
     cpu_system: float = 0.0
 
 
-def start_server(server: Server, args: argparse.Namespace, tools: dict[str, str], data: Data,
-                 log: Callable[[str], None]) -> Running:
+def start_server(
+    server: Server, args: argparse.Namespace, tools: dict[str, str], data: Data, log: Callable[[str], None]
+) -> Running:
     """Start (cold, then warm where it keeps state), measure the start and memory, warm the cache."""
     directory = data.work / server.key
     directory.mkdir()
@@ -1013,15 +1132,23 @@ def start_server(server: Server, args: argparse.Namespace, tools: dict[str, str]
         result.memory_kb["ready"] = proc.status_kb()
         result.warm_pass = dnsperf(tools, port, data.queries, seconds=None, clients=args.clients, once=True)
         result.memory_kb["warm"] = proc.status_kb()
-        log(f"{server.key}: cache warmed ({result.warm_pass.completed} answers, {result.warm_pass.lost} lost,"
-            f" {result.warm_pass.qps:,.0f} qps)")
+        log(
+            f"{server.key}: cache warmed ({result.warm_pass.completed} answers, {result.warm_pass.lost} lost,"
+            f" {result.warm_pass.qps:,.0f} qps)"
+        )
     except BenchError as exc:
         fail(running, exc, log)
     return running
 
 
-def max_rate_run(running: Running, number: int, args: argparse.Namespace, tools: dict[str, str], data: Data,
-                 log: Callable[[str], None]) -> None:
+def max_rate_run(
+    running: Running,
+    number: int,
+    args: argparse.Namespace,
+    tools: dict[str, str],
+    data: Data,
+    log: Callable[[str], None],
+) -> None:
     """One max-rate dnsperf run of the warm query file, with the server's CPU and page faults during it."""
     key, result = running.server.key, running.result
     before = running.proc.cpu_stat()
@@ -1038,8 +1165,14 @@ def max_rate_run(running: Running, number: int, args: argparse.Namespace, tools:
     log(f"{key}: run {number + 1}/{args.runs}: {run.qps:,.0f} qps, avg {run.avg_latency_ms:.3f} ms, {run.lost} lost")
 
 
-def measure_latency(running: Running, args: argparse.Namespace, tools: dict[str, str], data: Data,
-                    light_qps: int | None, log: Callable[[str], None]) -> None:
+def measure_latency(
+    running: Running,
+    args: argparse.Namespace,
+    tools: dict[str, str],
+    data: Data,
+    light_qps: int | None,
+    log: Callable[[str], None],
+) -> None:
     """After the max-rate runs: CPU and faults of those runs, latency at fixed rates, the list swap."""
     server, result, port, directory = running.server, running.result, running.port, running.directory
     proc = running.proc
@@ -1049,17 +1182,22 @@ def measure_latency(running: Running, args: argparse.Namespace, tools: dict[str,
         answered = sum(run.completed for run in result.runs) or 1
         result.faults_per_query = running.faults / answered
         result.cpu_user, result.cpu_system = running.cpu_user, running.cpu_system
-        log(f"{server.key}: {result.faults_per_query:.2f} page faults per query, CPU user "
-            f"{result.cpu_user:.1f}s system {result.cpu_system:.1f}s")
+        log(
+            f"{server.key}: {result.faults_per_query:.2f} page faults per query, CPU user "
+            f"{result.cpu_user:.1f}s system {result.cpu_system:.1f}s"
+        )
         result.memory_kb["load"] = proc.status_kb()
         rates = {"target": args.latency_qps, "light": args.light_qps or light_qps or max(1000, int(result.qps * 0.5))}
         for label, rate in rates.items():
-            perf = dnsperf(tools, port, data.queries, seconds=args.seconds, clients=args.clients,
-                           qps=rate, verbose=True)
+            perf = dnsperf(
+                tools, port, data.queries, seconds=args.seconds, clients=args.clients, qps=rate, verbose=True
+            )
             result.latency[label] = perf
             check_answers(result, perf, data)
-            log(f"{server.key}: {rate:,} qps offered: {perf.qps:,.0f} answered/s, p50 {perf.percentile(0.5):.3f} ms,"
-                f" p99 {perf.percentile(0.99):.3f} ms, {perf.lost} lost")
+            log(
+                f"{server.key}: {rate:,} qps offered: {perf.qps:,.0f} answered/s, p50 {perf.percentile(0.5):.3f} ms,"
+                f" p99 {perf.percentile(0.99):.3f} ms, {perf.lost} lost"
+            )
         result.memory_kb["latency"] = proc.status_kb()
         if server.key == "schooldns":
             list_swap(result, proc, directory, args, tools, port, data, rates["light"], log)
@@ -1067,26 +1205,34 @@ def measure_latency(running: Running, args: argparse.Namespace, tools: dict[str,
         fail(running, exc, log)
 
 
-def miss_run(running: Running, number: int, args: argparse.Namespace, tools: dict[str, str], data: Data,
-             log: Callable[[str], None]) -> None:
+def miss_run(
+    running: Running,
+    number: int,
+    args: argparse.Namespace,
+    tools: dict[str, str],
+    data: Data,
+    log: Callable[[str], None],
+) -> None:
     """One 100%-miss run through its own file of new names (at most --seconds long)."""
     key, result = running.server.key, running.result
     if result.error:
         return
     try:
-        run = dnsperf(tools, running.port, data.misses[number], seconds=args.seconds, clients=args.clients,
-                      once=True)
+        run = dnsperf(tools, running.port, data.misses[number], seconds=args.seconds, clients=args.clients, once=True)
     except BenchError as exc:
         fail(running, exc, log)
         return
     result.misses.append(run)
     result.memory_kb["miss"] = running.proc.status_kb()
-    log(f"{key}: 100% miss run {number + 1}/{len(data.misses)}: {run.qps:,.0f} qps, avg {run.avg_latency_ms:.3f} ms,"
-        f" {run.lost} lost")
+    log(
+        f"{key}: 100% miss run {number + 1}/{len(data.misses)}: {run.qps:,.0f} qps, avg {run.avg_latency_ms:.3f} ms,"
+        f" {run.lost} lost"
+    )
 
 
-def finish_server(running: Running, args: argparse.Namespace, tools: dict[str, str], data: Data,
-                  log: Callable[[str], None]) -> None:
+def finish_server(
+    running: Running, args: argparse.Namespace, tools: dict[str, str], data: Data, log: Callable[[str], None]
+) -> None:
     """After all runs: /status, the worker scaling runs (schooldns), the log's problems; stop."""
     server, result, port, directory = running.server, running.result, running.port, running.directory
     proc = running.proc
@@ -1125,8 +1271,16 @@ def log_problems(path: Path) -> list[str]:
     return [line for line in lines if re.search(r"\b(ERROR|CRITICAL|Traceback|error:|fatal)", line)]
 
 
-METRICS = ("cache_entries", "cache_bytes", "cache_hits_total", "cache_misses_total", "cache_evictions_total",
-           "internal_errors_total", "malformed_queries_total", "upstream_coalesced_total")
+METRICS = (
+    "cache_entries",
+    "cache_bytes",
+    "cache_hits_total",
+    "cache_misses_total",
+    "cache_evictions_total",
+    "internal_errors_total",
+    "malformed_queries_total",
+    "upstream_coalesced_total",
+)
 
 
 def metrics_text(directory: Path) -> str | None:
@@ -1149,8 +1303,8 @@ def schooldns_status(directory: Path) -> dict | None:
     values = {}
     for line in text.splitlines():
         name, _, value = line.partition(" ")
-        if name.startswith("schooldns_") and name[len("schooldns_"):] in METRICS:
-            values[name[len("schooldns_"):]] = int(float(value))
+        if name.startswith("schooldns_") and name[len("schooldns_") :] in METRICS:
+            values[name[len("schooldns_") :]] = int(float(value))
         elif name.startswith("schooldns_queries_dropped_total{"):
             values["dropped_total"] = values.get("dropped_total", 0) + int(float(value))
     return values
@@ -1159,8 +1313,9 @@ def schooldns_status(directory: Path) -> dict | None:
 def published_worker_queries(directory: Path) -> dict[str, int]:
     """schooldns_worker_queries_total per worker, once the workers have published what they answered."""
     time.sleep(1.2)  # a worker publishes its counters to the supervisor every second
-    found = re.findall(r'^schooldns_worker_queries_total\{worker="(\d+)"\} (\S+)$', metrics_text(directory) or "",
-                       re.MULTILINE)
+    found = re.findall(
+        r'^schooldns_worker_queries_total\{worker="(\d+)"\} (\S+)$', metrics_text(directory) or "", re.MULTILINE
+    )
     return {worker: int(float(value)) for worker, value in found}
 
 
@@ -1203,7 +1358,8 @@ def scaling_paragraph(scaling: Scaling, args: argparse.Namespace) -> str:
         f"the one worker and cores {SERVER_CORE},{LOAD_CORE} with the two. Median of {args.runs}: "
         f"{light['1']:,.0f} qps with `workers: 1`, {light['2']:,.0f} qps with `workers: 2`: "
         f"**{scaling.ratio('2'):.2f}x**. loadgen itself took {light_cpu['1'] * 1e6:.1f} us of CPU per answer "
-        f"beside one worker, {light_cpu['2'] * 1e6:.1f} us beside two."]
+        f"beside one worker, {light_cpu['2'] * 1e6:.1f} us beside two."
+    ]
     estimate = scaling.dedicated_estimate("2")
     if estimate is not None:
         text.append(
@@ -1216,14 +1372,16 @@ def scaling_paragraph(scaling: Scaling, args: argparse.Namespace) -> str:
             f"({cpu['1'] * 1e6:.2f} / {cpu['2'] * 1e6:.2f}) / {scaling.query_share['2']:.2f} = "
             f"**{estimate:.2f}x** one worker with this split, and {2 * cpu['1'] / cpu['2']:.2f}x with an even "
             f"one (many clients): estimates from CPU time that leave out the load generator and how it "
-            f"shares the cores.")
+            f"shares the cores."
+        )
     estimate = scaling.dedicated_estimate("2 random")
     if estimate is not None:
         text.append(
             f"With `worker_spread: random` (each query to a random worker): {light['2 random']:,.0f} qps, "
             f"{scaling.ratio('2 random'):.2f}x one worker; the busier worker got "
             f"{scaling.query_share['2 random']:.0%} of a run's queries, at {cpu['2 random'] * 1e6:.2f} us of CPU "
-            f"per answer: **{estimate:.2f}x** one worker on dedicated cores by the same estimate.")
+            f"per answer: **{estimate:.2f}x** one worker on dedicated cores by the same estimate."
+        )
     if {"1 half", "2 half"} <= light.keys():
         share = SCALING_SERVERS["2 half"].core_share
         text.append(
@@ -1237,39 +1395,58 @@ def scaling_paragraph(scaling: Scaling, args: argparse.Namespace) -> str:
             f"The busier worker answered {scaling.query_share.get('2 half', 0):.0%} of a run's queries: "
             f"loadgen keeps a window of queries outstanding per socket, so the sockets of the less loaded "
             f"worker get their answers sooner and send more, and the split follows what each worker can "
-            f"answer, not how the ports hash.")
+            f"answer, not how the ports hash."
+        )
     elif scaling.quota_error:
         text.append(f"The runs with workers held to half a core each were skipped: {scaling.quota_error}.")
     if scaling.processes:
-        rows = [f"{p['name']} {p['cpu_seconds']:.1f} s CPU, Pss {p.get('Pss', 0) / 1024:.0f} MB "
-                f"(anon {p.get('Pss_Anon', 0) / 1024:.0f})" for p in scaling.processes]
-        text.append(f"With 2 workers, per process during / after all those runs (the supervisor, the spawner "
-                    f"that forks the workers, the workers): {'; '.join(rows)}.")
+        rows = [
+            f"{p['name']} {p['cpu_seconds']:.1f} s CPU, Pss {p.get('Pss', 0) / 1024:.0f} MB "
+            f"(anon {p.get('Pss_Anon', 0) / 1024:.0f})"
+            for p in scaling.processes
+        ]
+        text.append(
+            f"With 2 workers, per process during / after all those runs (the supervisor, the spawner "
+            f"that forks the workers, the workers): {'; '.join(rows)}."
+        )
     if {"1", "2"} <= scaling.start_pss.keys():
         one, two = (scaling.start_pss[label] / 1024 for label in ("1", "2"))
-        text.append(f"Memory after start, before any load (Pss summed over every process, the shared index "
-                    f"counted once): {one:.0f} MB with `workers: 1` (one process), {two:.0f} MB with "
-                    f"`workers: 2` (a supervisor, the spawner and two workers): the second worker adds "
-                    f"{two - one:.0f} MB.")
+        text.append(
+            f"Memory after start, before any load (Pss summed over every process, the shared index "
+            f"counted once): {one:.0f} MB with `workers: 1` (one process), {two:.0f} MB with "
+            f"`workers: 2` (a supervisor, the spawner and two workers): the second worker adds "
+            f"{two - one:.0f} MB."
+        )
     return "\n".join(text)
 
 
-def report(args: argparse.Namespace, info: dict[str, str], data: Data, results: list[Result],
-           domains_table: str | None, upstream_cmd: list[str], started_at: datetime.datetime,
-           elapsed: float) -> str:
+def report(
+    args: argparse.Namespace,
+    info: dict[str, str],
+    data: Data,
+    results: list[Result],
+    domains_table: str | None,
+    upstream_cmd: list[str],
+    started_at: datetime.datetime,
+    elapsed: float,
+) -> str:
     out: list[str] = []
     add = out.append
     invocation = "tests/perf/bench.py " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "tests/perf/bench.py"
     add(f"Measured {started_at:%Y-%m-%d %H:%M} UTC by `{invocation.strip()}` in {elapsed / 60:.1f} min.")
     add("")
     versions = ", ".join(f"{tool} {info[tool]}" for tool in ("dnsperf", "unbound", "dnsmasq") if tool in info)
-    add(f"Machine: {info['nproc']} cores ({info['cpu']}), {info['memory']} RAM, {info['kernel']}, "
-        f"Python {info['python']}, {versions}.")
+    add(
+        f"Machine: {info['nproc']} cores ({info['cpu']}), {info['memory']} RAM, {info['kernel']}, "
+        f"Python {info['python']}, {versions}."
+    )
     add("")
-    add(f"Workload: {len(data.names):,} listed names (seed {args.seed}); query file {data.query_count:,} "
+    add(
+        f"Workload: {len(data.names):,} listed names (seed {args.seed}); query file {data.query_count:,} "
         f"names, {data.blocked_queries / data.query_count:.1%} blocked; {args.runs} miss files of {data.miss_count:,} names; "
         f"{args.runs} runs of {args.seconds:g} s; dnsperf with {args.clients} clients, 100 queries "
-        f"outstanding, 2 s timeout.")
+        f"outstanding, 2 s timeout."
+    )
     add("")
     if any(r.error for r in results):
         for r in results:
@@ -1286,47 +1463,74 @@ def report(args: argparse.Namespace, info: dict[str, str], data: Data, results: 
         def row(label: str, cell: Callable[[Result], str]) -> None:
             add(f"| {label} | " + " | ".join(cell(r) for r in ok) + " |")
 
-        row(f"qps, warm cache, max rate (median of {args.runs}; min–max)",
-            lambda r: f"**{r.qps:,.0f}** ({min(x.qps for x in r.runs):,.0f}–{max(x.qps for x in r.runs):,.0f})")
-        row("mean latency at max rate, ms (dnsperf; mostly queueing)",
-            lambda r: fmt_ms(statistics.median(x.avg_latency_ms for x in r.runs)))
+        row(
+            f"qps, warm cache, max rate (median of {args.runs}; min–max)",
+            lambda r: f"**{r.qps:,.0f}** ({min(x.qps for x in r.runs):,.0f}–{max(x.qps for x in r.runs):,.0f})",
+        )
+        row(
+            "mean latency at max rate, ms (dnsperf; mostly queueing)",
+            lambda r: fmt_ms(statistics.median(x.avg_latency_ms for x in r.runs)),
+        )
         row("queries lost in the max-rate runs", lambda r: f"{sum(x.lost for x in r.runs):,}")
-        row("server CPU in the max-rate runs: user / system s",
-            lambda r: f"{r.cpu_user:.1f} / {r.cpu_system:.1f}")
+        row("server CPU in the max-rate runs: user / system s", lambda r: f"{r.cpu_user:.1f} / {r.cpu_system:.1f}")
         row("minor page faults per query (max-rate runs)", lambda r: f"{r.faults_per_query:.2f}")
         for label, title in (("target", "fixed rate"), ("light", "light load")):
-            row(f"{title}: offered / answered qps",
-                lambda r, label=label: f"{offered_qps(r.latency[label]):,} / {r.latency[label].qps:,.0f}")
-            row(f"{title}: p50 / p99 / p99.9 latency, ms",
-                lambda r, label=label: " / ".join(fmt_ms(r.latency[label].percentile(f))
-                                                  for f in (0.5, 0.99, 0.999)))
+            row(
+                f"{title}: offered / answered qps",
+                lambda r, label=label: f"{offered_qps(r.latency[label]):,} / {r.latency[label].qps:,.0f}",
+            )
+            row(
+                f"{title}: p50 / p99 / p99.9 latency, ms",
+                lambda r, label=label: " / ".join(fmt_ms(r.latency[label].percentile(f)) for f in (0.5, 0.99, 0.999)),
+            )
             row(f"{title}: lost", lambda r, label=label: f"{r.latency[label].lost:,}")
-        row(f"qps, 100% cache miss, forwarded upstream (median of {args.runs}; min–max)",
-            lambda r: f"**{r.miss.qps:,.0f}** ({min(x.qps for x in r.misses):,.0f}–{max(x.qps for x in r.misses):,.0f})"
-            if r.miss else "–")
+        row(
+            f"qps, 100% cache miss, forwarded upstream (median of {args.runs}; min–max)",
+            lambda r: (
+                f"**{r.miss.qps:,.0f}** ({min(x.qps for x in r.misses):,.0f}–{max(x.qps for x in r.misses):,.0f})"
+                if r.miss
+                else "–"
+            ),
+        )
         row("mean latency, 100% miss, ms (median run)", lambda r: fmt_ms(r.miss.avg_latency_ms) if r.miss else "–")
         row("RSS after start, MB", lambda r: mb(r.memory_kb.get("ready", {}).get("VmRSS")))
-        row("RSS after warm cache + max-rate runs, MB (anon + file)",
-            lambda r: f"{mb(r.memory_kb.get('load', {}).get('VmRSS'))} ({mb(r.memory_kb.get('load', {}).get('RssAnon'))}"
-                      f" + {mb(r.memory_kb.get('load', {}).get('RssFile'))})")
-        row("RSS after the miss runs, MB (peak)", lambda r: f"{mb(r.memory_kb.get('miss', {}).get('VmRSS'))} "
-            f"({mb(r.memory_kb.get('miss', {}).get('VmHWM'))})")
-        row("start to first answer, s (cold: compile / load list; schooldns median of --runs, min–max)",
-            lambda r: start_cell(r.start_samples))
-        row("start to first answer, s (warm: compiled index in state_dir)",
-            lambda r: start_cell(r.warm_start_samples) if r.warm_start_samples else "n/a")
-        row("answers checked (rcode per name, latency runs) / wrong",
-            lambda r: f"{r.answers_checked:,} / {len(r.wrong_answers):,}")
+        row(
+            "RSS after warm cache + max-rate runs, MB (anon + file)",
+            lambda r: (
+                f"{mb(r.memory_kb.get('load', {}).get('VmRSS'))} ({mb(r.memory_kb.get('load', {}).get('RssAnon'))}"
+                f" + {mb(r.memory_kb.get('load', {}).get('RssFile'))})"
+            ),
+        )
+        row(
+            "RSS after the miss runs, MB (peak)",
+            lambda r: (
+                f"{mb(r.memory_kb.get('miss', {}).get('VmRSS'))} ({mb(r.memory_kb.get('miss', {}).get('VmHWM'))})"
+            ),
+        )
+        row(
+            "start to first answer, s (cold: compile / load list; schooldns median of --runs, min–max)",
+            lambda r: start_cell(r.start_samples),
+        )
+        row(
+            "start to first answer, s (warm: compiled index in state_dir)",
+            lambda r: start_cell(r.warm_start_samples) if r.warm_start_samples else "n/a",
+        )
+        row(
+            "answers checked (rcode per name, latency runs) / wrong",
+            lambda r: f"{r.answers_checked:,} / {len(r.wrong_answers):,}",
+        )
         add("")
 
         base = next((r for r in ok if r.key == "schooldns"), None)
         if base is not None and "swap" in base.latency:
             swap = base.latency["swap"]
-            add(f"schooldns list swap under load: while answering {offered_qps(swap):,} qps, the list file was "
+            add(
+                f"schooldns list swap under load: while answering {offered_qps(swap):,} qps, the list file was "
                 f"replaced (same list + 1 name) and SIGHUP sent; the full recompile ran in a child process on the "
                 f"server's core and the new index was installed after {base.swap_seconds:.1f} s. During that run: "
                 f"p50 / p99 / p99.9 {' / '.join(fmt_ms(swap.percentile(f)) for f in (0.5, 0.99, 0.999))} ms, "
-                f"{swap.lost:,} lost, {swap.qps:,.0f} answered/s.")
+                f"{swap.lost:,} lost, {swap.qps:,.0f} answered/s."
+            )
         scaling = base.scaling if base is not None else None
         if scaling is not None and {"1", "2"} <= scaling.light_qps.keys():
             add("")
@@ -1352,17 +1556,18 @@ def report(args: argparse.Namespace, info: dict[str, str], data: Data, results: 
                 add("")
             if base.status:
                 s = base.status
-                add(f"schooldns /metrics after its runs: cache {s.get('cache_hits_total', 0):,} hits, "
+                add(
+                    f"schooldns /metrics after its runs: cache {s.get('cache_hits_total', 0):,} hits, "
                     f"{s.get('cache_misses_total', 0):,} misses, {s.get('cache_entries', 0):,} entries, "
                     f"{s.get('cache_evictions_total', 0):,} evictions; "
                     f"{s.get('internal_errors_total', 0):,} internal errors, "
                     f"{s.get('dropped_total', 0):,} queries dropped, "
-                    f"{s.get('upstream_coalesced_total', 0):,} coalesced upstream.")
+                    f"{s.get('upstream_coalesced_total', 0):,} coalesced upstream."
+                )
                 add("")
         for r in results:
             if r.log_problems:
-                add(f"**{r.title} logged {len(r.log_problems)} error line(s)**, first: "
-                    f"`{r.log_problems[0][:200]}`")
+                add(f"**{r.title} logged {len(r.log_problems)} error line(s)**, first: `{r.log_problems[0][:200]}`")
                 add("")
         for r in ok:
             if r.wrong_answers:
@@ -1409,10 +1614,10 @@ def write_section(path: Path, section: str) -> None:
     lines = text.splitlines(keepends=True)
     stripped = [line.rstrip("\r\n") for line in lines]
     block = f"{BEGIN}\n{section}{END}\n"
-    if BEGIN in stripped and END in stripped[stripped.index(BEGIN):]:
+    if BEGIN in stripped and END in stripped[stripped.index(BEGIN) :]:
         begin = stripped.index(BEGIN)
         end = stripped.index(END, begin)
-        text = "".join(lines[:begin]) + block + "".join(lines[end + 1:])
+        text = "".join(lines[:begin]) + block + "".join(lines[end + 1 :])
     else:
         text = (text.rstrip("\n") + "\n\n" if text else "") + block
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -1427,8 +1632,19 @@ def write_section(path: Path, section: str) -> None:
 def domains_command(args: argparse.Namespace, for_report: bool = False) -> list[str]:
     python = ".venv/bin/python" if for_report else sys.executable
     script = "tests/perf/bench_domains.py" if for_report else str(HERE / "bench_domains.py")
-    return ["taskset", "-c", SERVER_CORE, python, script, "--entries", str(args.domains_entries),
-            "--queries", str(args.domains_queries), "--seed", str(args.seed)]
+    return [
+        "taskset",
+        "-c",
+        SERVER_CORE,
+        python,
+        script,
+        "--entries",
+        str(args.domains_entries),
+        "--queries",
+        str(args.domains_queries),
+        "--seed",
+        str(args.seed),
+    ]
 
 
 def run_domains(args: argparse.Namespace) -> str:
@@ -1443,36 +1659,51 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=int, help="listed names (default 1,000,000; --quick 10,000)")
     parser.add_argument("--queries", type=int, help="names in the query file (default 50,000; --quick 5,000)")
-    parser.add_argument("--misses", type=int,
-                        help="names in each 100%%-miss file, one file per run (default 250,000; --quick 30,000)")
+    parser.add_argument(
+        "--misses", type=int, help="names in each 100%%-miss file, one file per run (default 250,000; --quick 30,000)"
+    )
     parser.add_argument("--seconds", type=float, help="length of each dnsperf run (default 10; --quick 3)")
-    parser.add_argument("--runs", type=int, default=3,
-                        help="max-rate runs and 100%%-miss runs per server; medians are reported")
+    parser.add_argument(
+        "--runs", type=int, default=3, help="max-rate runs and 100%%-miss runs per server; medians are reported"
+    )
     parser.add_argument("--clients", type=int, default=8, help="dnsperf -c")
     parser.add_argument("--latency-qps", type=int, default=20_000, help="offered rate of the first latency run")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="10k list, 3 s runs: a smoke test of the harness")
     parser.add_argument("--skip-baselines", action="store_true", help="measure schooldns only")
-    parser.add_argument("--servers", default=",".join(SERVERS),
-                        help=f"comma-separated subset of {','.join(SERVERS)} (default: all)")
-    parser.add_argument("--light-qps", type=int,
-                        help="offered rate of the second latency run (default: half of schooldns' max qps)")
+    parser.add_argument(
+        "--servers", default=",".join(SERVERS), help=f"comma-separated subset of {','.join(SERVERS)} (default: all)"
+    )
+    parser.add_argument(
+        "--light-qps", type=int, help="offered rate of the second latency run (default: half of schooldns' max qps)"
+    )
     parser.add_argument("--skip-domains", action="store_true", help="do not run bench_domains.py")
-    parser.add_argument("--no-scaling", dest="scaling", action="store_false",
-                        help="skip the 1-vs-2-worker runs of schooldns")
+    parser.add_argument(
+        "--no-scaling", dest="scaling", action="store_false", help="skip the 1-vs-2-worker runs of schooldns"
+    )
     parser.add_argument("--domains-entries", type=int, help="bench_domains.py --entries (default: --entries)")
-    parser.add_argument("--domains-queries", type=int, help="bench_domains.py --queries (default 200,000; --quick 20,000)")
-    parser.add_argument("--output", type=Path, default=REPO / "docs" / "performance.md",
-                        help="markdown file whose bench markers get the results (default docs/performance.md)")
+    parser.add_argument(
+        "--domains-queries", type=int, help="bench_domains.py --queries (default 200,000; --quick 20,000)"
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=REPO / "docs" / "performance.md",
+        help="markdown file whose bench markers get the results (default docs/performance.md)",
+    )
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (printed)")
     parser.add_argument("--start-timeout", type=float, default=900, help="seconds a server may take to answer")
     parser.add_argument("--tools-only", action="store_true", help="install the tools (root) and exit")
     args = parser.parse_args(argv)
     quick = args.quick
-    defaults = {"entries": 10_000 if quick else 1_000_000, "queries": 5_000 if quick else 50_000,
-                "misses": 30_000 if quick else 250_000, "seconds": 3.0 if quick else 10.0,
-                "domains_queries": 20_000 if quick else 200_000}
+    defaults = {
+        "entries": 10_000 if quick else 1_000_000,
+        "queries": 5_000 if quick else 50_000,
+        "misses": 30_000 if quick else 250_000,
+        "seconds": 3.0 if quick else 10.0,
+        "domains_queries": 20_000 if quick else 200_000,
+    }
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -1525,21 +1756,35 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     try:
         data = generate(work, args.entries, args.queries, args.misses, args.runs, args.seed)
-        log(f"generated {len(data.names):,} listed names, {data.query_count:,} queries "
-            f"({data.blocked_queries:,} blocked), {args.runs} x {data.miss_count:,} miss names")
+        log(
+            f"generated {len(data.names):,} listed names, {data.query_count:,} queries "
+            f"({data.blocked_queries:,} blocked), {args.runs} x {data.miss_count:,} miss names"
+        )
         upstream_port = free_port()
-        upstream_cmd = ["taskset", "-c", LOAD_CORE, sys.executable, str(HERE / "authoritative.py"),
-                        "--port", str(upstream_port)]
+        upstream_cmd = [
+            "taskset",
+            "-c",
+            LOAD_CORE,
+            sys.executable,
+            str(HERE / "authoritative.py"),
+            "--port",
+            str(upstream_port),
+        ]
         upstream = Proc("upstream", upstream_cmd, work / "upstream.log")
         wait_answer(upstream_port, upstream, time.monotonic(), 30)
 
         servers = [
-            Server("schooldns", "schooldns", lambda d, p: prepare_schooldns(d, data, p, upstream_port),
-                   warm_start=True),
-            Server("unbound-localzone", "unbound (local-zone)",
-                   lambda d, p: prepare_unbound(d, data, p, upstream_port, False, tools)),
-            Server("unbound-rpz", "unbound (RPZ)",
-                   lambda d, p: prepare_unbound(d, data, p, upstream_port, True, tools)),
+            Server(
+                "schooldns", "schooldns", lambda d, p: prepare_schooldns(d, data, p, upstream_port), warm_start=True
+            ),
+            Server(
+                "unbound-localzone",
+                "unbound (local-zone)",
+                lambda d, p: prepare_unbound(d, data, p, upstream_port, False, tools),
+            ),
+            Server(
+                "unbound-rpz", "unbound (RPZ)", lambda d, p: prepare_unbound(d, data, p, upstream_port, True, tools)
+            ),
             Server("dnsmasq", "dnsmasq", lambda d, p: prepare_dnsmasq(d, data, p, upstream_port, tools)),
         ]
         servers = [server for server in servers if server.key in args.servers]
@@ -1607,28 +1852,55 @@ def raw(results: list[Result], info: dict[str, str], args: argparse.Namespace) -
     def perf(p: Perf | None) -> dict | None:
         if p is None:
             return None
-        return {"qps": p.qps, "sent": p.sent, "completed": p.completed, "lost": p.lost,
-                "avg_latency_ms": p.avg_latency_ms, "max_latency_ms": p.max_latency_ms, "rcodes": p.rcodes,
-                "p50_ms": p.percentile(0.5) if p.latencies_ms else None,
-                "p99_ms": p.percentile(0.99) if p.latencies_ms else None,
-                "p999_ms": p.percentile(0.999) if p.latencies_ms else None}
+        return {
+            "qps": p.qps,
+            "sent": p.sent,
+            "completed": p.completed,
+            "lost": p.lost,
+            "avg_latency_ms": p.avg_latency_ms,
+            "max_latency_ms": p.max_latency_ms,
+            "rcodes": p.rcodes,
+            "p50_ms": p.percentile(0.5) if p.latencies_ms else None,
+            "p99_ms": p.percentile(0.99) if p.latencies_ms else None,
+            "p999_ms": p.percentile(0.999) if p.latencies_ms else None,
+        }
 
     return {
-        "machine": info, "args": {k: str(v) for k, v in vars(args).items()},
-        "results": [{"server": r.key, "qps_median": r.qps, "runs": [perf(p) for p in r.runs],
-                     "warm_pass": perf(r.warm_pass), "latency": {k: perf(v) for k, v in r.latency.items()},
-                     "miss": perf(r.miss), "misses": [perf(p) for p in r.misses], "memory_kb": r.memory_kb, "start_seconds": r.start_seconds,
-                     "warm_start_seconds": r.warm_start_seconds, "start_samples": r.start_samples,
-                     "warm_start_samples": r.warm_start_samples, "answers_checked": r.answers_checked,
-                     "faults_per_query": r.faults_per_query, "cpu_user": r.cpu_user, "cpu_system": r.cpu_system,
-                     "scaling": asdict(r.scaling) if r.scaling else None,
-                     "scaling_dedicated_estimate": {label: r.scaling.dedicated_estimate(label)
-                                                    for label, server in SCALING_SERVERS.items()
-                                                    if server.workers > 1 and not server.core_share}
-                     if r.scaling else None,
-                     "wrong_answers": r.wrong_answers[:50], "status": r.status, "error": r.error,
-                     "log_problems": r.log_problems[:50]}
-                    for r in results],
+        "machine": info,
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "results": [
+            {
+                "server": r.key,
+                "qps_median": r.qps,
+                "runs": [perf(p) for p in r.runs],
+                "warm_pass": perf(r.warm_pass),
+                "latency": {k: perf(v) for k, v in r.latency.items()},
+                "miss": perf(r.miss),
+                "misses": [perf(p) for p in r.misses],
+                "memory_kb": r.memory_kb,
+                "start_seconds": r.start_seconds,
+                "warm_start_seconds": r.warm_start_seconds,
+                "start_samples": r.start_samples,
+                "warm_start_samples": r.warm_start_samples,
+                "answers_checked": r.answers_checked,
+                "faults_per_query": r.faults_per_query,
+                "cpu_user": r.cpu_user,
+                "cpu_system": r.cpu_system,
+                "scaling": asdict(r.scaling) if r.scaling else None,
+                "scaling_dedicated_estimate": {
+                    label: r.scaling.dedicated_estimate(label)
+                    for label, server in SCALING_SERVERS.items()
+                    if server.workers > 1 and not server.core_share
+                }
+                if r.scaling
+                else None,
+                "wrong_answers": r.wrong_answers[:50],
+                "status": r.status,
+                "error": r.error,
+                "log_problems": r.log_problems[:50],
+            }
+            for r in results
+        ],
     }
 
 

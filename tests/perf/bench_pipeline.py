@@ -72,14 +72,16 @@ def main() -> None:
     parser.add_argument("--names", type=int, default=20_000, help="distinct allowed names (default 20,000)")
     parser.add_argument("--rounds", type=int, default=5, help="passes over the query set (default 5)")
     parser.add_argument("--profile", action="store_true", help="print a cProfile of the replay loop")
-    parser.add_argument("--churn", type=int, default=0,
-                        help="also measure a Zipf mix over this many more names (0: not measured)")
+    parser.add_argument(
+        "--churn", type=int, default=0, help="also measure a Zipf mix over this many more names (0: not measured)"
+    )
     args = parser.parse_args()
 
     rng = random.Random(1)
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as state:
-        cfg = dataclasses.replace(config.load_config(REPO / "deploy" / "example" / "config.yaml"),
-                                  state_dir=Path(state))
+        cfg = dataclasses.replace(
+            config.load_config(REPO / "deploy" / "example" / "config.yaml"), state_dir=Path(state)
+        )
         snapshot = snapshots.build_snapshot(cfg, 1)
     answers = cache.AnswerCache((args.names + args.churn) * 2)
     counters = metrics.Counters()
@@ -87,26 +89,34 @@ def main() -> None:
     pipe = pipeline.Pipeline(snapshot, answers, AnsweringForwarder(), counters, clock=lambda: now[0])
 
     allowed = [f"host{number}.example-{number % 997}.com" for number in range(args.names)]
-    blocked = [name for name in blocked_names(max(1, args.names * 15 // 85))
-               if snapshot.index.lookup(name) and not snapshot.index.explain(name)[-1].kind == "allow"]
+    blocked = [
+        name
+        for name in blocked_names(max(1, args.names * 15 // 85))
+        if snapshot.index.lookup(name) and not snapshot.index.explain(name)[-1].kind == "allow"
+    ]
     # cached: repeats of cached answers while their kept bytes hold; renewed: the same 5 s later
     # each round, so every repeat has its TTLs re-aged (wire.reduce_ttls, see REPEAT_AGE_AHEAD_SECONDS)
     kinds = {"cached": allowed, "renewed": allowed, "blocked": blocked}
     churned = [f"tail{number}.example-{number % 991}.net" for number in range(args.churn)]
     if churned:
         # as many queries as 2.5 names of the mix each, most of them for the popular names
-        kinds["churn"] = rng.choices(churned, weights=[1 / rank for rank in range(1, len(churned) + 1)],
-                                     k=len(churned) * 5 // 2)
+        kinds["churn"] = rng.choices(
+            churned, weights=[1 / rank for rank in range(1, len(churned) + 1)], k=len(churned) * 5 // 2
+        )
 
     for name in allowed + churned:
         reply = pipe.handle(query_bytes(name, rng), CLIENT, "udp")
         assert not isinstance(reply, bytes | None), f"{name} should be a cache miss first"
         reply(lambda answer: None)  # the forwarder answers at once: the answer is cached
-    print(f"site: {len(snapshot.policies.schools)} schools, {snapshot.index.entry_count} listed names; "
-          f"{len(allowed)} allowed (cached) + {len(blocked)} blocked query names, {args.rounds} rounds")
+    print(
+        f"site: {len(snapshot.policies.schools)} schools, {snapshot.index.entry_count} listed names; "
+        f"{len(allowed)} allowed (cached) + {len(blocked)} blocked query names, {args.rounds} rounds"
+    )
     if churned:
-        print(f"churn: {len(kinds['churn']):,} queries over {len(set(kinds['churn'])):,} of {len(churned):,} "
-              f"names (repeats kept: at most {pipeline.REPEAT_MAX:,})")
+        print(
+            f"churn: {len(kinds['churn']):,} queries over {len(set(kinds['churn'])):,} of {len(churned):,} "
+            f"names (repeats kept: at most {pipeline.REPEAT_MAX:,})"
+        )
 
     for kind, names in kinds.items():
         batch = [query_bytes(name, rng) for name in names]

@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from resolver.dataplane import udpbatch  # noqa: E402
+from resolver.dataplane import udpbatch
 
 BATCH = udpbatch.BATCH  # datagrams per system call
 SLOT = 512  # bytes per query in the send buffer and per answer in the receive buffer
@@ -110,8 +110,9 @@ def run(host: str, port: int, queries: list[bytes], seconds: float, sockets: int
         nonlocal position, sent
         done = 0
         while done < wanted:
-            got = sendmmsg(fd, outgoing.at(position), min(wanted - done, outgoing.count - position, BATCH),
-                           socket.MSG_DONTWAIT)
+            got = sendmmsg(
+                fd, outgoing.at(position), min(wanted - done, outgoing.count - position, BATCH), socket.MSG_DONTWAIT
+            )
             if got <= 0:
                 break  # the socket's send buffer is full: the rest waits for a silence
             done += got
@@ -146,9 +147,16 @@ def run(host: str, port: int, queries: list[bytes], seconds: float, sockets: int
     poller.close()
     for sock in socks:
         sock.close()
-    return {"answered": answered, "sent": sent, "seconds": round(elapsed, 3), "qps": round(answered / elapsed, 1),
-            "cpu_seconds": round(cpu, 3), "user_seconds": round(after.ru_utime - usage.ru_utime, 3),
-            "cpu_us_per_answer": round(cpu / max(1, answered) * 1e6, 3), "refills": refills}
+    return {
+        "answered": answered,
+        "sent": sent,
+        "seconds": round(elapsed, 3),
+        "qps": round(answered / elapsed, 1),
+        "cpu_seconds": round(cpu, 3),
+        "user_seconds": round(after.ru_utime - usage.ru_utime, 3),
+        "cpu_us_per_answer": round(cpu / max(1, answered) * 1e6, 3),
+        "refills": refills,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,6 +38,7 @@ async def serve(mode: str, port: int) -> None:
     sock.bind(("127.0.0.1", port))
     sock.setblocking(False)
     if mode == "batched":
+
         def read_ready() -> None:
             for _ in range(64):
                 try:
@@ -48,6 +49,7 @@ async def serve(mode: str, port: int) -> None:
                     sock.sendto(echo(data), addr)
                 except BlockingIOError:
                     pass
+
         loop.add_reader(sock.fileno(), read_ready)
     else:
         await loop.create_datagram_endpoint(Echo, sock=sock)
@@ -60,7 +62,8 @@ def main() -> None:
         raise SystemExit(__doc__)
     mode, port = sys.argv[1], int(sys.argv[2])
     if mode == "uvloop":
-        import uvloop  # noqa: PLC0415  (optional, only for this comparison)
+        import uvloop
+
         uvloop.install()
     try:
         asyncio.run(serve(mode, port))

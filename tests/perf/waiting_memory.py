@@ -35,9 +35,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--misses", type=int, default=9000, help="new names sent (default 9,000)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="schooldns-waiting-") as work, \
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent, \
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+    with (
+        tempfile.TemporaryDirectory(prefix="schooldns-waiting-") as work,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client,
+    ):
         silent.bind(("127.0.0.1", 0))  # the upstream: reads nothing, answers nothing
         client.bind(("127.0.0.1", 0))
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
@@ -46,8 +48,12 @@ def main() -> None:
         config = harness.write_site(Path(work), [f"127.0.0.1:{silent.getsockname()[1]}"])
         text = config.read_text().replace('listen: ["127.0.0.1:0"]', f'listen: ["127.0.0.1:{port}"]')
         config.write_text(text.replace("timeout_seconds: 1.0", "timeout_seconds: 30"))
-        server = subprocess.Popen([sys.executable, "-m", "resolver", "serve", "--config", str(config)],
-                                  cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "resolver", "serve", "--config", str(config)],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             client.settimeout(0.2)
             for _ in range(300):  # until it answers (a blocked name needs no upstream)
@@ -72,8 +78,10 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait()
-    print(f"RSS {before / 1024:.1f} MB -> {after / 1024:.1f} MB with {args.misses:,} misses waiting upstream: "
-          f"{(after - before) * 1024 / args.misses:,.0f} bytes each")
+    print(
+        f"RSS {before / 1024:.1f} MB -> {after / 1024:.1f} MB with {args.misses:,} misses waiting upstream: "
+        f"{(after - before) * 1024 / args.misses:,.0f} bytes each"
+    )
 
 
 if __name__ == "__main__":

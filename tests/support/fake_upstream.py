@@ -58,9 +58,7 @@ class Unframed:
 #: What a hook may return: raw message bytes, a message, Unframed stream bytes,
 #: None (send nothing) or "default" (let the fake answer normally).
 HookResult: TypeAlias = bytes | dns.message.Message | Unframed | Literal["default"] | None
-Hook: TypeAlias = Callable[
-    [dns.message.Message, Transport], HookResult | Awaitable[HookResult]
-]
+Hook: TypeAlias = Callable[[dns.message.Message, Transport], HookResult | Awaitable[HookResult]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,9 +182,7 @@ class FakeUpstream:
         self.port = port
         self._stopping = False
         self._server = await asyncio.start_server(self._serve_tcp, sock=tcp_sock)
-        self._udp, _ = await loop.create_datagram_endpoint(
-            lambda: _UdpProtocol(self), sock=udp_sock
-        )
+        self._udp, _ = await loop.create_datagram_endpoint(lambda: _UdpProtocol(self), sock=udp_sock)
 
     async def stop(self, *, raise_errors: bool = True) -> None:
         """Close sockets, connections and in-flight tasks; re-raise a hook's error."""
@@ -211,22 +207,16 @@ class FakeUpstream:
 
     # ------------------------------------------------------------------ data builder
 
-    def answer(
-        self, name: str, rdtype: str | int, *rdatas: str, ttl: int = 300
-    ) -> Self:
+    def answer(self, name: str, rdtype: str | int, *rdatas: str, ttl: int = 300) -> Self:
         """Add records (in dnspython text form; names in rdata are taken as absolute)."""
         owner, rtype = _name(name), _rdtype(rdtype)
         if not rdatas:
             raise ValueError("answer() needs at least one rdata")
         rrset = self._rrsets.get((owner, rtype))
         if rrset is None:
-            rrset = self._rrsets[owner, rtype] = dns.rrset.RRset(
-                owner, dns.rdataclass.IN, rtype
-            )
+            rrset = self._rrsets[owner, rtype] = dns.rrset.RRset(owner, dns.rdataclass.IN, rtype)
         for text in rdatas:
-            rdata = dns.rdata.from_text(
-                dns.rdataclass.IN, rtype, text, origin=dns.name.root, relativize=False
-            )
+            rdata = dns.rdata.from_text(dns.rdataclass.IN, rtype, text, origin=dns.name.root, relativize=False)
             rrset.add(rdata, ttl)  # an RRset keeps the smallest TTL given
         return self
 
@@ -270,9 +260,7 @@ class FakeUpstream:
         self._rcodes[_name(name)] = (dns.rcode.REFUSED, None)
         return self
 
-    def large_answer(
-        self, name: str, count: int, rdtype: str = "A", ttl: int = 300
-    ) -> Self:
+    def large_answer(self, name: str, count: int, rdtype: str = "A", ttl: int = 300) -> Self:
         """Add ``count`` distinct A or TXT records (≈16 / ≈60 bytes each on the wire)."""
         match rdtype.upper():
             case "A":
@@ -369,9 +357,7 @@ class FakeUpstream:
     def _fault(self, faults: set[_NameKey], qname: dns.name.Name) -> bool:
         return qname in faults or None in faults
 
-    async def _reply(
-        self, query: dns.message.Message, transport: Transport
-    ) -> bytes | Unframed | None:
+    async def _reply(self, query: dns.message.Message, transport: Transport) -> bytes | Unframed | None:
         """The bytes to send for ``query`` (no TCP framing), or None for silence."""
         qname = query.question[0].name
         seconds = self._delays.get(qname, self._delays.get(None, 0.0))
@@ -391,9 +377,7 @@ class FakeUpstream:
 
     def _render(self, query: dns.message.Message, transport: Transport) -> bytes:
         question = query.question[0]
-        response = dns.message.make_response(
-            query, recursion_available=True, our_payload=SERVER_PAYLOAD
-        )
+        response = dns.message.make_response(query, recursion_available=True, our_payload=SERVER_PAYLOAD)
         response.flags |= query.flags & dns.flags.CD
         if query.edns >= 0:  # echo OPT, and the DO bit (RFC 3225)
             response.use_edns(0, query.ednsflags & dns.flags.DO, SERVER_PAYLOAD)
@@ -415,17 +399,13 @@ class FakeUpstream:
                 wire = response.to_wire(max_size=65535)
         return wire
 
-    def _resolve(
-        self, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType, depth: int = 0
-    ) -> _Outcome:
+    def _resolve(self, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType, depth: int = 0) -> _Outcome:
         rcode, soa = self._rcodes.get(qname, (None, None))
         if rcode is not None:
             authority = (self._soa(qname, soa, parent=True),) if soa is not None else ()
             return _Outcome(rcode, authority=authority)
         if (qname, rdtype) in self._nodata:
-            return _Outcome(
-                dns.rcode.NOERROR, authority=(self._soa(qname, self._nodata[qname, rdtype]),)
-            )
+            return _Outcome(dns.rcode.NOERROR, authority=(self._soa(qname, self._nodata[qname, rdtype]),))
         if rdtype == dns.rdatatype.ANY:
             found = tuple(rr for (owner, _), rr in self._rrsets.items() if owner == qname)
             if found:
@@ -440,9 +420,7 @@ class FakeUpstream:
             return _Outcome(rest.rcode, (cname, *rest.answer), rest.authority)
         if self._exists(qname):
             return _Outcome(dns.rcode.NOERROR, authority=(self._soa(qname, self.default_soa),))
-        return _Outcome(
-            dns.rcode.NXDOMAIN, authority=(self._soa(qname, self.default_soa, parent=True),)
-        )
+        return _Outcome(dns.rcode.NXDOMAIN, authority=(self._soa(qname, self.default_soa, parent=True),))
 
     def _exists(self, qname: dns.name.Name) -> bool:
         """Whether ``qname`` owns data or is an empty non-terminal above data."""
@@ -482,9 +460,7 @@ class FakeUpstream:
         if query is not None:
             self._spawn(self._answer_udp(query, peer))
 
-    async def _reply_or_record(
-        self, query: dns.message.Message, transport: Transport
-    ) -> bytes | Unframed | None:
+    async def _reply_or_record(self, query: dns.message.Message, transport: Transport) -> bytes | Unframed | None:
         """``_reply``, but an exception (from a hook, say) is kept for stop() and means silence."""
         try:
             return await self._reply(query, transport)

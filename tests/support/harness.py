@@ -80,13 +80,15 @@ class Running:
     def port(self) -> int:
         return self.worker.addresses[0][1]
 
-    async def udp(self, name: str, rdtype: str = "A", source: str = "127.0.0.1", timeout: float = 3.0,
-                  **make_query_args) -> dns.message.Message:
+    async def udp(
+        self, name: str, rdtype: str = "A", source: str = "127.0.0.1", timeout: float = 3.0, **make_query_args
+    ) -> dns.message.Message:
         query = dns.message.make_query(name, rdtype, **make_query_args)
         return await dns.asyncquery.udp(query, "127.0.0.1", port=self.port, source=source, timeout=timeout)
 
-    async def tcp(self, name: str, rdtype: str = "A", source: str = "127.0.0.1", timeout: float = 3.0,
-                  **make_query_args) -> dns.message.Message:
+    async def tcp(
+        self, name: str, rdtype: str = "A", source: str = "127.0.0.1", timeout: float = 3.0, **make_query_args
+    ) -> dns.message.Message:
         query = dns.message.make_query(name, rdtype, **make_query_args)
         return await dns.asyncquery.tcp(query, "127.0.0.1", port=self.port, source=source, timeout=timeout)
 
@@ -98,8 +100,7 @@ async def until(condition, timeout_seconds: float) -> None:
             await asyncio.sleep(0.01)
 
 
-def write_site(root: Path, upstreams: list[str], config_extra: str = "",
-               files: dict[str, str] | None = None) -> Path:
+def write_site(root: Path, upstreams: list[str], config_extra: str = "", files: dict[str, str] | None = None) -> Path:
     """Write config.yaml + policies/ + blocklists/ under root; returns the config path."""
     for relative, text in {**FILES, **(files or {})}.items():
         path = root / relative
@@ -110,14 +111,20 @@ def write_site(root: Path, upstreams: list[str], config_extra: str = "",
     config_path.write_text(
         f'listen: ["127.0.0.1:0"]\nupstreams: [{upstream_list}]\n'
         f"policies_dir: policies\nblocklists_dir: blocklists\nstate_dir: var\n"
-        f"forwarding: {{timeout_seconds: 1.0}}\n{config_extra}", encoding="utf-8")
+        f"forwarding: {{timeout_seconds: 1.0}}\n{config_extra}",
+        encoding="utf-8",
+    )
     return config_path
 
 
 @contextlib.asynccontextmanager
-async def running_resolver(root: Path, upstreams: list[str], config_extra: str = "",
-                           files: dict[str, str] | None = None, with_admin: bool = False
-                           ) -> AsyncIterator[Running]:
+async def running_resolver(
+    root: Path,
+    upstreams: list[str],
+    config_extra: str = "",
+    files: dict[str, str] | None = None,
+    with_admin: bool = False,
+) -> AsyncIterator[Running]:
     if with_admin:
         config_extra += 'admin: {listen: "127.0.0.1:0"}\n'
     cfg = config.load_config(write_site(root, upstreams, config_extra, files))

@@ -21,7 +21,10 @@ def test_hit_ages_ttl_and_expires():
     answers.store(query.key, answer, now=1000.0)
     entry = answers.lookup(query.key, 1030.5)
     assert (entry.question_length, entry.ttl_offsets, entry.targets) == (
-        answer.question_length, answer.ttl_offsets, answer.targets)
+        answer.question_length,
+        answer.ttl_offsets,
+        answer.targets,
+    )
     assert dns.message.from_wire(entry.message).answer[0].ttl == 70
     assert entry.exact_until == 1031.0  # the aged copy is exact until the next whole second of age
     assert answers.lookup(query.key, 1099.5).exact_until == 1100.0  # ... or until the answer expires

@@ -68,10 +68,18 @@ def test_exact_covers_only_the_name_itself():
     assert index.lookup("com") == 0
 
 
-@pytest.mark.parametrize("name", [
-    "notexample.com", "xexample.com", "example.com.evil.net", "example.co", "example.comm",
-    "www.notexample.com", "ample.com",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "notexample.com",
+        "xexample.com",
+        "example.com.evil.net",
+        "example.co",
+        "example.comm",
+        "www.notexample.com",
+        "ample.com",
+    ],
+)
 def test_matches_only_at_label_boundaries(name):
     index = index_of(("example.com", 0, "subtree", "block"))
     assert index.lookup(name) == 0
@@ -179,12 +187,16 @@ def test_ancestors_are_nodes_but_never_entries():
     assert index.explain("b.example.com") == []
     assert index.explain("x.a.b.example.com") == [Match("a.b.example.com", 1, "subtree", "block")]
     assert entries_of(index, ["a.b.example.com", "b.example.com", "example.com"]) == {
-        ("a.b.example.com", 0, "subtree", "block")}
+        ("a.b.example.com", 0, "subtree", "block")
+    }
 
 
 def test_listed_ancestors_are_not_added_twice():
-    index = index_of(("a.b.example.com", 0, "subtree", "block"), ("example.com", 1, "exact", "block"),
-                     ("c.b.example.com", 2, "exact", "allow"))
+    index = index_of(
+        ("a.b.example.com", 0, "subtree", "block"),
+        ("example.com", 1, "exact", "block"),
+        ("c.b.example.com", 2, "exact", "allow"),
+    )
     assert (index.entry_count, index.node_count) == (3, 4)  # + b.example.com
     assert index.lookup("example.com") == 2
     assert index.lookup("b.example.com") == 0
@@ -212,20 +224,23 @@ def probes(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("name, expected, probed", [
-    ("x.y.z.unlisted.net", 0, ["unlisted.net"]),  # absent two-label suffix: one probe
-    ("example.com", 0, ["example.com"]),  # an ancestor node, and the name itself
-    ("q.example.com", 0, ["example.com", "q.example.com"]),  # absent below an ancestor
-    ("b.example.com", 0, ["example.com", "b.example.com"]),
-    ("a.b.example.com", 1, ["example.com", "b.example.com", "a.b.example.com"]),
-    # a.b.example.com has nothing listed below it: the walk stops there, however deep the name
-    ("z.y.x.a.b.example.com", 1, ["example.com", "b.example.com", "a.b.example.com"]),
-    ("deep.www.other.org", 0, ["other.org", "www.other.org"]),  # exact entry: stop, no bits
-    ("x.ok.www.another.org", 0, ["another.org", "www.another.org", "ok.www.another.org", "x.ok.www.another.org"]),
-    ("z.ok.www.another.org", 2, ["another.org", "www.another.org", "ok.www.another.org", "z.ok.www.another.org"]),
-    ("x.www.allowed.org", 0, ["allowed.org", "www.allowed.org"]),
-    ("x.y.allowed.org", 1 << 2, ["allowed.org", "y.allowed.org"]),
-])
+@pytest.mark.parametrize(
+    "name, expected, probed",
+    [
+        ("x.y.z.unlisted.net", 0, ["unlisted.net"]),  # absent two-label suffix: one probe
+        ("example.com", 0, ["example.com"]),  # an ancestor node, and the name itself
+        ("q.example.com", 0, ["example.com", "q.example.com"]),  # absent below an ancestor
+        ("b.example.com", 0, ["example.com", "b.example.com"]),
+        ("a.b.example.com", 1, ["example.com", "b.example.com", "a.b.example.com"]),
+        # a.b.example.com has nothing listed below it: the walk stops there, however deep the name
+        ("z.y.x.a.b.example.com", 1, ["example.com", "b.example.com", "a.b.example.com"]),
+        ("deep.www.other.org", 0, ["other.org", "www.other.org"]),  # exact entry: stop, no bits
+        ("x.ok.www.another.org", 0, ["another.org", "www.another.org", "ok.www.another.org", "x.ok.www.another.org"]),
+        ("z.ok.www.another.org", 2, ["another.org", "www.another.org", "ok.www.another.org", "z.ok.www.another.org"]),
+        ("x.www.allowed.org", 0, ["allowed.org", "www.allowed.org"]),
+        ("x.y.allowed.org", 1 << 2, ["allowed.org", "y.allowed.org"]),
+    ],
+)
 def test_the_walk_stops_at_the_first_absent_suffix_or_a_node_without_descendants(probes, name, expected, probed):
     index = index_of(
         ("a.b.example.com", 0, "subtree", "block"),
@@ -272,7 +287,9 @@ def test_twins_share_a_hash():
 
 def test_twins_have_different_fingerprints():
     for prefix in ["", "www."]:
-        assert domains._fingerprint(f"{prefix}{TWIN}\0".encode()) != domains._fingerprint(f"{prefix}{OTHER_TWIN}\0".encode())
+        assert domains._fingerprint(f"{prefix}{TWIN}\0".encode()) != domains._fingerprint(
+            f"{prefix}{OTHER_TWIN}\0".encode()
+        )
 
 
 def test_listed_names_carry_a_fingerprint_and_unlisted_ancestors_none():
@@ -373,8 +390,15 @@ def test_the_image_holds_no_names():
 def test_image_is_deterministic():
     # The same entries in the same order give the same bytes; another order gives another layout
     # (node order follows the input) with the same contents.
-    entries = [(f"n{i}.{('a.example', 'example', 'b.a.example')[i % 3]}", i % 7, ("exact", "subtree")[i % 2],
-                ("block", "allow")[i % 3 == 0]) for i in range(200)]
+    entries = [
+        (
+            f"n{i}.{('a.example', 'example', 'b.a.example')[i % 3]}",
+            i % 7,
+            ("exact", "subtree")[i % 2],
+            ("block", "allow")[i % 3 == 0],
+        )
+        for i in range(200)
+    ]
     assert build_index(entries) == build_index(list(entries))
     shuffled = entries[:]
     random.Random(3).shuffle(shuffled)
@@ -388,33 +412,43 @@ def test_image_is_deterministic():
 
 
 def test_bulk_runs_give_the_same_image_as_entries():
-    entries = [("a.example", 0, "subtree", "block"), ("b.example", 0, "subtree", "block"),
-               ("a.example", 2, "exact", "allow"), ("c.a.example", 0, "subtree", "block"),
-               ("b.example", 5, "subtree", "block")]
-    runs = [(0, "subtree", "block", ["a.example", "b.example", "c.a.example"]),
-            (2, "exact", "allow", ["a.example"]),
-            (5, "subtree", "block", ["b.example"]),
-            (7, "exact", "block", [])]  # an empty run adds nothing
+    entries = [
+        ("a.example", 0, "subtree", "block"),
+        ("b.example", 0, "subtree", "block"),
+        ("a.example", 2, "exact", "allow"),
+        ("c.a.example", 0, "subtree", "block"),
+        ("b.example", 5, "subtree", "block"),
+    ]
+    runs = [
+        (0, "subtree", "block", ["a.example", "b.example", "c.a.example"]),
+        (2, "exact", "allow", ["a.example"]),
+        (5, "subtree", "block", ["b.example"]),
+        (7, "exact", "block", []),
+    ]  # an empty run adds nothing
     assert domains.build_index_runs(runs) == build_index(entries)
     # Names may repeat within and across runs.
-    again = domains.build_index_runs([(0, "subtree", "block", ["a.example", "a.example"]),
-                                      (0, "subtree", "block", ["a.example"])])
+    again = domains.build_index_runs(
+        [(0, "subtree", "block", ["a.example", "a.example"]), (0, "subtree", "block", ["a.example"])]
+    )
     assert again == build_index([("a.example", 0, "subtree", "block")])
 
 
-@pytest.mark.parametrize("entry, message", [
-    (("example.com", 0, "prefix", "block"), "kind must be one of"),
-    (("example.com", 0, "exact", "deny"), "kind must be one of"),
-    (("example.com", 64, "exact", "block"), "category bit must be an int in 0..63"),
-    (("example.com", -1, "exact", "block"), "category bit must be an int in 0..63"),
-    (("example.com", True, "exact", "block"), "category bit must be an int in 0..63"),
-    (("Example.com", 0, "exact", "block"), "must be lower-case"),
-    (("example.com.", 0, "exact", "block"), "trailing dot"),
-    ((".example.com", 0, "exact", "block"), "lower-case"),
-    (("a..example", 0, "exact", "block"), "empty labels"),
-    (("", 0, "exact", "block"), "non-empty ASCII"),
-    (("bücher.example", 0, "exact", "block"), "non-empty ASCII"),
-])
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        (("example.com", 0, "prefix", "block"), "kind must be one of"),
+        (("example.com", 0, "exact", "deny"), "kind must be one of"),
+        (("example.com", 64, "exact", "block"), "category bit must be an int in 0..63"),
+        (("example.com", -1, "exact", "block"), "category bit must be an int in 0..63"),
+        (("example.com", True, "exact", "block"), "category bit must be an int in 0..63"),
+        (("Example.com", 0, "exact", "block"), "must be lower-case"),
+        (("example.com.", 0, "exact", "block"), "trailing dot"),
+        ((".example.com", 0, "exact", "block"), "lower-case"),
+        (("a..example", 0, "exact", "block"), "empty labels"),
+        (("", 0, "exact", "block"), "non-empty ASCII"),
+        (("bücher.example", 0, "exact", "block"), "non-empty ASCII"),
+    ],
+)
 def test_build_rejects_malformed_entries(entry, message):
     with pytest.raises(ValueError, match=message):
         build_index([entry])
@@ -434,8 +468,13 @@ def test_build_rejects_control_characters_that_would_break_the_image(name):
 def test_build_names_the_first_bad_entry_even_after_good_ones_of_its_group():
     # True == 1, but only an int is a category bit, also after entries with bit 1.
     with pytest.raises(ValueError, match=r"entry 'b.example': category bit must be an int in 0..63, got True"):
-        build_index([("a.example", 1, "exact", "block"), ("c.example", 2, "exact", "block"),
-                     ("b.example", True, "exact", "block")])
+        build_index(
+            [
+                ("a.example", 1, "exact", "block"),
+                ("c.example", 2, "exact", "block"),
+                ("b.example", True, "exact", "block"),
+            ]
+        )
 
 
 # --- property: lookup == naive reference -----------------------------------------------------
@@ -443,8 +482,12 @@ def test_build_names_the_first_bad_entry_even_after_good_ones_of_its_group():
 LABELS = st.sampled_from(["a", "b", "c", "xn--bcher-kva", "www", "com"])
 NAMES = st.lists(LABELS, min_size=1, max_size=4).map(".".join)
 ENTRIES = st.lists(
-    st.tuples(NAMES, st.sampled_from([0, 1, 2, 63]), st.sampled_from(["exact", "subtree"]),
-              st.sampled_from(["block", "allow"])),
+    st.tuples(
+        NAMES,
+        st.sampled_from([0, 1, 2, 63]),
+        st.sampled_from(["exact", "subtree"]),
+        st.sampled_from(["block", "allow"]),
+    ),
     max_size=12,
 )
 
@@ -453,11 +496,16 @@ ENTRIES = st.lists(
 # chains of listed names and ancestors, allows below blocks and blocks below allows.
 DEEP_LABELS = st.sampled_from(["a", "b", "www", "com"])
 DEEP_ENTRY_NAMES = st.lists(DEEP_LABELS, min_size=2, max_size=6).map(".".join)
-DEEP_QUERIES = st.lists(st.sampled_from(["a", "b", "c", "www", "com", "xn--bcher-kva"]), min_size=1,
-                        max_size=8).map(".".join)
+DEEP_QUERIES = st.lists(st.sampled_from(["a", "b", "c", "www", "com", "xn--bcher-kva"]), min_size=1, max_size=8).map(
+    ".".join
+)
 DEEP_ENTRIES = st.lists(
-    st.tuples(DEEP_ENTRY_NAMES, st.sampled_from([0, 1, 5]), st.sampled_from(["exact", "subtree"]),
-              st.sampled_from(["block", "block", "allow"])),
+    st.tuples(
+        DEEP_ENTRY_NAMES,
+        st.sampled_from([0, 1, 5]),
+        st.sampled_from(["exact", "subtree"]),
+        st.sampled_from(["block", "block", "allow"]),
+    ),
     max_size=16,
 )
 
@@ -545,23 +593,25 @@ def test_load_of_a_corrupted_file_names_it(tmp_path):
 
 # --- integrity -------------------------------------------------------------------------------
 
-SAMPLE = build_index([
-    ("example.com", 0, "subtree", "block"),
-    ("www.example.com", 1, "exact", "allow"),
-    ("xn--bng--8na8hpj.vn", 5, "subtree", "block"),
-])
+SAMPLE = build_index(
+    [
+        ("example.com", 0, "subtree", "block"),
+        ("www.example.com", 1, "exact", "allow"),
+        ("xn--bng--8na8hpj.vn", 5, "subtree", "block"),
+    ]
+)
 
 
 def with_header(image, **changes):
     fields = dict(zip(HEADER_NAMES, HEADER.unpack_from(image)))
     fields.update(changes)
-    return HEADER.pack(*fields.values()) + image[HEADER.size:]
+    return HEADER.pack(*fields.values()) + image[HEADER.size :]
 
 
 def resealed(image):
     """`image` with its crc32 recomputed (everything but the crc field), as a buggy builder would write it."""
     image = bytes(image)
-    crc = zlib.crc32(image[HEADER.size:], zlib.crc32(image[CRC_AT + 4:HEADER.size], zlib.crc32(image[:CRC_AT])))
+    crc = zlib.crc32(image[HEADER.size :], zlib.crc32(image[CRC_AT + 4 : HEADER.size], zlib.crc32(image[:CRC_AT])))
     return with_header(image, crc=crc)
 
 
@@ -650,7 +700,7 @@ def test_header_flags_and_counts_are_checksummed():
 def test_structural_checks_behind_a_valid_checksum():
     # Images whose checksum is right but whose contents are not what a build writes (a buggy writer).
     fields = dict(zip(HEADER_NAMES, HEADER.unpack_from(SAMPLE)))
-    slots = memoryview(SAMPLE)[HEADER.size:HEADER.size + 8 * fields["slots"]].cast("Q")
+    slots = memoryview(SAMPLE)[HEADER.size : HEADER.size + 8 * fields["slots"]].cast("Q")
     used = next(number for number, value in enumerate(slots) if value >> 48 > 1)
     image = bytearray(SAMPLE)
     value = slots[used] & (2**48 - 1) | 2 * fields["masksets"] << 48  # a mask set past the table
@@ -668,8 +718,11 @@ def test_bad_slot_count():
 
 
 @settings(max_examples=300, deadline=None, database=None)
-@given(fields=st.lists(st.integers(0, 2**16 - 1), min_size=1, max_size=40), limit=st.integers(1, 2**16),
-       low_bits=st.integers(0, 2**48 - 1))
+@given(
+    fields=st.lists(st.integers(0, 2**16 - 1), min_size=1, max_size=40),
+    limit=st.integers(1, 2**16),
+    low_bits=st.integers(0, 2**48 - 1),
+)
 def test_fields_below_is_max_of_the_slots_fields(fields, limit, low_bits):
     # The bytes-level check a load makes is the plain one: every slot's top 16 bits below `limit`.
     slots = array("Q", [field << 48 | low_bits for field in fields])

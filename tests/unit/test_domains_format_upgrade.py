@@ -13,8 +13,9 @@ from resolver.filtering import domains, lists
 
 SOURCES = "categories:\n  adult:\n    sources: [{file: adult.txt, format: domains}]\n"
 # A format-2 image as an older schooldns wrote it: its header, then one entry (example.com).
-FORMAT_2_IMAGE = (struct.pack("<8sIIIIIIII24x", domains.MAGIC, 2, 64, 1, 8, 1, 12, 0, 0)
-                  + bytes(8 * 8 + 32 + 8) + b"example.com\0")
+FORMAT_2_IMAGE = (
+    struct.pack("<8sIIIIIIII24x", domains.MAGIC, 2, 64, 1, 8, 1, 12, 0, 0) + bytes(8 * 8 + 32 + 8) + b"example.com\0"
+)
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from resolver.control import config, lastgood, snapshots
-from resolver.filtering import domains, lists
 from resolver.errors import ResolverError
+from resolver.filtering import domains, lists
 from resolver.yamlfile import ConfigError
 from tests.support.harness import PROVINCE, write_site
 
@@ -65,7 +65,8 @@ def test_an_unchanged_build_keeps_the_copy_and_a_changed_one_replaces_it(cfg):
     assert copies(cfg) == first and len(first) == 1
 
     (cfg.policies_dir / "school-b.yaml").write_text(
-        (cfg.policies_dir / "school-b.yaml").read_text().replace("safe_search: true", "safe_search: false"))
+        (cfg.policies_dir / "school-b.yaml").read_text().replace("safe_search: true", "safe_search: false")
+    )
     snapshots.build_serving_snapshot(cfg, 3)
 
     second = copies(cfg)
@@ -94,7 +95,8 @@ def test_a_save_that_fails_at_the_swap_leaves_no_copy_and_no_link(cfg):
     link.unlink()
     link.mkdir()  # a directory where the link goes: the rename onto it fails, as a stop there would end it
     (cfg.policies_dir / "school-b.yaml").write_text(
-        (cfg.policies_dir / "school-b.yaml").read_text().replace("safe_search: true", "safe_search: false"))
+        (cfg.policies_dir / "school-b.yaml").read_text().replace("safe_search: true", "safe_search: false")
+    )
 
     snapshots.build_serving_snapshot(cfg, 2)  # serves; the save only logs its failure
 
@@ -111,8 +113,9 @@ def test_a_policy_file_changed_during_the_build_is_not_saved(cfg, change):
     else:
         school_b.unlink()
 
-    assert not lastgood.save(cfg.state_dir, cfg.policies_dir, files_before, snapshot.index,
-                             snapshot.categories, snapshot.entry_counts)
+    assert not lastgood.save(
+        cfg.state_dir, cfg.policies_dir, files_before, snapshot.index, snapshot.categories, snapshot.entry_counts
+    )
     assert lastgood.locate(cfg.state_dir) is None and copies(cfg) == []
 
 
@@ -120,8 +123,14 @@ def test_an_index_held_in_memory_is_not_saved(cfg):
     snapshot = snapshots.build_snapshot(cfg, 1)
     in_memory = domains.DomainIndex.from_bytes(domains.build_index([("games.example.com", 0, "exact", "block")]))
     assert in_memory.file is None
-    assert not lastgood.save(cfg.state_dir, cfg.policies_dir, lastgood.policy_files(cfg.policies_dir), in_memory,
-                             snapshot.categories, snapshot.entry_counts)
+    assert not lastgood.save(
+        cfg.state_dir,
+        cfg.policies_dir,
+        lastgood.policy_files(cfg.policies_dir),
+        in_memory,
+        snapshot.categories,
+        snapshot.entry_counts,
+    )
     assert lastgood.locate(cfg.state_dir) is None
 
 
@@ -137,7 +146,7 @@ def test_a_damaged_copy_fails_the_start_naming_both_problems(cfg, damage):
     snapshots.build_serving_snapshot(cfg, 1)
     saved = lastgood.locate(cfg.state_dir)
     if damage == "saved.json":
-        (saved.directory / "saved.json").write_text("{\"categories\": ")
+        (saved.directory / "saved.json").write_text('{"categories": ')
     elif damage == "index.bin":
         image = bytearray(saved.index_path.read_bytes())
         saved.index_path.unlink()  # a hard link to index.bin: write a new file, not through the link
@@ -154,8 +163,9 @@ def test_a_damaged_copy_fails_the_start_naming_both_problems(cfg, damage):
     message = str(caught.value)
     assert "colour: unknown key 'colour'" in message
     assert f"the last good copy in {cfg.state_dir / 'last-good'} cannot be used either" in message
-    expected = {"saved.json": "saved.json: unreadable", "index.bin": "checksum mismatch",
-                "policies": "school-b.yaml"}[damage]
+    expected = {"saved.json": "saved.json: unreadable", "index.bin": "checksum mismatch", "policies": "school-b.yaml"}[
+        damage
+    ]
     assert expected in message
 
 
@@ -166,5 +176,8 @@ def test_saved_json_records_what_the_copy_holds(cfg):
     assert record["categories"] == list(built.categories)
     assert record["entry_counts"] == built.entry_counts
     assert sorted(path.name for path in saved.policies_dir.iterdir()) == [
-        "province.yaml", "school-a.yaml", "school-b.yaml"]
+        "province.yaml",
+        "school-a.yaml",
+        "school-b.yaml",
+    ]
     assert saved.index_path.stat().st_ino == (cfg.state_dir / lists.INDEX_FILE).stat().st_ino  # linked, not copied

@@ -36,20 +36,23 @@ def parse_file(fmt, name):
 # --- normalize_name ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("example.com", "example.com"),
-    ("Example.COM", "example.com"),
-    ("example.com.", "example.com"),
-    ("WWW.Example.Com.", "www.example.com"),
-    ("exa_mple.com", "exa_mple.com"),  # underscores occur in real DNS names
-    ("r3---sn-x.googlevideo.com", "r3---sn-x.googlevideo.com"),  # '--' inside a label, as DNS allows
-    ("a.b.c.d.example", "a.b.c.d.example"),
-    ("example\u3002com", "example.com"),  # ideographic full stop, mapped by UTS-46
-    ("xn--mnchen-3ya.de", "xn--mnchen-3ya.de"),  # a valid A-label is kept as is
-    ("XN--MNCHEN-3YA.DE", "xn--mnchen-3ya.de"),
-    ("münchen.de", "xn--mnchen-3ya.de"),
-    ("faß.de", "xn--fa-hia.de"),  # non-transitional: ß is kept, not mapped to "ss"
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("example.com", "example.com"),
+        ("Example.COM", "example.com"),
+        ("example.com.", "example.com"),
+        ("WWW.Example.Com.", "www.example.com"),
+        ("exa_mple.com", "exa_mple.com"),  # underscores occur in real DNS names
+        ("r3---sn-x.googlevideo.com", "r3---sn-x.googlevideo.com"),  # '--' inside a label, as DNS allows
+        ("a.b.c.d.example", "a.b.c.d.example"),
+        ("example\u3002com", "example.com"),  # ideographic full stop, mapped by UTS-46
+        ("xn--mnchen-3ya.de", "xn--mnchen-3ya.de"),  # a valid A-label is kept as is
+        ("XN--MNCHEN-3YA.DE", "xn--mnchen-3ya.de"),
+        ("münchen.de", "xn--mnchen-3ya.de"),
+        ("faß.de", "xn--fa-hia.de"),  # non-transitional: ß is kept, not mapped to "ss"
+    ],
+)
 def test_normalize_name(text, expected):
     assert lf.normalize_name(text) == expected
 
@@ -73,28 +76,31 @@ def test_vietnamese_idn_known_a_labels():
     assert lf.normalize_name("BÓNG-ĐÁ.VN.") == "xn--bng--8na8hpj.vn"
 
 
-@pytest.mark.parametrize("text, reason", [
-    ("", "empty name"),
-    (".", "empty name"),
-    ("a..b.com", "empty label"),
-    (".example.com", "empty label"),
-    ("example.com..", "empty label"),
-    ("a" * 64 + ".com", "label too long"),
-    (".".join(["a" * 63] * 4) + ".com", "name too long"),
-    ("-a.com", "label starts or ends with hyphen"),
-    ("a-.com", "label starts or ends with hyphen"),
-    ("a b.com", "invalid character"),
-    ("a$b.com", "invalid character"),
-    ("a/b.com", "invalid character"),
-    ("xn--abc.com", "invalid idn"),  # not decodable punycode
-    ("xn--abc-.com", "invalid idn"),  # decodes to plain ASCII: not a real A-label
-    ("com", "single label"),
-    ("localhost", "single label"),
-    ("example.123", "numeric tld"),
-    ("192.0.2.1", "ip address"),
-    ("2001:db8::1", "ip address"),
-    ("::1", "ip address"),
-])
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("", "empty name"),
+        (".", "empty name"),
+        ("a..b.com", "empty label"),
+        (".example.com", "empty label"),
+        ("example.com..", "empty label"),
+        ("a" * 64 + ".com", "label too long"),
+        (".".join(["a" * 63] * 4) + ".com", "name too long"),
+        ("-a.com", "label starts or ends with hyphen"),
+        ("a-.com", "label starts or ends with hyphen"),
+        ("a b.com", "invalid character"),
+        ("a$b.com", "invalid character"),
+        ("a/b.com", "invalid character"),
+        ("xn--abc.com", "invalid idn"),  # not decodable punycode
+        ("xn--abc-.com", "invalid idn"),  # decodes to plain ASCII: not a real A-label
+        ("com", "single label"),
+        ("localhost", "single label"),
+        ("example.123", "numeric tld"),
+        ("192.0.2.1", "ip address"),
+        ("2001:db8::1", "ip address"),
+        ("::1", "ip address"),
+    ],
+)
 def test_invalid_names_are_rejected_with_a_reason(text, reason):
     with pytest.raises(InvalidName) as caught:
         lf.normalize_name(text)
@@ -140,29 +146,35 @@ def test_parsers_work_without_a_tally():
 # --- domains ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("line, match, expected", [
-    ("example.com", SUBTREE, [("example.com", SUBTREE, BLOCK)]),
-    ("example.com", EXACT, [("example.com", EXACT, BLOCK)]),
-    ("  Example.COM.  \n", EXACT, [("example.com", EXACT, BLOCK)]),
-    ("example.com # trailing comment", EXACT, [("example.com", EXACT, BLOCK)]),
-    ("*.example.com", EXACT, [("example.com", SUBTREE, BLOCK)]),  # `*.d` is always d's subtree
-    ("bóng-đá.vn", SUBTREE, [("xn--bng--8na8hpj.vn", SUBTREE, BLOCK)]),
-    ("xn--bng--8na8hpj.vn", EXACT, [("xn--bng--8na8hpj.vn", EXACT, BLOCK)]),
-])
+@pytest.mark.parametrize(
+    "line, match, expected",
+    [
+        ("example.com", SUBTREE, [("example.com", SUBTREE, BLOCK)]),
+        ("example.com", EXACT, [("example.com", EXACT, BLOCK)]),
+        ("  Example.COM.  \n", EXACT, [("example.com", EXACT, BLOCK)]),
+        ("example.com # trailing comment", EXACT, [("example.com", EXACT, BLOCK)]),
+        ("*.example.com", EXACT, [("example.com", SUBTREE, BLOCK)]),  # `*.d` is always d's subtree
+        ("bóng-đá.vn", SUBTREE, [("xn--bng--8na8hpj.vn", SUBTREE, BLOCK)]),
+        ("xn--bng--8na8hpj.vn", EXACT, [("xn--bng--8na8hpj.vn", EXACT, BLOCK)]),
+    ],
+)
 def test_domains_entries(line, match, expected):
     entries, tally = parse("domains", [line], match=match)
     assert entries == expected
     assert (tally.skipped, tally.invalid) == (0, 0)
 
 
-@pytest.mark.parametrize("line, reason, skipped", [
-    ("# a comment", "comment", True),
-    ("192.0.2.1", "ip address", True),
-    ("a.example b.example", "more than one field", False),
-    ("a*.example", "wildcard", False),
-    ("bad..example", "empty label", False),
-    ("com", "single label", False),
-])
+@pytest.mark.parametrize(
+    "line, reason, skipped",
+    [
+        ("# a comment", "comment", True),
+        ("192.0.2.1", "ip address", True),
+        ("a.example b.example", "more than one field", False),
+        ("a*.example", "wildcard", False),
+        ("bad..example", "empty label", False),
+        ("com", "single label", False),
+    ],
+)
 def test_domains_rejects(line, reason, skipped):
     entries, tally = parse("domains", [line])
     assert entries == []
@@ -179,22 +191,25 @@ def test_domains_default_match_is_subtree_and_blank_lines_are_not_counted():
 # --- hosts -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("line, names", [
-    ("0.0.0.0 ads.example", ["ads.example"]),
-    ("127.0.0.1 ads.example", ["ads.example"]),
-    ("::1 ads.example", ["ads.example"]),
-    (":: ads.example", ["ads.example"]),
-    ("0.0.0.0\tads.example", ["ads.example"]),
-    ("192.0.2.7 ads.example", ["ads.example"]),  # any address: it is ignored
-    ("0.0.0.0 a.example b.example  c.example", ["a.example", "b.example", "c.example"]),
-    ("0.0.0.0 ads.example # comment", ["ads.example"]),
-    ("0.0.0.0 ADS.Example.", ["ads.example"]),
-    ("ads.example", ["ads.example"]),  # a lone name is a name
-    ("0.0.0.0 thể-thao.vn", ["xn--th-thao-2u4c.vn"]),
-    # real lines from eth-phishing-detect src/hosts.txt
-    ("0.0.0.0 yearnson.finance", ["yearnson.finance"]),
-    ("0.0.0.0 xn--myeterwalet-cm8eoi.com", ["xn--myeterwalet-cm8eoi.com"]),
-])
+@pytest.mark.parametrize(
+    "line, names",
+    [
+        ("0.0.0.0 ads.example", ["ads.example"]),
+        ("127.0.0.1 ads.example", ["ads.example"]),
+        ("::1 ads.example", ["ads.example"]),
+        (":: ads.example", ["ads.example"]),
+        ("0.0.0.0\tads.example", ["ads.example"]),
+        ("192.0.2.7 ads.example", ["ads.example"]),  # any address: it is ignored
+        ("0.0.0.0 a.example b.example  c.example", ["a.example", "b.example", "c.example"]),
+        ("0.0.0.0 ads.example # comment", ["ads.example"]),
+        ("0.0.0.0 ADS.Example.", ["ads.example"]),
+        ("ads.example", ["ads.example"]),  # a lone name is a name
+        ("0.0.0.0 thể-thao.vn", ["xn--th-thao-2u4c.vn"]),
+        # real lines from eth-phishing-detect src/hosts.txt
+        ("0.0.0.0 yearnson.finance", ["yearnson.finance"]),
+        ("0.0.0.0 xn--myeterwalet-cm8eoi.com", ["xn--myeterwalet-cm8eoi.com"]),
+    ],
+)
 def test_hosts_entries(line, names):
     entries, tally = parse("hosts", [line])
     assert entries == [(name, SUBTREE, BLOCK) for name in names]
@@ -206,19 +221,22 @@ def test_hosts_match_applies_to_every_name():
     assert entries == [("a.example", EXACT, BLOCK), ("b.example", EXACT, BLOCK)]
 
 
-@pytest.mark.parametrize("line, reasons, skipped, invalid", [
-    ("127.0.0.1 localhost", {"local name": 1}, 1, 0),
-    ("127.0.0.1 localhost.localdomain", {"local name": 1}, 1, 0),
-    ("::1 ip6-localhost ip6-loopback", {"local name": 2}, 2, 0),
-    ("255.255.255.255 broadcasthost", {"local name": 1}, 1, 0),
-    ("0.0.0.0 0.0.0.0", {"local name": 1}, 1, 0),
-    ("# comment", {"comment": 1}, 1, 0),
-    ("0.0.0.0 192.0.2.1", {"ip address": 1}, 1, 0),
-    ("0.0.0.0", {"address without name": 1}, 0, 1),
-    ("blocked ads.example", {"first field is not an address": 1}, 0, 1),
-    ("0.0.0.0 *.ads.example", {"wildcard": 1}, 0, 1),
-    ("0.0.0.0 ads..example", {"empty label": 1}, 0, 1),
-])
+@pytest.mark.parametrize(
+    "line, reasons, skipped, invalid",
+    [
+        ("127.0.0.1 localhost", {"local name": 1}, 1, 0),
+        ("127.0.0.1 localhost.localdomain", {"local name": 1}, 1, 0),
+        ("::1 ip6-localhost ip6-loopback", {"local name": 2}, 2, 0),
+        ("255.255.255.255 broadcasthost", {"local name": 1}, 1, 0),
+        ("0.0.0.0 0.0.0.0", {"local name": 1}, 1, 0),
+        ("# comment", {"comment": 1}, 1, 0),
+        ("0.0.0.0 192.0.2.1", {"ip address": 1}, 1, 0),
+        ("0.0.0.0", {"address without name": 1}, 0, 1),
+        ("blocked ads.example", {"first field is not an address": 1}, 0, 1),
+        ("0.0.0.0 *.ads.example", {"wildcard": 1}, 0, 1),
+        ("0.0.0.0 ads..example", {"empty label": 1}, 0, 1),
+    ],
+)
 def test_hosts_rejects(line, reasons, skipped, invalid):
     entries, tally = parse("hosts", [line])
     assert entries == []
@@ -235,82 +253,88 @@ def test_hosts_local_names_are_skipped_next_to_real_ones():
 # --- adblock ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("line, expected", [
-    ("||ads.example^", ("ads.example", SUBTREE, BLOCK)),
-    ("||ADS.Example^", ("ads.example", SUBTREE, BLOCK)),
-    ("||ads.example^$important", ("ads.example", SUBTREE, BLOCK)),
-    ("||ads.example^$doc", ("ads.example", SUBTREE, BLOCK)),
-    ("||ads.example^$document,important", ("ads.example", SUBTREE, BLOCK)),
-    ("||ads.example^$all", ("ads.example", SUBTREE, BLOCK)),
-    ("||ads.example^|", ("ads.example", SUBTREE, BLOCK)),
-    ("||*.ads.example^", ("ads.example", SUBTREE, BLOCK)),
-    ("@@||ads.example^", ("ads.example", SUBTREE, ALLOW)),
-    ("@@||ads.example^$important", ("ads.example", SUBTREE, ALLOW)),
-    ("@@|ads.example^", ("ads.example", EXACT, ALLOW)),
-    ("*.ads.example", ("ads.example", SUBTREE, BLOCK)),
-    ("*.ads.example^", ("ads.example", SUBTREE, BLOCK)),
-    ("|ads.example^", ("ads.example", EXACT, BLOCK)),
-    ("ads.example", ("ads.example", EXACT, BLOCK)),  # bare host, as in urlhaus-filter
-    ("ads.example^", ("ads.example", EXACT, BLOCK)),
-    ("||bóng-đá.vn^", ("xn--bng--8na8hpj.vn", SUBTREE, BLOCK)),
-    # real lines: urlhaus-filter-online.txt and ublock-badware.txt
-    ("||wegrowcoaching.com^$all", ("wegrowcoaching.com", SUBTREE, BLOCK)),
-    ("xn--90abegbttpjb3bzb2j.xn--p1ai", ("xn--90abegbttpjb3bzb2j.xn--p1ai", EXACT, BLOCK)),
-    ("xworm0106.duckdns.org", ("xworm0106.duckdns.org", EXACT, BLOCK)),
-    ("||vlc.de^$doc", ("vlc.de", SUBTREE, BLOCK)),
-    ("||flexytalk.net^", ("flexytalk.net", SUBTREE, BLOCK)),
-    ("||xn--4dkua4c8143c.jp^$doc", ("xn--4dkua4c8143c.jp", SUBTREE, BLOCK)),
-])
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        ("||ads.example^", ("ads.example", SUBTREE, BLOCK)),
+        ("||ADS.Example^", ("ads.example", SUBTREE, BLOCK)),
+        ("||ads.example^$important", ("ads.example", SUBTREE, BLOCK)),
+        ("||ads.example^$doc", ("ads.example", SUBTREE, BLOCK)),
+        ("||ads.example^$document,important", ("ads.example", SUBTREE, BLOCK)),
+        ("||ads.example^$all", ("ads.example", SUBTREE, BLOCK)),
+        ("||ads.example^|", ("ads.example", SUBTREE, BLOCK)),
+        ("||*.ads.example^", ("ads.example", SUBTREE, BLOCK)),
+        ("@@||ads.example^", ("ads.example", SUBTREE, ALLOW)),
+        ("@@||ads.example^$important", ("ads.example", SUBTREE, ALLOW)),
+        ("@@|ads.example^", ("ads.example", EXACT, ALLOW)),
+        ("*.ads.example", ("ads.example", SUBTREE, BLOCK)),
+        ("*.ads.example^", ("ads.example", SUBTREE, BLOCK)),
+        ("|ads.example^", ("ads.example", EXACT, BLOCK)),
+        ("ads.example", ("ads.example", EXACT, BLOCK)),  # bare host, as in urlhaus-filter
+        ("ads.example^", ("ads.example", EXACT, BLOCK)),
+        ("||bóng-đá.vn^", ("xn--bng--8na8hpj.vn", SUBTREE, BLOCK)),
+        # real lines: urlhaus-filter-online.txt and ublock-badware.txt
+        ("||wegrowcoaching.com^$all", ("wegrowcoaching.com", SUBTREE, BLOCK)),
+        ("xn--90abegbttpjb3bzb2j.xn--p1ai", ("xn--90abegbttpjb3bzb2j.xn--p1ai", EXACT, BLOCK)),
+        ("xworm0106.duckdns.org", ("xworm0106.duckdns.org", EXACT, BLOCK)),
+        ("||vlc.de^$doc", ("vlc.de", SUBTREE, BLOCK)),
+        ("||flexytalk.net^", ("flexytalk.net", SUBTREE, BLOCK)),
+        ("||xn--4dkua4c8143c.jp^$doc", ("xn--4dkua4c8143c.jp", SUBTREE, BLOCK)),
+    ],
+)
 def test_adblock_domain_rules(line, expected):
     entries, tally = parse("adblock", [line])
     assert entries == [expected]
     assert (tally.skipped, tally.invalid) == (0, 0)
 
 
-@pytest.mark.parametrize("line, reason", [
-    ("! comment", "comment"),
-    ("[Adblock Plus 2.0]", "comment"),
-    ("# hash comment", "comment"),
-    ("##.ad-banner", "cosmetic"),
-    ("example.com##.ad", "cosmetic"),
-    ("example.com#@#.ad", "cosmetic"),
-    ("example.com#?#div:has(.ad)", "cosmetic"),
-    ("example.com##+js(nobab)", "cosmetic"),
-    ("example.com#$#body { color: red }", "cosmetic"),
-    ("||ads.example/banner^", "path rule"),
-    ("@@||ads.example/ok.js", "path rule"),
-    ("/banner/ad.", "path rule"),
-    ("/ads\\d+/", "regex"),
-    ("||ads*.example^", "wildcard"),
-    ("||ads.example:8080^", "url rule"),
-    ("||ads.example^$third-party", "option $third-party"),
-    ("||ads.example^$~third-party", "option $~third-party"),
-    ("||ads.example^$script,domain=school.example", "option $script"),
-    ("||ads.example^$important,badfilter", "option $badfilter"),
-    ("||ads.example^$denyallow=cdn.example", "option $denyallow"),
-    ("||ads.example^$made-up-option", "unknown option"),
-    ("||ads.example^$", "unknown option"),
-    ("||192.0.2.1^", "ip address"),
-    ("||ads.", "url pattern"),
-    # real lines from ublock-badware.txt (uBlock Origin uAssets, GPL-3.0-or-later)
-    ("! 2015-03-11: https://blog.emsisoft.com/en/12678/mind-the-pup-top-download-portals-to-avoid/", "comment"),
-    ("windowsreport.com##.code-block", "cosmetic"),
-    ("||01net.com/telecharger/$doc", "path rule"),
-    ("/?track=*&key=$all", "path rule"),
-    ("||adserver*/?sdomain=$doc,popup", "path rule"),
-    ("||discord*.gift^$all,domain=~discord.gift", "wildcard"),
-    ("||s3blog.org^$3p", "option $3p"),
-    ("||fitgirl-repacks-site.org^$doc,domain=~fitgirl-repacks.site", "option $domain"),
-    ("||wetching.ru^$doc,frame", "option $frame"),
-    ("||5.61.55.143^", "ip address"),
-    ("@@||toss.onelink.me/*service.toss.im$doc,1p", "path rule"),
-    # a narrowing option makes the whole rule skipped, even when its pattern alone is no name
-    ("||com^$doc,ipaddress=206.82.7.123", "option $ipaddress"),
-    ("||steamcommunity.^$doc,to=~steamcommunity.com", "option $to"),
-    # real lines from urlhaus-filter-online.txt (CC0)
-    ("1.1.104.12", "ip address"),
-    ("||2024.sci-hub.se/2294/7a43bb4cf6c57229b02a9604a1f4614e/skidmore1966.pdf^$all", "path rule"),
-])
+@pytest.mark.parametrize(
+    "line, reason",
+    [
+        ("! comment", "comment"),
+        ("[Adblock Plus 2.0]", "comment"),
+        ("# hash comment", "comment"),
+        ("##.ad-banner", "cosmetic"),
+        ("example.com##.ad", "cosmetic"),
+        ("example.com#@#.ad", "cosmetic"),
+        ("example.com#?#div:has(.ad)", "cosmetic"),
+        ("example.com##+js(nobab)", "cosmetic"),
+        ("example.com#$#body { color: red }", "cosmetic"),
+        ("||ads.example/banner^", "path rule"),
+        ("@@||ads.example/ok.js", "path rule"),
+        ("/banner/ad.", "path rule"),
+        ("/ads\\d+/", "regex"),
+        ("||ads*.example^", "wildcard"),
+        ("||ads.example:8080^", "url rule"),
+        ("||ads.example^$third-party", "option $third-party"),
+        ("||ads.example^$~third-party", "option $~third-party"),
+        ("||ads.example^$script,domain=school.example", "option $script"),
+        ("||ads.example^$important,badfilter", "option $badfilter"),
+        ("||ads.example^$denyallow=cdn.example", "option $denyallow"),
+        ("||ads.example^$made-up-option", "unknown option"),
+        ("||ads.example^$", "unknown option"),
+        ("||192.0.2.1^", "ip address"),
+        ("||ads.", "url pattern"),
+        # real lines from ublock-badware.txt (uBlock Origin uAssets, GPL-3.0-or-later)
+        ("! 2015-03-11: https://blog.emsisoft.com/en/12678/mind-the-pup-top-download-portals-to-avoid/", "comment"),
+        ("windowsreport.com##.code-block", "cosmetic"),
+        ("||01net.com/telecharger/$doc", "path rule"),
+        ("/?track=*&key=$all", "path rule"),
+        ("||adserver*/?sdomain=$doc,popup", "path rule"),
+        ("||discord*.gift^$all,domain=~discord.gift", "wildcard"),
+        ("||s3blog.org^$3p", "option $3p"),
+        ("||fitgirl-repacks-site.org^$doc,domain=~fitgirl-repacks.site", "option $domain"),
+        ("||wetching.ru^$doc,frame", "option $frame"),
+        ("||5.61.55.143^", "ip address"),
+        ("@@||toss.onelink.me/*service.toss.im$doc,1p", "path rule"),
+        # a narrowing option makes the whole rule skipped, even when its pattern alone is no name
+        ("||com^$doc,ipaddress=206.82.7.123", "option $ipaddress"),
+        ("||steamcommunity.^$doc,to=~steamcommunity.com", "option $to"),
+        # real lines from urlhaus-filter-online.txt (CC0)
+        ("1.1.104.12", "ip address"),
+        ("||2024.sci-hub.se/2294/7a43bb4cf6c57229b02a9604a1f4614e/skidmore1966.pdf^$all", "path rule"),
+    ],
+)
 def test_adblock_non_domain_rules_are_skipped_and_counted(line, reason):
     entries, tally = parse("adblock", [line])
     assert entries == []
@@ -320,12 +344,15 @@ def test_adblock_non_domain_rules_are_skipped_and_counted(line, reason):
         assert tally.examples[reason] == (1, line.strip()[:200])
 
 
-@pytest.mark.parametrize("line, reason", [
-    ("||ads..example^", "empty label"),
-    ("||-ads.example^", "label starts or ends with hyphen"),
-    ("||com^", "single label"),
-    ("||xn--abc.example^", "invalid idn"),
-])
+@pytest.mark.parametrize(
+    "line, reason",
+    [
+        ("||ads..example^", "empty label"),
+        ("||-ads.example^", "label starts or ends with hyphen"),
+        ("||com^", "single label"),
+        ("||xn--abc.example^", "invalid idn"),
+    ],
+)
 def test_adblock_broken_domain_rules_are_invalid(line, reason):
     entries, tally = parse("adblock", [line])
     assert entries == []
@@ -375,9 +402,14 @@ def test_rpz_actions_and_triggers():
         ("xn--th-thao-2u4c.vn", EXACT, BLOCK),
     ]
     assert tally.reasons == {
-        "zone directive": 1, "zone record": 2, "comment": 1,
-        "action rpz-drop": 1, "action nodata": 1, "action rpz-tcp-only": 1,
-        "local data": 2, "unsupported trigger": 3,
+        "zone directive": 1,
+        "zone record": 2,
+        "comment": 1,
+        "action rpz-drop": 1,
+        "action nodata": 1,
+        "action rpz-tcp-only": 1,
+        "local data": 2,
+        "unsupported trigger": 3,
     }
     assert (tally.skipped, tally.invalid) == (12, 0)
     assert tally.examples["local data"] == (15, "local.example A 192.0.2.1")
@@ -433,14 +465,17 @@ def test_rpz_owner_carries_over_to_continuation_records():
     assert tally.reasons == {"local data": 1}
 
 
-@pytest.mark.parametrize("text, reason", [
-    ("@ SOA ns. admin. ( 1 2 3\n", "unclosed parenthesis"),
-    ("   CNAME .\n", "no owner name"),
-    ("$INCLUDE other.zone\n", "unsupported directive"),
-    ("bad..example CNAME .\n", "empty label"),
-    ("ba*d.example CNAME .\n", "wildcard"),
-    ("lonely\n", "no record type"),
-])
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("@ SOA ns. admin. ( 1 2 3\n", "unclosed parenthesis"),
+        ("   CNAME .\n", "no owner name"),
+        ("$INCLUDE other.zone\n", "unsupported directive"),
+        ("bad..example CNAME .\n", "empty label"),
+        ("ba*d.example CNAME .\n", "wildcard"),
+        ("lonely\n", "no record type"),
+    ],
+)
 def test_rpz_invalid_lines(text, reason):
     entries, tally = parse("rpz", text)
     assert entries == []
@@ -458,7 +493,7 @@ def test_parse_list_dispatch_and_match():
     assert list(lf.parse_list("adblock", ["||a.example^"])) == [("a.example", SUBTREE, BLOCK)]
     assert list(lf.parse_list("rpz", ["a.example CNAME ."])) == [("a.example", EXACT, BLOCK)]
     assert set(lf.FORMATS) == {"domains", "hosts", "adblock", "rpz"}
-    assert lf.FORMATS_WITH_MATCH == {"domains", "hosts"}
+    assert {"domains", "hosts"} == lf.FORMATS_WITH_MATCH
     with pytest.raises(ValueError, match="unknown list format 'csv'"):
         lf.parse_list("csv", [])
 
@@ -503,10 +538,22 @@ def test_ublock_badware_whole_file():
     assert tally.invalid == 0  # a real, maintained list has no broken domain rules
     assert tally.skipped == 1553
     assert tally.reasons == {
-        "comment": 203, "cosmetic": 67, "path rule": 773, "regex": 150, "wildcard": 194,
-        "url pattern": 71, "url rule": 1, "ip address": 5,
-        "option $3p": 3, "option $to": 46, "option $domain": 25, "option $xhr": 2, "option $from": 1,
-        "option $frame": 2, "option $ipaddress": 9, "option $script": 1,
+        "comment": 203,
+        "cosmetic": 67,
+        "path rule": 773,
+        "regex": 150,
+        "wildcard": 194,
+        "url pattern": 71,
+        "url rule": 1,
+        "ip address": 5,
+        "option $3p": 3,
+        "option $to": 46,
+        "option $domain": 25,
+        "option $xhr": 2,
+        "option $from": 1,
+        "option $frame": 2,
+        "option $ipaddress": 9,
+        "option $script": 1,
     }
     assert tally.examples["path rule"] == (17, "||01net.com/telecharger/$doc")
     assert tally.examples["cosmetic"][0] == 30
@@ -542,6 +589,7 @@ def tally_state(tally):
 
 def domains_both_ways(data, match):
     """(entries, tally) of `data` (file bytes) parsed line by line and in bulk, each read as a file is."""
+
     def text_file():
         return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", errors="replace")
 
@@ -570,16 +618,59 @@ def test_bulk_domains_parse_of_the_shipped_allow_list_takes_real_names():
 
 
 MESSY_LINES = [
-    "", "   ", "\t", "# comment", "#", "  # indented comment", "a.example", "A.Example.COM", "a.example.",
-    "a.example # trailing", "a.example\t# tab then comment", "a.example#glued", "  a.example  ",
-    "*.a.example", "*.A.example.", "*.*.a.example", "a*.example", "*.", "*", "xn--bcher-kva.example",
-    "*.xn--bcher-kva.example", "XN--BCHER-KVA.example", "xn--abc.example", "xn--abc-.example",
-    "bücher.example", "bóng-đá.vn", "Cá-Độ.VN", "tin-tức.com.vn", "a" * 63 + ".example",
-    "a" * 64 + ".example", ".".join(["a" * 63] * 3 + ["b" * 61]), ".".join(["a" * 63] * 4) + ".com",
-    "1.2.3.4", "::1", "[::1]", "2001:db8::1", "a.example b.example", "-a.example", "a-.example",
-    "a_b.example", "r3---sn-x.googlevideo.com", "localhost", "com", "a.123", "a..example",
-    ".a.example", "a.example\u00a0", "\ufeffa.example", "a.b.c.d.e.f.example", "0.0.0.0 a.example",
-    "||a.example^", "a.example\x0b", "ab\u2028cd.example",
+    "",
+    "   ",
+    "\t",
+    "# comment",
+    "#",
+    "  # indented comment",
+    "a.example",
+    "A.Example.COM",
+    "a.example.",
+    "a.example # trailing",
+    "a.example\t# tab then comment",
+    "a.example#glued",
+    "  a.example  ",
+    "*.a.example",
+    "*.A.example.",
+    "*.*.a.example",
+    "a*.example",
+    "*.",
+    "*",
+    "xn--bcher-kva.example",
+    "*.xn--bcher-kva.example",
+    "XN--BCHER-KVA.example",
+    "xn--abc.example",
+    "xn--abc-.example",
+    "bücher.example",
+    "bóng-đá.vn",
+    "Cá-Độ.VN",
+    "tin-tức.com.vn",
+    "a" * 63 + ".example",
+    "a" * 64 + ".example",
+    ".".join(["a" * 63] * 3 + ["b" * 61]),
+    ".".join(["a" * 63] * 4) + ".com",
+    "1.2.3.4",
+    "::1",
+    "[::1]",
+    "2001:db8::1",
+    "a.example b.example",
+    "-a.example",
+    "a-.example",
+    "a_b.example",
+    "r3---sn-x.googlevideo.com",
+    "localhost",
+    "com",
+    "a.123",
+    "a..example",
+    ".a.example",
+    "a.example\u00a0",
+    "\ufeffa.example",
+    "a.b.c.d.e.f.example",
+    "0.0.0.0 a.example",
+    "||a.example^",
+    "a.example\x0b",
+    "ab\u2028cd.example",
 ]
 MESSY_PIECES = st.one_of(
     st.sampled_from(MESSY_LINES),
@@ -588,8 +679,12 @@ MESSY_PIECES = st.one_of(
 
 
 @settings(max_examples=300, deadline=None, database=None)
-@given(lines=st.lists(st.tuples(MESSY_PIECES, st.sampled_from(["\n", "\r\n", "\r"])), max_size=40),
-       last_newline=st.booleans(), broken_utf8=st.booleans(), match=st.sampled_from([SUBTREE, EXACT]))
+@given(
+    lines=st.lists(st.tuples(MESSY_PIECES, st.sampled_from(["\n", "\r\n", "\r"])), max_size=40),
+    last_newline=st.booleans(),
+    broken_utf8=st.booleans(),
+    match=st.sampled_from([SUBTREE, EXACT]),
+)
 def test_bulk_domains_parse_equals_line_by_line_on_messy_lines(lines, last_newline, broken_utf8, match):
     text = "".join(line + newline for line, newline in lines)
     if not last_newline:
@@ -619,9 +714,19 @@ def test_all_fast_is_the_fast_regex_on_every_name(names):
 def test_a_clean_list_with_comments_and_blank_lines_parses_in_bulk_like_line_by_line():
     # The usual shape of a published list: a comment header, blank lines, names, a "*." rule and
     # an IDN. Every line that starts at or above "0" is a plain name, so the bulk check takes them.
-    lines = ["# Title: a list", "# License: CC0", "", "ads.example", "r3---sn-x.googlevideo.com",
-             "a_b.example.vn", "  spaced.example  ", "", "*.tree.example", "xn--bcher-kva.example",
-             "a" * 63 + ".example"]
+    lines = [
+        "# Title: a list",
+        "# License: CC0",
+        "",
+        "ads.example",
+        "r3---sn-x.googlevideo.com",
+        "a_b.example.vn",
+        "  spaced.example  ",
+        "",
+        "*.tree.example",
+        "xn--bcher-kva.example",
+        "a" * 63 + ".example",
+    ]
     assert lf._all_fast([line.strip() for line in lines if line.strip() >= "0"])
     (by_line, line_tally), (in_bulk, bulk_tally) = domains_both_ways("\n".join(lines).encode(), SUBTREE)
     assert in_bulk == by_line and len(in_bulk) == 7
@@ -631,31 +736,59 @@ def test_a_clean_list_with_comments_and_blank_lines_parses_in_bulk_like_line_by_
 def test_bulk_domains_parse_sends_odd_names_the_per_line_way_with_their_line_numbers():
     long_label = "a" * 64 + ".example"
     long_name = ".".join(["a" * 63] * 4) + ".com"
-    text = "\n".join(["# list", "plain.example", "xn--bcher-kva.example", "xn--abc.example", "",
-                      long_label, long_name, "a" * 63 + ".example", "*.tree.example", "two names.example",
-                      "Upper.Example"]) + "\n"
+    text = (
+        "\n".join(
+            [
+                "# list",
+                "plain.example",
+                "xn--bcher-kva.example",
+                "xn--abc.example",
+                "",
+                long_label,
+                long_name,
+                "a" * 63 + ".example",
+                "*.tree.example",
+                "two names.example",
+                "Upper.Example",
+            ]
+        )
+        + "\n"
+    )
     tally = Tally()
     runs = lf.parse_domains_text(text, tally, match=EXACT)
     assert runs == {
         (EXACT, BLOCK): ["plain.example", "a" * 63 + ".example", "xn--bcher-kva.example", "upper.example"],
         (SUBTREE, BLOCK): ["tree.example"],
     }
-    assert tally.reasons == {"comment": 1, "invalid idn": 1, "label too long": 1, "name too long": 1,
-                             "more than one field": 1}
-    assert tally.examples == {"invalid idn": (4, "xn--abc.example"), "label too long": (6, long_label),
-                              "name too long": (7, long_name[:200]), "more than one field": (10, "two names.example")}
+    assert tally.reasons == {
+        "comment": 1,
+        "invalid idn": 1,
+        "label too long": 1,
+        "name too long": 1,
+        "more than one field": 1,
+    }
+    assert tally.examples == {
+        "invalid idn": (4, "xn--abc.example"),
+        "label too long": (6, long_label),
+        "name too long": (7, long_name[:200]),
+        "more than one field": (10, "two names.example"),
+    }
     assert lf.parse_domains_text("", Tally()) == {(SUBTREE, BLOCK): []}
 
 
-@pytest.mark.parametrize("fmt, data, match", [
-    ("adblock", (DATA / "urlhaus-filter-online.txt").read_bytes(), None),
-    ("adblock", (DATA / "ublock-badware.txt").read_bytes(), None),
-    ("hosts", (DATA / "eth-phishing-detect-hosts.txt").read_bytes(), EXACT),
-    ("hosts", (DATA / "eth-phishing-detect-hosts.txt").read_bytes(), None),
-    ("rpz", RPZ_ZONE.encode(), None),
-    ("domains", (SHIPPED / "phishing" / "eth-phishing-detect-allow.txt").read_bytes(), EXACT),
-    ("domains", "a.example\n*.b.example\n# c\nbad..example\n".encode(), None),
-], ids=lambda value: value if isinstance(value, str) else None)
+@pytest.mark.parametrize(
+    "fmt, data, match",
+    [
+        ("adblock", (DATA / "urlhaus-filter-online.txt").read_bytes(), None),
+        ("adblock", (DATA / "ublock-badware.txt").read_bytes(), None),
+        ("hosts", (DATA / "eth-phishing-detect-hosts.txt").read_bytes(), EXACT),
+        ("hosts", (DATA / "eth-phishing-detect-hosts.txt").read_bytes(), None),
+        ("rpz", RPZ_ZONE.encode(), None),
+        ("domains", (SHIPPED / "phishing" / "eth-phishing-detect-allow.txt").read_bytes(), EXACT),
+        ("domains", b"a.example\n*.b.example\n# c\nbad..example\n", None),
+    ],
+    ids=lambda value: value if isinstance(value, str) else None,
+)
 def test_parse_list_runs_groups_what_parse_list_gives(fmt, data, match):
     def text_file():
         return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", errors="replace")
@@ -665,6 +798,7 @@ def test_parse_list_runs_groups_what_parse_list_gives(fmt, data, match):
     for name, entry_match, kind in lf.parse_list(fmt, text_file(), line_tally, match):
         expected.setdefault((entry_match, kind), []).append(name)
     runs = lf.parse_list_runs(fmt, text_file(), run_tally, match)
-    assert {key: sorted(names) for key, names in runs.items() if names} == \
-        {key: sorted(names) for key, names in expected.items()}
+    assert {key: sorted(names) for key, names in runs.items() if names} == {
+        key: sorted(names) for key, names in expected.items()
+    }
     assert tally_state(run_tally) == tally_state(line_tally)

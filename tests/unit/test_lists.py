@@ -41,22 +41,25 @@ def write(directory: Path, files: dict[str, str]) -> Path:
 
 @pytest.fixture
 def contract_dir(tmp_path):
-    write(tmp_path, {
-        "sources.yaml": CONTRACT,
-        "malware/extra.txt": """\
+    write(
+        tmp_path,
+        {
+            "sources.yaml": CONTRACT,
+            "malware/extra.txt": """\
             # local additions
             bad.school-test.example
             Tải-Phần-Mềm.vn
             """,
-        "phishing/hosts.txt": """\
+            "phishing/hosts.txt": """\
             127.0.0.1 localhost
             0.0.0.0 login-bank.example
             0.0.0.0 wallet.example shared.example
             """,
-        "phishing/allow.txt": """\
+            "phishing/allow.txt": """\
             shared.example
             """,
-    })
+        },
+    )
     shutil.copy(DATA / "urlhaus-filter-online.txt", tmp_path / "malware")
     return tmp_path
 
@@ -117,8 +120,7 @@ def test_contract_example_compiles_and_looks_up(contract_dir):
 
 def test_reports_per_source(contract_dir):
     compiled = lists.compile_lists(contract_dir)
-    summary = [(r.category, r.kind, r.file, r.format, r.entries, r.skipped, r.invalid)
-               for r in compiled.reports]
+    summary = [(r.category, r.kind, r.file, r.format, r.entries, r.skipped, r.invalid) for r in compiled.reports]
     assert summary == [
         ("malware", "block", "malware/urlhaus-filter-online.txt", "adblock", 602, 5658, 0),
         ("malware", "block", "malware/extra.txt", "domains", 2, 1, 0),
@@ -143,8 +145,10 @@ def test_progress_is_called_once_per_source(contract_dir):
 
 
 def test_allow_of_one_category_does_not_unblock_another(tmp_path):
-    write(tmp_path, {
-        "sources.yaml": """\
+    write(
+        tmp_path,
+        {
+            "sources.yaml": """\
             categories:
               games:
                 sources: [{file: games.txt, format: domains}]
@@ -152,10 +156,11 @@ def test_allow_of_one_category_does_not_unblock_another(tmp_path):
                 sources: [{file: social.txt, format: domains}]
                 allow: [{file: social-allow.txt, format: domains}]
             """,
-        "games.txt": "portal.example\n",
-        "social.txt": "portal.example\n",
-        "social-allow.txt": "chat.portal.example\n",
-    })
+            "games.txt": "portal.example\n",
+            "social.txt": "portal.example\n",
+            "social-allow.txt": "chat.portal.example\n",
+        },
+    )
     index = domains.DomainIndex.from_bytes(lists.compile_lists(tmp_path).image)
     assert index.lookup("portal.example") == 0b11
     assert index.lookup("chat.portal.example") == 0b01  # still games
@@ -164,16 +169,19 @@ def test_allow_of_one_category_does_not_unblock_another(tmp_path):
 
 def test_allow_source_turns_every_entry_into_an_exception(tmp_path):
     # In an allow source even a block rule of the format is an exception.
-    write(tmp_path, {
-        "sources.yaml": """\
+    write(
+        tmp_path,
+        {
+            "sources.yaml": """\
             categories:
               ads:
                 sources: [{file: block.txt, format: adblock}]
                 allow: [{file: allow.txt, format: adblock}]
             """,
-        "block.txt": "||ads.example^\n@@||ok.ads.example^\n",
-        "allow.txt": "||fine.ads.example^\n",
-    })
+            "block.txt": "||ads.example^\n@@||ok.ads.example^\n",
+            "allow.txt": "||fine.ads.example^\n",
+        },
+    )
     compiled = lists.compile_lists(tmp_path)
     index = domains.DomainIndex.from_bytes(compiled.image)
     assert index.lookup("x.ads.example") == 1
@@ -191,16 +199,19 @@ def test_allow_source_turns_every_entry_into_an_exception(tmp_path):
 
 
 def test_rpz_source(tmp_path):
-    write(tmp_path, {
-        "sources.yaml": "categories:\n  province:\n    sources: [{file: province.rpz, format: rpz}]\n",
-        "province.rpz": """\
+    write(
+        tmp_path,
+        {
+            "sources.yaml": "categories:\n  province:\n    sources: [{file: province.rpz, format: rpz}]\n",
+            "province.rpz": """\
             $ORIGIN rpz.province.example.
             @ SOA ns admin 1 3600 600 86400 60
             exact.example CNAME .
             *.tree.example CNAME .
             ok.tree.example CNAME rpz-passthru.
             """,
-    })
+        },
+    )
     index = domains.DomainIndex.from_bytes(lists.compile_lists(tmp_path).image)
     assert index.lookup("exact.example") == 1
     assert index.lookup("www.exact.example") == 0
@@ -209,14 +220,17 @@ def test_rpz_source(tmp_path):
 
 
 def test_category_without_sources_is_valid_and_empty(tmp_path):
-    sources_yaml(tmp_path, """\
+    sources_yaml(
+        tmp_path,
+        """\
         categories:
           csam:
             description: Entries only from the province's signed list.
             sources: []
           empty:
           bare: {}
-        """)
+        """,
+    )
     sources = lists.load_sources(tmp_path)
     assert sources.categories == ("csam", "empty", "bare")
     assert sources.sources == ()
@@ -241,7 +255,9 @@ def test_sixty_four_categories_are_allowed_and_the_last_gets_bit_63(tmp_path):
 
 
 def test_every_error_kind_is_reported_with_file_line_and_key(tmp_path):
-    sources_yaml(tmp_path, """\
+    sources_yaml(
+        tmp_path,
+        """\
         version: 1
         colour: blue
         categories:
@@ -265,7 +281,8 @@ def test_every_error_kind_is_reported_with_file_line_and_key(tmp_path):
           phishing: []
           csam:
             sources: nope
-        """)
+        """,
+    )
     f = tmp_path / "sources.yaml"
     assert problems_of(tmp_path) == [
         f"{f}:8: categories.malware.sources[0].format: unknown format 'csv' (known: domains, hosts, adblock, rpz)",
@@ -292,41 +309,83 @@ def test_problem_fields(tmp_path):
     sources_yaml(tmp_path, "categories:\n  malware:\n    sources:\n      - {file: a.txt, format: csv}\n")
     with pytest.raises(ConfigError) as caught:
         lists.load_sources(tmp_path)
-    assert caught.value.problems == [Problem(
-        str(tmp_path / "sources.yaml"), 4, "categories.malware.sources[0].format",
-        "unknown format 'csv' (known: domains, hosts, adblock, rpz)")]
+    assert caught.value.problems == [
+        Problem(
+            str(tmp_path / "sources.yaml"),
+            4,
+            "categories.malware.sources[0].format",
+            "unknown format 'csv' (known: domains, hosts, adblock, rpz)",
+        )
+    ]
 
 
-@pytest.mark.parametrize("text, line, key, message", [
-    ("categories:\n  a:\n    sources:\n      - {file: a.txt, format: adblock, match: exact}\n",
-     4, "categories.a.sources[0].match", "format 'adblock' sets exact or subtree per rule; remove `match`"),
-    ("categories:\n  a:\n    sources:\n      - {file: a.txt, format: rpz, match: subtree}\n",
-     4, "categories.a.sources[0].match", "format 'rpz' sets exact or subtree per rule; remove `match`"),
-    ("categories:\n  a:\n    sources:\n      - {file: a.txt}\n",
-     4, "categories.a.sources[0]", "missing required key 'format'"),
-    ("categories:\n  a:\n    sources:\n      - {format: domains}\n",
-     4, "categories.a.sources[0]", "missing required key 'file'"),
-    ("categories:\n  a:\n    sources:\n      - {file: 3, format: domains}\n",
-     4, "categories.a.sources[0].file", "expected a string, got an integer"),
-    ("categories:\n  a:\n    sources:\n      - {file: sub/../a.txt, format: domains}\n",
-     4, "categories.a.sources[0].file", "list files are paths inside the blocklists directory"),
-    ("categories:\n  a:\n    description: [x]\n",
-     3, "categories.a.description", "expected a string, got a list"),
-    ("categories:\n  a:\n    allow: {file: a.txt}\n",
-     3, "categories.a.allow", "expected a list, got a mapping"),
-    ("categories:\n  deny:\n    sources: []\n",
-     2, "categories.deny", "'deny' is reserved for policy blocks; choose another name"),
-    ("categories:\n  1games: {}\n",
-     2, "categories.1games", "category names are 1-32 of a-z, 0-9 and _, starting with a letter"),
-    ("categories:\n  " + "x" * 33 + ": {}\n",
-     2, "categories." + "x" * 33, "category names are 1-32 of a-z, 0-9 and _, starting with a letter"),
-    ("categories:\n  a: {}\n  a: {}\n", 3, "categories.a", "duplicate key"),
-    ("categories: {}\n", 1, "categories", "no categories declared"),
-    ("version: 1\n", 1, "categories", "no categories declared"),
-    ("", 1, "categories", "no categories declared"),
-    ("- a\n- b\n", 1, "", "expected a mapping, got a list"),
-    ("categories: [a, b]\n", 1, "categories", "expected a mapping, got a list"),
-])
+@pytest.mark.parametrize(
+    "text, line, key, message",
+    [
+        (
+            "categories:\n  a:\n    sources:\n      - {file: a.txt, format: adblock, match: exact}\n",
+            4,
+            "categories.a.sources[0].match",
+            "format 'adblock' sets exact or subtree per rule; remove `match`",
+        ),
+        (
+            "categories:\n  a:\n    sources:\n      - {file: a.txt, format: rpz, match: subtree}\n",
+            4,
+            "categories.a.sources[0].match",
+            "format 'rpz' sets exact or subtree per rule; remove `match`",
+        ),
+        (
+            "categories:\n  a:\n    sources:\n      - {file: a.txt}\n",
+            4,
+            "categories.a.sources[0]",
+            "missing required key 'format'",
+        ),
+        (
+            "categories:\n  a:\n    sources:\n      - {format: domains}\n",
+            4,
+            "categories.a.sources[0]",
+            "missing required key 'file'",
+        ),
+        (
+            "categories:\n  a:\n    sources:\n      - {file: 3, format: domains}\n",
+            4,
+            "categories.a.sources[0].file",
+            "expected a string, got an integer",
+        ),
+        (
+            "categories:\n  a:\n    sources:\n      - {file: sub/../a.txt, format: domains}\n",
+            4,
+            "categories.a.sources[0].file",
+            "list files are paths inside the blocklists directory",
+        ),
+        ("categories:\n  a:\n    description: [x]\n", 3, "categories.a.description", "expected a string, got a list"),
+        ("categories:\n  a:\n    allow: {file: a.txt}\n", 3, "categories.a.allow", "expected a list, got a mapping"),
+        (
+            "categories:\n  deny:\n    sources: []\n",
+            2,
+            "categories.deny",
+            "'deny' is reserved for policy blocks; choose another name",
+        ),
+        (
+            "categories:\n  1games: {}\n",
+            2,
+            "categories.1games",
+            "category names are 1-32 of a-z, 0-9 and _, starting with a letter",
+        ),
+        (
+            "categories:\n  " + "x" * 33 + ": {}\n",
+            2,
+            "categories." + "x" * 33,
+            "category names are 1-32 of a-z, 0-9 and _, starting with a letter",
+        ),
+        ("categories:\n  a: {}\n  a: {}\n", 3, "categories.a", "duplicate key"),
+        ("categories: {}\n", 1, "categories", "no categories declared"),
+        ("version: 1\n", 1, "categories", "no categories declared"),
+        ("", 1, "categories", "no categories declared"),
+        ("- a\n- b\n", 1, "", "expected a mapping, got a list"),
+        ("categories: [a, b]\n", 1, "categories", "expected a mapping, got a list"),
+    ],
+)
 def test_single_problem(tmp_path, text, line, key, message):
     sources_yaml(tmp_path, text)
     where = f"{key}: " if key else ""
@@ -336,7 +395,8 @@ def test_single_problem(tmp_path, text, line, key, message):
 def test_more_than_64_categories(tmp_path):
     sources_yaml(tmp_path, "# header\ncategories:\n" + "".join(f"  c{i}: {{}}\n" for i in range(65)))
     assert problems_of(tmp_path) == [
-        f"{tmp_path / 'sources.yaml'}:2: categories: 65 categories; at most 64 are supported"]
+        f"{tmp_path / 'sources.yaml'}:2: categories: 65 categories; at most 64 are supported"
+    ]
 
 
 def test_invalid_yaml(tmp_path):
@@ -359,8 +419,18 @@ def test_compile_raises_the_same_config_error(tmp_path):
 
 # --- the shipped blocklists/ -----------------------------------------------------------------
 
-SHIPPED_CATEGORIES = ("adult", "gambling", "violence", "drugs", "malware", "phishing", "csam",
-                      "games", "social", "bypass")
+SHIPPED_CATEGORIES = (
+    "adult",
+    "gambling",
+    "violence",
+    "drugs",
+    "malware",
+    "phishing",
+    "csam",
+    "games",
+    "social",
+    "bypass",
+)
 
 
 def test_shipped_blocklists_compile_cleanly():
@@ -393,8 +463,11 @@ def test_shipped_blocklists_compile_cleanly():
 
 
 def test_shipped_phishing_allow_list_wins_over_its_block_lists():
-    allow = {line.strip() for line in (SHIPPED / "phishing" / "eth-phishing-detect-allow.txt").read_text().splitlines()
-             if line.strip() and not line.startswith("#")}
+    allow = {
+        line.strip()
+        for line in (SHIPPED / "phishing" / "eth-phishing-detect-allow.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     index = domains.DomainIndex.from_bytes(lists.compile_lists(SHIPPED).image)
     phishing = 1 << SHIPPED_CATEGORIES.index("phishing")
     assert len(allow) > 1000
@@ -432,8 +505,10 @@ def test_bulk_compile_holds_exactly_the_entries_of_the_line_by_line_parsers(dire
 
 def test_a_messy_domains_source_reports_what_the_line_parser_counts(tmp_path):
     text = "# header\n\nok.example\r\nBad..example\n*.tree.example\nxn--abc.example\n192.0.2.1\nbücher.example\n"
-    write(tmp_path, {"sources.yaml": "categories:\n  misc:\n    sources: [{file: misc.txt, format: domains}]\n",
-                     "misc.txt": text})
+    write(
+        tmp_path,
+        {"sources.yaml": "categories:\n  misc:\n    sources: [{file: misc.txt, format: domains}]\n", "misc.txt": text},
+    )
     tally = listformats.Tally()
     with open(tmp_path / "misc.txt", encoding="utf-8") as lines:
         entries = list(listformats.parse_domains(lines, tally))

@@ -53,8 +53,14 @@ def make_site(tmp_path, files=None):
     forwarder = CountingForwarder()
     counters = metrics.Counters()
     answers = cache.AnswerCache(100)
-    pipe = pipeline.Pipeline(snapshots.build_snapshot(cfg, 1), answers, forwarder, counters,
-                             clock=lambda: clocks.monotonic, wall_clock=lambda: clocks.wall)
+    pipe = pipeline.Pipeline(
+        snapshots.build_snapshot(cfg, 1),
+        answers,
+        forwarder,
+        counters,
+        clock=lambda: clocks.monotonic,
+        wall_clock=lambda: clocks.wall,
+    )
     return pipe, clocks, forwarder, counters, answers, cfg
 
 

@@ -71,14 +71,21 @@ def test_issue_examples_parse():
     assert school.safe_search is True and school.action is Action.NXDOMAIN
     [schedule] = school.schedules
     assert (schedule.name, schedule.days, schedule.from_minute, schedule.to_minute, schedule.block) == (
-        "class-hours", (0, 1, 2, 3, 4), 420, 690, ("social", "games"))
+        "class-hours",
+        (0, 1, 2, 3, 4),
+        420,
+        690,
+        ("social", "games"),
+    )
     assert school.base_mask == policy.category_mask(["adult", "gambling", "drugs", "bypass", "games"], CATEGORIES)
 
 
 def test_optional_province_keys():
-    prov = province(PROVINCE + "blocked_ttl_seconds: 30.5\naction: blockpage\n"
-                               "blockpage: {ipv4: 192.0.2.80, ipv6: \"2001:DB8::80\"}\n"
-                               "safe_search: false\nsafe_search_youtube: strict\nbypass_prevention: false\n")
+    prov = province(
+        PROVINCE + "blocked_ttl_seconds: 30.5\naction: blockpage\n"
+        'blockpage: {ipv4: 192.0.2.80, ipv6: "2001:DB8::80"}\n'
+        "safe_search: false\nsafe_search_youtube: strict\nbypass_prevention: false\n"
+    )
     assert prov.blocked_ttl_seconds == 30.5
     assert prov.action is Action.BLOCKPAGE
     assert (prov.blockpage.ipv4, prov.blockpage.ipv6) == ("192.0.2.80", "2001:db8::80")
@@ -89,130 +96,210 @@ def test_optional_province_keys():
     assert school.networks == () and school.name == "s"
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("id: s\nlevel: primary\nblok: [games]\n",
-     "s.yaml:3: blok: unknown key 'blok' (known keys: "),
-    ("id: s\nlevel: primary\nblock: [games, gamez]\n",
-     "s.yaml:3: block[1]: unknown category 'gamez' (did you mean 'games'?)"),
-    ("id: s\nlevel: primary\nunblock:\n  - social\n  - csam\n",
-     "s.yaml:5: unblock[1]: category 'csam' is mandatory in province.yaml and cannot be unblocked"),
-    ("id: s\nlevel: primary\nblock: [games]\nunblock: [games]\n",
-     "s.yaml:4: unblock[0]: category 'games' is in both block and unblock"),
-    ("id: s\nlevel: primary\naction: drop\n",
-     "s.yaml:3: action: unknown action 'drop' (expected one of nxdomain, null_ip, blockpage, refused)"),
-    ("id: s\nlevel: primary\naction: nodata\n", "s.yaml:3: action: unknown action 'nodata'"),
-    ("id: s\nlevel: primary\naction: blockpage\n",
-     "s.yaml:3: action: action 'blockpage' needs `blockpage: {ipv4: ..., ipv6: ...}` in province.yaml"),
-    ("id: s\nlevel: primary\nnetworks: [10.0.0.0/24, 10.0.0.300/24]\n",
-     "s.yaml:3: networks[1]: '10.0.0.300/24' is not an IPv4 or IPv6 network"),
-    ("id: s\nlevel: primary\nnetworks:\n  - 10.0.0.1/24\n",
-     "s.yaml:4: networks[0]: '10.0.0.1/24' has host bits set: did you mean 10.0.0.0/24?"),
-    ("id: s\nlevel: primary\nnetworks: [\"::ffff:203.0.113.0/120\"]\n",
-     "s.yaml:3: networks[0]: '::ffff:203.0.113.0/120' is an IPv4-mapped network: write 203.0.113.0/24"),
-    ("id: s\nlevel: primary\nnetworks:\n  - 10.0.0.0/16\n  - 10.0.5.0/24\n",
-     "s.yaml:5: networks[1]: 10.0.5.0/24 overlaps 10.0.0.0/16 of the same school (s.yaml:4)"),
-    ("id: s\nlevel: primary\nnetworks: 10.0.0.0/24\n", "s.yaml:3: networks: expected a list, got a string"),
-    ("id: other\nlevel: primary\n",
-     "s.yaml:1: id: id 'other' does not match the file name 's.yaml'"),
-    ("id: S_1\nlevel: primary\n", "s.yaml:1: id: id 'S_1' must be lower-case letters"),
-    ("level: primary\n", "s.yaml:1: missing required key 'id'"),
-    ("id: s\n", "s.yaml:1: missing required key 'level'"),
-    ("id: s\nlevel: college\n",
-     "s.yaml:2: level: unknown level 'college' (profiles in province.yaml: primary, lower_secondary, "
-     "upper_secondary)"),
-    ("id: s\nlevel: primry\n", "s.yaml:2: level: unknown level 'primry' (did you mean 'primary'?)"),
-    ("id: s\nlevel: primary\nallow: [\"https://khanacademy.org/\"]\n",
-     "s.yaml:3: allow[0]: 'https://khanacademy.org/' is a URL; write only the domain name"),
-    ("id: s\nlevel: primary\ndeny:\n  - ok.example\n  - \"*.game.example\"\n",
-     "s.yaml:5: deny[1]: write 'game.example' instead of '*.game.example'"),
-    ("id: s\nlevel: primary\ndeny: [203.0.113.9]\n", "s.yaml:3: deny[0]: '203.0.113.9' is an IP address"),
-    ("id: s\nlevel: primary\nallow: [42]\n", "s.yaml:3: allow[0]: expected a string, got an integer"),
-    ("id: s\nlevel: primary\nsafe_search: maybe\n", "s.yaml:3: safe_search: expected a boolean, got a string"),
-    ("id: s\nlevel: primary\nsafe_search_youtube: medium\n",
-     "s.yaml:3: safe_search_youtube: unknown YouTube mode 'medium' (expected one of moderate, strict, off)"),
-    ("id: s\nlevel: primary\nlevel: upper_secondary\n", "s.yaml:3: level: duplicate key"),
-    ("id: s\nlevel: primary\nblock: [games\n", "s.yaml:4: invalid YAML"),
-    ("- id: s\n", "s.yaml:1: expected a mapping, got a list"),
-    # schedules
-    ("id: s\nlevel: primary\nschedules:\n  - {from: \"07:00\", to: 11:30, block: [games]}\n",
-     "s.yaml:4: schedules[0].to: write the time in quotes, like \"07:00\" (YAML read the unquoted value as the "
-     "number 690)"),
-    ("id: s\nlevel: primary\nschedules:\n  - {from: \"25:00\", to: \"08:00\", block: [games]}\n",
-     "s.yaml:4: schedules[0].from: expected a time \"HH:MM\" from 00:00 to 23:59, got '25:00'"),
-    ("id: s\nlevel: primary\nschedules:\n  - {from: \"24:00\", to: \"08:00\", block: [games]}\n",
-     "s.yaml:4: schedules[0].from: expected a time \"HH:MM\" from 00:00 to 23:59, got '24:00'"),
-    ("id: s\nlevel: primary\nschedules:\n  - {from: \"07:00\", to: \"24:01\", block: [games]}\n",
-     "s.yaml:4: schedules[0].to: expected a time \"HH:MM\" from 00:00 to 24:00, got '24:01'"),
-    ("id: s\nlevel: primary\nschedules:\n  - {from: \"07:00\", to: \"07:00\", block: [games]}\n",
-     "s.yaml:4: schedules[0].to: 'to' equals 'from' (07:00): the window is empty"),
-    ("id: s\nlevel: primary\nschedules:\n  - {from: \"00:00\", to: \"00:00\", block: [games]}\n",
-     "s.yaml:4: schedules[0].to: 'to' equals 'from' (00:00)"),
-    ("id: s\nlevel: primary\nschedules:\n  - {to: \"08:00\", block: [games]}\n",
-     "s.yaml:4: schedules[0]: missing required key 'from'"),
-    ("id: s\nlevel: primary\nschedules:\n  - {from: \"07:00\", to: \"08:00\"}\n",
-     "s.yaml:4: schedules[0]: missing required key 'block'"),
-    ("id: s\nlevel: primary\nschedules:\n  - {from: \"07:00\", to: \"08:00\", block: []}\n",
-     "s.yaml:4: schedules[0].block: a schedule must block at least one category"),
-    ("id: s\nlevel: primary\nschedules:\n  - name: x\n    from: \"07:00\"\n    to: \"08:00\"\n"
-     "    block: [games, poker]\n",
-     "s.yaml:7: schedules[0].block[1]: unknown category 'poker'"),
-    ("id: s\nlevel: primary\nschedules:\n  - {days: [mon, funday], from: \"07:00\", to: \"08:00\", block: [games]}\n",
-     "s.yaml:4: schedules[0].days[1]: unknown day 'funday' (expected mon, tue, wed, thu, fri, sat, sun)"),
-    ("id: s\nlevel: primary\nschedules:\n  - {days: [], from: \"07:00\", to: \"08:00\", block: [games]}\n",
-     "s.yaml:4: schedules[0].days: give at least one day"),
-    ("id: s\nlevel: primary\nschedules:\n  - {from: \"07:00\", to: \"08:00\", block: [games], unblock: [social]}\n",
-     "s.yaml:4: schedules[0].unblock: unknown key 'unblock'"),
-    ("id: s\nlevel: primary\nschedules:\n  - {name: a, from: \"07:00\", to: \"08:00\", block: [games]}\n"
-     "  - {name: a, from: \"09:00\", to: \"10:00\", block: [games]}\n",
-     "s.yaml:5: schedules[1].name: schedule name 'a' is used twice"),
-    ("id: s\nlevel: primary\nschedules: {from: \"07:00\"}\n", "s.yaml:3: schedules: expected a list, got a mapping"),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("id: s\nlevel: primary\nblok: [games]\n", "s.yaml:3: blok: unknown key 'blok' (known keys: "),
+        (
+            "id: s\nlevel: primary\nblock: [games, gamez]\n",
+            "s.yaml:3: block[1]: unknown category 'gamez' (did you mean 'games'?)",
+        ),
+        (
+            "id: s\nlevel: primary\nunblock:\n  - social\n  - csam\n",
+            "s.yaml:5: unblock[1]: category 'csam' is mandatory in province.yaml and cannot be unblocked",
+        ),
+        (
+            "id: s\nlevel: primary\nblock: [games]\nunblock: [games]\n",
+            "s.yaml:4: unblock[0]: category 'games' is in both block and unblock",
+        ),
+        (
+            "id: s\nlevel: primary\naction: drop\n",
+            "s.yaml:3: action: unknown action 'drop' (expected one of nxdomain, null_ip, blockpage, refused)",
+        ),
+        ("id: s\nlevel: primary\naction: nodata\n", "s.yaml:3: action: unknown action 'nodata'"),
+        (
+            "id: s\nlevel: primary\naction: blockpage\n",
+            "s.yaml:3: action: action 'blockpage' needs `blockpage: {ipv4: ..., ipv6: ...}` in province.yaml",
+        ),
+        (
+            "id: s\nlevel: primary\nnetworks: [10.0.0.0/24, 10.0.0.300/24]\n",
+            "s.yaml:3: networks[1]: '10.0.0.300/24' is not an IPv4 or IPv6 network",
+        ),
+        (
+            "id: s\nlevel: primary\nnetworks:\n  - 10.0.0.1/24\n",
+            "s.yaml:4: networks[0]: '10.0.0.1/24' has host bits set: did you mean 10.0.0.0/24?",
+        ),
+        (
+            'id: s\nlevel: primary\nnetworks: ["::ffff:203.0.113.0/120"]\n',
+            "s.yaml:3: networks[0]: '::ffff:203.0.113.0/120' is an IPv4-mapped network: write 203.0.113.0/24",
+        ),
+        (
+            "id: s\nlevel: primary\nnetworks:\n  - 10.0.0.0/16\n  - 10.0.5.0/24\n",
+            "s.yaml:5: networks[1]: 10.0.5.0/24 overlaps 10.0.0.0/16 of the same school (s.yaml:4)",
+        ),
+        ("id: s\nlevel: primary\nnetworks: 10.0.0.0/24\n", "s.yaml:3: networks: expected a list, got a string"),
+        ("id: other\nlevel: primary\n", "s.yaml:1: id: id 'other' does not match the file name 's.yaml'"),
+        ("id: S_1\nlevel: primary\n", "s.yaml:1: id: id 'S_1' must be lower-case letters"),
+        ("level: primary\n", "s.yaml:1: missing required key 'id'"),
+        ("id: s\n", "s.yaml:1: missing required key 'level'"),
+        (
+            "id: s\nlevel: college\n",
+            "s.yaml:2: level: unknown level 'college' (profiles in province.yaml: primary, lower_secondary, "
+            "upper_secondary)",
+        ),
+        ("id: s\nlevel: primry\n", "s.yaml:2: level: unknown level 'primry' (did you mean 'primary'?)"),
+        (
+            'id: s\nlevel: primary\nallow: ["https://khanacademy.org/"]\n',
+            "s.yaml:3: allow[0]: 'https://khanacademy.org/' is a URL; write only the domain name",
+        ),
+        (
+            'id: s\nlevel: primary\ndeny:\n  - ok.example\n  - "*.game.example"\n',
+            "s.yaml:5: deny[1]: write 'game.example' instead of '*.game.example'",
+        ),
+        ("id: s\nlevel: primary\ndeny: [203.0.113.9]\n", "s.yaml:3: deny[0]: '203.0.113.9' is an IP address"),
+        ("id: s\nlevel: primary\nallow: [42]\n", "s.yaml:3: allow[0]: expected a string, got an integer"),
+        ("id: s\nlevel: primary\nsafe_search: maybe\n", "s.yaml:3: safe_search: expected a boolean, got a string"),
+        (
+            "id: s\nlevel: primary\nsafe_search_youtube: medium\n",
+            "s.yaml:3: safe_search_youtube: unknown YouTube mode 'medium' (expected one of moderate, strict, off)",
+        ),
+        ("id: s\nlevel: primary\nlevel: upper_secondary\n", "s.yaml:3: level: duplicate key"),
+        ("id: s\nlevel: primary\nblock: [games\n", "s.yaml:4: invalid YAML"),
+        ("- id: s\n", "s.yaml:1: expected a mapping, got a list"),
+        # schedules
+        (
+            'id: s\nlevel: primary\nschedules:\n  - {from: "07:00", to: 11:30, block: [games]}\n',
+            's.yaml:4: schedules[0].to: write the time in quotes, like "07:00" (YAML read the unquoted value as the '
+            "number 690)",
+        ),
+        (
+            'id: s\nlevel: primary\nschedules:\n  - {from: "25:00", to: "08:00", block: [games]}\n',
+            "s.yaml:4: schedules[0].from: expected a time \"HH:MM\" from 00:00 to 23:59, got '25:00'",
+        ),
+        (
+            'id: s\nlevel: primary\nschedules:\n  - {from: "24:00", to: "08:00", block: [games]}\n',
+            "s.yaml:4: schedules[0].from: expected a time \"HH:MM\" from 00:00 to 23:59, got '24:00'",
+        ),
+        (
+            'id: s\nlevel: primary\nschedules:\n  - {from: "07:00", to: "24:01", block: [games]}\n',
+            "s.yaml:4: schedules[0].to: expected a time \"HH:MM\" from 00:00 to 24:00, got '24:01'",
+        ),
+        (
+            'id: s\nlevel: primary\nschedules:\n  - {from: "07:00", to: "07:00", block: [games]}\n',
+            "s.yaml:4: schedules[0].to: 'to' equals 'from' (07:00): the window is empty",
+        ),
+        (
+            'id: s\nlevel: primary\nschedules:\n  - {from: "00:00", to: "00:00", block: [games]}\n',
+            "s.yaml:4: schedules[0].to: 'to' equals 'from' (00:00)",
+        ),
+        (
+            'id: s\nlevel: primary\nschedules:\n  - {to: "08:00", block: [games]}\n',
+            "s.yaml:4: schedules[0]: missing required key 'from'",
+        ),
+        (
+            'id: s\nlevel: primary\nschedules:\n  - {from: "07:00", to: "08:00"}\n',
+            "s.yaml:4: schedules[0]: missing required key 'block'",
+        ),
+        (
+            'id: s\nlevel: primary\nschedules:\n  - {from: "07:00", to: "08:00", block: []}\n',
+            "s.yaml:4: schedules[0].block: a schedule must block at least one category",
+        ),
+        (
+            'id: s\nlevel: primary\nschedules:\n  - name: x\n    from: "07:00"\n    to: "08:00"\n'
+            "    block: [games, poker]\n",
+            "s.yaml:7: schedules[0].block[1]: unknown category 'poker'",
+        ),
+        (
+            'id: s\nlevel: primary\nschedules:\n  - {days: [mon, funday], from: "07:00", to: "08:00", block: [games]}\n',
+            "s.yaml:4: schedules[0].days[1]: unknown day 'funday' (expected mon, tue, wed, thu, fri, sat, sun)",
+        ),
+        (
+            'id: s\nlevel: primary\nschedules:\n  - {days: [], from: "07:00", to: "08:00", block: [games]}\n',
+            "s.yaml:4: schedules[0].days: give at least one day",
+        ),
+        (
+            'id: s\nlevel: primary\nschedules:\n  - {from: "07:00", to: "08:00", block: [games], unblock: [social]}\n',
+            "s.yaml:4: schedules[0].unblock: unknown key 'unblock'",
+        ),
+        (
+            'id: s\nlevel: primary\nschedules:\n  - {name: a, from: "07:00", to: "08:00", block: [games]}\n'
+            '  - {name: a, from: "09:00", to: "10:00", block: [games]}\n',
+            "s.yaml:5: schedules[1].name: schedule name 'a' is used twice",
+        ),
+        ('id: s\nlevel: primary\nschedules: {from: "07:00"}\n', "s.yaml:3: schedules: expected a list, got a mapping"),
+    ],
+)
 def test_school_errors(text, expected):
     with pytest.raises(ConfigError) as caught:
         policyfile.parse_school(text, "s.yaml", CATEGORIES, province())
     assert any(line.startswith(expected) for line in problems(caught)), problems(caught)
 
 
-@pytest.mark.parametrize(("extra", "expected"), [
-    ("blocked_ttl_seconds: -1\n", "province.yaml:8: blocked_ttl_seconds: expected 0 to 86400 seconds, got -1"),
-    ("blocked_ttl_seconds: 90000\n", "province.yaml:8: blocked_ttl_seconds: expected 0 to 86400 seconds"),
-    ("blocked_ttl_seconds: true\n", "province.yaml:8: blocked_ttl_seconds: expected an integer or a number, got a boolean"),
-    ("action: blockpage\n", "province.yaml:8: action: action 'blockpage' needs `blockpage"),
-    ("action: sinkhole\n", "province.yaml:8: action: unknown action 'sinkhole'"),
-    ("blockpage: {ipv4: \"2001:db8::1\"}\n", "province.yaml:8: blockpage.ipv4: '2001:db8::1' is not an IPv4 address"),
-    ("blockpage: {ipv6: 192.0.2.1}\n", "province.yaml:8: blockpage.ipv6: '192.0.2.1' is not an IPv6 address"),
-    ("blockpage: {}\n", "province.yaml:8: blockpage: give the block page's ipv4, ipv6 or both"),
-    ("blockpage: {ipv4: 192.0.2.1, url: x}\n", "province.yaml:8: blockpage.url: unknown key 'url'"),
-    ("safe_search_youtube: loose\n", "province.yaml:8: safe_search_youtube: unknown YouTube mode 'loose'"),
-    ("bypass_prevention: sometimes\n", "province.yaml:8: bypass_prevention: expected a boolean, got a string"),
-    ("schedules: []\n", "province.yaml:8: schedules: unknown key 'schedules' (known keys: "),
-])
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ("blocked_ttl_seconds: -1\n", "province.yaml:8: blocked_ttl_seconds: expected 0 to 86400 seconds, got -1"),
+        ("blocked_ttl_seconds: 90000\n", "province.yaml:8: blocked_ttl_seconds: expected 0 to 86400 seconds"),
+        (
+            "blocked_ttl_seconds: true\n",
+            "province.yaml:8: blocked_ttl_seconds: expected an integer or a number, got a boolean",
+        ),
+        ("action: blockpage\n", "province.yaml:8: action: action 'blockpage' needs `blockpage"),
+        ("action: sinkhole\n", "province.yaml:8: action: unknown action 'sinkhole'"),
+        ('blockpage: {ipv4: "2001:db8::1"}\n', "province.yaml:8: blockpage.ipv4: '2001:db8::1' is not an IPv4 address"),
+        ("blockpage: {ipv6: 192.0.2.1}\n", "province.yaml:8: blockpage.ipv6: '192.0.2.1' is not an IPv6 address"),
+        ("blockpage: {}\n", "province.yaml:8: blockpage: give the block page's ipv4, ipv6 or both"),
+        ("blockpage: {ipv4: 192.0.2.1, url: x}\n", "province.yaml:8: blockpage.url: unknown key 'url'"),
+        ("safe_search_youtube: loose\n", "province.yaml:8: safe_search_youtube: unknown YouTube mode 'loose'"),
+        ("bypass_prevention: sometimes\n", "province.yaml:8: bypass_prevention: expected a boolean, got a string"),
+        ("schedules: []\n", "province.yaml:8: schedules: unknown key 'schedules' (known keys: "),
+    ],
+)
 def test_province_optional_key_errors(extra, expected):
     with pytest.raises(ConfigError) as caught:
         province(PROVINCE + extra)
     assert any(line.startswith(expected) for line in problems(caught)), problems(caught)
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("mandatory: [csam, malwares]\nprofiles: {p: {block: []}}\n",
-     "province.yaml:1: mandatory[1]: unknown category 'malwares' (did you mean 'malware'?)"),
-    ("timezone: Asia/Saigonn\nprofiles: {p: {block: []}}\n",
-     "province.yaml:1: timezone: unknown time zone 'Asia/Saigonn'"),
-    ("info_url: blocked.example.vn\nprofiles: {p: {block: []}}\n",
-     "province.yaml:1: info_url: 'blocked.example.vn' is not an http:// or https:// URL"),
-    ("mandatory: [csam]\n", "province.yaml:1: missing required key 'profiles'"),
-    ("profiles:\n  primary:\n    block: [adult, porn]\n",
-     "province.yaml:3: profiles.primary.block[1]: unknown category 'porn'"),
-    ("profiles:\n  primary: {block: [adult], blok: [x]}\n",
-     "province.yaml:2: profiles.primary.blok: unknown key 'blok'"),
-    ("profiles:\n  Primary School: {block: [adult]}\n",
-     "province.yaml:2: profiles.Primary School: profile name 'Primary School' must be lower-case"),
-    ("profiles:\n  primary: {block: [adult], action: blockpage}\n",
-     "province.yaml:2: profiles.primary.action: action 'blockpage' needs `blockpage"),
-    ("profiles:\n  primary: {safe_search: 1}\n",
-     "province.yaml:2: profiles.primary.safe_search: expected a boolean, got an integer"),
-    ("profiles: [primary]\n", "province.yaml:1: profiles: expected a mapping, got a list"),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "mandatory: [csam, malwares]\nprofiles: {p: {block: []}}\n",
+            "province.yaml:1: mandatory[1]: unknown category 'malwares' (did you mean 'malware'?)",
+        ),
+        (
+            "timezone: Asia/Saigonn\nprofiles: {p: {block: []}}\n",
+            "province.yaml:1: timezone: unknown time zone 'Asia/Saigonn'",
+        ),
+        (
+            "info_url: blocked.example.vn\nprofiles: {p: {block: []}}\n",
+            "province.yaml:1: info_url: 'blocked.example.vn' is not an http:// or https:// URL",
+        ),
+        ("mandatory: [csam]\n", "province.yaml:1: missing required key 'profiles'"),
+        (
+            "profiles:\n  primary:\n    block: [adult, porn]\n",
+            "province.yaml:3: profiles.primary.block[1]: unknown category 'porn'",
+        ),
+        (
+            "profiles:\n  primary: {block: [adult], blok: [x]}\n",
+            "province.yaml:2: profiles.primary.blok: unknown key 'blok'",
+        ),
+        (
+            "profiles:\n  Primary School: {block: [adult]}\n",
+            "province.yaml:2: profiles.Primary School: profile name 'Primary School' must be lower-case",
+        ),
+        (
+            "profiles:\n  primary: {block: [adult], action: blockpage}\n",
+            "province.yaml:2: profiles.primary.action: action 'blockpage' needs `blockpage",
+        ),
+        (
+            "profiles:\n  primary: {safe_search: 1}\n",
+            "province.yaml:2: profiles.primary.safe_search: expected a boolean, got an integer",
+        ),
+        ("profiles: [primary]\n", "province.yaml:1: profiles: expected a mapping, got a list"),
+    ],
+)
 def test_province_errors(text, expected):
     with pytest.raises(ConfigError) as caught:
         province(text)
@@ -220,8 +307,10 @@ def test_province_errors(text, expected):
 
 
 def test_every_problem_names_file_line_and_key_path():
-    text = ("id: s\nlevel: primary\nblock: [gamez]\nunblock: [malware]\naction: drop\n"
-            "networks: [10.0.0.1/24]\nallow: [\"http://x\"]\nschedules:\n  - {from: 7, to: \"8:00\", block: [x]}\n")
+    text = (
+        "id: s\nlevel: primary\nblock: [gamez]\nunblock: [malware]\naction: drop\n"
+        'networks: [10.0.0.1/24]\nallow: ["http://x"]\nschedules:\n  - {from: 7, to: "8:00", block: [x]}\n'
+    )
     with pytest.raises(ConfigError) as caught:
         policyfile.parse_school(text, "s.yaml", CATEGORIES, province())
     assert [(p.file, p.line, p.key_path) for p in caught.value.problems] == [
@@ -234,43 +323,55 @@ def test_every_problem_names_file_line_and_key_path():
         ("s.yaml", 5, "action"),
     ]
     assert str(caught.value).splitlines() == [str(p) for p in caught.value.problems]
-    assert all(line.startswith(f"s.yaml:{p.line}: {p.key_path}: ")
-               for line, p in zip(problems(caught), caught.value.problems))
+    assert all(
+        line.startswith(f"s.yaml:{p.line}: {p.key_path}: ") for line, p in zip(problems(caught), caught.value.problems)
+    )
 
 
 def test_whole_day_and_to_2400_are_accepted():
     school = policyfile.parse_school(
-        "id: s\nlevel: primary\nschedules:\n  - {from: \"00:00\", to: \"24:00\", block: [games]}\n"
-        "  - {from: \"22:00\", to: \"24:00\", block: [social]}\n", "s.yaml", CATEGORIES, province())
+        'id: s\nlevel: primary\nschedules:\n  - {from: "00:00", to: "24:00", block: [games]}\n'
+        '  - {from: "22:00", to: "24:00", block: [social]}\n',
+        "s.yaml",
+        CATEGORIES,
+        province(),
+    )
     assert [(s.from_minute, s.to_minute) for s in school.schedules] == [(0, 1440), (1320, 1440)]
     assert [s.name for s in school.schedules] == ["schedule-1", "schedule-2"]
 
 
 def test_unquoted_time_with_a_leading_zero_is_read_as_text():
     # YAML 1.1 reads 7:30 as the number 450, but 07:30 as the string "07:30".
-    school = policyfile.parse_school("id: s\nlevel: primary\nschedules:\n  - {from: 07:30, to: \"08:00\", "
-                                     "block: [games]}\n", "s.yaml", CATEGORIES, province())
+    school = policyfile.parse_school(
+        'id: s\nlevel: primary\nschedules:\n  - {from: 07:30, to: "08:00", block: [games]}\n',
+        "s.yaml",
+        CATEGORIES,
+        province(),
+    )
     assert school.schedules[0].from_minute == 450
 
 
-@pytest.mark.parametrize(("value", "mode"), [
-    ("off", "off"), ('"off"', "off"), ("strict", "strict"), ("moderate", "moderate")])
+@pytest.mark.parametrize(
+    ("value", "mode"), [("off", "off"), ('"off"', "off"), ("strict", "strict"), ("moderate", "moderate")]
+)
 def test_youtube_modes(value, mode):
-    school = policyfile.parse_school(f"id: s\nlevel: primary\nsafe_search_youtube: {value}\n", "s.yaml",
-                                     CATEGORIES, province())
+    school = policyfile.parse_school(
+        f"id: s\nlevel: primary\nsafe_search_youtube: {value}\n", "s.yaml", CATEGORIES, province()
+    )
     assert school.safe_search_youtube == mode
 
 
 def test_empty_lists_and_names():
-    school = policyfile.parse_school("id: s\nlevel: primary\nblock:\nunblock:\nallow:\ndeny: []\nnetworks:\n",
-                                     "s.yaml", CATEGORIES, province())
+    school = policyfile.parse_school(
+        "id: s\nlevel: primary\nblock:\nunblock:\nallow:\ndeny: []\nnetworks:\n", "s.yaml", CATEGORIES, province()
+    )
     assert (school.block, school.unblock, school.allow, school.deny, school.networks) == ((), (), (), (), ())
 
 
 def test_allow_and_deny_are_normalized_and_deduplicated():
     school = policyfile.parse_school(
-        "id: s\nlevel: primary\nallow: [Example.COM., example.com, \"bóng-đá.vn\"]\n", "s.yaml", CATEGORIES,
-        province())
+        'id: s\nlevel: primary\nallow: [Example.COM., example.com, "bóng-đá.vn"]\n', "s.yaml", CATEGORIES, province()
+    )
     assert school.allow == ("example.com", "xn--bng--8na8hpj.vn")
 
 
@@ -299,11 +400,16 @@ def test_shipped_policies_load():
 
 
 def test_overlapping_networks_across_files_name_both(tmp_path):
-    write(tmp_path, {"province.yaml": PROVINCE,
-                     "a.yaml": "id: a\nlevel: primary\nnetworks: [10.0.0.0/16]\n",
-                     "b.yaml": "id: b\nlevel: primary\nnetworks:\n  - 192.0.2.0/24\n  - 10.0.7.0/24\n",
-                     "c.yaml": "id: c\nlevel: primary\nnetworks: [\"2001:db8::/32\"]\n",
-                     "d.yaml": "id: d\nlevel: primary\nnetworks: [\"2001:db8:5::/48\", 10.1.0.0/16]\n"})
+    write(
+        tmp_path,
+        {
+            "province.yaml": PROVINCE,
+            "a.yaml": "id: a\nlevel: primary\nnetworks: [10.0.0.0/16]\n",
+            "b.yaml": "id: b\nlevel: primary\nnetworks:\n  - 192.0.2.0/24\n  - 10.0.7.0/24\n",
+            "c.yaml": 'id: c\nlevel: primary\nnetworks: ["2001:db8::/32"]\n',
+            "d.yaml": 'id: d\nlevel: primary\nnetworks: ["2001:db8:5::/48", 10.1.0.0/16]\n',
+        },
+    )
     with pytest.raises(ConfigError) as caught:
         policy.load_policies(tmp_path, CATEGORIES)
     a, b, c, d = (str(tmp_path / f"{x}.yaml") for x in "abcd")
@@ -314,9 +420,14 @@ def test_overlapping_networks_across_files_name_both(tmp_path):
 
 
 def test_identical_networks_in_two_files(tmp_path):
-    write(tmp_path, {"province.yaml": PROVINCE,
-                     "a.yaml": "id: a\nlevel: primary\nnetworks: [10.0.0.0/24]\n",
-                     "b.yaml": "id: b\nlevel: primary\nnetworks: [10.0.0.0/24]\n"})
+    write(
+        tmp_path,
+        {
+            "province.yaml": PROVINCE,
+            "a.yaml": "id: a\nlevel: primary\nnetworks: [10.0.0.0/24]\n",
+            "b.yaml": "id: b\nlevel: primary\nnetworks: [10.0.0.0/24]\n",
+        },
+    )
     with pytest.raises(ConfigError) as caught:
         policy.load_policies(tmp_path, CATEGORIES)
     [line] = problems(caught)
@@ -324,24 +435,31 @@ def test_identical_networks_in_two_files(tmp_path):
 
 
 def test_all_problems_in_all_files_at_once(tmp_path):
-    write(tmp_path, {"province.yaml": PROVINCE + "timezone2: x\n",
-                     "a.yaml": "id: a\nlevel: primary\nblock: [gamez]\n",
-                     "b.yaml": "id: b\nlevel: primary\nnetworks: [10.0.0.0/8\n",  # invalid YAML
-                     "c.yaml": "id: wrong\nlevel: primary\n",
-                     "d.yml": "id: d\nlevel: primary\n",
-                     "ok.yaml": "id: ok\nlevel: primary\n",
-                     "README.md": "not a policy\n"})
+    write(
+        tmp_path,
+        {
+            "province.yaml": PROVINCE + "timezone2: x\n",
+            "a.yaml": "id: a\nlevel: primary\nblock: [gamez]\n",
+            "b.yaml": "id: b\nlevel: primary\nnetworks: [10.0.0.0/8\n",  # invalid YAML
+            "c.yaml": "id: wrong\nlevel: primary\n",
+            "d.yml": "id: d\nlevel: primary\n",
+            "ok.yaml": "id: ok\nlevel: primary\n",
+            "README.md": "not a policy\n",
+        },
+    )
     (tmp_path / ".hidden.yaml").write_text("garbage: [")
     (tmp_path / "sub.yaml").mkdir()
     with pytest.raises(ConfigError) as caught:
         policy.load_policies(tmp_path, CATEGORIES)
     lines = problems(caught)
     assert len(lines) == 5, lines
-    expected = [f"{tmp_path / 'province.yaml'}:8: timezone2: unknown key",
-                f"{tmp_path / 'a.yaml'}:3: block[0]: unknown category 'gamez'",
-                f"{tmp_path / 'b.yaml'}:4: invalid YAML",
-                f"{tmp_path / 'c.yaml'}:1: id: id 'wrong' does not match the file name 'c.yaml'",
-                f"{tmp_path / 'd.yml'}:1: policy files end in .yaml: rename it to d.yaml"]
+    expected = [
+        f"{tmp_path / 'province.yaml'}:8: timezone2: unknown key",
+        f"{tmp_path / 'a.yaml'}:3: block[0]: unknown category 'gamez'",
+        f"{tmp_path / 'b.yaml'}:4: invalid YAML",
+        f"{tmp_path / 'c.yaml'}:1: id: id 'wrong' does not match the file name 'c.yaml'",
+        f"{tmp_path / 'd.yml'}:1: policy files end in .yaml: rename it to d.yaml",
+    ]
     for prefix in expected:
         assert any(line.startswith(prefix) for line in lines), (prefix, lines)
 
@@ -372,12 +490,12 @@ def test_a_broken_copy_of_the_shipped_policies_fails(tmp_path):
 
 
 def test_school_level_requires_the_province_profile(tmp_path):
-    write(tmp_path, {"province.yaml": "profiles: {basic: {block: [adult]}}\n",
-                     "a.yaml": "id: a\nlevel: primary\n"})
+    write(tmp_path, {"province.yaml": "profiles: {basic: {block: [adult]}}\n", "a.yaml": "id: a\nlevel: primary\n"})
     with pytest.raises(ConfigError) as caught:
         policy.load_policies(tmp_path, CATEGORIES)
-    assert problems(caught) == [f"{tmp_path / 'a.yaml'}:2: level: unknown level 'primary' "
-                                f"(profiles in province.yaml: basic)"]
+    assert problems(caught) == [
+        f"{tmp_path / 'a.yaml'}:2: level: unknown level 'primary' (profiles in province.yaml: basic)"
+    ]
 
 
 @pytest.mark.parametrize("reserved", ["unknown", "province"])

@@ -61,23 +61,26 @@ def _header(qid=1, flags=0x0100, qd=1, an=0, ns=0, ar=0):
 QUESTION = b"\x07example\x03com\x00\x00\x01\x00\x01"
 
 
-@pytest.mark.parametrize("data,error", [
-    (b"", wire.Unanswerable),
-    (b"\x00" * 11, wire.Unanswerable),
-    (_header(flags=0x8000) + QUESTION, wire.Unanswerable),  # a response
-    (_header(flags=0x2800) + QUESTION, wire.NotImplementedOpcode),  # UPDATE
-    (_header(flags=0x1000) + QUESTION, wire.NotImplementedOpcode),  # STATUS
-    (_header(qd=0), wire.FormError),
-    (_header(qd=2) + QUESTION * 2, wire.FormError),
-    (_header(an=1) + QUESTION, wire.FormError),
-    (_header() + b"\x07example", wire.FormError),  # name runs past the end
-    (_header() + b"\x40" + b"a" * 64 + b"\x00\x00\x01\x00\x01", wire.FormError),  # label > 63
-    (_header() + b"\xc0\x0c\x00\x01\x00\x01", wire.FormError),  # compression in question
-    (_header() + (b"\x3f" + b"a" * 63) * 4 + b"\x00\x00\x01\x00\x01", wire.FormError),  # name > 255
-    (_header() + QUESTION[:-2], wire.FormError),  # no class
-    (_header(ar=1) + QUESTION + b"\x00\x00\x29", wire.FormError),  # truncated OPT
-    (_header(ar=2) + QUESTION + (b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00") * 2, wire.FormError),
-])
+@pytest.mark.parametrize(
+    "data,error",
+    [
+        (b"", wire.Unanswerable),
+        (b"\x00" * 11, wire.Unanswerable),
+        (_header(flags=0x8000) + QUESTION, wire.Unanswerable),  # a response
+        (_header(flags=0x2800) + QUESTION, wire.NotImplementedOpcode),  # UPDATE
+        (_header(flags=0x1000) + QUESTION, wire.NotImplementedOpcode),  # STATUS
+        (_header(qd=0), wire.FormError),
+        (_header(qd=2) + QUESTION * 2, wire.FormError),
+        (_header(an=1) + QUESTION, wire.FormError),
+        (_header() + b"\x07example", wire.FormError),  # name runs past the end
+        (_header() + b"\x40" + b"a" * 64 + b"\x00\x00\x01\x00\x01", wire.FormError),  # label > 63
+        (_header() + b"\xc0\x0c\x00\x01\x00\x01", wire.FormError),  # compression in question
+        (_header() + (b"\x3f" + b"a" * 63) * 4 + b"\x00\x00\x01\x00\x01", wire.FormError),  # name > 255
+        (_header() + QUESTION[:-2], wire.FormError),  # no class
+        (_header(ar=1) + QUESTION + b"\x00\x00\x29", wire.FormError),  # truncated OPT
+        (_header(ar=2) + QUESTION + (b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00") * 2, wire.FormError),
+    ],
+)
 def test_malformed_queries_raise_the_right_error(data, error):
     with pytest.raises(error):
         wire.parse_query(data)
@@ -87,8 +90,9 @@ def test_edns_version_1_is_badvers():
     data = q(use_edns=1)
     with pytest.raises(wire.BadVersion) as info:
         wire.parse_query(data)
-    answer = dns.message.from_wire(wire.make_error(info.value.query.id, info.value.query.flags,
-                                                   wire.BADVERS, info.value.query))
+    answer = dns.message.from_wire(
+        wire.make_error(info.value.query.id, info.value.query.flags, wire.BADVERS, info.value.query)
+    )
     assert answer.rcode() == dns.rcode.BADVERS
 
 
@@ -174,6 +178,7 @@ def test_upstream_answer_replays_with_client_id_case_and_opt():
     def build(r):
         r.answer.append(dns.rrset.from_text("www.example.com.", 300, "IN", "CNAME", "cdn.example.net."))
         r.answer.append(dns.rrset.from_text("cdn.example.net.", 60, "IN", "A", "192.0.2.7"))
+
     answer = _answer_for(query, build)
     assert answer.ttl == 60 and answer.targets == ("cdn.example.net",)
     out = dns.message.from_wire(wire.replay(answer.message, answer.question_length, query, 1232))
@@ -185,8 +190,10 @@ def test_upstream_answer_replays_with_client_id_case_and_opt():
 
 def test_ttls_age_and_never_go_negative():
     query = wire.parse_query(q("www.example.com"))
-    answer = _answer_for(query, lambda r: r.answer.append(
-        dns.rrset.from_text("www.example.com.", 100, "IN", "A", "192.0.2.1", "192.0.2.2")))
+    answer = _answer_for(
+        query,
+        lambda r: r.answer.append(dns.rrset.from_text("www.example.com.", 100, "IN", "A", "192.0.2.1", "192.0.2.2")),
+    )
     aged = dns.message.from_wire(wire.reduce_ttls(answer.message, answer.ttl_offsets, 40))
     assert aged.answer[0].ttl == 60
     assert dns.message.from_wire(wire.reduce_ttls(answer.message, answer.ttl_offsets, 500)).answer[0].ttl == 0
@@ -195,25 +202,33 @@ def test_ttls_age_and_never_go_negative():
 @pytest.mark.parametrize("ttl,min_ttl,max_ttl,expected", [(5, 30, 100, 30), (500, 0, 100, 100), (50, 0, 100, 50)])
 def test_ttl_clamps(ttl, min_ttl, max_ttl, expected):
     query = wire.parse_query(q("www.example.com"))
-    answer = _answer_for(query, lambda r: r.answer.append(
-        dns.rrset.from_text("www.example.com.", ttl, "IN", "A", "192.0.2.1")), min_ttl=min_ttl, max_ttl=max_ttl)
+    answer = _answer_for(
+        query,
+        lambda r: r.answer.append(dns.rrset.from_text("www.example.com.", ttl, "IN", "A", "192.0.2.1")),
+        min_ttl=min_ttl,
+        max_ttl=max_ttl,
+    )
     assert answer.ttl == expected
     assert dns.message.from_wire(answer.message).answer[0].ttl == expected
 
 
 def _soa(r, ttl, minimum):
-    r.authority.append(dns.rrset.from_text(
-        "example.com.", ttl, "IN", "SOA", f"ns.example.com. h.example.com. 1 2 3 4 {minimum}"))
+    r.authority.append(
+        dns.rrset.from_text("example.com.", ttl, "IN", "SOA", f"ns.example.com. h.example.com. 1 2 3 4 {minimum}")
+    )
 
 
-@pytest.mark.parametrize("rcode,soa,expected", [
-    (dns.rcode.NXDOMAIN, (300, 60), 60),   # RFC 2308: min(SOA TTL, MINIMUM)
-    (dns.rcode.NXDOMAIN, (30, 600), 30),
-    (dns.rcode.NOERROR, (300, 120), 120),  # NODATA
-    (dns.rcode.NXDOMAIN, None, 0),         # no SOA: not cached
-    (dns.rcode.SERVFAIL, None, 0),
-    (dns.rcode.REFUSED, None, 0),
-])
+@pytest.mark.parametrize(
+    "rcode,soa,expected",
+    [
+        (dns.rcode.NXDOMAIN, (300, 60), 60),  # RFC 2308: min(SOA TTL, MINIMUM)
+        (dns.rcode.NXDOMAIN, (30, 600), 30),
+        (dns.rcode.NOERROR, (300, 120), 120),  # NODATA
+        (dns.rcode.NXDOMAIN, None, 0),  # no SOA: not cached
+        (dns.rcode.SERVFAIL, None, 0),
+        (dns.rcode.REFUSED, None, 0),
+    ],
+)
 def test_negative_and_error_cache_lifetimes(rcode, soa, expected):
     query = wire.parse_query(q("gone.example.com"))
 
@@ -221,6 +236,7 @@ def test_negative_and_error_cache_lifetimes(rcode, soa, expected):
         r.set_rcode(rcode)
         if soa:
             _soa(r, *soa)
+
     assert _answer_for(query, build).ttl == expected
 
 
@@ -230,6 +246,7 @@ def test_truncated_upstream_answer_is_never_cached():
     def build(r):
         r.flags |= dns.flags.TC
         r.answer.append(dns.rrset.from_text("www.example.com.", 300, "IN", "A", "192.0.2.1"))
+
     assert _answer_for(query, build).ttl == 0
 
 
@@ -245,8 +262,10 @@ def test_answer_too_big_for_client_is_truncated_with_tc():
     query = wire.parse_query(q("big.example.com", "TXT"))
 
     def build(r):
-        r.answer.append(dns.rrset.from_text("big.example.com.", 300, "IN", "TXT",
-                                            *[f'"{"x" * 100} {i}"' for i in range(10)]))
+        r.answer.append(
+            dns.rrset.from_text("big.example.com.", 300, "IN", "TXT", *[f'"{"x" * 100} {i}"' for i in range(10)])
+        )
+
     answer = _answer_for(query, build)
     out = wire.replay(answer.message, answer.question_length, query, 512)
     parsed = dns.message.from_wire(out)
@@ -254,12 +273,15 @@ def test_answer_too_big_for_client_is_truncated_with_tc():
     assert len(wire.replay(answer.message, answer.question_length, query, 65535)) > 1000
 
 
-@pytest.mark.parametrize("mutate", [
-    lambda b: b[:1] + bytes([b[1] ^ 1]) + b[2:],        # wrong ID
-    lambda b: b[:2] + bytes([b[2] & 0x7F]) + b[3:],     # not a response
-    lambda b: b[:13] + b"X" + b[14:],                   # other question
-    lambda b: b[:10],                                   # too short
-])
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda b: b[:1] + bytes([b[1] ^ 1]) + b[2:],  # wrong ID
+        lambda b: b[:2] + bytes([b[2] & 0x7F]) + b[3:],  # not a response
+        lambda b: b[:13] + b"X" + b[14:],  # other question
+        lambda b: b[:10],  # too short
+    ],
+)
 def test_reply_matching_rejects(mutate):
     query = wire.parse_query(q("www.example.com"))
     reply = upstream_reply(wire.make_upstream_query(query, 99), lambda r: None)
@@ -283,6 +305,7 @@ def test_mutated_upstream_replies_only_raise_bad_reply(data):
         r.answer.append(dns.rrset.from_text("www.example.com.", 300, "IN", "CNAME", "a.example.net."))
         r.answer.append(dns.rrset.from_text("a.example.net.", 300, "IN", "A", "192.0.2.1"))
         _soa(r, 300, 60)
+
     raw = bytearray(upstream_reply(wire.make_upstream_query(query, 1), build))
     for _ in range(data.draw(st.integers(1, 6))):
         raw[data.draw(st.integers(12 + len(query.question), len(raw) - 1))] = data.draw(st.integers(0, 255))
@@ -296,8 +319,10 @@ def test_mutated_upstream_replies_only_raise_bad_reply(data):
 def test_rewrite_answers_cname_plus_target_addresses():
     query = wire.parse_query(q("www.Google.com", "A", use_edns=0))
     target_query = wire.make_synthetic_query("forcesafesearch.google.com", wire.TYPE_A)
-    target = _answer_for(target_query, lambda r: r.answer.append(
-        dns.rrset.from_text("forcesafesearch.google.com.", 300, "IN", "A", "216.239.38.120")))
+    target = _answer_for(
+        target_query,
+        lambda r: r.answer.append(dns.rrset.from_text("forcesafesearch.google.com.", 300, "IN", "A", "216.239.38.120")),
+    )
     answer = wire.make_rewrite(query, "forcesafesearch.google.com", target, 300)
     out = dns.message.from_wire(wire.replay(answer.message, answer.question_length, query, 1232))
     assert str(out.question[0].name) == "www.Google.com."

@@ -13,15 +13,25 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # Only the supervisor (or the one process of `workers: 1`) serves the admin API. Each of these
 # costs every worker process megabytes of memory it never uses.
-ADMIN_ONLY = ("aiohttp", "prometheus_client", "resolver.operations.admin", "resolver.operations.exposition", "resolver.processes.app")
+ADMIN_ONLY = (
+    "aiohttp",
+    "prometheus_client",
+    "resolver.operations.admin",
+    "resolver.operations.exposition",
+    "resolver.processes.app",
+)
 
 
 def _modules_after_import(*modules: str) -> set[str]:
     """The sys.modules of a fresh interpreter that imported `modules`, as a spawned child would."""
-    code = "import importlib, json, sys\n" + "".join(
-        f"importlib.import_module({m!r})\n" for m in modules) + "print(json.dumps(sorted(sys.modules)))"
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                            timeout=60, check=True)
+    code = (
+        "import importlib, json, sys\n"
+        + "".join(f"importlib.import_module({m!r})\n" for m in modules)
+        + "print(json.dumps(sorted(sys.modules)))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+    )
     return set(json.loads(result.stdout))
 
 
@@ -59,16 +69,28 @@ def test_the_compile_child_loads_neither_asyncio_nor_the_server(tmp_path):
     (blocklists / "adult").mkdir(parents=True)
     (blocklists / "adult" / "a.txt").write_text("a.example\nb.example\n")
     (blocklists / lists.SOURCES_FILE).write_text(
-        "categories:\n  adult:\n    description: Test.\n    sources:\n      - {file: adult/a.txt, format: domains}\n")
-    program = ("import json, runpy, sys; sys.argv[0] = 'compiler'\n"
-               "try:\n    runpy.run_module('resolver.control.compiler', run_name='__main__')\n"
-               "except SystemExit:\n    pass\n"
-               "print(json.dumps(sorted(sys.modules)))\n")
-    result = subprocess.run([sys.executable, "-c", program, str(blocklists), str(tmp_path / "state"), "fp", "nice"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+        "categories:\n  adult:\n    description: Test.\n    sources:\n      - {file: adult/a.txt, format: domains}\n"
+    )
+    program = (
+        "import json, runpy, sys; sys.argv[0] = 'compiler'\n"
+        "try:\n    runpy.run_module('resolver.control.compiler', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program, str(blocklists), str(tmp_path / "state"), "fp", "nice"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     manifest_line, modules_line = result.stdout.strip().splitlines()[-2:]
     assert json.loads(manifest_line)["manifest"]["entry_counts"] == {"adult": 2}
     loaded = set(json.loads(modules_line))
     assert "resolver.filtering.lists" in loaded
-    assert not [name for name in ("asyncio", "resolver.control.config", "resolver.control.snapshots",
-                                  "resolver.dataplane.pipeline") if name in loaded]
+    assert not [
+        name
+        for name in ("asyncio", "resolver.control.config", "resolver.control.snapshots", "resolver.dataplane.pipeline")
+        if name in loaded
+    ]
