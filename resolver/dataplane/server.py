@@ -254,7 +254,7 @@ def bind_sockets(address: Any, reuse_port: bool) -> tuple[socket.socket, socket.
 # the socket at random for each datagram instead, so each worker gets 1/N of the queries. A UDP
 # query needs no affinity: its answer leaves by the socket that read it. The price: a worker reads
 # fewer datagrams per wake-up, and with loadgen on the same two cores two workers answered ~20%
-# fewer queries (docs/performance.md, "Queries spread over the workers at random"). Where the
+# fewer queries (docs/performance-history.md, "Queries spread over the workers at random"). Where the
 # program's index is past the group's sockets (a worker being restarted), the kernel falls back
 # to the hash. Linux only (SO_ATTACH_REUSEPORT_CBPF, 4.5+).
 _SO_ATTACH_REUSEPORT_CBPF = getattr(socket, "SO_ATTACH_REUSEPORT_CBPF", 51)

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 # sendto per query. recvmmsg reads every waiting datagram (up to BATCH) in one call, and sendmmsg
 # sends the answers made from them in one. Measured under dnsperf on cache hits, old and new code
 # alternated four times: CPU per answered query 22-23 -> 15-17 us, and 38-49% more queries per
-# second in three of the four pairs (docs/performance.md, "UDP in batches"). Python's socket module has neither
+# second in three of the four pairs (docs/performance-history.md, "UDP in batches"). Python's socket module has neither
 # call, so they are called through ctypes on fixed buffers made once per socket: no allocation
 # per call but the payload bytes handed to the pipeline. Where the C library lacks them (not
 # Linux), `PlainUdp` reads and writes one datagram per call, with the same interface.

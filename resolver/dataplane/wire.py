@@ -53,7 +53,7 @@ MAX_DATAGRAM = 65535
 # with one recvmmsg call, see udpbatch). asyncio's
 # DatagramTransport reads one datagram per loop iteration (a select call, a callback and a recvfrom
 # for each); reading until the socket is empty, up to this many, measured 1.6x the datagrams per
-# second on one core, a little ahead of uvloop (docs/performance.md, "The hot path, profiled").
+# second on one core, a little ahead of uvloop (docs/performance-history.md, "The hot path, profiled").
 # The bound keeps TCP and timers served under a flood.
 UDP_READ_BATCH = 64
 

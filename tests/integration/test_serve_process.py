@@ -117,7 +117,7 @@ def _name(pid: int) -> str:
 
 
 def _spawner_pid(served: Served) -> int:
-    """The supervisor's one child: the spawner (resolver.spawner), which forks the workers."""
+    """The supervisor's one child: the spawner (resolver.processes.spawner), which forks the workers."""
     children = _children(served.process.pid)
     assert [_name(pid) for pid in children] == ["schooldns-spawn"]  # and nothing else, no resource tracker
     return children[0]

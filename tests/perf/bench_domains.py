@@ -3,9 +3,9 @@
     .venv/bin/python tests/perf/bench_domains.py [--entries 1000000] [--queries 200000] [--seed 1]
 
 Variants, each measured in fresh subprocesses so their memory and caches do not mix:
-  a  dict-of-labels trie      nested {label: node} dicts, walked from the TLD down
-  b  flat suffix dict         {name: masks}, probed once per suffix of the query name
-  c  resolver.domains         the compiled image, memory-mapped read-only (what schooldns uses)
+  a  dict-of-labels trie         nested {label: node} dicts, walked from the TLD down
+  b  flat suffix dict            {name: masks}, probed once per suffix of the query name
+  c  resolver.filtering.domains the compiled image, memory-mapped read-only (what schooldns uses)
 
 For a and b a "compile" child builds the structure from an entry list and pickles it; a "serve"
 child (a worker) unpickles it, the cheapest way for a worker to get a Python-object index. For c the

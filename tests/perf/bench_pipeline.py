@@ -8,7 +8,7 @@ owning 127.0.0.0/8), fills the answer cache through a fake forwarder (the pipeli
 protocol, answering every name with one A record), then replays the query set round after round
 with a fresh query ID per query, as a load generator cycling through its query file does. Prints
 nanoseconds per handle() call by kind (cached, renewed, blocked); `--profile` adds a cProfile of
-the same loop, the tool that decided the design of the hot path (see docs/performance.md).
+the same loop, the tool that decided the design of the hot path (see docs/performance-history.md).
 `--churn N` adds a kind "churn": N more cached names, asked in a seeded Zipf-like mix (name of
 rank r with weight 1/r), so the distinct names outnumber the repeats the pipeline keeps
 (pipeline.REPEAT_MAX), as on a busy resolver with a long tail of names asked once.

@@ -8,7 +8,7 @@ CPU the workers do not get. dnsperf times and matches every query in two threads
 `--window` queries outstanding on each of `--sockets` connected sockets and only counts answers.
 Every query of the file is built once before the run, in one buffer with a message header each,
 so sending the next k queries is one sendmmsg and reading k answers one recvmmsg (through
-ctypes, with the structures of resolver/udpbatch.py): no Python work per datagram. Its own CPU per
+ctypes, with the structures of resolver/dataplane/udpbatch.py): no Python work per datagram. Its own CPU per
 answer is in the output, so a report can say how much of the machine it took. One source port
 per socket spreads the queries over SO_REUSEPORT listeners as many clients do.
 

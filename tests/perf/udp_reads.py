@@ -10,7 +10,7 @@ answer and nothing else is measured:
   batched    loop.add_reader + recvfrom until the socket is empty (up to 64), as server.UdpServer
   uvloop     asyncio's DatagramProtocol on uvloop (needs `pip install uvloop`, not a dependency)
 
-This is the experiment behind wire.UDP_READ_BATCH (docs/performance.md, "UDP reads").
+This is the experiment behind wire.UDP_READ_BATCH (docs/performance-history.md, "UDP reads").
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 
 Prints the worker's resident memory before and after, and the bytes each waiting miss holds.
 This is what an upstream outage costs while queries pile up to limits.max_queries_in_flight
-(docs/performance.md, "Cache misses without tasks"). The upstream is a bound UDP socket that
+(docs/performance-history.md, "Cache misses without tasks"). The upstream is a bound UDP socket that
 reads nothing; the server is `schooldns serve` with one worker and a 30 s upstream timeout.
 """
 

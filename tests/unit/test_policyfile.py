@@ -23,7 +23,7 @@ profiles:
   upper_secondary:  {block: [adult, gambling, drugs, bypass]}
 """
 
-# The school file from the issue, verbatim.
+# The school file of docs/policy.md, verbatim.
 NGUYEN_DU = """\
 id: thpt-nguyen-du
 name: "THPT Nguyễn Du"
@@ -48,7 +48,7 @@ def problems(exc_info):
     return [str(p) for p in exc_info.value.problems]
 
 
-def test_issue_examples_parse():
+def test_documented_examples_parse():
     prov = province()
     assert prov.mandatory == ("csam", "malware", "phishing")
     assert prov.timezone == "Asia/Ho_Chi_Minh"

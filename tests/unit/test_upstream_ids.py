@@ -21,7 +21,7 @@ def test_a_forked_child_draws_its_own_ids_not_its_parents_next_ones():
     _next_ids(1)  # the parent holds a batch of IDs it has not used yet
     read_end, write_end = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child (as a worker forked by resolver.spawner): report its next IDs and leave
+    if pid == 0:  # the child (as a worker forked by resolver.processes.spawner): report its next IDs and leave
         try:
             os.write(write_end, bytes(str(_next_ids(16)), "ascii"))
         finally:

@@ -35,10 +35,10 @@ def _modules_after_import(*modules: str) -> set[str]:
     return set(json.loads(result.stdout))
 
 
-# Workers are forked by the spawner (resolver.spawner). The first spawner is forked from
+# Workers are forked by the spawner (resolver.processes.spawner). The first spawner is forked from
 # `schooldns serve` before the admin API's libraries are imported (checked on the running
 # processes in tests/integration/test_serve_process.py); a replacement is a fresh interpreter
-# whose program imports resolver.spawner. Either way the workers carry the data plane only.
+# whose program imports resolver.processes.spawner. Either way the workers carry the data plane only.
 @pytest.mark.parametrize("module", ["resolver.processes.worker", "resolver.processes.spawner"])
 def test_a_worker_process_loads_no_admin_modules(module):
     loaded = _modules_after_import(module)
@@ -48,7 +48,7 @@ def test_a_worker_process_loads_no_admin_modules(module):
 
 
 # app.start_admin imports the admin API in a thread once DNS answers: importing aiohttp and
-# prometheus_client first delayed the first answer of a warm start by ~0.5 s (docs/performance.md).
+# prometheus_client first delayed the first answer of a warm start by ~0.5 s (docs/performance-history.md).
 def test_the_serving_process_imports_the_admin_api_only_after_dns_serves():
     loaded = _modules_after_import("resolver.processes.app")
     assert "resolver.processes.worker" in loaded
