@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from resolver.control import config
+from resolver.control import config, snapshots
 from resolver.dataplane import pipeline
 from resolver.errors import UsageError
 from resolver.filtering import lists, policy, schools
-from resolver.yamlfile import ConfigError, Problem
 
 
 def check(cfg: config.Config) -> list[str]:
@@ -16,8 +15,7 @@ def check(cfg: config.Config) -> list[str]:
     sources = lists.load_sources(cfg.blocklists_dir)
     policies = policy.load_policies(cfg.policies_dir, sources.categories)
     compiled = lists.compile_lists(cfg.blocklists_dir)
-    if cfg.default_school is not None and policies.school(cfg.default_school) is None:
-        raise ConfigError([Problem(cfg.file, 1, "default_school", f"no school '{cfg.default_school}'")])
+    snapshots.find_default_school(cfg, policies)
     schools.SchoolDirectory.build(policies.networks())
     out = [
         f"{len(policies.schools)} schools, {len(compiled.categories)} categories, "

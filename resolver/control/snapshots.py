@@ -39,7 +39,7 @@ def build_snapshot(
     """
     sources = lists.load_sources(cfg.blocklists_dir)
     policies = policy.load_policies(cfg.policies_dir, sources.categories)
-    default_school = _default_school(cfg, policies)  # before a compile that would be wasted
+    default_school = find_default_school(cfg, policies)  # before a compile that would be wasted
     index, manifest = load_index(cfg, sources, compile_in)
     return _assemble(generation, policies, default_school, index, tuple(sources.categories), manifest["entry_counts"])
 
@@ -76,7 +76,7 @@ def start_snapshot(cfg: config.Config, generation: int) -> pipeline.Snapshot:
             snapshot = _assemble(
                 generation,
                 policies,
-                _default_school(cfg, policies),
+                find_default_school(cfg, policies),
                 domains.DomainIndex.load(saved.index_path),
                 saved.categories,
                 saved.entry_counts,
@@ -98,7 +98,8 @@ def start_snapshot(cfg: config.Config, generation: int) -> pipeline.Snapshot:
     return snapshot
 
 
-def _default_school(cfg: config.Config, policies: policy.Policies) -> policy.SchoolPolicy | None:
+def find_default_school(cfg: config.Config, policies: policy.Policies) -> policy.SchoolPolicy | None:
+    """The school config.yaml's `default_school` names (None without one); ConfigError if no policy has it."""
     if cfg.default_school is None:
         return None
     school = policies.school(cfg.default_school)
@@ -178,15 +179,16 @@ def load_index(
     return index, manifest
 
 
-def files_signature(cfg: config.Config) -> tuple:
+def files_signature(cfg: config.Config) -> tuple[tuple[str, int, int], ...]:
     """Names, sizes and mtimes of every policy and list file: changes when an admin edits one."""
     out = []
     for top in (cfg.policies_dir, cfg.blocklists_dir):
         for directory, subdirs, files in os.walk(top):
-            subdirs.sort()
+            # Dot-names are editors' swap files, our own temporary files and version control (.git).
+            subdirs[:] = sorted(name for name in subdirs if not name.startswith("."))
             for name in sorted(files):
                 if name.startswith("."):
-                    continue  # editors' swap files and our own temp files
+                    continue
                 path = os.path.join(directory, name)
                 try:
                     stat = os.stat(path)

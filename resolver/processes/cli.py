@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     except ResolverError as exc:
         print(exc, file=sys.stderr)
         return 1
+    except OSError as exc:  # a listen address in use or not permitted, an unreadable state_dir: not a bug
+        print(f"schooldns {args.command}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 
@@ -95,7 +98,7 @@ def _parse_time(text: str, timezone: str) -> datetime.datetime:
     try:
         moment = datetime.datetime.fromisoformat(text)
     except ValueError:
-        raise ResolverError(f"--at: cannot read {text!r}; use 'YYYY-MM-DD HH:MM'") from None
+        raise UsageError(f"--at: cannot read {text!r}; use 'YYYY-MM-DD HH:MM'") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=zoneinfo.ZoneInfo(timezone))
     return moment

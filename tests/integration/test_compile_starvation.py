@@ -7,6 +7,7 @@ as behind a worker at full load.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -41,6 +42,7 @@ def compile_at_idle_priority(cfg: config.Config):
 
 def test_a_starved_compile_is_started_again_at_nice_10(cfg, one_core, monkeypatch, caplog, capfd):
     monkeypatch.setattr(compiler, "IDLE_WINDOW_SECONDS", 0.5)
+    caplog.set_level(logging.INFO, compiler.log.name)  # the children log at their parent's level
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # on the same core, at nice 0
     try:
         index, manifest = compile_at_idle_priority(cfg)
@@ -67,6 +69,7 @@ def test_a_compile_that_finishes_within_its_window_stays_at_idle_priority(cfg, c
     # The default window (30 s) is far longer than this compile: it is never judged, whatever
     # share of a core a loaded machine gives it, and is never started again.
     (cfg.blocklists_dir / "adult.txt").write_text("".join(f"site{n}.example.org\n" for n in range(10_000)))
+    caplog.set_level(logging.INFO, compiler.log.name)
 
     index, manifest = compile_at_idle_priority(cfg)
 

@@ -78,7 +78,7 @@ def test_the_compile_child_loads_neither_asyncio_nor_the_server(tmp_path):
         "print(json.dumps(sorted(sys.modules)))\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", program, str(blocklists), str(tmp_path / "state"), "fp", "nice"],
+        [sys.executable, "-c", program, str(blocklists), str(tmp_path / "state"), "fp", "nice", "INFO"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -1,0 +1,127 @@
+"""The `schooldns` command as a real process: version, log level, quiet tools, one line per user mistake."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.harness import write_site
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHOOLDNS = [sys.executable, "-m", "resolver"]
+
+
+def schooldns(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*SCHOOLDNS, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def one_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The single line a user mistake prints on stderr (and nothing on stdout)."""
+    assert result.stdout == "" and "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    """A config over a small site; the upstream is never asked (check and explain do not forward)."""
+    return write_site(tmp_path, ["127.0.0.1:53"])
+
+
+def test_version():
+    result = schooldns("--version")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "schooldns 0.1.0\n", "")
+
+
+def test_check_and_explain_print_their_answer_and_no_log(site):
+    checked = schooldns("check", "--config", str(site))
+    assert (checked.returncode, checked.stderr) == (0, "")
+    assert checked.stdout.splitlines()[0] == "2 schools, 4 categories, 4 list entries"
+    assert checked.stdout.endswith(f"{site}: OK\n")
+
+    # The first explain compiles the lists into state_dir: that is logged at INFO, so not shown.
+    explained = schooldns("explain", "--config", str(site), "school-a", "games.example.com", "--at", "2026-11-25 10:00")
+    assert (explained.returncode, explained.stderr) == (0, "")
+    assert "decision: block (nxdomain, category games, authority school)" in explained.stdout.splitlines()
+    assert "time: 2026-11-25 10:00 wed (Asia/Ho_Chi_Minh)" in explained.stdout.splitlines()
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_log_level_is_taken_before_or_after_the_command(site, where):
+    # explain reads (or first compiles) the lists in state_dir, which is logged at INFO.
+    command = ["explain", "--config", str(site), "school-a", "games.example.com"]
+    for level, shown in [("warning", False), ("info", True), ("warning", False)]:
+        option = ["--log-level", level]
+        result = schooldns(*(option + command if where == "before" else command + option))
+        assert result.returncode == 0, result.stderr
+        assert (" INFO resolver." in result.stderr) is shown, result.stderr
+
+
+def test_explain_given_a_url_says_what_to_write(site):
+    result = schooldns("explain", "--config", str(site), "school-a", "http://x.com/a")
+    assert result.returncode == 2
+    assert one_line(result) == (
+        "schooldns explain: 'http://x.com/a' is a URL; write only the domain name, e.g. 'example.com'"
+    )
+
+
+def test_explain_given_an_unknown_school_names_the_known_ones(site):
+    result = schooldns("explain", "--config", str(site), "x", "example.com")
+    assert result.returncode == 2
+    assert one_line(result) == "schooldns explain: no school 'x' in the policies (known: school-a, school-b)"
+
+
+def test_explain_given_an_unreadable_time_is_a_usage_error(site):
+    result = schooldns("explain", "--config", str(site), "school-a", "example.com", "--at", "tomorrow")
+    assert result.returncode == 2
+    assert one_line(result) == "schooldns explain: --at: cannot read 'tomorrow'; use 'YYYY-MM-DD HH:MM'"
+
+
+def test_check_lists_every_problem_of_the_config_by_file_line_and_key(site):
+    text = site.read_text() + "cache: {max_entries: -1}\ncolour: blue\n"
+    site.write_text(text)
+    lines = text.splitlines()
+
+    result = schooldns("check", "--config", str(site))
+
+    assert result.returncode == 1 and result.stdout == "" and "Traceback" not in result.stderr
+    problems = result.stderr.splitlines()
+    assert len(problems) == 2
+    assert (
+        problems[0] == f"{site}:{lines.index('cache: {max_entries: -1}') + 1}: cache.max_entries: must not be negative"
+    )
+    assert problems[1].startswith(f"{site}:{lines.index('colour: blue') + 1}: colour: unknown key 'colour'")
+
+
+def test_check_on_yaml_that_does_not_parse_names_the_line(site):
+    school_a = site.parent / "policies" / "school-a.yaml"
+    school_a.write_text("id: school-a\nnetworks: [127.0.0.1/32\n")
+    result = schooldns("check", "--config", str(site))
+    assert result.returncode == 1
+    assert one_line(result).startswith(f"{school_a}:3: invalid YAML: ")
+
+
+@pytest.mark.parametrize("command", [["check"], ["serve"], ["explain", "school-a", "example.com"]])
+def test_a_missing_config_file_is_one_line(tmp_path, command):
+    missing = tmp_path / "nowhere.yaml"
+    result = schooldns(command[0], "--config", str(missing), *command[1:])
+    assert result.returncode == 1
+    assert one_line(result).startswith(f"{missing}:1: cannot read file: ")
+
+
+def test_serve_on_an_address_in_use_is_one_line(tmp_path):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        config = write_site(tmp_path, ["127.0.0.1:53"])
+        config.write_text(config.read_text().replace('listen: ["127.0.0.1:0"]', f'listen: ["127.0.0.1:{port}"]'))
+
+        result = schooldns("serve", "--config", str(config), "--log-level", "warning")
+
+    assert result.returncode == 1
+    assert one_line(result) == "schooldns serve: [Errno 98] Address already in use"
