@@ -11,10 +11,10 @@ import multiprocessing.connection
 import signal
 import socket
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
 
 from resolver.control import config, snapshots
-from resolver.dataplane import cache, metrics, pipeline, server, upstream
+from resolver.dataplane import cache, metrics, pipeline, server, upstream, workerstate
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ COUNTERS_PUBLISH_SECONDS = 1.0
 class Worker:
     """One process's data plane: pipeline, cache, upstream pool and listeners."""
 
-    def __init__(self, cfg: config.Config, snapshot: pipeline.Snapshot, workers: int = 1):
+    def __init__(self, cfg: config.Config, snapshot: pipeline.Snapshot, index: int = 0):
         self.config = cfg
         self.counters = metrics.Counters()
         self.cache = cache.AnswerCache(cfg.cache.max_entries, cfg.cache.stale_seconds, cfg.cache.max_megabytes * 2**20)
@@ -40,7 +40,7 @@ class Worker:
         self.pipeline = pipeline.Pipeline(snapshot, self.cache, self.pool, self.counters)
         self.in_flight = server.InFlight(cfg.limits.max_queries_in_flight, self.counters)
         self.tcp = server.TcpConnections(self.pipeline, self.in_flight, cfg.limits)
-        self.workers = workers
+        self.index = index  # of this worker among the `workers: N` (0 for the one of `workers: 1`)
         self.reload_failures = 0
         self.list_entries: dict[str, int] = snapshots.entry_counts(snapshot)
         self._udp: list[server.UdpServer] = []
@@ -62,9 +62,10 @@ class Worker:
             self._tcp_servers.append(tcp)
             self.addresses.append(udp_sock.getsockname()[:2])
         log.info(
-            "serving DNS on %s (udp+tcp) with %d upstream(s)",
+            "serving DNS on %s (udp+tcp) with %d upstream(s); %s",
             ", ".join(f"{h}:{p}" for h, p in self.addresses),
             len(self.config.upstreams),
+            self.state().summary(),
         )
 
     async def reload(self) -> bool:
@@ -101,44 +102,64 @@ class Worker:
                 await asyncio.wait_for(tcp_server.wait_closed(), 1.0)
         self.pool.close()
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> workerstate.WorkerState:
         """Live numbers for metrics and status (no per-client data)."""
         snapshot = self.pipeline.snapshot
         now = time.monotonic()
-        return {
-            "counters": self.counters,
-            "in_flight": self.in_flight.count,
-            "tcp_connections": len(self.tcp.open),
-            "cache_entries": len(self.cache),
-            "cache_bytes": self.cache.bytes,
-            "cache_hits": self.cache.hits,
-            "cache_misses": self.cache.misses,
-            "cache_evictions": self.cache.evictions,
-            "cache_stale_served": self.cache.stale_served,
-            "coalesced": self.pool.coalesced,
-            "upstreams": [
-                {
-                    "address": str(u.address),
-                    "queries": u.queries,
-                    "failures": u.failures,
-                    "timeouts": u.timeouts,
-                    "truncated": u.truncated,
-                    "mismatched": u.mismatched,
-                    "latency_seconds": u.latency_seconds,
-                    "up": 0 if u.is_down(now) else 1,
-                }
+        return workerstate.WorkerState(
+            counters=self.counters,
+            in_flight=self.in_flight.count,
+            tcp_connections=len(self.tcp.open),
+            cache_entries=len(self.cache),
+            cache_bytes=self.cache.bytes,
+            cache_hits=self.cache.hits,
+            cache_misses=self.cache.misses,
+            cache_evictions=self.cache.evictions,
+            cache_stale_served=self.cache.stale_served,
+            coalesced=self.pool.coalesced,
+            upstreams=tuple(
+                workerstate.UpstreamState(
+                    address=str(u.address),
+                    queries=u.queries,
+                    failures=u.failures,
+                    timeouts=u.timeouts,
+                    truncated=u.truncated,
+                    mismatched=u.mismatched,
+                    latency_seconds=u.latency_seconds,
+                    up=not u.is_down(now),
+                )
                 for u in self.pool.upstreams
-            ],
-            "generation": snapshot.generation,
-            "loaded_at": snapshot.loaded_at,
-            "reload_failures": self.reload_failures,
-            "list_entries": self.list_entries,
-            "serving_last_good": int(snapshot.from_last_good),
-            "workers": self.workers,
-        }
+            ),
+            generation=snapshot.generation,
+            loaded_at=snapshot.loaded_at,
+            reload_failures=self.reload_failures,
+            list_entries=self.list_entries,
+            serving_last_good=int(snapshot.from_last_good),
+            workers=1,
+            worker_queries={self.index: sum(self.counters.queries.values())},
+            worker_restarts=0,
+            worker_restart_failures=0,
+        )
 
 
-async def watch_files(cfg: config.Config, reload: Any, seen: tuple) -> None:
+class SignalTasks:
+    """The tasks that signal handlers start (reloads on SIGHUP), held until they end: the event loop
+    keeps only weak references to its tasks, and one referenced nowhere else may vanish mid-run."""
+
+    def __init__(self) -> None:
+        self.running: set[asyncio.Task[object]] = set()
+
+    def on(self, signum: int, job: Callable[[], Coroutine[object, object, object]]) -> None:
+        """Run job() in a task of the running loop each time `signum` arrives."""
+        asyncio.get_running_loop().add_signal_handler(signum, self._start, job)
+
+    def _start(self, job: Callable[[], Coroutine[object, object, object]]) -> None:
+        task = asyncio.get_running_loop().create_task(job())
+        self.running.add(task)
+        task.add_done_callback(self.running.discard)
+
+
+async def watch_files(cfg: config.Config, reload: Callable[[], Awaitable[bool]], seen: tuple[object, ...]) -> None:
     """Reload when a policy or list file changes (polling: works on every filesystem, bounded cost).
 
     `seen` is the signature taken before the running snapshot was built, so a change made
@@ -186,7 +207,6 @@ class SpawnArgs:
     config_file: str
     ports: tuple[int, ...]  # the resolved port of each listen address (0 = choose)
     index: int
-    workers: int
     log_level: int
 
 
@@ -201,28 +221,26 @@ def spawned_main(args: SpawnArgs, fd: int) -> None:
     cfg = config.load_config(args.config_file)
     listen = tuple(dataclasses.replace(a, port=p) for a, p in zip(cfg.listen, args.ports))
     cfg = dataclasses.replace(cfg, listen=listen)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_spawned_async(cfg, args, conn))
-    except KeyboardInterrupt:
-        pass
 
 
 async def _spawned_async(cfg: config.Config, args: SpawnArgs, conn: multiprocessing.connection.Connection) -> None:
     # No local name for the first snapshot: it would outlive the first list swap (see app.run_single).
-    worker = Worker(cfg, await asyncio.to_thread(snapshots.start_snapshot, cfg, 1), args.workers)
+    worker = Worker(cfg, await asyncio.to_thread(snapshots.start_snapshot, cfg, 1), args.index)
     await worker.start(bind_all(cfg, reuse_port=True))
-    conn.send({"ready": [port for _, port in worker.addresses]})
+    ports = tuple(port for _, port in worker.addresses)
+    conn.send(workerstate.Report(worker.state(), ports).to_wire())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, lambda: None)  # the supervisor decides
-    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(worker.reload()))
+    signalled = SignalTasks()
+    signalled.on(signal.SIGHUP, worker.reload)
     publisher = loop.create_task(_publish(worker, conn, stop))
     await stop.wait()
     publisher.cancel()
     await worker.stop()
-    with contextlib.suppress(OSError):
-        conn.send({"state": _wire_state(worker.state()), "final": True})
 
 
 async def _publish(worker: Worker, conn: multiprocessing.connection.Connection, stop: asyncio.Event) -> None:
@@ -234,12 +252,8 @@ async def _publish(worker: Worker, conn: multiprocessing.connection.Connection, 
     while True:
         await asyncio.sleep(COUNTERS_PUBLISH_SECONDS)
         try:
-            conn.send({"state": _wire_state(worker.state())})
+            conn.send(workerstate.Report(worker.state()).to_wire())
         except OSError as exc:
             log.error("lost the supervisor (%s); stopping", exc)
             stop.set()
             return
-
-
-def _wire_state(state: dict[str, Any]) -> dict[str, Any]:
-    return {**state, "counters": state["counters"].to_dict()}

@@ -157,7 +157,11 @@ async def test_metrics_and_status_keep_every_name_label_key_and_value(tmp_path, 
     async with FakeUpstream() as upstream:
         upstream.answer("www.example.com", "A", "192.0.2.10", ttl=300)
         async with serve(tmp_path, upstream, workers) as served:
+            # Ready once the admin API is announced: a worker reports its state with its ports.
+            assert await served.admin("/readyz") == "ready\n"
             assert await served.admin("/healthz") == "ok\n"
+            serving = next(line for line in served.log if "serving DNS on" in line)
+            assert serving.rstrip().endswith("generation 1, 4 list entries")
             await workload(served)
             expected = expected_samples(upstream.address, workers)
             async with asyncio.timeout(15):  # until every worker has published what it counted
@@ -169,7 +173,6 @@ async def test_metrics_and_status_keep_every_name_label_key_and_value(tmp_path, 
                         break
                     await asyncio.sleep(0.2)
             assert got == {**expected, **per_worker}
-            assert await served.admin("/readyz") == "ready\n"
             families = {family.name: family.type for family in text_string_to_metric_families(text)}
             assert families == FAMILIES
             assert {dict(labels)["worker"] for _, labels in per_worker} == {str(i) for i in range(workers)}
