@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 import resolver
-from resolver.control import config
-from resolver.dataplane import workerstate
+from resolver.dataplane import upstream, workerstate
 from resolver.operations import exposition
 
 log = logging.getLogger(__name__)
@@ -68,15 +68,13 @@ def make_app(control: Control) -> web.Application:
     return app
 
 
-async def start(cfg: config.Config, control: Control) -> web.AppRunner | None:
-    """Serve the admin API on cfg.admin.listen (None: no admin API)."""
-    if cfg.admin.listen is None:
-        return None
+async def start(sock: socket.socket, control: Control) -> web.AppRunner:
+    """Serve the admin API on a bound TCP socket (app.bind_admin)."""
     runner = web.AppRunner(make_app(control), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, cfg.admin.listen.host, cfg.admin.listen.port)
-    await site.start()
-    log.info("admin API on http://%s:%d/", cfg.admin.listen.host, bound_port(runner))
+    await web.SockSite(runner, sock).start()
+    host, port = sock.getsockname()[:2]
+    log.info("admin API on http://%s/", upstream.UpstreamAddress(host, port))
     return runner
 
 

@@ -9,12 +9,14 @@ import importlib
 import logging
 import multiprocessing.connection
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
 from resolver.control import config, snapshots
-from resolver.dataplane import workerstate
+from resolver.dataplane import server, upstream, workerstate
+from resolver.errors import ResolverError
 from resolver.processes import spawner, worker
 
 if TYPE_CHECKING:  # imported at run time only once DNS serves (start_admin)
@@ -23,29 +25,48 @@ if TYPE_CHECKING:  # imported at run time only once DNS serves (start_admin)
 log = logging.getLogger(__name__)
 
 
-async def start_admin(
-    cfg: config.Config, state: Callable[[], workerstate.WorkerState], reload: Callable[[], Awaitable[bool]]
-) -> web.AppRunner | None:
-    """Import the admin API in a thread while DNS is already answering, then start it.
+def bind_admin(cfg: config.Config) -> socket.socket | None:
+    """The admin API's socket (None: no admin API), bound before DNS serves: a port that is taken
+    fails the start in one line, not after DNS has started."""
+    if cfg.admin.listen is None:
+        return None
+    return server.bind_socket(cfg.admin.listen, socket.SOCK_STREAM, False, f"admin.listen in {cfg.file}")
 
-    Its libraries (aiohttp, prometheus_client) took 0.77 s to import of a 1.33 s warm start
-    (2026-12-04); imported before serving, they delayed the first DNS answer by that much.
+
+async def start_admin(
+    sock: socket.socket | None,
+    state: Callable[[], workerstate.WorkerState],
+    reload: Callable[[], Awaitable[bool]],
+) -> web.AppRunner | None:
+    """Import the admin API in a thread while DNS is already answering, then serve it on `sock`.
+
+    Its libraries (aiohttp, prometheus_client) took 0.77 s to import of a 1.33 s warm start;
+    imported before serving, they delayed the first DNS answer by that much.
     """
+    if sock is None:
+        return None
     admin = await asyncio.to_thread(importlib.import_module, "resolver.operations.admin")
     # Kept out of the garbage collector's full collections like everything built before serving
     # (Worker.start). A query in flight now that ends in a reference cycle is never collected:
     # at most the few of this moment, once.
     gc.freeze()
-    return await admin.start(cfg, admin.Control(state=state, reload=reload))
+    return await admin.start(sock, admin.Control(state=state, reload=reload))
 
 
 async def run_single(cfg: config.Config, ready: Callable[[worker.Worker], object] | None = None) -> None:
     """workers: 1 — everything (DNS, admin, reload) in this process until SIGTERM/SIGINT."""
-    files = snapshots.files_signature(cfg)
-    # No local name for the first snapshot: this frame lives until shutdown, and would keep it
-    # (and its memory-mapped index) alive after the first list swap.
-    dns_worker = worker.Worker(cfg, await asyncio.to_thread(snapshots.start_snapshot, cfg, 1))
-    await dns_worker.start(worker.bind_all(cfg, reuse_port=False))
+    cfg = worker.check_listen(cfg)  # before the snapshot, which may take a compile
+    admin_sock = bind_admin(cfg)
+    try:
+        files = snapshots.files_signature(cfg)
+        # No local name for the first snapshot: this frame lives until shutdown, and would keep it
+        # (and its memory-mapped index) alive after the first list swap.
+        dns_worker = worker.Worker(cfg, await asyncio.to_thread(snapshots.start_snapshot, cfg, 1))
+        await dns_worker.start(worker.bind_all(cfg, reuse_port=False))
+    except BaseException:
+        if admin_sock is not None:
+            admin_sock.close()
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     # Signals are handled before the admin API announces itself, the last line of a start.
@@ -53,7 +74,7 @@ async def run_single(cfg: config.Config, ready: Callable[[worker.Worker], object
     loop.add_signal_handler(signal.SIGINT, stop.set)
     signalled = worker.SignalTasks()
     signalled.on(signal.SIGHUP, dns_worker.reload)
-    admin_runner = await start_admin(cfg, dns_worker.state, dns_worker.reload)
+    admin_runner = await start_admin(admin_sock, dns_worker.state, dns_worker.reload)
     if ready is not None:
         ready(dns_worker)
     watcher = loop.create_task(worker.watch_files(cfg, dns_worker.reload, files))
@@ -90,6 +111,10 @@ class Forker(Protocol):
     def close(self) -> None: ...
 
 
+class WorkerStartError(ResolverError):
+    """A worker of `workers: N` did not start when the server did."""
+
+
 class Supervisor:
     """Starts, watches and stops N worker processes; merges their numbers for the admin API."""
 
@@ -99,7 +124,7 @@ class Supervisor:
         self.processes: list[spawner.WorkerProcess] = []
         self.conns: list[multiprocessing.connection.Connection] = []
         self.states: dict[int, workerstate.WorkerState] = {}  # the last report of each live worker
-        self.ports: tuple[int, ...] = tuple(a.port for a in cfg.listen)
+        self.listen: tuple[upstream.UpstreamAddress, ...] = cfg.listen  # what the workers serve (run)
         self.stopping = False
         self.restarts = 0  # workers started again after dying
         self.restart_failures = 0
@@ -108,12 +133,17 @@ class Supervisor:
         self._departed: tuple[workerstate.WorkerState, ...] = ()  # at most one: the counters of workers that died
         self._stop = asyncio.Event()
 
+    @property
+    def ports(self) -> tuple[int, ...]:
+        return tuple(address.port for address in self.listen)
+
     def stop(self) -> None:
         """Stop the workers and return from run() (SIGTERM, SIGINT)."""
         self._stop.set()
 
     def _spawn(self, index: int) -> tuple[spawner.WorkerProcess, multiprocessing.connection.Connection]:
-        args = worker.SpawnArgs(self.config.file, self.ports, index, logging.getLogger().level)
+        listen = tuple(str(address) for address in self.listen)
+        args = worker.SpawnArgs(self.config.file, listen, index, logging.getLogger().level)
         try:
             return self.spawner.start_worker(args)
         except OSError as exc:
@@ -131,45 +161,69 @@ class Supervisor:
         """The ports a new worker serves on, once it says it serves; its first state is kept."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_seconds
+        exited = WorkerStartError(f"worker {index} exited while starting (its log says why)")
         while loop.time() < deadline:
-            if await asyncio.to_thread(conn.poll, 0.2):
-                report = workerstate.Report.from_wire(conn.recv())
-                self.states[index] = report.state
-                if report.ports:
-                    return report.ports
+            try:
+                if await asyncio.to_thread(conn.poll, 0.2):
+                    report = workerstate.Report.from_wire(conn.recv())
+                    self.states[index] = report.state
+                    if report.ports:
+                        return report.ports
+            except EOFError:  # it closed its end: it has exited, or is exiting
+                await asyncio.to_thread(process.wait, 5.0)
+                raise exited from None
             if not process.alive():
-                raise RuntimeError(f"worker {index} exited while starting")
-        raise RuntimeError(f"worker {index} did not start within {timeout_seconds:.0f}s")
+                raise exited
+        raise WorkerStartError(f"worker {index} did not start within {timeout_seconds:.0f}s")
 
     async def run(self, ready: Callable[[Supervisor], object] | None = None) -> None:
-        files = snapshots.files_signature(self.config)
-        # Worker 0 first: with port 0 it picks the ports the others then share.
-        for index in range(self.config.workers):
-            process, conn = self._spawn(index)
-            ports = await self._wait_ready(index, conn, process)
-            self.ports = ports
-            self.processes.append(process)
-            self.conns.append(conn)
-        log.info("%d workers serving DNS on ports %s; %s", self.config.workers, self.ports, self.state().summary())
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self.stop)
-        loop.add_signal_handler(signal.SIGINT, self.stop)
-        signalled = worker.SignalTasks()
-        signalled.on(signal.SIGHUP, self.reload)
-        admin_runner = await start_admin(self.config, self.state, self.reload)
-        if ready is not None:
-            ready(self)
-        watchers = [
-            loop.create_task(self._watch()),
-            loop.create_task(worker.watch_files(self.config, self.reload, files)),
-        ]
-        await self._stop.wait()
-        self.stopping = True
-        for watcher in watchers:
-            watcher.cancel()
-        await asyncio.gather(*watchers, return_exceptions=True)  # a restarting worker is in self.processes
-        if admin_runner is not None:
-            await admin_runner.cleanup()
+        """Start the workers and the admin API, serve until stop(), then stop the workers.
+
+        A start that fails (an address that cannot be bound, a worker that does not start) stops
+        what it started and raises a ResolverError.
+        """
+        admin_sock: socket.socket | None = None
+        admin_runner: web.AppRunner | None = None
+        watchers: list[asyncio.Task[None]] = []
+        try:
+            # Checked here, before any worker builds a snapshot; the workers serve what can be bound.
+            self.listen = worker.check_listen(self.config).listen
+            admin_sock = bind_admin(self.config)
+            files = snapshots.files_signature(self.config)
+            # Worker 0 first: with port 0 it picks the ports the others then share.
+            for index in range(self.config.workers):
+                process, conn = self._spawn(index)
+                self.processes.append(process)
+                self.conns.append(conn)
+                ports = await self._wait_ready(index, conn, process)
+                self.listen = tuple(dataclasses.replace(a, port=p) for a, p in zip(self.listen, ports, strict=True))
+            log.info("%d workers serving DNS on ports %s; %s", self.config.workers, self.ports, self.state().summary())
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGTERM, self.stop)
+            loop.add_signal_handler(signal.SIGINT, self.stop)
+            signalled = worker.SignalTasks()
+            signalled.on(signal.SIGHUP, self.reload)
+            admin_runner = await start_admin(admin_sock, self.state, self.reload)
+            if ready is not None:
+                ready(self)
+            watchers = [
+                loop.create_task(self._watch()),
+                loop.create_task(worker.watch_files(self.config, self.reload, files)),
+            ]
+            await self._stop.wait()
+        finally:
+            self.stopping = True
+            for watcher in watchers:
+                watcher.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)  # a restarting worker is in self.processes
+            if admin_runner is not None:
+                await admin_runner.cleanup()
+            elif admin_sock is not None:
+                admin_sock.close()
+            await self._stop_workers()
+            self.spawner.close()
+
+    async def _stop_workers(self) -> None:
         for process in self.processes:
             process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + self.config.limits.shutdown_drain_seconds + 5
@@ -178,7 +232,6 @@ class Supervisor:
                 process.send_signal(signal.SIGKILL)
                 await asyncio.to_thread(process.wait, 5.0)
             process.close()
-        self.spawner.close()
 
     async def _watch(self) -> None:
         """Collect published numbers; restart a worker that died. Never ends before shutdown."""

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 
 from resolver.control import config, snapshots
 from resolver.dataplane import cache, metrics, pipeline, server, upstream, workerstate
+from resolver.errors import ListenError, ResolverError
 
 log = logging.getLogger(__name__)
 
@@ -178,9 +179,9 @@ async def watch_files(cfg: config.Config, reload: Callable[[], Awaitable[bool]],
 
 
 def bind_all(cfg: config.Config, reuse_port: bool) -> list[tuple[socket.socket, socket.socket]]:
-    """The UDP and TCP socket of each listen address; `worker_spread: random` spreads the UDP
-    queries over the workers' sockets at random (server.spread_at_random)."""
-    sockets = [server.bind_sockets(address, reuse_port) for address in cfg.listen]
+    """The UDP and TCP socket of each listen address (see _bind_listen); `worker_spread: random`
+    spreads the UDP queries over the workers' sockets at random (server.spread_at_random)."""
+    sockets = [(udp, tcp) for _, udp, tcp in _bind_listen(cfg, reuse_port)]
     if (
         reuse_port
         and cfg.worker_spread == "random"
@@ -191,6 +192,49 @@ def bind_all(cfg: config.Config, reuse_port: bool) -> list[tuple[socket.socket, 
             "the workers by a hash of the client's address and port"
         )
     return sockets
+
+
+def check_listen(cfg: config.Config) -> config.Config:
+    """cfg with the listen addresses this host can serve, each bound once and closed again.
+
+    Done before anything is built, so that a start that cannot listen fails at once, in one line.
+    Bound without SO_REUSEPORT, so that a port held by any other socket fails it, another
+    schooldns's included (a worker's SO_REUSEPORT socket would join that one's group).
+    """
+    served = []
+    for address, udp, tcp in _bind_listen(cfg, reuse_port=False):
+        udp.close()
+        tcp.close()
+        served.append(address)
+    return dataclasses.replace(cfg, listen=tuple(served))
+
+
+def _bind_listen(
+    cfg: config.Config, reuse_port: bool
+) -> list[tuple[upstream.UpstreamAddress, socket.socket, socket.socket]]:
+    """Each listen address with its UDP and TCP socket. An IPv6 loopback or any address on a host
+    without IPv6 is passed over with a warning (the example config listens on [::1] as well); any
+    other address that cannot be bound, or none left to serve, is a ListenError."""
+    bound: list[tuple[upstream.UpstreamAddress, socket.socket, socket.socket]] = []
+    passed: list[ListenError] = []
+    try:
+        for address in cfg.listen:
+            try:
+                bound.append((address, *server.bind_sockets(address, reuse_port, f"listen in {cfg.file}")))
+            except ListenError as exc:
+                if not exc.ipv6_unavailable:
+                    raise
+                passed.append(exc)
+        if not bound:
+            raise passed[0]
+    except ListenError:
+        for _, udp, tcp in bound:
+            udp.close()
+            tcp.close()
+        raise
+    for skipped in passed:
+        log.warning("not listening on %s: this host has no IPv6", skipped.address)
+    return bound
 
 
 # ---------------------------------------------------------------------------------------
@@ -205,24 +249,32 @@ class SpawnArgs:
     """What the supervisor hands a worker process (as JSON, through the spawner)."""
 
     config_file: str
-    ports: tuple[int, ...]  # the resolved port of each listen address (0 = choose)
+    listen: tuple[str, ...]  # the addresses to serve (app.check_listen), each with its port resolved (0 = choose)
     index: int
     log_level: int
 
 
-def spawned_main(args: SpawnArgs, fd: int) -> None:
-    """The main function of a worker process (forked by resolver.spawner): load the config, serve until SIGTERM."""
+def spawned_main(args: SpawnArgs, fd: int) -> int:
+    """The main function of a worker process (forked by resolver.spawner): load the config, serve until SIGTERM.
+
+    Returns the exit status: 1 when the worker could not start, which its log says in one line.
+    """
     conn = multiprocessing.connection.Connection(fd)
     logging.basicConfig(
         level=args.log_level,
         force=True,  # replaces the handler inherited from the supervisor
         format=f"%(asctime)s worker{args.index} %(levelname)s %(name)s: %(message)s",
     )
-    cfg = config.load_config(args.config_file)
-    listen = tuple(dataclasses.replace(a, port=p) for a, p in zip(cfg.listen, args.ports))
-    cfg = dataclasses.replace(cfg, listen=listen)
-    with contextlib.suppress(KeyboardInterrupt):
+    try:
+        cfg = config.load_config(args.config_file)
+        cfg = dataclasses.replace(cfg, listen=tuple(upstream.parse_address(text) for text in args.listen))
         asyncio.run(_spawned_async(cfg, args, conn))
+    except KeyboardInterrupt:
+        pass
+    except ResolverError as exc:  # a port taken since the supervisor checked it, a broken config.yaml, ...
+        log.error("%s", exc)
+        return 1
+    return 0
 
 
 async def _spawned_async(cfg: config.Config, args: SpawnArgs, conn: multiprocessing.connection.Connection) -> None:

@@ -12,6 +12,7 @@ import resolver
 from resolver.control import config
 from resolver.dataplane.workerstate import WorkerState
 from resolver.operations import admin
+from resolver.processes import app
 from tests.support import harness
 from tests.support.states import state, upstream
 
@@ -23,8 +24,9 @@ async def test_the_admin_api_answers_from_the_state_it_reads_at_each_request(tmp
     async def reload() -> bool:
         return True
 
-    runner = await admin.start(cfg, admin.Control(state=lambda: current[0], reload=reload))
-    assert runner is not None
+    sock = app.bind_admin(cfg)
+    assert sock is not None
+    runner = await admin.start(sock, admin.Control(state=lambda: current[0], reload=reload))
     base = f"http://127.0.0.1:{admin.bound_port(runner)}"
     try:
         async with aiohttp.ClientSession() as session:

@@ -355,9 +355,10 @@ async def test_a_start_with_broken_files_serves_the_last_good_policies_and_lists
         assert await asyncio.wait_for(served.process.wait(), 20) == 0
 
 
-async def test_a_start_with_broken_files_and_no_last_good_state_fails_naming_the_problem(tmp_path, upstream):
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_start_with_broken_files_and_no_last_good_state_fails_naming_the_problem(tmp_path, upstream, workers):
     broken = SCHOOL_A.replace("deny: [denied.example.org]", "deny: [denied.example.org")
-    config = write_site(tmp_path, [upstream.address], files={"policies/school-a.yaml": broken})
+    config = write_site(tmp_path, [upstream.address], f"workers: {workers}\n", files={"policies/school-a.yaml": broken})
     process = await asyncio.create_subprocess_exec(
         *SCHOOLDNS, "serve", "--config", str(config), stderr=asyncio.subprocess.PIPE
     )
@@ -365,3 +366,6 @@ async def test_a_start_with_broken_files_and_no_last_good_state_fails_naming_the
     assert process.returncode == 1
     assert f"{tmp_path / 'policies/school-a.yaml'}:7: invalid YAML" in err.decode()
     assert "last good" not in err.decode().lower()
+    assert "Traceback" not in err.decode()
+    if workers > 1:  # the worker said why, in its log; the supervisor says which worker
+        assert err.decode().endswith("worker 0 exited while starting (its log says why)\n")
