@@ -226,7 +226,11 @@ def _bind_listen(
                     raise
                 passed.append(exc)
         if not bound:
-            raise passed[0]
+            raise (
+                passed[0]
+                if passed
+                else ListenError(f"nothing to listen on; add an address to listen in {cfg.file}", "", False)
+            )
     except ListenError:
         for _, udp, tcp in bound:
             udp.close()
@@ -249,7 +253,7 @@ class SpawnArgs:
     """What the supervisor hands a worker process (as JSON, through the spawner)."""
 
     config_file: str
-    listen: tuple[str, ...]  # the addresses to serve (app.check_listen), each with its port resolved (0 = choose)
+    listen: tuple[str, ...]  # the addresses to serve (check_listen), each with its port resolved (0 = choose)
     index: int
     log_level: int
 

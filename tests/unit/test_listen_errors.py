@@ -8,13 +8,17 @@ import socket
 
 import pytest
 
+from resolver.control import config
 from resolver.dataplane import server
 from resolver.dataplane.upstream import parse_address
+from resolver.errors import ListenError
+from resolver.processes import worker
+from tests.support.harness import write_site
 
 SETTING = "listen in /etc/schooldns/config.yaml"
 
 
-def error(code: int, address: str, kind: socket.SocketKind = socket.SOCK_DGRAM) -> server.ListenError:
+def error(code: int, address: str, kind: socket.SocketKind = socket.SOCK_DGRAM) -> ListenError:
     return server.listen_error(OSError(code, os.strerror(code)), parse_address(address), kind, SETTING)
 
 
@@ -95,3 +99,10 @@ def test_only_an_ipv6_loopback_or_any_address_on_a_host_without_ipv6_may_be_pass
     failure = error(code, address)
     assert failure.ipv6_unavailable is passable
     assert failure.address == address
+
+
+def test_a_config_without_listen_addresses_cannot_start(tmp_path):
+    cfg = config.load_config(write_site(tmp_path, ["192.0.2.53:53"], listen=()))
+    with pytest.raises(ListenError) as failure:
+        worker.check_listen(cfg)
+    assert str(failure.value) == f"nothing to listen on; add an address to listen in {cfg.file}"
