@@ -43,13 +43,17 @@ class Counters:
 
     def merge(self, other: Counters) -> None:
         """Add another worker's counters (the supervisor sums its workers for one scrape)."""
-        for into, more in ((self.queries, other.queries), (self.blocked, other.blocked), (self.dropped, other.dropped)):
-            for key, value in more.items():
-                into[key] += value
+        for query_key, value in other.queries.items():
+            self.queries[query_key] += value
+        for blocked_key, value in other.blocked.items():
+            self.blocked[blocked_key] += value
+        for reason, value in other.dropped.items():
+            self.dropped[reason] += value
         self.malformed += other.malformed
         self.internal_errors += other.internal_errors
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain values (in a worker's report, workerstate.WorkerState.to_wire); `from_dict` reads them."""
         return {
             "queries": [[*k, v] for k, v in self.queries.items()],
             "blocked": [[*k, v] for k, v in self.blocked.items()],

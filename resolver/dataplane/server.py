@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
+import errno
 import functools
+import ipaddress
 import socket
 import struct
 import sys
 from typing import Any
 
 from resolver.control import config
-from resolver.dataplane import pipeline, udpbatch, wire
+from resolver.dataplane import pipeline, udpbatch, upstream, wire
+from resolver.errors import ListenError
 
 
 class InFlight:
@@ -220,30 +224,74 @@ class TcpConnection(asyncio.Protocol):
         self.shared.open.discard(self)
 
 
-def bind_sockets(address: Any, reuse_port: bool) -> tuple[socket.socket, socket.socket]:
-    """A UDP and a TCP socket bound to the same address (port 0: the same free port for both)."""
-    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
-    for _attempt in range(20):
-        udp = socket.socket(family, socket.SOCK_DGRAM)
-        tcp = socket.socket(family, socket.SOCK_STREAM)
+def bind_sockets(
+    address: upstream.UpstreamAddress, reuse_port: bool, setting: str
+) -> tuple[socket.socket, socket.socket]:
+    """A UDP and a TCP socket bound to the same address (port 0: the same free port for both).
+
+    `setting` names where the address comes from ("listen in FILE"), for the ListenError.
+    """
+    tries = 20 if address.port == 0 else 1  # port 0: the free UDP port may be taken for TCP
+    while True:
+        tries -= 1
+        udp = bind_socket(address, socket.SOCK_DGRAM, reuse_port, setting)
+        same_port = dataclasses.replace(address, port=udp.getsockname()[1])
         try:
-            for sock in (udp, tcp):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if reuse_port:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            udp.bind((address.host, address.port))
-            tcp.bind((address.host, udp.getsockname()[1]))
-            udp.setblocking(False)
-            tcp.setblocking(False)
-            return udp, tcp
-        except OSError:
+            return udp, bind_socket(same_port, socket.SOCK_STREAM, reuse_port, setting)
+        except ListenError:
             udp.close()
-            tcp.close()
-            if address.port != 0:
+            if not tries:
                 raise
-    raise OSError(f"could not bind UDP and TCP to one free port on {address.host}")
+
+
+def bind_socket(
+    address: upstream.UpstreamAddress, kind: socket.SocketKind, reuse_port: bool, setting: str
+) -> socket.socket:
+    """A non-blocking socket of `kind` bound to `address`, or the ListenError that says why not."""
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    sock: socket.socket | None = None
+    try:
+        sock = socket.socket(family, kind)
+        if kind == socket.SOCK_STREAM:
+            # A TCP port is bound again at once after a restart, despite connections in TIME_WAIT.
+            # Not UDP: there it would let a second server bind a port that one already serves.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((address.host, address.port))
+    except OSError as exc:
+        if sock is not None:
+            sock.close()
+        raise listen_error(exc, address, kind, setting) from None
+    sock.setblocking(False)
+    return sock
+
+
+def listen_error(exc: OSError, address: upstream.UpstreamAddress, kind: socket.SocketKind, setting: str) -> ListenError:
+    """The one line for an address that cannot be bound: which, over what, why, and what to do."""
+    host = ipaddress.ip_address(address.host)
+    # A host without IPv6 refuses the family (EAFNOSUPPORT) or, with IPv6 disabled, has no ::1 (EADDRNOTAVAIL).
+    passable = (
+        host.version == 6
+        and (host.is_loopback or host.is_unspecified)
+        and exc.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL)
+    )
+    if passable:
+        why, fix = "this host has no IPv6", f"enable IPv6 or remove the address from {setting}"
+    elif exc.errno == errno.EADDRINUSE:
+        why, fix = "address already in use", f"stop the other server or change {setting}"
+    elif exc.errno == errno.EACCES:
+        why, fix = "permission denied", f"ports below 1024 need CAP_NET_BIND_SERVICE, or change {setting}"
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        why, fix = "no such address on this host", f"change {setting}"
+    elif exc.errno == errno.EAFNOSUPPORT:
+        why, fix = "this host has no IPv6", f"change {setting}"
+    else:
+        why, fix = (exc.strerror or str(exc)).lower(), f"change {setting}"
+    transport = "udp" if kind == socket.SOCK_DGRAM else "tcp"
+    return ListenError(f"cannot listen on {address} ({transport}): {why}; {fix}", str(address), passable)
 
 
 # `worker_spread: random`. With `workers: N` every worker binds the DNS port with SO_REUSEPORT, and

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from aiohttp import web
 
 import resolver
-from resolver.control import config
+from resolver.dataplane import upstream, workerstate
 from resolver.operations import exposition
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ MAX_REQUEST_BYTES = 64 * 1024
 class Control:
     """What the admin API may touch: read the live numbers, ask for a reload."""
 
-    state: Callable[[], dict[str, Any]]
+    state: Callable[[], workerstate.WorkerState]
     reload: Callable[[], Awaitable[bool]]
 
 
@@ -35,7 +35,7 @@ def make_app(control: Control) -> web.Application:
 
     async def readyz(_: web.Request) -> web.Response:
         state = control.state()
-        if state["generation"] > 0 and state["workers"] > 0:
+        if state.generation > 0 and state.workers > 0:
             return web.Response(text="ready\n")
         return web.Response(status=503, text="not ready: no snapshot installed\n")
 
@@ -48,15 +48,15 @@ def make_app(control: Control) -> web.Application:
         return web.json_response(
             {
                 "version": resolver.__version__,
-                "generation": state["generation"],
-                "lists_age_seconds": round(time.time() - state["loaded_at"], 1) if state["loaded_at"] else None,
-                "list_entries": state["list_entries"],
-                "serving_last_good": state["serving_last_good"] > 0,
-                "workers": state["workers"],
-                "cache_entries": state["cache_entries"],
+                "generation": state.generation,
+                "lists_age_seconds": round(time.time() - state.loaded_at, 1) if state.loaded_at else None,
+                "list_entries": dict(state.list_entries),
+                "serving_last_good": state.serving_last_good > 0,
+                "workers": state.workers,
+                "cache_entries": state.cache_entries,
                 "upstreams": [
-                    {"address": u["address"], "up": bool(u["up"]), "latency_ms": round(u["latency_seconds"] * 1000, 2)}
-                    for u in state["upstreams"]
+                    {"address": u.address, "up": u.up, "latency_ms": round(u.latency_seconds * 1000, 2)}
+                    for u in state.upstreams
                 ],
             }
         )
@@ -68,15 +68,13 @@ def make_app(control: Control) -> web.Application:
     return app
 
 
-async def start(cfg: config.Config, control: Control) -> web.AppRunner | None:
-    """Serve the admin API on cfg.admin.listen (None: no admin API)."""
-    if cfg.admin.listen is None:
-        return None
+async def start(sock: socket.socket, control: Control) -> web.AppRunner:
+    """Serve the admin API on a bound TCP socket (app.bind_admin)."""
     runner = web.AppRunner(make_app(control), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, cfg.admin.listen.host, cfg.admin.listen.port)
-    await site.start()
-    log.info("admin API on http://%s:%d/", cfg.admin.listen.host, bound_port(runner))
+    await web.SockSite(runner, sock).start()
+    host, port = sock.getsockname()[:2]
+    log.info("admin API on http://%s/", upstream.UpstreamAddress(host, port))
     return runner
 
 

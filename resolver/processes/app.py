@@ -3,49 +3,78 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import importlib
 import logging
 import multiprocessing.connection
 import signal
+import socket
 import time
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Protocol
 
 from resolver.control import config, snapshots
-from resolver.dataplane import metrics
+from resolver.dataplane import server, upstream, workerstate
+from resolver.errors import ResolverError
 from resolver.processes import spawner, worker
+
+if TYPE_CHECKING:  # imported at run time only once DNS serves (start_admin)
+    from aiohttp import web
 
 log = logging.getLogger(__name__)
 
 
-async def start_admin(cfg: config.Config, state: Any, reload: Any) -> Any:
-    """Import the admin API in a thread while DNS is already answering, then start it.
+def bind_admin(cfg: config.Config) -> socket.socket | None:
+    """The admin API's socket (None: no admin API), bound before DNS serves: a port that is taken
+    fails the start in one line, not after DNS has started."""
+    if cfg.admin.listen is None:
+        return None
+    return server.bind_socket(cfg.admin.listen, socket.SOCK_STREAM, False, f"admin.listen in {cfg.file}")
 
-    Its libraries (aiohttp, prometheus_client) took 0.77 s to import of a 1.33 s warm start
-    (2026-12-04); imported before serving, they delayed the first DNS answer by that much.
+
+async def start_admin(
+    sock: socket.socket | None,
+    state: Callable[[], workerstate.WorkerState],
+    reload: Callable[[], Awaitable[bool]],
+) -> web.AppRunner | None:
+    """Import the admin API in a thread while DNS is already answering, then serve it on `sock`.
+
+    Its libraries (aiohttp, prometheus_client) took 0.77 s to import of a 1.33 s warm start;
+    imported before serving, they delayed the first DNS answer by that much.
     """
+    if sock is None:
+        return None
     admin = await asyncio.to_thread(importlib.import_module, "resolver.operations.admin")
     # Kept out of the garbage collector's full collections like everything built before serving
     # (Worker.start). A query in flight now that ends in a reference cycle is never collected:
     # at most the few of this moment, once.
     gc.freeze()
-    return await admin.start(cfg, admin.Control(state=state, reload=reload))
+    return await admin.start(sock, admin.Control(state=state, reload=reload))
 
 
-async def run_single(cfg: config.Config, ready: Any = None) -> None:
+async def run_single(cfg: config.Config, ready: Callable[[worker.Worker], object] | None = None) -> None:
     """workers: 1 — everything (DNS, admin, reload) in this process until SIGTERM/SIGINT."""
-    files = snapshots.files_signature(cfg)
-    # No local name for the first snapshot: this frame lives until shutdown, and would keep it
-    # (and its memory-mapped index) alive after the first list swap.
-    dns_worker = worker.Worker(cfg, await asyncio.to_thread(snapshots.start_snapshot, cfg, 1))
-    await dns_worker.start(worker.bind_all(cfg, reuse_port=False))
+    cfg = worker.check_listen(cfg)  # before the snapshot, which may take a compile
+    admin_sock = bind_admin(cfg)
+    try:
+        files = snapshots.files_signature(cfg)
+        # No local name for the first snapshot: this frame lives until shutdown, and would keep it
+        # (and its memory-mapped index) alive after the first list swap.
+        dns_worker = worker.Worker(cfg, await asyncio.to_thread(snapshots.start_snapshot, cfg, 1))
+        await dns_worker.start(worker.bind_all(cfg, reuse_port=False))
+    except BaseException:
+        if admin_sock is not None:
+            admin_sock.close()
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     # Signals are handled before the admin API announces itself, the last line of a start.
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(dns_worker.reload()))
-    admin_runner = await start_admin(cfg, dns_worker.state, dns_worker.reload)
+    signalled = worker.SignalTasks()
+    signalled.on(signal.SIGHUP, dns_worker.reload)
+    admin_runner = await start_admin(admin_sock, dns_worker.state, dns_worker.reload)
     if ready is not None:
         ready(dns_worker)
     watcher = loop.create_task(worker.watch_files(cfg, dns_worker.reload, files))
@@ -82,6 +111,10 @@ class Forker(Protocol):
     def close(self) -> None: ...
 
 
+class WorkerStartError(ResolverError):
+    """A worker of `workers: N` did not start when the server did."""
+
+
 class Supervisor:
     """Starts, watches and stops N worker processes; merges their numbers for the admin API."""
 
@@ -90,22 +123,27 @@ class Supervisor:
         self.spawner = forker
         self.processes: list[spawner.WorkerProcess] = []
         self.conns: list[multiprocessing.connection.Connection] = []
-        self.states: dict[int, dict[str, Any]] = {}
-        self.ports: tuple[int, ...] = tuple(a.port for a in cfg.listen)
+        self.states: dict[int, workerstate.WorkerState] = {}  # the last report of each live worker
+        self.listen: tuple[upstream.UpstreamAddress, ...] = cfg.listen  # what the workers serve (run)
         self.stopping = False
         self.restarts = 0  # workers started again after dying
         self.restart_failures = 0
         self._restart_at: dict[int, tuple[float, float]] = {}  # worker index -> (loop time, delay) of its next try
         self.reload_failures = 0  # rejected here, so no worker counts them
-        self._departed: list[dict[str, Any]] = []  # at most one state: the counters of workers that died (_bury)
+        self._departed: tuple[workerstate.WorkerState, ...] = ()  # at most one: the counters of workers that died
         self._stop = asyncio.Event()
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        return tuple(address.port for address in self.listen)
 
     def stop(self) -> None:
         """Stop the workers and return from run() (SIGTERM, SIGINT)."""
         self._stop.set()
 
     def _spawn(self, index: int) -> tuple[spawner.WorkerProcess, multiprocessing.connection.Connection]:
-        args = worker.SpawnArgs(self.config.file, self.ports, index, self.config.workers, logging.getLogger().level)
+        listen = tuple(str(address) for address in self.listen)
+        args = worker.SpawnArgs(self.config.file, listen, index, logging.getLogger().level)
         try:
             return self.spawner.start_worker(args)
         except OSError as exc:
@@ -119,46 +157,73 @@ class Supervisor:
         conn: multiprocessing.connection.Connection,
         process: spawner.WorkerProcess,
         timeout_seconds: float = 120.0,
-    ) -> list[int]:
+    ) -> tuple[int, ...]:
+        """The ports a new worker serves on, once it says it serves; its first state is kept."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_seconds
+        exited = WorkerStartError(f"worker {index} exited while starting (its log says why)")
         while loop.time() < deadline:
-            if await asyncio.to_thread(conn.poll, 0.2):
-                message = conn.recv()
-                if "ready" in message:
-                    return message["ready"]
+            try:
+                if await asyncio.to_thread(conn.poll, 0.2):
+                    report = workerstate.Report.from_wire(conn.recv())
+                    self.states[index] = report.state
+                    if report.ports:
+                        return report.ports
+            except EOFError:  # it closed its end: it has exited, or is exiting
+                await asyncio.to_thread(process.wait, 5.0)
+                raise exited from None
             if not process.alive():
-                raise RuntimeError(f"worker {index} exited while starting")
-        raise RuntimeError(f"worker {index} did not start within {timeout_seconds:.0f}s")
+                raise exited
+        raise WorkerStartError(f"worker {index} did not start within {timeout_seconds:.0f}s")
 
-    async def run(self, ready: Any = None) -> None:
-        files = snapshots.files_signature(self.config)
-        # Worker 0 first: with port 0 it picks the ports the others then share.
-        for index in range(self.config.workers):
-            process, conn = self._spawn(index)
-            ports = await self._wait_ready(index, conn, process)
-            self.ports = tuple(ports)
-            self.processes.append(process)
-            self.conns.append(conn)
-        log.info("%d workers serving DNS on ports %s", self.config.workers, self.ports)
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self.stop)
-        loop.add_signal_handler(signal.SIGINT, self.stop)
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
-        admin_runner = await start_admin(self.config, self.state, self.reload)
-        if ready is not None:
-            ready(self)
-        watchers = [
-            loop.create_task(self._watch()),
-            loop.create_task(worker.watch_files(self.config, self.reload, files)),
-        ]
-        await self._stop.wait()
-        self.stopping = True
-        for watcher in watchers:
-            watcher.cancel()
-        await asyncio.gather(*watchers, return_exceptions=True)  # a restarting worker is in self.processes
-        if admin_runner is not None:
-            await admin_runner.cleanup()
+    async def run(self, ready: Callable[[Supervisor], object] | None = None) -> None:
+        """Start the workers and the admin API, serve until stop(), then stop the workers.
+
+        A start that fails (an address that cannot be bound, a worker that does not start) stops
+        what it started and raises a ResolverError.
+        """
+        admin_sock: socket.socket | None = None
+        admin_runner: web.AppRunner | None = None
+        watchers: list[asyncio.Task[None]] = []
+        try:
+            # Checked here, before any worker builds a snapshot; the workers serve what can be bound.
+            self.listen = worker.check_listen(self.config).listen
+            admin_sock = bind_admin(self.config)
+            files = snapshots.files_signature(self.config)
+            # Worker 0 first: with port 0 it picks the ports the others then share.
+            for index in range(self.config.workers):
+                process, conn = self._spawn(index)
+                self.processes.append(process)
+                self.conns.append(conn)
+                ports = await self._wait_ready(index, conn, process)
+                self.listen = tuple(dataclasses.replace(a, port=p) for a, p in zip(self.listen, ports, strict=True))
+            log.info("%d workers serving DNS on ports %s; %s", self.config.workers, self.ports, self.state().summary())
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGTERM, self.stop)
+            loop.add_signal_handler(signal.SIGINT, self.stop)
+            signalled = worker.SignalTasks()
+            signalled.on(signal.SIGHUP, self.reload)
+            admin_runner = await start_admin(admin_sock, self.state, self.reload)
+            if ready is not None:
+                ready(self)
+            watchers = [
+                loop.create_task(self._watch()),
+                loop.create_task(worker.watch_files(self.config, self.reload, files)),
+            ]
+            await self._stop.wait()
+        finally:
+            self.stopping = True
+            for watcher in watchers:
+                watcher.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)  # a restarting worker is in self.processes
+            if admin_runner is not None:
+                await admin_runner.cleanup()
+            elif admin_sock is not None:
+                admin_sock.close()
+            await self._stop_workers()
+            self.spawner.close()
+
+    async def _stop_workers(self) -> None:
         for process in self.processes:
             process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + self.config.limits.shutdown_drain_seconds + 5
@@ -167,7 +232,6 @@ class Supervisor:
                 process.send_signal(signal.SIGKILL)
                 await asyncio.to_thread(process.wait, 5.0)
             process.close()
-        self.spawner.close()
 
     async def _watch(self) -> None:
         """Collect published numbers; restart a worker that died. Never ends before shutdown."""
@@ -176,14 +240,15 @@ class Supervisor:
             for index, conn in enumerate(self.conns):
                 try:
                     while conn.poll():
-                        message = conn.recv()
-                        if "state" in message:
-                            self.states[index] = message["state"]
+                        self.states[index] = workerstate.Report.from_wire(conn.recv()).state
                 except (EOFError, OSError):
                     pass
-                if not self.stopping and not self.processes[index].alive():
-                    if loop.time() >= self._restart_at.get(index, (0.0, 0.0))[0]:
-                        await self._restart(index)
+                if (
+                    not self.stopping
+                    and not self.processes[index].alive()
+                    and loop.time() >= self._restart_at.get(index, (0.0, 0.0))[0]
+                ):
+                    await self._restart(index)
             await asyncio.sleep(0.5)
 
     async def _restart(self, index: int) -> None:
@@ -222,81 +287,22 @@ class Supervisor:
             process.send_signal(signal.SIGHUP)
         return True
 
-    def state(self) -> dict[str, Any]:
-        """Every worker's published numbers, summed, with the counters of workers that died."""
-        summed = _summed([*self._departed, *self.states.values()])
-        summed["reload_failures"] += self.reload_failures
-        return {
-            **summed,
-            "workers": sum(1 for p in self.processes if p.alive()),
-            "worker_restarts": self.restarts,
-            "worker_restart_failures": self.restart_failures,
-            "worker_queries": {
-                index: sum(row[-1] for row in state["counters"]["queries"]) for index, state in self.states.items()
-            },
-        }
+    def state(self) -> workerstate.WorkerState:
+        """Every worker's last report, summed, with the counters of workers that died."""
+        summed = workerstate.merge(list(self.states.values()), self._departed)
+        return dataclasses.replace(
+            summed,
+            reload_failures=summed.reload_failures + self.reload_failures,
+            workers=sum(1 for p in self.processes if p.alive()),
+            worker_restarts=self.restarts,
+            worker_restart_failures=self.restart_failures,
+        )
 
     def _bury(self, index: int) -> None:
-        """Keep a dead worker's last counters in the sums, so that no counter of /metrics goes down
-        when it restarts from zero (Prometheus would read a reset, and rate() a burst)."""
+        """Keep a dead worker's last counters in the sums (workerstate.merge says why)."""
         state = self.states.pop(index, None)
         if state is not None:
-            departed = _summed([*self._departed, _counters_only(state)])
-            self._departed = [{**departed, "counters": departed["counters"].to_dict()}]
-
-
-# What a worker publishes (Worker.state) and the supervisor sums: its gauges, and its counters.
-_WORKER_GAUGES = ("in_flight", "tcp_connections", "cache_entries", "cache_bytes", "serving_last_good")
-_WORKER_COUNTERS = (
-    "cache_hits",
-    "cache_misses",
-    "cache_evictions",
-    "cache_stale_served",
-    "coalesced",
-    "reload_failures",
-)
-
-
-def _summed(states: list[dict[str, Any]]) -> dict[str, Any]:
-    """Published worker states added up: counters and gauges summed, the newest generation, the
-    worst upstream health; the last state's list entries."""
-    merged = metrics.Counters()
-    total: dict[str, Any] = dict.fromkeys(_WORKER_GAUGES + _WORKER_COUNTERS, 0)
-    upstreams: dict[str, dict[str, Any]] = {}
-    generation, loaded_at, entries = 0, 0.0, {}
-    for state in states:
-        merged.merge(metrics.Counters.from_dict(state["counters"]))
-        for key in total:
-            total[key] += state[key]
-        for row in state["upstreams"]:
-            into = upstreams.setdefault(row["address"], dict.fromkeys(row, 0) | {"address": row["address"], "up": 1})
-            for key in ("queries", "failures", "timeouts", "truncated", "mismatched"):
-                into[key] += row[key]
-            into["latency_seconds"] = max(into["latency_seconds"], row["latency_seconds"])
-            into["up"] = min(into["up"], row["up"])
-        generation = max(generation, state["generation"])
-        loaded_at = max(loaded_at, state["loaded_at"])
-        entries = state["list_entries"] or entries
-    return {
-        **total,
-        "counters": merged,
-        "upstreams": list(upstreams.values()),
-        "generation": generation,
-        "loaded_at": loaded_at,
-        "list_entries": entries,
-    }
-
-
-def _counters_only(state: dict[str, Any]) -> dict[str, Any]:
-    """A dead worker's state as it stays in the sums: its counters; gauges, health and generation neutral."""
-    return {
-        **state,
-        **dict.fromkeys(_WORKER_GAUGES, 0),
-        "generation": 0,
-        "loaded_at": 0.0,
-        "list_entries": {},
-        "upstreams": [{**row, "latency_seconds": 0.0, "up": 1} for row in state["upstreams"]],
-    }
+            self._departed = (workerstate.merge([], [*self._departed, state]),)
 
 
 def serve(cfg: config.Config, forker: Forker | None = None) -> None:

@@ -10,7 +10,7 @@ import zoneinfo
 
 import resolver
 from resolver.control import checks, config, snapshots
-from resolver.errors import ResolverError, UsageError
+from resolver.errors import ListenError, ResolverError, UsageError
 
 LOG_LEVELS = ["debug", "info", "warning", "error"]
 
@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"schooldns {args.command}: {exc}", file=sys.stderr)
         return 2
+    except ListenError as exc:  # names an address, not a file: said by the program's name
+        print(f"schooldns: {exc}", file=sys.stderr)
+        return 1
     except ResolverError as exc:
         print(exc, file=sys.stderr)
         return 1

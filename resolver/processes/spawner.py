@@ -13,6 +13,7 @@ import select
 import signal
 import socket
 import sys
+from collections.abc import Callable
 
 from resolver.processes import worker
 
@@ -140,12 +141,12 @@ def main(argv: list[str]) -> None:
     _exit_after(lambda: _serve_requests(socket.socket(fileno=int(argv[0]))))
 
 
-def _exit_after(run) -> None:
-    """Run a forked or spawned process's work, then end the process without returning to the caller's code."""
+def _exit_after(run: Callable[[], int | None]) -> None:
+    """Run a forked or spawned process's work, then end the process (with the status it returns, or 0)
+    without returning to the caller's code."""
     code = 1
     try:
-        run()
-        code = 0
+        code = run() or 0
     except BaseException:
         log.exception("%s failed", _name())
     finally:
@@ -173,7 +174,7 @@ def _serve_requests(channel: socket.socket) -> None:
             if not request:
                 break  # the supervisor is gone or stopping
             fields = json.loads(request)
-            args = worker.SpawnArgs(**{**fields, "ports": tuple(fields["ports"])})
+            args = worker.SpawnArgs(**{**fields, "listen": tuple(fields["listen"])})
             ours, theirs = socket.socketpair()
             pid = os.fork()
             if pid == 0:
@@ -191,10 +192,10 @@ def _serve_requests(channel: socket.socket) -> None:
         os.waitpid(pid, 0)
 
 
-def _run_worker(args: worker.SpawnArgs, conn: socket.socket) -> None:
+def _run_worker(args: worker.SpawnArgs, conn: socket.socket) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     _set_name(worker_process_name(args.index))
-    worker.spawned_main(args, conn.detach())
+    return worker.spawned_main(args, conn.detach())
 
 
 def _exited(pidfd: int, timeout_seconds: float) -> bool:

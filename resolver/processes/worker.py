@@ -11,10 +11,11 @@ import multiprocessing.connection
 import signal
 import socket
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
 
 from resolver.control import config, snapshots
-from resolver.dataplane import cache, metrics, pipeline, server, upstream
+from resolver.dataplane import cache, metrics, pipeline, server, upstream, workerstate
+from resolver.errors import ListenError, ResolverError
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ COUNTERS_PUBLISH_SECONDS = 1.0
 class Worker:
     """One process's data plane: pipeline, cache, upstream pool and listeners."""
 
-    def __init__(self, cfg: config.Config, snapshot: pipeline.Snapshot, workers: int = 1):
+    def __init__(self, cfg: config.Config, snapshot: pipeline.Snapshot, index: int = 0):
         self.config = cfg
         self.counters = metrics.Counters()
         self.cache = cache.AnswerCache(cfg.cache.max_entries, cfg.cache.stale_seconds, cfg.cache.max_megabytes * 2**20)
@@ -40,7 +41,7 @@ class Worker:
         self.pipeline = pipeline.Pipeline(snapshot, self.cache, self.pool, self.counters)
         self.in_flight = server.InFlight(cfg.limits.max_queries_in_flight, self.counters)
         self.tcp = server.TcpConnections(self.pipeline, self.in_flight, cfg.limits)
-        self.workers = workers
+        self.index = index  # of this worker among the `workers: N` (0 for the one of `workers: 1`)
         self.reload_failures = 0
         self.list_entries: dict[str, int] = snapshots.entry_counts(snapshot)
         self._udp: list[server.UdpServer] = []
@@ -62,9 +63,10 @@ class Worker:
             self._tcp_servers.append(tcp)
             self.addresses.append(udp_sock.getsockname()[:2])
         log.info(
-            "serving DNS on %s (udp+tcp) with %d upstream(s)",
+            "serving DNS on %s (udp+tcp) with %d upstream(s); %s",
             ", ".join(f"{h}:{p}" for h, p in self.addresses),
             len(self.config.upstreams),
+            self.state().summary(),
         )
 
     async def reload(self) -> bool:
@@ -101,44 +103,64 @@ class Worker:
                 await asyncio.wait_for(tcp_server.wait_closed(), 1.0)
         self.pool.close()
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> workerstate.WorkerState:
         """Live numbers for metrics and status (no per-client data)."""
         snapshot = self.pipeline.snapshot
         now = time.monotonic()
-        return {
-            "counters": self.counters,
-            "in_flight": self.in_flight.count,
-            "tcp_connections": len(self.tcp.open),
-            "cache_entries": len(self.cache),
-            "cache_bytes": self.cache.bytes,
-            "cache_hits": self.cache.hits,
-            "cache_misses": self.cache.misses,
-            "cache_evictions": self.cache.evictions,
-            "cache_stale_served": self.cache.stale_served,
-            "coalesced": self.pool.coalesced,
-            "upstreams": [
-                {
-                    "address": str(u.address),
-                    "queries": u.queries,
-                    "failures": u.failures,
-                    "timeouts": u.timeouts,
-                    "truncated": u.truncated,
-                    "mismatched": u.mismatched,
-                    "latency_seconds": u.latency_seconds,
-                    "up": 0 if u.is_down(now) else 1,
-                }
+        return workerstate.WorkerState(
+            counters=self.counters,
+            in_flight=self.in_flight.count,
+            tcp_connections=len(self.tcp.open),
+            cache_entries=len(self.cache),
+            cache_bytes=self.cache.bytes,
+            cache_hits=self.cache.hits,
+            cache_misses=self.cache.misses,
+            cache_evictions=self.cache.evictions,
+            cache_stale_served=self.cache.stale_served,
+            coalesced=self.pool.coalesced,
+            upstreams=tuple(
+                workerstate.UpstreamState(
+                    address=str(u.address),
+                    queries=u.queries,
+                    failures=u.failures,
+                    timeouts=u.timeouts,
+                    truncated=u.truncated,
+                    mismatched=u.mismatched,
+                    latency_seconds=u.latency_seconds,
+                    up=not u.is_down(now),
+                )
                 for u in self.pool.upstreams
-            ],
-            "generation": snapshot.generation,
-            "loaded_at": snapshot.loaded_at,
-            "reload_failures": self.reload_failures,
-            "list_entries": self.list_entries,
-            "serving_last_good": int(snapshot.from_last_good),
-            "workers": self.workers,
-        }
+            ),
+            generation=snapshot.generation,
+            loaded_at=snapshot.loaded_at,
+            reload_failures=self.reload_failures,
+            list_entries=self.list_entries,
+            serving_last_good=int(snapshot.from_last_good),
+            workers=1,
+            worker_queries={self.index: sum(self.counters.queries.values())},
+            worker_restarts=0,
+            worker_restart_failures=0,
+        )
 
 
-async def watch_files(cfg: config.Config, reload: Any, seen: tuple) -> None:
+class SignalTasks:
+    """The tasks that signal handlers start (reloads on SIGHUP), held until they end: the event loop
+    keeps only weak references to its tasks, and one referenced nowhere else may vanish mid-run."""
+
+    def __init__(self) -> None:
+        self.running: set[asyncio.Task[object]] = set()
+
+    def on(self, signum: int, job: Callable[[], Coroutine[object, object, object]]) -> None:
+        """Run job() in a task of the running loop each time `signum` arrives."""
+        asyncio.get_running_loop().add_signal_handler(signum, self._start, job)
+
+    def _start(self, job: Callable[[], Coroutine[object, object, object]]) -> None:
+        task = asyncio.get_running_loop().create_task(job())
+        self.running.add(task)
+        task.add_done_callback(self.running.discard)
+
+
+async def watch_files(cfg: config.Config, reload: Callable[[], Awaitable[bool]], seen: tuple[object, ...]) -> None:
     """Reload when a policy or list file changes (polling: works on every filesystem, bounded cost).
 
     `seen` is the signature taken before the running snapshot was built, so a change made
@@ -157,9 +179,9 @@ async def watch_files(cfg: config.Config, reload: Any, seen: tuple) -> None:
 
 
 def bind_all(cfg: config.Config, reuse_port: bool) -> list[tuple[socket.socket, socket.socket]]:
-    """The UDP and TCP socket of each listen address; `worker_spread: random` spreads the UDP
-    queries over the workers' sockets at random (server.spread_at_random)."""
-    sockets = [server.bind_sockets(address, reuse_port) for address in cfg.listen]
+    """The UDP and TCP socket of each listen address (see _bind_listen); `worker_spread: random`
+    spreads the UDP queries over the workers' sockets at random (server.spread_at_random)."""
+    sockets = [(udp, tcp) for _, udp, tcp in _bind_listen(cfg, reuse_port)]
     if (
         reuse_port
         and cfg.worker_spread == "random"
@@ -170,6 +192,53 @@ def bind_all(cfg: config.Config, reuse_port: bool) -> list[tuple[socket.socket, 
             "the workers by a hash of the client's address and port"
         )
     return sockets
+
+
+def check_listen(cfg: config.Config) -> config.Config:
+    """cfg with the listen addresses this host can serve, each bound once and closed again.
+
+    Done before anything is built, so that a start that cannot listen fails at once, in one line.
+    Bound without SO_REUSEPORT, so that a port held by any other socket fails it, another
+    schooldns's included (a worker's SO_REUSEPORT socket would join that one's group).
+    """
+    served = []
+    for address, udp, tcp in _bind_listen(cfg, reuse_port=False):
+        udp.close()
+        tcp.close()
+        served.append(address)
+    return dataclasses.replace(cfg, listen=tuple(served))
+
+
+def _bind_listen(
+    cfg: config.Config, reuse_port: bool
+) -> list[tuple[upstream.UpstreamAddress, socket.socket, socket.socket]]:
+    """Each listen address with its UDP and TCP socket. An IPv6 loopback or any address on a host
+    without IPv6 is passed over with a warning (the example config listens on [::1] as well); any
+    other address that cannot be bound, or none left to serve, is a ListenError."""
+    bound: list[tuple[upstream.UpstreamAddress, socket.socket, socket.socket]] = []
+    passed: list[ListenError] = []
+    try:
+        for address in cfg.listen:
+            try:
+                bound.append((address, *server.bind_sockets(address, reuse_port, f"listen in {cfg.file}")))
+            except ListenError as exc:
+                if not exc.ipv6_unavailable:
+                    raise
+                passed.append(exc)
+        if not bound:
+            raise (
+                passed[0]
+                if passed
+                else ListenError(f"nothing to listen on; add an address to listen in {cfg.file}", "", False)
+            )
+    except ListenError:
+        for _, udp, tcp in bound:
+            udp.close()
+            tcp.close()
+        raise
+    for skipped in passed:
+        log.warning("not listening on %s: this host has no IPv6", skipped.address)
+    return bound
 
 
 # ---------------------------------------------------------------------------------------
@@ -184,45 +253,50 @@ class SpawnArgs:
     """What the supervisor hands a worker process (as JSON, through the spawner)."""
 
     config_file: str
-    ports: tuple[int, ...]  # the resolved port of each listen address (0 = choose)
+    listen: tuple[str, ...]  # the addresses to serve (check_listen), each with its port resolved (0 = choose)
     index: int
-    workers: int
     log_level: int
 
 
-def spawned_main(args: SpawnArgs, fd: int) -> None:
-    """The main function of a worker process (forked by resolver.spawner): load the config, serve until SIGTERM."""
+def spawned_main(args: SpawnArgs, fd: int) -> int:
+    """The main function of a worker process (forked by resolver.spawner): load the config, serve until SIGTERM.
+
+    Returns the exit status: 1 when the worker could not start, which its log says in one line.
+    """
     conn = multiprocessing.connection.Connection(fd)
     logging.basicConfig(
         level=args.log_level,
         force=True,  # replaces the handler inherited from the supervisor
         format=f"%(asctime)s worker{args.index} %(levelname)s %(name)s: %(message)s",
     )
-    cfg = config.load_config(args.config_file)
-    listen = tuple(dataclasses.replace(a, port=p) for a, p in zip(cfg.listen, args.ports))
-    cfg = dataclasses.replace(cfg, listen=listen)
     try:
+        cfg = config.load_config(args.config_file)
+        cfg = dataclasses.replace(cfg, listen=tuple(upstream.parse_address(text) for text in args.listen))
         asyncio.run(_spawned_async(cfg, args, conn))
     except KeyboardInterrupt:
         pass
+    except ResolverError as exc:  # a port taken since the supervisor checked it, a broken config.yaml, ...
+        log.error("%s", exc)
+        return 1
+    return 0
 
 
 async def _spawned_async(cfg: config.Config, args: SpawnArgs, conn: multiprocessing.connection.Connection) -> None:
     # No local name for the first snapshot: it would outlive the first list swap (see app.run_single).
-    worker = Worker(cfg, await asyncio.to_thread(snapshots.start_snapshot, cfg, 1), args.workers)
+    worker = Worker(cfg, await asyncio.to_thread(snapshots.start_snapshot, cfg, 1), args.index)
     await worker.start(bind_all(cfg, reuse_port=True))
-    conn.send({"ready": [port for _, port in worker.addresses]})
+    ports = tuple(port for _, port in worker.addresses)
+    conn.send(workerstate.Report(worker.state(), ports).to_wire())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, lambda: None)  # the supervisor decides
-    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(worker.reload()))
+    signalled = SignalTasks()
+    signalled.on(signal.SIGHUP, worker.reload)
     publisher = loop.create_task(_publish(worker, conn, stop))
     await stop.wait()
     publisher.cancel()
     await worker.stop()
-    with contextlib.suppress(OSError):
-        conn.send({"state": _wire_state(worker.state()), "final": True})
 
 
 async def _publish(worker: Worker, conn: multiprocessing.connection.Connection, stop: asyncio.Event) -> None:
@@ -234,12 +308,8 @@ async def _publish(worker: Worker, conn: multiprocessing.connection.Connection, 
     while True:
         await asyncio.sleep(COUNTERS_PUBLISH_SECONDS)
         try:
-            conn.send({"state": _wire_state(worker.state())})
+            conn.send(workerstate.Report(worker.state()).to_wire())
         except OSError as exc:
             log.error("lost the supervisor (%s); stopping", exc)
             stop.set()
             return
-
-
-def _wire_state(state: dict[str, Any]) -> dict[str, Any]:
-    return {**state, "counters": state["counters"].to_dict()}

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import json
 import os
 import re
 import signal
 import socket
-import sys
 from pathlib import Path
 
-import aiohttp
 import dns.asyncquery
 import dns.message
 import dns.rcode
@@ -19,8 +17,7 @@ import pytest
 
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.harness import SCHOOL_A, write_site
-
-SCHOOLDNS = [sys.executable, "-m", "resolver"]
+from tests.support.served import SCHOOLDNS, Served, serve
 
 
 @pytest.fixture
@@ -30,68 +27,6 @@ async def upstream():
         up.answer("slow.example.com", "A", "192.0.2.11", ttl=300)
         up.delay(0.5, "slow.example.com")  # under the 1 s forwarding timeout
         yield up
-
-
-class Served:
-    """A `schooldns serve` child process and what it logged."""
-
-    def __init__(self, process: asyncio.subprocess.Process):
-        self.process = process
-        self.log: list[str] = []
-        self.dns_port = 0
-        self.admin_port = 0
-
-    async def read_until(self, pattern: str, timeout: float = 60.0) -> re.Match[str]:
-        async with asyncio.timeout(timeout):
-            while True:
-                line = (await self.process.stderr.readline()).decode()
-                assert line, "schooldns exited:\n" + "".join(self.log)
-                self.log.append(line)
-                if match := re.search(pattern, line):
-                    return match
-
-    async def query(self, name: str, timeout: float = 3.0) -> dns.message.Message:
-        return await dns.asyncquery.udp(
-            dns.message.make_query(name, "A"), "127.0.0.1", port=self.dns_port, timeout=timeout
-        )
-
-    async def metrics(self) -> str:
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f"http://127.0.0.1:{self.admin_port}/metrics") as response:
-                return await response.text()
-
-
-@contextlib.asynccontextmanager
-async def serve(
-    root: Path, upstream: FakeUpstream, workers: int, files: dict[str, str] | None = None, more_config: str = ""
-):
-    config = write_site(
-        root,
-        [upstream.address],
-        f'workers: {workers}\nadmin: {{listen: "127.0.0.1:0"}}\nreload: {{watch_interval_seconds: 0}}\n' + more_config,
-        files,
-    )
-    process = await asyncio.create_subprocess_exec(
-        *SCHOOLDNS,
-        "serve",
-        "--config",
-        str(config),
-        stderr=asyncio.subprocess.PIPE,
-        cwd=Path(__file__).resolve().parents[2],
-        start_new_session=True,
-    )
-    served = Served(process)
-    try:
-        if workers == 1:
-            served.dns_port = int((await served.read_until(r"serving DNS on 127\.0\.0\.1:(\d+)"))[1])
-        else:
-            served.dns_port = int((await served.read_until(r"workers serving DNS on ports \((\d+),"))[1])
-        served.admin_port = int((await served.read_until(r"admin API on http://127\.0\.0\.1:(\d+)/"))[1])
-        yield served
-    finally:
-        with contextlib.suppress(ProcessLookupError):  # the whole session: workers outlive a killed supervisor
-            os.killpg(process.pid, signal.SIGKILL)
-        await process.wait()
 
 
 async def _metric(served: Served, name: str) -> float:
@@ -323,7 +258,7 @@ async def test_check_reports_every_problem_as_file_line_key(tmp_path, upstream):
     process = await asyncio.create_subprocess_exec(
         *SCHOOLDNS, "check", "--config", str(config), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
-    out, err = await process.communicate()
+    _, err = await process.communicate()
     assert process.returncode == 1
     lines = err.decode().splitlines()
     school_b = str(tmp_path / "policies/school-b.yaml")
@@ -377,9 +312,7 @@ async def test_a_cold_start_compiles_the_lists_in_a_child_process(tmp_path, upst
 
 
 async def _status(served: Served) -> dict:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"http://127.0.0.1:{served.admin_port}/status") as response:
-            return await response.json()
+    return json.loads(await served.admin("/status"))
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -422,9 +355,10 @@ async def test_a_start_with_broken_files_serves_the_last_good_policies_and_lists
         assert await asyncio.wait_for(served.process.wait(), 20) == 0
 
 
-async def test_a_start_with_broken_files_and_no_last_good_state_fails_naming_the_problem(tmp_path, upstream):
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_start_with_broken_files_and_no_last_good_state_fails_naming_the_problem(tmp_path, upstream, workers):
     broken = SCHOOL_A.replace("deny: [denied.example.org]", "deny: [denied.example.org")
-    config = write_site(tmp_path, [upstream.address], files={"policies/school-a.yaml": broken})
+    config = write_site(tmp_path, [upstream.address], f"workers: {workers}\n", files={"policies/school-a.yaml": broken})
     process = await asyncio.create_subprocess_exec(
         *SCHOOLDNS, "serve", "--config", str(config), stderr=asyncio.subprocess.PIPE
     )
@@ -432,3 +366,6 @@ async def test_a_start_with_broken_files_and_no_last_good_state_fails_naming_the
     assert process.returncode == 1
     assert f"{tmp_path / 'policies/school-a.yaml'}:7: invalid YAML" in err.decode()
     assert "last good" not in err.decode().lower()
+    assert "Traceback" not in err.decode()
+    if workers > 1:  # the worker said why, in its log; the supervisor says which worker
+        assert err.decode().endswith("worker 0 exited while starting (its log says why)\n")

@@ -12,6 +12,7 @@ import dns.rcode
 import pytest
 
 from resolver.control import config
+from resolver.dataplane import workerstate
 from resolver.operations import exposition
 from resolver.processes import app, spawner
 from tests.support import harness
@@ -62,28 +63,26 @@ async def test_a_worker_that_cannot_be_restarted_is_tried_again_until_it_starts(
         assert "worker 1 did not start (no spawner could be started (test)); trying again in 0.5s" in caplog.text
         assert "trying again in 1.0s" in caplog.text
         state = supervisor.state()
-        assert state["workers"] == 1 and state["worker_restarts"] == 0
+        assert state.workers == 1 and state.worker_restarts == 0
         query = dns.message.make_query("www.example.com", "A")
         answer = await dns.asyncquery.udp(query, "127.0.0.1", port=supervisor.ports[0], timeout=3)
         assert answer.rcode() == dns.rcode.NOERROR  # the other worker serves meanwhile
         forker.broken = False
         await harness.until(lambda: supervisor.restarts == 1, 20)  # started, and reported ready
         state = supervisor.state()
-        assert state["workers"] == 2 and state["worker_restart_failures"] >= 2
+        assert state.workers == 2 and state.worker_restart_failures >= 2
         text = exposition.render(supervisor.state).decode()
         assert "schooldns_worker_restarts_total 1.0" in text
-        assert f"schooldns_worker_restart_failures_total {float(state['worker_restart_failures'])}" in text
+        assert f"schooldns_worker_restart_failures_total {float(state.worker_restart_failures)}" in text
     finally:
         supervisor.stop()
         await asyncio.wait_for(running, 30)
     assert all(not process.alive() for process in supervisor.processes)
 
 
-def _answered(state) -> int:
-    """Queries counted in a published or summed state, whatever their school and result."""
-    counters = state["counters"]
-    rows = counters.queries.values() if hasattr(counters, "queries") else [row[3] for row in counters["queries"]]
-    return sum(rows)
+def _answered(state: workerstate.WorkerState) -> int:
+    """Queries counted in a reported or summed state, whatever their school and result."""
+    return sum(state.counters.queries.values())
 
 
 async def test_a_restarted_worker_does_not_take_its_counts_out_of_the_sums(tmp_path, upstream):
@@ -100,17 +99,17 @@ async def test_a_restarted_worker_does_not_take_its_counts_out_of_the_sums(tmp_p
             await dns.asyncquery.udp(query, "127.0.0.1", port=supervisor.ports[0], timeout=3)
         await harness.until(
             lambda: (
-                all(_answered(supervisor.states.get(i, {"counters": {"queries": []}})) > 0 for i in (0, 1))
+                all(i in supervisor.states and _answered(supervisor.states[i]) > 0 for i in (0, 1))
                 and _answered(supervisor.state()) == 40
             ),
             10,
         )
-        per_worker = supervisor.state()["worker_queries"]
+        per_worker = supervisor.state().worker_queries
         assert sorted(per_worker) == [0, 1] and sum(per_worker.values()) == 40
         text = exposition.render(supervisor.state).decode()
         for index, answered in per_worker.items():  # how the kernel spread the queries
             assert f'schooldns_worker_queries_total{{worker="{index}"}} {float(answered)}' in text
-        hits_before = supervisor.state()["cache_hits"]
+        hits_before = supervisor.state().cache_hits
         dead = supervisor.states[1]
         os.kill(supervisor.processes[1].pid, signal.SIGKILL)
         await harness.until(lambda: supervisor.restarts == 1, 30)
@@ -118,9 +117,9 @@ async def test_a_restarted_worker_does_not_take_its_counts_out_of_the_sums(tmp_p
         await harness.until(lambda: supervisor.states.get(1) not in (None, dead), 5)
         assert _answered(supervisor.states[1]) == 0
         state = supervisor.state()
-        assert _answered(state) == 40 and state["cache_hits"] == hits_before
-        assert state["worker_queries"] == {0: per_worker[0], 1: 0}  # the new worker 1 counts from 0
-        assert state["workers"] == 2 and state["in_flight"] == 0
+        assert _answered(state) == 40 and state.cache_hits == hits_before
+        assert state.worker_queries == {0: per_worker[0], 1: 0}  # the new worker 1 counts from 0
+        assert state.workers == 2 and state.in_flight == 0
         text = exposition.render(supervisor.state).decode()
         assert "schooldns_queries_total{" in text
     finally:

@@ -13,7 +13,7 @@ import dns.message
 
 from resolver.control import config, snapshots
 from resolver.operations import admin
-from resolver.processes import worker
+from resolver.processes import app, worker
 
 PROVINCE = """\
 mandatory: [malware]
@@ -100,16 +100,23 @@ async def until(condition, timeout_seconds: float) -> None:
             await asyncio.sleep(0.01)
 
 
-def write_site(root: Path, upstreams: list[str], config_extra: str = "", files: dict[str, str] | None = None) -> Path:
+def write_site(
+    root: Path,
+    upstreams: list[str],
+    config_extra: str = "",
+    files: dict[str, str] | None = None,
+    listen: tuple[str, ...] = ("127.0.0.1:0",),
+) -> Path:
     """Write config.yaml + policies/ + blocklists/ under root; returns the config path."""
     for relative, text in {**FILES, **(files or {})}.items():
         path = root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
     upstream_list = ", ".join(f'"{u}"' for u in upstreams)
+    listen_list = ", ".join(f'"{a}"' for a in listen)
     config_path = root / "config.yaml"
     config_path.write_text(
-        f'listen: ["127.0.0.1:0"]\nupstreams: [{upstream_list}]\n'
+        f"listen: [{listen_list}]\nupstreams: [{upstream_list}]\n"
         f"policies_dir: policies\nblocklists_dir: blocklists\nstate_dir: var\n"
         f"forwarding: {{timeout_seconds: 1.0}}\n{config_extra}",
         encoding="utf-8",
@@ -131,7 +138,9 @@ async def running_resolver(
     signature = snapshots.files_signature(cfg)
     dns_worker = worker.Worker(cfg, snapshots.build_snapshot(cfg, 1))
     await dns_worker.start(worker.bind_all(cfg, reuse_port=False))
-    runner = await admin.start(cfg, admin.Control(state=dns_worker.state, reload=dns_worker.reload))
+    admin_sock = app.bind_admin(cfg)
+    control = admin.Control(state=dns_worker.state, reload=dns_worker.reload)
+    runner = await admin.start(admin_sock, control) if admin_sock is not None else None
     running = Running(dns_worker, cfg, root, admin.bound_port(runner) if runner else None)
     watcher = asyncio.create_task(worker.watch_files(cfg, dns_worker.reload, signature))  # as `schooldns serve` does
     try:
