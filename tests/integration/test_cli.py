@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -112,16 +111,3 @@ def test_a_missing_config_file_is_one_line(tmp_path, command):
     result = schooldns(command[0], "--config", str(missing), *command[1:])
     assert result.returncode == 1
     assert one_line(result).startswith(f"{missing}:1: cannot read file: ")
-
-
-def test_serve_on_an_address_in_use_is_one_line(tmp_path):
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
-        taken.bind(("127.0.0.1", 0))
-        port = taken.getsockname()[1]
-        config = write_site(tmp_path, ["127.0.0.1:53"])
-        config.write_text(config.read_text().replace('listen: ["127.0.0.1:0"]', f'listen: ["127.0.0.1:{port}"]'))
-
-        result = schooldns("serve", "--config", str(config), "--log-level", "warning")
-
-    assert result.returncode == 1
-    assert one_line(result) == "schooldns serve: [Errno 98] Address already in use"
