@@ -7,14 +7,14 @@ from pathlib import Path
 from resolver.control import config
 from resolver.dataplane import pipeline
 from resolver.errors import UsageError
-from resolver.filtering import lists, policy, schools
+from resolver.filtering import lists, policy, policyfile, schools
 from resolver.yamlfile import ConfigError, Problem
 
 
 def check(cfg: config.Config) -> list[str]:
     """`schooldns check`: everything a reload would do; raises ConfigError; returns a summary."""
     sources = lists.load_sources(cfg.blocklists_dir)
-    policies = policy.load_policies(cfg.policies_dir, sources.categories)
+    policies = policyfile.load_policies(cfg.policies_dir, sources.categories)
     compiled = lists.compile_lists(cfg.blocklists_dir)
     if cfg.default_school is not None and policies.school(cfg.default_school) is None:
         raise ConfigError([Problem(cfg.file, 1, "default_school", f"no school '{cfg.default_school}'")])

@@ -1,4 +1,4 @@
-"""Per-school policy: the model, loading policies/*.yaml, schedules, and the pure per-query decide()."""
+"""Per-school policy: the model (province, profiles, schools, schedules) and the pure per-query decide() / explain()."""
 
 from __future__ import annotations
 
@@ -8,20 +8,11 @@ import datetime
 import enum
 import functools
 import ipaddress
-import logging
 import zoneinfo
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from resolver.filtering import listformats, safesearch
-
-log = logging.getLogger(__name__)
-
-PROVINCE_FILE = "province.yaml"
-DEFAULT_TIMEZONE = "Asia/Ho_Chi_Minh"
-DEFAULT_BLOCKED_TTL_SECONDS = 60.0
-MAX_BLOCKED_TTL_SECONDS = 86400.0
 
 #: Block.category values that are not list categories (metrics add these to the category label set).
 BYPASS_CATEGORY = "bypass"
@@ -614,40 +605,3 @@ def _compile_week(
         masks.append(mask)
         actives.append(active)
     return tuple(starts), tuple(masks), tuple(actives)
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading policies/ (control plane)
-
-
-# The YAML reader lives in resolver.policyfile, which builds these values; it is imported where
-# used because it imports this module (the model stays importable on its own).
-
-
-def load_policies(
-    policies_dir: Path, categories: Sequence[str], table: safesearch.SafeSearchTable | None = None
-) -> Policies:
-    """Load province.yaml and every school file; raise one ConfigError listing every problem in every file.
-
-    `categories[i]` is the category of bit i in the domain index's masks; `table` defaults to the
-    shipped resolver/filtering/data/safe_search.yaml.
-    """
-    from resolver.filtering import policyfile
-
-    return policyfile.load_policies(policies_dir, categories, table)
-
-
-def parse_province(
-    text: str, file: str, categories: Sequence[str], table: safesearch.SafeSearchTable | None = None
-) -> Province:
-    """Parse province.yaml text (tests, `schooldns check`); ConfigError on any problem."""
-    from resolver.filtering import policyfile
-
-    return policyfile.parse_province(text, file, categories, table)
-
-
-def parse_school(text: str, file: str, categories: Sequence[str], province: Province) -> SchoolPolicy:
-    """Parse one school file's text against a province; the file stem must equal the school id."""
-    from resolver.filtering import policyfile
-
-    return policyfile.parse_school(text, file, categories, province)

@@ -210,7 +210,8 @@ def test_optional_province_keys():
             "s.yaml:7: schedules[0].block[1]: unknown category 'poker'",
         ),
         (
-            'id: s\nlevel: primary\nschedules:\n  - {days: [mon, funday], from: "07:00", to: "08:00", block: [games]}\n',
+            "id: s\nlevel: primary\nschedules:\n"
+            '  - {days: [mon, funday], from: "07:00", to: "08:00", block: [games]}\n',
             "s.yaml:4: schedules[0].days[1]: unknown day 'funday' (expected mon, tue, wed, thu, fri, sat, sun)",
         ),
         (
@@ -324,7 +325,8 @@ def test_every_problem_names_file_line_and_key_path():
     ]
     assert str(caught.value).splitlines() == [str(p) for p in caught.value.problems]
     assert all(
-        line.startswith(f"s.yaml:{p.line}: {p.key_path}: ") for line, p in zip(problems(caught), caught.value.problems)
+        line.startswith(f"s.yaml:{p.line}: {p.key_path}: ")
+        for line, p in zip(problems(caught), caught.value.problems, strict=True)
     )
 
 
@@ -387,7 +389,7 @@ def write(directory, files):
 
 
 def test_shipped_policies_load():
-    loaded = policy.load_policies(SHIPPED, CATEGORIES)
+    loaded = policyfile.load_policies(SHIPPED, CATEGORIES)
     assert {s.id for s in loaded.schools} == {"demo-local", "th-kim-dong", "thcs-le-loi", "thpt-nguyen-du"}
     assert loaded.province.mandatory == ("csam", "malware", "phishing")
     assert loaded.province.timezone == "Asia/Ho_Chi_Minh"
@@ -411,7 +413,7 @@ def test_overlapping_networks_across_files_name_both(tmp_path):
         },
     )
     with pytest.raises(ConfigError) as caught:
-        policy.load_policies(tmp_path, CATEGORIES)
+        policyfile.load_policies(tmp_path, CATEGORIES)
     a, b, c, d = (str(tmp_path / f"{x}.yaml") for x in "abcd")
     assert problems(caught) == [
         f"{b}:5: networks[1]: 10.0.7.0/24 overlaps 10.0.0.0/16 of school 'a' ({a}:3)",
@@ -429,7 +431,7 @@ def test_identical_networks_in_two_files(tmp_path):
         },
     )
     with pytest.raises(ConfigError) as caught:
-        policy.load_policies(tmp_path, CATEGORIES)
+        policyfile.load_policies(tmp_path, CATEGORIES)
     [line] = problems(caught)
     assert "a.yaml" in line and "b.yaml" in line
 
@@ -450,7 +452,7 @@ def test_all_problems_in_all_files_at_once(tmp_path):
     (tmp_path / ".hidden.yaml").write_text("garbage: [")
     (tmp_path / "sub.yaml").mkdir()
     with pytest.raises(ConfigError) as caught:
-        policy.load_policies(tmp_path, CATEGORIES)
+        policyfile.load_policies(tmp_path, CATEGORIES)
     lines = problems(caught)
     assert len(lines) == 5, lines
     expected = [
@@ -467,7 +469,7 @@ def test_all_problems_in_all_files_at_once(tmp_path):
 def test_missing_province_is_reported_with_the_school_problems(tmp_path):
     write(tmp_path, {"a.yaml": "id: a\nlevel: primary\nblok: 1\n"})
     with pytest.raises(ConfigError) as caught:
-        policy.load_policies(tmp_path, CATEGORIES)
+        policyfile.load_policies(tmp_path, CATEGORIES)
     lines = problems(caught)
     assert lines[0].startswith(f"{tmp_path / 'province.yaml'}:1: cannot read file")
     assert lines[1].startswith(f"{tmp_path / 'a.yaml'}:3: blok: unknown key")
@@ -475,7 +477,7 @@ def test_missing_province_is_reported_with_the_school_problems(tmp_path):
 
 def test_missing_directory(tmp_path):
     with pytest.raises(ConfigError) as caught:
-        policy.load_policies(tmp_path / "nope", CATEGORIES)
+        policyfile.load_policies(tmp_path / "nope", CATEGORIES)
     assert any("cannot read" in line for line in problems(caught))
 
 
@@ -484,7 +486,7 @@ def test_a_broken_copy_of_the_shipped_policies_fails(tmp_path):
     path = tmp_path / "policies" / "thpt-nguyen-du.yaml"
     path.write_text(path.read_text(encoding="utf-8").replace("block: [games]", "block: [gamez]"), encoding="utf-8")
     with pytest.raises(ConfigError) as caught:
-        policy.load_policies(tmp_path / "policies", CATEGORIES)
+        policyfile.load_policies(tmp_path / "policies", CATEGORIES)
     [line] = problems(caught)
     assert line.startswith(f"{path}:6: block[0]: unknown category 'gamez'")
 
@@ -492,7 +494,7 @@ def test_a_broken_copy_of_the_shipped_policies_fails(tmp_path):
 def test_school_level_requires_the_province_profile(tmp_path):
     write(tmp_path, {"province.yaml": "profiles: {basic: {block: [adult]}}\n", "a.yaml": "id: a\nlevel: primary\n"})
     with pytest.raises(ConfigError) as caught:
-        policy.load_policies(tmp_path, CATEGORIES)
+        policyfile.load_policies(tmp_path, CATEGORIES)
     assert problems(caught) == [
         f"{tmp_path / 'a.yaml'}:2: level: unknown level 'primary' (profiles in province.yaml: basic)"
     ]
