@@ -1,4 +1,4 @@
-"""Category lists: read blocklists/sources.yaml, parse every list file, compile one domain index image (and write it to state_dir)."""
+"""Category lists: read blocklists/sources.yaml, parse every list file, compile one domain index image for state_dir."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ INDEX_FILE = "index.bin"  # in state_dir: the compiled image, memory-mapped by e
 MANIFEST_FILE = "index.json"  # beside it: the sources fingerprint it was compiled from, categories, counts
 MAX_CATEGORIES = 64  # one bit each in the index masks
 _CATEGORY_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-#: names the policy uses for blocks that do not come from a list (see resolver.policy)
+#: names the policy uses for blocks that do not come from a list (see resolver.filtering.policy)
 _RESERVED_CATEGORIES = frozenset({"deny", "safe_search"})
 _MATCHES = (listformats.EXACT, listformats.SUBTREE)
 
@@ -69,7 +69,7 @@ class SourceReport:
 @dataclasses.dataclass(frozen=True, slots=True)
 class CompiledLists:
     categories: tuple[str, ...]
-    image: bytes  # a resolver.domains index image
+    image: bytes  # a resolver.filtering.domains index image
     reports: tuple[SourceReport, ...]
     entry_counts: dict[str, int]  # category -> block entries parsed from its sources
 

@@ -84,9 +84,10 @@ class Rewrite:
 
 Decision = Allow | Block | Rewrite
 
-# Bypass prevention (features.md pitfall 13). Fixed actions: Firefox needs NXDOMAIN for its canary,
-# Apple documents NXDOMAIN for Private Relay, and RFC 9462 names get NODATA so clients do not
-# discover the upstream's encrypted endpoints through us.
+# Bypass prevention: names through which clients switch to encrypted DNS that the filter cannot
+# see. Fixed actions: Firefox needs NXDOMAIN for its canary, Apple documents NXDOMAIN for Private
+# Relay, and RFC 9462 names get NODATA so clients do not discover the upstream's encrypted
+# endpoints through us.
 _BYPASS_BLOCKS: dict[str, Block] = {
     "use-application-dns.net": Block(
         BYPASS_CATEGORY, Authority.PROVINCE, Action.NXDOMAIN, "Firefox DNS-over-HTTPS canary"
@@ -164,7 +165,7 @@ class Schedule:
 
 @dataclasses.dataclass(frozen=True, slots=True, eq=False)
 class SchoolPolicy:
-    """One school's compiled policy; hashable by identity (decide() results are memoised per school)."""
+    """One school's compiled policy; compared and hashed by identity (its tables are dicts)."""
 
     id: str
     name: str
@@ -215,7 +216,7 @@ class SchoolPolicy:
         """Which stretch of the week between two schedule boundaries this time falls in.
 
         decide() depends on the time only through this number (always 0 without schedules), so a
-        decision memoised with it holds until the next schedule boundary, not just for a minute.
+        decision, and an answer kept from it, holds until the next schedule boundary.
         """
         if len(self.week_starts) == 1:
             return 0
@@ -253,7 +254,7 @@ def decide(school: SchoolPolicy, name: str, list_mask: int, now_epoch_seconds: f
     """The decision for one name at one time; `name` is a lower-case A-label without trailing dot.
 
     Pure: the result depends only on the arguments, and on the time only through
-    `school.schedule_segment(time)`, so the caller may memoise it per (school, name, segment).
+    `school.schedule_segment(time)`; the pipeline keeps answers (repeats) while the segment stays.
     """
     # Hot path: a few dict lookups and bit operations; every table was built at load time.
     if school.bypass_prevention:

@@ -28,7 +28,7 @@ class DirectoryError(ResolverError):
 
 
 class SchoolDirectory(Generic[T]):
-    """Immutable after build(): one dict per configured prefix length, probed longest first."""
+    """One dict per configured prefix length, probed longest first; fixed at build(), only the lookup memo changes."""
 
     __slots__ = ("_memo", "_size", "_v4", "_v6")
 
