@@ -17,7 +17,9 @@ def check(cfg: config.Config) -> list[str]:
     policies = policyfile.load_policies(cfg.policies_dir, sources.categories)
     compiled = lists.compile_lists(cfg.blocklists_dir)
     if cfg.default_school is not None and policies.school(cfg.default_school) is None:
-        raise ConfigError([Problem(cfg.file, 1, "default_school", f"no school '{cfg.default_school}'")])
+        raise ConfigError(
+            [Problem(cfg.file, cfg.default_school_line, "default_school", f"no school '{cfg.default_school}'")]
+        )
     schools.SchoolDirectory.build(policies.networks())
     out = [
         f"{len(policies.schools)} schools, {len(compiled.categories)} categories, "

@@ -104,7 +104,14 @@ def _default_school(cfg: config.Config, policies: policy.Policies) -> policy.Sch
     school = policies.school(cfg.default_school)
     if school is None:
         raise ConfigError(
-            [Problem(cfg.file, 1, "default_school", f"no school '{cfg.default_school}' in {cfg.policies_dir}")]
+            [
+                Problem(
+                    cfg.file,
+                    cfg.default_school_line,
+                    "default_school",
+                    f"no school '{cfg.default_school}' in {cfg.policies_dir}",
+                )
+            ]
         )
     return school
 
