@@ -142,6 +142,8 @@ def _read_province(
     if not top.has("profiles"):
         doc.fail((), "missing required key 'profiles'")
     profiles_section = top.sub("profiles")
+    if top.has("profiles") and not profiles_section.values and isinstance(top.values["profiles"], dict | None):
+        top.fail("profiles", "give at least one profile: every school's level names one")
     profiles: dict[str, policy.Profile] = {}
     for name in list(profiles_section.values):
         if not _PROFILE_RE.match(name):
@@ -204,7 +206,7 @@ def _blockpage(top: yamlfile.Section) -> policy.Blockpage | None:
     ipv6 = section.typed("ipv6", str, None, check=lambda v: _check_address(v, 6))
     section.done()
     if ipv4 is None and ipv6 is None:
-        if not section.values:
+        if not section.values and isinstance(top.values["blockpage"], dict | None):  # else already reported
             top.fail("blockpage", "give the block page's ipv4, ipv6 or both")
         return None
     return policy.Blockpage(
@@ -389,7 +391,10 @@ def _overlaps(placed: list[_Placed]) -> list[yamlfile.Problem]:
 def _schedules(top: yamlfile.Section, categories: tuple[str, ...]) -> list[policy.Schedule]:
     schedules = []
     names: set[str] = set()
-    for key, _item in top.items("schedules"):
+    for key, item in top.items("schedules"):
+        if not isinstance(item, dict):
+            top.doc.fail(key, f"expected a schedule (a mapping with from, to and block), got {yamlfile.describe(item)}")
+            continue
         section = top.doc.section(key)
         index = key[-1]
         name = section.typed("name", str, f"schedule-{index + 1 if isinstance(index, int) else index}")
