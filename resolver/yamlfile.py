@@ -220,6 +220,19 @@ class Section:
                 self.doc.fail((*self.key, name), f"unknown key '{name}' (known keys: {known})")
 
 
+def only_version(supported: int) -> Callable[[int], str | None]:
+    """The `check` for a file's `version:` key: the one format this code reads, anything else refused."""
+
+    def check(version: int) -> str | None:
+        return (
+            None
+            if version == supported
+            else f"version {version} is not supported (this schooldns reads version {supported})"
+        )
+
+    return check
+
+
 def describe(value: Any) -> str:
     """How a parsed value is named in messages: "a string", "an integer", "nothing", ..."""
     if value is None:

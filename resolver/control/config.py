@@ -115,7 +115,7 @@ def parse_config(doc: yamlfile.Document, path: Path) -> Config:
         doc.raise_if_failed()
     base = path.resolve().parent
     top = doc.section()
-    top.typed("version", int, VERSION, check=_check_version)
+    top.typed("version", int, VERSION, check=yamlfile.only_version(VERSION))
     # Port 0 (a free port the system picks) serves tests; no upstream listens there.
     listen = _addresses(top, "listen", ["127.0.0.1:53"], default_port=53)
     upstreams = _addresses(top, "upstreams", None, default_port=53, port_zero=False)
@@ -216,10 +216,6 @@ def _dataclass(section: yamlfile.Section, cls: type) -> Any:
         values[field.name] = float(value) if isinstance(default, float) else value
     section.done()
     return cls(**values)
-
-
-def _check_version(value: int) -> str | None:
-    return None if value == VERSION else f"version {value} is not supported (this schooldns reads version {VERSION})"
 
 
 def _number(value: int | float) -> str:

@@ -19,6 +19,7 @@ SOURCES_FILE = "sources.yaml"
 INDEX_FILE = "index.bin"  # in state_dir: the compiled image, memory-mapped by every worker
 MANIFEST_FILE = "index.json"  # beside it: the sources fingerprint it was compiled from, categories, counts
 MAX_CATEGORIES = 64  # one bit each in the index masks
+VERSION = 1  # the sources.yaml format this code reads
 _CATEGORY_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 #: names the policy uses for blocks that do not come from a list (see resolver.filtering.policy)
 _RESERVED_CATEGORIES = frozenset({"deny", "safe_search"})
@@ -82,7 +83,7 @@ def load_sources(blocklists_dir: Path) -> Sources:
         doc.data = {}  # an empty file: reported below as "no categories declared"
     top = doc.section()
     doc.raise_if_failed()  # not a mapping at the top: nothing else in it can be read
-    top.typed("version", int, 1)
+    top.typed("version", int, VERSION, check=yamlfile.only_version(VERSION))
     categories_section = top.sub("categories")
     names = list(categories_section.values)
     sources: list[Source] = []
