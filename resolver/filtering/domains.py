@@ -135,7 +135,7 @@ def _fingerprints_in_place(keys: list[bytes]) -> Iterator[int]:
 
 def _first_digest_words(keys: list[bytes]) -> memoryview | array:
     """The first 8 bytes of every key's blake2s digest, as unsigned little-endian 64-bit numbers."""
-    words = memoryview(b"".join(map(_blake2s.digest, map(_blake2s, keys)))).cast("Q")[::4]
+    words: memoryview | array = memoryview(b"".join(map(_blake2s.digest, map(_blake2s, keys)))).cast("Q")[::4]
     if sys.byteorder != "little":
         words = array("Q", words)
         words.byteswap()

@@ -222,8 +222,8 @@ def _domains_rule(text: str, number: int, tally: Tally, match: str) -> Entry | N
         tally.reject(number, "more than one field", text)
     elif "*" in name:
         tally.reject(number, "wildcard", text)
-    elif (name := _name_or_reject(name, number, text, tally)) is not None:
-        return name, entry_match, BLOCK
+    elif (listed := _name_or_reject(name, number, text, tally)) is not None:
+        return listed, entry_match, BLOCK
     return None
 
 
@@ -287,8 +287,8 @@ def parse_hosts(lines: Iterable[str], tally: Tally | None = None, *, match: str 
                 tally.skip(number, LOCAL_NAME, text)
             elif "*" in name:
                 tally.reject(number, "wildcard", text)
-            elif (name := _name_or_reject(name, number, text, tally)) is not None:
-                yield name, match, BLOCK
+            elif (listed := _name_or_reject(name, number, text, tally)) is not None:
+                yield listed, match, BLOCK
 
 
 # --- adblock -------------------------------------------------------------------------------

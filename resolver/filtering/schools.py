@@ -36,7 +36,7 @@ class SchoolDirectory(Generic[T]):
         self._v4 = v4  # ((shift, {address >> shift: school}), ...), longest prefix first
         self._v6 = v6
         self._size = size
-        self._memo: dict[str, T | None] = {}
+        self._memo: dict[str | bytes, T | None] = {}
 
     @classmethod
     def build(cls, schools: Iterable[tuple[NetworkLike, T]]) -> SchoolDirectory[T]:
