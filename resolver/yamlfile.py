@@ -114,14 +114,14 @@ def _convert(
             if not isinstance(name, str):
                 name = str(name)
             if name in out:
-                problems.append(Problem(file, key_node.start_mark.line + 1, key_path(key + (name,)), "duplicate key"))
+                problems.append(Problem(file, key_node.start_mark.line + 1, key_path((*key, name)), "duplicate key"))
                 continue
-            lines[key + (name,)] = key_node.start_mark.line + 1
-            out[name] = _convert(loader, value_node, key + (name,), lines, problems, file)
-            lines[key + (name,)] = key_node.start_mark.line + 1
+            lines[(*key, name)] = key_node.start_mark.line + 1
+            out[name] = _convert(loader, value_node, (*key, name), lines, problems, file)
+            lines[(*key, name)] = key_node.start_mark.line + 1
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_convert(loader, item, key + (i,), lines, problems, file) for i, item in enumerate(node.value)]
+        return [_convert(loader, item, (*key, i), lines, problems, file) for i, item in enumerate(node.value)]
     return loader.construct_object(node, deep=True)
 
 
@@ -141,7 +141,7 @@ class Section:
         if value is None:
             value = {}
         if not isinstance(value, dict):
-            doc.fail(key, f"expected a mapping, got {_kind(value)}")
+            doc.fail(key, f"expected a mapping, got {describe(value)}")
             value = {}
         self.values: dict[str, Any] = value
         self.taken: set[str] = set()
@@ -170,12 +170,9 @@ class Section:
         value = self.raw(name, default)
         if name not in self.values:
             return value
-        if isinstance(value, bool) and kind in (int, float, (int, float)):
-            ok = False
-        else:
-            ok = isinstance(value, kind)
+        ok = False if isinstance(value, bool) and kind in (int, float, (int, float)) else isinstance(value, kind)
         if not ok:
-            self.fail(name, f"expected {_kind_name(kind)}, got {_kind(value)}")
+            self.fail(name, f"expected {_kind_name(kind)}, got {describe(value)}")
             return default if default is not _MISSING else None
         if check is not None and (message := check(value)) is not None:
             self.fail(name, message)
@@ -188,42 +185,56 @@ class Section:
         if isinstance(value, str):
             value = [value] if name not in self.values else value
         if not isinstance(value, list):
-            self.fail(name, f"expected a list, got {_kind(value)}")
+            self.fail(name, f"expected a list, got {describe(value)}")
             return []
         out = []
         for i, item in enumerate(value):
             if isinstance(item, str):
-                out.append((item, self.key + (name, i)))
+                out.append((item, (*self.key, name, i)))
             else:
-                self.doc.fail(self.key + (name, i), f"expected a string, got {_kind(item)}")
+                self.doc.fail((*self.key, name, i), f"expected a string, got {describe(item)}")
         return out
 
     def items(self, name: str) -> Iterator[tuple[Key, Any]]:
         """The items of a list value with their key paths (missing -> nothing)."""
         value = self.raw(name, [])
         if not isinstance(value, list):
-            self.fail(name, f"expected a list, got {_kind(value)}")
+            self.fail(name, f"expected a list, got {describe(value)}")
             return
         for i, item in enumerate(value):
-            yield self.key + (name, i), item
+            yield (*self.key, name, i), item
 
     def sub(self, name: str) -> Section:
         """A nested mapping (an absent key reads as an empty mapping)."""
         self.taken.add(name)
-        return Section(self.doc, self.key + (name,), self.values.get(name))
+        return Section(self.doc, (*self.key, name), self.values.get(name))
 
     def fail(self, name: str, message: str) -> None:
-        self.doc.fail(self.key + (name,), message)
+        self.doc.fail((*self.key, name), message)
 
     def done(self) -> None:
         """Report every key that no read took: unknown keys are errors, never ignored."""
         for name in self.values:
             if name not in self.taken:
                 known = ", ".join(sorted(self.taken))
-                self.doc.fail(self.key + (name,), f"unknown key '{name}' (known keys: {known})")
+                self.doc.fail((*self.key, name), f"unknown key '{name}' (known keys: {known})")
 
 
-def _kind(value: Any) -> str:
+def only_version(supported: int) -> Callable[[int], str | None]:
+    """The `check` for a file's `version:` key: the one format this code reads, anything else refused."""
+
+    def check(version: int) -> str | None:
+        return (
+            None
+            if version == supported
+            else f"version {version} is not supported (this schooldns reads version {supported})"
+        )
+
+    return check
+
+
+def describe(value: Any) -> str:
+    """How a parsed value is named in messages: "a string", "an integer", "nothing", ..."""
     if value is None:
         return "nothing"
     return {

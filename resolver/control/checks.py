@@ -7,13 +7,13 @@ from pathlib import Path
 from resolver.control import config, snapshots
 from resolver.dataplane import pipeline
 from resolver.errors import UsageError
-from resolver.filtering import lists, policy, schools
+from resolver.filtering import lists, policy, policyfile, schools
 
 
 def check(cfg: config.Config) -> list[str]:
     """`schooldns check`: everything a reload would do; raises ConfigError; returns a summary."""
     sources = lists.load_sources(cfg.blocklists_dir)
-    policies = policy.load_policies(cfg.policies_dir, sources.categories)
+    policies = policyfile.load_policies(cfg.policies_dir, sources.categories)
     compiled = lists.compile_lists(cfg.blocklists_dir)
     snapshots.find_default_school(cfg, policies)
     schools.SchoolDirectory.build(policies.networks())

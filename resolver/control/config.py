@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from pathlib import Path
+from typing import Any
 
 from resolver import yamlfile
 from resolver.dataplane import upstream
@@ -12,36 +14,64 @@ from resolver.yamlfile import ConfigError
 
 __all__ = ["Config", "ConfigError", "load_config", "parse_config"]
 
+#: The config file format this code reads (`version:`); a file of another version is refused whole.
+VERSION = 1
+MAX_WORKERS = 64
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Bounds:
+    """The values a number in the config file may take: `low` to `high`, and 0 too when `zero` (an off switch)."""
+
+    low: int | float
+    high: int | float
+    unit: str = ""
+    zero: bool = False
+
+    def problem(self, value: int | float) -> str | None:
+        """None for an allowed value, else the message (NaN and infinities are never allowed)."""
+        if math.isfinite(value) and (self.low <= value <= self.high or (self.zero and value == 0)):
+            return None
+        unit = f" {self.unit}" if self.unit else ""
+        zero = "0 or " if self.zero else ""
+        return f"expected {zero}{_number(self.low)} to {_number(self.high)}{unit}, got {_number(value)}"
+
+
+def _bounded(default: int | float, low: int | float, high: int | float, unit: str = "", zero: bool = False) -> Any:
+    """A config field with its default and allowed range (docs/configuration.md says why each is what it is)."""
+    return dataclasses.field(default=default, metadata={"bounds": Bounds(low, high, unit, zero)})
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class CacheConfig:
-    max_entries: int = 100_000
-    max_megabytes: int = 64  # estimated memory of the cached answers (cache.ENTRY_OVERHEAD_BYTES)
-    min_ttl_seconds: int = 0
-    max_ttl_seconds: int = 86_400
-    negative_max_ttl_seconds: int = 3_600
-    stale_seconds: int = 3_600  # serve an expired answer this long when every upstream fails
+    max_entries: int = _bounded(100_000, 0, 10_000_000)  # 0 turns the cache off
+    max_megabytes: int = _bounded(64, 1, 16_384, "megabytes")  # estimated memory (cache.ENTRY_OVERHEAD_BYTES)
+    min_ttl_seconds: int = _bounded(0, 0, 3_600, "seconds")  # at most max_ttl_seconds
+    max_ttl_seconds: int = _bounded(86_400, 1, 604_800, "seconds")
+    negative_max_ttl_seconds: int = _bounded(3_600, 0, 86_400, "seconds")
+    stale_seconds: int = _bounded(3_600, 0, 259_200, "seconds")  # serve an expired answer while upstreams fail
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ForwardingConfig:
-    timeout_seconds: float = 2.0
-    sockets_per_upstream: int = 16
-    max_in_flight: int = 10_000
+    timeout_seconds: float = _bounded(2.0, 0.1, 60.0, "seconds")
+    sockets_per_upstream: int = _bounded(16, 1, 256)
+    max_in_flight: int = _bounded(10_000, 1, 100_000)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class LimitsConfig:
-    max_queries_in_flight: int = 10_000  # per worker, UDP + TCP together
-    tcp_max_connections: int = 1_000
-    tcp_idle_timeout_seconds: float = 10.0
-    tcp_max_pipelined: int = 64  # queries in flight on one TCP connection
-    shutdown_drain_seconds: float = 5.0
+    max_queries_in_flight: int = _bounded(10_000, 1, 100_000)  # per worker, UDP + TCP together
+    tcp_max_connections: int = _bounded(1_000, 1, 10_000)
+    tcp_idle_timeout_seconds: float = _bounded(10.0, 0.1, 300.0, "seconds")
+    tcp_max_pipelined: int = _bounded(64, 1, 1_024)  # queries in flight on one TCP connection
+    shutdown_drain_seconds: float = _bounded(5.0, 0.0, 60.0, "seconds")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ReloadConfig:
-    watch_interval_seconds: float = 2.0  # check policy and list files for changes; 0 = only on SIGHUP
+    # Check policy and list files for changes this often; 0 = only on SIGHUP.
+    watch_interval_seconds: float = _bounded(2.0, 0.05, 3_600.0, "seconds", zero=True)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -70,6 +100,7 @@ class Config:
     blocklists_dir: Path
     state_dir: Path
     default_school: str | None
+    default_school_line: int = 1  # where default_school is written, for problems found once policies load
 
 
 def load_config(path: Path | str) -> Config:
@@ -84,38 +115,42 @@ def parse_config(doc: yamlfile.Document, path: Path) -> Config:
         doc.raise_if_failed()
     base = path.resolve().parent
     top = doc.section()
+    top.typed("version", int, VERSION, check=yamlfile.only_version(VERSION))
+    # Port 0 (a free port the system picks) serves tests; no upstream listens there.
     listen = _addresses(top, "listen", ["127.0.0.1:53"], default_port=53)
-    upstreams = _addresses(top, "upstreams", None, default_port=53)
-    if not upstreams and top.has("upstreams"):
-        top.fail("upstreams", "at least one upstream is needed")
-    for address in upstreams:
-        if address.port == 0:
-            top.fail("upstreams", f"{address}: port 0 is not an upstream")
+    upstreams = _addresses(top, "upstreams", None, default_port=53, port_zero=False)
     workers_raw = top.raw("workers", 1)
     workers = 1
     if workers_raw == "auto":
-        workers = os.cpu_count() or 1
-    elif isinstance(workers_raw, int) and not isinstance(workers_raw, bool) and 1 <= workers_raw <= 256:
+        workers = min(os.cpu_count() or 1, MAX_WORKERS)
+    elif isinstance(workers_raw, int) and not isinstance(workers_raw, bool) and 1 <= workers_raw <= MAX_WORKERS:
         workers = workers_raw
     else:
-        top.fail("workers", f'expected a number of processes 1-256 or "auto", got {workers_raw!r}')
+        top.fail("workers", f'expected a number of processes 1 to {MAX_WORKERS} or "auto", got {workers_raw!r}')
     worker_spread = top.raw("worker_spread", "client")
     if worker_spread not in WORKER_SPREADS:
         top.fail("worker_spread", f"expected one of {', '.join(WORKER_SPREADS)}, got {worker_spread!r}")
 
     cache = _dataclass(top.sub("cache"), CacheConfig)
+    if cache.min_ttl_seconds > cache.max_ttl_seconds:
+        doc.fail(
+            ("cache", "min_ttl_seconds"),
+            f"{cache.min_ttl_seconds} is above cache.max_ttl_seconds ({cache.max_ttl_seconds})",
+        )
     forwarding = _dataclass(top.sub("forwarding"), ForwardingConfig)
     limits = _dataclass(top.sub("limits"), LimitsConfig)
     reload = _dataclass(top.sub("reload"), ReloadConfig)
     admin_section = top.sub("admin")
-    admin_listen = _addresses(admin_section, "listen", [], default_port=8053, single=True)
+    admin_listen = _addresses(admin_section, "listen", [], default_port=8053, single=True, required=False)
     admin_section.done()
 
     policies_dir = base / top.typed("policies_dir", str, "policies")
     blocklists_dir = base / top.typed("blocklists_dir", str, "blocklists")
     state_dir = base / top.typed("state_dir", str, "var")
-    default_school = top.typed("default_school", str, None)
-    top.raw("version", 1)
+    default_school = top.raw("default_school", None)
+    if default_school is not None and not isinstance(default_school, str):
+        top.fail("default_school", f"expected a school id (a string) or null, got {yamlfile.describe(default_school)}")
+        default_school = None
     top.done()
     doc.raise_if_failed()
     return Config(
@@ -133,32 +168,55 @@ def parse_config(doc: yamlfile.Document, path: Path) -> Config:
         blocklists_dir=blocklists_dir,
         state_dir=state_dir,
         default_school=default_school,
+        default_school_line=doc.line_of(("default_school",)),
     )
 
 
 def _addresses(
-    section: yamlfile.Section, name: str, default: list[str] | None, default_port: int, single: bool = False
+    section: yamlfile.Section,
+    name: str,
+    default: list[str] | None,
+    default_port: int,
+    *,
+    single: bool = False,
+    required: bool = True,
+    port_zero: bool = True,
 ) -> list[upstream.UpstreamAddress]:
-    if single and isinstance(section.values.get(name), str):
-        section.values[name] = [section.values[name]]
+    """The addresses of a list (one address when `single`); `required`: at least one, whether written or by default."""
+    value = section.values.get(name)
+    if single and isinstance(value, str):
+        section.values[name] = [value]
+    elif single and isinstance(value, list) and len(value) > 1:
+        section.fail(name, f"expected one address, got {len(value)}")
     out = []
     for text, key in section.string_list(name, default):
         try:
-            out.append(upstream.parse_address(text, default_port))
+            address = upstream.parse_address(text, default_port)
         except ValueError as exc:
             section.doc.fail(key, str(exc))
+            continue
+        if address.port == 0 and not port_zero:
+            section.doc.fail(key, f"'{text}': port 0 is not a server's port")
+            continue
+        out.append(address)
     if default is None and not section.has(name):
         section.fail(name, "missing required key")
+    elif required and section.values.get(name) == []:
+        section.fail(name, "at least one address is needed")
     return out
 
 
-def _dataclass(section: yamlfile.Section, cls: type) -> object:
-    """Read a flat section whose keys are the fields of cls (int/float, all >= 0)."""
+def _dataclass(section: yamlfile.Section, cls: type) -> Any:
+    """Read a flat section whose keys are the fields of cls, each a number within its field's Bounds."""
     values = {}
     for field in dataclasses.fields(cls):
         default = field.default
         kind = (int, float) if isinstance(default, float) else int
-        value = section.typed(field.name, kind, default, check=lambda v: "must not be negative" if v < 0 else None)
+        value = section.typed(field.name, kind, default, check=field.metadata["bounds"].problem)
         values[field.name] = float(value) if isinstance(default, float) else value
     section.done()
     return cls(**values)
+
+
+def _number(value: int | float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"

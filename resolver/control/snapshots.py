@@ -13,7 +13,7 @@ from pathlib import Path
 from resolver.control import compiler, config, lastgood
 from resolver.dataplane import pipeline
 from resolver.errors import ResolverError
-from resolver.filtering import domains, lists, policy, schools
+from resolver.filtering import domains, lists, policy, policyfile, schools
 from resolver.yamlfile import ConfigError, Problem
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def build_snapshot(
     million-entry compile for the GIL.
     """
     sources = lists.load_sources(cfg.blocklists_dir)
-    policies = policy.load_policies(cfg.policies_dir, sources.categories)
+    policies = policyfile.load_policies(cfg.policies_dir, sources.categories)
     default_school = find_default_school(cfg, policies)  # before a compile that would be wasted
     index, manifest = load_index(cfg, sources, compile_in)
     return _assemble(generation, policies, default_school, index, tuple(sources.categories), manifest["entry_counts"])
@@ -72,7 +72,7 @@ def start_snapshot(cfg: config.Config, generation: int) -> pipeline.Snapshot:
     try:
         saved = lastgood.locate(cfg.state_dir)
         if saved is not None:
-            policies = policy.load_policies(saved.policies_dir, saved.categories)
+            policies = policyfile.load_policies(saved.policies_dir, saved.categories)
             snapshot = _assemble(
                 generation,
                 policies,
@@ -105,7 +105,14 @@ def find_default_school(cfg: config.Config, policies: policy.Policies) -> policy
     school = policies.school(cfg.default_school)
     if school is None:
         raise ConfigError(
-            [Problem(cfg.file, 1, "default_school", f"no school '{cfg.default_school}' in {cfg.policies_dir}")]
+            [
+                Problem(
+                    cfg.file,
+                    cfg.default_school_line,
+                    "default_school",
+                    f"no school '{cfg.default_school}' in {cfg.policies_dir}",
+                )
+            ]
         )
     return school
 

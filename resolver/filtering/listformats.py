@@ -1,4 +1,4 @@
-"""List formats (domains, hosts, adblock, RPZ) parsed into normalized (name, match, kind) entries; domains in bulk too."""
+"""List formats (domains, hosts, adblock, RPZ) parsed into normalized (name, match, kind) entries or runs of names."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import ipaddress
 import logging
 import re
 from collections.abc import Iterable, Iterator
-from itertools import compress, count, groupby, repeat
-from operator import contains, ge, itemgetter, lt, not_
+from itertools import groupby
+from operator import itemgetter
 from typing import TextIO
 
 import idna
@@ -51,30 +51,6 @@ class InvalidName(ResolverError, ValueError):
 _fast = re.compile(r"(?:[a-z0-9_]++(?:-++[a-z0-9_]++)*+\.)++[a-z]{2,63}").fullmatch
 _ascii_label = re.compile(r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?").fullmatch
 _ldh_chars = re.compile(r"[a-z0-9_-]*").fullmatch
-
-# `_all_fast` maps the bytes of "\n"-separated names to classes, one byte each, twice:
-# _SHAPE_OF_BYTE: [a-z0-9_] -> "a", "-" -> "-", "." and "\n" (label ends) -> ".", other -> "!";
-# _TLD_CLASS_OF_BYTE: [a-z] -> "a", [0-9_-] -> "0", "." and "\n" -> themselves, other -> "!".
-_SHAPE_OF_BYTE = bytes(
-    ord("a")
-    if chr(byte) in "abcdefghijklmnopqrstuvwxyz0123456789_"
-    else byte
-    if chr(byte) == "-"
-    else ord(".")
-    if chr(byte) in ".\n"
-    else ord("!")
-    for byte in range(256)
-)
-_TLD_CLASS_OF_BYTE = bytes(
-    ord("a")
-    if chr(byte) in "abcdefghijklmnopqrstuvwxyz"
-    else ord("0")
-    if chr(byte) in "0123456789_-"
-    else byte
-    if chr(byte) in ".\n"
-    else ord("!")
-    for byte in range(256)
-)
 
 
 def _long_ok(name: str) -> bool:
@@ -187,30 +163,6 @@ class Tally:
             self.examples[reason] = (number, text[:200])
 
 
-def _all_fast(names: list[str]) -> bool:
-    """Whether `_fast` matches every one of `names` (non-empty, stripped): the regex's rules in bulk.
-
-    A million names take one regex call each, most of a domains list's parse; these few passes of
-    bytes.translate and substring searches over all the names at once cost half of that. Every
-    rule of `_fast`: only [a-z0-9_.-]; no empty label; no label that starts or ends with "-"; at
-    least one dot; a last label of 2 to 63 letters.
-    """
-    text = "\n" + "\n".join(names) + "\n"
-    if not text.isascii():
-        return False
-    raw = text.encode("ascii")
-    shape = raw.translate(_SHAPE_OF_BYTE)
-    if b"!" in shape or b".." in shape or b"-." in shape or b".-" in shape:
-        return False
-    tld_classes = raw.translate(_TLD_CLASS_OF_BYTE)
-    if b".a\n" in tld_classes or b"a" * 64 + b"\n" in tld_classes:  # a last label of 1 or over 63 letters
-        return False
-    without_letters = tld_classes.translate(None, b"a")
-    # A digit, "_" or "-" in a line's last label now sits right before its newline; and with the
-    # rest deleted too, a line without a dot is an empty line.
-    return b"0\n" not in without_letters and b"\n\n" not in without_letters.translate(None, b"0")
-
-
 def _name_or_reject(text: str, number: int, line: str, tally: Tally) -> str | None:
     try:
         return normalize_name(text)
@@ -239,40 +191,19 @@ def parse_domains_text(
 ) -> dict[tuple[str, str], list[str]]:
     """`parse_domains` over a whole file's text at once: {(match, kind): names}, the same tally.
 
-    `text` is a file read in text mode (universal newlines, so lines end in "\n" only). The lines
-    the fast path takes are selected with C-level passes over all lines (strip, the `_fast` regex,
-    compress); only the others (comments, blank lines, IDNs, `*.` rules, odd lines) go through
-    the per-line rule, in line order, so the tally counts and first examples are parse_domains'.
-    Names come plain lines first, then the others; callers only merge them, so order is moot.
+    `text` is a file read in text mode (universal newlines, so lines end in "\n" only). Names go
+    straight into their run, with no entry tuple per line to group afterwards.
     """
     tally = tally if tally is not None else Tally()
-    stripped = list(map(str.strip, text.split("\n")))
-    # Per line: does the fast path take it? Every name it takes starts with [a-z0-9_], at or above
-    # "0"; comments, blank lines and "*." rules do not. When all the lines that start there pass
-    # `_all_fast` (a clean list), they are the fast path's lines; otherwise `_fast` decides line by
-    # line. Kept as bools: a million live match objects would cost more than the matching (the
-    # garbage collector walks them over and over).
-    taken = list(map(ge, stripped, repeat("0")))
-    names = list(compress(stripped, taken))
-    if not _all_fast(names):
-        taken = list(map(bool, map(_fast, stripped)))
-        names = list(compress(stripped, taken))
-    # Rare lines the regex accepts but the fast path must not take: xn-- labels (IDNA checks) and
-    # names over 63 characters (label and name length limits). Hand them to the per-line rule.
-    if "xn--" in text or (names and max(map(len, names)) > MAX_LABEL):
-        line_indexes = list(compress(count(), taken))
-        for index in compress(line_indexes, map(contains, names, repeat("xn--"))):
-            taken[index] = False
-        for index in compress(line_indexes, map(lt, repeat(MAX_LABEL), map(len, names))):
-            if not _long_ok(stripped[index]):
-                taken[index] = False
-        names = list(compress(stripped, taken))
+    fast = _fast
+    names: list[str] = []
     runs = {(match, BLOCK): names}
-    for number in compress(count(1), map(not_, taken)):
-        entry = _domains_rule(stripped[number - 1], number, tally, match)
-        if entry is not None:
-            name, entry_match, kind = entry
-            runs.setdefault((entry_match, kind), []).append(name)
+    for number, line in enumerate(text.split("\n"), 1):
+        name = line.strip()
+        if fast(name) and "xn--" not in name and (len(name) <= MAX_LABEL or _long_ok(name)):
+            names.append(name)
+        elif (entry := _domains_rule(name, number, tally, match)) is not None:
+            runs.setdefault((entry[1], entry[2]), []).append(entry[0])
     return runs
 
 
@@ -291,8 +222,8 @@ def _domains_rule(text: str, number: int, tally: Tally, match: str) -> Entry | N
         tally.reject(number, "more than one field", text)
     elif "*" in name:
         tally.reject(number, "wildcard", text)
-    elif (name := _name_or_reject(name, number, text, tally)) is not None:
-        return name, entry_match, BLOCK
+    elif (listed := _name_or_reject(name, number, text, tally)) is not None:
+        return listed, entry_match, BLOCK
     return None
 
 
@@ -356,8 +287,8 @@ def parse_hosts(lines: Iterable[str], tally: Tally | None = None, *, match: str 
                 tally.skip(number, LOCAL_NAME, text)
             elif "*" in name:
                 tally.reject(number, "wildcard", text)
-            elif (name := _name_or_reject(name, number, text, tally)) is not None:
-                yield name, match, BLOCK
+            elif (listed := _name_or_reject(name, number, text, tally)) is not None:
+                yield listed, match, BLOCK
 
 
 # --- adblock -------------------------------------------------------------------------------
@@ -680,8 +611,9 @@ def parse_list_runs(
 ) -> dict[tuple[str, str], list[str]]:
     """`parse_list` of an open text file, as {(match, kind): names} for `domains.build_index_runs`.
 
-    The domains format is parsed in bulk (`parse_domains_text`); the others line by line, their
-    entries grouped by (match, kind). Same entries and tally as `parse_list` either way.
+    The domains format (the usual huge list) goes straight into runs (`parse_domains_text`); the
+    others are parsed line by line and their entries grouped by (match, kind). Same entries and
+    tally as `parse_list` either way.
     """
     if fmt == "domains":
         return parse_domains_text(file.read(), tally, match=match or SUBTREE)

@@ -1,4 +1,4 @@
-"""Category lists: read blocklists/sources.yaml, parse every list file, compile one domain index image (and write it to state_dir)."""
+"""Category lists: read blocklists/sources.yaml, parse every list file, compile one domain index image for state_dir."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ SOURCES_FILE = "sources.yaml"
 INDEX_FILE = "index.bin"  # in state_dir: the compiled image, memory-mapped by every worker
 MANIFEST_FILE = "index.json"  # beside it: the sources fingerprint it was compiled from, categories, counts
 MAX_CATEGORIES = 64  # one bit each in the index masks
+VERSION = 1  # the sources.yaml format this code reads
 _CATEGORY_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-#: names the policy uses for blocks that do not come from a list (see resolver.policy)
+#: names the policy uses for blocks that do not come from a list (see resolver.filtering.policy)
 _RESERVED_CATEGORIES = frozenset({"deny", "safe_search"})
 _MATCHES = (listformats.EXACT, listformats.SUBTREE)
 
@@ -69,7 +70,7 @@ class SourceReport:
 @dataclasses.dataclass(frozen=True, slots=True)
 class CompiledLists:
     categories: tuple[str, ...]
-    image: bytes  # a resolver.domains index image
+    image: bytes  # a resolver.filtering.domains index image
     reports: tuple[SourceReport, ...]
     entry_counts: dict[str, int]  # category -> block entries parsed from its sources
 
@@ -82,7 +83,7 @@ def load_sources(blocklists_dir: Path) -> Sources:
         doc.data = {}  # an empty file: reported below as "no categories declared"
     top = doc.section()
     doc.raise_if_failed()  # not a mapping at the top: nothing else in it can be read
-    top.typed("version", int, 1)
+    top.typed("version", int, VERSION, check=yamlfile.only_version(VERSION))
     categories_section = top.sub("categories")
     names = list(categories_section.values)
     sources: list[Source] = []

@@ -1,4 +1,4 @@
-"""Per-school policy: the model, loading policies/*.yaml, schedules, and the pure per-query decide()."""
+"""Per-school policy: the model (province, profiles, schools, schedules) and the pure per-query decide() / explain()."""
 
 from __future__ import annotations
 
@@ -8,20 +8,11 @@ import datetime
 import enum
 import functools
 import ipaddress
-import logging
 import zoneinfo
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from resolver.filtering import listformats, safesearch
-
-log = logging.getLogger(__name__)
-
-PROVINCE_FILE = "province.yaml"
-DEFAULT_TIMEZONE = "Asia/Ho_Chi_Minh"
-DEFAULT_BLOCKED_TTL_SECONDS = 60.0
-MAX_BLOCKED_TTL_SECONDS = 86400.0
 
 #: Block.category values that are not list categories (metrics add these to the category label set).
 BYPASS_CATEGORY = "bypass"
@@ -93,9 +84,10 @@ class Rewrite:
 
 Decision = Allow | Block | Rewrite
 
-# Bypass prevention (features.md pitfall 13). Fixed actions: Firefox needs NXDOMAIN for its canary,
-# Apple documents NXDOMAIN for Private Relay, and RFC 9462 names get NODATA so clients do not
-# discover the upstream's encrypted endpoints through us.
+# Bypass prevention: names through which clients switch to encrypted DNS that the filter cannot
+# see. Fixed actions: Firefox needs NXDOMAIN for its canary, Apple documents NXDOMAIN for Private
+# Relay, and RFC 9462 names get NODATA so clients do not discover the upstream's encrypted
+# endpoints through us.
 _BYPASS_BLOCKS: dict[str, Block] = {
     "use-application-dns.net": Block(
         BYPASS_CATEGORY, Authority.PROVINCE, Action.NXDOMAIN, "Firefox DNS-over-HTTPS canary"
@@ -173,7 +165,7 @@ class Schedule:
 
 @dataclasses.dataclass(frozen=True, slots=True, eq=False)
 class SchoolPolicy:
-    """One school's compiled policy; hashable by identity (decide() results are memoised per school)."""
+    """One school's compiled policy; compared and hashed by identity (its tables are dicts)."""
 
     id: str
     name: str
@@ -224,7 +216,7 @@ class SchoolPolicy:
         """Which stretch of the week between two schedule boundaries this time falls in.
 
         decide() depends on the time only through this number (always 0 without schedules), so a
-        decision memoised with it holds until the next schedule boundary, not just for a minute.
+        decision, and an answer kept from it, holds until the next schedule boundary.
         """
         if len(self.week_starts) == 1:
             return 0
@@ -262,7 +254,7 @@ def decide(school: SchoolPolicy, name: str, list_mask: int, now_epoch_seconds: f
     """The decision for one name at one time; `name` is a lower-case A-label without trailing dot.
 
     Pure: the result depends only on the arguments, and on the time only through
-    `school.schedule_segment(time)`, so the caller may memoise it per (school, name, segment).
+    `school.schedule_segment(time)`; the pipeline keeps answers (repeats) while the segment stays.
     """
     # Hot path: a few dict lookups and bit operations; every table was built at load time.
     if school.bypass_prevention:
@@ -614,40 +606,3 @@ def _compile_week(
         masks.append(mask)
         actives.append(active)
     return tuple(starts), tuple(masks), tuple(actives)
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading policies/ (control plane)
-
-
-# The YAML reader lives in resolver.policyfile, which builds these values; it is imported where
-# used because it imports this module (the model stays importable on its own).
-
-
-def load_policies(
-    policies_dir: Path, categories: Sequence[str], table: safesearch.SafeSearchTable | None = None
-) -> Policies:
-    """Load province.yaml and every school file; raise one ConfigError listing every problem in every file.
-
-    `categories[i]` is the category of bit i in the domain index's masks; `table` defaults to the
-    shipped resolver/filtering/data/safe_search.yaml.
-    """
-    from resolver.filtering import policyfile
-
-    return policyfile.load_policies(policies_dir, categories, table)
-
-
-def parse_province(
-    text: str, file: str, categories: Sequence[str], table: safesearch.SafeSearchTable | None = None
-) -> Province:
-    """Parse province.yaml text (tests, `schooldns check`); ConfigError on any problem."""
-    from resolver.filtering import policyfile
-
-    return policyfile.parse_province(text, file, categories, table)
-
-
-def parse_school(text: str, file: str, categories: Sequence[str], province: Province) -> SchoolPolicy:
-    """Parse one school file's text against a province; the file stem must equal the school id."""
-    from resolver.filtering import policyfile
-
-    return policyfile.parse_school(text, file, categories, province)

@@ -18,6 +18,11 @@ from resolver.filtering import policy, safesearch
 
 log = logging.getLogger(__name__)
 
+PROVINCE_FILE = "province.yaml"
+DEFAULT_TIMEZONE = "Asia/Ho_Chi_Minh"
+DEFAULT_BLOCKED_TTL_SECONDS = 60.0
+MAX_BLOCKED_TTL_SECONDS = 86400.0
+
 _ID_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _PROFILE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _TIME_RE = re.compile(r"^(\d{1,2}):(\d{2})$")
@@ -39,13 +44,17 @@ class _Placed:
 def load_policies(
     policies_dir: Path, categories: Sequence[str], table: safesearch.SafeSearchTable | None = None
 ) -> policy.Policies:
-    """province.yaml plus every other *.yaml in the directory (each a school); one ConfigError for all problems."""
+    """province.yaml plus every other *.yaml in the directory (each a school); one ConfigError for all problems.
+
+    `categories[i]` is the category of bit i in the domain index's masks; `table` defaults to the
+    shipped resolver/filtering/data/safe_search.yaml.
+    """
     categories = tuple(categories)
     table = table or safesearch.default_table()
     problems: list[yamlfile.Problem] = []
     province: policy.Province | None = None
     try:
-        doc = yamlfile.load_yaml(policies_dir / policy.PROVINCE_FILE)
+        doc = yamlfile.load_yaml(policies_dir / PROVINCE_FILE)
         province = _read_province(doc, categories, table)
         problems += doc.problems
     except yamlfile.ConfigError as exc:
@@ -58,7 +67,7 @@ def load_policies(
     schools: list[policy.SchoolPolicy] = []
     placed: list[_Placed] = []
     for path in paths:
-        if path.name == policy.PROVINCE_FILE or path.name.startswith(".") or not path.is_file():
+        if path.name == PROVINCE_FILE or path.name.startswith(".") or not path.is_file():
             continue
         if path.suffix == ".yml":
             problems.append(
@@ -88,6 +97,7 @@ def load_policies(
 def parse_province(
     text: str, file: str, categories: Sequence[str], table: safesearch.SafeSearchTable | None = None
 ) -> policy.Province:
+    """Parse province.yaml text (tests, `schooldns check`); ConfigError on any problem."""
     doc = yamlfile.parse_yaml(text, file)
     province = _read_province(doc, tuple(categories), table or safesearch.default_table())
     doc.raise_if_failed()
@@ -95,6 +105,7 @@ def parse_province(
 
 
 def parse_school(text: str, file: str, categories: Sequence[str], province: policy.Province) -> policy.SchoolPolicy:
+    """Parse one school file's text against a province; the file stem must equal the school id."""
     doc = yamlfile.parse_yaml(text, file)
     school, networks = _read_school(doc, tuple(categories), province)
     doc.problems += _overlaps(networks)
@@ -112,17 +123,15 @@ def _read_province(
 ) -> policy.Province:
     top = doc.section()
     mandatory = [c for c, _ in _categories(top, "mandatory", categories)]
-    timezone = top.typed("timezone", str, policy.DEFAULT_TIMEZONE)
+    timezone = top.typed("timezone", str, DEFAULT_TIMEZONE)
     tz = _zone(top, timezone)
     info_url = top.typed("info_url", str, "", check=_check_url)
     blocked_ttl_seconds = top.typed(
         "blocked_ttl_seconds",
         (int, float),
-        policy.DEFAULT_BLOCKED_TTL_SECONDS,
+        DEFAULT_BLOCKED_TTL_SECONDS,
         check=lambda v: (
-            None
-            if 0 <= v <= policy.MAX_BLOCKED_TTL_SECONDS
-            else f"expected 0 to {policy.MAX_BLOCKED_TTL_SECONDS:g} seconds, got {v}"
+            None if 0 <= v <= MAX_BLOCKED_TTL_SECONDS else f"expected 0 to {MAX_BLOCKED_TTL_SECONDS:g} seconds, got {v}"
         ),
     )
     action = _action(top, "action") or policy.Action.NXDOMAIN
@@ -133,6 +142,8 @@ def _read_province(
     if not top.has("profiles"):
         doc.fail((), "missing required key 'profiles'")
     profiles_section = top.sub("profiles")
+    if top.has("profiles") and not profiles_section.values and isinstance(top.values["profiles"], dict | None):
+        top.fail("profiles", "give at least one profile: every school's level names one")
     profiles: dict[str, policy.Profile] = {}
     for name in list(profiles_section.values):
         if not _PROFILE_RE.match(name):
@@ -162,8 +173,8 @@ def _read_province(
         profiles=profiles,
         blocked_ttl_seconds=float(blocked_ttl_seconds),
         blockpage=blockpage,
-        blockpage_ipv4=_packed(blockpage and blockpage.ipv4),
-        blockpage_ipv6=_packed(blockpage and blockpage.ipv6),
+        blockpage_ipv4=_packed(blockpage.ipv4 if blockpage else None),
+        blockpage_ipv6=_packed(blockpage.ipv6 if blockpage else None),
         action=action,
         safe_search=safe_search,
         safe_search_youtube=youtube,
@@ -195,7 +206,7 @@ def _blockpage(top: yamlfile.Section) -> policy.Blockpage | None:
     ipv6 = section.typed("ipv6", str, None, check=lambda v: _check_address(v, 6))
     section.done()
     if ipv4 is None and ipv6 is None:
-        if not section.values:
+        if not section.values and isinstance(top.values["blockpage"], dict | None):  # else already reported
             top.fail("blockpage", "give the block page's ipv4, ipv6 or both")
         return None
     return policy.Blockpage(
@@ -253,7 +264,7 @@ def _read_school(
             top.fail(
                 "level",
                 f"unknown level '{level}'{_did_you_mean(level, province.profiles)} "
-                f"(profiles in {policy.PROVINCE_FILE}: {', '.join(province.profiles)})",
+                f"(profiles in {PROVINCE_FILE}: {', '.join(province.profiles)})",
             )
     networks, placed = _networks(top, owner)
     block = _categories(top, "block", categories)
@@ -261,7 +272,7 @@ def _read_school(
     blocked_names = {c for c, _ in block}
     for category, key in unblock:
         if province is not None and category in province.mandatory:
-            doc.fail(key, f"category '{category}' is mandatory in {policy.PROVINCE_FILE} and cannot be unblocked")
+            doc.fail(key, f"category '{category}' is mandatory in {PROVINCE_FILE} and cannot be unblocked")
         elif category in blocked_names:
             doc.fail(key, f"category '{category}' is in both block and unblock")
     allow = _domains(top, "allow")
@@ -380,7 +391,10 @@ def _overlaps(placed: list[_Placed]) -> list[yamlfile.Problem]:
 def _schedules(top: yamlfile.Section, categories: tuple[str, ...]) -> list[policy.Schedule]:
     schedules = []
     names: set[str] = set()
-    for key, _item in top.items("schedules"):
+    for key, item in top.items("schedules"):
+        if not isinstance(item, dict):
+            top.doc.fail(key, f"expected a schedule (a mapping with from, to and block), got {yamlfile.describe(item)}")
+            continue
         section = top.doc.section(key)
         index = key[-1]
         name = section.typed("name", str, f"schedule-{index + 1 if isinstance(index, int) else index}")

@@ -87,7 +87,7 @@ def load_table(path: Path) -> SafeSearchTable:
 def default_table() -> SafeSearchTable:
     """The table shipped as resolver/filtering/data/safe_search.yaml (parsed once per process)."""
     resource = importlib.resources.files("resolver.filtering").joinpath(DEFAULT_TABLE_RESOURCE)
-    return parse_table(resource.read_text(encoding="utf-8"), f"resolver/{DEFAULT_TABLE_RESOURCE}")
+    return parse_table(resource.read_text(encoding="utf-8"), f"resolver/filtering/{DEFAULT_TABLE_RESOURCE}")
 
 
 def _read_text(path: Path) -> str:

@@ -28,7 +28,7 @@ class DirectoryError(ResolverError):
 
 
 class SchoolDirectory(Generic[T]):
-    """Immutable after build(): one dict per configured prefix length, probed longest first."""
+    """One dict per configured prefix length, probed longest first; fixed at build(), only the lookup memo changes."""
 
     __slots__ = ("_memo", "_size", "_v4", "_v6")
 
@@ -36,7 +36,7 @@ class SchoolDirectory(Generic[T]):
         self._v4 = v4  # ((shift, {address >> shift: school}), ...), longest prefix first
         self._v6 = v6
         self._size = size
-        self._memo: dict[str, T | None] = {}
+        self._memo: dict[str | bytes, T | None] = {}
 
     @classmethod
     def build(cls, schools: Iterable[tuple[NetworkLike, T]]) -> SchoolDirectory[T]:

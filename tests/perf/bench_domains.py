@@ -1,6 +1,7 @@
 """Benchmark the domain index against two pure-Python designs: compile time, lookup latency, memory, sharing.
 
     .venv/bin/python tests/perf/bench_domains.py [--entries 1000000] [--queries 200000] [--seed 1]
+    .venv/bin/python tests/perf/bench_domains.py --reload [--entries 1000000] [--rounds 5]
 
 Variants, each measured in fresh subprocesses so their memory and caches do not mix:
   a  dict-of-labels trie         nested {label: node} dicts, walked from the TLD down
@@ -13,6 +14,10 @@ compile child runs build_index + write_index and the serve child runs DomainInde
 child reads VmRSS / RssAnon / RssFile from /proc/self/status before and after, then times lookups of
 a fixed query mix. Finally two processes map the same index file and /proc/<pid>/smaps shows whether
 the second one pays for it privately. Results are printed; nothing is asserted about speed.
+
+--reload times, in this process, what a reload does with the generated list written as one
+domains-format file: parse it (listformats.parse_domains_text), build the image
+(domains.build_index_runs) and check it as a load does (DomainIndex.from_bytes), `--rounds` times.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from resolver.filtering import domains
+from resolver.filtering import domains, listformats
 
 Entry = tuple[str, int, str, str]
 
@@ -46,7 +51,15 @@ QUERY_CLASSES = ("listed", "via-parent", "unlisted", "deep")
 # Deterministic synthetic data
 # ---------------------------------------------------------------------------------------------
 
-SYLLABLES = ["an", "bao", "bet", "bong", "cau", "chat", "cho", "club", "da", "dep", "dien", "game", "hay", "hot", "kenh", "khach", "lo", "ma", "mau", "moi", "nha", "phim", "sex", "shop", "so", "tai", "tin", "top", "tv", "video", "viet", "vip", "web", "xem", "xo", "yeu", "zing", "net", "play", "casino", "live", "news", "mobi", "app", "cloud", "cdn", "ad", "track", "click", "stat", "media", "pro", "one", "24h", "365", "88", "99", "sao", "sky", "star", "hoc", "dam", "luat"]
+# fmt: off
+SYLLABLES = [
+    "an", "bao", "bet", "bong", "cau", "chat", "cho", "club", "da", "dep", "dien", "game", "hay", "hot", "kenh",
+    "khach", "lo", "ma", "mau", "moi", "nha", "phim", "sex", "shop", "so", "tai", "tin", "top", "tv", "video",
+    "viet", "vip", "web", "xem", "xo", "yeu", "zing", "net", "play", "casino", "live", "news", "mobi", "app",
+    "cloud", "cdn", "ad", "track", "click", "stat", "media", "pro", "one", "24h", "365", "88", "99", "sao",
+    "sky", "star", "hoc", "dam", "luat",
+]
+# fmt: on
 TLDS = (  # (tld, weight)
     ("com", 40),
     ("net", 8),
@@ -299,7 +312,9 @@ def time_lookups(lookup: Callable[[str], int], queries: list[tuple[str, str]]) -
     results = [lookup(name) for name in names]
     batch_mean_ns = (clock() - started) / len(names)
 
-    by_class = {cls: [ns for (qcls, _), ns in zip(queries, latencies_ns) if qcls == cls] for cls in QUERY_CLASSES}
+    by_class = {
+        cls: [ns for (qcls, _), ns in zip(queries, latencies_ns, strict=True) if qcls == cls] for cls in QUERY_CLASSES
+    }
     return {
         "median_ns": statistics.median(latencies_ns),
         "p99_ns": quantile(latencies_ns, 0.99),
@@ -332,7 +347,7 @@ def child_compile(variant: str, workdir: Path) -> dict[str, object]:
 
 
 def child_serve(variant: str, workdir: Path) -> dict[str, object]:
-    queries = [tuple(line.rstrip("\n").split("\t")) for line in open(workdir / "queries.tsv", encoding="ascii")]
+    queries = [tuple(line.split("\t")) for line in (workdir / "queries.tsv").read_text(encoding="ascii").splitlines()]
     before = proc_status_kb()
     started = time.perf_counter()
     if variant == "mmap":
@@ -368,6 +383,23 @@ def child_share(workdir: Path, hold: bool) -> dict[str, object]:
         "mapping": mapping_smaps_kb(index_path),
         "rollup": rollup_smaps_kb(),
     }
+
+
+def time_reload(entries: list[Entry], rounds: int) -> None:
+    """Seconds of each stage of a reload of `entries`' block names as one domains file, in process."""
+    text = "".join(f"{name}\n" for name, _, _, kind in entries if kind == "block")
+    print(f"reload of {text.count(chr(10)):,} domains lines in process (seconds): parse, build, check, total")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        runs = listformats.parse_domains_text(text)
+        parsed = time.perf_counter()
+        image = domains.build_index_runs([(0, match, kind, names) for (match, kind), names in runs.items()])
+        built = time.perf_counter()
+        domains.DomainIndex.from_bytes(image)
+        checked = time.perf_counter()
+        print(
+            f"{parsed - started:6.3f} {built - parsed:6.3f} {checked - built:6.3f} {checked - started:6.3f}", flush=True
+        )
 
 
 def run_child(args: argparse.Namespace, role: str, variant: str = "") -> dict[str, object]:
@@ -461,6 +493,8 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=1_000_000, help="list entries to index (default 1,000,000)")
     parser.add_argument("--queries", type=int, default=200_000, help="lookups to time per variant")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--reload", action="store_true", help="only time a reload's stages in this process")
+    parser.add_argument("--rounds", type=int, default=5, help="reloads to time with --reload")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--variant", default="", help=argparse.SUPPRESS)
@@ -474,6 +508,10 @@ def main() -> None:
             "share": lambda: child_share(args.workdir, hold=False),
         }
         print(json.dumps(roles[args.child]()))
+        return
+
+    if args.reload:
+        time_reload(make_entries(args.entries, args.seed), args.rounds)
         return
 
     with tempfile.TemporaryDirectory(prefix="bench-domains-") as workdir:

@@ -697,23 +697,9 @@ def test_bulk_domains_parse_equals_line_by_line_on_messy_lines(lines, last_newli
     assert tally_state(bulk_tally) == tally_state(line_tally)
 
 
-FASTISH_NAMES = st.one_of(
-    st.lists(st.text(alphabet="ab0_-", max_size=4), min_size=1, max_size=4).map(".".join),
-    st.text(alphabet="ab0_-.!Aü \t", min_size=1, max_size=10),
-    st.sampled_from(["a." + "b" * 63, "a." + "b" * 64, "a-b." + "c" * 62 + "d", "x.yz", "x.y", "x.y-z"]),
-).filter(bool)
-
-
-@settings(max_examples=500, deadline=None, database=None)
-@given(names=st.lists(FASTISH_NAMES, min_size=1, max_size=6))
-def test_all_fast_is_the_fast_regex_on_every_name(names):
-    # The bulk check decides for a whole list what `_fast` decides for each name.
-    assert lf._all_fast(names) == all(lf._fast(name) for name in names)
-
-
 def test_a_clean_list_with_comments_and_blank_lines_parses_in_bulk_like_line_by_line():
     # The usual shape of a published list: a comment header, blank lines, names, a "*." rule and
-    # an IDN. Every line that starts at or above "0" is a plain name, so the bulk check takes them.
+    # an IDN.
     lines = [
         "# Title: a list",
         "# License: CC0",
@@ -727,13 +713,12 @@ def test_a_clean_list_with_comments_and_blank_lines_parses_in_bulk_like_line_by_
         "xn--bcher-kva.example",
         "a" * 63 + ".example",
     ]
-    assert lf._all_fast([line.strip() for line in lines if line.strip() >= "0"])
     (by_line, line_tally), (in_bulk, bulk_tally) = domains_both_ways("\n".join(lines).encode(), SUBTREE)
     assert in_bulk == by_line and len(in_bulk) == 7
     assert tally_state(bulk_tally) == tally_state(line_tally) and bulk_tally.reasons == {"comment": 2}
 
 
-def test_bulk_domains_parse_sends_odd_names_the_per_line_way_with_their_line_numbers():
+def test_domains_text_parse_of_odd_names_keeps_their_line_numbers_and_order():
     long_label = "a" * 64 + ".example"
     long_name = ".".join(["a" * 63] * 4) + ".com"
     text = (
@@ -757,7 +742,7 @@ def test_bulk_domains_parse_sends_odd_names_the_per_line_way_with_their_line_num
     tally = Tally()
     runs = lf.parse_domains_text(text, tally, match=EXACT)
     assert runs == {
-        (EXACT, BLOCK): ["plain.example", "a" * 63 + ".example", "xn--bcher-kva.example", "upper.example"],
+        (EXACT, BLOCK): ["plain.example", "xn--bcher-kva.example", "a" * 63 + ".example", "upper.example"],
         (SUBTREE, BLOCK): ["tree.example"],
     }
     assert tally.reasons == {

@@ -381,6 +381,12 @@ def test_problem_fields(tmp_path):
         ("categories:\n  a: {}\n  a: {}\n", 3, "categories.a", "duplicate key"),
         ("categories: {}\n", 1, "categories", "no categories declared"),
         ("version: 1\n", 1, "categories", "no categories declared"),
+        (
+            "version: 2\ncategories:\n  a: {}\n",
+            1,
+            "version",
+            "version 2 is not supported (this schooldns reads version 1)",
+        ),
         ("", 1, "categories", "no categories declared"),
         ("- a\n- b\n", 1, "", "expected a mapping, got a list"),
         ("categories: [a, b]\n", 1, "categories", "expected a mapping, got a list"),

@@ -1,11 +1,13 @@
 """policy: decide() precedence, schedules and time zones, IDN entries, explain, names."""
 
+import ast
 import datetime
 import zoneinfo
+from pathlib import Path
 
 import pytest
 
-from resolver.filtering import policy
+from resolver.filtering import policy, policyfile
 from resolver.filtering.policy import ALLOW, Action, Authority, Block, Rewrite
 from resolver.yamlfile import ConfigError
 
@@ -25,12 +27,12 @@ HCM = "Asia/Ho_Chi_Minh"
 
 
 def province(tz=HCM, extra=""):
-    return policy.parse_province(PROVINCE.format(tz=tz) + extra, "province.yaml", CATEGORIES)
+    return policyfile.parse_province(PROVINCE.format(tz=tz) + extra, "province.yaml", CATEGORIES)
 
 
 def school(body="", tz=HCM, level="upper_secondary", prov=None):
     text = f"id: s1\nlevel: {level}\nnetworks: [203.0.113.0/28]\n{body}"
-    return policy.parse_school(text, "s1.yaml", CATEGORIES, prov or province(tz))
+    return policyfile.parse_school(text, "s1.yaml", CATEGORIES, prov or province(tz))
 
 
 def at(text, tz=HCM):
@@ -416,7 +418,7 @@ def test_profiles(level, listed, expected):
 
 
 def test_profile_defaults_are_inherited_and_overridden():
-    prov = policy.parse_province(
+    prov = policyfile.parse_province(
         "mandatory: [csam]\nblockpage: {ipv4: 192.0.2.80}\nprofiles:\n"
         "  primary: {block: [adult], action: blockpage, safe_search_youtube: strict}\n"
         "  teachers: {block: [], safe_search: false}\n",
@@ -581,7 +583,7 @@ def test_schedules_follow_daylight_saving_wall_clock():
 
 
 def test_default_timezone():
-    prov = policy.parse_province("profiles: {p: {block: []}}\n", "province.yaml", CATEGORIES)
+    prov = policyfile.parse_province("profiles: {p: {block: []}}\n", "province.yaml", CATEGORIES)
     assert prov.timezone == "Asia/Ho_Chi_Minh"
     assert prov.mandatory == ()
 
@@ -750,7 +752,7 @@ def test_policies_networks_and_lookup_by_id(tmp_path):
     (tmp_path / "province.yaml").write_text(PROVINCE.format(tz=HCM))
     (tmp_path / "a.yaml").write_text('id: a\nlevel: primary\nnetworks: [10.0.0.0/24, "2001:db8::/48"]\n')
     (tmp_path / "b.yaml").write_text("id: b\nlevel: primary\nnetworks: [10.0.1.0/24]\n")
-    loaded = policy.load_policies(tmp_path, CATEGORIES)
+    loaded = policyfile.load_policies(tmp_path, CATEGORIES)
     assert [s.id for s in loaded.schools] == ["a", "b"]
     assert loaded.school("b").name == "b"
     assert loaded.school("c") is None
@@ -759,3 +761,12 @@ def test_policies_networks_and_lookup_by_id(tmp_path):
         ("2001:db8::/48", "a"),
         ("10.0.1.0/24", "b"),
     ]
+
+
+def test_the_model_does_not_import_the_file_reader():
+    # policyfile builds policy values, so it imports policy; the reverse, even inside a function,
+    # would make the two import each other.
+    tree = ast.parse(Path(policy.__file__).read_text())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for alias in node.names}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not {name for name in imported if "policyfile" in name or "yamlfile" in name}

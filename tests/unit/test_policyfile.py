@@ -4,6 +4,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from resolver.filtering import policy, policyfile
 from resolver.filtering.policy import Action
@@ -210,7 +213,8 @@ def test_optional_province_keys():
             "s.yaml:7: schedules[0].block[1]: unknown category 'poker'",
         ),
         (
-            'id: s\nlevel: primary\nschedules:\n  - {days: [mon, funday], from: "07:00", to: "08:00", block: [games]}\n',
+            "id: s\nlevel: primary\nschedules:\n"
+            '  - {days: [mon, funday], from: "07:00", to: "08:00", block: [games]}\n',
             "s.yaml:4: schedules[0].days[1]: unknown day 'funday' (expected mon, tue, wed, thu, fri, sat, sun)",
         ),
         (
@@ -227,6 +231,24 @@ def test_optional_province_keys():
             "s.yaml:5: schedules[1].name: schedule name 'a' is used twice",
         ),
         ('id: s\nlevel: primary\nschedules: {from: "07:00"}\n', "s.yaml:3: schedules: expected a list, got a mapping"),
+        (
+            "id: s\nlevel: primary\nschedules:\n  - class-hours\n",
+            "s.yaml:4: schedules[0]: expected a schedule (a mapping with from, to and block), got a string",
+        ),
+        (
+            'id: s\nlevel: primary\nschedules:\n  - {days: mon, from: "07:00", to: "08:00", block: [games]}\n',
+            "s.yaml:4: schedules[0].days: expected a list, got a string",
+        ),
+        (
+            'id: s\nlevel: primary\nschedules:\n  - {days: [1], from: "07:00", to: "08:00", block: [games]}\n',
+            "s.yaml:4: schedules[0].days[0]: expected a string, got an integer",
+        ),
+        ("", "s.yaml:1: missing required key 'id'"),
+        ("id: s\nlevel: primary\nname: 5\n", "s.yaml:3: name: expected a string, got an integer"),
+        ("id: s\nlevel: [primary]\n", "s.yaml:2: level: expected a string, got a list"),
+        ("id: s\nlevel: primary\nblock: games\n", "s.yaml:3: block: expected a list, got a string"),
+        ("id: s\nlevel: primary\nnetworks: [42]\n", "s.yaml:3: networks[0]: expected a string, got an integer"),
+        ("id: s\nlevel: primary\nallow: ['']\n", "s.yaml:3: allow[0]: '' is not a valid domain name (empty name)"),
     ],
 )
 def test_school_errors(text, expected):
@@ -253,6 +275,7 @@ def test_school_errors(text, expected):
         ("safe_search_youtube: loose\n", "province.yaml:8: safe_search_youtube: unknown YouTube mode 'loose'"),
         ("bypass_prevention: sometimes\n", "province.yaml:8: bypass_prevention: expected a boolean, got a string"),
         ("schedules: []\n", "province.yaml:8: schedules: unknown key 'schedules' (known keys: "),
+        ("blocked_ttl_seconds: .nan\n", "province.yaml:8: blocked_ttl_seconds: expected 0 to 86400 seconds, got nan"),
     ],
 )
 def test_province_optional_key_errors(extra, expected):
@@ -298,12 +321,40 @@ def test_province_optional_key_errors(extra, expected):
             "province.yaml:2: profiles.primary.safe_search: expected a boolean, got an integer",
         ),
         ("profiles: [primary]\n", "province.yaml:1: profiles: expected a mapping, got a list"),
+        ("profiles:\n", "province.yaml:1: profiles: give at least one profile: every school's level names one"),
+        ("mandatory: [csam]\nprofiles: {}\n", "province.yaml:2: profiles: give at least one profile"),
+        ("mandatory: csam\nprofiles: {p: {}}\n", "province.yaml:1: mandatory: expected a list, got a string"),
     ],
 )
 def test_province_errors(text, expected):
     with pytest.raises(ConfigError) as caught:
         province(text)
     assert any(line.startswith(expected) for line in problems(caught)), problems(caught)
+
+
+@pytest.mark.parametrize(
+    ("parse", "text", "expected"),
+    [
+        (
+            "school",
+            "id: s\nlevel: primary\nschedules: [x]\n",
+            "s.yaml:3: schedules[0]: expected a schedule (a mapping with from, to and block), got a string",
+        ),
+        (
+            "province",
+            "blockpage: 5\nprofiles: {p: {}}\n",
+            "province.yaml:1: blockpage: expected a mapping, got an integer",
+        ),
+        ("province", "profiles: 5\n", "province.yaml:1: profiles: expected a mapping, got an integer"),
+    ],
+)
+def test_one_mistake_is_one_problem(parse, text, expected):
+    with pytest.raises(ConfigError) as caught:
+        if parse == "school":
+            policyfile.parse_school(text, "s.yaml", CATEGORIES, province())
+        else:
+            province(text)
+    assert problems(caught) == [expected]
 
 
 def test_every_problem_names_file_line_and_key_path():
@@ -324,8 +375,65 @@ def test_every_problem_names_file_line_and_key_path():
     ]
     assert str(caught.value).splitlines() == [str(p) for p in caught.value.problems]
     assert all(
-        line.startswith(f"s.yaml:{p.line}: {p.key_path}: ") for line, p in zip(problems(caught), caught.value.problems)
+        line.startswith(f"s.yaml:{p.line}: {p.key_path}: ")
+        for line, p in zip(problems(caught), caught.value.problems, strict=True)
     )
+
+
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 2000),
+    st.floats(allow_nan=False),
+    st.sampled_from(["primary", "games", "gamez", "07:00", "24:00", "mon", "funday", "10.0.0.0/24", "10.0.0.1/24"]),
+    st.sampled_from(["example.com", "*.x.example", "http://x", "off", "strict", "blockpage", "drop", "s", "S"]),
+    st.text(max_size=8),
+)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text("abxyz_", min_size=1, max_size=5), inner, max_size=3)
+    ),
+)
+SCHEDULE = st.dictionaries(st.sampled_from(["name", "days", "from", "to", "block", "unblock"]), VALUES, max_size=5)
+SCHOOL_KEYS = ["id", "name", "level", "networks", "block", "unblock", "allow", "deny", "safe_search"]
+SCHOOL_KEYS += ["safe_search_youtube", "action", "blok"]
+SCHOOL = st.dictionaries(st.sampled_from(SCHOOL_KEYS), VALUES, max_size=8) | st.fixed_dictionaries(
+    {"id": st.just("s"), "level": st.just("primary"), "schedules": st.lists(SCHEDULE, max_size=3)}
+)
+PROVINCE_KEYS = ["mandatory", "timezone", "info_url", "blocked_ttl_seconds", "action", "safe_search"]
+PROVINCE_KEYS += ["safe_search_youtube", "bypass_prevention", "blockpage", "profiles", "schedules"]
+PROVINCE_FILE = st.dictionaries(st.sampled_from(PROVINCE_KEYS), VALUES, max_size=6) | st.fixed_dictionaries(
+    {"profiles": st.dictionaries(st.sampled_from(["primary", "P", ""]), VALUES, max_size=2)},
+    optional={"blockpage": VALUES, "mandatory": VALUES},
+)
+
+
+def parse_either(kind, text):
+    if kind == "school":
+        return policyfile.parse_school(text, "s.yaml", CATEGORIES, province())
+    return policyfile.parse_province(text, "province.yaml", CATEGORIES)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(data=st.data())
+@pytest.mark.parametrize("kind", ["school", "province"])
+def test_any_policy_file_gives_a_policy_or_problems_naming_file_line_and_key(kind, data):
+    # Whatever an admin writes: a policy, or ConfigError lines that each point into the file.
+    document = data.draw(st.one_of(SCHOOL if kind == "school" else PROVINCE_FILE, VALUES))
+    text = yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
+    try:
+        parse_either(kind, text)
+    except ConfigError as exc:
+        assert exc.problems
+        for problem in exc.problems:
+            assert problem.file == ("s.yaml" if kind == "school" else "province.yaml")
+            assert 1 <= problem.line <= max(1, len(text.splitlines())), (text, problem)
+            top_key = problem.key_path.split(".")[0].split("[")[0]
+            if problem.key_path:
+                assert isinstance(document, dict) and top_key in document, (text, problem)
+            else:
+                assert problem.message.startswith(("missing required key", "expected a mapping")), (text, problem)
 
 
 def test_whole_day_and_to_2400_are_accepted():
@@ -387,7 +495,7 @@ def write(directory, files):
 
 
 def test_shipped_policies_load():
-    loaded = policy.load_policies(SHIPPED, CATEGORIES)
+    loaded = policyfile.load_policies(SHIPPED, CATEGORIES)
     assert {s.id for s in loaded.schools} == {"demo-local", "th-kim-dong", "thcs-le-loi", "thpt-nguyen-du"}
     assert loaded.province.mandatory == ("csam", "malware", "phishing")
     assert loaded.province.timezone == "Asia/Ho_Chi_Minh"
@@ -411,7 +519,7 @@ def test_overlapping_networks_across_files_name_both(tmp_path):
         },
     )
     with pytest.raises(ConfigError) as caught:
-        policy.load_policies(tmp_path, CATEGORIES)
+        policyfile.load_policies(tmp_path, CATEGORIES)
     a, b, c, d = (str(tmp_path / f"{x}.yaml") for x in "abcd")
     assert problems(caught) == [
         f"{b}:5: networks[1]: 10.0.7.0/24 overlaps 10.0.0.0/16 of school 'a' ({a}:3)",
@@ -429,7 +537,7 @@ def test_identical_networks_in_two_files(tmp_path):
         },
     )
     with pytest.raises(ConfigError) as caught:
-        policy.load_policies(tmp_path, CATEGORIES)
+        policyfile.load_policies(tmp_path, CATEGORIES)
     [line] = problems(caught)
     assert "a.yaml" in line and "b.yaml" in line
 
@@ -450,7 +558,7 @@ def test_all_problems_in_all_files_at_once(tmp_path):
     (tmp_path / ".hidden.yaml").write_text("garbage: [")
     (tmp_path / "sub.yaml").mkdir()
     with pytest.raises(ConfigError) as caught:
-        policy.load_policies(tmp_path, CATEGORIES)
+        policyfile.load_policies(tmp_path, CATEGORIES)
     lines = problems(caught)
     assert len(lines) == 5, lines
     expected = [
@@ -467,7 +575,7 @@ def test_all_problems_in_all_files_at_once(tmp_path):
 def test_missing_province_is_reported_with_the_school_problems(tmp_path):
     write(tmp_path, {"a.yaml": "id: a\nlevel: primary\nblok: 1\n"})
     with pytest.raises(ConfigError) as caught:
-        policy.load_policies(tmp_path, CATEGORIES)
+        policyfile.load_policies(tmp_path, CATEGORIES)
     lines = problems(caught)
     assert lines[0].startswith(f"{tmp_path / 'province.yaml'}:1: cannot read file")
     assert lines[1].startswith(f"{tmp_path / 'a.yaml'}:3: blok: unknown key")
@@ -475,7 +583,7 @@ def test_missing_province_is_reported_with_the_school_problems(tmp_path):
 
 def test_missing_directory(tmp_path):
     with pytest.raises(ConfigError) as caught:
-        policy.load_policies(tmp_path / "nope", CATEGORIES)
+        policyfile.load_policies(tmp_path / "nope", CATEGORIES)
     assert any("cannot read" in line for line in problems(caught))
 
 
@@ -484,7 +592,7 @@ def test_a_broken_copy_of_the_shipped_policies_fails(tmp_path):
     path = tmp_path / "policies" / "thpt-nguyen-du.yaml"
     path.write_text(path.read_text(encoding="utf-8").replace("block: [games]", "block: [gamez]"), encoding="utf-8")
     with pytest.raises(ConfigError) as caught:
-        policy.load_policies(tmp_path / "policies", CATEGORIES)
+        policyfile.load_policies(tmp_path / "policies", CATEGORIES)
     [line] = problems(caught)
     assert line.startswith(f"{path}:6: block[0]: unknown category 'gamez'")
 
@@ -492,7 +600,7 @@ def test_a_broken_copy_of_the_shipped_policies_fails(tmp_path):
 def test_school_level_requires_the_province_profile(tmp_path):
     write(tmp_path, {"province.yaml": "profiles: {basic: {block: [adult]}}\n", "a.yaml": "id: a\nlevel: primary\n"})
     with pytest.raises(ConfigError) as caught:
-        policy.load_policies(tmp_path, CATEGORIES)
+        policyfile.load_policies(tmp_path, CATEGORIES)
     assert problems(caught) == [
         f"{tmp_path / 'a.yaml'}:2: level: unknown level 'primary' (profiles in province.yaml: basic)"
     ]
