@@ -225,12 +225,8 @@ def _bind_listen(
                 if not exc.ipv6_unavailable:
                     raise
                 passed.append(exc)
-        if not bound:
-            raise (
-                passed[0]
-                if passed
-                else ListenError(f"nothing to listen on; add an address to listen in {cfg.file}", "", False)
-            )
+        if not bound:  # config.load_config refuses an empty listen: every address was passed over
+            raise passed[0]
     except ListenError:
         for _, udp, tcp in bound:
             udp.close()

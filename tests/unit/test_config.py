@@ -245,4 +245,4 @@ def test_an_unknown_default_school_names_the_line_it_is_written_on(tmp_path):
     line = path.read_text().splitlines().index("default_school: nowhere") + 1
     with pytest.raises(ConfigError) as raised:
         checks.check(config.load_config(path))
-    assert str(raised.value) == f"{path}:{line}: default_school: no school 'nowhere'"
+    assert str(raised.value) == f"{path}:{line}: default_school: no school 'nowhere' in {tmp_path / 'policies'}"

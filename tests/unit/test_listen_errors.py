@@ -13,6 +13,7 @@ from resolver.dataplane import server
 from resolver.dataplane.upstream import parse_address
 from resolver.errors import ListenError
 from resolver.processes import worker
+from resolver.yamlfile import ConfigError
 from tests.support.harness import write_site
 
 SETTING = "listen in /etc/schooldns/config.yaml"
@@ -101,8 +102,7 @@ def test_only_an_ipv6_loopback_or_any_address_on_a_host_without_ipv6_may_be_pass
     assert failure.address == address
 
 
-def test_a_config_without_listen_addresses_cannot_start(tmp_path):
-    cfg = config.load_config(write_site(tmp_path, ["192.0.2.53:53"], listen=()))
-    with pytest.raises(ListenError) as failure:
-        worker.check_listen(cfg)
-    assert str(failure.value) == f"nothing to listen on; add an address to listen in {cfg.file}"
+def test_a_config_without_listen_addresses_is_refused_before_any_start(tmp_path):
+    with pytest.raises(ConfigError) as failure:
+        config.load_config(write_site(tmp_path, ["192.0.2.53:53"], listen=()))
+    assert str(failure.value).endswith(":1: listen: at least one address is needed")
