@@ -12,7 +12,6 @@ from resolver.control import config
 from resolver.dataplane import server
 from resolver.dataplane.upstream import parse_address
 from resolver.errors import ListenError
-from resolver.processes import worker
 from resolver.yamlfile import ConfigError
 from tests.support.harness import write_site
 
