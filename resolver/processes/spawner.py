@@ -182,7 +182,7 @@ def _serve_requests(channel: socket.socket) -> None:
                 ours.close()
                 for pidfd in children:
                     os.close(pidfd)
-                _exit_after(lambda: _run_worker(args, theirs))
+                _exit_after(lambda: _run_worker(args, theirs))  # noqa: B023 (called at once, in the child)
             theirs.close()
             pidfd = os.pidfd_open(pid)
             socket.send_fds(channel, [str(pid).encode()], [ours.fileno(), pidfd])

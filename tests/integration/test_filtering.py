@@ -251,10 +251,12 @@ async def test_reload_under_load_answers_every_query(resolver):
 
 
 async def _metrics(resolver) -> str:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"http://127.0.0.1:{resolver.admin_port}/metrics") as response:
-            assert response.status == 200
-            return await response.text()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{resolver.admin_port}/metrics") as response,
+    ):
+        assert response.status == 200
+        return await response.text()
 
 
 async def _until(condition, timeout: float = 10.0) -> None:

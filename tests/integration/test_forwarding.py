@@ -329,7 +329,7 @@ async def test_thousands_of_mutated_packets_leave_the_server_answering(resolver,
             sock.sendto(bytes(packet), ("127.0.0.1", resolver.port))
             await asyncio.sleep(0)  # the server shares this loop: let it read before the socket buffer fills
         # TCP: garbage frames and a frame cut short, then a good query on a new connection.
-        reader, writer = await asyncio.open_connection("127.0.0.1", resolver.port)
+        _, writer = await asyncio.open_connection("127.0.0.1", resolver.port)
         writer.write(b"\x00\x05hello" + b"\x00\x20" + os.urandom(32) + b"\xff\xff" + b"x" * 10)
         await writer.drain()
         writer.close()
@@ -354,7 +354,7 @@ async def test_tcp_connection_cap(tmp_path, upstream):
         reader, writer = await asyncio.open_connection("127.0.0.1", resolver.port)
         assert await asyncio.wait_for(reader.read(), 2.0) == b""
         assert resolver.worker.counters.dropped["tcp_connection_limit"] == 1
-        for _, w in held + [(reader, writer)]:
+        for _, w in [*held, (reader, writer)]:
             w.close()
 
 

@@ -53,7 +53,7 @@ def test_datagrams_come_in_batches_and_answers_reach_each_sender(implementation,
             client.sendto(payload, server.getsockname()[:2])
             sent[payload] = client.getsockname()[1]
         calls = _receive_all(batch, 100)
-        assert [len(call) for call in calls][0] == udpbatch.BATCH  # all that waited, up to the bound
+        assert len(calls[0]) == udpbatch.BATCH  # all that waited, up to the bound
         received = [item for call in calls for item in call]
         assert sorted(payload for payload, _, _ in received) == sorted(sent)
         assert {ipaddress.ip_address(client) for _, client, _ in received} == {ipaddress.ip_address(host)}

@@ -50,7 +50,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -276,13 +276,13 @@ def free_port() -> int:
 class Proc:
     """A process we started in its own session (process group), logging to a file."""
 
-    running: list[Proc] = []
+    running: ClassVar[list[Proc]] = []
 
     def __init__(self, name: str, argv: list[str], log: Path, cwd: Path | None = None):
         self.name = name
         self.argv = argv
         self.log_path = log
-        self.log = open(log, "ab")
+        self.log = open(log, "ab")  # noqa: SIM115 (open for the process's life; closed in stop())
         self.popen = subprocess.Popen(
             argv, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd, start_new_session=True
         )
@@ -426,7 +426,7 @@ class Perf:
         if not self.latencies_ms:
             return float("nan")
         ordered = sorted(self.latencies_ms)
-        return ordered[min(len(ordered) - 1, max(0, int(round(fraction * len(ordered))) - 1))]
+        return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))]
 
 
 _VERBOSE_LINE = re.compile(r"^> (\S+) (\S+) \S+ ([0-9.]+)$")
@@ -922,7 +922,7 @@ def worker_scaling(
                         f"schooldns ({label}): found {len(workers)} worker processes, not {server.workers}"
                     )
                 try:
-                    for number, (pid, core) in enumerate(zip(workers, [SERVER_CORE, LOAD_CORE])):
+                    for number, (pid, core) in enumerate(zip(workers, [SERVER_CORE, LOAD_CORE], strict=False)):
                         holder.hold(pid, core, server.core_share, f"{label.replace(' ', '-')}-w{number}")
                 except OSError as exc:  # as if no cgroup could be made: the other runs go on
                     scaling.quota_error = f"could not hold a worker of {label!r} to its core: {exc}"
@@ -936,13 +936,15 @@ def worker_scaling(
         started = {pid: process_cpu_seconds(pid) for pids in family.values() for pid in pids}
         light: dict[tuple[str, int], list[dict]] = {}  # (label, window) -> loadgen outputs + server CPU
         for _ in range(args.runs):
-            for label, (proc, port, cores) in procs.items():
+            for label, (_proc, port, cores) in procs.items():
                 several = SCALING_SERVERS[label].workers > 1
                 for window in LIGHT_WINDOWS:
                     before = [process_cpu_seconds(pid) for pid in family[label]]
                     answered_before = published_worker_queries(copies[label]) if several else {}
                     run = loadgen(port, data.queries, args.seconds, window, cores)
-                    run["server_cpu"] = [process_cpu_seconds(pid) - b for pid, b in zip(family[label], before)]
+                    run["server_cpu"] = [
+                        process_cpu_seconds(pid) - b for pid, b in zip(family[label], before, strict=False)
+                    ]
                     if several:  # how the kernel spread this run's queries
                         answered_after = published_worker_queries(copies[label])
                         run["worker_queries"] = [
@@ -985,13 +987,13 @@ def worker_scaling(
                 scaling.query_share[label] = statistics.median(splits)
             names = [process_name(pid) for pid in family[label]]
             cpu = [sum(run["server_cpu"][i] for run in runs) for i in range(len(names))]
-            on_workers = [seconds for name, seconds in zip(names, cpu) if name.startswith("schooldns-w")]
+            on_workers = [seconds for name, seconds in zip(names, cpu, strict=False) if name.startswith("schooldns-w")]
             if on_workers and sum(on_workers):
                 scaling.busiest_share[label] = max(on_workers) / sum(on_workers)
             if label == "2":
                 scaling.processes = [
                     {"name": name, "cpu_seconds": process_cpu_seconds(pid) - started[pid], **smaps_kb(pid)}
-                    for pid, name in zip(family[label], names)
+                    for pid, name in zip(family[label], names, strict=False)
                 ]
     finally:
         for proc, _, _ in procs.values():
@@ -1234,7 +1236,7 @@ def finish_server(
     running: Running, args: argparse.Namespace, tools: dict[str, str], data: Data, log: Callable[[str], None]
 ) -> None:
     """After all runs: /status, the worker scaling runs (schooldns), the log's problems; stop."""
-    server, result, port, directory = running.server, running.result, running.port, running.directory
+    server, result, directory = running.server, running.result, running.directory
     proc = running.proc
     try:
         if result.error:
@@ -1443,7 +1445,8 @@ def report(
     add("")
     add(
         f"Workload: {len(data.names):,} listed names (seed {args.seed}); query file {data.query_count:,} "
-        f"names, {data.blocked_queries / data.query_count:.1%} blocked; {args.runs} miss files of {data.miss_count:,} names; "
+        f"names, {data.blocked_queries / data.query_count:.1%} blocked; "
+        f"{args.runs} miss files of {data.miss_count:,} names; "
         f"{args.runs} runs of {args.seconds:g} s; dnsperf with {args.clients} clients, 100 queries "
         f"outstanding, 2 s timeout."
     )
@@ -1730,7 +1733,7 @@ def main(argv: list[str] | None = None) -> int:
     global SERVER_CORE, LOAD_CORE
     t0 = time.monotonic()
     signal.signal(signal.SIGTERM, on_signal)
-    wanted = ["taskset", "dnsperf"] + sorted({name.split("-")[0] for name in args.servers} & set(BASELINE_TOOLS))
+    wanted = ["taskset", "dnsperf", *sorted({name.split("-")[0] for name in args.servers} & set(BASELINE_TOOLS))]
     try:
         tools = ensure_tools(wanted)
     except BenchError as exc:

@@ -1,4 +1,4 @@
-"""durable: synced writes and one-rename replaces on real files, what a failed replace leaves, and the sweep of stale ones."""
+"""durable: synced writes and one-rename replaces on real files, what a failed replace leaves, the stale-file sweep."""
 
 from __future__ import annotations
 
@@ -78,7 +78,8 @@ def test_compile_writes_index_and_manifest_and_sweeps_stale_temporary_files(tmp_
     blocklists.mkdir()
     (blocklists / "games.txt").write_text("game.example\n")
     (blocklists / "sources.yaml").write_text(
-        "categories:\n  games:\n    description: Online games.\n    sources:\n      - {file: games.txt, format: domains}\n"
+        "categories:\n  games:\n    description: Online games.\n"
+        "    sources:\n      - {file: games.txt, format: domains}\n"
     )
     state_dir = tmp_path / "state"
     state_dir.mkdir()

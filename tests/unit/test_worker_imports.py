@@ -1,4 +1,4 @@
-"""A worker process carries only the data plane (no admin API, aiohttp or prometheus_client); the compile child only the lists."""
+"""A worker carries only the data plane (no admin API, aiohttp, prometheus_client); the compile child only the lists."""
 
 from __future__ import annotations
 
