@@ -97,8 +97,8 @@ class _Ring:
         # as strided views: read or written without a ctypes attribute access per datagram.
         unsigned = memoryview(self._headers).cast("B").cast("I")
         self.received_lengths = unsigned[MMsgHdr.length.offset // 4 :: ctypes.sizeof(MMsgHdr) // 4]
-        size_t = "Q" if ctypes.sizeof(ctypes.c_size_t) == 8 else "I"
-        words = memoryview(self._iovecs).cast("B").cast(size_t)
+        octets = memoryview(self._iovecs).cast("B")
+        words = octets.cast("Q") if ctypes.sizeof(ctypes.c_size_t) == 8 else octets.cast("I")
         self.send_lengths = words[
             IoVec.length.offset // ctypes.sizeof(ctypes.c_size_t) :: ctypes.sizeof(IoVec)
             // ctypes.sizeof(ctypes.c_size_t)

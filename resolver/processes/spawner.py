@@ -160,7 +160,8 @@ def _serve_requests(channel: socket.socket) -> None:
     _set_name(PROCESS_NAME)
     children: dict[int, tuple[int, int]] = {}  # pidfd -> (pid, worker index)
     while True:
-        readable = select.select([channel, *children], [], [])[0]
+        waiting: list[int] = [channel.fileno(), *children]
+        readable = select.select(waiting, [], [])[0]
         for pidfd in readable:
             if pidfd in children:
                 pid, index = children.pop(pidfd)
@@ -169,7 +170,7 @@ def _serve_requests(channel: socket.socket) -> None:
                 code = os.waitstatus_to_exitcode(status)
                 how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
                 log.log(logging.INFO if code == 0 else logging.ERROR, "worker %d (pid %d) %s", index, pid, how)
-        if channel in readable:
+        if channel.fileno() in readable:
             request = channel.recv(REQUEST_MAX_BYTES)
             if not request:
                 break  # the supervisor is gone or stopping
