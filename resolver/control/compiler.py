@@ -39,7 +39,9 @@ class Priority(enum.Enum):
     IDLE = "idle"
 
 
-def compile_in_child(blocklists_dir: Path, state_dir: Path, fingerprint: str, priority: Priority) -> dict | None:
+def compile_in_child(
+    blocklists_dir: Path, state_dir: Path, fingerprint: str, priority: Priority
+) -> dict[str, Any] | None:
     """Compile in a child of lower priority: the manifest, or None if the child could not write state_dir.
 
     Under SCHED_IDLE the child runs only on CPU time that queries leave; on cores they keep busy
@@ -73,7 +75,7 @@ def compile_in_child(blocklists_dir: Path, state_dir: Path, fingerprint: str, pr
         from resolver.errors import ResolverError
 
         raise ResolverError(outcome["error"])
-    manifest: dict | None = outcome["manifest"]
+    manifest: dict[str, Any] | None = outcome["manifest"]
     return manifest
 
 

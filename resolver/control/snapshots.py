@@ -9,6 +9,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from resolver.control import compiler, config, lastgood
 from resolver.dataplane import pipeline
@@ -154,7 +155,7 @@ def sources_fingerprint(blocklists_dir: Path, sources: lists.Sources) -> str:
 
 def load_index(
     cfg: config.Config, sources: lists.Sources, compile_in: CompileIn = CompileIn.THIS_PROCESS
-) -> tuple[domains.DomainIndex, dict]:
+) -> tuple[domains.DomainIndex, dict[str, Any]]:
     """The memory-mapped compiled index for these sources: reused from state_dir, or compiled now.
 
     Worker processes map the same file read-only, so its pages are shared, not copied.

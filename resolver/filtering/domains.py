@@ -133,9 +133,9 @@ def _fingerprints_in_place(keys: list[bytes]) -> Iterator[int]:
     return chain.from_iterable(map(_first_digest_words, batches))
 
 
-def _first_digest_words(keys: list[bytes]) -> memoryview | array:
+def _first_digest_words(keys: list[bytes]) -> memoryview | array[int]:
     """The first 8 bytes of every key's blake2s digest, as unsigned little-endian 64-bit numbers."""
-    words: memoryview | array = memoryview(b"".join(map(_blake2s.digest, map(_blake2s, keys)))).cast("Q")[::4]
+    words: memoryview | array[int] = memoryview(b"".join(map(_blake2s.digest, map(_blake2s, keys)))).cast("Q")[::4]
     if sys.byteorder != "little":
         words = array("Q", words)
         words.byteswap()
@@ -265,7 +265,7 @@ class _MaskSets:
         return number
 
 
-def _checksum(header: bytes | memoryview, *body: bytes | memoryview | array) -> int:
+def _checksum(header: bytes | memoryview, *body: bytes | memoryview | array[int]) -> int:
     """crc32 of an image without its crc field: the header before and after that field, then the body."""
     crc = zlib.crc32(header[_CRC_AT + 4 : _HEADER_SIZE], zlib.crc32(header[:_CRC_AT]))
     for part in body:
@@ -322,7 +322,7 @@ def _parents_by_level(names: bytes, single_labels: bool) -> list[list[bytes]]:
 
 
 def _place_listed(
-    slots: array, hashes: Sequence[int], digests: Iterator[int], packed_bit: int, masksets: _MaskSets
+    slots: array[int], hashes: Sequence[int], digests: Iterator[int], packed_bit: int, masksets: _MaskSets
 ) -> None:
     """Put a run's names at the first free slot from their home slot (linear probing), or merge repeats.
 
@@ -345,7 +345,7 @@ def _place_listed(
             slots[slot] = field | key
 
 
-def _mark_or_place_parents(slots: array, parents: list[bytes]) -> None:
+def _mark_or_place_parents(slots: array[int], parents: list[bytes]) -> None:
     """Set the has-descendants bit of every listed parent; place the others as unlisted ancestors.
 
     `parents` are distinct, each + NUL, none placed yet as an ancestor. Every listed name is in

@@ -8,6 +8,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 from resolver import durable, yamlfile
@@ -209,7 +210,7 @@ def find_entry(sources: Sources, category: str, name: str) -> list[str]:
 
 def compile_to_state_dir(
     blocklists_dir: Path, state_dir: Path, fingerprint: str, progress: Progress | None = None
-) -> tuple[dict, bytes | None]:
+) -> tuple[dict[str, Any], bytes | None]:
     """Compile the lists and write index.bin + index.json; returns (manifest, image if not written)."""
     compiled = compile_lists(blocklists_dir, progress)
     manifest = {

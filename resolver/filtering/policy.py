@@ -10,7 +10,7 @@ import functools
 import ipaddress
 import zoneinfo
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from resolver.filtering import listformats, safesearch
 
@@ -302,7 +302,10 @@ def is_explicitly_allowed(school: SchoolPolicy, name: str) -> bool:
     return bool(school.rules) and _match_subtree(school.rules, name) is ALLOW
 
 
-def _match_subtree(table: Mapping[str, Any], name: str) -> Any:
+_Value = TypeVar("_Value")
+
+
+def _match_subtree(table: Mapping[str, _Value], name: str) -> _Value | None:
     """The value of the most specific key that is `name` or one of its parents, else None."""
     # Hot path: one dict probe per label.
     value = table.get(name)

@@ -50,7 +50,8 @@ async def start_admin(
     # (Worker.start). A query in flight now that ends in a reference cycle is never collected:
     # at most the few of this moment, once.
     gc.freeze()
-    return await admin.start(sock, admin.Control(state=state, reload=reload))
+    runner: web.AppRunner = await admin.start(sock, admin.Control(state=state, reload=reload))
+    return runner
 
 
 async def run_single(cfg: config.Config, ready: Callable[[worker.Worker], object] | None = None) -> None:
