@@ -92,7 +92,8 @@ def test_check_lists_every_problem_of_the_config_by_file_line_and_key(site):
     problems = result.stderr.splitlines()
     assert len(problems) == 2
     assert (
-        problems[0] == f"{site}:{lines.index('cache: {max_entries: -1}') + 1}: cache.max_entries: must not be negative"
+        problems[0]
+        == f"{site}:{lines.index('cache: {max_entries: -1}') + 1}: cache.max_entries: expected 0 to 10000000, got -1"
     )
     assert problems[1].startswith(f"{site}:{lines.index('colour: blue') + 1}: colour: unknown key 'colour'")
 
