@@ -11,7 +11,7 @@ nanoseconds per handle() call by kind (cached, renewed, blocked); `--profile` ad
 the same loop, the tool that decided the design of the hot path (see docs/performance.md).
 `--churn N` adds a kind "churn": N more cached names, asked in a seeded Zipf-like mix (name of
 rank r with weight 1/r), so the distinct names outnumber the repeats the pipeline keeps
-(pipeline.REPEAT_MAX), as on a busy resolver with a long tail of names asked once.
+(repeats.REPEAT_MAX), as on a busy resolver with a long tail of names asked once.
 Nothing is asserted about speed.
 """
 
@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from resolver.control import config, snapshots  # noqa: E402
-from resolver.dataplane import cache, metrics, pipeline, wire  # noqa: E402
+from resolver.dataplane import cache, metrics, pipeline, repeats, wire  # noqa: E402
 
 CLIENT = "127.0.0.1"
 
@@ -95,7 +95,7 @@ def main() -> None:
         if snapshot.index.lookup(name) and not snapshot.index.explain(name)[-1].kind == "allow"
     ]
     # cached: repeats of cached answers while their kept bytes hold; renewed: the same 5 s later
-    # each round, so every repeat has its TTLs re-aged (wire.reduce_ttls, see REPEAT_AGE_AHEAD_SECONDS)
+    # each round, so every repeat has its TTLs re-aged (wire.reduce_ttls, see repeats.REPEAT_AGE_AHEAD_SECONDS)
     kinds = {"cached": allowed, "renewed": allowed, "blocked": blocked}
     churned = [f"tail{number}.example-{number % 991}.net" for number in range(args.churn)]
     if churned:
@@ -106,8 +106,8 @@ def main() -> None:
 
     for name in allowed + churned:
         reply = pipe.handle(query_bytes(name, rng), CLIENT, "udp")
-        assert not isinstance(reply, bytes | None), f"{name} should be a cache miss first"
-        reply(lambda answer: None)  # the forwarder answers at once: the answer is cached
+        assert isinstance(reply, pipeline.Pending), f"{name} should be a cache miss first"
+        reply.deliver_to(lambda answer: None)  # the forwarder answers at once: the answer is cached
     print(
         f"site: {len(snapshot.policies.schools)} schools, {snapshot.index.entry_count} listed names; "
         f"{len(allowed)} allowed (cached) + {len(blocked)} blocked query names, {args.rounds} rounds"
@@ -115,7 +115,7 @@ def main() -> None:
     if churned:
         print(
             f"churn: {len(kinds['churn']):,} queries over {len(set(kinds['churn'])):,} of {len(churned):,} "
-            f"names (repeats kept: at most {pipeline.REPEAT_MAX:,})"
+            f"names (repeats kept: at most {repeats.REPEAT_MAX:,})"
         )
 
     for kind, names in kinds.items():
@@ -128,7 +128,7 @@ def main() -> None:
         elapsed = 0
         for _ in range(args.rounds):
             if kind == "renewed":
-                now[0] += 1.0 + pipeline.REPEAT_AGE_AHEAD_SECONDS
+                now[0] += 1.0 + repeats.REPEAT_AGE_AHEAD_SECONDS
             started = time.perf_counter_ns()
             for data in batch:
                 handle(data, CLIENT, "udp")
