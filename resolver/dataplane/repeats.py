@@ -2,11 +2,13 @@
 
 A client asks the same question again, byte for byte apart from the ID. `Repeats.answer` gives
 it the kept answer with its own ID, without parse, decision or replay, and counts it like the
-answer it repeats (a repeat of a cache hit is a cache hit). A kept answer holds while its
-decision does (the school's schedule segment it was made in) and until `drop_all` (a new
-snapshot); a replayed cache entry is re-aged in the kept bytes until the cached answer expires,
-a blocked answer until the `until` it was kept with (see docs/architecture.md, "Repeats patch
-two bytes").
+answer it repeats (a repeat of a cache hit is a cache hit). A query that differs only in the
+letter case of its name (DNS 0x20) is a repeat too: answers are kept under the bytes with the
+name in lower case, and such a repeat gets the question back in its own letter case. A kept
+answer holds while its decision does (the school's schedule segment it was made in) and until
+`drop_all` (a new snapshot); a replayed cache entry is re-aged in the kept bytes until the
+cached answer expires, a blocked answer until the `until` it was kept with (see
+docs/architecture.md, "Repeats patch two bytes").
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ class Repeats:
         return len(self._tables)
 
     def answer(self, school: str, data: bytes, segment: int, now: float) -> bytes | None:
-        """The kept answer to this UDP query with its ID, counted; None when none holds.
+        """The kept answer to this UDP query with its ID and its letter case, counted; None when none holds.
 
         `segment` is the school's schedule segment now, `now` the pipeline's clock.
         """
@@ -73,8 +75,23 @@ class Repeats:
             return None
         key = data[2:]
         repeat = table.get(key)
-        if repeat is None:
-            return None
+        name = None
+        if repeat is None:  # not byte for byte: the same question in other letter case (DNS 0x20)?
+            if key.islower():  # no capital letter at all (the usual miss): no other case to look for
+                return None
+            end = data.find(b"\x00", 12)
+            if end < 0:
+                return None
+            name = data[12:end]
+            if name.islower():
+                return None
+            folded = name.lower()
+            if folded == name:  # no letter in the name
+                return None
+            key = data[2:12] + folded + data[end:]
+            repeat = table.get(key)
+            if repeat is None:
+                return None
         tail, until, verdict, _, _, _, _ = repeat
         kept_segment, counted, blocked, from_cache = verdict
         if kept_segment != segment:
@@ -87,7 +104,9 @@ class Repeats:
         self._counters.recount(counted, blocked)
         if from_cache:
             self._answers.hits += 1
-        return data[:2] + tail
+        if name is None:
+            return data[:2] + tail
+        return data[:2] + tail[:10] + name + tail[10 + len(name) :]  # the question in the client's letter case
 
     def keep_blocked(
         self, school: str, data: bytes, segment: int, reply: bytes, category: str, until: float, *, from_cache: bool
@@ -130,6 +149,13 @@ class Repeats:
             table = self._tables[school] = {}
         key = data[2:]
         tail = reply[2:]
+        if not key.islower():  # a capital letter somewhere: kept with the name in lower case
+            end = data.find(b"\x00", 12)  # the end of the question's name (or of a label holding a 0 byte)
+            name = data[12:end]
+            if not name.islower():
+                folded = name.lower()
+                key = data[2:12] + folded + data[end:]
+                tail = tail[:10] + folded + tail[10 + len(folded) :]
         if key not in table:
             if self._count >= REPEAT_MAX or self._bytes >= REPEAT_MAX_BYTES:
                 self.drop_all()

@@ -220,3 +220,30 @@ async def test_a_miss_is_answered_even_when_making_its_answer_fails(site, caplog
     reply = await answer(pipe, query("www.example.com", 7))
     assert reply.rcode() == dns.rcode.SERVFAIL and reply.id == 7
     assert counters.internal_errors == 1 and "internal error answering a query" in caplog.text
+
+
+async def test_a_repeat_in_other_letter_case_is_answered_in_its_own_case(site, monkeypatch):
+    pipe, _, forwarder, counters, answers, _ = site
+    parsed = []
+    real_parse = pipeline.wire.parse_query
+    monkeypatch.setattr(pipeline.wire, "parse_query", lambda data: parsed.append(data[0:2]) or real_parse(data))
+    await answer(pipe, query("WWW.example.com", 1))  # forwarded
+    await answer(pipe, query("www.Example.com", 2))  # a cache hit, kept for repeats
+    for query_id, name in enumerate(["WWW.Example.COM", "wWw.eXaMpLe.cOm", "www.example.com", "www.Example.com"], 3):
+        reply = await answer(pipe, query(name, query_id))
+        assert reply.id == query_id and str(reply.question[0].name) == name + "."
+        assert str(reply.answer[0].name) == name + "."  # a pointer to the question: the client's case too
+        assert reply.answer[0][0].to_text() == "192.0.2.10" and reply.answer[0].ttl == 300
+    assert len(parsed) == 2 and len(pipe.repeats) == 1  # one kept answer serves every letter case
+    assert forwarder.asked == ["www.example.com"]
+    assert counters.queries[("school-a", "udp", "cached")] == 5 and answers.hits == 5
+
+
+async def test_a_blocked_repeat_in_other_letter_case_is_answered_in_its_own_case(site):
+    pipe, _, forwarder, counters, *_ = site
+    for query_id, name in enumerate(["GAMES.example.com", "games.EXAMPLE.com", "games.example.com"], 1):
+        reply = await answer(pipe, query(name, query_id))
+        assert reply.rcode() == dns.rcode.NXDOMAIN and reply.id == query_id
+        assert str(reply.question[0].name) == name + "." and str(reply.authority[0].name) == name + "."
+    assert len(pipe.repeats) == 1 and forwarder.asked == []
+    assert counters.blocked[("school-a", "games")] == 3
