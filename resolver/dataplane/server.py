@@ -28,13 +28,13 @@ class InFlight:
         self.count = 0
         self._idle: asyncio.Event | None = None  # set when the count reaches 0, while draining
 
-    def start(self, work: pipeline.Later, deliver: Any, reason: str) -> bool:
-        """Start work, which hands its answer to deliver(); False (work dropped) when full."""
+    def start(self, miss: pipeline.Pending, deliver: Any, reason: str) -> bool:
+        """Start a cache miss, whose answer goes to deliver(); False (the miss dropped) when full."""
         if self.count >= self.limit:
             self.counters.dropped[reason] += 1
             return False
         self.count += 1
-        work(functools.partial(self._finished, deliver))
+        miss.deliver_to(functools.partial(self._finished, deliver))
         return True
 
     def _finished(self, deliver: Any, answer: bytes | None) -> None:
@@ -88,12 +88,11 @@ class UdpServer:
         answers = []
         for data, client, sender in self.batch.receive():
             reply = handle(data, client, "udp")
-            if reply is None:
-                continue
             if type(reply) is bytes:
                 answers.append((reply, sender))
-            else:
+            elif isinstance(reply, pipeline.Pending):
                 self.in_flight.start(reply, functools.partial(self.send, sender=sender), "udp_in_flight_limit")
+            # None: nothing to send
         self._send(answers)
         if self.batch.oversized:
             self.in_flight.counters.dropped["udp_oversized"] += self.batch.oversized
@@ -190,12 +189,11 @@ class TcpConnection(asyncio.Protocol):
 
     def _answer(self, message: bytes) -> None:
         reply = self.shared.pipeline.handle(message, self.client, "tcp")
-        if reply is None:
-            return
         if type(reply) is bytes:
             self._write(reply)
-            return
-        if self.shared.in_flight.start(reply, self._finished, "tcp_in_flight_limit"):
+        elif isinstance(reply, pipeline.Pending) and self.shared.in_flight.start(
+            reply, self._finished, "tcp_in_flight_limit"
+        ):
             self.pending += 1
             if self.pending >= self.shared.limits.tcp_max_pipelined and self.transport is not None:
                 self.paused = True  # stop reading until some answers went out

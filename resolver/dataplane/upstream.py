@@ -122,6 +122,10 @@ class _RandomIds:
     def __init__(self) -> None:
         self._ids: list[int] = []
 
+    def forget(self) -> None:
+        """Drop the IDs fetched and not used yet."""
+        self._ids = []
+
     def next(self) -> int:
         if not self._ids:
             self._ids = list(memoryview(os.urandom(4096)).cast("H"))
@@ -130,7 +134,7 @@ class _RandomIds:
 
 _random_ids = _RandomIds()
 # A forked process (a worker forked by resolver.spawner) draws its own IDs, not its parent's next ones.
-os.register_at_fork(after_in_child=_random_ids.__init__)
+os.register_at_fork(after_in_child=_random_ids.forget)
 
 
 # Every upstream UDP socket of the process reads into this buffer; a reply is copied out at once.
@@ -437,7 +441,7 @@ class _Question:
             if isinstance(error, UpstreamError):
                 self.failed(upstream, error)
                 self.next_attempt()
-            elif error is not None:
+            elif isinstance(error, Exception):
                 self.finish(None, error)  # a bug in the exchange: the waiters answer SERVFAIL
             else:
                 self.replied(upstream, task.result())

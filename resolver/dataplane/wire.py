@@ -421,7 +421,7 @@ def parse_upstream_answer(
 ) -> Answer:
     """Walk an upstream reply once: drop its OPT, clamp TTLs, find targets and cache lifetime."""
     size = len(reply)
-    _, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(reply)
+    _, flags, _, ancount, nscount, arcount = _HEADER.unpack_from(reply)
     rcode = flags & 0xF
     pos = 12 + question_length
     buf = bytearray(reply)

@@ -1,18 +1,35 @@
-"""Profile the per-query path in process: Pipeline.handle on cache hits and blocked names, no sockets.
+"""Profile the per-query path in process: Pipeline.handle on cache hits, blocked names and misses, no sockets.
 
-    .venv/bin/python tests/perf/bench_pipeline.py [--names 20000] [--rounds 5] [--profile]
+    .venv/bin/python tests/perf/bench_pipeline.py [--names 20000] [--rounds 7] [--profile]
     .venv/bin/python tests/perf/bench_pipeline.py --churn 200000   # + more names than repeats hold
+    .venv/bin/python tests/perf/bench_pipeline.py --without-repeats   # + the same with no repeats kept
 
 Builds the shipped example site (policies/ and blocklists/ of this checkout, the demo-local school
 owning 127.0.0.0/8), fills the answer cache through a fake forwarder (the pipeline's Forwarder
-protocol, answering every name with one A record), then replays the query set round after round
-with a fresh query ID per query, as a load generator cycling through its query file does. Prints
-nanoseconds per handle() call by kind (cached, renewed, blocked); `--profile` adds a cProfile of
-the same loop, the tool that decided the design of the hot path (see docs/performance-history.md).
-`--churn N` adds a kind "churn": N more cached names, asked in a seeded Zipf-like mix (name of
-rank r with weight 1/r), so the distinct names outnumber the repeats the pipeline keeps
-(pipeline.REPEAT_MAX), as on a busy resolver with a long tail of names asked once.
-Nothing is asserted about speed.
+protocol, answering every name with one A record), then replays each kind of query set round
+after round with a fresh query ID per query, as a load generator cycling through its query file
+does. Prints the median over the rounds of nanoseconds of CPU time per handle() call (CPU time:
+another process sharing the core does not count, as it would in wall-clock time), and the calls
+per second of CPU that makes, by kind:
+
+- cached: cache hits asked again byte for byte (repeats, while their kept bytes hold);
+- renewed: the same 5 s later each round, so every repeat has its TTLs re-aged (wire.reduce_ttls,
+  see repeats.REPEAT_AGE_AHEAD_SECONDS);
+- blocked: blocked names asked again;
+- 0x20: the cached names, each query with a new random letter case (DNS 0x20, as some
+  forwarding resolvers send): no two queries have the same bytes, yet every one is a cache hit;
+- cookies: the cached names, MIX_COOKIES of the queries with a DNS COOKIE option (RFC 7873)
+  whose client cookie is new for each query, as from many clients; the rest as in "cached";
+- miss: a new name each query, answered by the fake forwarder at once (the miss path without
+  sockets: Pending, caching, replay);
+- churn (`--churn N`): N more cached names, asked in a seeded Zipf-like mix (name of rank r with
+  weight 1/r), so the distinct names outnumber the repeats the pipeline keeps (repeats.REPEAT_MAX),
+  as on a busy resolver with a long tail of names asked once.
+
+`--without-repeats` measures every kind a second time, round by round in turn with the first,
+on a pipeline that keeps no repeats (Pipeline(keep_repeats=False)): what repeats are worth on
+each kind. `--profile` adds a cProfile of a mixed loop, the tool that decided the design of the
+hot path (see docs/performance-history.md). Nothing is asserted about speed.
 """
 
 from __future__ import annotations
@@ -22,38 +39,51 @@ import cProfile
 import dataclasses
 import pstats
 import random
+import statistics
+import struct
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-
-import dns.message
-import dns.rrset
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from resolver.control import config, snapshots  # noqa: E402
-from resolver.dataplane import cache, metrics, pipeline, wire  # noqa: E402
+from resolver.dataplane import cache, metrics, pipeline, repeats, wire  # noqa: E402
 
 CLIENT = "127.0.0.1"
+MIX_COOKIES = 0.3  # share of the "cookies" kind's queries that carry a COOKIE option
+_OPTION_COOKIE = 10
 
 
 class AnsweringForwarder:
-    """Every name has one A record with TTL 3600 (the pipeline's Forwarder protocol)."""
+    """Every name has one A record, 192.0.2.1 with TTL 3600 (the pipeline's Forwarder protocol).
+
+    The reply is put together from the question's bytes, so that a miss costs the pipeline's work
+    and not a DNS library's.
+    """
 
     def ask(self, query: wire.Query, done) -> None:
-        request = dns.message.make_query(query.name + ".", query.qtype)
-        response = dns.message.make_response(request)
-        response.answer.append(dns.rrset.from_text(query.name + ".", 3600, "IN", "A", "192.0.2.1"))
-        reply = response.to_wire()
+        header = struct.pack("!HHHHHH", 0, 0x8180, 1, 1, 0, 0)
+        record = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 3600, 4) + bytes((192, 0, 2, 1))
+        reply = header + query.question_lower + record
         done(wire.parse_upstream_answer(reply, len(query.question), 0, 86400, 3600), None)
 
 
-def query_bytes(name: str, rng: random.Random) -> bytes:
-    message = dns.message.make_query(name, "A", use_edns=0, payload=1232)
-    message.id = rng.randrange(65536)
-    return message.to_wire()
+def query_bytes(name: str, rng: random.Random, cookie: bytes | None = None) -> bytes:
+    """An A query for `name` (its letter case kept) with a random ID and EDNS (payload 1232),
+    as dnspython makes it; with a COOKIE option carrying `cookie` (8 bytes: a client cookie)."""
+    qname = b"".join(bytes([len(label)]) + label.encode("ascii") for label in name.split(".")) + b"\0"
+    options = b"" if cookie is None else struct.pack("!HH", _OPTION_COOKIE, len(cookie)) + cookie
+    opt = b"\0" + struct.pack("!HHIH", 41, 1232, 0, len(options)) + options
+    return struct.pack("!HHHHHH", rng.randrange(65536), 0x0100, 1, 0, 0, 1) + qname + struct.pack("!HH", 1, 1) + opt
+
+
+def random_case(name: str, rng: random.Random) -> str:
+    """DNS 0x20: each letter of the name upper or lower case at random."""
+    return "".join(c.upper() if rng.random() < 0.5 else c for c in name)
 
 
 def blocked_names(count: int) -> list[str]:
@@ -67,14 +97,54 @@ def blocked_names(count: int) -> list[str]:
     return names
 
 
+@dataclasses.dataclass
+class Variant:
+    """One pipeline under test, with its own cache, counters and clock."""
+
+    label: str
+    pipe: pipeline.Pipeline
+    now: list[float]  # the pipeline's monotonic clock, moved by hand for the "renewed" kind
+
+
+def make_variant(label: str, snapshot: pipeline.Snapshot, cache_size: int, keep_repeats: bool) -> Variant:
+    now = [1000.0]
+    pipe = pipeline.Pipeline(
+        snapshot,
+        cache.AnswerCache(cache_size),
+        AnsweringForwarder(),
+        metrics.Counters(),
+        clock=lambda: now[0],
+        keep_repeats=keep_repeats,
+    )
+    return Variant(label, pipe, now)
+
+
+def _ignore(answer: bytes | None) -> None:
+    pass
+
+
+def answer(pipe: pipeline.Pipeline, data: bytes) -> bytes | None:
+    """handle(), and for a cache miss the answer the fake forwarder gives at once."""
+    reply = pipe.handle(data, CLIENT, "udp")
+    if isinstance(reply, pipeline.Pending):
+        delivered: list[bytes | None] = []
+        reply.deliver_to(delivered.append)
+        return delivered[0]
+    return reply
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--names", type=int, default=20_000, help="distinct allowed names (default 20,000)")
-    parser.add_argument("--rounds", type=int, default=5, help="passes over the query set (default 5)")
-    parser.add_argument("--profile", action="store_true", help="print a cProfile of the replay loop")
+    parser.add_argument("--rounds", type=int, default=7, help="passes over each query set (default 7)")
+    parser.add_argument("--profile", action="store_true", help="print a cProfile of a mixed replay loop")
     parser.add_argument(
         "--churn", type=int, default=0, help="also measure a Zipf mix over this many more names (0: not measured)"
     )
+    parser.add_argument(
+        "--without-repeats", action="store_true", help="also measure a pipeline that keeps no repeats, side by side"
+    )
+    parser.add_argument("--kinds", default="", help="comma-separated kinds to measure (default: all)")
     args = parser.parse_args()
 
     rng = random.Random(1)
@@ -83,58 +153,92 @@ def main() -> None:
             config.load_config(REPO / "deploy" / "example" / "config.yaml"), state_dir=Path(state)
         )
         snapshot = snapshots.build_snapshot(cfg, 1)
-    answers = cache.AnswerCache((args.names + args.churn) * 2)
-    counters = metrics.Counters()
-    now = [1000.0]  # the pipeline's monotonic clock, moved by hand for the "renewed" kind
-    pipe = pipeline.Pipeline(snapshot, answers, AnsweringForwarder(), counters, clock=lambda: now[0])
+    cache_size = (args.names + args.churn) * 2 + args.names * (args.rounds + 1)
+    variants = [make_variant("repeats", snapshot, cache_size, True)]
+    if args.without_repeats:
+        variants.append(make_variant("no repeats", snapshot, cache_size, False))
 
     allowed = [f"host{number}.example-{number % 997}.com" for number in range(args.names)]
     blocked = [
         name
         for name in blocked_names(max(1, args.names * 15 // 85))
-        if snapshot.index.lookup(name) and not snapshot.index.explain(name)[-1].kind == "allow"
+        if snapshot.index.lookup(name) and snapshot.index.explain(name)[-1].kind != "allow"
     ]
-    # cached: repeats of cached answers while their kept bytes hold; renewed: the same 5 s later
-    # each round, so every repeat has its TTLs re-aged (wire.reduce_ttls, see REPEAT_AGE_AHEAD_SECONDS)
-    kinds = {"cached": allowed, "renewed": allowed, "blocked": blocked}
     churned = [f"tail{number}.example-{number % 991}.net" for number in range(args.churn)]
+    for variant in variants:
+        for name in allowed + churned:
+            reply = variant.pipe.handle(query_bytes(name, rng), CLIENT, "udp")
+            assert isinstance(reply, pipeline.Pending), f"{name} should be a cache miss first"
+            reply.deliver_to(lambda answer: None)  # the forwarder answers at once: the answer is cached
+
+    # Each kind: a function of the round (0 is the warm-up) giving that round's queries.
+    fixed: dict[str, list[bytes]] = {}
+
+    def same_bytes(kind: str, names: list[str]) -> Callable[[int], list[bytes]]:
+        fixed[kind] = [query_bytes(name, rng) for name in names]
+        return lambda round_: fixed[kind]
+
+    def cased(round_: int) -> list[bytes]:
+        return [query_bytes(random_case(name, rng), rng) for name in allowed]
+
+    def cookies(round_: int) -> list[bytes]:
+        return [
+            query_bytes(name, rng, rng.randbytes(8)) if mixed else data
+            for name, data, mixed in zip(allowed, fixed["cached"], cookie_mask, strict=True)
+        ]
+
+    def missed(round_: int) -> list[bytes]:
+        return [query_bytes(f"miss{round_}-{number}.example-{number % 983}.org", rng) for number in range(args.names)]
+
+    cookie_mask = [rng.random() < MIX_COOKIES for _ in allowed]
+    kinds: dict[str, Callable[[int], list[bytes]]] = {
+        "cached": same_bytes("cached", allowed),
+        "renewed": lambda round_: fixed["cached"],
+        "blocked": same_bytes("blocked", blocked),
+        "0x20": cased,
+        "cookies": cookies,
+        "miss": missed,
+    }
     if churned:
         # as many queries as 2.5 names of the mix each, most of them for the popular names
-        kinds["churn"] = rng.choices(
-            churned, weights=[1 / rank for rank in range(1, len(churned) + 1)], k=len(churned) * 5 // 2
-        )
-
-    for name in allowed + churned:
-        reply = pipe.handle(query_bytes(name, rng), CLIENT, "udp")
-        assert not isinstance(reply, bytes | None), f"{name} should be a cache miss first"
-        reply(lambda answer: None)  # the forwarder answers at once: the answer is cached
+        mix = rng.choices(churned, weights=[1 / rank for rank in range(1, len(churned) + 1)], k=len(churned) * 5 // 2)
+        kinds["churn"] = same_bytes("churn", mix)
+    if args.kinds:
+        kinds = {kind: make for kind, make in kinds.items() if kind in args.kinds.split(",")}
     print(
         f"site: {len(snapshot.policies.schools)} schools, {snapshot.index.entry_count} listed names; "
         f"{len(allowed)} allowed (cached) + {len(blocked)} blocked query names, {args.rounds} rounds"
     )
     if churned:
         print(
-            f"churn: {len(kinds['churn']):,} queries over {len(set(kinds['churn'])):,} of {len(churned):,} "
-            f"names (repeats kept: at most {pipeline.REPEAT_MAX:,})"
+            f"churn: {len(mix):,} queries over {len(set(mix)):,} of {len(churned):,} "
+            f"names (repeats kept: at most {repeats.REPEAT_MAX:,})"
         )
+    print(f"{'kind':9}" + "".join(f"{v.label + ': ns/call':>24}{'calls/s':>10}" for v in variants))
 
-    for kind, names in kinds.items():
-        batch = [query_bytes(name, rng) for name in names]
-        handle = pipe.handle
-        for data in batch:  # warm-up: decisions and aged copies made once
-            reply = handle(data, CLIENT, "udp")
-            if not isinstance(reply, bytes):
-                raise SystemExit(f"a {kind} query was not answered at once: {reply!r}")
-        elapsed = 0
-        for _ in range(args.rounds):
-            if kind == "renewed":
-                now[0] += 1.0 + pipeline.REPEAT_AGE_AHEAD_SECONDS
-            started = time.perf_counter_ns()
-            for data in batch:
-                handle(data, CLIENT, "udp")
-            elapsed += time.perf_counter_ns() - started
-        per_query = elapsed / (args.rounds * len(batch))
-        print(f"  {kind:8} {per_query:8.0f} ns per handle()")
+    for kind, make in kinds.items():
+        per_query: dict[str, list[float]] = {variant.label: [] for variant in variants}
+        for round_ in range(args.rounds + 1):
+            batch = make(round_)
+            for variant in variants:
+                handle = variant.pipe.handle
+                if kind == "renewed":
+                    variant.now[0] += 1.0 + repeats.REPEAT_AGE_AHEAD_SECONDS
+                if round_ == 0:  # warm-up: decisions, cached answers and aged copies made once
+                    for data in batch:
+                        if not isinstance(answer(variant.pipe, data), bytes):
+                            raise SystemExit(f"a {kind} query was not answered")
+                    continue
+                started = time.thread_time_ns()
+                if kind == "miss":
+                    for data in batch:
+                        handle(data, CLIENT, "udp").deliver_to(_ignore)  # type: ignore[union-attr]
+                else:
+                    for data in batch:
+                        handle(data, CLIENT, "udp")
+                per_query[variant.label].append((time.thread_time_ns() - started) / len(batch))
+        medians = [statistics.median(per_query[variant.label]) for variant in variants]
+        print(f"{kind:9}" + "".join(f"{ns:24.0f}{1e9 / ns:10,.0f}" for ns in medians))
 
     if args.profile:
         mixed = [query_bytes(name, rng) for name in allowed + blocked]
@@ -143,7 +247,7 @@ def main() -> None:
         profiler.enable()
         for _ in range(args.rounds):
             for data in mixed:
-                pipe.handle(data, CLIENT, "udp")
+                variants[0].pipe.handle(data, CLIENT, "udp")
         profiler.disable()
         pstats.Stats(profiler).sort_stats("tottime").print_stats(14)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import inspect
 import socket
@@ -318,6 +319,11 @@ class FakeUpstream:
             and (transport is None or call.transport == transport)
         )
 
+    def send_udp(self, data: bytes, peer: tuple[str, int]) -> None:
+        """Send a datagram from the fake's own UDP socket: a stray or spoofed reply (from a hook, say)."""
+        if self._udp is not None:
+            self._udp.sendto(data, peer)
+
     def reset(self) -> None:
         """Forget recorded calls and the malformed counter; keep data and faults."""
         self.calls.clear()
@@ -508,10 +514,8 @@ class FakeUpstream:
             await asyncio.gather(*pending, return_exceptions=True)
             self._writers.discard(writer)
             writer.close()
-            try:
+            with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()
-            except (ConnectionError, OSError):
-                pass
             self._tasks.discard(task)  # type: ignore[arg-type]
 
     async def _answer_tcp(self, query: dns.message.Message, writer: asyncio.StreamWriter) -> None:
@@ -519,10 +523,8 @@ class FakeUpstream:
         if reply is None or writer.is_closing():
             return
         writer.write(reply.data if isinstance(reply, Unframed) else _frame(reply))
-        try:
+        with contextlib.suppress(ConnectionError, OSError):
             await writer.drain()
-        except (ConnectionError, OSError):
-            pass
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):

@@ -8,12 +8,12 @@ from resolver.dataplane import metrics, server
 
 
 class _Waiting:
-    """A cache miss's Later that holds on to where its answer goes until told to answer."""
+    """A cache miss (the pipeline's Pending interface) that holds on to where its answer goes until told to answer."""
 
     def __init__(self) -> None:
         self.deliver = None
 
-    def __call__(self, deliver) -> None:
+    def deliver_to(self, deliver) -> None:
         self.deliver = deliver
 
 

@@ -12,7 +12,7 @@ import dns.rrset
 import pytest
 
 from resolver.control import config, snapshots
-from resolver.dataplane import cache, metrics, pipeline, wire
+from resolver.dataplane import cache, metrics, pipeline, repeats, wire
 from tests.support import harness
 
 SCHOOL_A = "127.0.0.1"  # primary: games blocked
@@ -77,15 +77,15 @@ def query(name: str, query_id: int) -> bytes:
 
 async def answer(pipe: pipeline.Pipeline, data: bytes, client: str = SCHOOL_A, transport: str = "udp"):
     reply = pipe.handle(data, client, transport)
-    if not isinstance(reply, bytes):  # a cache miss: started with where its answer goes
+    if isinstance(reply, pipeline.Pending):  # a cache miss: started with where its answer goes
         delivered = asyncio.get_running_loop().create_future()
-        reply(delivered.set_result)
+        reply.deliver_to(delivered.set_result)
         reply = await delivered
     return dns.message.from_wire(reply)
 
 
 async def test_repeat_gets_its_own_id_and_the_same_answer(site):
-    pipe, clocks, forwarder, counters, answers, _ = site
+    pipe, _clocks, forwarder, counters, answers, _ = site
     first = await answer(pipe, query("www.example.com", 1))
     second = await answer(pipe, query("www.example.com", 2))  # cache hit, now remembered
     third = await answer(pipe, query("www.example.com", 3))  # the repeat
@@ -111,7 +111,7 @@ async def test_repeat_ttl_ages_with_the_cache(site):
     assert (await answer(pipe, query("www.example.com", 6))).answer[0].ttl == 294 - 4
 
 
-@pytest.mark.parametrize("ttl, most_ahead", [(300, pipeline.REPEAT_AGE_AHEAD_SECONDS), (40, 2), (15, 0)])
+@pytest.mark.parametrize("ttl, most_ahead", [(300, repeats.REPEAT_AGE_AHEAD_SECONDS), (40, 2), (15, 0)])
 async def test_repeat_ttl_is_never_above_the_exact_ttl_and_at_most_a_sixteenth_below(site, ttl, most_ahead):
     pipe, clocks, forwarder, *_ = site
     forwarder.ttls["www.example.com"] = ttl
@@ -142,7 +142,7 @@ async def test_repeat_ends_when_its_cached_answer_expires(site):
 
 
 async def test_repeat_is_per_school(site):
-    pipe, _, forwarder, counters, *_ = site
+    pipe, _, _forwarder, counters, *_ = site
     assert (await answer(pipe, query("games.example.com", 1), SCHOOL_A)).rcode() == dns.rcode.NXDOMAIN
     assert (await answer(pipe, query("games.example.com", 1), SCHOOL_A)).rcode() == dns.rcode.NXDOMAIN
     assert (await answer(pipe, query("games.example.com", 1), SCHOOL_B)).rcode() == dns.rcode.NOERROR
@@ -178,25 +178,21 @@ async def test_tcp_queries_do_not_use_repeats(site):
     for query_id in (1, 2, 3):
         reply = await answer(pipe, query("games.example.com", query_id), transport="tcp")
         assert reply.rcode() == dns.rcode.NXDOMAIN and reply.id == query_id
-    assert pipe._repeats == {}
+    assert len(pipe.repeats) == 0
     assert counters.queries[("school-a", "tcp", "blocked")] == 3
-
-
-def kept(pipe: pipeline.Pipeline) -> int:
-    return sum(len(repeats) for repeats in pipe._repeats.values())
 
 
 @pytest.mark.parametrize("bound", ["REPEAT_MAX", "REPEAT_MAX_BYTES"])
 async def test_repeats_stay_bounded_and_then_start_again(site, monkeypatch, bound):
     pipe, *_ = site
-    monkeypatch.setattr(pipeline, bound, 4 if bound == "REPEAT_MAX" else 4 * pipeline.REPEAT_OVERHEAD_BYTES)
+    monkeypatch.setattr(repeats, bound, 4 if bound == "REPEAT_MAX" else 4 * repeats.REPEAT_OVERHEAD_BYTES)
     for number in range(10):
         for client in (SCHOOL_A, SCHOOL_B):
             await answer(pipe, query(f"games{number}.example.com", number), client)
-            assert kept(pipe) <= 4
-    assert kept(pipe) >= 1  # the newest answers are kept again after the table was dropped
+            assert len(pipe.repeats) <= 4
+    assert len(pipe.repeats) >= 1  # the newest answers are kept again after the table was dropped
     reply = await answer(pipe, query("games9.example.com", 99), SCHOOL_B)
-    assert reply.id == 99 and kept(pipe) <= 4
+    assert reply.id == 99 and len(pipe.repeats) <= 4
 
 
 async def test_decisions_and_repeats_outlive_minutes_between_schedule_boundaries(tmp_path, monkeypatch):
@@ -211,7 +207,7 @@ async def test_decisions_and_repeats_outlive_minutes_between_schedule_boundaries
         assert (await answer(pipe, query("games.example.com", query_id), school)).rcode() == dns.rcode.NXDOMAIN
         clocks.advance(20)  # 07:11:19, 07:11:39, 07:11:59: a minute passes, no schedule boundary
     assert decided == ["games.example.com", "games.example.com"]  # once per school
-    assert len(pipe._repeats) == 2
+    assert pipe.repeats.schools() == 2
 
 
 async def test_a_miss_is_answered_even_when_making_its_answer_fails(site, caplog):
@@ -224,3 +220,30 @@ async def test_a_miss_is_answered_even_when_making_its_answer_fails(site, caplog
     reply = await answer(pipe, query("www.example.com", 7))
     assert reply.rcode() == dns.rcode.SERVFAIL and reply.id == 7
     assert counters.internal_errors == 1 and "internal error answering a query" in caplog.text
+
+
+async def test_a_repeat_in_other_letter_case_is_answered_in_its_own_case(site, monkeypatch):
+    pipe, _, forwarder, counters, answers, _ = site
+    parsed = []
+    real_parse = pipeline.wire.parse_query
+    monkeypatch.setattr(pipeline.wire, "parse_query", lambda data: parsed.append(data[0:2]) or real_parse(data))
+    await answer(pipe, query("WWW.example.com", 1))  # forwarded
+    await answer(pipe, query("www.Example.com", 2))  # a cache hit, kept for repeats
+    for query_id, name in enumerate(["WWW.Example.COM", "wWw.eXaMpLe.cOm", "www.example.com", "www.Example.com"], 3):
+        reply = await answer(pipe, query(name, query_id))
+        assert reply.id == query_id and str(reply.question[0].name) == name + "."
+        assert str(reply.answer[0].name) == name + "."  # a pointer to the question: the client's case too
+        assert reply.answer[0][0].to_text() == "192.0.2.10" and reply.answer[0].ttl == 300
+    assert len(parsed) == 2 and len(pipe.repeats) == 1  # one kept answer serves every letter case
+    assert forwarder.asked == ["www.example.com"]
+    assert counters.queries[("school-a", "udp", "cached")] == 5 and answers.hits == 5
+
+
+async def test_a_blocked_repeat_in_other_letter_case_is_answered_in_its_own_case(site):
+    pipe, _, forwarder, counters, *_ = site
+    for query_id, name in enumerate(["GAMES.example.com", "games.EXAMPLE.com", "games.example.com"], 1):
+        reply = await answer(pipe, query(name, query_id))
+        assert reply.rcode() == dns.rcode.NXDOMAIN and reply.id == query_id
+        assert str(reply.question[0].name) == name + "." and str(reply.authority[0].name) == name + "."
+    assert len(pipe.repeats) == 1 and forwarder.asked == []
+    assert counters.blocked[("school-a", "games")] == 3

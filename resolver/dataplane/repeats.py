@@ -1,0 +1,196 @@
+"""Repeats: answers made at once for UDP queries, kept per school under the query bytes after the ID.
+
+A client asks the same question again, byte for byte apart from the ID. `Repeats.answer` gives
+it the kept answer with its own ID, without parse, decision or replay, and counts it like the
+answer it repeats (a repeat of a cache hit is a cache hit). A query that differs only in the
+letter case of its name (DNS 0x20) is a repeat too: answers are kept under the bytes with the
+name in lower case, and such a repeat gets the question back in its own letter case. A kept
+answer holds while its decision does (the school's schedule segment it was made in) and until
+`drop_all` (a new snapshot); a replayed cache entry is re-aged in the kept bytes until the
+cached answer expires, a blocked answer until the `until` it was kept with (see
+docs/architecture.md, "Repeats patch two bytes").
+"""
+
+from __future__ import annotations
+
+from resolver.dataplane import cache, metrics, wire
+
+# All kept answers are dropped at once when either bound is reached (a full table is rebuilt by the
+# queries that follow).
+REPEAT_MAX = 65_536
+REPEAT_MAX_BYTES = 24 * 2**20  # estimated: key and answer bytes plus REPEAT_OVERHEAD_BYTES each
+REPEAT_OVERHEAD_BYTES = 200  # the repeat tuple, its float and the dict's share (~150-200 with tracemalloc, 50k repeats)
+# A repeat of a cached answer has its TTLs re-aged ahead, by at most this many seconds and at most
+# 1/16 of the shortest TTL left, so that its bytes hold for up to 5 s instead of 1: a TTL served
+# is never above the exact one, and at most that much below. Re-aging was every query's cost when a
+# name is asked about once a second (measured: docs/performance.md, "Repeats re-aged ahead").
+REPEAT_AGE_AHEAD_SECONDS = 4
+BLOCKED_REPEAT_SECONDS = 60.0  # a blocked answer decided now is kept for this long
+
+# Inside this room only, a repeat is a plain tuple of atomic values, so the garbage collector stops
+# tracking it and a full table adds nothing to its pauses (a NamedTuple or a dataclass would stay
+# tracked):
+#   (tail, until, verdict, stored_at, aged_for, expires_at, ttl_offsets)
+# tail: the answer without its 2-byte ID; until: clock() time when the tail stops holding;
+# verdict: (segment, counted, blocked, from_cache), one tuple shared by every repeat with the same:
+#   segment: the school's schedule segment of the decision; counted / blocked: Counters keys;
+#   from_cache: a repeat of a cached answer counts as a cache hit;
+# the rest: for a replayed cache entry, what re-ages the tail at `until` (else None: the repeat
+# ends there).
+_Verdict = tuple[int, tuple[str, str, str], tuple[str, str] | None, bool]
+_Repeat = tuple[bytes, float, _Verdict, float | None, int, float | None, tuple[int, ...] | None]
+
+
+class Repeats:
+    """The answers kept for repeats of one worker, bounded by REPEAT_MAX and REPEAT_MAX_BYTES.
+
+    `enabled=False` keeps nothing (for measurements of what repeats are worth; not a setting).
+    """
+
+    __slots__ = ("_answers", "_bytes", "_count", "_counters", "_tables", "_verdicts", "enabled")
+
+    def __init__(self, counters: metrics.Counters, answers: cache.AnswerCache, enabled: bool = True):
+        self._counters = counters
+        self._answers = answers  # a repeat of a cache hit adds to its hits
+        self.enabled = enabled
+        self._tables: dict[str, dict[bytes, _Repeat]] = {}  # school id -> query bytes after the ID -> repeat
+        self._verdicts: dict[_Verdict, _Verdict] = {}
+        self._count = 0
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def schools(self) -> int:
+        """How many schools have answers kept."""
+        return len(self._tables)
+
+    def answer(self, school: str, data: bytes, segment: int, now: float) -> bytes | None:
+        """The kept answer to this UDP query with its ID and its letter case, counted; None when none holds.
+
+        `segment` is the school's schedule segment now, `now` the pipeline's clock.
+        """
+        table = self._tables.get(school)
+        if table is None:
+            return None
+        key = data[2:]
+        repeat = table.get(key)
+        name = None
+        if repeat is None:  # not byte for byte: the same question in other letter case (DNS 0x20)?
+            if key.islower():  # no capital letter at all (the usual miss): no other case to look for
+                return None
+            end = data.find(b"\x00", 12)
+            if end < 0:
+                return None
+            name = data[12:end]
+            if name.islower():
+                return None
+            folded = name.lower()
+            if folded == name:  # no letter in the name
+                return None
+            key = data[2:12] + folded + data[end:]
+            repeat = table.get(key)
+            if repeat is None:
+                return None
+        tail, until, verdict, _, _, _, _ = repeat
+        kept_segment, counted, blocked, from_cache = verdict
+        if kept_segment != segment:
+            return None
+        if now >= until:
+            renewed = self._renew(table, key, repeat, now)
+            if renewed is None:
+                return None
+            tail = renewed
+        self._counters.recount(counted, blocked)
+        if from_cache:
+            self._answers.hits += 1
+        if name is None:
+            return data[:2] + tail
+        return data[:2] + tail[:10] + name + tail[10 + len(name) :]  # the question in the client's letter case
+
+    def keep_blocked(
+        self, school: str, data: bytes, segment: int, reply: bytes, category: str, until: float, *, from_cache: bool
+    ) -> None:
+        """Keep a blocked answer to a UDP query until `until`; from_cache: it came from a cached answer's chain."""
+        self._keep(school, data, segment, reply, "blocked", (school, category), from_cache, until, None)
+
+    def keep_replayed(
+        self, school: str, data: bytes, segment: int, reply: bytes, result: str, entry: cache.CacheEntry
+    ) -> None:
+        """Keep a cache entry replayed for a UDP query (result: its counting label); re-aged with the entry.
+
+        A truncated replay (TC set) is not re-aged: it holds until the entry's next second of age.
+        """
+        renewal = None if reply[2] & 0x02 else entry
+        self._keep(school, data, segment, reply, result, None, True, entry.exact_until, renewal)
+
+    def drop_all(self) -> None:
+        """Forget every kept answer (a new snapshot was installed, or a bound was reached)."""
+        self._tables = {}
+        self._verdicts = {}
+        self._count = self._bytes = 0
+
+    def _keep(
+        self,
+        school: str,
+        data: bytes,
+        segment: int,
+        reply: bytes,
+        result: str,
+        blocked: tuple[str, str] | None,
+        from_cache: bool,
+        until: float,
+        renewal: cache.CacheEntry | None,
+    ) -> None:
+        if not self.enabled:
+            return
+        table = self._tables.get(school)
+        if table is None:
+            table = self._tables[school] = {}
+        key = data[2:]
+        tail = reply[2:]
+        if not key.islower():  # a capital letter somewhere: kept with the name in lower case
+            end = data.find(b"\x00", 12)  # the end of the question's name (or of a label holding a 0 byte)
+            name = data[12:end]
+            if not name.islower():
+                folded = name.lower()
+                key = data[2:12] + folded + data[end:]
+                tail = tail[:10] + folded + tail[10 + len(folded) :]
+        if key not in table:
+            if self._count >= REPEAT_MAX or self._bytes >= REPEAT_MAX_BYTES:
+                self.drop_all()
+                table = self._tables[school] = {}
+            self._count += 1
+            self._bytes += len(key) + len(tail) + REPEAT_OVERHEAD_BYTES
+        verdict = (segment, (school, "udp", result), blocked, from_cache)
+        verdict = self._verdicts.setdefault(verdict, verdict)
+        if renewal is None:
+            table[key] = (tail, until, verdict, None, 0, None, None)
+        else:
+            table[key] = (
+                tail,
+                until,
+                verdict,
+                renewal.stored_at,
+                renewal.aged_for,
+                renewal.expires_at,
+                renewal.ttl_offsets,
+            )
+
+    @staticmethod
+    def _renew(table: dict[bytes, _Repeat], key: bytes, repeat: _Repeat, now: float) -> bytes | None:
+        """A repeat's tail past `until`, its TTLs aged to `now` and ahead, while its cached answer lives; else None."""
+        tail, _, verdict, stored_at, aged_for, expires_at, offsets = repeat
+        if stored_at is None or expires_at is None or offsets is None or now >= expires_at:
+            return None  # a blocked answer, or its cached answer expired
+        age = int(now - stored_at)
+        ahead = int(expires_at - now) >> 4  # at most 1/16 of the shortest TTL left
+        if ahead > REPEAT_AGE_AHEAD_SECONDS:
+            ahead = REPEAT_AGE_AHEAD_SECONDS
+        age += ahead
+        tail = wire.reduce_ttls(tail, offsets, age - aged_for, 2)
+        until = stored_at + age + 1
+        if until > expires_at:  # not min(): a call costs more than the comparison
+            until = expires_at
+        table[key] = (tail, until, verdict, stored_at, age, expires_at, offsets)
+        return tail

@@ -1,0 +1,216 @@
+"""upstream.UpstreamPool against real DNS servers on loopback (tests/support/fake_upstream.py).
+
+Failover, timeouts, TCP after a truncated reply, strict matching of replies, coalescing: what the
+pool hands a question's waiters, what it asked of which server, and what it counted.
+"""
+
+from __future__ import annotations
+
+import dns.flags
+import dns.message
+import dns.rrset
+import pytest
+
+from resolver.dataplane import upstream, wire
+from tests.support.fake_upstream import FakeUpstream, Unframed
+from tests.support.harness import until
+
+
+def _question(name: str, want_dnssec: bool = False) -> wire.Query:
+    return wire.parse_query(dns.message.make_query(name, "A", use_edns=0, want_dnssec=want_dnssec).to_wire())
+
+
+def _addresses(answer: wire.Answer) -> list[str]:
+    message = dns.message.from_wire(answer.message)
+    return [rdata.to_text() for rrset in message.answer for rdata in rrset if rrset.rdtype == 1]
+
+
+def _pool(*fakes: FakeUpstream, timeout_seconds: float = 1.0) -> upstream.UpstreamPool:
+    return upstream.UpstreamPool([upstream.parse_address(fake.address) for fake in fakes], timeout_seconds)
+
+
+@pytest.fixture
+async def first():
+    async with FakeUpstream() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def second():
+    async with FakeUpstream() as fake:
+        yield fake
+
+
+async def test_a_timeout_fails_over_to_the_second_upstream_which_is_then_asked_first(first, second):
+    first.drop()
+    second.answer("www.example.com", "A", "192.0.2.2").answer("other.example.com", "A", "192.0.2.3")
+    pool = _pool(first, second)
+    try:
+        answer = await pool.resolve(_question("www.example.com"))
+        assert _addresses(answer) == ["192.0.2.2"]
+        slow, good = pool.upstreams
+        assert (slow.queries, slow.timeouts, slow.failures) == (1, 1, 1)
+        assert (good.queries, good.failures) == (1, 0)
+        # The failure re-sorted the upstreams: the next question goes to the one that answered.
+        assert _addresses(await pool.resolve(_question("other.example.com"))) == ["192.0.2.3"]
+        assert first.count() == 1 and second.count() == 2
+    finally:
+        pool.close()
+
+
+@pytest.mark.parametrize("refusal", ["servfail", "refuse"])
+async def test_servfail_or_refused_fails_over_and_is_the_answer_when_no_upstream_does_better(first, second, refusal):
+    getattr(first, refusal)("www.example.com")
+    second.answer("www.example.com", "A", "192.0.2.2")
+    getattr(first, refusal)("gone.example.com")
+    getattr(second, refusal)("gone.example.com")
+    pool = _pool(first, second)
+    try:
+        assert _addresses(await pool.resolve(_question("www.example.com"))) == ["192.0.2.2"]
+        answer = await pool.resolve(_question("gone.example.com"))  # both refused: the last answer, not an error
+        assert answer.rcode == (wire.SERVFAIL if refusal == "servfail" else wire.REFUSED) and answer.ttl == 0
+        assert first.count("gone.example.com") == 1 and second.count("gone.example.com") == 1
+    finally:
+        pool.close()
+
+
+async def test_no_answer_in_time_fails_with_a_timeout_and_leaves_nothing_waiting(first):
+    first.drop()
+    pool = _pool(first, timeout_seconds=0.3)
+    try:
+        with pytest.raises(upstream.AllUpstreamsFailed) as failed:
+            await pool.resolve(_question("www.example.com"))
+        assert failed.value.ede_code == wire.EDE_NO_REACHABLE_AUTHORITY
+        assert "no answer in 0.30s" in str(failed.value)
+        [server] = pool.upstreams
+        assert server.timeouts == 1 and first.count() == 1
+        assert not pool.asking and not any(sock.pending for sock in server._sockets)
+    finally:
+        pool.close()
+
+
+async def test_a_truncated_reply_is_asked_again_over_tcp(first):
+    first.large_answer("big.example.com", 40).truncate("big.example.com")
+    pool = _pool(first)
+    try:
+        answer = await pool.resolve(_question("big.example.com"))
+        assert len(_addresses(answer)) == 40 and not wire.is_truncated(answer.message)
+        assert pool.upstreams[0].truncated == 1
+        assert first.count("big.example.com", transport="udp") == 1
+        assert first.count("big.example.com", transport="tcp") == 1
+    finally:
+        pool.close()
+
+
+def _reply(query: dns.message.Message, address: str, name: str | None = None) -> dns.message.Message:
+    reply = dns.message.make_response(query)
+    owner = name or query.question[0].name
+    reply.answer.append(dns.rrset.from_text(owner, 60, "IN", "A", address))
+    return reply
+
+
+def _spoofs(query: dns.message.Message) -> list[bytes]:
+    """Replies that must not be taken for the answer: another ID, another question."""
+    wrong_id = _reply(query, "6.6.6.6")
+    wrong_id.id = (query.id + 1) % 65536
+    other = dns.message.make_query("evil.example.net", "A")
+    other.id = query.id
+    wrong_question = _reply(other, "6.6.6.7")
+    wrong_question.flags |= dns.flags.QR
+    return [wrong_id.to_wire(), wrong_question.to_wire()]
+
+
+async def test_udp_replies_with_another_id_or_question_from_the_upstream_itself_are_ignored(first):
+    def hook(query, transport):
+        call = next(call for call in first.calls if call.id == query.id)
+        for spoof in _spoofs(query):  # from the upstream's own address and port: past the connected socket
+            first.send_udp(spoof, call.peer)
+        return _reply(query, "192.0.2.99")
+
+    first.hook = hook
+    pool = _pool(first)
+    try:
+        assert _addresses(await pool.resolve(_question("spoof.example.com"))) == ["192.0.2.99"]
+        assert pool.upstreams[0].mismatched == 2
+    finally:
+        pool.close()
+
+
+async def test_only_spoofed_replies_end_in_a_timeout(first):
+    def hook(query, transport):
+        call = next(call for call in first.calls if call.id == query.id)
+        for spoof in _spoofs(query):
+            first.send_udp(spoof, call.peer)
+        return None  # the real answer never comes
+
+    first.hook = hook
+    pool = _pool(first, timeout_seconds=0.3)
+    try:
+        with pytest.raises(upstream.AllUpstreamsFailed):
+            await pool.resolve(_question("spoof.example.com"))
+        assert pool.upstreams[0].mismatched == 2 and pool.upstreams[0].timeouts == 1
+    finally:
+        pool.close()
+
+
+async def test_tcp_replies_with_another_id_or_question_are_skipped_on_the_connection(first):
+    first.truncate("spoof.example.com")
+
+    def hook(query, transport):
+        if transport == "udp":
+            return "default"  # truncated: asked again over TCP
+        frames = [*_spoofs(query), _reply(query, "192.0.2.99").to_wire()]
+        return Unframed(b"".join(wire.frame(frame) for frame in frames))
+
+    first.hook = hook
+    pool = _pool(first)
+    try:
+        assert _addresses(await pool.resolve(_question("spoof.example.com"))) == ["192.0.2.99"]
+        assert pool.upstreams[0].mismatched == 2
+    finally:
+        pool.close()
+
+
+class _Outcomes:
+    """Waiters of UpstreamPool.ask: what each was handed."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[wire.Answer | None, Exception | None]] = []
+
+    def __call__(self, answer: wire.Answer | None, error: Exception | None) -> None:
+        self.calls.append((answer, error))
+
+
+async def test_identical_questions_in_flight_share_one_upstream_query(first):
+    first.answer("www.example.com", "A", "192.0.2.5").delay(0.2, "www.example.com")
+    pool = _pool(first)
+    try:
+        plain, upper, signed = _Outcomes(), _Outcomes(), _Outcomes()
+        pool.ask(_question("www.example.com"), plain)
+        pool.ask(_question("WWW.EXAMPLE.COM"), upper)  # the same question in another letter case: shared
+        pool.ask(_question("www.example.com", want_dnssec=True), signed)  # DO set: another answer, asked apart
+        assert pool.coalesced == 1 and len(pool.asking) == 2
+        await until(lambda: plain.calls and upper.calls and signed.calls, 3)
+        assert plain.calls == upper.calls  # the very same answer object
+        assert [_addresses(outcome.calls[0][0]) for outcome in (plain, signed)] == [["192.0.2.5"]] * 2
+        assert first.count("www.example.com") == 2 and not pool.asking
+        # Coalescing lasts while the question is in flight: asked again, it goes upstream again.
+        await pool.resolve(_question("www.example.com"))
+        assert first.count("www.example.com") == 3 and pool.coalesced == 1
+    finally:
+        pool.close()
+
+
+async def test_a_coalesced_question_fails_over_for_every_waiter(first, second):
+    first.drop()
+    second.answer("www.example.com", "A", "192.0.2.2")
+    pool = _pool(first, second)
+    try:
+        waiters = [_Outcomes() for _ in range(3)]
+        for waiter in waiters:
+            pool.ask(_question("www.example.com"), waiter)
+        await until(lambda: all(waiter.calls for waiter in waiters), 3)
+        assert all(_addresses(waiter.calls[0][0]) == ["192.0.2.2"] for waiter in waiters)
+        assert first.count() == 1 and second.count() == 1 and pool.coalesced == 2
+    finally:
+        pool.close()
