@@ -51,7 +51,7 @@ class Snapshot:
 
     generation: int
     index: domains.DomainIndex
-    directory: schools.SchoolDirectory
+    directory: schools.SchoolDirectory[policy.SchoolPolicy]
     default_school: policy.SchoolPolicy | None
     province: policy.Province
     policies: policy.Policies
@@ -65,7 +65,7 @@ class Pending:
     """A cache miss: `deliver_to(deliver)` asks upstream, and `deliver` gets the answer (bytes or None) once.
 
     A plain object that the upstream room calls back, not a coroutine: a task, its frames and a
-    future per waiting miss took 3.9 KB instead of 2.3 (docs/performance.md, "Cache misses without
+    future per waiting miss took 3.9 KB instead of 2.3 (docs/performance-history.md, "Cache misses without
     tasks"). It holds what the answer is made with; only `deliver_to` is for transports.
     """
 

@@ -23,7 +23,7 @@ REPEAT_OVERHEAD_BYTES = 200  # the repeat tuple, its float and the dict's share 
 # A repeat of a cached answer has its TTLs re-aged ahead, by at most this many seconds and at most
 # 1/16 of the shortest TTL left, so that its bytes hold for up to 5 s instead of 1: a TTL served
 # is never above the exact one, and at most that much below. Re-aging was every query's cost when a
-# name is asked about once a second (measured: docs/performance.md, "Repeats re-aged ahead").
+# name is asked about once a second (measured: docs/performance-history.md, "Repeats re-aged ahead").
 REPEAT_AGE_AHEAD_SECONDS = 4
 BLOCKED_REPEAT_SECONDS = 60.0  # a blocked answer decided now is kept for this long
 

@@ -12,11 +12,21 @@ import ipaddress
 import socket
 import struct
 import sys
-from typing import Any
+from typing import Any, Protocol
 
-from resolver.control import config
 from resolver.dataplane import pipeline, udpbatch, upstream, wire
 from resolver.errors import ListenError
+
+
+class TcpLimits(Protocol):
+    """The bounds of the TCP listener (the config's `limits`, resolver.control.config.LimitsConfig)."""
+
+    @property
+    def tcp_max_connections(self) -> int: ...
+    @property
+    def tcp_idle_timeout_seconds(self) -> float: ...
+    @property
+    def tcp_max_pipelined(self) -> int: ...
 
 
 class InFlight:
@@ -120,7 +130,7 @@ class UdpServer:
 class TcpConnections:
     """Shared state of every TCP connection of one worker: the connection cap and the set."""
 
-    def __init__(self, pipe: pipeline.Pipeline, in_flight: InFlight, limits: config.LimitsConfig):
+    def __init__(self, pipe: pipeline.Pipeline, in_flight: InFlight, limits: TcpLimits):
         self.pipeline = pipe
         self.in_flight = in_flight
         self.limits = limits
@@ -330,7 +340,7 @@ def spread_at_random(udp: socket.socket, workers: int) -> bool:
 async def serve_sockets(
     pipe: pipeline.Pipeline,
     in_flight: InFlight,
-    limits: config.LimitsConfig,
+    limits: TcpLimits,
     udp_sock: socket.socket,
     tcp_sock: socket.socket,
     tcp: TcpConnections,

@@ -133,7 +133,7 @@ class _RandomIds:
 
 
 _random_ids = _RandomIds()
-# A forked process (a worker forked by resolver.spawner) draws its own IDs, not its parent's next ones.
+# A forked process (a worker forked by resolver.processes.spawner) draws its own IDs, not its parent's next ones.
 os.register_at_fork(after_in_child=_random_ids.forget)
 
 
@@ -296,7 +296,8 @@ class Upstream:
 
     async def exchange_udp(self, query: wire.Query, timeout_seconds: float) -> bytes:
         """send_udp awaited: the matching reply, or its error raised."""
-        return await _awaited(functools.partial(self.send_udp, query, timeout_seconds))
+        reply: bytes = await _awaited(functools.partial(self.send_udp, query, timeout_seconds))
+        return reply
 
     def _expire(self) -> None:
         """Fail the queries past their deadline; check again later while any is waiting.
@@ -356,7 +357,7 @@ class _Question:
     """One question the pool is answering: its attempts over the upstreams in order, and who waits.
 
     Driven by callbacks, not a task: a waiting cache miss holds no task, future or coroutine
-    frames (measured: 2.3 KB per waiting miss instead of 3.9; docs/performance.md, "Cache misses
+    frames (measured: 2.3 KB per waiting miss instead of 3.9; docs/performance-history.md, "Cache misses
     without tasks").
     """
 
@@ -531,7 +532,8 @@ class UpstreamPool:
 
     async def resolve(self, query: wire.Query) -> wire.Answer:
         """ask(), awaited: the answer, or the failure raised."""
-        return await _awaited(functools.partial(self.ask, query))
+        answer: wire.Answer = await _awaited(functools.partial(self.ask, query))
+        return answer
 
     def start_tcp(
         self, upstream: Upstream, query: wire.Query, timeout_seconds: float, done: Callable[[asyncio.Task[bytes]], None]

@@ -89,7 +89,7 @@ async def run_single(cfg: config.Config, ready: Callable[[worker.Worker], object
 
 # ---------------------------------------------------------------------------------------
 # Several workers: a supervisor process (admin API, reload, restarts) and N worker processes
-# (resolver.worker, forked by resolver.spawner) that each bind the DNS port with SO_REUSEPORT, so
+# (resolver.processes.worker, forked by resolver.processes.spawner) that each bind the DNS port with SO_REUSEPORT, so
 # the kernel spreads queries over cores. The supervisor serves no DNS; the workers serve no admin API.
 
 

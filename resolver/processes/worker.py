@@ -238,7 +238,7 @@ def _bind_listen(
 
 
 # ---------------------------------------------------------------------------------------
-# A worker process of `workers: N`, forked by resolver.spawner for the supervisor (resolver.app).
+# A worker process of `workers: N`, forked by resolver.processes.spawner for the supervisor (resolver.processes.app).
 # This module imports only the data plane (never admin, exposition, aiohttp or prometheus_client),
 # so that a spawner started as a fresh interpreter loads no more. A worker publishes its numbers
 # to the supervisor, which serves /metrics.
@@ -255,7 +255,7 @@ class SpawnArgs:
 
 
 def spawned_main(args: SpawnArgs, fd: int) -> int:
-    """The main function of a worker process (forked by resolver.spawner): load the config, serve until SIGTERM.
+    """The main function of a worker process (forked by resolver.processes.spawner): load the config, serve until SIGTERM.
 
     Returns the exit status: 1 when the worker could not start, which its log says in one line.
     """
