@@ -8,8 +8,8 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from resolver import durable, yamlfile
 from resolver.filtering import domains, listformats

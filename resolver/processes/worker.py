@@ -255,7 +255,7 @@ class SpawnArgs:
 
 
 def spawned_main(args: SpawnArgs, fd: int) -> int:
-    """The main function of a worker process (forked by resolver.processes.spawner): load the config, serve until SIGTERM.
+    """A worker process's main function (forked by the spawner): load the config, serve until SIGTERM.
 
     Returns the exit status: 1 when the worker could not start, which its log says in one line.
     """
