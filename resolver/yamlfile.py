@@ -237,24 +237,20 @@ def describe(value: Any) -> str:
     """How a parsed value is named in messages: "a string", "an integer", "nothing", ..."""
     if value is None:
         return "nothing"
-    return {
-        dict: "a mapping",
-        list: "a list",
-        str: "a string",
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-    }.get(type(value), type(value).__name__)
+    return _kind_name(type(value))
+
+
+_KIND_NAMES: dict[type, str] = {
+    dict: "a mapping",
+    list: "a list",
+    str: "a string",
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+}
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
     if isinstance(kind, tuple):
         return " or ".join(_kind_name(k) for k in kind)
-    return {
-        dict: "a mapping",
-        list: "a list",
-        str: "a string",
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-    }.get(kind, kind.__name__)
+    return _KIND_NAMES.get(kind, kind.__name__)
