@@ -246,7 +246,8 @@ async def test_reload_under_load_answers_every_query(resolver):
     assert results[0] == 3
     rcodes = [rcode for batch in results[1:] for rcode in batch]
     assert len(rcodes) == 480 and set(rcodes) == {dns.rcode.NXDOMAIN}  # the fake upstream's answer
-    assert resolver.worker.pipeline.snapshot.generation == 4
+    # The file watcher (running, as in `schooldns serve`) may install one more of the same files.
+    assert resolver.worker.pipeline.snapshot.generation >= 4
     assert resolver.worker.pipeline.snapshot.entry_counts["adult"] == 20001
 
 
