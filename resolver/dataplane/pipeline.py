@@ -23,7 +23,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 from resolver.dataplane import cache, metrics, repeats, upstream, wire
 from resolver.filtering import domains, policy, schools
@@ -116,8 +116,8 @@ class Pipeline:
         answers: cache.AnswerCache,
         forwarder: Forwarder,
         counters: metrics.Counters,
-        clock: Any = time.monotonic,
-        wall_clock: Any = time.time,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         keep_repeats: bool = True,  # False only to measure what repeats are worth
     ):
         self.snapshot = snapshot

@@ -12,9 +12,10 @@ import ipaddress
 import socket
 import struct
 import sys
+from collections.abc import Callable
 from typing import Any, Protocol
 
-from resolver.dataplane import pipeline, udpbatch, upstream, wire
+from resolver.dataplane import metrics, pipeline, udpbatch, upstream, wire
 from resolver.errors import ListenError
 
 
@@ -32,13 +33,13 @@ class TcpLimits(Protocol):
 class InFlight:
     """The capped count of one worker's cache misses waiting for their answers (for the bound and the drain)."""
 
-    def __init__(self, limit: int, counters: Any):
+    def __init__(self, limit: int, counters: metrics.Counters):
         self.limit = limit
         self.counters = counters
         self.count = 0
         self._idle: asyncio.Event | None = None  # set when the count reaches 0, while draining
 
-    def start(self, miss: pipeline.Pending, deliver: Any, reason: str) -> bool:
+    def start(self, miss: pipeline.Pending, deliver: Callable[[bytes], None], reason: str) -> bool:
         """Start a cache miss, whose answer goes to deliver(); False (the miss dropped) when full."""
         if self.count >= self.limit:
             self.counters.dropped[reason] += 1
@@ -47,7 +48,7 @@ class InFlight:
         miss.deliver_to(functools.partial(self._finished, deliver))
         return True
 
-    def _finished(self, deliver: Any, answer: bytes | None) -> None:
+    def _finished(self, deliver: Callable[[bytes], None], answer: bytes | None) -> None:
         self.count -= 1
         if not self.count and self._idle is not None:
             self._idle.set()
