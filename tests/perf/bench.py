@@ -373,7 +373,7 @@ def wait_admin(directory: Path, proc: Proc, timeout: float) -> None:
                 raise BenchError(
                     f"{proc.name}: the admin API did not answer within {timeout:.0f}s; log:\n{proc.tail()}"
                 ) from None
-        time.sleep(0.02)
+        time.sleep(0.005)
 
 
 def wait_answer(port: int, proc: Proc, started: float, timeout: float) -> float:
@@ -395,12 +395,14 @@ def wait_answer(port: int, proc: Proc, started: float, timeout: float) -> float:
         attempt += 1
         query = dns.message.make_query(f"probe{attempt}.bench-ready.example", "A")
         try:
-            reply = dns.query.udp(query, "127.0.0.1", port=port, timeout=0.2)
+            # A short wait per probe: a probe sent before the socket is bound is lost, and the
+            # start is read to within about this much.
+            reply = dns.query.udp(query, "127.0.0.1", port=port, timeout=0.05)
             if reply.rcode() == dns.rcode.NOERROR and reply.answer:
                 return time.monotonic() - started
         except (dns.exception.DNSException, OSError):
             pass
-        time.sleep(0.02)
+        time.sleep(0.005)
 
 
 # ---------------------------------------------------------------------------------------------
