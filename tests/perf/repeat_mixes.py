@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,22 +45,9 @@ sys.path.insert(0, str(HERE))
 
 import bench_pipeline  # noqa: E402
 import loadgen  # noqa: E402
+from bench import LOAD_CORE, SERVER_CORE, free_port, process_cpu_seconds  # noqa: E402
 
 from tests.support import harness  # noqa: E402
-
-SERVER_CORE, LOAD_CORE = "0", "1"
-TICKS = 100  # clock ticks per second in /proc/<pid>/stat (USER_HZ)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
 
 
 def wait_for_answer(port: int, seconds: float = 30.0) -> None:
@@ -159,9 +145,9 @@ def main() -> None:
             for mix, lines in queries.items():
                 for _ in range(args.runs):
                     for label, (port, pid) in servers.items():
-                        before = cpu_seconds(pid)
+                        before = process_cpu_seconds(pid)
                         run = loadgen.run("127.0.0.1", port, lines, args.seconds, 16, 8)
-                        used = cpu_seconds(pid) - before
+                        used = process_cpu_seconds(pid) - before
                         results.setdefault((mix, label), []).append((run["qps"], used / max(1, run["answered"])))
         finally:
             for process in processes:
