@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from resolver.errors import ResolverError
+
 log = logging.getLogger("resolver.control.compiler")  # also as `python -m`, named __main__
 
 NICENESS = 10  # added to the nice value of a start's compile
@@ -72,8 +74,6 @@ def compile_in_child(
     except (IndexError, ValueError):
         outcome = {"error": f"compiling the lists failed (exit status {child.returncode}); see the log"}
     if "error" in outcome:
-        from resolver.errors import ResolverError
-
         raise ResolverError(outcome["error"])
     manifest: dict[str, Any] | None = outcome["manifest"]
     return manifest
@@ -127,7 +127,6 @@ def main(argv: list[str]) -> int:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     else:
         os.nice(NICENESS)
-    from resolver.errors import ResolverError
     from resolver.filtering import lists
 
     logging.basicConfig(level=level, format="%(asctime)s compile %(levelname)s %(name)s: %(message)s")
