@@ -204,7 +204,3 @@ def files_signature(cfg: config.Config) -> tuple[tuple[str, int, int], ...]:
                     continue
                 out.append((path, stat.st_size, stat.st_mtime_ns))
     return tuple(out)
-
-
-def entry_counts(snapshot: pipeline.Snapshot) -> dict[str, int]:
-    return dict(snapshot.entry_counts)

@@ -43,7 +43,6 @@ class Worker:
         self.tcp = server.TcpConnections(self.pipeline, self.in_flight, cfg.limits)
         self.index = index  # of this worker among the `workers: N` (0 for the one of `workers: 1`)
         self.reload_failures = 0
-        self.list_entries: dict[str, int] = snapshots.entry_counts(snapshot)
         self._udp: list[server.UdpServer] = []
         self._tcp_servers: list[asyncio.Server] = []
         self.addresses: list[tuple[str, int]] = []
@@ -84,7 +83,6 @@ class Worker:
                 log.error("reload rejected, still serving generation %d:\n%s", self.pipeline.snapshot.generation, exc)
                 return False
             self.pipeline.install(snapshot)
-            self.list_entries = snapshots.entry_counts(snapshot)
             log.info("installed generation %d", generation)
             return True
 
@@ -134,7 +132,7 @@ class Worker:
             generation=snapshot.generation,
             loaded_at=snapshot.loaded_at,
             reload_failures=self.reload_failures,
-            list_entries=self.list_entries,
+            list_entries=snapshot.entry_counts,
             serving_last_good=int(snapshot.from_last_good),
             workers=1,
             worker_queries={self.index: sum(self.counters.queries.values())},
