@@ -6,9 +6,13 @@ import os
 from pathlib import Path
 
 
-def write_synced(path: str | os.PathLike[str], data: bytes) -> None:
-    """Create (or truncate) the file at `path` with `data`, on disk when this returns (fsync)."""
-    with open(path, "wb") as file:
+def write_synced(path: str | os.PathLike[str], data: bytes, mode: int = 0o666) -> None:
+    """Create (or truncate) the file at `path` with `data`, on disk when this returns (fsync).
+
+    A file it creates gets `mode` less the umask (0o600 for secrets: never readable by others,
+    not even for a moment).
+    """
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "wb") as file:
         file.write(data)
         file.flush()
         os.fsync(file.fileno())
@@ -23,7 +27,7 @@ def sync_directory(path: str | os.PathLike[str]) -> None:
         os.close(descriptor)
 
 
-def replace_synced(path: str | os.PathLike[str], data: bytes) -> None:
+def replace_synced(path: str | os.PathLike[str], data: bytes, mode: int = 0o666) -> None:
     """Replace the file at `path` with `data` in one rename, on disk when this returns.
 
     The data goes to a temporary file beside it (`.<name>.<pid>.tmp`, removed if anything fails),
@@ -34,7 +38,7 @@ def replace_synced(path: str | os.PathLike[str], data: bytes) -> None:
     target = Path(path)
     temp = temporary_path(target, os.getpid())
     try:
-        write_synced(temp, data)
+        write_synced(temp, data, mode)
         os.replace(temp, target)
     except BaseException:  # a stop (SIGTERM) in the middle too: leave no temporary file
         temp.unlink(missing_ok=True)

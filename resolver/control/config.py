@@ -77,6 +77,25 @@ class ReloadConfig:
 @dataclasses.dataclass(frozen=True, slots=True)
 class AdminConfig:
     listen: upstream.UpstreamAddress | None = None
+    tokens_file: Path = Path("tokens.yaml")  # absolute once parsed; default: state_dir/tokens.yaml
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SyncConfig:
+    """`sync:` an instance that takes its lists and policies only from the hub's signed (TUF) repository."""
+
+    repository: str  # base URL under which the hub's repository directory is served (metadata/, targets/)
+    trusted_root: Path  # a copy of the repository's metadata/1.root.json, the trust anchor
+    interval_seconds: float = _bounded(300.0, 5.0, 86_400.0, "seconds")
+    max_shrink_percent: float = _bounded(20.0, 0.0, 100.0, "percent")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PublishConfig:
+    """`publish:` the hub publishes its lists and policies into a TUF repository after every accepted change."""
+
+    repository: Path  # the directory `schooldns bundle init` made
+    keys: Path  # the online keys (targets, snapshot, timestamp); the root key stays offline
 
 
 WORKER_SPREADS = ("client", "random")  # `worker_spread`; server.spread_at_random says why
@@ -96,6 +115,8 @@ class Config:
     limits: LimitsConfig
     reload: ReloadConfig
     admin: AdminConfig
+    sync: SyncConfig | None  # None: lists and policies come from the local directories
+    publish: PublishConfig | None  # None: this machine publishes nothing
     policies_dir: Path
     blocklists_dir: Path
     state_dir: Path
@@ -142,11 +163,14 @@ def parse_config(doc: yamlfile.Document, path: Path) -> Config:
     reload = _dataclass(top.sub("reload"), ReloadConfig)
     admin_section = top.sub("admin")
     admin_listen = _addresses(admin_section, "listen", [], default_port=8053, single=True, required=False)
+    tokens_file = admin_section.typed("tokens_file", str, None)
     admin_section.done()
 
     policies_dir = base / top.typed("policies_dir", str, "policies")
     blocklists_dir = base / top.typed("blocklists_dir", str, "blocklists")
     state_dir = base / top.typed("state_dir", str, "var")
+    sync = _sync(top, base) if top.has("sync") else None
+    publish = _publish(top, base) if top.has("publish") else None
     default_school = top.raw("default_school", None)
     if default_school is not None and not isinstance(default_school, str):
         top.fail("default_school", f"expected a school id (a string) or null, got {yamlfile.describe(default_school)}")
@@ -163,7 +187,12 @@ def parse_config(doc: yamlfile.Document, path: Path) -> Config:
         forwarding=forwarding,
         limits=limits,
         reload=reload,
-        admin=AdminConfig(admin_listen[0] if admin_listen else None),
+        admin=AdminConfig(
+            admin_listen[0] if admin_listen else None,
+            base / tokens_file if tokens_file else state_dir / "tokens.yaml",
+        ),
+        sync=sync,
+        publish=publish,
         policies_dir=policies_dir,
         blocklists_dir=blocklists_dir,
         state_dir=state_dir,
@@ -204,6 +233,29 @@ def _addresses(
     elif required and section.values.get(name) == []:
         section.fail(name, "at least one address is needed")
     return out
+
+
+def _sync(top: yamlfile.Section, base: Path) -> SyncConfig:
+    section = top.sub("sync")
+    repository = section.typed("repository", str)
+    if isinstance(repository, str) and not repository.startswith(("http://", "https://")):
+        section.fail("repository", f"expected an http:// or https:// URL, got {repository!r}")
+    trusted_root = section.typed("trusted_root", str)
+    numbers = {}
+    for name in ("interval_seconds", "max_shrink_percent"):
+        field = SyncConfig.__dataclass_fields__[name]
+        value = section.typed(name, (int, float), field.default, check=field.metadata["bounds"].problem)
+        numbers[name] = float(value)
+    section.done()
+    return SyncConfig(repository or "", base / (trusted_root or ""), **numbers)
+
+
+def _publish(top: yamlfile.Section, base: Path) -> PublishConfig:
+    section = top.sub("publish")
+    repository = section.typed("repository", str)
+    keys = section.typed("keys", str)
+    section.done()
+    return PublishConfig(base / (repository or ""), base / (keys or ""))
 
 
 def _dataclass(section: yamlfile.Section, cls: type) -> Any:

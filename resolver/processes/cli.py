@@ -41,6 +41,23 @@ def main(argv: list[str] | None = None) -> int:
         "policy timezone, or ISO 8601 with offset (default: now)",
     )
 
+    token = commands.add_parser("token", help="add, list or revoke admin API tokens (admin.tokens_file)")
+    token_commands = token.add_subparsers(dest="token_command", required=True)
+
+    def token_command(name: str, help: str) -> argparse.ArgumentParser:
+        sub = token_commands.add_parser(name, help=help)
+        sub.add_argument("--config", required=True, help="path to config.yaml")
+        sub.add_argument("--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS)
+        return sub
+
+    add = token_command("add", "add a token and print it (shown only this once)")
+    add.add_argument("--role", required=True, help="province, viewer or school:<school-id>")
+    add.add_argument("--name", help="a name for the audit log (default: from the role)")
+    token_command("list", "list the tokens: name, role, when added")
+    token_command("revoke", "remove a token: it stops working at once").add_argument(
+        "name", help="the token's name (see `schooldns token list`)"
+    )
+
     args = parser.parse_args(argv)
     level = args.log_level or ("info" if args.command == "serve" else "warning")
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -61,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "check":
             return _check(args.config)
+        if args.command == "token":
+            return _token(args)
         return _explain(args.config, args.school, args.name, args.at)
     except UsageError as exc:
         print(f"schooldns {args.command}: {exc}", file=sys.stderr)
@@ -84,6 +103,28 @@ def _check(config_path: str) -> int:
     for line in report:
         print(line)
     print(f"{config_path}: OK")
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    from resolver.operations import tokens  # the admin API's room; only this command needs it here
+
+    path = config.load_config(args.config).admin.tokens_file
+    if args.token_command == "add":
+        try:
+            role = tokens.Role.parse(args.role)
+        except ValueError as exc:
+            raise UsageError(f"--role: {exc}") from None
+        token, secret = tokens.add(path, role, args.name)
+        print(secret)
+        print(f"token {token.name!r} ({token.role}) added to {path}; it is shown only now", file=sys.stderr)
+    elif args.token_command == "list":
+        for token in tokens.load(path).tokens:
+            created = datetime.datetime.fromtimestamp(token.created, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+            print(f"{token.name}\t{token.role}\t{created}")
+    else:
+        token = tokens.revoke(path, args.name)
+        print(f"token {token.name!r} ({token.role}) revoked", file=sys.stderr)
     return 0
 
 
