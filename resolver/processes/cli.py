@@ -41,6 +41,15 @@ def main(argv: list[str] | None = None) -> int:
         "policy timezone, or ISO 8601 with offset (default: now)",
     )
 
+    for name, text in (
+        ("status", "ask the running server how it is (GET /v1/status on admin.listen)"),
+        ("reload", "have the running server load its files again (POST /v1/reload)"),
+    ):
+        remote = command(name, text)
+        remote.add_argument("--token-file", help="file holding an admin API token (default: $SCHOOLDNS_TOKEN)")
+        if name == "status":
+            remote.add_argument("--json", action="store_true", help="print the server's JSON as it is")
+
     token = commands.add_parser("token", help="add, list or revoke admin API tokens (admin.tokens_file)")
     token_commands = token.add_subparsers(dest="token_command", required=True)
 
@@ -80,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             return _check(args.config)
         if args.command == "token":
             return _token(args)
+        if args.command in ("status", "reload"):
+            return _remote(args)
         return _explain(args.config, args.school, args.name, args.at)
     except UsageError as exc:
         print(f"schooldns {args.command}: {exc}", file=sys.stderr)
@@ -104,6 +115,48 @@ def _check(config_path: str) -> int:
         print(line)
     print(f"{config_path}: OK")
     return 0
+
+
+def _remote(args: argparse.Namespace) -> int:
+    import json
+
+    from resolver.operations import apiclient
+
+    cfg = config.load_config(args.config)
+    token = apiclient.token_from(args.token_file)
+    if args.command == "reload":
+        answer = apiclient.call(cfg, "POST", "/v1/reload", token)
+        print(f"reloaded: generation {answer.get('generation')}")
+        return 0
+    answer = apiclient.call(cfg, "GET", "/v1/status", token)
+    if args.json:
+        print(json.dumps(answer, indent=2, ensure_ascii=False))
+        return 0
+    for line in _status_lines(answer):
+        print(line)
+    return 0
+
+
+def _status_lines(status: dict[str, object]) -> list[str]:
+    """/v1/status as a few lines for a person (`--json` prints all of it)."""
+    entries = status.get("list_entries")
+    total = sum(entries.values()) if isinstance(entries, dict) else 0
+    age = status.get("lists_age_seconds")
+    out = [
+        f"schooldns {status.get('version')}: generation {status.get('generation')}, {status.get('workers')} worker(s)",
+        f"lists: {total} entries" + (f", loaded {age:.0f} s ago" if isinstance(age, (int, float)) else ""),
+    ]
+    if status.get("serving_last_good"):
+        out.append("SERVING THE LAST GOOD policies and lists: the files do not build (see the server's log)")
+    upstreams = status.get("upstreams")
+    for row in upstreams if isinstance(upstreams, list) else []:
+        if isinstance(row, dict):
+            out.append(f"upstream {row.get('address')}: {'up' if row.get('up') else 'DOWN'}")
+    sync = status.get("sync")
+    if isinstance(sync, dict):
+        state = "failing: " + str(sync.get("last_error")) if sync.get("consecutive_failures") else "ok"
+        out.append(f"sync from {sync.get('repository')}: version {sync.get('version')}, {state}")
+    return out
 
 
 def _token(args: argparse.Namespace) -> int:
