@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Sequence
 from pathlib import Path
 
 from resolver.control import config, snapshots
@@ -10,20 +12,65 @@ from resolver.errors import UsageError
 from resolver.filtering import lists, policy, policyfile, schools
 
 
-def check(cfg: config.Config) -> list[str]:
-    """`schooldns check`: everything a reload would do; raises ConfigError; returns a summary."""
+def check(cfg: config.Config, clients: Sequence[str] = ()) -> list[str]:
+    """`schooldns check`: everything a reload would do; raises ConfigError; returns a summary.
+
+    Each of `clients` (addresses) adds the lines of client_school(): the school it belongs to.
+    """
+    addresses = [parse_client(client) for client in clients]  # a typing slip is said before the lists load
     sources = lists.load_sources(cfg.blocklists_dir)
     policies = policyfile.load_policies(cfg.policies_dir, sources.categories)
     compiled = lists.compile_lists(cfg.blocklists_dir)
-    snapshots.find_default_school(cfg, policies)
-    schools.SchoolDirectory.build(policies.networks())
+    default_school = snapshots.find_default_school(cfg, policies)
+    directory = schools.SchoolDirectory.build(policies.networks())
     out = [
         f"{len(policies.schools)} schools, {len(compiled.categories)} categories, "
         f"{sum(compiled.entry_counts.values())} list entries"
     ]
     for report in compiled.reports:
         out.append(f"  {report.file}: {report.entries} entries, {report.skipped} skipped, {report.invalid} invalid")
+    for address in addresses:
+        out += client_school(address, directory, policies, default_school)[1]
     return out
+
+
+def parse_client(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """A client address as given to `--client` (an IPv4-mapped IPv6 address as its IPv4); UsageError if it is none."""
+    try:
+        address = ipaddress.ip_address(text.strip().partition("%")[0])
+    except ValueError:
+        raise UsageError(f"--client: {text!r} is not an IP address (e.g. 10.1.2.34 or 2001:db8:12::5)") from None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def client_school(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+    directory: schools.SchoolDirectory[policy.SchoolPolicy],
+    policies: policy.Policies,
+    default_school: policy.SchoolPolicy | None,
+) -> tuple[policy.SchoolPolicy | None, list[str]]:
+    """The school whose policy a client at `address` gets (None: it is refused), and lines that say why.
+
+    The school is the server's own lookup; the lines name its network and any less specific
+    networks of other schools around it (nested networks: the most specific wins).
+    """
+    school = directory.lookup(address.packed)
+    if school is None:
+        if default_school is None:
+            return None, [f"client: {address} is in no school's networks: it is answered REFUSED (EDE 18 Prohibited)"]
+        return default_school, [f"client: {address} is in no school's networks: default_school {default_school.id}"]
+    around = sorted(
+        ((network, owner) for network, owner in policies.networks() if address in network),
+        key=lambda pair: -pair[0].prefixlen,
+    )
+    network = next(network for network, owner in around if owner is school)
+    lines = [f"client: {address} belongs to school {school.id} (network {network} in {school.file})"]
+    lines += [
+        f"  also in {other} of school {owner.id}, which is less specific" for other, owner in around if other != network
+    ]
+    return school, lines
 
 
 def check_name(name: str) -> str:

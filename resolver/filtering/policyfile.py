@@ -32,7 +32,7 @@ _RESERVED_IDS = frozenset({"unknown", "province"})
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Placed:
-    """A configured network and where it was written (for the overlap check across files)."""
+    """A configured network and where it was written (for the duplicate check across files)."""
 
     network: policy.Network
     owner: str
@@ -86,7 +86,7 @@ def load_policies(
         placed += networks
         if school is not None:
             schools.append(school)
-    problems += _overlaps(placed)
+    problems += _duplicates(placed)
     if problems:
         raise yamlfile.ConfigError(problems)
     assert province is not None
@@ -108,7 +108,7 @@ def parse_school(text: str, file: str, categories: Sequence[str], province: poli
     """Parse one school file's text against a province; the file stem must equal the school id."""
     doc = yamlfile.parse_yaml(text, file)
     school, networks = _read_school(doc, tuple(categories), province)
-    doc.problems += _overlaps(networks)
+    doc.problems += _duplicates(networks)
     doc.raise_if_failed()
     assert school is not None
     return school
@@ -362,29 +362,23 @@ def _networks(top: yamlfile.Section, owner: str) -> tuple[list[policy.Network], 
     return networks, placed
 
 
-def _overlaps(placed: list[_Placed]) -> list[yamlfile.Problem]:
-    """Every network that overlaps an earlier one (by address), naming both files; CIDR blocks nest or are disjoint."""
+def _duplicates(placed: list[_Placed]) -> list[yamlfile.Problem]:
+    """Every network given again after its first place, naming both; nesting is allowed (the most specific wins)."""
     problems = []
-    ordered = sorted(
-        placed, key=lambda p: (p.network.version, int(p.network.network_address), p.network.prefixlen, p.file, p.line)
-    )
-    current: _Placed | None = None
-    current_end = -1
-    for entry in ordered:
-        start = int(entry.network.network_address)
-        end = int(entry.network.broadcast_address)
-        if current is not None and current.network.version == entry.network.version and start <= current_end:
-            whose = "the same school" if current.file == entry.file else f"school '{current.owner}'"
+    first: dict[policy.Network, _Placed] = {}
+    for entry in placed:
+        earlier = first.setdefault(entry.network, entry)
+        if earlier is not entry:
+            whose = "the same school" if earlier.file == entry.file else f"school '{earlier.owner}'"
             problems.append(
                 yamlfile.Problem(
                     entry.file,
                     entry.line,
                     yamlfile.key_path(entry.key),
-                    f"{entry.network} overlaps {current.network} of {whose} ({current.file}:{current.line})",
+                    f"{entry.network} is already a network of {whose} ({earlier.file}:{earlier.line}); "
+                    "a network belongs to one school",
                 )
             )
-        if current is None or current.network.version != entry.network.version or end > current_end:
-            current, current_end = entry, end
     return problems
 
 

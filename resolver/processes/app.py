@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 from resolver.control import config, snapshots
 from resolver.dataplane import server, upstream, workerstate
 from resolver.errors import ResolverError
-from resolver.processes import spawner, worker
+from resolver.processes import sdnotify, spawner, worker
 
 if TYPE_CHECKING:  # imported at run time only once DNS serves (start_admin)
     from aiohttp import web
@@ -76,10 +76,12 @@ async def run_single(cfg: config.Config, ready: Callable[[worker.Worker], object
     signalled = worker.SignalTasks()
     signalled.on(signal.SIGHUP, dns_worker.reload)
     admin_runner = await start_admin(admin_sock, dns_worker.state, dns_worker.reload)
+    sdnotify.notify("READY=1")  # systemd's Type=notify: the first snapshot serves, and so does the admin API
     if ready is not None:
         ready(dns_worker)
     watcher = loop.create_task(worker.watch_files(cfg, dns_worker.reload, files))
     await stop.wait()
+    sdnotify.notify("STOPPING=1")
     watcher.cancel()
     log.info("shutting down: draining queries in flight (up to %.1fs)", cfg.limits.shutdown_drain_seconds)
     if admin_runner is not None:
@@ -205,6 +207,7 @@ class Supervisor:
             signalled = worker.SignalTasks()
             signalled.on(signal.SIGHUP, self.reload)
             admin_runner = await start_admin(admin_sock, self.state, self.reload)
+            sdnotify.notify("READY=1")  # every worker serves the first snapshot, and the admin API is up
             if ready is not None:
                 ready(self)
             watchers = [
@@ -212,6 +215,7 @@ class Supervisor:
                 loop.create_task(worker.watch_files(self.config, self.reload, files)),
             ]
             await self._stop.wait()
+            sdnotify.notify("STOPPING=1")
         finally:
             self.stopping = True
             for watcher in watchers:

@@ -31,10 +31,20 @@ def main(argv: list[str] | None = None) -> int:
         return sub
 
     command("serve", "answer DNS queries until SIGTERM")
-    command("check", "validate config, policies and lists; exit 1 on errors")
-    explain = command("explain", "show what a school gets for a name, and why")
-    explain.add_argument("school", help="school id (file stem in policies/)")
+    check = command("check", "validate config, policies and lists; exit 1 on errors")
+    check.add_argument(
+        "--client",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="also show the school a client address belongs to (may be given several times)",
+    )
+    explain = command("explain", "show what a school (or a client address) gets for a name, and why")
+    explain.add_argument("school", nargs="?", help="school id (file stem in policies/); leave it out with --client")
     explain.add_argument("name", help="domain name, e.g. www.example.com")
+    explain.add_argument(
+        "--client", metavar="ADDRESS", help="a device's address instead of SCHOOL: its school, then why"
+    )
     explain.add_argument(
         "--at",
         help="time to evaluate schedules at: 'YYYY-MM-DD HH:MM' in the "
@@ -86,12 +96,12 @@ def main(argv: list[str] | None = None) -> int:
             app.serve(cfg, forker)
             return 0
         if args.command == "check":
-            return _check(args.config)
+            return _check(args.config, args.client)
         if args.command == "token":
             return _token(args)
         if args.command in ("status", "reload"):
             return _remote(args)
-        return _explain(args.config, args.school, args.name, args.at)
+        return _explain(args.config, args.school, args.name, args.at, args.client)
     except UsageError as exc:
         print(f"schooldns {args.command}: {exc}", file=sys.stderr)
         return 2
@@ -108,9 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _check(config_path: str) -> int:
+def _check(config_path: str, clients: list[str]) -> int:
     cfg = config.load_config(config_path)
-    report = checks.check(cfg)
+    report = checks.check(cfg, clients)
     for line in report:
         print(line)
     print(f"{config_path}: OK")
@@ -181,11 +191,25 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
-def _explain(config_path: str, school_id: str, name: str, at: str | None) -> int:
+def _explain(config_path: str, school_id: str | None, name: str, at: str | None, client: str | None) -> int:
+    if school_id is None and client is None:
+        raise UsageError("give a school and a name (SCHOOL NAME), or a client address: --client ADDRESS NAME")
+    if school_id is not None and client is not None:
+        raise UsageError(f"give a school ({school_id!r}) or --client ADDRESS, not both")
     cfg = config.load_config(config_path)
-    checks.check_name(name)  # before the lists are loaded: a URL is a typing slip, said at once
+    # Before the lists are loaded: a URL or a mistyped address is a typing slip, said at once.
+    checks.check_name(name)
+    address = checks.parse_client(client) if client is not None else None
     snapshot = snapshots.build_snapshot(cfg, 1)
     when = _parse_time(at, snapshot.province.timezone) if at else datetime.datetime.now(datetime.UTC)
+    if address is not None:
+        school, lines = checks.client_school(address, snapshot.directory, snapshot.policies, snapshot.default_school)
+        for line in lines:
+            print(line)
+        if school is None:
+            return 0
+        school_id = school.id
+    assert school_id is not None  # one of the two was given (checked above)
     for line in checks.explain(snapshot, school_id, name, when.timestamp(), cfg.blocklists_dir):
         print(line)
     return 0

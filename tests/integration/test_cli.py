@@ -81,6 +81,91 @@ def test_explain_given_an_unreadable_time_is_a_usage_error(site):
     assert one_line(result) == "schooldns explain: --at: cannot read 'tomorrow'; use 'YYYY-MM-DD HH:MM'"
 
 
+# A district office's /16 around a school's /24 (nested networks: the most specific wins).
+NESTED = {
+    "policies/district.yaml": "id: district\nlevel: upper_secondary\nnetworks: [10.1.0.0/16]\n",
+    "policies/school-c.yaml": "id: school-c\nlevel: primary\nnetworks: [10.1.2.0/24]\n",
+}
+
+
+def test_explain_and_check_given_a_client_address_name_its_school(tmp_path):
+    site = write_site(tmp_path, ["127.0.0.1:53"], files=NESTED)
+    policies = tmp_path / "policies"
+    explained = schooldns("explain", "--config", str(site), "--client", "10.1.2.34", "games.example.com")
+    assert (explained.returncode, explained.stderr) == (0, "")
+    lines = explained.stdout.splitlines()
+    assert lines[:3] == [
+        f"client: 10.1.2.34 belongs to school school-c (network 10.1.2.0/24 in {policies / 'school-c.yaml'})",
+        "  also in 10.1.0.0/16 of school district, which is less specific",
+        "school: school-c",
+    ]
+    assert "decision: block (nxdomain, category games, authority school)" in lines
+
+    # The district office's own clients: upper secondary does not block games.
+    explained = schooldns("explain", "--client", "::ffff:10.1.9.9", "games.example.com", "--config", str(site))
+    assert explained.returncode == 0, explained.stderr
+    lines = explained.stdout.splitlines()
+    assert lines[:2] == [
+        f"client: 10.1.9.9 belongs to school district (network 10.1.0.0/16 in {policies / 'district.yaml'})",
+        "school: district",
+    ]
+    assert "decision: allow" in lines
+
+    checked = schooldns("check", "--config", str(site), "--client", "10.1.2.34", "--client", "192.0.2.1")
+    assert (checked.returncode, checked.stderr) == (0, "")
+    assert checked.stdout.splitlines()[-4:] == [
+        f"client: 10.1.2.34 belongs to school school-c (network 10.1.2.0/24 in {policies / 'school-c.yaml'})",
+        "  also in 10.1.0.0/16 of school district, which is less specific",
+        "client: 192.0.2.1 is in no school's networks: it is answered REFUSED (EDE 18 Prohibited)",
+        f"{site}: OK",
+    ]
+
+
+def test_explain_for_a_client_of_no_school_says_it_is_refused(site):
+    result = schooldns("explain", "--config", str(site), "--client", "192.0.2.1", "games.example.com")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == "client: 192.0.2.1 is in no school's networks: it is answered REFUSED (EDE 18 Prohibited)\n"
+
+    site.write_text(site.read_text() + "default_school: school-b\n")
+    result = schooldns("explain", "--config", str(site), "--client", "192.0.2.1", "games.example.com")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[:2] == [
+        "client: 192.0.2.1 is in no school's networks: default_school school-b",
+        "school: school-b",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--client", "10.1.2.345", "example.com"],
+            "schooldns explain: --client: '10.1.2.345' is not an IP address (e.g. 10.1.2.34 or 2001:db8:12::5)",
+        ),
+        (
+            ["example.com"],
+            "schooldns explain: give a school and a name (SCHOOL NAME), or a client address: --client ADDRESS NAME",
+        ),
+        (
+            ["school-a", "example.com", "--client", "10.1.2.34"],
+            "schooldns explain: give a school ('school-a') or --client ADDRESS, not both",
+        ),
+    ],
+)
+def test_explain_without_exactly_one_of_school_and_client_is_a_usage_error(site, args, message):
+    result = schooldns("explain", "--config", str(site), *args)
+    assert result.returncode == 2
+    assert one_line(result) == message
+
+
+def test_check_given_no_address_is_a_usage_error(site):
+    result = schooldns("check", "--config", str(site), "--client", "school-a")
+    assert result.returncode == 2
+    assert one_line(result) == (
+        "schooldns check: --client: 'school-a' is not an IP address (e.g. 10.1.2.34 or 2001:db8:12::5)"
+    )
+
+
 def test_check_lists_every_problem_of_the_config_by_file_line_and_key(site):
     text = site.read_text() + "cache: {max_entries: -1}\ncolour: blue\n"
     site.write_text(text)

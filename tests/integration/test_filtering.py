@@ -93,6 +93,23 @@ async def test_mandatory_category_beats_the_school_allow_list(tmp_path, upstream
     assert _ede(answer) == [(16, "category=malware; authority=province; info=http://blocked.example.vn/")]
 
 
+async def test_a_school_network_inside_a_district_network_is_the_schools(tmp_path, upstream):
+    # The district office's /16 around school C's /24: the most specific network wins.
+    files = {
+        "policies/district.yaml": "id: district\nlevel: upper_secondary\nnetworks: [127.1.0.0/16]\n",
+        "policies/school-c.yaml": "id: school-c\nlevel: primary\nnetworks: [127.1.2.0/24]\n",
+    }
+    async with running_resolver(tmp_path, [upstream.address], files=files, with_admin=True) as resolver:
+        pupil = await resolver.udp("games.example.com", source="127.1.2.34", use_edns=0)  # school C: primary
+        assert pupil.rcode() == dns.rcode.NXDOMAIN
+        assert _ede(pupil) == [(17, "category=games; authority=school; info=http://blocked.example.vn/")]
+        office = await resolver.tcp("games.example.com", source="127.1.9.9")  # the district: upper secondary
+        assert office.rcode() == dns.rcode.NOERROR and _addresses(office) == ["192.0.2.10"]
+        metrics = await _metrics(resolver)
+    assert 'schooldns_blocked_total{category="games",school="school-c"} 1.0' in metrics
+    assert 'schooldns_queries_total{result="forwarded",school="district",transport="tcp"} 1.0' in metrics
+
+
 async def test_deny_and_allow_entries(resolver):
     denied = await resolver.udp("www.denied.example.org", use_edns=0)
     assert denied.rcode() == dns.rcode.NXDOMAIN and _ede(denied)[0][0] == 15

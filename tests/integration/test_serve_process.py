@@ -246,6 +246,24 @@ async def test_sighup_reloads_and_sigterm_drains_queries_in_flight(tmp_path, ups
         assert await asyncio.wait_for(served.process.wait(), 10) == 0
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_systemd_is_told_ready_once_dns_serves_and_stopping_on_sigterm(tmp_path, upstream, workers):
+    # systemd's side of Type=notify: a datagram socket named in NOTIFY_SOCKET (here in the abstract namespace).
+    manager = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    name = f"schooldns-test-notify-{os.getpid()}-{workers}"
+    manager.bind("\0" + name)
+    manager.setblocking(False)
+    loop = asyncio.get_running_loop()
+    with manager:
+        async with serve(tmp_path, upstream, workers, env={"NOTIFY_SOCKET": "@" + name}) as served:
+            assert await asyncio.wait_for(loop.sock_recv(manager, 4096), 10) == b"READY=1"
+            assert (await served.query("www.example.com")).rcode() == dns.rcode.NOERROR
+            assert await served.admin("/readyz") == "ready\n"
+            served.process.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(loop.sock_recv(manager, 4096), 10) == b"STOPPING=1"
+            assert await asyncio.wait_for(served.process.wait(), 15) == 0
+
+
 async def test_check_reports_every_problem_as_file_line_key(tmp_path, upstream):
     config = write_site(
         tmp_path,

@@ -60,8 +60,14 @@ class Served:
 
 @contextlib.asynccontextmanager
 async def serve(
-    root: Path, upstream: FakeUpstream, workers: int, files: dict[str, str] | None = None, more_config: str = ""
+    root: Path,
+    upstream: FakeUpstream,
+    workers: int,
+    files: dict[str, str] | None = None,
+    more_config: str = "",
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[Served]:
+    """`schooldns serve` over a small site; `env` adds to the child's environment."""
     config = write_site(
         root,
         [upstream.address],
@@ -75,6 +81,7 @@ async def serve(
         str(config),
         stderr=asyncio.subprocess.PIPE,
         cwd=ROOT,
+        env={**os.environ, **(env or {})},
         start_new_session=True,
     )
     served = Served(process)

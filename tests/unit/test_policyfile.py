@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from resolver.filtering import policy, policyfile
 from resolver.filtering.policy import Action
 from resolver.filtering.safesearch import YouTubeMode
+from resolver.filtering.schools import SchoolDirectory
 from resolver.yamlfile import ConfigError
 
 CATEGORIES = ("adult", "gambling", "violence", "drugs", "malware", "phishing", "csam", "games", "social", "bypass")
@@ -137,8 +138,9 @@ def test_optional_province_keys():
             "s.yaml:3: networks[0]: '::ffff:203.0.113.0/120' is an IPv4-mapped network: write 203.0.113.0/24",
         ),
         (
-            "id: s\nlevel: primary\nnetworks:\n  - 10.0.0.0/16\n  - 10.0.5.0/24\n",
-            "s.yaml:5: networks[1]: 10.0.5.0/24 overlaps 10.0.0.0/16 of the same school (s.yaml:4)",
+            "id: s\nlevel: primary\nnetworks:\n  - 10.0.5.0/24\n  - 10.0.5.0/24\n",
+            "s.yaml:5: networks[1]: 10.0.5.0/24 is already a network of the same school (s.yaml:4); "
+            "a network belongs to one school",
         ),
         ("id: s\nlevel: primary\nnetworks: 10.0.0.0/24\n", "s.yaml:3: networks: expected a list, got a string"),
         ("id: other\nlevel: primary\n", "s.yaml:1: id: id 'other' does not match the file name 's.yaml'"),
@@ -507,39 +509,44 @@ def test_shipped_policies_load():
         assert Path(school.file).stem == school.id
 
 
-def test_overlapping_networks_across_files_name_both(tmp_path):
+def test_nested_networks_are_allowed_and_the_most_specific_wins(tmp_path):
+    # A district office's /16 around its schools' networks, and a school's own lab /28 inside its /24.
+    write(
+        tmp_path,
+        {
+            "province.yaml": PROVINCE,
+            "district.yaml": 'id: district\nlevel: primary\nnetworks: [10.1.0.0/16, "2001:db8::/32"]\n',
+            "a.yaml": 'id: a\nlevel: primary\nnetworks: [10.1.2.0/24, 10.1.2.16/28, "2001:db8:5::/48"]\n',
+            "b.yaml": "id: b\nlevel: primary\nnetworks: [10.1.3.0/24]\n",
+        },
+    )
+    loaded = policyfile.load_policies(tmp_path, CATEGORIES)
+    directory = SchoolDirectory.build(loaded.networks())
+    school_of = {ip: directory.lookup(ip).id for ip in ("10.1.2.34", "10.1.2.17", "10.1.3.1", "10.1.9.9")}
+    assert school_of == {"10.1.2.34": "a", "10.1.2.17": "a", "10.1.3.1": "b", "10.1.9.9": "district"}
+    assert directory.lookup("2001:db8:5::1").id == "a"
+    assert directory.lookup("2001:db8:6::1").id == "district"
+
+
+def test_the_same_network_in_two_files_names_both(tmp_path):
     write(
         tmp_path,
         {
             "province.yaml": PROVINCE,
             "a.yaml": "id: a\nlevel: primary\nnetworks: [10.0.0.0/16]\n",
-            "b.yaml": "id: b\nlevel: primary\nnetworks:\n  - 192.0.2.0/24\n  - 10.0.7.0/24\n",
+            "b.yaml": "id: b\nlevel: primary\nnetworks:\n  - 192.0.2.0/24\n  - 10.0.0.0/16\n",
             "c.yaml": 'id: c\nlevel: primary\nnetworks: ["2001:db8::/32"]\n',
-            "d.yaml": 'id: d\nlevel: primary\nnetworks: ["2001:db8:5::/48", 10.1.0.0/16]\n',
+            "d.yaml": 'id: d\nlevel: primary\nnetworks: ["2001:DB8::/32", 10.1.0.0/16]\n',
         },
     )
     with pytest.raises(ConfigError) as caught:
         policyfile.load_policies(tmp_path, CATEGORIES)
     a, b, c, d = (str(tmp_path / f"{x}.yaml") for x in "abcd")
+    one = "a network belongs to one school"
     assert problems(caught) == [
-        f"{b}:5: networks[1]: 10.0.7.0/24 overlaps 10.0.0.0/16 of school 'a' ({a}:3)",
-        f"{d}:3: networks[0]: 2001:db8:5::/48 overlaps 2001:db8::/32 of school 'c' ({c}:3)",
+        f"{b}:5: networks[1]: 10.0.0.0/16 is already a network of school 'a' ({a}:3); {one}",
+        f"{d}:3: networks[0]: 2001:db8::/32 is already a network of school 'c' ({c}:3); {one}",
     ]
-
-
-def test_identical_networks_in_two_files(tmp_path):
-    write(
-        tmp_path,
-        {
-            "province.yaml": PROVINCE,
-            "a.yaml": "id: a\nlevel: primary\nnetworks: [10.0.0.0/24]\n",
-            "b.yaml": "id: b\nlevel: primary\nnetworks: [10.0.0.0/24]\n",
-        },
-    )
-    with pytest.raises(ConfigError) as caught:
-        policyfile.load_policies(tmp_path, CATEGORIES)
-    [line] = problems(caught)
-    assert "a.yaml" in line and "b.yaml" in line
 
 
 def test_all_problems_in_all_files_at_once(tmp_path):

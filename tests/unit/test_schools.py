@@ -126,8 +126,7 @@ def test_same_network_twice_for_one_school_is_fine():
 
 
 def test_nested_networks_are_accepted_by_the_directory():
-    # Overlap between school files is rejected by policyfile (naming both files); the directory
-    # itself accepts nesting and answers with the most specific network.
+    # A district's network around a school's is how addressing is done: the most specific network wins.
     directory = SchoolDirectory.build([("10.0.0.0/8", "a"), ("10.0.0.0/9", "b")])
     assert directory.lookup("10.0.0.1") == "b"
     assert directory.lookup("10.200.0.1") == "a"
