@@ -19,8 +19,8 @@ from resolver import durable
 log = logging.getLogger(__name__)
 
 AUDIT_FILE = "audit.jsonl"  # in state_dir; rotated ones are audit.jsonl.1 (newest) to .KEEP_ROTATED
-MAX_FILE_BYTES = 1 << 20  # a file is rotated before it grows past this: about 4,000 entries
-KEEP_ROTATED = 4  # so the log takes at most 5 MiB, the last 20,000 changes or so
+MAX_FILE_BYTES = 1 << 20  # a file is rotated before it grows past this: about 3,000 entries
+KEEP_ROTATED = 4  # so the log takes at most 5 MiB, the last 15,000 changes or so
 MAX_READ = 1_000  # entries one read returns at most
 
 

@@ -18,7 +18,7 @@ from resolver.filtering import lists, policyfile, schools
 from resolver.operations.refusals import Failure, Refused
 from resolver.yamlfile import ConfigError, Problem
 
-HISTORY_DIR = "policy-history"  # in state_dir: <school id>/<UTC time>-<sha256 prefix>.yaml, each version replaced
+HISTORY_DIR = "policy-history"  # in state_dir: <school id>/<n>-<UTC time>-<sha256 prefix>.yaml, each version replaced
 HISTORY_KEEP = 20  # versions kept per school, the oldest removed first
 PROVINCE_KEYS = ("id", "level", "networks")  # in a school's file, only a province token changes these
 _ID_RE = re.compile(r"^[a-z0-9-]{1,63}$")
@@ -185,10 +185,12 @@ def restore(path: Path, previous: PolicyText | None) -> None:
 
 
 def _keep(directory: Path, previous: PolicyText) -> None:
+    """Keep `previous` as <n>-<UTC time>-<sha256 prefix>.yaml, n counting up; only the last HISTORY_KEEP stay."""
     directory.mkdir(parents=True, exist_ok=True)
-    now = time.time()
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
-    durable.replace_synced(directory / f"{stamp}-{previous.sha256[:12]}.yaml", previous.data)
-    kept = sorted(path for path in directory.glob("*.yaml") if not path.name.startswith("."))
-    for old in kept[:-HISTORY_KEEP]:
+    kept = sorted((int(path.name.split("-")[0]), path) for path in directory.glob("[0-9]*-*.yaml"))
+    number = kept[-1][0] + 1 if kept else 1
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    path = directory / f"{number}-{stamp}-{previous.sha256[:12]}.yaml"
+    durable.replace_synced(path, previous.data)
+    for _, old in kept[: max(0, len(kept) + 1 - HISTORY_KEEP)]:
         old.unlink(missing_ok=True)

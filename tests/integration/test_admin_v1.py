@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import re
 import subprocess
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -222,7 +223,7 @@ async def test_a_valid_edit_is_written_kept_installed_and_audited(api):
     answer = await api.running.udp("newly-denied.example.net")  # from 127.0.0.1: school A
     assert answer.rcode() == dns.rcode.NXDOMAIN
 
-    kept = sorted((api.running.config.state_dir / "policy-history" / "school-a").iterdir())
+    kept = sorted((api.running.config.state_dir / "policy-history" / "school-a").iterdir())  # 1-..., 2-...
     assert [path.read_bytes() for path in kept] == [before, current.text.encode()]
 
     entries = (await api.call("GET", "/v1/audit?limit=1", "school-a")).json()["entries"]
@@ -527,3 +528,16 @@ async def test_every_route_is_in_the_openapi_document_and_every_path_there_is_se
         if route.method != "HEAD" and route.resource is not None
     }
     assert served == documented
+
+
+async def test_a_malformed_request_is_logged_without_the_client_address(api, caplog):
+    caplog.set_level("DEBUG")
+    for request in (b"GARBAGE\r\n\r\n", b"GET /v1/status HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", api.running.admin_port)
+        writer.write(request)
+        async with asyncio.timeout(5):
+            assert re.match(rb"HTTP/1\.[01] 400 ", await reader.read())
+        writer.close()
+    logged = [record.getMessage() for record in caplog.records if record.name.startswith("resolver.operations")]
+    assert len([message for message in logged if message.startswith("Error handling request: ")]) == 2, logged
+    assert "127.0.0.1" not in caplog.text
