@@ -112,12 +112,13 @@ def explanation(
     return Explained(policy.explain(school, normalized, mask, now_epoch_seconds), name, tuple(listed))
 
 
-def parse_time(text: str, timezone: str) -> datetime.datetime:
-    """An `--at` time: ISO 8601 with an offset, or 'YYYY-MM-DD HH:MM' in the policy's time zone."""
+def parse_time(text: str, timezone: str, what: str = "--at") -> datetime.datetime:
+    """A time to explain at (`what` names it in the error): ISO 8601 with an offset, or 'YYYY-MM-DD HH:MM'
+    in the policy's time zone."""
     try:
         moment = datetime.datetime.fromisoformat(text)
     except ValueError:
-        raise UsageError(f"--at: cannot read {text!r}; use 'YYYY-MM-DD HH:MM'") from None
+        raise UsageError(f"{what}: cannot read {text!r}; use 'YYYY-MM-DD HH:MM'") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=zoneinfo.ZoneInfo(timezone))
     return moment

@@ -254,7 +254,7 @@ class Api:
         if snapshot.policies.school(school_id) is None:
             raise Refused(Failure.NOT_FOUND, f"no school '{school_id}' is served")
         try:
-            when = checks.parse_time(at, snapshot.province.timezone).timestamp() if at else time.time()
+            when = checks.parse_time(at, snapshot.province.timezone, "at").timestamp() if at else time.time()
             explained = await asyncio.to_thread(
                 checks.explanation,
                 snapshot,
