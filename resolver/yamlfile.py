@@ -13,6 +13,12 @@ from resolver.errors import ResolverError
 
 Key = tuple[str | int, ...]
 
+# Every file is plain data: no anchors or aliases (`&a`, `*a`: a few lines of them expand into
+# billions of values, "billion laughs"), and no nesting deeper than any file of ours needs (the
+# deepest, sources.yaml, nests 5). Both are refused while the file is composed, before anything
+# is expanded or converted.
+MAX_DEPTH = 16
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Problem:
@@ -72,9 +78,31 @@ class Document:
         return Section(self, key)
 
 
+class _PlainLoader(yaml.SafeLoader):
+    """The safe loader, refusing anchors, aliases and deep nesting as it composes (see MAX_DEPTH)."""
+
+    depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise yaml.composer.ComposerError(
+                None, None, "anchors and aliases (&name, *name) are not allowed: write the values out", event.start_mark
+            )
+        if self.depth >= MAX_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels", event.start_mark)
+        self.depth += 1
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+        assert node is not None
+        return node
+
+
 def parse_yaml(text: str, file: str) -> Document:
-    """Parse one YAML document; syntax errors and duplicate keys become a ConfigError."""
-    loader = yaml.SafeLoader(text)
+    """Parse one YAML document; syntax errors, duplicate keys, anchors, aliases, deep nesting: a ConfigError."""
+    loader = _PlainLoader(text)
     try:
         node = loader.get_single_node()
         lines: dict[Key, int] = {}

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import ipaddress
+import zoneinfo
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -81,12 +84,60 @@ def check_name(name: str) -> str:
         raise UsageError(str(exc)) from None
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Listed:
+    """One list entry that applies to the explained name, and where it is written (when traced)."""
+
+    name: str | None  # None: withheld (an entry of a category that is never shown)
+    match: str  # "exact" | "subtree"
+    kind: str  # "block" | "allow"
+    categories: tuple[str, ...]
+    found_in: tuple[str, ...]  # "file:line (kind)" of each line that lists it
+
+    def lines(self) -> list[str]:
+        out = [f"listed: {self.name or '(withheld)'} ({self.kind}, {self.match}) in {', '.join(self.categories)}"]
+        return out + [f"  from {where}" for where in self.found_in]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Explained:
+    """`schooldns explain`: the policy's explanation, the name as given, and the list entries that apply."""
+
+    explanation: policy.Explanation
+    given: str  # the name as typed, before normalisation
+    listed: tuple[Listed, ...]
+
+    def lines(self) -> list[str]:
+        out = self.explanation.lines()
+        if self.explanation.name != self.given.lower().rstrip("."):
+            out.insert(2, f"input: {self.given}")
+        for entry in self.listed:
+            out.extend(entry.lines())
+        return out
+
+
 def explain(
     snapshot: pipeline.Snapshot, school_id: str, name: str, now_epoch_seconds: float, blocklists_dir: Path | None = None
 ) -> list[str]:
-    """`schooldns explain`: the decision for one school and name, with every reason.
+    """`schooldns explain`: the decision for one school and name, with every reason, as printed.
 
     With `blocklists_dir`, each matching list entry is traced to its file and line.
+    """
+    return explanation(snapshot, school_id, name, now_epoch_seconds, blocklists_dir).lines()
+
+
+def explanation(
+    snapshot: pipeline.Snapshot,
+    school_id: str,
+    name: str,
+    now_epoch_seconds: float,
+    blocklists_dir: Path | None = None,
+    withheld: frozenset[str] = frozenset(),
+) -> Explained:
+    """The decision for one school and name with every reason (see `explain`).
+
+    An entry listed in a `withheld` category is neither named nor traced to a file: the admin API
+    shows no line of the csam list (lists.WITHHELD_CATEGORIES).
     """
     school = snapshot.policies.school(school_id)
     if school is None:
@@ -94,17 +145,27 @@ def explain(
         raise UsageError(f"no school '{school_id}' in the policies (known: {known})")
     normalized = check_name(name)
     mask = snapshot.index.lookup(normalized)
-    out = policy.explain(school, normalized, mask, now_epoch_seconds).lines()
-    if normalized != name.lower().rstrip("."):
-        out.insert(2, f"input: {name}")
     sources = lists.load_sources(blocklists_dir) if blocklists_dir is not None else None
+    listed = []
     for match in snapshot.index.explain(normalized):
-        categories = [c for i, c in enumerate(snapshot.categories) if match.bits >> i & 1]
-        out.append(f"listed: {match.name} ({match.kind}, {match.match}) in {', '.join(categories)}")
-        if sources is not None:
-            out.extend(
-                f"  from {where}"
-                for category in categories
-                for where in lists.find_entry(sources, category, match.name)
-            )
-    return out
+        categories = tuple(c for i, c in enumerate(snapshot.categories) if match.bits >> i & 1)
+        hidden = not withheld.isdisjoint(categories)
+        found_in = (
+            ()
+            if sources is None or hidden
+            else tuple(where for category in categories for where in lists.find_entry(sources, category, match.name))
+        )
+        listed.append(Listed(None if hidden else match.name, match.match, match.kind, categories, found_in))
+    return Explained(policy.explain(school, normalized, mask, now_epoch_seconds), name, tuple(listed))
+
+
+def parse_time(text: str, timezone: str, what: str = "--at") -> datetime.datetime:
+    """A time to explain at (`what` names it in the error): ISO 8601 with an offset, or 'YYYY-MM-DD HH:MM'
+    in the policy's time zone."""
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"{what}: cannot read {text!r}; use 'YYYY-MM-DD HH:MM'") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=zoneinfo.ZoneInfo(timezone))
+    return moment

@@ -25,6 +25,9 @@ _CATEGORY_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 #: names the policy uses for blocks that do not come from a list (see resolver.filtering.policy)
 _RESERVED_CATEGORIES = frozenset({"deny", "safe_search"})
 _MATCHES = (listformats.EXACT, listformats.SUBTREE)
+#: categories whose entries the admin API never names or traces to a file and line: the national
+#: child sexual abuse list is given to the province under the condition that nobody can read it.
+WITHHELD_CATEGORIES = frozenset({"csam"})
 
 Progress = Callable[[str], None]
 

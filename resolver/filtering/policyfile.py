@@ -27,7 +27,7 @@ _ID_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _PROFILE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _TIME_RE = re.compile(r"^(\d{1,2}):(\d{2})$")
 #: school ids are metric labels; `unknown` is the label for unmatched clients.
-_RESERVED_IDS = frozenset({"unknown", "province"})
+RESERVED_IDS = frozenset({"unknown", "province"})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -42,19 +42,24 @@ class _Placed:
 
 
 def load_policies(
-    policies_dir: Path, categories: Sequence[str], table: safesearch.SafeSearchTable | None = None
+    policies_dir: Path,
+    categories: Sequence[str],
+    table: safesearch.SafeSearchTable | None = None,
+    shown_as: Path | None = None,
 ) -> policy.Policies:
     """province.yaml plus every other *.yaml in the directory (each a school); one ConfigError for all problems.
 
     `categories[i]` is the category of bit i in the domain index's masks; `table` defaults to the
-    shipped resolver/filtering/data/safe_search.yaml.
+    shipped resolver/filtering/data/safe_search.yaml. With `shown_as`, problems and policies name
+    their files as if they were in that directory (a staging copy checked for the real one).
     """
     categories = tuple(categories)
     table = table or safesearch.default_table()
+    shown = shown_as or policies_dir
     problems: list[yamlfile.Problem] = []
     province: policy.Province | None = None
     try:
-        doc = yamlfile.load_yaml(policies_dir / PROVINCE_FILE)
+        doc = yamlfile.load_yaml(policies_dir / PROVINCE_FILE, str(shown / PROVINCE_FILE))
         province = _read_province(doc, categories, table)
         problems += doc.problems
     except yamlfile.ConfigError as exc:
@@ -62,7 +67,7 @@ def load_policies(
     try:
         paths = sorted(policies_dir.iterdir())
     except OSError as exc:
-        problems.append(yamlfile.Problem(str(policies_dir), 1, "", f"cannot read directory: {exc}"))
+        problems.append(yamlfile.Problem(str(shown), 1, "", f"cannot read directory: {exc}"))
         paths = []
     schools: list[policy.SchoolPolicy] = []
     placed: list[_Placed] = []
@@ -71,13 +76,15 @@ def load_policies(
             continue
         if path.suffix == ".yml":
             problems.append(
-                yamlfile.Problem(str(path), 1, "", f"policy files end in .yaml: rename it to {path.stem}.yaml")
+                yamlfile.Problem(
+                    str(shown / path.name), 1, "", f"policy files end in .yaml: rename it to {path.stem}.yaml"
+                )
             )
             continue
         if path.suffix != ".yaml":
             continue
         try:
-            doc = yamlfile.load_yaml(path)
+            doc = yamlfile.load_yaml(path, str(shown / path.name))
         except yamlfile.ConfigError as exc:
             problems += exc.problems
             continue
@@ -90,7 +97,7 @@ def load_policies(
     if problems:
         raise yamlfile.ConfigError(problems)
     assert province is not None
-    log.debug("loaded %d school policies from %s", len(schools), policies_dir)
+    log.debug("loaded %d school policies from %s", len(schools), shown)
     return policy.Policies(province=province, schools=tuple(schools), by_id={s.id: s for s in schools})
 
 
@@ -329,7 +336,7 @@ def _check_id(value: str) -> str | None:
             f"id '{value}' must be lower-case letters, digits and '-' (at most 63, not starting or "
             f"ending with '-'), e.g. thpt-nguyen-du"
         )
-    if value in _RESERVED_IDS:
+    if value in RESERVED_IDS:
         return f"id '{value}' is reserved"
     return None
 

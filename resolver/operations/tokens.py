@@ -96,7 +96,7 @@ class Tokens:
 
 
 def load(path: Path) -> Tokens:
-    """The tokens file at `path` (no file: no tokens); TokenFileError if it is readable by others or malformed."""
+    """The tokens file at `path` (no file: no tokens); TokenFileError if others may read it, ConfigError if broken."""
     try:
         with open(path, "rb") as file:
             mode = os.fstat(file.fileno()).st_mode
@@ -203,16 +203,18 @@ class TokenFile:
 
     def __init__(self, path: Path):
         self.path = path
-        self._seen: tuple[int, int, int] | None = None
+        self._seen: tuple[int, ...] | None = None
         self._tokens = Tokens(path, {})
         self.problem: str | None = None  # why the file on disk is not in use, while it is broken
 
     def current(self) -> Tokens:
+        seen: tuple[int, ...]
         try:
             st = os.stat(self.path)
-            seen = (st.st_ino, st.st_size, st.st_mtime_ns)
+            # The change time too: a chmod that makes the file readable by others changes nothing else.
+            seen = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         except FileNotFoundError:
-            seen = (0, 0, 0)
+            seen = ()
         if seen != self._seen:
             try:
                 self._tokens = load(self.path)

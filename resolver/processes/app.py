@@ -14,8 +14,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
-from resolver.control import config, snapshots
-from resolver.dataplane import server, upstream, workerstate
+from resolver.control import config, snapshots, sync
+from resolver.dataplane import pipeline, server, upstream, workerstate
 from resolver.errors import ResolverError
 from resolver.processes import sdnotify, spawner, worker
 
@@ -35,8 +35,11 @@ def bind_admin(cfg: config.Config) -> socket.socket | None:
 
 async def start_admin(
     sock: socket.socket | None,
+    cfg: config.Config,
     state: Callable[[], workerstate.WorkerState],
     reload: Callable[[], Awaitable[bool]],
+    snapshot: Callable[[], Awaitable[pipeline.Snapshot]],
+    syncing: sync.Syncing | None = None,
 ) -> web.AppRunner | None:
     """Import the admin API in a thread while DNS is already answering, then serve it on `sock`.
 
@@ -50,7 +53,8 @@ async def start_admin(
     # (Worker.start). A query in flight now that ends in a reference cycle is never collected:
     # at most the few of this moment, once.
     gc.freeze()
-    runner: web.AppRunner = await admin.start(sock, admin.Control(state=state, reload=reload))
+    control = admin.Control(state=state, reload=reload, config=cfg, snapshot=snapshot, sync=syncing)
+    runner: web.AppRunner = await admin.start(sock, control)
     return runner
 
 
@@ -75,7 +79,11 @@ async def run_single(cfg: config.Config, ready: Callable[[worker.Worker], object
     loop.add_signal_handler(signal.SIGINT, stop.set)
     signalled = worker.SignalTasks()
     signalled.on(signal.SIGHUP, dns_worker.reload)
-    admin_runner = await start_admin(admin_sock, dns_worker.state, dns_worker.reload)
+
+    async def installed() -> pipeline.Snapshot:
+        return dns_worker.pipeline.snapshot
+
+    admin_runner = await start_admin(admin_sock, cfg, dns_worker.state, dns_worker.reload, installed)
     sdnotify.notify("READY=1")  # systemd's Type=notify: the first snapshot serves, and so does the admin API
     if ready is not None:
         ready(dns_worker)
@@ -100,6 +108,9 @@ async def run_single(cfg: config.Config, ready: Callable[[worker.Worker], object
 # worker that cannot start, e.g. after config.yaml was broken, is not forked twice a second).
 RESTART_DELAY_SECONDS = 0.5
 RESTART_DELAY_MAX_SECONDS = 30.0
+# A reload returns once every live worker reports the new generation, or after this long (a worker
+# reuses the index the supervisor compiled, so it only loads the files again: well under a second).
+RELOAD_WAIT_SECONDS = 30.0
 
 
 class Forker(Protocol):
@@ -135,6 +146,11 @@ class Supervisor:
         self.reload_failures = 0  # rejected here, so no worker counts them
         self._departed: tuple[workerstate.WorkerState, ...] = ()  # at most one: the counters of workers that died
         self._stop = asyncio.Event()
+        self._starting: set[int] = set()  # workers whose first report _wait_ready reads (in a thread)
+        self._reloading = asyncio.Lock()  # one reload at a time, so a reload waits for its own generation
+        self._snapshotting = asyncio.Lock()
+        # The files' signature and the snapshot built from them here: what explain and the schools list read.
+        self._snapshot: tuple[tuple[object, ...], pipeline.Snapshot] | None = None
 
     @property
     def ports(self) -> tuple[int, ...]:
@@ -165,19 +181,23 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_seconds
         exited = WorkerStartError(f"worker {index} exited while starting (its log says why)")
-        while loop.time() < deadline:
-            try:
-                if await asyncio.to_thread(conn.poll, 0.2):
-                    report = workerstate.Report.from_wire(conn.recv())
-                    self.states[index] = report.state
-                    if report.ports:
-                        return report.ports
-            except EOFError:  # it closed its end: it has exited, or is exiting
-                await asyncio.to_thread(process.wait, 5.0)
-                raise exited from None
-            if not process.alive():
-                raise exited
-        raise WorkerStartError(f"worker {index} did not start within {timeout_seconds:.0f}s")
+        self._starting.add(index)
+        try:
+            while loop.time() < deadline:
+                try:
+                    if await asyncio.to_thread(conn.poll, 0.2):
+                        report = workerstate.Report.from_wire(conn.recv())
+                        self.states[index] = report.state
+                        if report.ports:
+                            return report.ports
+                except EOFError:  # it closed its end: it has exited, or is exiting
+                    await asyncio.to_thread(process.wait, 5.0)
+                    raise exited from None
+                if not process.alive():
+                    raise exited
+            raise WorkerStartError(f"worker {index} did not start within {timeout_seconds:.0f}s")
+        finally:
+            self._starting.discard(index)
 
     async def run(self, ready: Callable[[Supervisor], object] | None = None) -> None:
         """Start the workers and the admin API, serve until stop(), then stop the workers.
@@ -206,7 +226,7 @@ class Supervisor:
             loop.add_signal_handler(signal.SIGINT, self.stop)
             signalled = worker.SignalTasks()
             signalled.on(signal.SIGHUP, self.reload)
-            admin_runner = await start_admin(admin_sock, self.state, self.reload)
+            admin_runner = await start_admin(admin_sock, self.config, self.state, self.reload, self.snapshot)
             sdnotify.notify("READY=1")  # every worker serves the first snapshot, and the admin API is up
             if ready is not None:
                 ready(self)
@@ -242,12 +262,8 @@ class Supervisor:
         """Collect published numbers; restart a worker that died. Never ends before shutdown."""
         loop = asyncio.get_running_loop()
         while True:
-            for index, conn in enumerate(self.conns):
-                try:
-                    while conn.poll():
-                        self.states[index] = workerstate.Report.from_wire(conn.recv()).state
-                except (EOFError, OSError):
-                    pass
+            self._collect()
+            for index in range(len(self.processes)):
                 if (
                     not self.stopping
                     and not self.processes[index].alive()
@@ -280,17 +296,82 @@ class Supervisor:
             self.restarts += 1
             self._restart_at.pop(index, None)
 
+    def _collect(self) -> None:
+        """Read the reports the workers sent (those starting are read by _wait_ready)."""
+        for index, conn in enumerate(self.conns):
+            if index in self._starting:
+                continue
+            try:
+                while conn.poll():
+                    self.states[index] = workerstate.Report.from_wire(conn.recv()).state
+            except (EOFError, OSError):
+                pass
+
     async def reload(self) -> bool:
-        """Validate the new files here first, then have every worker install them."""
-        try:
-            await asyncio.to_thread(snapshots.build_serving_snapshot, self.config, 0, reload=True)
-        except Exception as exc:
-            log.error("reload rejected, workers keep their snapshot:\n%s", exc)
-            self.reload_failures += 1
-            return False
-        for process in self.processes:
-            process.send_signal(signal.SIGHUP)
-        return True
+        """Validate the new files here first, then have every worker install them.
+
+        Returns once every live worker reports the new generation (a worker reports right after a
+        reload), so that what the admin API says next is what the workers serve.
+        """
+        async with self._reloading:
+            files = await asyncio.to_thread(snapshots.files_signature, self.config)
+            try:
+                snapshot = await asyncio.to_thread(snapshots.build_serving_snapshot, self.config, 0, reload=True)
+            except Exception as exc:
+                log.error("reload rejected, workers keep their snapshot:\n%s", exc)
+                self.reload_failures += 1
+                return False
+            self._snapshot = (files, snapshot)
+            self._collect()
+            before = {
+                index: (self.processes[index], state)
+                for index, state in self.states.items()
+                if index not in self._starting and self.processes[index].alive()
+            }
+            for process in self.processes:
+                process.send_signal(signal.SIGHUP)
+            await self._until_reloaded(before)
+            return True
+
+    async def _until_reloaded(self, before: dict[int, tuple[spawner.WorkerProcess, workerstate.WorkerState]]) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RELOAD_WAIT_SECONDS
+        while True:
+            self._collect()
+            waiting = [
+                index
+                for index, (process, old) in before.items()
+                if self.processes[index] is process  # not restarted since (a new worker loads the new files)
+                and process.alive()
+                and self.states.get(index, old).generation <= old.generation
+                and self.states.get(index, old).reload_failures <= old.reload_failures
+            ]
+            if not waiting:
+                return
+            if loop.time() >= deadline:
+                log.warning(
+                    "worker(s) %s did not report the new generation within %.0fs",
+                    ", ".join(map(str, waiting)),
+                    RELOAD_WAIT_SECONDS,
+                )
+                return
+            await asyncio.sleep(0.02)
+
+    async def snapshot(self) -> pipeline.Snapshot:
+        """What the workers serve, for the admin API (explain, the schools): the supervisor serves no DNS,
+        so it builds its own, off the event loop, from the compiled index in state_dir; again only when
+        the files change. While the files do not build, the last one that did stands in."""
+        async with self._snapshotting:
+            files = await asyncio.to_thread(snapshots.files_signature, self.config)
+            if self._snapshot is None or self._snapshot[0] != files:
+                try:
+                    built = await asyncio.to_thread(snapshots.build_snapshot, self.config, 0, snapshots.CompileIn.CHILD)
+                except ResolverError:
+                    if self._snapshot is None:
+                        raise
+                    built = self._snapshot[1]
+                self._snapshot = (files, built)
+            return dataclasses.replace(self._snapshot[1], generation=self.state().generation)
 
     def state(self) -> workerstate.WorkerState:
         """Every worker's last report, summed, with the counters of workers that died."""

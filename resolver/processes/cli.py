@@ -1,12 +1,14 @@
-"""The `schooldns` command: serve, check, explain."""
+"""The `schooldns` command: serve, check, explain, token."""
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import getpass
 import logging
+import os
 import sys
-import zoneinfo
+import time
 
 import resolver
 from resolver.control import checks, config, snapshots
@@ -170,24 +172,37 @@ def _status_lines(status: dict[str, object]) -> list[str]:
 
 
 def _token(args: argparse.Namespace) -> int:
-    from resolver.operations import tokens  # the admin API's room; only this command needs it here
+    from resolver.operations import audit, tokens  # the admin API's rooms; only this command needs them here
 
-    path = config.load_config(args.config).admin.tokens_file
+    cfg = config.load_config(args.config)
+    path = cfg.admin.tokens_file
+    if args.token_command == "list":
+        for token in tokens.load(path).tokens:
+            created = datetime.datetime.fromtimestamp(token.created, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+            print(f"{token.name}\t{token.role}\t{created}")
+        return 0
     if args.token_command == "add":
         try:
             role = tokens.Role.parse(args.role)
         except ValueError as exc:
             raise UsageError(f"--role: {exc}") from None
         token, secret = tokens.add(path, role, args.name)
+        action = audit.Action.TOKEN_ADD
         print(secret)
         print(f"token {token.name!r} ({token.role}) added to {path}; it is shown only now", file=sys.stderr)
-    elif args.token_command == "list":
-        for token in tokens.load(path).tokens:
-            created = datetime.datetime.fromtimestamp(token.created, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-            print(f"{token.name}\t{token.role}\t{created}")
     else:
         token = tokens.revoke(path, args.name)
+        action = audit.Action.TOKEN_REVOKE
         print(f"token {token.name!r} ({token.role}) revoked", file=sys.stderr)
+    try:
+        who = f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no name for this uid (a container)
+        who = f"cli:uid {os.getuid()}"
+    entry = audit.Entry(action, audit.Result.OK, who, "local", time.time(), token=f"{token.name} ({token.role})")
+    try:
+        audit.AuditLog(cfg.state_dir).append(entry)
+    except OSError as exc:  # the change is made: say that it is not in the audit log
+        print(f"schooldns token: not written to the audit log in {cfg.state_dir}: {exc}", file=sys.stderr)
     return 0
 
 
@@ -201,7 +216,7 @@ def _explain(config_path: str, school_id: str | None, name: str, at: str | None,
     checks.check_name(name)
     address = checks.parse_client(client) if client is not None else None
     snapshot = snapshots.build_snapshot(cfg, 1)
-    when = _parse_time(at, snapshot.province.timezone) if at else datetime.datetime.now(datetime.UTC)
+    when = checks.parse_time(at, snapshot.province.timezone) if at else datetime.datetime.now(datetime.UTC)
     if address is not None:
         school, lines = checks.client_school(address, snapshot.directory, snapshot.policies, snapshot.default_school)
         for line in lines:
@@ -213,16 +228,6 @@ def _explain(config_path: str, school_id: str | None, name: str, at: str | None,
     for line in checks.explain(snapshot, school_id, name, when.timestamp(), cfg.blocklists_dir):
         print(line)
     return 0
-
-
-def _parse_time(text: str, timezone: str) -> datetime.datetime:
-    try:
-        moment = datetime.datetime.fromisoformat(text)
-    except ValueError:
-        raise UsageError(f"--at: cannot read {text!r}; use 'YYYY-MM-DD HH:MM'") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=zoneinfo.ZoneInfo(timezone))
-    return moment
 
 
 if __name__ == "__main__":

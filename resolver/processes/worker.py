@@ -285,8 +285,15 @@ async def _spawned_async(cfg: config.Config, args: SpawnArgs, conn: multiprocess
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, lambda: None)  # the supervisor decides
+
+    async def reload() -> bool:
+        installed = await worker.reload()
+        with contextlib.suppress(OSError):  # the supervisor waits for this report (Supervisor.reload)
+            conn.send(workerstate.Report(worker.state()).to_wire())
+        return installed
+
     signalled = SignalTasks()
-    signalled.on(signal.SIGHUP, worker.reload)
+    signalled.on(signal.SIGHUP, reload)
     publisher = loop.create_task(_publish(worker, conn, stop))
     await stop.wait()
     publisher.cancel()

@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import resolver
 from resolver.control import config
+from resolver.dataplane import pipeline
 from resolver.dataplane.workerstate import WorkerState
 from resolver.operations import admin
 from resolver.processes import app
@@ -26,7 +27,12 @@ async def test_the_admin_api_answers_from_the_state_it_reads_at_each_request(tmp
 
     sock = app.bind_admin(cfg)
     assert sock is not None
-    runner = await admin.start(sock, admin.Control(state=lambda: current[0], reload=reload))
+
+    async def snapshot() -> pipeline.Snapshot:
+        raise AssertionError("the endpoints without a token read no snapshot")
+
+    control = admin.Control(state=lambda: current[0], reload=reload, config=cfg, snapshot=snapshot)
+    runner = await admin.start(sock, control)
     base = f"http://127.0.0.1:{admin.bound_port(runner)}"
     try:
         async with aiohttp.ClientSession() as session:

@@ -110,6 +110,14 @@ def test_the_installed_package_and_command_are_the_wheels(installed):
     assert not [entry for entry in path if entry and Path(entry).resolve().is_relative_to(ROOT)]
 
 
+def test_the_openapi_document_is_package_data(installed):
+    # docs/openapi.yaml is a link to it in the repository; the wheel holds the file itself.
+    code = "from resolver.operations import admin; print(sorted(admin.openapi_document()['paths'])[0])"
+    result = installed.run("python", "-c", code)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "/healthz\n", "")
+    assert (ROOT / "docs" / "openapi.yaml").resolve() == ROOT / "resolver" / "operations" / "openapi.yaml"
+
+
 def test_check_from_the_wheel(installed, tmp_path):
     config = write_config(tmp_path, "127.0.0.1:53")
     result = installed.run("schooldns", "check", "--config", str(config))

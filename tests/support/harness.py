@@ -11,7 +11,8 @@ from pathlib import Path
 import dns.asyncquery
 import dns.message
 
-from resolver.control import config, snapshots
+from resolver.control import config, snapshots, sync
+from resolver.dataplane import pipeline
 from resolver.operations import admin
 from resolver.processes import app, worker
 
@@ -131,6 +132,8 @@ async def running_resolver(
     config_extra: str = "",
     files: dict[str, str] | None = None,
     with_admin: bool = False,
+    admin_limits: admin.Limits | None = None,
+    syncing: sync.Syncing | None = None,
 ) -> AsyncIterator[Running]:
     if with_admin:
         config_extra += 'admin: {listen: "127.0.0.1:0"}\n'
@@ -139,8 +142,14 @@ async def running_resolver(
     dns_worker = worker.Worker(cfg, snapshots.build_snapshot(cfg, 1))
     await dns_worker.start(worker.bind_all(cfg, reuse_port=False))
     admin_sock = app.bind_admin(cfg)
-    control = admin.Control(state=dns_worker.state, reload=dns_worker.reload)
-    runner = await admin.start(admin_sock, control) if admin_sock is not None else None
+
+    async def installed() -> pipeline.Snapshot:
+        return dns_worker.pipeline.snapshot
+
+    control = admin.Control(
+        state=dns_worker.state, reload=dns_worker.reload, config=cfg, snapshot=installed, sync=syncing
+    )
+    runner = await admin.start(admin_sock, control, admin_limits) if admin_sock is not None else None
     running = Running(dns_worker, cfg, root, admin.bound_port(runner) if runner else None)
     watcher = asyncio.create_task(worker.watch_files(cfg, dns_worker.reload, signature))  # as `schooldns serve` does
     try:
