@@ -29,9 +29,10 @@ run: $(STAMP) bytecode
 check: $(STAMP)
 	$(VENV)/bin/schooldns check --config deploy/example/config.yaml
 
-# The independent clients the integration tests drive.
+# The independent clients the integration tests drive, and Prometheus (promtool checks the shipped
+# rules; a real Prometheus scrapes real instances).
 test-tools:
-	@$(PACKAGES) dig=bind9-dnsutils kdig=knot-dnsutils
+	@$(PACKAGES) dig=bind9-dnsutils kdig=knot-dnsutils promtool=prometheus
 
 test: $(STAMP) test-tools
 	$(PY) -m pytest

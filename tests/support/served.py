@@ -60,12 +60,19 @@ class Served:
 
 @contextlib.asynccontextmanager
 async def serve(
-    root: Path, upstream: FakeUpstream, workers: int, files: dict[str, str] | None = None, more_config: str = ""
+    root: Path,
+    upstream: FakeUpstream,
+    workers: int,
+    files: dict[str, str] | None = None,
+    more_config: str = "",
+    admin_port: int = 0,
 ) -> AsyncIterator[Served]:
+    """Serve the test site under `root`; the admin API on `admin_port` (0: any free port)."""
     config = write_site(
         root,
         [upstream.address],
-        f'workers: {workers}\nadmin: {{listen: "127.0.0.1:0"}}\nreload: {{watch_interval_seconds: 0}}\n' + more_config,
+        f'workers: {workers}\nadmin: {{listen: "127.0.0.1:{admin_port}"}}\nreload: {{watch_interval_seconds: 0}}\n'
+        + more_config,
         files,
     )
     process = await asyncio.create_subprocess_exec(
