@@ -161,11 +161,11 @@ def _merge_upstreams(live: Sequence[WorkerState], departed: Sequence[WorkerState
             live_rows.setdefault(upstream.address, []).append(upstream)
     merged = []
     for address, every in rows.items():
-        now = live_rows.get(address, [])
+        current = live_rows.get(address, [])
         response = metrics.Histogram()
         for row in every:
             response.add(row.response)
-        failing = any(row.failing for row in now)
+        failing = any(row.failing for row in current)
         merged.append(
             UpstreamState(
                 address=address,
@@ -175,9 +175,9 @@ def _merge_upstreams(live: Sequence[WorkerState], departed: Sequence[WorkerState
                 truncated=sum(row.truncated for row in every),
                 mismatched=sum(row.mismatched for row in every),
                 latency_seconds=max(
-                    (row.latency_seconds for row in now if row.latency_seconds is not None), default=None
+                    (row.latency_seconds for row in current if row.latency_seconds is not None), default=None
                 ),
-                up=not failing and any(row.up for row in now),
+                up=not failing and any(row.up for row in current),
                 failing=failing,
                 response=response,
             )

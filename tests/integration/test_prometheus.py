@@ -1,5 +1,4 @@
-"""The shipped Prometheus config, rules and Grafana dashboard: promtool's checks, every metric they
-name exported by the server, and a real Prometheus scraping two real instances."""
+"""The shipped Prometheus config, rules and dashboard: promtool, the names they read, a real Prometheus scraping."""
 
 from __future__ import annotations
 
