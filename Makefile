@@ -29,10 +29,12 @@ run: $(STAMP) bytecode
 check: $(STAMP)
 	$(VENV)/bin/schooldns check --config deploy/example/config.yaml
 
-# The independent clients the integration tests drive, and the tools that check deploy/
-# (tests/integration/test_deploy.py): shellcheck, systemd-analyze verify, nft -c.
+# The independent clients the integration tests drive; the tools that check deploy/
+# (tests/integration/test_deploy.py): shellcheck, systemd-analyze verify, nft -c; and Prometheus
+# (promtool checks the shipped rules; a real Prometheus scrapes real instances).
 test-tools:
-	@$(PACKAGES) dig=bind9-dnsutils kdig=knot-dnsutils shellcheck=shellcheck systemd-analyze=systemd nft=nftables
+	@$(PACKAGES) dig=bind9-dnsutils kdig=knot-dnsutils shellcheck=shellcheck systemd-analyze=systemd nft=nftables \
+		promtool=prometheus
 
 test: $(STAMP) test-tools
 	$(PY) -m pytest

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import json
@@ -41,8 +42,11 @@ def build_snapshot(
     sources = lists.load_sources(cfg.blocklists_dir)
     policies = policyfile.load_policies(cfg.policies_dir, sources.categories)
     default_school = find_default_school(cfg, policies)  # before a compile that would be wasted
+    updated_at = lists_updated_at(cfg.blocklists_dir, sources)  # before the compile reads them
     index, manifest = load_index(cfg, sources, compile_in)
-    return _assemble(generation, policies, default_school, index, tuple(sources.categories), manifest["entry_counts"])
+    return _assemble(
+        generation, policies, default_school, index, tuple(sources.categories), manifest["entry_counts"], updated_at
+    )
 
 
 def build_serving_snapshot(cfg: config.Config, generation: int, reload: bool = False) -> pipeline.Snapshot:
@@ -81,6 +85,8 @@ def start_snapshot(cfg: config.Config, generation: int) -> pipeline.Snapshot:
                 domains.DomainIndex.load(saved.index_path),
                 saved.categories,
                 saved.entry_counts,
+                # The saved index was compiled after its lists last changed: they are at least this old.
+                os.stat(saved.index_path).st_mtime,
                 from_last_good=True,
             )
     except (ResolverError, OSError) as exc:
@@ -125,6 +131,7 @@ def _assemble(
     index: domains.DomainIndex,
     categories: tuple[str, ...],
     entry_counts: dict[str, int],
+    lists_updated_at: float,
     from_last_good: bool = False,
 ) -> pipeline.Snapshot:
     return pipeline.Snapshot(
@@ -138,7 +145,17 @@ def _assemble(
         entry_counts=dict(entry_counts),
         loaded_at=time.time(),
         from_last_good=from_last_good,
+        lists_updated_at=lists_updated_at,
     )
+
+
+def lists_updated_at(blocklists_dir: Path, sources: lists.Sources) -> float:
+    """When the lists last changed: the newest mtime of sources.yaml and the list files it names (0: none)."""
+    newest = 0.0
+    for path in [blocklists_dir / lists.SOURCES_FILE, *sources.files()]:
+        with contextlib.suppress(OSError):  # a missing file is the compile's error to report
+            newest = max(newest, path.stat().st_mtime)
+    return newest
 
 
 def sources_fingerprint(blocklists_dir: Path, sources: lists.Sources) -> str:

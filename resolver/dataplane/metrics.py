@@ -2,11 +2,65 @@
 
 from __future__ import annotations
 
+import bisect
 import collections
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 # Query results, the `result` label of schooldns_queries_total (a closed set).
 RESULTS = ("forwarded", "cached", "stale", "blocked", "rewritten", "refused", "servfail")
+# The results of queries that waited for an upstream: the ones timed (Counters.waits). The others
+# are answered within Pipeline.handle, in microseconds; timing them would cost a clock read each.
+WAITED_RESULTS = ("forwarded", "blocked", "rewritten", "stale", "servfail")
+# Upper bounds in seconds of the duration histograms' buckets; a last bucket holds the slower rest.
+DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Histogram:
+    """Durations counted per bucket (DURATION_BUCKETS, then one for the rest) with their sum: a list add each."""
+
+    __slots__ = ("counts", "sum_seconds")
+
+    def __init__(self, counts: Iterable[int] = (), sum_seconds: float = 0.0) -> None:
+        self.counts = list(counts) or [0] * (len(DURATION_BUCKETS) + 1)
+        self.sum_seconds = sum_seconds
+
+    def observe(self, seconds: float) -> None:
+        # bisect_left: a duration equal to a bound belongs to that bucket (Prometheus' le, "less or equal").
+        self.counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+        self.sum_seconds += seconds
+
+    def add(self, other: Histogram) -> None:
+        self.counts = [mine + theirs for mine, theirs in zip(self.counts, other.counts, strict=True)]
+        self.sum_seconds += other.sum_seconds
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """(le, count of durations up to le) per bucket, "+Inf" last: Prometheus' form."""
+        bounds = [*(repr(bound) for bound in DURATION_BUCKETS), "+Inf"]
+        running, out = 0, []
+        for bound, count in zip(bounds, self.counts, strict=True):
+            running += count
+            out.append((bound, running))
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Histogram) and (self.counts, self.sum_seconds) == (other.counts, other.sum_seconds)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        return f"Histogram({self.counts!r}, {self.sum_seconds!r})"
+
+    def to_wire(self) -> list[Any]:
+        return [list(self.counts), self.sum_seconds]
+
+    @classmethod
+    def from_wire(cls, data: list[Any]) -> Histogram:
+        return cls(data[0], data[1])
 
 
 class Counters:
@@ -17,7 +71,7 @@ class Counters:
     address.  They are turned into Prometheus metrics only when scraped.
     """
 
-    __slots__ = ("blocked", "dropped", "internal_errors", "malformed", "queries")
+    __slots__ = ("blocked", "dropped", "internal_errors", "malformed", "queries", "waits")
 
     def __init__(self) -> None:
         # defaultdict(int), not Counter: `+= 1` on a Counter (a dict subclass with Python-level
@@ -27,6 +81,8 @@ class Counters:
         self.malformed = 0
         self.internal_errors = 0
         self.dropped: collections.defaultdict[str, int] = collections.defaultdict(int)
+        # How long the queries that waited for an upstream took to answer, by result (WAITED_RESULTS).
+        self.waits = {result: Histogram() for result in WAITED_RESULTS}
 
     def count(self, school: str, transport: str, result: str) -> None:
         self.queries[(school, transport, result)] += 1
@@ -51,6 +107,8 @@ class Counters:
             self.dropped[reason] += value
         self.malformed += other.malformed
         self.internal_errors += other.internal_errors
+        for result, histogram in other.waits.items():
+            self.waits[result].add(histogram)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (in a worker's report, workerstate.WorkerState.to_wire); `from_dict` reads them."""
@@ -60,6 +118,7 @@ class Counters:
             "malformed": self.malformed,
             "internal_errors": self.internal_errors,
             "dropped": dict(self.dropped),
+            "waits": {result: histogram.to_wire() for result, histogram in self.waits.items()},
         }
 
     @classmethod
@@ -70,4 +129,29 @@ class Counters:
         counters.malformed = data["malformed"]
         counters.internal_errors = data["internal_errors"]
         counters.dropped.update(data["dropped"])
+        counters.waits.update({result: Histogram.from_wire(row) for result, row in data["waits"].items()})
         return counters
+
+
+class LastQueries:
+    """When each school last asked, to within a second, read off the counters: nothing per query.
+
+    `update` is called about once a second (a worker's report, or a scrape): a school whose
+    count of answered queries grew since the last call asked in between, and gets that call's time.
+    """
+
+    __slots__ = ("_totals", "at")
+
+    def __init__(self) -> None:
+        self._totals: dict[str, int] = {}
+        self.at: dict[str, float] = {}  # school id -> time.time() of its last query (to within a call)
+
+    def update(self, counters: Counters, now: float) -> Mapping[str, float]:
+        totals: collections.defaultdict[str, int] = collections.defaultdict(int)
+        for (school, _, _), value in counters.queries.items():
+            totals[school] += value
+        for school, total in totals.items():
+            if total != self._totals.get(school, 0):
+                self.at[school] = now
+        self._totals = totals
+        return self.at

@@ -59,6 +59,7 @@ class Snapshot:
     entry_counts: dict[str, int]
     loaded_at: float
     from_last_good: bool = False  # built from state_dir's last good copy: the files failed at start
+    lists_updated_at: float = 0.0  # when the lists last changed (time.time()): how old the lists are
 
 
 class Pending:
@@ -69,7 +70,18 @@ class Pending:
     tasks"). It holds what the answer is made with; only `deliver_to` is for transports.
     """
 
-    __slots__ = ("deliver", "limit", "pipeline", "query", "question", "rewrite_key", "school", "snapshot", "transport")
+    __slots__ = (
+        "deliver",
+        "limit",
+        "pipeline",
+        "query",
+        "question",
+        "rewrite_key",
+        "school",
+        "snapshot",
+        "started",
+        "transport",
+    )
 
     def __init__(
         self,
@@ -79,6 +91,7 @@ class Pending:
         snapshot: Snapshot,
         transport: str,
         limit: int,
+        started: float,
         question: wire.Query | None = None,
         rewrite_key: bytes = b"",
     ):
@@ -90,6 +103,7 @@ class Pending:
         self.snapshot = snapshot
         self.transport = transport
         self.limit = limit
+        self.started = started  # the pipeline's clock when the query arrived
         self.deliver: Deliver | None = None
 
     def deliver_to(self, deliver: Deliver) -> None:
@@ -208,26 +222,32 @@ class Pipeline:
             return reply
 
         # 6.-8. Forward upstream, then cache, inspect and count (_forwarded): the only stage that waits.
-        return Pending(self, query, school, snapshot, transport, limit)
+        return Pending(self, query, school, snapshot, transport, limit, now)
 
     def _forwarded(self, miss: Pending, answer: wire.Answer | None, error: Exception | None) -> bytes | None:
         """A miss's answer from upstream (or its failure): cached, inspected, counted."""
         query, school, transport = miss.query, miss.school, miss.transport
+        now = self.clock()
+        waits = self.counters.waits
         if answer is None:
             if isinstance(error, upstream.UpstreamError):
-                stale = self.cache.lookup_stale(query.key, self.clock())
+                stale = self.cache.lookup_stale(query.key, now)
                 if stale is not None:
                     self.counters.count(school.id, transport, "stale")
+                    waits["stale"].observe(now - miss.started)
                     return wire.replay(stale[0], stale[1], query, miss.limit)
                 self.counters.count(school.id, transport, "servfail")
+                waits["servfail"].observe(now - miss.started)
             return self._error_answer(error, query)  # type: ignore[arg-type]
-        self.cache.store(query.key, answer, self.clock())
+        self.cache.store(query.key, answer, now)
         if answer.targets:  # 7. inspect: the chain is decided now, when it arrived
             block = self._inspect(query, answer.targets, school, miss.snapshot, self.wall_clock())
             if block is not None:
                 self.counters.count_block(school.id, transport, block.category)
+                waits["blocked"].observe(now - miss.started)
                 return self._blocked(query, block, miss.snapshot)
         self.counters.count(school.id, transport, "forwarded")
+        waits["forwarded"].observe(now - miss.started)
         return wire.replay(answer.message, answer.question_length, query, miss.limit)
 
     # -----------------------------------------------------------------------------------
@@ -318,20 +338,23 @@ class Pipeline:
                 self.repeats.keep_replayed(school.id, data, segment, reply, "rewritten", entry)
             return reply
         target_query = wire.make_synthetic_query(target, query.qtype, query.do)
-        return Pending(self, query, school, snapshot, transport, limit, target_query, key)
+        return Pending(self, query, school, snapshot, transport, limit, now, target_query, key)
 
     def _rewritten(self, miss: Pending, target_answer: wire.Answer | None, error: Exception | None) -> bytes | None:
         """The safe-search answer, once the target's addresses came from upstream."""
         query, school, transport = miss.query, miss.school, miss.transport
+        now = self.clock()
         if target_answer is None:
             if isinstance(error, upstream.UpstreamError):
                 self.counters.count(school.id, transport, "servfail")
+                self.counters.waits["servfail"].observe(now - miss.started)
             return self._error_answer(error, query)  # type: ignore[arg-type]
         if target_answer.rcode != wire.NOERROR:
             return self._error_answer(upstream.UpstreamError("safe-search target did not resolve"), query)
         answer = wire.make_rewrite(query, miss.question.name, target_answer, max(target_answer.ttl, 1))
-        self.cache.store(miss.rewrite_key, answer, self.clock())
+        self.cache.store(miss.rewrite_key, answer, now)
         self.counters.count(school.id, transport, "rewritten")
+        self.counters.waits["rewritten"].observe(now - miss.started)
         return wire.replay(answer.message, answer.question_length, query, miss.limit)
 
     def _error_answer(self, exc: Exception, query: wire.Query | None) -> bytes | None:

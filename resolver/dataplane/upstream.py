@@ -13,30 +13,48 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from resolver.dataplane import wire
+from resolver.dataplane import metrics, wire
 from resolver.errors import ResolverError
 
 log = logging.getLogger(__name__)
 
-DOWN_AFTER_FAILURES = 3  # consecutive failures before an upstream is tried last
+DOWN_AFTER_FAILURES = 3  # consecutive failures before an upstream is tried last, and counts as failing
 DOWN_COOLDOWN_SECONDS = 5.0  # ... for this long after its latest failure
 TCP_MAX_MESSAGE = 65535
 ORDER_REFRESH_SECONDS = 0.1  # how long a computed upstream order is reused
 TIMEOUT_CHECK_SECONDS = 0.05  # how often waiting UDP queries are checked against their deadline
+# A failing upstream that no query has tried for this long is asked the root's NS (a probe), so that
+# its recovery is seen without client traffic (a load balancer stops sending it while /readyz says
+# degraded).
+PROBE_SECONDS = 1.0
+NAMED_IN_ERROR = 3  # failing upstreams named in a SERVFAIL's Extended DNS Error text
 
 
 class UpstreamError(ResolverError):
-    """Forwarding failed; `ede_code` says why for the Extended DNS Error in the SERVFAIL."""
+    """Forwarding failed; `ede_code` says why for the Extended DNS Error in the SERVFAIL, `reason` in two words."""
 
     ede_code = wire.EDE_NETWORK_ERROR
+    reason = "failed"
 
 
 class UpstreamTimeout(UpstreamError):
     ede_code = wire.EDE_NO_REACHABLE_AUTHORITY
+    reason = "timed out"
 
 
 class UpstreamNetworkError(UpstreamError):
     ede_code = wire.EDE_NETWORK_ERROR
+    reason = "unreachable"
+
+
+class UpstreamBadReply(UpstreamNetworkError):
+    reason = "bad reply"
+
+
+class UpstreamTcpBusy(UpstreamNetworkError):
+    """A truncated answer that could not be asked again over TCP: max_tcp_exchanges were running."""
+
+    reason = "TCP limit reached"
 
 
 class AllUpstreamsFailed(UpstreamError):
@@ -227,7 +245,12 @@ class Upstream:
         # Health and counters (read by metrics and ordering; never per-client).
         self.consecutive_failures = 0
         self.last_failure = 0.0
-        self.latency_seconds = 0.0  # exponentially weighted moving average
+        # Exponentially weighted moving averages: of every exchange, a failure counting as slow (the
+        # order of asking), and of answered exchanges only (what an operator is shown).
+        self.latency_seconds = 0.0
+        self.answer_seconds: float | None = None  # None: it never answered
+        self.answer_times = metrics.Histogram()  # answered exchanges
+        self.probing = False
         self.queries = 0
         self.failures = 0
         self.timeouts = 0
@@ -235,17 +258,50 @@ class Upstream:
         self.mismatched = 0
 
     def is_down(self, now: float) -> bool:
-        return self.consecutive_failures >= DOWN_AFTER_FAILURES and now - self.last_failure < DOWN_COOLDOWN_SECONDS
+        """Failing, and tried last for a while after its latest failure."""
+        return self.failing and now - self.last_failure < DOWN_COOLDOWN_SECONDS
+
+    @property
+    def failing(self) -> bool:
+        """Its last DOWN_AFTER_FAILURES exchanges failed (until one is answered)."""
+        return self.consecutive_failures >= DOWN_AFTER_FAILURES
+
+    @property
+    def up(self) -> bool:
+        """It answered (any rcode), and is not failing since."""
+        return self.answer_seconds is not None and not self.failing
 
     def record(self, ok: bool, started: float, now: float) -> None:
         """Count an exchange that began at `started` and ended `now` (time.monotonic)."""
+        elapsed = now - started
         if ok:
             self.consecutive_failures = 0
+            self.answer_times.observe(elapsed)
+            average = self.answer_seconds
+            self.answer_seconds = elapsed if average is None else average + (elapsed - average) * 0.2
         else:
             self.consecutive_failures += 1
             self.failures += 1
             self.last_failure = now
-        self.latency_seconds += (now - started - self.latency_seconds) * 0.2
+        self.latency_seconds += (elapsed - self.latency_seconds) * 0.2
+
+    def probe(self, timeout_seconds: float) -> None:
+        """Ask the root's NS once, counted like any exchange: a reply that matches is an answer."""
+        started = time.monotonic()
+
+        def done(reply: bytes | None, error: UpstreamError | None) -> None:
+            self.probing = False
+            if isinstance(error, UpstreamTimeout):
+                self.timeouts += 1
+            self.record(reply is not None, started, time.monotonic())
+
+        self.queries += 1
+        self.probing = True
+        try:
+            self.send_udp(_PROBE, timeout_seconds, done)
+        except UpstreamError:
+            self.probing = False
+            self.record(False, started, started)
 
     def _socket(self) -> _UdpSocket:
         """A socket from the pool, opened while the pool is not full; after socket_max_uses
@@ -353,6 +409,9 @@ class Upstream:
         self._retired.clear()
 
 
+_PROBE = wire.make_synthetic_query("", wire.TYPE_NS)  # the root's NS: every recursive resolver answers it
+
+
 class _Question:
     """One question the pool is answering: its attempts over the upstreams in order, and who waits.
 
@@ -364,6 +423,7 @@ class _Question:
     __slots__ = (
         "candidates",
         "deadline",
+        "failures",
         "finished",
         "index",
         "last_answer",
@@ -384,6 +444,7 @@ class _Question:
         self.index = -1  # the upstream being asked
         self.last_answer: wire.Answer | None = None  # a SERVFAIL or REFUSED, returned if no upstream does better
         self.worst: UpstreamError | None = None  # the most telling failure so far
+        self.failures: list[str] | None = None  # "address reason" of each failed attempt (made on a failure)
         self.finished = False
 
     def next_attempt(self) -> None:
@@ -407,7 +468,15 @@ class _Question:
             self.finish(self.last_answer, None)
         else:
             worst = self.worst or UpstreamTimeout("no time left to ask any upstream")
-            self.finish(None, AllUpstreamsFailed(f"every upstream failed: {worst}", worst.ede_code))
+            self.finish(None, AllUpstreamsFailed(self.failure_text(), worst.ede_code))
+
+    def failure_text(self) -> str:
+        """The SERVFAIL's Extended DNS Error text: the upstreams that failed and how, in brief."""
+        failures = self.failures or []
+        if not failures:
+            return "no time left to ask an upstream"
+        text = "no upstream answered: " + ", ".join(failures[:NAMED_IN_ERROR])
+        return text + (f" (+{len(failures) - NAMED_IN_ERROR} more)" if len(failures) > NAMED_IN_ERROR else "")
 
     def udp_done(self, reply: bytes | None, error: UpstreamError | None) -> None:
         try:
@@ -427,7 +496,7 @@ class _Question:
             ):
                 self.failed(
                     upstream,
-                    UpstreamNetworkError(
+                    UpstreamTcpBusy(
                         f"{upstream.address}: {self.pool.max_tcp_exchanges} TCP exchanges already in flight"
                     ),
                 )
@@ -457,7 +526,7 @@ class _Question:
             )
         except wire.BadReply as exc:
             upstream.mismatched += 1
-            self.failed(upstream, UpstreamNetworkError(f"{upstream.address}: bad reply: {exc}"), telling=False)
+            self.failed(upstream, UpstreamBadReply(f"{upstream.address}: bad reply: {exc}"), telling=False)
             self.next_attempt()
             return
         upstream.record(True, self.started, time.monotonic())
@@ -473,8 +542,13 @@ class _Question:
             upstream.timeouts += 1
         upstream.record(False, self.started, time.monotonic())
         self.pool.reorder()
+        if upstream.failing:
+            self.pool.watch_failing()
         if self.worst is None or (telling and isinstance(exc, UpstreamTimeout)):
             self.worst = exc
+        if self.failures is None:
+            self.failures = []
+        self.failures.append(f"{upstream.address} {exc.reason}")
 
     def finish(self, answer: wire.Answer | None, error: Exception | None) -> None:
         """Hand every waiter the outcome; once (a later call, after a bug, does nothing)."""
@@ -513,6 +587,8 @@ class UpstreamPool:
         self._order_until = 0.0
         self.max_tcp_exchanges = max_tcp_exchanges
         self._tcp_exchanges: set[asyncio.Task[bytes]] = set()  # retries of truncated answers
+        self._probe_check: asyncio.TimerHandle | None = None  # armed while an upstream is failing
+        self._closed = False
 
     def ask(self, query: wire.Query, done: Done) -> None:
         """Answer the query's question: `done(answer, None)` or `done(None, error)`, exactly once,
@@ -551,6 +627,20 @@ class UpstreamPool:
         task.add_done_callback(done)
         return True
 
+    def watch_failing(self) -> None:
+        """Probe the failing upstreams while they fail (see PROBE_SECONDS)."""
+        if self._probe_check is None and not self._closed:
+            self._probe_check = asyncio.get_running_loop().call_later(PROBE_SECONDS, self._probe)
+
+    def _probe(self) -> None:
+        self._probe_check = None
+        now = time.monotonic()
+        for upstream in self.upstreams:
+            if upstream.failing and not upstream.probing and now - upstream.last_failure >= PROBE_SECONDS:
+                upstream.probe(self.timeout_seconds)
+        if any(upstream.failing for upstream in self.upstreams):
+            self.watch_failing()
+
     def reorder(self) -> None:
         """Sort the upstreams again at the next question (after a failure)."""
         self._order_until = 0.0
@@ -569,6 +659,10 @@ class UpstreamPool:
         """Close every upstream: questions still waiting fail (their waiters answer at once)."""
         for task in self._tcp_exchanges:
             task.cancel()
+        self._closed = True
+        if self._probe_check is not None:
+            self._probe_check.cancel()
+            self._probe_check = None
         for upstream in self.upstreams:
             upstream.closed = True  # no failover to an upstream about to close
         for upstream in self.upstreams:

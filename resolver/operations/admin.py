@@ -113,13 +113,19 @@ def status_of(state: workerstate.WorkerState) -> dict[str, Any]:
     return {
         "version": resolver.__version__,
         "generation": state.generation,
-        "lists_age_seconds": round(time.time() - state.loaded_at, 1) if state.loaded_at else None,
+        "lists_age_seconds": round(time.time() - state.lists_updated_at, 1) if state.lists_updated_at else None,
         "list_entries": dict(state.list_entries),
         "serving_last_good": state.serving_last_good > 0,
         "workers": state.workers,
         "cache_entries": state.cache_entries,
+        "degraded": bool(state.failing_upstreams()),
         "upstreams": [
-            {"address": u.address, "up": u.up, "latency_ms": round(u.latency_seconds * 1000, 2)}
+            {
+                "address": u.address,
+                "up": u.up,
+                "failing": u.failing,
+                "latency_ms": None if u.latency_seconds is None else round(u.latency_seconds * 1000, 2),
+            }
             for u in state.upstreams
         ],
     }
@@ -423,13 +429,17 @@ def make_app(control: Control, limits: Limits | None = None) -> web.Application:
         return web.Response(text="ok\n")
 
     async def readyz(_: web.Request) -> web.Response:
+        # 200 ready; 503 with a body that says why otherwise (docs/operations.md, "Readiness").
         state = control.state()
-        if state.generation > 0 and state.workers > 0:
-            return web.Response(text="ready\n")
-        return web.Response(status=503, text="not ready: no snapshot installed\n")
+        if not (state.generation > 0 and state.workers > 0):
+            return web.Response(status=503, text="not ready: no snapshot installed\n")
+        failing = state.failing_upstreams()
+        if failing:
+            return web.Response(status=503, text=f"degraded: every upstream is failing ({', '.join(failing)})\n")
+        return web.Response(text="ready\n")
 
     async def metrics_page(_: web.Request) -> web.Response:
-        body = exposition.render(control.state)
+        body = exposition.render(control.state, control.sync.status() if control.sync else None)
         return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
     async def status(_: web.Request) -> web.Response:

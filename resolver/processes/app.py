@@ -24,6 +24,34 @@ if TYPE_CHECKING:  # imported at run time only once DNS serves (start_admin)
 
 log = logging.getLogger(__name__)
 
+STATE_TICK_SECONDS = 1.0  # how often one process reads its own state (schools' latest queries, outages)
+
+
+class UpstreamOutage:
+    """Logs one warning when every upstream starts failing and one when they answer again, not one per query."""
+
+    def __init__(self) -> None:
+        self.failing: tuple[str, ...] = ()
+
+    def observe(self, state: workerstate.WorkerState) -> None:
+        failing = state.failing_upstreams()
+        if failing and not self.failing:
+            log.warning(
+                "every upstream is failing (%s): cache misses get SERVFAIL or stale answers; /readyz says degraded",
+                ", ".join(failing),
+            )
+        elif self.failing and not failing:
+            log.warning("upstreams answer again after an outage of every upstream (%s)", ", ".join(self.failing))
+        self.failing = failing
+
+
+async def watch_state(state: Callable[[], workerstate.WorkerState], interval_seconds: float) -> None:
+    """Read the state every interval (LastQueries is updated as it is read) and log outages. Never ends."""
+    outage = UpstreamOutage()
+    while True:
+        await asyncio.sleep(interval_seconds)
+        outage.observe(state())
+
 
 def bind_admin(cfg: config.Config) -> socket.socket | None:
     """The admin API's socket (None: no admin API), bound before DNS serves: a port that is taken
@@ -87,10 +115,14 @@ async def run_single(cfg: config.Config, ready: Callable[[worker.Worker], object
     sdnotify.notify("READY=1")  # systemd's Type=notify: the first snapshot serves, and so does the admin API
     if ready is not None:
         ready(dns_worker)
-    watcher = loop.create_task(worker.watch_files(cfg, dns_worker.reload, files))
+    watchers = [
+        loop.create_task(worker.watch_files(cfg, dns_worker.reload, files)),
+        loop.create_task(watch_state(dns_worker.state, STATE_TICK_SECONDS)),
+    ]
     await stop.wait()
     sdnotify.notify("STOPPING=1")
-    watcher.cancel()
+    for watcher in watchers:
+        watcher.cancel()
     log.info("shutting down: draining queries in flight (up to %.1fs)", cfg.limits.shutdown_drain_seconds)
     if admin_runner is not None:
         await admin_runner.cleanup()
@@ -233,6 +265,8 @@ class Supervisor:
             watchers = [
                 loop.create_task(self._watch()),
                 loop.create_task(worker.watch_files(self.config, self.reload, files)),
+                # The workers' reports come every second (worker.COUNTERS_PUBLISH_SECONDS).
+                loop.create_task(watch_state(self.state, worker.COUNTERS_PUBLISH_SECONDS)),
             ]
             await self._stop.wait()
             sdnotify.notify("STOPPING=1")

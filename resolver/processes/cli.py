@@ -158,12 +158,15 @@ def _status_lines(status: dict[str, object]) -> list[str]:
         f"schooldns {status.get('version')}: generation {status.get('generation')}, {status.get('workers')} worker(s)",
         f"lists: {total} entries" + (f", loaded {age:.0f} s ago" if isinstance(age, (int, float)) else ""),
     ]
+    if status.get("degraded"):
+        out.append("DEGRADED: every upstream is failing (allowed names get SERVFAIL)")
     if status.get("serving_last_good"):
         out.append("SERVING THE LAST GOOD policies and lists: the files do not build (see the server's log)")
     upstreams = status.get("upstreams")
     for row in upstreams if isinstance(upstreams, list) else []:
         if isinstance(row, dict):
-            out.append(f"upstream {row.get('address')}: {'up' if row.get('up') else 'DOWN'}")
+            health = "FAILING" if row.get("failing") else "up" if row.get("up") else "no answer yet"
+            out.append(f"upstream {row.get('address')}: {health}")
     sync = status.get("sync")
     if isinstance(sync, dict):
         state = "failing: " + str(sync.get("last_error")) if sync.get("consecutive_failures") else "ok"

@@ -28,6 +28,7 @@ class Worker:
     def __init__(self, cfg: config.Config, snapshot: pipeline.Snapshot, index: int = 0):
         self.config = cfg
         self.counters = metrics.Counters()
+        self.last_queries = metrics.LastQueries()
         self.cache = cache.AnswerCache(cfg.cache.max_entries, cfg.cache.stale_seconds, cfg.cache.max_megabytes * 2**20)
         self.pool = upstream.UpstreamPool(
             list(cfg.upstreams),
@@ -102,9 +103,12 @@ class Worker:
         self.pool.close()
 
     def state(self) -> workerstate.WorkerState:
-        """Live numbers for metrics and status (no per-client data)."""
+        """Live numbers for metrics and status (no per-client data).
+
+        Asked about once a second (a worker's report, or the single process's own tick): each school's
+        latest query is taken from the counters then (metrics.LastQueries).
+        """
         snapshot = self.pipeline.snapshot
-        now = time.monotonic()
         return workerstate.WorkerState(
             counters=self.counters,
             in_flight=self.in_flight.count,
@@ -124,8 +128,10 @@ class Worker:
                     timeouts=u.timeouts,
                     truncated=u.truncated,
                     mismatched=u.mismatched,
-                    latency_seconds=u.latency_seconds,
-                    up=not u.is_down(now),
+                    latency_seconds=u.answer_seconds,
+                    up=u.up,
+                    failing=u.failing,
+                    response=u.answer_times,
                 )
                 for u in self.pool.upstreams
             ),
@@ -133,6 +139,9 @@ class Worker:
             loaded_at=snapshot.loaded_at,
             reload_failures=self.reload_failures,
             list_entries=snapshot.entry_counts,
+            lists_updated_at=snapshot.lists_updated_at,
+            schools=tuple(school.id for school in snapshot.policies.schools),
+            last_query=dict(self.last_queries.update(self.counters, time.time())),
             serving_last_good=int(snapshot.from_last_good),
             workers=1,
             worker_queries={self.index: sum(self.counters.queries.values())},

@@ -20,7 +20,9 @@ from tests.support.states import state, upstream
 
 async def test_the_admin_api_answers_from_the_state_it_reads_at_each_request(tmp_path):
     cfg = config.load_config(harness.write_site(tmp_path, ["192.0.2.53:53"], 'admin: {listen: "127.0.0.1:0"}\n'))
-    current: list[WorkerState] = [dataclasses.replace(state(), generation=0, loaded_at=0.0, list_entries={})]
+    current: list[WorkerState] = [
+        dataclasses.replace(state(), generation=0, loaded_at=0.0, list_entries={}, lists_updated_at=0.0)
+    ]
 
     async def reload() -> bool:
         return True
@@ -49,8 +51,12 @@ async def test_the_admin_api_answers_from_the_state_it_reads_at_each_request(tmp
             loaded_at = time.time() - 60
             current[0] = state(
                 answered=2,
-                upstreams=(upstream("192.0.2.53:53", latency_seconds=0.012345), upstream("192.0.2.54:53", up=False)),
+                upstreams=(
+                    upstream("192.0.2.53:53", latency_seconds=0.012345),
+                    upstream("192.0.2.54:53", up=False, latency_seconds=None),
+                ),
                 loaded_at=loaded_at,
+                lists_updated_at=loaded_at,
                 cache_entries=7,
                 serving_last_good=1,
                 list_entries={"adult": 3, "games": 1},
@@ -85,9 +91,10 @@ async def test_the_admin_api_answers_from_the_state_it_reads_at_each_request(tmp
                 "serving_last_good": True,
                 "workers": 1,
                 "cache_entries": 7,
+                "degraded": False,
                 "upstreams": [
-                    {"address": "192.0.2.53:53", "up": True, "latency_ms": 12.35},
-                    {"address": "192.0.2.54:53", "up": False, "latency_ms": 0.0},
+                    {"address": "192.0.2.53:53", "up": True, "failing": False, "latency_ms": 12.35},
+                    {"address": "192.0.2.54:53", "up": False, "failing": False, "latency_ms": None},
                 ],
             }
 

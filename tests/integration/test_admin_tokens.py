@@ -110,7 +110,10 @@ async def test_status_and_reload_ask_the_running_server_with_a_token(tmp_path):
         assert code == 0, err
         lines = out.splitlines()
         assert lines[0] == f"schooldns {resolver.__version__}: generation 1, 1 worker(s)"
-        assert lines[2] == f"upstream {upstream.address}: up"
+        assert lines[2] == f"upstream {upstream.address}: no answer yet"
+        await server.query("forwarded.example.net")
+        code, out, _ = await schooldns("status", "--config", config, "--token-file", str(token_file))
+        assert out.splitlines()[2] == f"upstream {upstream.address}: up"
 
         code, out, err = await schooldns("reload", "--config", config, "--token-file", str(token_file))
         assert (code, out, err) == (0, "reloaded: generation 2\n", "")

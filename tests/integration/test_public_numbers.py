@@ -24,8 +24,13 @@ FAMILIES = {
     "schooldns_malformed_queries": "counter",
     "schooldns_internal_errors": "counter",
     "schooldns_queries_dropped": "counter",
+    "schooldns_query_duration_seconds": "histogram",
     "schooldns_queries_in_flight": "gauge",
     "schooldns_tcp_connections": "gauge",
+    "schooldns_schools_configured": "gauge",
+    "schooldns_school_last_query_timestamp_seconds": "gauge",
+    "schooldns_schools_active": "gauge",
+    "schooldns_coverage_ratio": "gauge",
     "schooldns_cache_entries": "gauge",
     "schooldns_cache_bytes": "gauge",
     "schooldns_cache_hits": "counter",
@@ -39,9 +44,12 @@ FAMILIES = {
     "schooldns_upstream_truncated": "counter",
     "schooldns_upstream_mismatched_replies": "counter",
     "schooldns_upstream_latency_seconds": "gauge",
+    "schooldns_upstream_response_seconds": "histogram",
     "schooldns_upstream_up": "gauge",
+    "schooldns_degraded": "gauge",
     "schooldns_snapshot_generation": "gauge",
     "schooldns_snapshot_loaded_timestamp_seconds": "gauge",
+    "schooldns_lists_updated_timestamp_seconds": "gauge",
     "schooldns_reload_failures": "counter",
     "schooldns_serving_last_good": "gauge",
     "schooldns_list_entries": "gauge",
@@ -59,6 +67,7 @@ STATUS_KEYS = [
     "serving_last_good",
     "workers",
     "cache_entries",
+    "degraded",
     "upstreams",
 ]
 
@@ -71,6 +80,33 @@ class Positive:
 
     def __repr__(self) -> str:
         return "Positive()"
+
+
+class AtMost:
+    """Equal to any count from 0 to `most`: a histogram bucket of durations that depend on timing."""
+
+    def __init__(self, most: int):
+        self.most = most
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, float) and other.is_integer() and 0 <= other <= self.most
+
+    def __repr__(self) -> str:
+        return f"AtMost({self.most})"
+
+
+BUCKETS = ("0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1.0", "2.5", "5.0")
+
+
+def histogram(name: str, labels: dict[str, str], count: int) -> list[tuple[str, dict[str, str], object]]:
+    """The samples of `count` durations that depend on timing (each below the 5 s bucket)."""
+    return [
+        *((f"{name}_bucket", {**labels, "le": le}, AtMost(count)) for le in BUCKETS[:-1]),
+        (f"{name}_bucket", {**labels, "le": "5.0"}, float(count)),
+        (f"{name}_bucket", {**labels, "le": "+Inf"}, float(count)),
+        (f"{name}_count", labels, float(count)),
+        (f"{name}_sum", labels, Positive() if count else 0.0),
+    ]
 
 
 def expected_samples(upstream: str, workers: int) -> dict[tuple[str, frozenset[tuple[str, str]]], object]:
@@ -87,8 +123,20 @@ def expected_samples(upstream: str, workers: int) -> dict[tuple[str, frozenset[t
         ("schooldns_malformed_queries_total", {}, 1.0),
         ("schooldns_internal_errors_total", {}, 0.0),
         ("schooldns_queries_dropped_total", {"reason": "udp_oversized"}, 1.0),
+        *histogram("schooldns_query_duration_seconds", {"result": "forwarded"}, 1),
+        *(
+            sample
+            for result in ("blocked", "rewritten", "stale", "servfail")
+            for sample in histogram("schooldns_query_duration_seconds", {"result": result}, 0)
+        ),
         ("schooldns_queries_in_flight", {}, 0.0),
         ("schooldns_tcp_connections", {}, 0.0),
+        ("schooldns_schools_configured", {}, 2.0),
+        ("schooldns_school_last_query_timestamp_seconds", {"school": a}, Positive()),
+        ("schooldns_school_last_query_timestamp_seconds", {"school": "school-b"}, 0.0),
+        ("schooldns_schools_active", {"window": "1h"}, 1.0),
+        ("schooldns_schools_active", {"window": "24h"}, 1.0),
+        ("schooldns_coverage_ratio", {"window": "24h"}, 0.5),
         ("schooldns_cache_entries", {}, 1.0),
         ("schooldns_cache_bytes", {}, Positive()),
         ("schooldns_cache_hits_total", {}, 1.0),
@@ -102,9 +150,12 @@ def expected_samples(upstream: str, workers: int) -> dict[tuple[str, frozenset[t
         ("schooldns_upstream_truncated_total", {"upstream": upstream}, 0.0),
         ("schooldns_upstream_mismatched_replies_total", {"upstream": upstream}, 0.0),
         ("schooldns_upstream_latency_seconds", {"upstream": upstream}, Positive()),
+        *histogram("schooldns_upstream_response_seconds", {"upstream": upstream}, 1),
         ("schooldns_upstream_up", {"upstream": upstream}, 1.0),
+        ("schooldns_degraded", {}, 0.0),
         ("schooldns_snapshot_generation", {}, 1.0),
         ("schooldns_snapshot_loaded_timestamp_seconds", {}, Positive()),
+        ("schooldns_lists_updated_timestamp_seconds", {}, Positive()),
         ("schooldns_reload_failures_total", {}, 0.0),
         ("schooldns_serving_last_good", {}, 0.0),
         ("schooldns_list_entries", {"category": "adult"}, 1.0),
@@ -182,8 +233,9 @@ async def test_metrics_and_status_keep_every_name_label_key_and_value(tmp_path, 
             age = status.pop("lists_age_seconds")
             assert isinstance(age, float) and 0 <= age < time.time()
             [row] = status.pop("upstreams")
-            assert list(row) == ["address", "up", "latency_ms"]
-            assert row["address"] == upstream.address and row["up"] is True and row["latency_ms"] >= 0
+            assert list(row) == ["address", "up", "failing", "latency_ms"]
+            assert row["address"] == upstream.address and row["up"] is True and row["failing"] is False
+            assert row["latency_ms"] >= 0
             assert status == {
                 "version": resolver.__version__,
                 "generation": 1,
@@ -191,4 +243,5 @@ async def test_metrics_and_status_keep_every_name_label_key_and_value(tmp_path, 
                 "serving_last_good": False,
                 "workers": workers,
                 "cache_entries": 1,
+                "degraded": False,
             }

@@ -81,7 +81,7 @@ async def test_no_answer_in_time_fails_with_a_timeout_and_leaves_nothing_waiting
         with pytest.raises(upstream.AllUpstreamsFailed) as failed:
             await pool.resolve(_question("www.example.com"))
         assert failed.value.ede_code == wire.EDE_NO_REACHABLE_AUTHORITY
-        assert "no answer in 0.30s" in str(failed.value)
+        assert str(failed.value) == f"no upstream answered: {first.address} timed out"
         [server] = pool.upstreams
         assert server.timeouts == 1 and first.count() == 1
         assert not pool.asking and not any(sock.pending for sock in server._sockets)
@@ -212,5 +212,60 @@ async def test_a_coalesced_question_fails_over_for_every_waiter(first, second):
         await until(lambda: all(waiter.calls for waiter in waiters), 3)
         assert all(_addresses(waiter.calls[0][0]) == ["192.0.2.2"] for waiter in waiters)
         assert first.count() == 1 and second.count() == 1 and pool.coalesced == 2
+    finally:
+        pool.close()
+
+
+async def test_an_upstream_is_up_only_once_it_answers_and_its_latency_is_that_of_its_answers(first):
+    first.answer("www.example.com", "A", "192.0.2.2")
+    pool = _pool(first, timeout_seconds=0.2)
+    [server] = pool.upstreams
+    try:
+        # Never asked: neither up nor failing, and no latency to show.
+        assert (server.up, server.failing, server.answer_seconds) == (False, False, None)
+        await pool.resolve(_question("www.example.com"))
+        assert server.up and not server.failing
+        answered = server.answer_seconds
+        assert answered is not None and 0 < answered < 0.2
+        assert server.answer_times.count == 1 and server.answer_times.sum_seconds == answered
+        first.drop()
+        for number in range(upstream.DOWN_AFTER_FAILURES):
+            assert not server.failing
+            with pytest.raises(upstream.AllUpstreamsFailed):
+                await pool.resolve(_question(f"q{number}.example.com"))
+        assert server.failing and not server.up
+        # Timeouts are no answers: the answer times are the same as before them.
+        assert server.answer_seconds == answered and server.answer_times.count == 1
+    finally:
+        pool.close()
+
+
+async def test_a_failing_upstream_is_probed_until_it_answers_again(first):
+    pool = _pool(first, timeout_seconds=0.3)
+    [server] = pool.upstreams
+    try:
+        await first.stop()  # nothing listens: each query fails at once (ICMP port unreachable)
+        for number in range(upstream.DOWN_AFTER_FAILURES):
+            with pytest.raises(upstream.AllUpstreamsFailed) as failed:
+                await pool.resolve(_question(f"q{number}.example.com"))
+            assert str(failed.value) == f"no upstream answered: {first.address} unreachable"
+        assert server.failing
+        await first.start()  # the same port again
+        # No client asks anything: the probe (the root's NS) finds it answering.
+        await until(lambda: not server.failing, upstream.PROBE_SECONDS * 3 + 1)
+        assert server.up and first.count(".", "NS") >= 1 and first.count() == first.count(".", "NS")
+    finally:
+        pool.close()
+
+
+async def test_a_servfail_names_the_upstreams_that_failed_and_how(first, second):
+    first.drop()
+    await second.stop()
+    pool = _pool(first, second, timeout_seconds=0.4)
+    try:
+        with pytest.raises(upstream.AllUpstreamsFailed) as failed:
+            await pool.resolve(_question("www.example.com"))
+        assert str(failed.value) == f"no upstream answered: {first.address} timed out, {second.address} unreachable"
+        assert failed.value.ede_code == wire.EDE_NO_REACHABLE_AUTHORITY  # a timeout is the most telling
     finally:
         pool.close()

@@ -66,12 +66,15 @@ async def serve(
     files: dict[str, str] | None = None,
     more_config: str = "",
     env: dict[str, str] | None = None,
+    admin_port: int = 0,
 ) -> AsyncIterator[Served]:
-    """`schooldns serve` over a small site; `env` adds to the child's environment."""
+    """`schooldns serve` over the test site under `root`; `env` adds to the child's environment; the
+    admin API on `admin_port` (0: any free port)."""
     config = write_site(
         root,
         [upstream.address],
-        f'workers: {workers}\nadmin: {{listen: "127.0.0.1:0"}}\nreload: {{watch_interval_seconds: 0}}\n' + more_config,
+        f'workers: {workers}\nadmin: {{listen: "127.0.0.1:{admin_port}"}}\nreload: {{watch_interval_seconds: 0}}\n'
+        + more_config,
         files,
     )
     process = await asyncio.create_subprocess_exec(

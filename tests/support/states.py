@@ -15,6 +15,8 @@ def upstream(address: str = "192.0.2.53:53", **values: object) -> UpstreamState:
         "mismatched": 0,
         "latency_seconds": 0.0,
         "up": True,
+        "failing": False,
+        "response": metrics.Histogram(),
     }
     return UpstreamState(address=address, **{**fields, **values})  # type: ignore[arg-type]
 
@@ -45,6 +47,9 @@ def state(
         "loaded_at": 1_700_000_000.0,
         "reload_failures": 0,
         "list_entries": {"adult": 3},
+        "lists_updated_at": 1_699_000_000.0,
+        "schools": ("school-a",),
+        "last_query": {},
         "serving_last_good": 0,
         "workers": 1,
         "worker_queries": {index: answered},

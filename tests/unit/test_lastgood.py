@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,8 @@ def test_a_start_with_broken_files_serves_the_copy_saved_by_the_last_build(cfg):
 
     assert started.from_last_good
     assert started.categories == built.categories and started.entry_counts == built.entry_counts
+    # Its lists are at least as old as its index, compiled after they last changed.
+    assert started.lists_updated_at == os.stat(cfg.state_dir / "last-good" / "index.bin").st_mtime
     assert started.index.lookup("games.example.com") == games_bit(built)
     assert [school.id for school in started.policies.schools] == ["school-a", "school-b"]
     assert started.directory.lookup("127.0.0.2").id == "school-b"

@@ -377,3 +377,46 @@ def test_a_response_instead_of_a_query_is_dropped(tmp_path):
     assert pipe.handle(_response(), SCHOOL_A, "udp") is None
     assert pipe.handle(b"\x01\x02\x03", SCHOOL_A, "udp") is None  # shorter than a header
     assert counters.malformed == 2 and not counters.queries
+
+
+def test_queries_that_waited_for_an_upstream_are_timed_by_result_and_the_others_are_not(tmp_path):
+    cfg = config.load_config(harness.write_site(tmp_path, ["127.0.0.1:53"]))
+    counters, now = metrics.Counters(), [0.0]
+    held: list[tuple[wire.Query, upstream.Done]] = []
+
+    class Held:
+        """The Forwarder protocol: each question waits here until the test answers it from the table."""
+
+        def ask(self, query: wire.Query, done: upstream.Done) -> None:
+            held.append((query, done))
+
+    pipe = pipeline.Pipeline(
+        snapshots.build_snapshot(cfg, 1), cache.AnswerCache(100), Held(), counters, clock=lambda: now[0]
+    )
+    waits = {"www.example.com": 0.003, "cloaked.example.net": 0.2, TableForwarder.FAILING: 2.0}
+    pending = [pipe.handle(_query(Row("", name), 1), SCHOOL_A, "udp") for name in waits]
+    answered: list[bytes | None] = []
+    for miss in pending:
+        assert isinstance(miss, pipeline.Pending)
+        miss.deliver_to(answered.append)
+    for (query, done), seconds in zip(held, waits.values(), strict=True):
+        now[0] = seconds
+        TableForwarder().ask(query, done)
+    assert len(answered) == 3
+    # Answered at once, not timed: a cache hit and a name on a list.
+    assert isinstance(pipe.handle(_query(Row("", "www.example.com"), 2), SCHOOL_A, "udp"), bytes)
+    assert isinstance(pipe.handle(_query(Row("", "adult.example.com"), 3), SCHOOL_A, "udp"), bytes)
+
+    def timed(*seconds: float) -> metrics.Histogram:
+        out = metrics.Histogram()
+        for value in seconds:
+            out.observe(value)
+        return out
+
+    assert counters.waits == {
+        "forwarded": timed(0.003),
+        "blocked": timed(0.2),  # its CNAME reached a listed name
+        "rewritten": timed(),
+        "stale": timed(),
+        "servfail": timed(2.0),
+    }

@@ -60,6 +60,15 @@ def test_files_signature_ignores_dot_files_and_dot_directories(cfg):
     assert snapshots.files_signature(cfg) == first
 
 
+def test_the_lists_are_as_old_as_their_newest_file_not_the_build(cfg):
+    files = [cfg.blocklists_dir / name for name in ("sources.yaml", "adult.txt", "games.txt", "malware.txt")]
+    for age_days, path in enumerate(files, start=3):
+        os.utime(path, (WEDNESDAY_MORNING - age_days * 86400,) * 2)
+    assert snapshots.build_snapshot(cfg, 1).lists_updated_at == WEDNESDAY_MORNING - 3 * 86400
+    os.utime(files[2], (WEDNESDAY_MORNING,) * 2)  # one list updated
+    assert snapshots.build_snapshot(cfg, 2).lists_updated_at == WEDNESDAY_MORNING
+
+
 def test_a_default_school_that_names_no_school_fails_the_build_before_any_compile(tmp_path):
     cfg = config.load_config(write_site(tmp_path, ["127.0.0.1:53"], "default_school: school-z\n"))
 

@@ -7,8 +7,16 @@ import json
 import multiprocessing.connection
 import pickle
 
+from resolver.dataplane import metrics
 from resolver.dataplane.workerstate import Report, merge
 from tests.support.states import state, upstream
+
+
+def histogram(*seconds: float) -> metrics.Histogram:
+    out = metrics.Histogram()
+    for value in seconds:
+        out.observe(value)
+    return out
 
 
 def test_merge_sums_counters_and_gauges_of_live_workers():
@@ -46,14 +54,60 @@ def test_merge_takes_the_newest_generation_and_the_lists_of_a_worker_that_has_th
 
 
 def test_merge_sums_each_upstream_once_with_the_slowest_latency_and_worst_health():
-    a, b = "192.0.2.53:53", "[2001:db8::53]:53"
-    one = state(0, upstreams=(upstream(a, queries=5, failures=1, latency_seconds=0.010), upstream(b, queries=1)))
-    two = state(1, upstreams=(upstream(a, queries=2, timeouts=1, latency_seconds=0.030, up=False), upstream(b)))
+    a, b, c = "192.0.2.53:53", "[2001:db8::53]:53", "192.0.2.54:53"
+    one = state(
+        0,
+        upstreams=(
+            upstream(a, queries=5, failures=1, latency_seconds=0.010, response=histogram(0.01)),
+            upstream(b, queries=1),
+            upstream(c, latency_seconds=None, up=False),  # never answered this worker
+        ),
+    )
+    two = state(
+        1,
+        upstreams=(
+            upstream(a, queries=2, timeouts=1, latency_seconds=0.030, up=False, failing=True, response=histogram(0.03)),
+            upstream(b),
+            upstream(c, latency_seconds=0.002),
+        ),
+    )
     summed = merge([one, two])
     assert summed.upstreams == (
-        upstream(a, queries=7, failures=1, timeouts=1, latency_seconds=0.030, up=False),
+        upstream(
+            a,
+            queries=7,
+            failures=1,
+            timeouts=1,
+            latency_seconds=0.030,
+            up=False,
+            failing=True,
+            response=histogram(0.01, 0.03),
+        ),
         upstream(b, queries=1),
+        upstream(c, latency_seconds=0.002),  # up: one worker had its answer, none finds it failing
     )
+    silent = merge([state(upstreams=(upstream(c, latency_seconds=None, up=False),))])
+    assert silent.upstreams == (upstream(c, latency_seconds=None, up=False),)
+
+
+def test_the_upstreams_fail_all_together_or_not_at_all():
+    a, b = "192.0.2.53:53", "192.0.2.54:53"
+    both = state(upstreams=(upstream(a, up=False, failing=True), upstream(b, up=False, failing=True)))
+    assert both.failing_upstreams() == (a, b)
+    assert state(upstreams=(upstream(a, up=False, failing=True), upstream(b))).failing_upstreams() == ()
+    assert state(upstreams=()).failing_upstreams() == ()
+    # Failing for one worker is failing for the sum.
+    assert merge([both, state(1, upstreams=(upstream(a), upstream(b)))]).failing_upstreams() == (a, b)
+
+
+def test_merge_keeps_each_schools_latest_query_and_the_newest_snapshots_schools():
+    old = state(0, generation=1, schools=("a",), last_query={"a": 100.0, "b": 50.0}, lists_updated_at=10.0)
+    new = state(1, generation=2, schools=("a", "b"), last_query={"a": 90.0}, lists_updated_at=20.0)
+    dead = merge([], [state(2, last_query={"b": 70.0})])
+    summed = merge([old, new], [dead])
+    assert summed.last_query == {"a": 100.0, "b": 70.0}
+    assert (summed.schools, summed.lists_updated_at) == (("a", "b"), 20.0)
+    assert (dead.schools, dead.lists_updated_at, dead.last_query) == ((), 0.0, {"b": 70.0})
 
 
 def test_a_dead_workers_counters_stay_in_the_sums_and_its_gauges_do_not():
@@ -107,11 +161,14 @@ def test_a_state_and_a_report_cross_a_process_connection_as_plain_values():
     one = state(
         1,
         answered=2,
-        upstreams=(upstream(queries=2, latency_seconds=0.02),),
+        upstreams=(upstream(queries=2, latency_seconds=0.02, response=histogram(0.02, 0.5)),),
         cache_bytes=512,
         list_entries={"adult": 3, "games": 0},
+        schools=("school-a", "school-b"),
+        last_query={"school-b": 1_700_000_000.5},
     )
     one.counters.count_block("school-b", "tcp", "games")
+    one.counters.waits["stale"].observe(1.5)
     one.counters.dropped["tcp_connection_limit"] += 1
     one.counters.internal_errors += 1
     wire = Report(one, (5353, 5354)).to_wire()
@@ -128,6 +185,7 @@ def test_a_state_and_a_report_cross_a_process_connection_as_plain_values():
     assert dict(got.counters.blocked) == {("school-b", "games"): 1}
     assert dict(got.counters.dropped) == {"tcp_connection_limit": 1}
     assert got.counters.internal_errors == 1
+    assert got.counters.waits == one.counters.waits
     assert dataclasses.replace(got, counters=one.counters) == one
     assert Report.from_wire(Report(one).to_wire()).ports == ()
 
