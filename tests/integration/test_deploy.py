@@ -172,6 +172,24 @@ def test_compose_publishes_dns_and_keeps_the_admin_api_and_dashboards_local():
             assert all(published.startswith("127.0.0.1:") for published in service["ports"]), name
 
 
+def test_compose_mounts_files_that_exist_and_points_prometheus_and_grafana_at_the_services():
+    compose = compose_file()
+    here = DEPLOY / "container"
+    for service in compose["services"].values():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):  # a bind mount (the others are named volumes)
+                assert (here / source).exists(), volume
+    [targets] = yaml.safe_load((here / "prometheus-targets/compose.yml").read_text(encoding="utf-8"))
+    _, admin_port = ports(load_config((here / "config.yaml").read_text(encoding="utf-8"), "/etc/x.yaml"))
+    assert targets["targets"] == [f"schooldns:{admin_port}"]
+    [source] = yaml.safe_load((here / "grafana/datasource.yml").read_text(encoding="utf-8"))["datasources"]
+    assert source["url"] == "http://prometheus:9090"
+    dashboards = yaml.safe_load((DEPLOY / "grafana/provisioning/dashboards/schooldns.yml").read_text())
+    mounted = {volume.split(":")[1] for volume in compose["services"]["grafana"]["volumes"]}
+    assert dashboards["providers"][0]["options"]["path"] in mounted
+
+
 # ---------------------------------------------------------------------------------------------
 # Kubernetes
 
