@@ -50,6 +50,7 @@ class CacheConfig:
     max_ttl_seconds: int = _bounded(86_400, 1, 604_800, "seconds")
     negative_max_ttl_seconds: int = _bounded(3_600, 0, 86_400, "seconds")
     stale_seconds: int = _bounded(3_600, 0, 259_200, "seconds")  # serve an expired answer while upstreams fail
+    stale_wait_seconds: float = _bounded(1.8, 0.0, 60.0, "seconds")  # ... once a miss has waited this long
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
