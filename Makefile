@@ -31,7 +31,7 @@ check: $(STAMP)
 
 # The independent clients the integration tests drive.
 test-tools:
-	@$(PACKAGES) dig=bind9-dnsutils kdig=knot-dnsutils
+	@$(PACKAGES) dig=bind9-dnsutils kdig=knot-dnsutils drill=ldnsutils
 
 test: $(STAMP) test-tools
 	$(PY) -m pytest
