@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from resolver.dataplane import cache, metrics, repeats, upstream, wire
+from resolver.dataplane import cache, metrics, ratelimit, repeats, upstream, wire
 from resolver.filtering import domains, policy, schools
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,9 @@ _EDE_BY_AUTHORITY = {"province": wire.EDE_CENSORED, "school": wire.EDE_FILTERED,
 # answer refreshes the cache. 1.8 s is the RFC's suggestion: under the 2 s after which common stub
 # resolvers ask again. The config's cache.stale_wait_seconds sets it.
 STALE_WAIT_SECONDS = 1.8
+# Answers (REFUSED) a second to a client network (/24, /56) outside every school, over UDP. The
+# config's limits.unknown_client_refusals_per_second sets it.
+UNKNOWN_CLIENT_REFUSALS_PER_SECOND = 10
 _ZONE_TRANSFERS = (wire.TYPE_AXFR, wire.TYPE_IXFR)
 _CLASS_NAMES = {wire.CLASS_CH: "CH", 4: "HS", wire.CLASS_NONE: "NONE", wire.CLASS_ANY: "ANY"}
 
@@ -161,6 +164,7 @@ class Pipeline:
         keep_repeats: bool = True,  # False only to measure what repeats are worth
         stale_wait_seconds: float = STALE_WAIT_SECONDS,
         timers: Timers | None = None,  # None: the running event loop, when a stale answer is first waited for
+        unknown_client_refusals_per_second: int = UNKNOWN_CLIENT_REFUSALS_PER_SECOND,
     ):
         self.snapshot = snapshot
         self.cache = answers
@@ -177,6 +181,7 @@ class Pipeline:
         # cost the upstream room ~5% of a miss).
         self._stale_waiting: collections.deque[tuple[float, Pending]] = collections.deque()
         self._stale_timer_armed = False
+        self.unknown_clients = ratelimit.PerNetworkLimit(unknown_client_refusals_per_second)
 
     def install(self, snapshot: Snapshot) -> None:
         """Swap in a new snapshot (control plane); answers made with the old one are dropped."""
@@ -215,11 +220,11 @@ class Pipeline:
             query = wire.parse_query(data)
         except wire.WireError as exc:
             self.counters.malformed += 1
+            if school is None:
+                return None  # an unknown client is sent a REFUSED to a query, and nothing else
             return self._error_answer(exc, None)
         if school is None:
-            self.counters.count("unknown", transport, "refused")
-            ede = wire.ede_option(wire.EDE_PROHIBITED, "client not in any school network") if query.edns else b""
-            return wire.make_error(query.id, query.flags, wire.REFUSED, query, ede)
+            return self._unknown_client(query, client, transport, now)
         limit = query.payload if transport == "udp" else 65535
 
         # 4. Decide: policy x domain index.
@@ -436,6 +441,19 @@ class Pipeline:
         self.cache.store(miss.rewrite_key, answer, self.clock())
         self.counters.count(school.id, transport, "rewritten")
         return wire.replay(answer.message, answer.question_length, query, miss.limit)
+
+    def _unknown_client(self, query: wire.Query, client: str | bytes, transport: str, now: float) -> bytes | None:
+        """REFUSED with EDE 18 for a client outside every school network, within its network's budget over UDP.
+
+        Its address may be forged (UDP): the budget keeps a flood forged from a victim's addresses
+        from being reflected at the victim. Over TCP the handshake proved the address.
+        """
+        if transport == "udp" and not self.unknown_clients.allow(client, now):
+            self.counters.dropped["unknown_client_rate_limit"] += 1
+            return None
+        self.counters.count("unknown", transport, "refused")
+        ede = wire.ede_option(wire.EDE_PROHIBITED, "client not in any school network") if query.edns else b""
+        return wire.make_error(query.id, query.flags, wire.REFUSED, query, ede)
 
     def _not_forwarded(self, query: wire.Query, school_id: str, transport: str) -> bytes:
         """REFUSED, with EDE 21 Not Supported, for a query schooldns does not forward."""

@@ -6,6 +6,7 @@ The real server (one worker, in this process) forwards to the fake upstream on l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import shutil
 import socket
@@ -258,3 +259,37 @@ async def test_zone_transfers_are_refused_here(resolver, upstream):
     assert _ede(answer) == [
         (wire.EDE_NOT_SUPPORTED, "zone transfers are not served; schooldns forwards class IN queries")
     ]
+
+
+# -------------------------------------------------------------------------------------------
+# Clients outside every school network
+
+
+async def test_unknown_clients_are_sent_refusals_within_their_networks_budget_and_nothing_else(tmp_path, upstream):
+    extra = "limits: {unknown_client_refusals_per_second: 3}\n"
+    async with running_resolver(tmp_path, [upstream.address], extra) as resolver:
+        resolver.worker.pipeline.clock = lambda: 1000.0  # one second of the budget, however long the test takes
+        counters = resolver.worker.counters
+        loop = asyncio.get_running_loop()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.3", 0))  # in no school's network
+            sock.setblocking(False)
+            sock.connect(("127.0.0.1", resolver.port))
+            for query_id in range(8):
+                query = dns.message.make_query("www.example.com", "A", use_edns=0)
+                query.id = query_id
+                await loop.sock_sendall(sock, query.to_wire())
+            await loop.sock_sendall(sock, b"\x00\x63\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07example")  # malformed
+            await until(lambda: counters.dropped["unknown_client_rate_limit"] == 5 and counters.malformed == 1, 3.0)
+            # Handled in this process's event loop: every answer sent is in the socket by now.
+            answers = []
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    answers.append(dns.message.from_wire(sock.recv(65535)))
+        assert [(a.id, a.rcode(), _ede(a)[0][0]) for a in answers] == [
+            (i, dns.rcode.REFUSED, wire.EDE_PROHIBITED) for i in range(3)
+        ]
+        # Over TCP the handshake proved the address: refused every time, however many.
+        for _ in range(5):
+            assert (await resolver.tcp("www.example.com", source="127.0.0.3")).rcode() == dns.rcode.REFUSED
+        assert upstream.count() == 0

@@ -651,3 +651,28 @@ def test_a_miss_without_a_stale_answer_waits_for_upstream(stale_site):
     forwarder.answer_held(fail=True)
     [reply] = delivered
     assert reply is not None and dns.message.from_wire(reply).rcode() == dns.rcode.SERVFAIL
+
+
+def test_an_unknown_client_is_sent_a_refusal_within_its_networks_budget_and_nothing_else(tmp_path):
+    cfg = config.load_config(harness.write_site(tmp_path, ["127.0.0.1:53"]))
+    counters = metrics.Counters()
+    pipe = pipeline.Pipeline(
+        snapshots.build_snapshot(cfg, 1),
+        cache.AnswerCache(10),
+        TableForwarder(),
+        counters,
+        clock=lambda: 50.0,
+        unknown_client_refusals_per_second=2,
+    )
+    query = _query(Row("", "www.example.com"), 1)
+    replies = [pipe.handle(query, client, "udp") for client in (NO_SCHOOL, "127.0.0.4", "127.0.1.3")]
+    assert [dns.message.from_wire(r).rcode() for r in replies if isinstance(r, bytes)] == [dns.rcode.REFUSED] * 3
+    assert pipe.handle(query, NO_SCHOOL, "udp") is None  # a third answer to 127.0.0.0/24 this second
+    assert isinstance(pipe.handle(query, NO_SCHOOL, "tcp"), bytes)  # TCP: the address is not forged
+    # A malformed query, another opcode, another EDNS version: nothing (nothing but REFUSED is ever sent).
+    for data in (_formerr_query(), _notify(edns=True), dns.message.make_query("x.example", "A", use_edns=1).to_wire()):
+        assert pipe.handle(data, "127.0.0.9", "udp") is None
+        assert pipe.handle(data, "127.0.0.9", "tcp") is None
+    assert counters.dropped == {"unknown_client_rate_limit": 1}
+    assert counters.queries == {("unknown", "udp", "refused"): 3, ("unknown", "tcp", "refused"): 1}
+    assert counters.malformed == 6
