@@ -8,12 +8,11 @@ forger can vary the last bits at will, and an operator's /24 or /56 is what a vi
 
 from __future__ import annotations
 
-import socket
+from resolver.filtering import schools
 
 # Networks kept per second. Beyond it, queries from networks not seen yet in that second are not
 # answered: a flood forged from everywhere cannot grow the table (each entry costs ~100 bytes).
 MAX_NETWORKS = 16_384
-_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"  # ::ffff:0:0/96, IPv4-mapped IPv6 (a dual-stack socket's IPv4 clients)
 
 
 class PerNetworkLimit:
@@ -50,17 +49,11 @@ class PerNetworkLimit:
 def network_of(client: str | bytes) -> bytes | None:
     """The /24 (IPv4, also when mapped into IPv6) or /56 (IPv6) that holds a client address; None if not one."""
     try:
-        packed = client if isinstance(client, bytes) else _pack(client)
+        packed = client if isinstance(client, bytes) else schools.pack_address(client)
     except (OSError, ValueError):
         return None
     if len(packed) == 4:
         return packed[:3]
     if len(packed) == 16:
-        return packed[12:15] if packed[:12] == _MAPPED_PREFIX else packed[:7]
+        return packed[12:15] if packed[:12] == schools.MAPPED_PREFIX else packed[:7]
     return None
-
-
-def _pack(ip: str) -> bytes:
-    if ":" not in ip:
-        return socket.inet_pton(socket.AF_INET, ip)
-    return socket.inet_pton(socket.AF_INET6, ip.partition("%")[0])  # drop a zone id
