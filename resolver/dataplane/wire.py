@@ -510,11 +510,12 @@ def parse_upstream_answer(
     size = len(reply)
     _, flags, _, ancount, nscount, arcount = _HEADER.unpack_from(reply)
     rcode = flags & 0xF
-    qtype = _U16.unpack_from(reply, 8 + question_length)[0]
+    qtype = reply[8 + question_length] << 8 | reply[9 + question_length]
     pos = 12 + question_length
     buf = bytearray(reply)
-    _U16.pack_into(buf, 2, QR | RA | (flags & (AD | 0xF)))
-    answered = qtype in (TYPE_CNAME, TYPE_ANY)  # records of the asked type: not a negative answer
+    buf[2] = QR >> 8  # AA, TC, RD and the opcode clear
+    buf[3] = RA | flags & (AD | 0xF)
+    answered = qtype == TYPE_CNAME or qtype == TYPE_ANY  # records of the asked type: not a negative answer
     offsets: list[int] = []
     targets: list[str] = []
     answer_ttl = None
