@@ -263,7 +263,7 @@ def decide(school: SchoolPolicy, name: str, list_mask: int, now_epoch_seconds: f
             return block
         if name.endswith(".resolver.arpa") or name == "resolver.arpa":
             return _DDR_BLOCK
-    hit = list_mask & school.mandatory_mask
+    hit = list_mask & school.mandatory_mask  # mandatory_block(), inlined: a call here costs every query
     if hit:
         return school.mandatory_blocks[hit & -hit]  # lowest bit: the first category in list order
     allowed = False
