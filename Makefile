@@ -33,8 +33,8 @@ check: $(STAMP)
 # (tests/integration/test_deploy.py): shellcheck, systemd-analyze verify, nft -c; and Prometheus
 # (promtool checks the shipped rules; a real Prometheus scrapes real instances).
 test-tools:
-	@$(PACKAGES) dig=bind9-dnsutils kdig=knot-dnsutils shellcheck=shellcheck systemd-analyze=systemd nft=nftables \
-		promtool=prometheus
+	@$(PACKAGES) dig=bind9-dnsutils kdig=knot-dnsutils drill=ldnsutils shellcheck=shellcheck \
+		systemd-analyze=systemd nft=nftables promtool=prometheus
 
 test: $(STAMP) test-tools
 	$(PY) -m pytest

@@ -50,6 +50,7 @@ class CacheConfig:
     max_ttl_seconds: int = _bounded(86_400, 1, 604_800, "seconds")
     negative_max_ttl_seconds: int = _bounded(3_600, 0, 86_400, "seconds")
     stale_seconds: int = _bounded(3_600, 0, 259_200, "seconds")  # serve an expired answer while upstreams fail
+    stale_wait_seconds: float = _bounded(1.8, 0.0, 60.0, "seconds")  # ... once a miss has waited this long
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -66,6 +67,8 @@ class LimitsConfig:
     tcp_idle_timeout_seconds: float = _bounded(10.0, 0.1, 300.0, "seconds")
     tcp_max_pipelined: int = _bounded(64, 1, 1_024)  # queries in flight on one TCP connection
     shutdown_drain_seconds: float = _bounded(5.0, 0.0, 60.0, "seconds")
+    # REFUSED answers a second over UDP to each /24 or /56 outside every school network; 0 = none.
+    unknown_client_refusals_per_second: int = _bounded(10, 0, 10_000)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

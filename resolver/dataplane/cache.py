@@ -84,16 +84,22 @@ class AnswerCache:
             stored = self._entries[key] = (message, question_length, offsets, targets, stored_at, expires_at, age)
         return CacheEntry(*stored)
 
-    def lookup_stale(self, key: bytes, now: float) -> tuple[bytes, int] | None:
+    def has_stale(self, key: bytes, now: float) -> bool:
+        """Whether lookup_stale would find an answer now (it is not counted as served)."""
+        stored = self._entries.get(key)
+        return stored is not None and stored[5] <= now < stored[5] + self.stale_seconds
+
+    def lookup_stale(self, key: bytes, now: float) -> CacheEntry | None:
         """An expired answer still inside the stale window, with TTLs set to 30 s (RFC 8767)."""
         stored = self._entries.get(key)
         if stored is None or now >= stored[5] + self.stale_seconds:
             return None
         self.stale_served += 1
         buf = bytearray(stored[0])
+        ttl = STALE_ANSWER_TTL.to_bytes(4, "big")
         for offset in stored[2]:
-            buf[offset : offset + 4] = STALE_ANSWER_TTL.to_bytes(4, "big")
-        return bytes(buf), stored[1]
+            buf[offset : offset + 4] = ttl
+        return CacheEntry(bytes(buf), *stored[1:])
 
     def store(self, key: bytes, answer: wire.Answer, now: float) -> None:
         """Keep an answer for its TTL; answers with TTL 0 (errors, truncated) are not kept."""

@@ -18,6 +18,8 @@ for repeats, any other may be up to 65,535 bytes.
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import dataclasses
 import logging
 import socket
@@ -25,7 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from resolver.dataplane import cache, metrics, repeats, upstream, wire
+from resolver.dataplane import cache, metrics, ratelimit, repeats, upstream, wire
 from resolver.filtering import domains, policy, schools
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,16 @@ log = logging.getLogger(__name__)
 Deliver = Callable[[bytes | None], None]  # where a Pending's answer goes (None: send nothing)
 
 _EDE_BY_AUTHORITY = {"province": wire.EDE_CENSORED, "school": wire.EDE_FILTERED, "deny": wire.EDE_BLOCKED}
+# RFC 8767's client response timer: a cache miss whose answer expired within the stale window gets
+# that answer (TTL 30, EDE 3) when upstream has not answered by then; the question goes on and its
+# answer refreshes the cache. 1.8 s is the RFC's suggestion: under the 2 s after which common stub
+# resolvers ask again. The config's cache.stale_wait_seconds sets it.
+STALE_WAIT_SECONDS = 1.8
+# Answers (REFUSED) a second to a client network (/24, /56) outside every school, over UDP. The
+# config's limits.unknown_client_refusals_per_second sets it.
+UNKNOWN_CLIENT_REFUSALS_PER_SECOND = 10
+_ZONE_TRANSFERS = (wire.TYPE_AXFR, wire.TYPE_IXFR)
+_CLASS_NAMES = {wire.CLASS_CH: "CH", 4: "HS", wire.CLASS_NONE: "NONE", wire.CLASS_ANY: "ANY"}
 
 
 class Forwarder(Protocol):
@@ -40,6 +52,14 @@ class Forwarder(Protocol):
 
     def ask(self, query: wire.Query, done: upstream.Done) -> None:
         """Call done(answer, None) or done(None, error) once, now or later."""
+
+
+class Timers(Protocol):
+    """What the pipeline needs of a clock that calls back (the running event loop; a fake in unit tests)."""
+
+    def time(self) -> float: ...
+
+    def call_at(self, when: float, callback: Callable[[], object], /) -> object: ...
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -109,16 +129,39 @@ class Pending:
     def deliver_to(self, deliver: Deliver) -> None:
         """Ask upstream; call deliver(answer) exactly once, possibly before this returns. Call it once."""
         self.deliver = deliver
-        self.pipeline.forwarder.ask(self.question, self._answered)
+        pipe = self.pipeline
+        pipe.forwarder.ask(self.question, self._answered)
+        if self.deliver is not None and not self.rewrite_key and pipe.cache.has_stale(self.query.key, pipe.clock()):
+            pipe._wait_for_stale(self)  # not answered yet, and an expired answer to fall back on
 
     def _answered(self, answer: wire.Answer | None, error: Exception | None) -> None:
         """The upstream outcome: the client is always answered (a failure here is an rcode like any other)."""
         pipe = self.pipeline
+        deliver = self.deliver
+        if deliver is None:  # answered stale already: the answer only refreshes the cache
+            if answer is not None:
+                pipe.cache.store(self.query.key, answer, pipe.clock())
+            return
+        self.deliver = None
         try:
             reply = pipe._rewritten(self, answer, error) if self.rewrite_key else pipe._forwarded(self, answer, error)
         except Exception as exc:  # a bug: answer SERVFAIL rather than leave the client waiting
             reply = pipe._error_answer(exc, self.query)
-        self.deliver(reply)  # type: ignore[misc]
+        deliver(reply)
+
+    def _stale_due(self) -> None:
+        """The client response timer fired before upstream answered: the stale answer, if it is still there."""
+        pipe = self.pipeline
+        deliver = self.deliver
+        if deliver is None:
+            return
+        try:
+            reply = pipe._stale(self)
+        except Exception as exc:  # a bug: answer SERVFAIL rather than leave the client waiting
+            reply = pipe._error_answer(exc, self.query)
+        if reply is not None:  # else evicted meanwhile: upstream's outcome answers
+            self.deliver = None
+            deliver(reply)
 
 
 class Pipeline:
@@ -133,6 +176,9 @@ class Pipeline:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         keep_repeats: bool = True,  # False only to measure what repeats are worth
+        stale_wait_seconds: float = STALE_WAIT_SECONDS,
+        timers: Timers | None = None,  # None: the running event loop, when a stale answer is first waited for
+        unknown_client_refusals_per_second: int = UNKNOWN_CLIENT_REFUSALS_PER_SECOND,
     ):
         self.snapshot = snapshot
         self.cache = answers
@@ -142,6 +188,14 @@ class Pipeline:
         self.wall_clock = wall_clock
         self.repeats = repeats.Repeats(counters, answers, keep_repeats)
         self._segments: dict[str, tuple[float, float, int]] = {}  # school id -> (minute start, end, segment)
+        self.stale_wait_seconds = stale_wait_seconds
+        self._timers = timers
+        # Misses with a stale answer to fall back on, in the order of their timers (all wait as long):
+        # one timer for the first of them, not one per miss (a timer's creation and cancellation
+        # cost the upstream room ~5% of a miss).
+        self._stale_waiting: collections.deque[tuple[float, Pending]] = collections.deque()
+        self._stale_timer_armed = False
+        self.unknown_clients = ratelimit.PerNetworkLimit(unknown_client_refusals_per_second)
 
     def install(self, snapshot: Snapshot) -> None:
         """Swap in a new snapshot (control plane); answers made with the old one are dropped."""
@@ -180,11 +234,11 @@ class Pipeline:
             query = wire.parse_query(data)
         except wire.WireError as exc:
             self.counters.malformed += 1
+            if school is None:
+                return None  # an unknown client is sent a REFUSED to a query, and nothing else
             return self._error_answer(exc, None)
         if school is None:
-            self.counters.count("unknown", transport, "refused")
-            ede = wire.ede_option(wire.EDE_PROHIBITED, "client not in any school network") if query.edns else b""
-            return wire.make_error(query.id, query.flags, wire.REFUSED, query, ede)
+            return self._unknown_client(query, client, transport, now)
         limit = query.payload if transport == "udp" else 65535
 
         # 4. Decide: policy x domain index.
@@ -199,7 +253,7 @@ class Pipeline:
                         school.id, data, segment, reply, decision.category, until, from_cache=False
                     )
                 return reply
-            if isinstance(decision, policy.Rewrite):
+            if isinstance(decision, policy.Rewrite) and query.qclass == wire.CLASS_IN:
                 return self._rewrite(data, query, decision.target, school, segment, snapshot, transport, limit, now)
 
         # 5. Cache lookup (raw bytes: ID, question and TTLs patched).
@@ -222,6 +276,10 @@ class Pipeline:
             return reply
 
         # 6.-8. Forward upstream, then cache, inspect and count (_forwarded): the only stage that waits.
+        #    Class IN only: CHAOS queries (version.bind, hostname.bind, id.server) would tell anyone
+        #    the upstream's software and name; zone transfers are no resolver's business.
+        if query.qclass != wire.CLASS_IN or query.qtype in _ZONE_TRANSFERS:
+            return self._not_forwarded(query, school.id, transport)
         return Pending(self, query, school, snapshot, transport, limit, now)
 
     def _forwarded(self, miss: Pending, answer: wire.Answer | None, error: Exception | None) -> bytes | None:
@@ -231,11 +289,9 @@ class Pipeline:
         waits = self.counters.waits
         if answer is None:
             if isinstance(error, upstream.UpstreamError):
-                stale = self.cache.lookup_stale(query.key, now)
-                if stale is not None:
-                    self.counters.count(school.id, transport, "stale")
-                    waits["stale"].observe(now - miss.started)
-                    return wire.replay(stale[0], stale[1], query, miss.limit)
+                reply = self._stale(miss)
+                if reply is not None:
+                    return reply
                 self.counters.count(school.id, transport, "servfail")
                 waits["servfail"].observe(now - miss.started)
             return self._error_answer(error, query)  # type: ignore[arg-type]
@@ -249,6 +305,48 @@ class Pipeline:
         self.counters.count(school.id, transport, "forwarded")
         waits["forwarded"].observe(now - miss.started)
         return wire.replay(answer.message, answer.question_length, query, miss.limit)
+
+    def _stale(self, miss: Pending) -> bytes | None:
+        """The expired answer to a miss (TTL 30, EDE 3 Stale Answer; RFC 8767), its chain inspected; None if none."""
+        query, school, transport = miss.query, miss.school, miss.transport
+        entry = self.cache.lookup_stale(query.key, self.clock())
+        if entry is None:
+            return None
+        if entry.targets:
+            block = self._inspect(query, entry.targets, school, miss.snapshot, self.wall_clock())
+            if block is not None:
+                self.counters.count_block(school.id, transport, block.category)
+                return self._blocked(query, block, miss.snapshot)
+        self.counters.count(school.id, transport, "stale")
+        self.counters.waits["stale"].observe(self.clock() - miss.started)
+        ede = wire.ede_option(wire.EDE_STALE_ANSWER, "upstreams did not answer in time") if query.edns else b""
+        return wire.replay(entry.message, entry.question_length, query, miss.limit, ede)
+
+    def _wait_for_stale(self, miss: Pending) -> None:
+        """Answer the miss stale when the client response timer fires, unless upstream answers first."""
+        timers = self._timers
+        if timers is None:
+            timers = self._timers = asyncio.get_running_loop()
+        due = timers.time() + self.stale_wait_seconds
+        self._stale_waiting.append((due, miss))
+        if not self._stale_timer_armed:
+            self._stale_timer_armed = True
+            timers.call_at(due, self._stale_timers_fired)
+
+    def _stale_timers_fired(self) -> None:
+        """Answer stale every miss whose timer is due (answered ones are skipped); arm the timer for the next."""
+        timers = self._timers
+        assert timers is not None
+        now = timers.time()
+        waiting = self._stale_waiting
+        try:
+            while waiting and waiting[0][0] <= now:
+                waiting.popleft()[1]._stale_due()
+        finally:  # armed again even if a transport's deliver raised
+            if waiting:
+                timers.call_at(waiting[0][0], self._stale_timers_fired)
+            else:
+                self._stale_timer_armed = False
 
     # -----------------------------------------------------------------------------------
     # Stages' helpers.
@@ -278,8 +376,16 @@ class Pipeline:
     def _inspect(
         self, query: wire.Query, targets: tuple[str, ...], school: policy.SchoolPolicy, snapshot: Snapshot, wall: float
     ) -> policy.Block | None:
-        """CNAME cloaking: an answer whose chain (or HTTPS/SVCB target) reaches a blocked name."""
+        """CNAME cloaking: an answer whose chain (or HTTPS/SVCB target) reaches a blocked name.
+
+        For a name the school allows, only the mandatory categories are checked: they bind on
+        every name of the chain, allow entries or not.
+        """
         if policy.is_explicitly_allowed(school, query.name):
+            for target in targets:
+                block = policy.mandatory_block(school, snapshot.index.lookup(target))
+                if block is not None:
+                    return block
             return None
         for target in targets:
             decision = self._decide(snapshot, school, target, wall)
@@ -302,7 +408,9 @@ class Pipeline:
         if action is policy.Action.NXDOMAIN:
             return wire.make_local_answer(query, wire.NXDOMAIN, [], ttl, ede)
         records: list[tuple[int, int, bytes]] = []
-        if action is policy.Action.NULL_IP:
+        if query.qclass != wire.CLASS_IN:
+            pass  # addresses are IN data: NODATA in the query's class
+        elif action is policy.Action.NULL_IP:
             if query.qtype == wire.TYPE_A:
                 records = [(wire.TYPE_A, ttl, bytes(4))]
             elif query.qtype == wire.TYPE_AAAA:
@@ -357,15 +465,38 @@ class Pipeline:
         self.counters.waits["rewritten"].observe(now - miss.started)
         return wire.replay(answer.message, answer.question_length, query, miss.limit)
 
+    def _unknown_client(self, query: wire.Query, client: str | bytes, transport: str, now: float) -> bytes | None:
+        """REFUSED with EDE 18 for a client outside every school network, within its network's budget over UDP.
+
+        Its address may be forged (UDP): the budget keeps a flood forged from a victim's addresses
+        from being reflected at the victim. Over TCP the handshake proved the address.
+        """
+        if transport == "udp" and not self.unknown_clients.allow(client, now):
+            self.counters.dropped["unknown_client_rate_limit"] += 1
+            return None
+        self.counters.count("unknown", transport, "refused")
+        ede = wire.ede_option(wire.EDE_PROHIBITED, "client not in any school network") if query.edns else b""
+        return wire.make_error(query.id, query.flags, wire.REFUSED, query, ede)
+
+    def _not_forwarded(self, query: wire.Query, school_id: str, transport: str) -> bytes:
+        """REFUSED, with EDE 21 Not Supported, for a query schooldns does not forward."""
+        self.counters.count(school_id, transport, "refused")
+        ede = b""
+        if query.edns:
+            qclass = query.qclass
+            what = "zone transfers are" if qclass == wire.CLASS_IN else f"class {_CLASS_NAMES.get(qclass, qclass)} is"
+            ede = wire.ede_option(wire.EDE_NOT_SUPPORTED, f"{what} not served; schooldns forwards class IN queries")
+        return wire.make_error(query.id, query.flags, wire.REFUSED, query, ede)
+
     def _error_answer(self, exc: Exception, query: wire.Query | None) -> bytes | None:
         """The one place failures become answers."""
         match exc:
             case wire.Unanswerable():
                 return None  # no header worth answering, or a response: drop
             case wire.FormError():
-                return wire.make_error(exc.query_id, exc.flags, wire.FORMERR)
+                return wire.make_error(exc.query_id, exc.flags, wire.FORMERR, exc.echo)
             case wire.NotImplementedOpcode():
-                return wire.make_error(exc.query_id, exc.flags, wire.NOTIMP)
+                return wire.make_error(exc.query_id, exc.flags, wire.NOTIMP, exc.echo)
             case wire.BadVersion():
                 q = exc.query
                 return wire.make_error(q.id, q.flags, wire.BADVERS, q)

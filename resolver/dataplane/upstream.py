@@ -57,6 +57,19 @@ class UpstreamTcpBusy(UpstreamNetworkError):
     reason = "TCP limit reached"
 
 
+class UpstreamRefused(UpstreamError):
+    """An upstream answered REFUSED or NOTAUTH: it will not resolve for us (an access list, a misconfiguration).
+
+    RFC 8914's No Reachable Authority covers servers that "refused to reply".
+    """
+
+    ede_code = wire.EDE_NO_REACHABLE_AUTHORITY
+
+    def __init__(self, address: UpstreamAddress, rcode_name: str):
+        super().__init__(f"{address} refused the query ({rcode_name})")
+        self.reason = f"refused ({rcode_name})"
+
+
 class AllUpstreamsFailed(UpstreamError):
     """Every upstream timed out or failed; carries the EDE code of the most telling failure."""
 
@@ -442,7 +455,7 @@ class _Question:
         self.deadline = self.started + pool.timeout_seconds
         self.candidates = pool.ordered(self.started)
         self.index = -1  # the upstream being asked
-        self.last_answer: wire.Answer | None = None  # a SERVFAIL or REFUSED, returned if no upstream does better
+        self.last_answer: wire.Answer | None = None  # a SERVFAIL, returned if no upstream does better
         self.worst: UpstreamError | None = None  # the most telling failure so far
         self.failures: list[str] | None = None  # "address reason" of each failed attempt (made on a failure)
         self.finished = False
@@ -529,8 +542,16 @@ class _Question:
             self.failed(upstream, UpstreamBadReply(f"{upstream.address}: bad reply: {exc}"), telling=False)
             self.next_attempt()
             return
+        rcode = answer.rcode
+        if rcode == wire.REFUSED or rcode == wire.NOTAUTH:
+            # Not passed on: the client would take it for schooldns' own refusal. Another upstream
+            # may answer; if none does, SERVFAIL with an EDE that names the refusal.
+            name = "REFUSED" if rcode == wire.REFUSED else "NOTAUTH"
+            self.failed(upstream, UpstreamRefused(upstream.address, name))
+            self.next_attempt()
+            return
         upstream.record(True, self.started, time.monotonic())
-        if answer.rcode in (wire.SERVFAIL, wire.REFUSED):
+        if rcode == wire.SERVFAIL:
             self.last_answer = answer  # that upstream could not help; another may
             self.next_attempt()
             return

@@ -25,18 +25,23 @@ OPCODE_MASK = 0x7800
 
 # Response codes.
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
+NOTAUTH = 9
 BADVERS = 16  # extended rcode carried in OPT (RFC 6891)
 
 # Record types used here.
 TYPE_A, TYPE_NS, TYPE_CNAME, TYPE_SOA = 1, 2, 5, 6
 TYPE_AAAA, TYPE_OPT, TYPE_SVCB, TYPE_HTTPS = 28, 41, 64, 65
-CLASS_IN = 1
+TYPE_IXFR, TYPE_AXFR, TYPE_ANY = 251, 252, 255
+CLASS_IN, CLASS_CH = 1, 3
+CLASS_NONE, CLASS_ANY = 254, 255  # meta classes (RFC 2136, RFC 1035): no record is in them
 
 # Extended DNS Error info codes (RFC 8914) that schooldns emits.
+EDE_STALE_ANSWER = 3
 EDE_BLOCKED = 15
 EDE_CENSORED = 16
 EDE_FILTERED = 17
 EDE_PROHIBITED = 18
+EDE_NOT_SUPPORTED = 21
 EDE_NO_REACHABLE_AUTHORITY = 22
 EDE_NETWORK_ERROR = 23
 OPTION_EDE = 15
@@ -72,22 +77,38 @@ class Unanswerable(WireError):
     """No usable header (too short) or not a query at all: the only right move is to drop it."""
 
 
-class FormError(WireError):
-    """A readable header but a malformed question or OPT: answer FORMERR."""
+class Echo(NamedTuple):
+    """What an answer to a query that could not be taken repeats of it (see _salvage)."""
 
-    def __init__(self, message: str, query_id: int, flags: int):
+    question: bytes  # the question section, b"" when there is none to repeat
+    edns: bool  # one well-formed OPT record: the answer carries one too (RFC 6891 6.1.1)
+    do: bool
+
+
+NO_ECHO = Echo(b"", False, False)
+
+
+class FormError(WireError):
+    """A readable header but a malformed question or OPT: answer FORMERR.
+
+    `echo` is what the answer repeats; parse_query fills it in.
+    """
+
+    def __init__(self, message: str, query_id: int, flags: int, echo: Echo = NO_ECHO):
         super().__init__(message)
         self.query_id = query_id
         self.flags = flags
+        self.echo = echo
 
 
 class NotImplementedOpcode(WireError):
-    """A well-formed message with an opcode other than QUERY: answer NOTIMP."""
+    """A well-formed message with an opcode other than QUERY: answer NOTIMP (`echo`: what it repeats)."""
 
-    def __init__(self, query_id: int, flags: int):
+    def __init__(self, query_id: int, flags: int, echo: Echo = NO_ECHO):
         super().__init__(f"opcode {(flags & OPCODE_MASK) >> 11} not implemented")
         self.query_id = query_id
         self.flags = flags
+        self.echo = echo
 
 
 class BadVersion(WireError):
@@ -148,63 +169,118 @@ def parse_query(data: bytes) -> Query:
     if flags & QR:
         raise Unanswerable("a response, not a query")
     if flags & OPCODE_MASK:
-        raise NotImplementedOpcode(query_id, flags)
-    if qdcount != 1:
-        raise FormError(f"QDCOUNT is {qdcount}, expected 1", query_id, flags)
-    if ancount or nscount:
-        raise FormError("a query with answer or authority records", query_id, flags)
+        raise NotImplementedOpcode(query_id, flags, _salvage(data))
+    try:  # costs nothing until it catches (Python 3.11)
+        if qdcount != 1:
+            raise FormError(f"QDCOUNT is {qdcount}, expected 1", query_id, flags)
+        if ancount or nscount:
+            raise FormError("a query with answer or authority records", query_id, flags)
 
-    # Question name: plain labels only. A compression pointer in the first name of a
-    # message could only point back into the header, so it is malformed (no loop possible).
-    pos = 12
-    labels = []
-    while True:
-        if pos >= size:
-            raise FormError("question name runs past the end", query_id, flags)
-        length = data[pos]
-        if length == 0:
-            pos += 1
-            break
-        if length > 63:
-            raise FormError("bad label length or compression in question", query_id, flags)
-        end = pos + 1 + length
-        if end > size:
-            raise FormError("question label runs past the end", query_id, flags)
-        labels.append(data[pos + 1 : end])
-        pos = end
-        if pos - 12 > 254:
-            raise FormError("question name longer than 255 octets", query_id, flags)
-    if pos + 4 > size:
-        raise FormError("question has no type and class", query_id, flags)
-    qtype, qclass = _U16X2.unpack_from(data, pos)
-    question_end = pos + 4
-    name = _labels_to_text(labels)
+        # Question name: plain labels only. A compression pointer in the first name of a
+        # message could only point back into the header, so it is malformed (no loop possible).
+        pos = 12
+        labels = []
+        while True:
+            if pos >= size:
+                raise FormError("question name runs past the end", query_id, flags)
+            length = data[pos]
+            if length == 0:
+                pos += 1
+                break
+            if length > 63:
+                raise FormError("bad label length or compression in question", query_id, flags)
+            end = pos + 1 + length
+            if end > size:
+                raise FormError("question label runs past the end", query_id, flags)
+            labels.append(data[pos + 1 : end])
+            pos = end
+            if pos - 12 > 254:
+                raise FormError("question name longer than 255 octets", query_id, flags)
+        if pos + 4 > size:
+            raise FormError("question has no type and class", query_id, flags)
+        qtype, qclass = _U16X2.unpack_from(data, pos)
+        question_end = pos + 4
+        name = _labels_to_text(labels)
 
-    edns = False
-    payload = MIN_UDP_PAYLOAD
-    do = False
-    version = 0
-    pos = question_end
-    for _ in range(arcount):
-        pos = _skip_name(data, pos, size, query_id, flags)
-        if pos + 10 > size:
-            raise FormError("additional record runs past the end", query_id, flags)
-        rtype, rclass, ttl, rdlength = _RR_FIXED.unpack_from(data, pos)
-        pos += 10 + rdlength
-        if pos > size:
-            raise FormError("additional record data runs past the end", query_id, flags)
-        if rtype == TYPE_OPT:
-            if edns:
-                raise FormError("more than one OPT record", query_id, flags)
-            edns = True
-            payload = min(max(rclass, MIN_UDP_PAYLOAD), MAX_UDP_PAYLOAD)
-            version = (ttl >> 16) & 0xFF
-            do = bool(ttl & 0x8000)
+        edns = False
+        payload = MIN_UDP_PAYLOAD
+        do = False
+        version = 0
+        pos = question_end
+        for _ in range(arcount):
+            pos = _skip_name(data, pos, size, query_id, flags)
+            if pos + 10 > size:
+                raise FormError("additional record runs past the end", query_id, flags)
+            rtype, rclass, ttl, rdlength = _RR_FIXED.unpack_from(data, pos)
+            pos += 10 + rdlength
+            if pos > size:
+                raise FormError("additional record data runs past the end", query_id, flags)
+            if rtype == TYPE_OPT:
+                if edns:
+                    raise FormError("more than one OPT record", query_id, flags)
+                edns = True
+                payload = min(max(rclass, MIN_UDP_PAYLOAD), MAX_UDP_PAYLOAD)
+                version = (ttl >> 16) & 0xFF
+                do = bool(ttl & 0x8000)
+    except FormError as exc:
+        exc.echo = _salvage(data)
+        raise
     question = data[12:question_end]
     query = Query(query_id, flags, question, name, qtype, qclass, edns, payload, do, _key(question, do, flags))
     if version != 0:
         raise BadVersion(query)
     return query
+
+
+def _salvage(data: bytes) -> Echo:
+    """What a FORMERR or NOTIMP answer repeats of a query it could not take; never raises.
+
+    The question when there is exactly one and it is a plain name with a type and class, and EDNS
+    when the records after it hold exactly one OPT record in the additional section: a responder
+    that understood the OPT includes one (RFC 6891 6.1.1).
+    """
+    size = len(data)
+    _, _, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(data)
+    question = b""
+    pos = 12
+    try:
+        for _ in range(qdcount):
+            start = pos
+            pos = _skip_name(data, pos, size) + 4
+            if pos > size:
+                return NO_ECHO
+            if qdcount == 1 and _is_plain_name(data, start, pos - 4):
+                question = data[start:pos]
+        opts = 0
+        do = False
+        for index in range(ancount + nscount + arcount):
+            pos = _skip_name(data, pos, size)
+            if pos + 10 > size:
+                break
+            rtype, _, ttl, rdlength = _RR_FIXED.unpack_from(data, pos)
+            pos += 10 + rdlength
+            if pos > size:
+                break
+            if rtype == TYPE_OPT and index >= ancount + nscount:
+                opts += 1
+                do = bool(ttl & 0x8000)
+    except FormError:
+        return Echo(question, False, False)
+    return Echo(question, opts == 1, do and opts == 1)
+
+
+def _is_plain_name(data: bytes, pos: int, end: int) -> bool:
+    """Whether data[pos:end] is one uncompressed name of at most 255 octets (a question we can repeat)."""
+    if end - pos > 255:
+        return False
+    while pos < end:
+        length = data[pos]
+        if length == 0:
+            return pos + 1 == end
+        if length > 63:
+            return False
+        pos += 1 + length
+    return False
 
 
 def _labels_to_text(labels: list[bytes]) -> str:
@@ -317,16 +393,20 @@ def _answer_flags(query_flags: int, rcode: int, extra: int = 0) -> int:
     return QR | RA | (query_flags & (RD | CD)) | extra | (rcode & 0xF)
 
 
-def make_error(query_id: int, flags: int, rcode: int, query: Query | None = None, ede: bytes = b"") -> bytes:
-    """An answer with no records: FORMERR/NOTIMP/REFUSED/SERVFAIL/BADVERS (+ EDE when EDNS)."""
+def make_error(query_id: int, flags: int, rcode: int, query: Query | Echo = NO_ECHO, ede: bytes = b"") -> bytes:
+    """An answer with no records: FORMERR/NOTIMP/REFUSED/SERVFAIL/BADVERS (+ EDE when EDNS).
+
+    It repeats the question and carries an OPT record when `query` has them; RA only answers a
+    QUERY (recursion means nothing for another opcode).
+    """
     opcode = flags & OPCODE_MASK
-    out_flags = QR | RA | opcode | (flags & (RD | CD)) | (rcode & 0xF)
-    if query is None:
-        return _HEADER.pack(query_id, out_flags, 0, 0, 0, 0)
+    out_flags = QR | (RA if not opcode else 0) | opcode | (flags & (RD | CD)) | (rcode & 0xF)
+    question = query.question
+    qdcount = 1 if question else 0
     if not query.edns:
-        return _HEADER.pack(query_id, out_flags, 1, 0, 0, 0) + query.question
+        return _HEADER.pack(query_id, out_flags, qdcount, 0, 0, 0) + question
     opt = _opt_record(MAX_UDP_PAYLOAD, query.do, rcode >> 4, ede)
-    return _HEADER.pack(query_id, out_flags, 1, 0, 0, 1) + query.question + opt
+    return _HEADER.pack(query_id, out_flags, qdcount, 0, 0, 1) + question + opt
 
 
 _SOA_NAMES = encode_name("schooldns.invalid") + encode_name("hostmaster.schooldns.invalid")
@@ -343,15 +423,18 @@ def make_local_answer(
 
     Used for blocked names (NXDOMAIN / NODATA with an SOA whose MINIMUM is the blocked TTL,
     RFC 2308) and for null-IP / block-page addresses.  The SOA owner is the query name, so a
-    negative answer can be cached by the client for exactly the blocked TTL.
+    negative answer can be cached by the client for exactly the blocked TTL.  The records are
+    in the query's class (an answer in another class is malformed to clients), IN for the meta
+    classes ANY and NONE.
     """
+    rclass = query.qclass if query.qclass < CLASS_NONE else CLASS_IN
     body = bytearray()
     for rtype, ttl, rdata in answers:
-        body += b"\xc0\x0c" + _RR_FIXED.pack(rtype, CLASS_IN, ttl, len(rdata)) + rdata
+        body += b"\xc0\x0c" + _RR_FIXED.pack(rtype, rclass, ttl, len(rdata)) + rdata
     nscount = 0
     if not answers:
         soa = _soa_rdata(negative_ttl)
-        body += b"\xc0\x0c" + _RR_FIXED.pack(TYPE_SOA, CLASS_IN, negative_ttl, len(soa)) + soa
+        body += b"\xc0\x0c" + _RR_FIXED.pack(TYPE_SOA, rclass, negative_ttl, len(soa)) + soa
         nscount = 1
     arcount = 0
     if query.edns:
@@ -419,12 +502,20 @@ class Answer(NamedTuple):
 def parse_upstream_answer(
     reply: bytes, question_length: int, min_ttl: int, max_ttl: int, negative_max_ttl: int
 ) -> Answer:
-    """Walk an upstream reply once: drop its OPT, clamp TTLs, find targets and cache lifetime."""
+    """Walk an upstream reply once: drop its OPT, clamp TTLs, find targets and cache lifetime.
+
+    The header keeps only the upstream's AD bit and RCODE: the answer is schooldns' own, so RA is
+    set and AA is not (RFC 1035 4.1.1), and replay() adds the client's RD and CD (RFC 4035 3.2.2).
+    """
     size = len(reply)
     _, flags, _, ancount, nscount, arcount = _HEADER.unpack_from(reply)
     rcode = flags & 0xF
+    qtype = reply[8 + question_length] << 8 | reply[9 + question_length]
     pos = 12 + question_length
     buf = bytearray(reply)
+    buf[2] = QR >> 8  # AA, TC, RD and the opcode clear
+    buf[3] = RA | flags & (AD | 0xF)
+    answered = qtype == TYPE_CNAME or qtype == TYPE_ANY  # records of the asked type: not a negative answer
     offsets: list[int] = []
     targets: list[str] = []
     answer_ttl = None
@@ -454,6 +545,8 @@ def parse_upstream_answer(
         offsets.append(rdata_at - 6)
         if index < ancount:
             answer_ttl = ttl if answer_ttl is None else min(answer_ttl, ttl)
+            if rtype == qtype:
+                answered = True
             if rtype == TYPE_CNAME:
                 targets.append(read_name(reply, rdata_at)[0])
             elif rtype in (TYPE_HTTPS, TYPE_SVCB) and rdlength > 2:
@@ -475,12 +568,14 @@ def parse_upstream_answer(
     else:
         del buf[pos:]
 
-    if rcode == NOERROR and ancount:
-        cache_ttl = answer_ttl or 0
+    if rcode == NOERROR and answered and answer_ttl is not None:
+        cache_ttl = answer_ttl
     elif rcode in (NOERROR, NXDOMAIN) and soa_ttl is not None:
-        cache_ttl = soa_ttl
+        # NXDOMAIN or NODATA, also at the end of a CNAME chain: the SOA's negative TTL (RFC 2308
+        # 5), and no longer than the chain's own records.
+        cache_ttl = soa_ttl if answer_ttl is None else min(soa_ttl, answer_ttl)
     else:
-        cache_ttl = 0  # SERVFAIL, REFUSED, referrals without SOA: never cached
+        cache_ttl = 0  # SERVFAIL, REFUSED, referrals and negative answers without SOA: never cached
     if flags & TC:
         cache_ttl = 0
     return Answer(bytes(buf), question_length, tuple(offsets), rcode, cache_ttl, tuple(targets))
@@ -521,19 +616,26 @@ def reduce_ttls(message: bytes, ttl_offsets: tuple[int, ...], seconds: int, star
     return bytes(buf)
 
 
-def replay(message: bytes, question_length: int, query: Query, limit: int) -> bytes:
-    """A stored answer for this client: its ID, its question bytes, its OPT, fitted to `limit`.
+def replay(message: bytes, question_length: int, query: Query, limit: int, options: bytes = b"") -> bytes:
+    """A stored answer for this client: its ID, its question bytes, its OPT (with `options`), fitted to `limit`.
 
     `message` is an Answer's message (already aged).  When the result does not fit the
     client's UDP limit it is cut to the header and question with TC=1 (RFC 1035 4.2.1,
     RFC 6891 7), and the client retries over TCP.
     """
-    flags = (message[2] << 8 | message[3]) & ~(RD | TC | OPCODE_MASK) | (query.flags & RD)
+    flags = (message[2] << 8 | message[3]) | (query.flags & (RD | CD))  # the stored flags: QR, RA, AD, RCODE
     head = _U16X2.pack(query.id, flags)
     rest = message[12 + question_length :]
     if query.edns:
         arcount = (message[10] << 8 | message[11]) + 1
-        out = head + message[4:10] + _U16.pack(arcount) + query.question + rest + _opt_record(MAX_UDP_PAYLOAD, query.do)
+        out = (
+            head
+            + message[4:10]
+            + _U16.pack(arcount)
+            + query.question
+            + rest
+            + _opt_record(MAX_UDP_PAYLOAD, query.do, 0, options)
+        )
     else:
         out = head + message[4:12] + query.question + rest
     if len(out) > limit:
@@ -561,7 +663,7 @@ def make_rewrite(query: Query, target: str, target_answer: Answer, ttl: int) -> 
     for rdata in answer_rdata(target_answer, query.qtype):
         owner = _U16.pack(0xC000 | target_at)
         records.append(owner + _RR_FIXED.pack(query.qtype, CLASS_IN, ttl, len(rdata)) + rdata)
-    flags = QR | RA | RD
+    flags = QR | RA  # as parse_upstream_answer leaves an upstream's: replay() adds the client's RD and CD
     message = _HEADER.pack(0, flags, 1, len(records), 0, 0) + query.question_lower + b"".join(records)
     offsets = []
     pos = 12 + len(query.question)

@@ -17,7 +17,7 @@ T = TypeVar("T")
 #: Distinct client addresses remembered by lookup(); the memo is cleared when full.
 MEMO_MAX_ENTRIES = 65_536
 
-_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"  # ::ffff:0:0/96, IPv4-mapped IPv6
+MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"  # ::ffff:0:0/96, IPv4-mapped IPv6
 _MISSING: Any = object()
 
 NetworkLike = str | ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -88,13 +88,13 @@ class SchoolDirectory(Generic[T]):
 
     def _match(self, ip: str | bytes) -> T | None:
         try:
-            packed = ip if isinstance(ip, bytes) else _pack(ip)
+            packed = ip if isinstance(ip, bytes) else pack_address(ip)
         except (OSError, ValueError):
             return None  # not an address: nobody's client
         if len(packed) == 4:
             address = int.from_bytes(packed, "big")
             tables = self._v4
-        elif len(packed) == 16 and packed[:12] == _MAPPED_PREFIX:
+        elif len(packed) == 16 and packed[:12] == MAPPED_PREFIX:
             address = int.from_bytes(packed[12:], "big")
             tables = self._v4
         elif len(packed) == 16:
@@ -109,7 +109,8 @@ class SchoolDirectory(Generic[T]):
         return None
 
 
-def _pack(ip: str) -> bytes:
+def pack_address(ip: str) -> bytes:
+    """An IP address as text (a zone id allowed) -> 4 or 16 bytes; OSError or ValueError if it is not one."""
     if ":" not in ip:
         return socket.inet_pton(socket.AF_INET, ip)
     return socket.inet_pton(socket.AF_INET6, ip.partition("%")[0])  # drop a zone id

@@ -123,7 +123,10 @@ def _cache(s: workerstate.WorkerState) -> Iterator[Metric]:
         ("hits", "Cache lookups that found a fresh answer."),
         ("misses", "Cache lookups that found nothing fresh."),
         ("evictions", "Answers pushed out of the full cache."),
-        ("stale_served", "Expired answers served because every upstream failed."),
+        (
+            "stale_served",
+            "Expired answers served: upstream slower than cache.stale_wait_seconds, or every upstream failed.",
+        ),
     ):
         yield _counter(f"schooldns_cache_{name}", text, getattr(s, f"cache_{name}"))
 
@@ -135,7 +138,9 @@ def _upstreams(s: workerstate.WorkerState) -> Iterator[Metric]:
             "schooldns_upstream_queries", "Queries sent to each upstream (probes included).", labels=["upstream"]
         ),
         "failures": CounterMetricFamily(
-            "schooldns_upstream_failures", "Upstream attempts that timed out or failed.", labels=["upstream"]
+            "schooldns_upstream_failures",
+            "Upstream attempts that timed out, failed or were refused (REFUSED, NOTAUTH).",
+            labels=["upstream"],
         ),
         "timeouts": CounterMetricFamily(
             "schooldns_upstream_timeouts", "Upstream attempts that timed out.", labels=["upstream"]

@@ -39,7 +39,14 @@ class Worker:
             cfg.forwarding.sockets_per_upstream,
             cfg.forwarding.max_in_flight,
         )
-        self.pipeline = pipeline.Pipeline(snapshot, self.cache, self.pool, self.counters)
+        self.pipeline = pipeline.Pipeline(
+            snapshot,
+            self.cache,
+            self.pool,
+            self.counters,
+            stale_wait_seconds=cfg.cache.stale_wait_seconds,
+            unknown_client_refusals_per_second=cfg.limits.unknown_client_refusals_per_second,
+        )
         self.in_flight = server.InFlight(cfg.limits.max_queries_in_flight, self.counters)
         self.tcp = server.TcpConnections(self.pipeline, self.in_flight, cfg.limits)
         self.index = index  # of this worker among the `workers: N` (0 for the one of `workers: 1`)

@@ -158,6 +158,18 @@ async def test_explicitly_allowed_name_is_not_blocked_by_its_cname_chain(resolve
     assert answer.rcode() == dns.rcode.NOERROR and _addresses(answer) == ["192.0.2.10"]
 
 
+async def test_a_mandatory_category_binds_on_the_chain_of_an_explicitly_allowed_name(resolver, upstream):
+    upstream.cname("bad.allowed.example.com", "malware.example.com")
+    upstream.answer("malware.example.com", "A", "192.0.2.66")
+    upstream.answer("svc.allowed.example.com", "HTTPS", "1 malware.example.com. alpn=h2")
+    for name, rdtype in (("bad.allowed.example.com", "A"), ("svc.allowed.example.com", "HTTPS")):
+        for _ in range(2):  # forwarded, then from the cache
+            answer = await resolver.udp(name, rdtype, source=SCHOOL_A, use_edns=0)
+            assert answer.rcode() == dns.rcode.NXDOMAIN
+            assert _ede(answer) == [(16, "category=malware; authority=province; info=http://blocked.example.vn/")]
+        assert upstream.count(name) == 1
+
+
 async def test_https_record_pointing_into_blocked_space_is_blocked(resolver):
     answer = await resolver.udp("svc.example.net", "HTTPS", source=SCHOOL_A)
     assert answer.rcode() == dns.rcode.NXDOMAIN

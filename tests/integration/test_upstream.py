@@ -58,17 +58,52 @@ async def test_a_timeout_fails_over_to_the_second_upstream_which_is_then_asked_f
         pool.close()
 
 
-@pytest.mark.parametrize("refusal", ["servfail", "refuse"])
-async def test_servfail_or_refused_fails_over_and_is_the_answer_when_no_upstream_does_better(first, second, refusal):
-    getattr(first, refusal)("www.example.com")
+async def test_servfail_fails_over_and_is_the_answer_when_no_upstream_does_better(first, second):
+    first.servfail("www.example.com")
     second.answer("www.example.com", "A", "192.0.2.2")
-    getattr(first, refusal)("gone.example.com")
-    getattr(second, refusal)("gone.example.com")
+    first.servfail("gone.example.com")
+    second.servfail("gone.example.com")
     pool = _pool(first, second)
     try:
         assert _addresses(await pool.resolve(_question("www.example.com"))) == ["192.0.2.2"]
-        answer = await pool.resolve(_question("gone.example.com"))  # both refused: the last answer, not an error
-        assert answer.rcode == (wire.SERVFAIL if refusal == "servfail" else wire.REFUSED) and answer.ttl == 0
+        answer = await pool.resolve(_question("gone.example.com"))  # both failed: the last answer, not an error
+        assert answer.rcode == wire.SERVFAIL and answer.ttl == 0
+        assert first.count("gone.example.com") == 1 and second.count("gone.example.com") == 1
+    finally:
+        pool.close()
+
+
+def _refusing(rcode: int, *names: str):
+    """A fake upstream's hook: `rcode` for the names given, the fake's own answer for others."""
+
+    def hook(query: dns.message.Message, transport: str) -> dns.message.Message | str:
+        if query.question[0].name.to_text(omit_final_dot=True) not in names:
+            return "default"
+        response = dns.message.make_response(query)
+        response.set_rcode(rcode)
+        return response
+
+    return hook
+
+
+@pytest.mark.parametrize("rcode", [wire.REFUSED, wire.NOTAUTH])
+async def test_a_refusal_fails_over_and_is_an_error_naming_it_when_every_upstream_refuses(first, second, rcode):
+    first.hook = _refusing(rcode, "www.example.com", "gone.example.com")
+    second.hook = _refusing(rcode, "gone.example.com")
+    second.answer("www.example.com", "A", "192.0.2.2")
+    pool = _pool(first, second)
+    try:
+        assert _addresses(await pool.resolve(_question("www.example.com"))) == ["192.0.2.2"]
+        assert (pool.upstreams[0].failures, pool.upstreams[1].failures) == (1, 0)  # a refusal counts as a failure
+        with pytest.raises(upstream.AllUpstreamsFailed) as failed:  # not the refusal: the client would take it for ours
+            await pool.resolve(_question("gone.example.com"))
+        assert failed.value.ede_code == wire.EDE_NO_REACHABLE_AUTHORITY
+        name = "REFUSED" if rcode == wire.REFUSED else "NOTAUTH"
+        refused = {
+            f"no upstream answered: {a.address} refused ({name}), {b.address} refused ({name})"
+            for a, b in ((first, second), (second, first))
+        }
+        assert str(failed.value) in refused
         assert first.count("gone.example.com") == 1 and second.count("gone.example.com") == 1
     finally:
         pool.close()

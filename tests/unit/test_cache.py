@@ -96,10 +96,13 @@ def test_stale_answer_within_window_has_30s_ttl():
     query, answer = make_answer(ttl=10)
     answers = cache.AnswerCache(10, stale_seconds=60)
     answers.store(query.key, answer, 0)
+    assert answers.has_stale(query.key, 20) and not answers.has_stale(query.key, 5)  # at 5 s it is fresh
     assert answers.lookup(query.key, 20) is None
-    message, _ = answers.lookup_stale(query.key, 20)
-    assert dns.message.from_wire(message).answer[0].ttl == 30
-    assert answers.lookup_stale(query.key, 71) is None
+    stale = answers.lookup_stale(query.key, 20)
+    assert stale is not None and stale.question_length == answer.question_length
+    assert dns.message.from_wire(stale.message).answer[0].ttl == 30
+    assert answers.lookup_stale(query.key, 71) is None and not answers.has_stale(query.key, 71)
+    assert answers.stale_served == 1  # has_stale counts nothing
 
 
 def test_stored_answers_are_not_tracked_by_the_garbage_collector():

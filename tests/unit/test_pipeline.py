@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+from collections.abc import Callable
 from typing import ClassVar
 
 import dns.edns
@@ -16,6 +17,7 @@ import dns.flags
 import dns.message
 import dns.opcode
 import dns.rcode
+import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 import pytest
@@ -44,7 +46,9 @@ class TableForwarder:
         "cdn.example.net": "edge.example.org",
         "gamecdn.example.net": "games.example.com",
         "cdn.allowed.example.com": "adult.example.com",
+        "bad.allowed.example.com": "malware.example.com",
     }
+    HTTPS_TARGETS: ClassVar[dict[str, str]] = {"svc.allowed.example.com": "malware.example.com"}
     NODATA = "v4only.example.com"  # no AAAA
 
     def __init__(self) -> None:
@@ -60,6 +64,9 @@ class TableForwarder:
         if query.name == self.NODATA and query.qtype == wire.TYPE_AAAA:
             soa = "ns1.example.com. hostmaster.example.com. 1 7200 3600 1209600 60"
             response.authority.append(dns.rrset.from_text("example.com.", 60, "IN", "SOA", soa))
+        elif query.qtype == wire.TYPE_HTTPS:
+            target = self.HTTPS_TARGETS.get(query.name, ".")
+            response.answer.append(dns.rrset.from_text(name, 300, "IN", "HTTPS", f"1 {target}."))
         else:
             target = self.CHAINS.get(query.name)
             if target is not None:
@@ -79,7 +86,10 @@ class Row:
     qtype: str = "A"
     transport: str = "udp"
     edns: bool = True
+    qclass: str = "IN"
+    cd: bool = False  # the query's CD bit (the answer's must be the same)
     raw: bytes | None = None  # sent instead of a query for `name`
+    raw_edns: bool = False  # the answer to `raw` carries an OPT record
     asks: int = 1
     rcode: int = dns.rcode.NOERROR
     answer: tuple[str, ...] = ()  # the answer section, one "TYPE rdata" per record
@@ -100,8 +110,8 @@ def _formerr_query() -> bytes:
     return struct.pack("!HHHHHH", 77, 0x0100, 1, 0, 0, 0) + b"\x07example"  # the name runs past the end
 
 
-def _notify() -> bytes:
-    query = dns.message.make_query("example.com", "SOA")
+def _notify(edns: bool = False) -> bytes:
+    query = dns.message.make_query("example.com", "SOA", use_edns=0 if edns else False)
     query.set_opcode(dns.opcode.NOTIFY)
     return query.to_wire()
 
@@ -225,6 +235,73 @@ ROWS = [
     Row("a malformed question", "", raw=_formerr_query(), rcode=dns.rcode.FORMERR, malformed=1),
     Row("another opcode than QUERY", "", raw=_notify(), rcode=dns.rcode.NOTIMP, malformed=1),
     Row(
+        "another opcode than QUERY, with EDNS: an OPT in the answer",
+        "",
+        raw=_notify(edns=True),
+        raw_edns=True,
+        rcode=dns.rcode.NOTIMP,
+        malformed=1,
+    ),
+    *(
+        Row(
+            f"CHAOS {name}: refused here, never forwarded",
+            name,
+            qtype="TXT",
+            qclass="CH",
+            rcode=dns.rcode.REFUSED,
+            ede=(wire.EDE_NOT_SUPPORTED, "class CH is not served; schooldns forwards class IN queries"),
+            counted=(_q("school-a", "refused"),),
+        )
+        for name in ("version.bind", "hostname.bind", "id.server")
+    ),
+    Row(
+        "a zone transfer: refused here, never forwarded",
+        "example.com",
+        qtype="AXFR",
+        transport="tcp",
+        rcode=dns.rcode.REFUSED,
+        ede=(wire.EDE_NOT_SUPPORTED, "zone transfers are not served; schooldns forwards class IN queries"),
+        counted=(_q("school-a", "refused", transport="tcp"),),
+    ),
+    Row(
+        "a blocked name in class CH: blocked, in class CH",
+        "adult.example.com",
+        qtype="TXT",
+        qclass="CH",
+        rcode=dns.rcode.NXDOMAIN,
+        negative_soa=True,
+        ede=(wire.EDE_FILTERED, f"category=adult; authority=school; {INFO}"),
+        counted=(_q("school-a", "blocked"),),
+        blocked=((("school-a", "adult"), 1),),
+    ),
+    Row(
+        "safe search in class CH: not rewritten, refused",
+        "www.google.com",
+        client=SCHOOL_B,
+        qclass="CH",
+        rcode=dns.rcode.REFUSED,
+        ede=(wire.EDE_NOT_SUPPORTED, "class CH is not served; schooldns forwards class IN queries"),
+        counted=(_q("school-b", "refused"),),
+    ),
+    Row(
+        "checking disabled (CD): the client's bit in the answer",
+        "www.example.com",
+        cd=True,
+        answer=("A 192.0.2.10",),
+        counted=(_q("school-a", "forwarded"),),
+        asked=("www.example.com",),
+    ),
+    Row(
+        "checking disabled (CD) on a blocked name",
+        "adult.example.com",
+        cd=True,
+        rcode=dns.rcode.NXDOMAIN,
+        negative_soa=True,
+        ede=(wire.EDE_FILTERED, f"category=adult; authority=school; {INFO}"),
+        counted=(_q("school-a", "blocked"),),
+        blocked=((("school-a", "adult"), 1),),
+    ),
+    Row(
         "every upstream failing",
         TableForwarder.FAILING,
         rcode=dns.rcode.SERVFAIL,
@@ -316,6 +393,40 @@ ROWS = [
         asked=("cdn.allowed.example.com",),
     ),
     Row(
+        "a CNAME into a mandatory category from a name the school allows: blocked",
+        "bad.allowed.example.com",
+        rcode=dns.rcode.NXDOMAIN,
+        negative_soa=True,
+        ede=(wire.EDE_CENSORED, f"category=malware; authority=province; {INFO}"),
+        counted=(_q("school-a", "blocked"),),
+        blocked=((("school-a", "malware"), 1),),
+        asked=("bad.allowed.example.com",),
+    ),
+    Row(
+        "a CNAME into a mandatory category from a name the school allows, from the cache",
+        "bad.allowed.example.com",
+        asks=2,
+        transport="tcp",
+        rcode=dns.rcode.NXDOMAIN,
+        negative_soa=True,
+        ede=(wire.EDE_CENSORED, f"category=malware; authority=province; {INFO}"),
+        counted=(_q("school-a", "blocked", 2, transport="tcp"),),
+        blocked=((("school-a", "malware"), 2),),
+        asked=("bad.allowed.example.com",),
+        cache_hits=1,
+    ),
+    Row(
+        "an HTTPS target in a mandatory category from a name the school allows: blocked",
+        "svc.allowed.example.com",
+        qtype="HTTPS",
+        rcode=dns.rcode.NXDOMAIN,
+        negative_soa=True,
+        ede=(wire.EDE_CENSORED, f"category=malware; authority=province; {INFO}"),
+        counted=(_q("school-a", "blocked"),),
+        blocked=((("school-a", "malware"), 1),),
+        asked=("svc.allowed.example.com",),
+    ),
+    Row(
         "NODATA from upstream",
         TableForwarder.NODATA,
         qtype="AAAA",
@@ -329,8 +440,10 @@ ROWS = [
 def _query(row: Row, query_id: int) -> bytes:
     if row.raw is not None:
         return row.raw
-    query = dns.message.make_query(row.name, row.qtype, use_edns=0 if row.edns else False)
+    query = dns.message.make_query(row.name, row.qtype, row.qclass, use_edns=0 if row.edns else False)
     query.id = query_id
+    if row.cd:
+        query.flags |= dns.flags.CD
     return query.to_wire()
 
 
@@ -356,13 +469,22 @@ def test_pipeline_answers(tmp_path, row: Row):
     if row.raw is None:
         assert message.id == row.asks and str(message.question[0].name) == row.name + "."
         assert message.flags & dns.flags.QR and message.flags & dns.flags.RD
+        assert bool(message.flags & dns.flags.CD) is row.cd
+    # Recursion available, not authoritative, for every QUERY; a NOTIMP says nothing of recursion.
+    assert bool(message.flags & dns.flags.RA) is (message.opcode() == dns.opcode.QUERY)
+    assert not message.flags & dns.flags.AA
     assert message.rcode() == row.rcode
     records = [f"{dns.rdatatype.to_text(rrset.rdtype)} {rdata}" for rrset in message.answer for rdata in rrset]
     assert tuple(records) == row.answer
     assert any(rrset.rdtype == dns.rdatatype.SOA for rrset in message.authority) is row.negative_soa
     ede = [(option.code, option.text) for option in message.options if option.otype == dns.edns.EDE]
     assert ede == ([row.ede] if row.ede else [])
-    assert (message.edns == 0) is (row.edns and row.raw is None)  # an OPT record exactly when the client sent one
+    edns = row.raw_edns if row.raw is not None else row.edns
+    assert (message.edns == 0) is edns  # an OPT record exactly when the client sent one (or a raw query had one)
+    if row.raw is None:
+        [question] = message.question
+        assert dns.rdataclass.to_text(question.rdclass) == row.qclass
+        assert all(rrset.rdclass == question.rdclass for rrset in (*message.answer, *message.authority))
     assert dict(counters.queries) == dict(row.counted)
     assert dict(counters.blocked) == dict(row.blocked)
     assert counters.malformed == row.malformed and counters.internal_errors == 0
@@ -420,3 +542,180 @@ def test_queries_that_waited_for_an_upstream_are_timed_by_result_and_the_others_
         "stale": timed(),
         "servfail": timed(2.0),
     }
+
+
+class HeldForwarder:
+    """The Forwarder protocol: answers at once while `holding` is off, else keeps each question until answer_held()."""
+
+    def __init__(self) -> None:
+        self.holding = False
+        self.address = "192.0.2.10"
+        self.held: list[tuple[wire.Query, upstream.Done]] = []
+
+    def ask(self, query: wire.Query, done: upstream.Done) -> None:
+        if self.holding:
+            self.held.append((query, done))
+        else:
+            done(self.answer(query), None)
+
+    def answer(self, query: wire.Query) -> wire.Answer:
+        response = dns.message.make_response(dns.message.make_query(query.name, query.qtype))
+        response.answer.append(dns.rrset.from_text(query.name + ".", 300, "IN", "A", self.address))
+        return wire.parse_upstream_answer(response.to_wire(), len(query.question), 0, 86400, 3600)
+
+    def answer_held(self, fail: bool = False) -> None:
+        for query, done in self.held:
+            if fail:
+                done(
+                    None, upstream.AllUpstreamsFailed("every upstream failed: timeout", wire.EDE_NO_REACHABLE_AUTHORITY)
+                )
+            else:
+                done(self.answer(query), None)
+        self.held = []
+
+
+class ManualTimers:
+    """The pipeline's Timers protocol on a clock that moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.calls: list[tuple[float, Callable[[], object]]] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Callable[[], object], /) -> object:
+        self.calls.append((when, callback))
+        return None
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        while due := [call for call in self.calls if call[0] <= self.now]:
+            for call in due:
+                self.calls.remove(call)
+                call[1]()
+
+
+@pytest.fixture
+def stale_site(tmp_path):
+    """A pipeline whose clocks and upstream move by hand, with www.example.com cached at 0 s (TTL 300) and expired."""
+    cfg = config.load_config(harness.write_site(tmp_path, ["127.0.0.1:53"]))
+    forwarder, timers, counters = HeldForwarder(), ManualTimers(), metrics.Counters()
+    now = [0.0]
+    pipe = pipeline.Pipeline(
+        snapshots.build_snapshot(cfg, 1),
+        cache.AnswerCache(100, stale_seconds=3600),
+        forwarder,
+        counters,
+        clock=lambda: now[0],
+        timers=timers,
+    )
+    assert _answer(pipe, _query(Row("", "www.example.com"), 1), SCHOOL_A, "tcp") is not None
+    now[0] = 400.0  # expired 100 s ago; inside the stale window
+    forwarder.holding = True
+    return pipe, forwarder, timers, counters, now
+
+
+def _start(pipe: pipeline.Pipeline, name: str = "www.example.com", edns: bool = True) -> list[bytes | None]:
+    """A cache miss from school A over TCP, started; the list its answer is delivered into."""
+    pending = pipe.handle(_query(Row("", name, edns=edns), 7), SCHOOL_A, "tcp")
+    assert isinstance(pending, pipeline.Pending)
+    delivered: list[bytes | None] = []
+    pending.deliver_to(delivered.append)
+    return delivered
+
+
+def test_an_expired_answer_is_served_stale_when_the_client_response_timer_fires(stale_site):
+    pipe, forwarder, timers, counters, _ = stale_site
+    delivered = _start(pipe)
+    timers.advance(1.7)
+    assert delivered == []  # upstream may still answer
+    timers.advance(0.1)  # 1.8 s: RFC 8767's client response timer
+    [reply] = delivered
+    assert reply is not None
+    message = dns.message.from_wire(reply)
+    assert message.rcode() == dns.rcode.NOERROR and message.answer[0].ttl == 30
+    assert [(o.code, o.text) for o in message.options if o.otype == dns.edns.EDE] == [
+        (wire.EDE_STALE_ANSWER, "upstreams did not answer in time")
+    ]
+    assert counters.queries[("school-a", "tcp", "stale")] == 1
+    # The question went on: its answer, when it comes, refreshes the cache and is not sent again.
+    forwarder.address = "192.0.2.99"
+    forwarder.answer_held()
+    assert len(delivered) == 1
+    fresh = _answer(pipe, _query(Row("", "www.example.com"), 8), SCHOOL_A, "tcp")
+    assert fresh is not None and dns.message.from_wire(fresh).answer[0][0].to_text() == "192.0.2.99"
+
+
+def test_an_upstream_answer_before_the_timer_is_the_answer_and_the_timer_does_nothing(stale_site):
+    pipe, forwarder, timers, counters, _ = stale_site
+    delivered = _start(pipe)
+    timers.advance(1.0)
+    second = _start(pipe, edns=False)  # another miss, 1 s later: its timer fires at 2.8 s
+    forwarder.answer_held()
+    assert len(delivered) == 1 and len(second) == 1
+    timers.advance(5.0)
+    assert len(delivered) == 1 and len(second) == 1 and not timers.calls
+    assert counters.queries[("school-a", "tcp", "stale")] == 0
+
+
+def test_misses_wait_with_one_timer_armed_at_a_time(stale_site):
+    pipe, _, timers, counters, _ = stale_site
+    first = _start(pipe)
+    timers.advance(0.5)
+    second = _start(pipe, edns=False)
+    assert len(timers.calls) == 1
+    timers.advance(1.3)
+    assert len(first) == 1 and second == [] and len(timers.calls) == 1  # armed again for the second
+    timers.advance(0.5)
+    [reply] = second
+    assert reply is not None and dns.message.from_wire(reply).edns == -1  # no EDNS: no EDE either
+    assert counters.queries[("school-a", "tcp", "stale")] == 2 and not timers.calls
+
+
+def test_a_failed_question_is_answered_stale_with_ede_3_before_the_timer(stale_site):
+    pipe, forwarder, timers, _, _ = stale_site
+    delivered = _start(pipe)
+    forwarder.answer_held(fail=True)
+    [reply] = delivered
+    assert reply is not None
+    message = dns.message.from_wire(reply)
+    assert message.answer[0].ttl == 30
+    assert [o.code for o in message.options if o.otype == dns.edns.EDE] == [wire.EDE_STALE_ANSWER]
+    timers.advance(2.0)
+    assert len(delivered) == 1
+
+
+def test_a_miss_without_a_stale_answer_waits_for_upstream(stale_site):
+    pipe, forwarder, timers, _, now = stale_site
+    now[0] = 400.0 + 3600  # past the stale window
+    delivered = _start(pipe)
+    assert not timers.calls
+    forwarder.answer_held(fail=True)
+    [reply] = delivered
+    assert reply is not None and dns.message.from_wire(reply).rcode() == dns.rcode.SERVFAIL
+
+
+def test_an_unknown_client_is_sent_a_refusal_within_its_networks_budget_and_nothing_else(tmp_path):
+    cfg = config.load_config(harness.write_site(tmp_path, ["127.0.0.1:53"]))
+    counters = metrics.Counters()
+    pipe = pipeline.Pipeline(
+        snapshots.build_snapshot(cfg, 1),
+        cache.AnswerCache(10),
+        TableForwarder(),
+        counters,
+        clock=lambda: 50.0,
+        unknown_client_refusals_per_second=2,
+    )
+    query = _query(Row("", "www.example.com"), 1)
+    replies = [pipe.handle(query, client, "udp") for client in (NO_SCHOOL, "127.0.0.4", "127.0.1.3")]
+    assert [dns.message.from_wire(r).rcode() for r in replies if isinstance(r, bytes)] == [dns.rcode.REFUSED] * 3
+    assert pipe.handle(query, NO_SCHOOL, "udp") is None  # a third answer to 127.0.0.0/24 this second
+    assert isinstance(pipe.handle(query, NO_SCHOOL, "tcp"), bytes)  # TCP: the address is not forged
+    # A malformed query, another opcode, another EDNS version: nothing (nothing but REFUSED is ever sent).
+    for data in (_formerr_query(), _notify(edns=True), dns.message.make_query("x.example", "A", use_edns=1).to_wire()):
+        assert pipe.handle(data, "127.0.0.9", "udp") is None
+        assert pipe.handle(data, "127.0.0.9", "tcp") is None
+    assert counters.dropped == {"unknown_client_rate_limit": 1}
+    assert counters.queries == {("unknown", "udp", "refused"): 3, ("unknown", "tcp", "refused"): 1}
+    assert counters.malformed == 6

@@ -8,6 +8,7 @@ import dns.message
 import dns.name
 import dns.opcode
 import dns.rcode
+import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 import pytest
@@ -118,13 +119,73 @@ def test_mutated_queries_only_raise_wire_errors(data):
         pass
 
 
-def test_formerr_answer_has_header_only_and_echoes_id():
-    with pytest.raises(wire.FormError) as info:
-        wire.parse_query(_header(qid=4242, qd=2) + QUESTION * 2)
-    answer = wire.make_error(info.value.query_id, info.value.flags, wire.FORMERR)
-    parsed = dns.message.from_wire(answer)
-    assert parsed.id == 4242 and parsed.rcode() == dns.rcode.FORMERR
-    assert parsed.flags & dns.flags.QR and parsed.flags & dns.flags.RD
+def _refusal(data: bytes, rcode: int) -> bytes:
+    """The FORMERR / NOTIMP answer to data, as the pipeline makes it."""
+    with pytest.raises((wire.FormError, wire.NotImplementedOpcode)) as info:
+        wire.parse_query(data)
+    return wire.make_error(info.value.query_id, info.value.flags, rcode, info.value.echo)
+
+
+def test_formerr_answer_to_two_questions_has_header_only_and_echoes_id():
+    answer = _refusal(_header(qid=4242, qd=2) + QUESTION * 2, wire.FORMERR)
+    assert answer == _header(qid=4242, flags=0x8181, qd=0)  # QR, RD, RA, FORMERR; nothing to repeat
+
+
+OPT = b"\x00\x00\x29\x04\xd0\x00\x00\x80\x00\x00\x00"  # payload 1232, DO
+OUR_OPT = b"\x00\x00\x29\x04\xd0\x00\x00\x80\x00\x00\x00"  # the same, from us
+ZONE = b"\x07example\x03com\x00\x00\x06\x00\x01"  # example.com SOA: an UPDATE's zone section
+RECORD = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\xc0\x00\x02\x01"  # example.com A 192.0.2.1
+
+
+@pytest.mark.parametrize(
+    "data,rcode,answer",
+    [
+        # NOTIFY (opcode 4) with EDNS: NOTIMP, the opcode, the question and an OPT; no RA.
+        (_header(flags=0x2000, ar=1) + QUESTION + OPT, wire.NOTIMP, _header(flags=0xA004, ar=1) + QUESTION + OUR_OPT),
+        # UPDATE (opcode 5) with prerequisites and updates in its other sections: the zone section repeated.
+        (
+            _header(flags=0x2800, an=1, ns=1) + ZONE + RECORD + RECORD,
+            wire.NOTIMP,
+            _header(flags=0xA804) + ZONE,
+        ),
+        # A query with an answer record: FORMERR, RA, the question and an OPT (found after the record).
+        (_header(an=1, ar=1) + QUESTION + RECORD + OPT, wire.FORMERR, _header(flags=0x8181, ar=1) + QUESTION + OUR_OPT),
+        # No question, an OPT: the OPT only.
+        (_header(qd=0, ar=1) + OPT, wire.FORMERR, _header(flags=0x8181, qd=0, ar=1) + OUR_OPT),
+        # Two OPT records: not understood, so none in the answer (RFC 6891 6.1.1); the question is fine.
+        (_header(ar=2) + QUESTION + OPT * 2, wire.FORMERR, _header(flags=0x8181) + QUESTION),
+        # A compressed question name: nothing to repeat that stands alone.
+        (_header() + b"\xc0\x0c\x00\x01\x00\x01", wire.FORMERR, _header(flags=0x8181, qd=0)),
+        # A question that runs past the end: the header only.
+        (_header(flags=0x0110) + b"\x07example", wire.FORMERR, _header(flags=0x8191, qd=0)),  # CD kept
+        # A truncated OPT: the question, no OPT.
+        (_header(ar=1) + QUESTION + OPT[:5], wire.FORMERR, _header(flags=0x8181) + QUESTION),
+    ],
+    ids=["notify", "update", "answer-record", "no-question", "two-opts", "compressed", "cut-name", "cut-opt"],
+)
+def test_formerr_and_notimp_answers_repeat_what_parses(data, rcode, answer):
+    assert _refusal(data, rcode) == answer
+    dns.message.from_wire(answer)  # well-formed to an independent parser
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.data())
+def test_formerr_and_notimp_answers_to_mutated_queries_are_well_formed(data):
+    raw = bytearray(_header(ar=1) + QUESTION + OPT)
+    for _ in range(data.draw(st.integers(1, 6))):
+        raw[data.draw(st.integers(2, len(raw) - 1))] = data.draw(st.integers(0, 255))
+    raw[2] &= 0x7F  # a query, not a response
+    cut = data.draw(st.integers(12, len(raw)))
+    try:
+        wire.parse_query(bytes(raw[:cut]))
+    except (wire.FormError, wire.NotImplementedOpcode) as exc:
+        rcode = wire.FORMERR if isinstance(exc, wire.FormError) else wire.NOTIMP
+        out = bytearray(wire.make_error(exc.query_id, exc.flags, rcode, exc.echo))
+        out[2] &= 0x87  # read as a QUERY: dnspython holds an UPDATE's zone section to an UPDATE's rules
+        answer = dns.message.from_wire(bytes(out))
+        assert answer.rcode() == rcode and len(answer.question) == (1 if exc.echo.question else 0)
+    except wire.WireError:
+        pass
 
 
 def _ede(message: dns.message.Message):
@@ -142,6 +203,14 @@ def test_blocked_nxdomain_has_soa_with_blocked_ttl_and_ede():
     assert soa.rdtype == dns.rdatatype.SOA and soa.ttl == 60 and soa[0].minimum == 60
     (option,) = _ede(parsed)
     assert option.code == 17 and option.text == "category=adult; authority=school"
+
+
+@pytest.mark.parametrize("qclass,rclass", [("CH", "CH"), ("HS", "HS"), ("IN", "IN"), ("ANY", "IN")])
+def test_a_blocked_answer_is_in_the_class_of_the_query(qclass, rclass):
+    query = wire.parse_query(q("version.bind", "TXT", rdclass=qclass, use_edns=0))
+    parsed = dns.message.from_wire(wire.make_local_answer(query, wire.NXDOMAIN, [], 60))
+    [soa] = parsed.authority
+    assert dns.rdataclass.to_text(soa.rdclass) == rclass and soa.rdtype == dns.rdatatype.SOA
 
 
 def test_null_ip_answer():
@@ -238,6 +307,39 @@ def test_negative_and_error_cache_lifetimes(rcode, soa, expected):
             _soa(r, *soa)
 
     assert _answer_for(query, build).ttl == expected
+
+
+@pytest.mark.parametrize(
+    "rcode,qtype,cname_ttl,soa,expected",
+    [
+        (dns.rcode.NOERROR, "AAAA", 3600, (300, 60), 60),  # CNAME to NODATA: the SOA's negative TTL
+        (dns.rcode.NXDOMAIN, "A", 3600, (300, 60), 60),  # CNAME to NXDOMAIN too
+        (dns.rcode.NOERROR, "AAAA", 30, (300, 60), 30),  # ... and no longer than the CNAME
+        (dns.rcode.NOERROR, "AAAA", 3600, None, 0),  # no SOA: a negative answer that is not cached
+        (dns.rcode.NOERROR, "CNAME", 3600, None, 3600),  # the CNAME was asked for: a positive answer
+    ],
+)
+def test_a_cname_chain_that_ends_in_no_data_lives_as_long_as_a_negative_answer(rcode, qtype, cname_ttl, soa, expected):
+    query = wire.parse_query(q("alias.example.com", qtype))
+
+    def build(r):
+        r.set_rcode(rcode)
+        r.answer.append(dns.rrset.from_text("alias.example.com.", cname_ttl, "IN", "CNAME", "gone.example.net."))
+        if soa:
+            _soa(r, *soa)
+
+    assert _answer_for(query, build).ttl == expected
+
+
+@pytest.mark.parametrize("client_flags", [0x0000, 0x0100, 0x0010, 0x0110])  # RD and CD, each on or off
+@pytest.mark.parametrize("upstream_flags", [0x8580, 0x8400, 0x8130, 0x8000])  # AA/RA/RD, AA, RD/AD/CD, none
+def test_a_replayed_answer_has_our_header_bits_and_the_clients_rd_and_cd(client_flags, upstream_flags):
+    query = wire.parse_query(_header(qid=99, flags=client_flags) + QUESTION)
+    reply = _header(qid=1, flags=upstream_flags, an=1) + QUESTION + RECORD
+    answer = wire.parse_upstream_answer(reply, len(QUESTION), 0, 86400, 3600)
+    flags = struct.unpack("!H", wire.replay(answer.message, answer.question_length, query, 512)[2:4])[0]
+    ad = upstream_flags & wire.AD  # the upstream's word on DNSSEC validation is kept
+    assert flags == wire.QR | wire.RA | ad | client_flags  # not AA (not authoritative), always RA
 
 
 def test_truncated_upstream_answer_is_never_cached():
