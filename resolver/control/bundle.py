@@ -23,6 +23,7 @@ import dataclasses
 import datetime
 import fcntl
 import hashlib
+import io
 import json
 import logging
 import os
@@ -31,7 +32,7 @@ import stat
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -313,7 +314,10 @@ def publish(
         sources = lists.load_sources(cfg.blocklists_dir)
         policyfile.load_policies(cfg.policies_dir, sources.categories)
         marked = _shrink_marks(previous, sources.categories, allow_shrink)
-        targets = {path: _store(repository, path, source) for path, source in files.items()}
+        targets = {}
+        for path, source in files.items():
+            with open(source, "rb") as file:
+                targets[path] = _store(repository, path, file)
         moved = sorted(path for path, target in targets.items() if target.hashes["sha256"] != hashes[path])
         if moved:
             raise BundleError(f"{', '.join(moved)}: changed while being published; publish again")
@@ -337,7 +341,7 @@ def publish(
             },
         }
         data = json.dumps(manifest, indent=1, sort_keys=True).encode()
-        targets[versions.MANIFEST] = _store_bytes(repository, versions.MANIFEST, data)
+        targets[versions.MANIFEST] = _store(repository, versions.MANIFEST, io.BytesIO(data))
         signed = _sign_new(repo, signers, expiries, now, targets)
         _prune(repo)
         log.info("published version %d of the lists and policies (%d files) in %s", version, len(files), repository)
@@ -385,31 +389,20 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _store(repository: Path, path: str, source: Path) -> TargetFile:
-    """Copy a file into targets/ under its hash (what it hashed while being copied is what is published)."""
+def _store(repository: Path, path: str, source: BinaryIO) -> TargetFile:
+    """Copy into targets/ under its hash: what was hashed while being copied is what is published."""
     temp = repository / "targets" / f".incoming.{os.getpid()}.tmp"
     digest = hashlib.sha256()
     length = 0
     try:
-        with open(source, "rb") as src, open(temp, "wb") as dst:
-            while chunk := src.read(1 << 20):
+        with open(temp, "wb") as copy:
+            while chunk := source.read(1 << 20):
                 digest.update(chunk)
                 length += len(chunk)
-                dst.write(chunk)
-            dst.flush()
-            os.fsync(dst.fileno())
+                copy.write(chunk)
+            copy.flush()
+            os.fsync(copy.fileno())
         target = TargetFile(length, {"sha256": digest.hexdigest()}, path)
-        _place(repository, target, temp)
-    finally:
-        temp.unlink(missing_ok=True)
-    return target
-
-
-def _store_bytes(repository: Path, path: str, data: bytes) -> TargetFile:
-    temp = repository / "targets" / f".incoming.{os.getpid()}.tmp"
-    try:
-        durable.write_synced(temp, data)
-        target = TargetFile.from_data(path, data)
         _place(repository, target, temp)
     finally:
         temp.unlink(missing_ok=True)

@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 from tuf.api import exceptions as tuf_errors
-from tuf.api.metadata import Metadata
+from tuf.api.metadata import Metadata, TargetFile
 from tuf.ngclient import Updater
 from tuf.ngclient.urllib3_fetcher import Urllib3Fetcher
 
@@ -208,7 +208,7 @@ def fetch(
     return Fetched(directory, manifest)
 
 
-def _stage(updater: Updater, info: Any, base: Path, current: Path | None, digest: str) -> tuple[Path, Manifest]:
+def _stage(updater: Updater, info: TargetFile, base: Path, current: Path | None, digest: str) -> tuple[Path, Manifest]:
     """Download and verify bundle.json and every file it names; the version's directory once all are there."""
     staging = base / f"{_STAGING}{os.getpid()}"
     staging.mkdir()
@@ -248,7 +248,7 @@ def _updater(cfg: config.Config, base: Path) -> Updater:
         raise SyncError(f"sync.trusted_root {cfg.sync.trusted_root}: not a TUF root ({exc})") from None
 
 
-def _target_info(updater: Updater, path: str) -> Any:
+def _target_info(updater: Updater, path: str) -> TargetFile:
     try:
         target = updater.get_targetinfo(path)
     except Exception as exc:
@@ -258,7 +258,7 @@ def _target_info(updater: Updater, path: str) -> Any:
     return target
 
 
-def _download(updater: Updater, target: Any, destination: Path, served: Path | None) -> Path:
+def _download(updater: Updater, target: TargetFile, destination: Path, served: Path | None) -> Path:
     """The target verified at `destination`: linked from the served version when that copy matches, else downloaded."""
     if served is not None and updater.find_cached_target(target, str(served)):
         os.link(served, destination)
