@@ -464,9 +464,13 @@ class Syncer:
                 installed = await self._sync()
             except SyncError as exc:
                 self._failed(str(exc))
-            except Exception as exc:  # never the end of syncing, nor of serving
-                log.exception("sync from %s failed unexpectedly", self.sync.repository)
-                self._failed(f"{type(exc).__name__}: {exc}")
+            except OSError as exc:  # state_dir full or not writable
+                self._failed(f"{exc.filename or self.config.state_dir}: {exc.strerror or exc}")
+            except Exception as exc:  # a bug: its traceback once per streak; never the end of syncing or serving
+                reason = f"{type(exc).__name__}: {exc}"
+                if reason != self._last_error:
+                    log.exception("sync from %s failed unexpectedly", self.sync.repository)
+                self._failed(reason)
             else:
                 self._succeeded(installed)
             self._expires = await asyncio.to_thread(metadata_expiry, self.config.state_dir)
@@ -485,7 +489,7 @@ class Syncer:
             raise SyncError(
                 f"version {fetched.manifest.version} verified and built, but the reload failed (see the log)"
             )
-        versions.prune(self.config.state_dir, (fetched.directory, before))
+        await asyncio.to_thread(versions.prune, self.config.state_dir, (fetched.directory, before))
         return fetched
 
     def _fetch(self, build_dir: Path, served: Mapping[str, int]) -> Fetched | None:
