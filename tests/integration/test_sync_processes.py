@@ -43,7 +43,7 @@ async def test_a_change_at_the_hub_is_served_by_both_instances_and_survives_a_re
     publish = f"publish: {{repository: '{hub_repo.repo}', keys: '{hub_repo.keys}'}}\n"
     async with (
         StaticServer(hub_repo.repo) as server,
-        serve(hub_repo.site, upstream, 2, more_config=publish) as hub,
+        serve(hub_repo.site, upstream, 1, more_config=publish) as hub,
         serve(tmp_path / "a", upstream, 1, more_config=sync_config(server.url, hub_repo.trusted_root, INTERVAL)) as a,
         serve(tmp_path / "b", upstream, 2, more_config=sync_config(server.url, hub_repo.trusted_root, INTERVAL)) as b,
     ):
