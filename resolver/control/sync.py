@@ -35,6 +35,7 @@ from tuf.ngclient.urllib3_fetcher import Urllib3Fetcher
 from resolver import durable
 from resolver.control import config, snapshots, versions
 from resolver.errors import ResolverError
+from resolver.filtering import lists
 
 log = logging.getLogger(__name__)
 # urllib3 warns at each retry of a failed connection; the sync says once per failure streak why it failed.
@@ -283,6 +284,8 @@ def _build_and_guard(
 ) -> None:
     """Build the staged version as a reload would; Refused if it does not build or shrinks past the guard."""
     assert cfg.sync is not None
+    if build_state_dir != cfg.state_dir:
+        _seed(cfg.state_dir, build_state_dir)
     staged = dataclasses.replace(versions.version_config(cfg, directory), state_dir=build_state_dir)
     try:
         snapshot = snapshots.build_snapshot(staged, 0, compile_in)
@@ -298,6 +301,21 @@ def _build_and_guard(
             f"version {manifest.version} from the hub refused: {', '.join(shrunk)} entries, more than "
             f"sync.max_shrink_percent ({cfg.sync.max_shrink_percent:g}%) lost and not published with --allow-shrink"
         )
+
+
+def _seed(state_dir: Path, build_state_dir: Path) -> None:
+    """Start a candidate's build from the compiled index being served (hard links): a version whose
+    lists are unchanged is not compiled again (its fingerprint matches; the guard reads its counts)."""
+    build_state_dir.mkdir(parents=True, exist_ok=True)
+    for name in (lists.INDEX_FILE, lists.MANIFEST_FILE):
+        temp = durable.temporary_path(build_state_dir / name, os.getpid())
+        try:
+            temp.unlink(missing_ok=True)
+            os.link(state_dir / name, temp)
+            os.replace(temp, build_state_dir / name)
+        except OSError:  # nothing compiled yet, or state_dir kept it in memory: the build compiles
+            temp.unlink(missing_ok=True)
+            return
 
 
 def describe(exc: BaseException, repository: str) -> str:
