@@ -89,7 +89,7 @@ class SyncConfig:
 
     repository: str  # base URL under which the hub's repository directory is served (metadata/, targets/)
     trusted_root: Path  # a copy of the repository's metadata/1.root.json, the trust anchor
-    interval_seconds: float = _bounded(300.0, 5.0, 86_400.0, "seconds")
+    interval_seconds: float = _bounded(300.0, 1.0, 86_400.0, "seconds")
     max_shrink_percent: float = _bounded(20.0, 0.0, 100.0, "percent")
 
 
@@ -174,6 +174,8 @@ def parse_config(doc: yamlfile.Document, path: Path) -> Config:
     state_dir = base / top.typed("state_dir", str, "var")
     sync = _sync(top, base) if top.has("sync") else None
     publish = _publish(top, base) if top.has("publish") else None
+    if sync is not None and publish is not None:
+        top.fail("publish", "a hub publishes its own files and does not sync: remove `sync` or `publish`")
     default_school = top.raw("default_school", None)
     if default_school is not None and not isinstance(default_school, str):
         top.fail("default_school", f"expected a school id (a string) or null, got {yamlfile.describe(default_school)}")

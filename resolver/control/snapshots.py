@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from resolver.control import compiler, config, lastgood
+from resolver.control import compiler, config, lastgood, versions
 from resolver.dataplane import pipeline
 from resolver.errors import ResolverError
 from resolver.filtering import domains, lists, policy, policyfile, schools
@@ -37,8 +37,9 @@ def build_snapshot(
     Runs off the event loop (asyncio.to_thread) or before it starts.  Nothing here touches
     the live snapshot: the caller installs the result with one assignment.  Compiled in a
     child process, changed lists never make a serving process's event loop compete with a
-    million-entry compile for the GIL.
+    million-entry compile for the GIL. With `sync:` it reads the current synced version.
     """
+    cfg = versions.served_config(cfg)
     sources = lists.load_sources(cfg.blocklists_dir)
     policies = policyfile.load_policies(cfg.policies_dir, sources.categories)
     default_school = find_default_school(cfg, policies)  # before a compile that would be wasted
@@ -54,6 +55,7 @@ def build_serving_snapshot(cfg: config.Config, generation: int, reload: bool = F
 
     A `reload` (queries are being answered) compiles in an idle-priority child.
     """
+    cfg = versions.served_config(cfg)
     files_before = lastgood.policy_files(cfg.policies_dir)
     snapshot = build_snapshot(cfg, generation, CompileIn.IDLE_CHILD if reload else CompileIn.CHILD)
     lastgood.save(
@@ -159,14 +161,19 @@ def lists_updated_at(blocklists_dir: Path, sources: lists.Sources) -> float:
 
 
 def sources_fingerprint(blocklists_dir: Path, sources: lists.Sources) -> str:
-    """Changes whenever sources.yaml or any list file it names changes (size or mtime)."""
+    """Changes whenever sources.yaml or any list file it names changes (size or mtime).
+
+    Files are named relative to blocklists_dir: a synced version has a directory of its own, and
+    the unchanged list files it links from the version before must not cost a compile.
+    """
     digest = hashlib.sha256(f"index-format-{domains.FORMAT_VERSION}\n".encode())
     for path in [blocklists_dir / lists.SOURCES_FILE, *sources.files()]:
+        name = path.relative_to(blocklists_dir)
         try:
             stat = path.stat()
-            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
         except OSError:
-            digest.update(f"{path}\0missing\n".encode())
+            digest.update(f"{name}\0missing\n".encode())
     return digest.hexdigest()
 
 

@@ -146,6 +146,10 @@ class IndexFormatError(ResolverError):
     """A compiled index image is truncated, corrupted or of an unknown format."""
 
 
+class IndexCapacityError(ResolverError):
+    """The lists cannot be compiled into one index: a problem of the lists, said in one line, not a bug."""
+
+
 @dataclass(frozen=True, slots=True)
 class Match:
     """One listed name that applies to a looked-up name (for `explain`, not the hot path)."""
@@ -255,11 +259,14 @@ class _MaskSets:
         self._numbers: dict[int, int] = {0: 0}
 
     def number(self, packed: int) -> int:
-        """The number of a quadruple, a new one if it is new; ValueError past the 15 bits a slot has."""
+        """The number of a quadruple, a new one if it is new; IndexCapacityError past the 15 bits a slot has."""
         number = self._numbers.get(packed)
         if number is None:
             if len(self.all) == _MAX_MASKSETS:
-                raise ValueError(f"too many distinct category combinations for one index: over {_MAX_MASKSETS}")
+                raise IndexCapacityError(
+                    f"the lists do not compile: over {_MAX_MASKSETS} distinct combinations of categories "
+                    "(block and allow) share names; one index holds at most that many"
+                )
             number = self._numbers[packed] = len(self.all)
             self.all.append(packed)
         return number

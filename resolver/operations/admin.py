@@ -18,7 +18,7 @@ from aiohttp import web
 
 import resolver
 from resolver import yamlfile
-from resolver.control import checks, config, sync
+from resolver.control import checks, config, syncstate
 from resolver.dataplane import pipeline, upstream, workerstate
 from resolver.errors import ResolverError, UsageError
 from resolver.filtering import lists, policy
@@ -54,7 +54,7 @@ class Control:
     reload: Callable[[], Awaitable[bool]]  # True once the new generation is installed (every worker's)
     config: config.Config
     snapshot: Callable[[], Awaitable[pipeline.Snapshot]]  # the snapshot being served (for explain, schools)
-    sync: sync.Syncing | None = None  # None: this instance has no `sync:`
+    sync: syncstate.Syncing | None = None  # None: this instance has no `sync:`
 
 
 # The one place where a refusal becomes an HTTP status (see _errors).
@@ -317,7 +317,7 @@ class Api:
         self.caller(request, ANYONE)
         return web.json_response(await asyncio.to_thread(openapi_document))
 
-    def _sync(self) -> sync.Syncing:
+    def _sync(self) -> syncstate.Syncing:
         if self.control.sync is None:
             raise Refused(
                 Failure.NOT_FOUND,
@@ -368,7 +368,7 @@ class Api:
         await asyncio.to_thread(self.audit.append, entry)
 
 
-def _sync_json(status: sync.SyncStatus) -> dict[str, Any]:
+def _sync_json(status: syncstate.SyncStatus) -> dict[str, Any]:
     return dataclasses.asdict(status)
 
 

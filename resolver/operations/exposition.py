@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from resolver.control import sync
+from resolver.control import syncstate
 from resolver.dataplane import workerstate
 
 # The windows of schooldns_schools_active: (label value, seconds). Coverage is given for the last.
@@ -22,7 +22,7 @@ class ResolverCollector(Collector):
     def __init__(
         self,
         state: Callable[[], workerstate.WorkerState],
-        sync_status: sync.SyncStatus | None = None,
+        sync_status: syncstate.SyncStatus | None = None,
         clock: Callable[[], float] = time.time,
     ):
         self.state = state
@@ -208,7 +208,7 @@ def _snapshot(s: workerstate.WorkerState) -> Iterator[Metric]:
     yield entries
 
 
-def _sync(status: sync.SyncStatus) -> Iterator[Metric]:
+def _sync(status: syncstate.SyncStatus) -> Iterator[Metric]:
     """The sync from the hub's signed repository (an instance with `sync:` only)."""
     yield _gauge(
         "schooldns_sync_last_success_timestamp_seconds",
@@ -269,7 +269,7 @@ def _gauge(name: str, text: str, value: float) -> GaugeMetricFamily:
 
 def render(
     state: Callable[[], workerstate.WorkerState],
-    sync_status: sync.SyncStatus | None = None,
+    sync_status: syncstate.SyncStatus | None = None,
     clock: Callable[[], float] = time.time,
 ) -> bytes:
     """The Prometheus text exposition of one state snapshot (a fresh registry per call).

@@ -11,16 +11,18 @@ import multiprocessing.connection
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Protocol
 
-from resolver.control import config, snapshots, sync
+from resolver.control import config, snapshots
 from resolver.dataplane import pipeline, server, upstream, workerstate
 from resolver.errors import ResolverError
 from resolver.processes import sdnotify, spawner, worker
 
-if TYPE_CHECKING:  # imported at run time only once DNS serves (start_admin)
+if TYPE_CHECKING:  # imported at run time only once DNS serves (start_admin), or with sync/publish
     from aiohttp import web
+
+    from resolver.control import bundle, sync, syncstate
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,7 @@ async def start_admin(
     state: Callable[[], workerstate.WorkerState],
     reload: Callable[[], Awaitable[bool]],
     snapshot: Callable[[], Awaitable[pipeline.Snapshot]],
-    syncing: sync.Syncing | None = None,
+    syncing: syncstate.Syncing | None = None,
 ) -> web.AppRunner | None:
     """Import the admin API in a thread while DNS is already answering, then serve it on `sock`.
 
@@ -86,11 +88,70 @@ async def start_admin(
     return runner
 
 
+class Distribution:
+    """How a serving process's lists and policies change besides SIGHUP: an instance with `sync:` takes
+    them from the hub (resolver.control.sync); otherwise its files are watched, and a hub with
+    `publish:` publishes them after every reload that installed them (resolver.control.bundle).
+    """
+
+    def __init__(
+        self,
+        cfg: config.Config,
+        reload: Callable[[], Coroutine[object, object, bool]],
+        served_entries: Callable[[], Mapping[str, int]],
+    ):
+        self.config = cfg
+        self.syncer: sync.Syncer | None = None  # the admin API's `Syncing`
+        self.publisher: bundle.Publisher | None = None
+        self.reload = reload  # what SIGHUP and the admin API call
+        self._process_reload = reload
+        if cfg.sync is not None:
+            from resolver.control import sync
+
+            self.syncer = sync.Syncer(cfg, reload, served_entries)
+        elif cfg.publish is not None:
+            from resolver.control import bundle
+
+            self.publisher = bundle.Publisher(cfg)
+            self.reload = self._reload_and_publish
+
+    @staticmethod
+    async def before_serving(cfg: config.Config) -> None:
+        """An instance with `sync:` and no verified version on disk tries the hub once (bounded) before serving.
+
+        The TUF libraries are imported here (0.1-0.2 s), before DNS serves: imported once it
+        serves, they would hold the event loop, and every query, as long.
+        """
+        if cfg.sync is not None:
+            from resolver.control import sync
+
+            await sync.first_sync(cfg)
+        elif cfg.publish is not None:
+            importlib.import_module("resolver.control.bundle")
+
+    def start(self, files: tuple[object, ...]) -> list[asyncio.Task[None]]:
+        """The tasks that keep the lists and policies current (cancel them at shutdown)."""
+        loop = asyncio.get_running_loop()
+        if self.syncer is not None:
+            return [loop.create_task(self.syncer.run())]  # the local files are not served: not watched
+        tasks = [loop.create_task(worker.watch_files(self.config, self.reload, files))]
+        if self.publisher is not None:
+            tasks.append(loop.create_task(self.publisher.run()))
+        return tasks
+
+    async def _reload_and_publish(self) -> bool:
+        installed = await self._process_reload()
+        if installed and self.publisher is not None:
+            self.publisher.request()  # unchanged files publish nothing
+        return installed
+
+
 async def run_single(cfg: config.Config, ready: Callable[[worker.Worker], object] | None = None) -> None:
     """workers: 1 — everything (DNS, admin, reload) in this process until SIGTERM/SIGINT."""
     cfg = worker.check_listen(cfg)  # before the snapshot, which may take a compile
     admin_sock = bind_admin(cfg)
     try:
+        await Distribution.before_serving(cfg)
         files = snapshots.files_signature(cfg)
         # No local name for the first snapshot: this frame lives until shutdown, and would keep it
         # (and its memory-mapped index) alive after the first list swap.
@@ -105,24 +166,24 @@ async def run_single(cfg: config.Config, ready: Callable[[worker.Worker], object
     # Signals are handled before the admin API announces itself, the last line of a start.
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
+    distribution = Distribution(cfg, dns_worker.reload, lambda: dns_worker.pipeline.snapshot.entry_counts)
     signalled = worker.SignalTasks()
-    signalled.on(signal.SIGHUP, dns_worker.reload)
+    signalled.on(signal.SIGHUP, distribution.reload)
 
     async def installed() -> pipeline.Snapshot:
         return dns_worker.pipeline.snapshot
 
-    admin_runner = await start_admin(admin_sock, cfg, dns_worker.state, dns_worker.reload, installed)
+    admin_runner = await start_admin(
+        admin_sock, cfg, dns_worker.state, distribution.reload, installed, distribution.syncer
+    )
     sdnotify.notify("READY=1")  # systemd's Type=notify: the first snapshot serves, and so does the admin API
     if ready is not None:
         ready(dns_worker)
-    watchers = [
-        loop.create_task(worker.watch_files(cfg, dns_worker.reload, files)),
-        loop.create_task(watch_state(dns_worker.state, STATE_TICK_SECONDS)),
-    ]
+    tasks = [*distribution.start(files), loop.create_task(watch_state(dns_worker.state, STATE_TICK_SECONDS))]
     await stop.wait()
     sdnotify.notify("STOPPING=1")
-    for watcher in watchers:
-        watcher.cancel()
+    for task in tasks:
+        task.cancel()
     log.info("shutting down: draining queries in flight (up to %.1fs)", cfg.limits.shutdown_drain_seconds)
     if admin_runner is not None:
         await admin_runner.cleanup()
@@ -183,6 +244,7 @@ class Supervisor:
         self._snapshotting = asyncio.Lock()
         # The files' signature and the snapshot built from them here: what explain and the schools list read.
         self._snapshot: tuple[tuple[object, ...], pipeline.Snapshot] | None = None
+        self.distribution: Distribution | None = None  # its syncer or publisher, once run() serves
 
     @property
     def ports(self) -> tuple[int, ...]:
@@ -244,6 +306,7 @@ class Supervisor:
             # Checked here, before any worker builds a snapshot; the workers serve what can be bound.
             self.listen = worker.check_listen(self.config).listen
             admin_sock = bind_admin(self.config)
+            await Distribution.before_serving(self.config)
             files = snapshots.files_signature(self.config)
             # Worker 0 first: with port 0 it picks the ports the others then share.
             for index in range(self.config.workers):
@@ -256,15 +319,23 @@ class Supervisor:
             loop = asyncio.get_running_loop()
             loop.add_signal_handler(signal.SIGTERM, self.stop)
             loop.add_signal_handler(signal.SIGINT, self.stop)
+            self.distribution = Distribution(self.config, self.reload, lambda: self.state().list_entries)
             signalled = worker.SignalTasks()
-            signalled.on(signal.SIGHUP, self.reload)
-            admin_runner = await start_admin(admin_sock, self.config, self.state, self.reload, self.snapshot)
+            signalled.on(signal.SIGHUP, self.distribution.reload)
+            admin_runner = await start_admin(
+                admin_sock,
+                self.config,
+                self.state,
+                self.distribution.reload,
+                self.snapshot,
+                self.distribution.syncer,
+            )
             sdnotify.notify("READY=1")  # every worker serves the first snapshot, and the admin API is up
             if ready is not None:
                 ready(self)
             watchers = [
                 loop.create_task(self._watch()),
-                loop.create_task(worker.watch_files(self.config, self.reload, files)),
+                *self.distribution.start(files),
                 # The workers' reports come every second (worker.COUNTERS_PUBLISH_SECONDS).
                 loop.create_task(watch_state(self.state, worker.COUNTERS_PUBLISH_SECONDS)),
             ]

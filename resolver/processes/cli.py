@@ -1,4 +1,4 @@
-"""The `schooldns` command: serve, check, explain, token."""
+"""The `schooldns` command: serve, check, explain, token, status, reload, bundle."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 
 import resolver
-from resolver.control import checks, config, snapshots
+from resolver.control import checks, config, snapshots, versions
 from resolver.errors import ListenError, ResolverError, UsageError
 
 LOG_LEVELS = ["debug", "info", "warning", "error"]
@@ -79,6 +80,33 @@ def main(argv: list[str] | None = None) -> int:
         "name", help="the token's name (see `schooldns token list`)"
     )
 
+    bundle = commands.add_parser("bundle", help="the hub's signed repository of lists and policies (docs/sync.md)")
+    bundle_commands = bundle.add_subparsers(dest="bundle_command", required=True)
+
+    def bundle_command(name: str, help: str) -> argparse.ArgumentParser:
+        sub = bundle_commands.add_parser(name, help=help)
+        sub.add_argument("--repo", required=True, help="the repository directory (served as it is to instances)")
+        sub.add_argument("--keys", required=True, help="the key directory (<role>.pem, mode 0600)")
+        sub.add_argument("--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS)
+        return sub
+
+    bundle_command("init", "create the repository and its keys")
+    publish = bundle_command("publish", "publish the lists and policies a config names, if changed")
+    publish.add_argument("--config", required=True, help="path to config.yaml (its blocklists_dir and policies_dir)")
+    publish.add_argument(
+        "--allow-shrink",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="CATEGORY",
+        help="let instances take these categories though they lose more than sync.max_shrink_percent",
+    )
+    rotate = bundle_command("rotate", "a new root version (root key needed): new keys for roles, a later expiry")
+    rotate.add_argument(
+        "--role", nargs="+", action="extend", default=[], help="root, targets, snapshot or timestamp: give it a new key"
+    )
+    rotate.add_argument("--root-key", help="the root key's file, if not in --keys (kept offline)")
+
     args = parser.parse_args(argv)
     level = args.log_level or ("info" if args.command == "serve" else "warning")
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -103,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             return _token(args)
         if args.command in ("status", "reload"):
             return _remote(args)
+        if args.command == "bundle":
+            return _bundle(args)
         return _explain(args.config, args.school, args.name, args.at, args.client)
     except UsageError as exc:
         print(f"schooldns {args.command}: {exc}", file=sys.stderr)
@@ -121,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check(config_path: str, clients: list[str]) -> int:
-    cfg = config.load_config(config_path)
+    cfg = versions.served_config(config.load_config(config_path))  # with `sync:`, the version being served
     report = checks.check(cfg, clients)
     for line in report:
         print(line)
@@ -209,12 +239,31 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bundle(args: argparse.Namespace) -> int:
+    from resolver.control import bundle  # tuf: only this command and a hub need it
+
+    repo, keys = Path(args.repo), Path(args.keys)
+    if args.bundle_command == "init":
+        root = bundle.init(repo, keys)
+        print(f"created {repo}: give every instance a copy of {root} as sync.trusted_root")
+        print(f"keys in {keys}: move root.pem offline now (docs/sync.md); the hub publishes with the other three")
+    elif args.bundle_command == "publish":
+        done = bundle.publish(repo, keys, config.load_config(args.config), args.allow_shrink)
+        state = "published" if done.changed else "unchanged:"
+        signed = f" (signed {', '.join(done.signed)})" if done.signed and not done.changed else ""
+        print(f"{state} version {done.version}{signed}")
+    else:
+        version = bundle.rotate(repo, keys, args.role, Path(args.root_key) if args.root_key else None)
+        print(f"wrote metadata/{version}.root.json; instances take it at their next sync")
+    return 0
+
+
 def _explain(config_path: str, school_id: str | None, name: str, at: str | None, client: str | None) -> int:
     if school_id is None and client is None:
         raise UsageError("give a school and a name (SCHOOL NAME), or a client address: --client ADDRESS NAME")
     if school_id is not None and client is not None:
         raise UsageError(f"give a school ({school_id!r}) or --client ADDRESS, not both")
-    cfg = config.load_config(config_path)
+    cfg = versions.served_config(config.load_config(config_path))
     # Before the lists are loaded: a URL or a mistyped address is a typing slip, said at once.
     checks.check_name(name)
     address = checks.parse_client(client) if client is not None else None

@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import json
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -19,7 +20,7 @@ import dns.rcode
 import pytest
 import yarl
 
-from resolver.control import checks, sync
+from resolver.control import checks, syncstate, versions
 from resolver.operations import admin, tokens
 from tests.support import harness
 
@@ -86,15 +87,15 @@ class Api:
 
 
 class FakeSync:
-    """A sync.Syncing that syncs nothing: what the admin API reads and asks of an instance's sync."""
+    """A syncstate.Syncing that syncs nothing: what the admin API reads and asks of an instance's sync."""
 
     def __init__(self) -> None:
-        self.current = sync.SyncStatus("https://hub.example/repo/", 3, None, None, 0, None, None, False)
+        self.current = syncstate.SyncStatus("https://hub.example/repo/", 3, None, None, 0, None, None, False)
 
-    def status(self) -> sync.SyncStatus:
+    def status(self) -> syncstate.SyncStatus:
         return self.current
 
-    async def sync_now(self) -> sync.SyncStatus:
+    async def sync_now(self) -> syncstate.SyncStatus:
         now = time.time()
         self.current = dataclasses.replace(self.current, last_attempt=now, last_success=now, version=4)
         return self.current
@@ -104,7 +105,7 @@ class FakeSync:
 async def serving(
     root: Path,
     limits: admin.Limits = GENEROUS,
-    syncing: sync.Syncing | None = None,
+    syncing: syncstate.Syncing | None = None,
     config_extra: str = "",
 ) -> AsyncIterator[Api]:
     async with (
@@ -467,6 +468,12 @@ async def test_failed_authentications_are_limited_per_source(tmp_path):
 
 async def test_an_instance_with_sync_refuses_edits_and_names_the_hub(tmp_path):
     extra = "sync: {repository: 'https://hub.example/repo/', trusted_root: root.json}\n"
+    # What a sync installed: the files a hub published, as a verified version of the instance's.
+    harness.write_site(tmp_path, ["192.0.2.53:53"], files=FILES)
+    version = versions.sync_dir(tmp_path / "var") / versions.VERSIONS / "1-test"
+    shutil.copytree(tmp_path / "policies", version / versions.POLICIES)
+    shutil.copytree(tmp_path / "blocklists", version / versions.LISTS)
+    versions.switch(tmp_path / "var", version)
     async with serving(tmp_path, config_extra=extra) as api:
         reply = await api.edit("school-a", "province")
         assert reply.status == 409

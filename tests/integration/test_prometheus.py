@@ -19,7 +19,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from resolver.control.sync import SyncStatus
+from resolver.control.syncstate import SyncStatus
 from resolver.operations import exposition
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.served import ROOT, serve

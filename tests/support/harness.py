@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import dns.asyncquery
 import dns.message
 
-from resolver.control import config, snapshots, sync
+from resolver.control import config, snapshots, syncstate
 from resolver.dataplane import pipeline
+from resolver.filtering import domains
 from resolver.operations import admin
 from resolver.processes import app, worker
 
@@ -101,6 +103,25 @@ async def until(condition, timeout_seconds: float) -> None:
             await asyncio.sleep(0.01)
 
 
+def write_lists_over_capacity(directory: Path, categories: list[str]) -> Path:
+    """sources.yaml and a list per category holding more names than one index has mask sets for,
+    each name in its own combination of one to three categories (the compile fails)."""
+    combinations = [
+        combination for size in (1, 2, 3) for combination in itertools.combinations(range(len(categories)), size)
+    ][: domains._MAX_MASKSETS + 1]
+    names: dict[str, list[str]] = {category: [] for category in categories}
+    for number, combination in enumerate(combinations):
+        for bit in combination:
+            names[categories[bit]].append(f"n{number}.example")
+    for category, listed in names.items():
+        (directory / f"{category}.txt").write_text("\n".join(listed) + "\n")
+    (directory / "sources.yaml").write_text(
+        "categories:\n"
+        + "".join(f"  {c}:\n    sources:\n      - {{file: {c}.txt, format: domains}}\n" for c in categories)
+    )
+    return directory
+
+
 def write_site(
     root: Path,
     upstreams: list[str],
@@ -133,7 +154,7 @@ async def running_resolver(
     files: dict[str, str] | None = None,
     with_admin: bool = False,
     admin_limits: admin.Limits | None = None,
-    syncing: sync.Syncing | None = None,
+    syncing: syncstate.Syncing | None = None,
 ) -> AsyncIterator[Running]:
     if with_admin:
         config_extra += 'admin: {listen: "127.0.0.1:0"}\n'

@@ -212,6 +212,22 @@ def test_every_number_is_accepted_at_its_bounds_and_refused_past_them(tmp_path, 
             id="admin-two-addresses",
         ),
         pytest.param(
+            UPSTREAMS + "sync: {repository: 'http://hub', trusted_root: root.json, interval_seconds: 0.5}\n",
+            "config.yaml:2: sync.interval_seconds: expected 1 to 86400 seconds, got 0.5",
+            id="sync-too-often",
+        ),
+        pytest.param(
+            UPSTREAMS + "sync: {repository: 'hub.example', trusted_root: root.json}\n",
+            "config.yaml:2: sync.repository: expected an http:// or https:// URL, got 'hub.example'",
+            id="sync-not-a-url",
+        ),
+        pytest.param(
+            UPSTREAMS
+            + "sync: {repository: 'http://hub', trusted_root: root.json}\npublish: {repository: r, keys: k}\n",
+            "config.yaml:3: publish: a hub publishes its own files and does not sync: remove `sync` or `publish`",
+            id="sync-and-publish",
+        ),
+        pytest.param(
             UPSTREAMS + "default_school: 12\n",
             "config.yaml:2: default_school: expected a school id (a string) or null, got an integer",
             id="default-school-number",
@@ -229,6 +245,13 @@ def test_every_problem_is_reported_at_once(tmp_path):
         "config.yaml:3: forwarding.sockets_per_upstream: expected 1 to 256, got 0",
         "config.yaml:5: limits.tcp_max_connections: expected 1 to 10000, got 0",
     ]
+
+
+def test_sync_and_publish_paths_are_relative_to_the_config_file(tmp_path):
+    cfg = load(tmp_path, UPSTREAMS + "sync: {repository: 'https://hub.example/repo', trusted_root: root.json}\n")
+    assert cfg.sync == config.SyncConfig("https://hub.example/repo", tmp_path / "root.json", 300.0, 20.0)
+    cfg = load(tmp_path, UPSTREAMS + "publish: {repository: /srv/repo, keys: keys}\n")
+    assert cfg.publish == config.PublishConfig(Path("/srv/repo"), tmp_path / "keys") and cfg.sync is None
 
 
 def test_ports_zero_serve_tests_only_where_the_server_listens(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from resolver.control.sync import SyncStatus
+from resolver.control.syncstate import SyncStatus
 from resolver.dataplane import metrics
 from resolver.dataplane.workerstate import merge
 from resolver.operations import exposition

@@ -12,7 +12,7 @@ from resolver.control import config, lastgood, snapshots
 from resolver.errors import ResolverError
 from resolver.filtering import domains, lists
 from resolver.yamlfile import ConfigError
-from tests.support.harness import PROVINCE, write_site
+from tests.support.harness import PROVINCE, write_lists_over_capacity, write_site
 
 BROKEN_PROVINCE = PROVINCE + "colour: blue\n"  # an unknown key: line 7
 
@@ -47,6 +47,20 @@ def test_a_start_with_broken_files_serves_the_copy_saved_by_the_last_build(cfg):
     assert started.directory.lookup("127.0.0.2").id == "school-b"
     saved = lastgood.locate(cfg.state_dir)
     assert started.province.file == str(saved.policies_dir / "province.yaml")
+
+
+def test_a_start_whose_lists_do_not_compile_serves_the_last_good_and_says_why(cfg, caplog, capfd):
+    snapshots.build_serving_snapshot(cfg, 1)
+    # The policies' categories and 56 more, whose names overflow the index: the compile (in a child) fails.
+    write_lists_over_capacity(
+        cfg.blocklists_dir, ["adult", "games", "malware", "bypass"] + [f"c{i}" for i in range(56)]
+    )
+
+    started = snapshots.start_snapshot(cfg, 2)
+
+    assert started.from_last_good and started.index.lookup("games.example.com") == games_bit(started)
+    assert "the lists do not compile: over 32768 distinct combinations of categories" in caplog.text
+    assert "Traceback" not in capfd.readouterr().err  # the compile child's output included
 
 
 def test_the_copy_keeps_its_own_index_when_a_later_compile_replaces_index_bin(cfg):

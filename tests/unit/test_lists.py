@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from resolver.errors import ResolverError
 from resolver.filtering import domains, listformats, lists
 from resolver.yamlfile import ConfigError, Problem
+from tests.support.harness import write_lists_over_capacity
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data"
@@ -521,3 +523,12 @@ def test_a_messy_domains_source_reports_what_the_line_parser_counts(tmp_path):
     (report,) = lists.compile_lists(tmp_path).reports
     assert (report.entries, report.skipped, report.invalid) == (len(entries), tally.skipped, tally.invalid) == (3, 2, 2)
     assert (report.reasons, report.examples) == (tally.reasons, tally.examples)
+
+
+def test_lists_over_the_index_capacity_fail_the_compile_in_one_line(tmp_path):
+    with pytest.raises(ResolverError) as caught:
+        lists.compile_lists(write_lists_over_capacity(tmp_path, [f"c{i}" for i in range(60)]))
+    assert str(caught.value) == (
+        f"the lists do not compile: over {domains._MAX_MASKSETS} distinct combinations of categories "
+        "(block and allow) share names; one index holds at most that many"
+    )
