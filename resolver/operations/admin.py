@@ -140,7 +140,7 @@ class Api:
         self.limits = limits
         self.gate = access.Gate(
             tokens.TokenFile(control.config.admin.tokens_file),
-            access.FailedAttempts(
+            access.PerSourceLimit(
                 limits.failed_auth_allowed, limits.failed_auth_window_seconds, limits.failed_auth_sources
             ),
         )
