@@ -239,6 +239,9 @@ async def test_a_valid_edit_is_written_kept_installed_and_audited(api):
         "old_sha256": current.headers["ETag"].strip('"'),
         "new_sha256": hashlib.sha256(text.encode()).hexdigest(),
         "token": None,
+        "request": None,
+        "decision": None,
+        "name": None,
     }
     assert len((await api.call("GET", "/v1/audit", "viewer")).json()["entries"]) == 2
 
