@@ -76,6 +76,8 @@ class Running:
     config: config.Config
     root: Path
     admin_port: int | None = None
+    blockpage_port: int | None = None  # the block page's first plain HTTP address (with `blockpage:`)
+    blockpage_tls_port: int | None = None
 
     @property
     def port(self) -> int:
@@ -150,12 +152,19 @@ async def running_resolver(
         state=dns_worker.state, reload=dns_worker.reload, config=cfg, snapshot=installed, sync=syncing
     )
     runner = await admin.start(admin_sock, control, admin_limits) if admin_sock is not None else None
+    blockpage_sockets = app.bind_blockpage(cfg)
+    blockpage = await app.start_blockpage(blockpage_sockets, cfg, installed)
     running = Running(dns_worker, cfg, root, admin.bound_port(runner) if runner else None)
+    if blockpage_sockets is not None:
+        running.blockpage_port = blockpage_sockets.http[0].getsockname()[1]
+        if blockpage_sockets.https:
+            running.blockpage_tls_port = blockpage_sockets.https[0].getsockname()[1]
     watcher = asyncio.create_task(worker.watch_files(cfg, dns_worker.reload, signature))  # as `schooldns serve` does
     try:
         yield running
     finally:
         watcher.cancel()
+        await app.stop_blockpage(blockpage)
         if runner is not None:
             await runner.cleanup()
         await dns_worker.stop()
