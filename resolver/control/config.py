@@ -288,8 +288,9 @@ def _blockpage(top: yamlfile.Section, base: Path) -> BlockpageConfig:
     section = top.sub("blockpage")
     listen = _addresses(section, "listen", ["0.0.0.0:80"], default_port=80)
     tls = None
-    if section.has("tls"):
-        tls_section = section.sub("tls")
+    written = section.has("tls")
+    tls_section = section.sub("tls")  # taken either way: an unknown key's message lists it
+    if written:
         tls_listen = _addresses(tls_section, "listen", ["0.0.0.0:443"], default_port=443)
         cert_file = tls_section.typed("cert_file", str)
         key_file = tls_section.typed("key_file", str)

@@ -387,7 +387,6 @@ class Api:
     ) -> None:
         """An allowed request's name into the school's `allow`, a denied report's into its `deny`, through
         the one policy write (_write_policy); nothing when the list holds it already."""
-        self._refuse_on_hub()
         if decision is requestbox.Decision.ALLOW:
             snapshot = await self._snapshot()
             school = snapshot.policies.school(found.school)
@@ -399,6 +398,7 @@ class Api:
                         f"{found.name} is blocked by the province ({now.category}), which an allow entry does "
                         "not lift: only the province's lists change that",
                     )
+        self._refuse_on_hub()
         path = policyedit.school_path(self.config, found.school)
         current = await asyncio.to_thread(policyedit.read, path)
         if current is None:

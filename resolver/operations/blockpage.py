@@ -93,13 +93,13 @@ class Blockpage:
         form, visitor = await self._post(request)
         school = visitor.school
         assert school is not None
+        name = _host_name(form.get("name", ""))  # the page's own name, signed in its token
+        if name is None or not self._valid(form.get("token", ""), requestbox.Kind.UNBLOCK, school.id, name):
+            return _answer(Answer.EXPIRED)
         try:
-            name = policy.normalize_name(form.get("name", ""))
             reason = requestbox.UnblockReason(form.get("reason", ""))
         except ValueError:
             return _answer(Answer.NOT_A_SITE)
-        if not self._valid(form.get("token", ""), requestbox.Kind.UNBLOCK, school.id, name):
-            return _answer(Answer.EXPIRED)
         block = _blocked(visitor, name)
         if block is None or not _may_ask(block):
             return _answer(Answer.NOT_BLOCKED)

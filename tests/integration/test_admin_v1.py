@@ -149,6 +149,8 @@ MATRIX = {
     ("POST", "/v1/sync"): (404, 403, 403, 401, 401),
     ("GET", "/v1/audit"): (200, 200, 200, 401, 401),
     ("GET", "/v1/audit?school=school-b"): (200, 200, 403, 401, 401),
+    ("GET", "/v1/requests"): (200, 200, 200, 401, 401),
+    ("GET", "/v1/requests?school=school-b"): (200, 200, 403, 401, 401),
     ("GET", "/v1/openapi.json"): (200, 200, 200, 401, 401),
 }
 
