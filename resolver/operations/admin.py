@@ -377,10 +377,10 @@ class Api:
                     name=found.name,
                 )
             )
-            now = await asyncio.to_thread(self.requests.get, request_id)
+            after = await asyncio.to_thread(self.requests.get, request_id)
             generation = self.control.state().generation
-        assert now is not None
-        return web.json_response({"request": now.to_json(), "generation": generation})
+        assert after is not None
+        return web.json_response({"request": after.to_json(), "generation": generation})
 
     async def _change_list(
         self, caller: access.Caller, found: requestbox.Request, decision: requestbox.Decision
@@ -498,16 +498,15 @@ def _decision(body: bytes) -> requestbox.Decision:
 def _check_decision(caller: access.Caller, found: requestbox.Request, decision: requestbox.Decision) -> None:
     """Whether this caller may decide `found` so: a school decides its open requests, the province its
     schools' open and forwarded ones; allow is for unblock requests, deny for reports."""
-    Decision, Kind, Status = requestbox.Decision, requestbox.Kind, requestbox.Status
     if found.status not in requestbox.WAITING:
         raise Refused(Failure.CONFLICT, f"request {found.id} is decided already ({found.status.value})")
-    if caller.role.kind is tokens.RoleKind.SCHOOL and found.status is Status.FORWARDED:
+    if caller.role.kind is tokens.RoleKind.SCHOOL and found.status is requestbox.Status.FORWARDED:
         raise Refused(Failure.CONFLICT, f"request {found.id} is with the province now")
-    if decision is Decision.FORWARD and caller.role.kind is tokens.RoleKind.PROVINCE:
+    if decision is requestbox.Decision.FORWARD and caller.role.kind is tokens.RoleKind.PROVINCE:
         raise Refused(Failure.CONFLICT, "the province decides: allow, deny or reject")
-    if decision is Decision.ALLOW and found.kind is not Kind.UNBLOCK:
+    if decision is requestbox.Decision.ALLOW and found.kind is not requestbox.Kind.UNBLOCK:
         raise Refused(Failure.BAD_REQUEST, "a report asks for a block: deny, reject or forward it")
-    if decision is Decision.DENY and found.kind is not Kind.REPORT:
+    if decision is requestbox.Decision.DENY and found.kind is not requestbox.Kind.REPORT:
         raise Refused(Failure.BAD_REQUEST, "an unblock request is allowed, rejected or forwarded")
 
 

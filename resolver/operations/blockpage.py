@@ -72,8 +72,9 @@ class Blockpage:
     async def show(self, request: web.Request) -> web.Response:
         visitor = await self._visitor(request)
         name = _host_name(request.headers.get("Host", ""))
-        if name is not None and name == _host_name(urllib.parse.urlsplit(visitor.snapshot.province.info_url).netloc):
-            name = None  # the block page by its own name (the EDE's info URL)
+        own_name = _host_name(urllib.parse.urlsplit(visitor.snapshot.province.info_url).netloc)
+        if visitor.school is None or name == own_name:
+            name = None  # the block page by its own name (the EDE's info URL), or for no school: no verdict
         block = _blocked(visitor, name) if name is not None else None
         school = visitor.school
         issued = int(self.clock())

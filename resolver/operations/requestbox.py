@@ -226,8 +226,9 @@ class RequestBox:
         return None if row is None else _request(row)
 
     def decide(self, request_id: int, was: Status, now_status: Status, who: str, now: float) -> bool:
-        """Move the request from `was` to `now_status`; False if it is no longer `was` (decided meanwhile)."""
+        """Move the request from `was` to `now_status`; False if it is no longer `was` (decided meanwhile) or kept."""
         with self._writing() as db:
+            self._prune(db, now)  # first: a request past its retention is gone, not decided
             changed = db.execute(
                 "UPDATE requests SET status = ?, decided = ?, decided_by = ? WHERE id = ? AND status = ?",
                 (now_status.value, minute(now), who, request_id, was.value),

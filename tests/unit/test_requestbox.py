@@ -99,6 +99,8 @@ def test_requests_not_asked_within_the_retention_go(tmp_path):
     assert [r.name for r in requests.read(10)] == ["new.example", "asked-again.example"]
     requests.submit(Kind.REPORT, "school-a", "newer.example", "scam", T0 + 2 * DAY)
     assert [r.name for r in requests.read(10)] == ["newer.example", "new.example"]
+    assert not requests.decide(3, Status.OPEN, Status.REJECTED, "it-a", T0 + 4 * DAY)  # gone, not decided
+    assert requests.read(10) == []
 
 
 def test_the_bounds_of_a_config(tmp_path):
