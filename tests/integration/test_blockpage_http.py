@@ -8,6 +8,7 @@ import datetime
 import html
 import json
 import re
+import socket
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -25,7 +26,8 @@ from resolver.control import config
 from resolver.errors import ResolverError
 from resolver.operations import admin, pages, requestbox, tlscert, tokens
 from resolver.processes import app
-from tests.support import harness
+from tests.support import harness, served
+from tests.support.fake_upstream import FakeUpstream
 
 # School A (127.0.0.1) answers blocked names with the block page's address, and blocks games;
 # school B (127.0.0.2) does not block games; 127.0.0.3 is in no school. csam is withheld.
@@ -403,3 +405,28 @@ def test_a_certificate_that_does_not_load_stops_the_start_in_one_line(tmp_path):
         f"blockpage.tls in {path}: cannot load the certificate {tmp_path / 'no.pem'} with the key "
         f"{tmp_path / 'no.key'}: No such file or directory"
     )
+
+
+def test_a_block_page_port_that_is_taken_stops_the_start_in_one_line(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = harness.write_site(tmp_path, ["192.0.2.53:53"], f'blockpage: {{listen: ["127.0.0.1:{port}"]}}\n')
+        with pytest.raises(ResolverError) as raised:
+            app.bind_blockpage(config.load_config(path))
+    assert str(raised.value) == (
+        f"cannot listen on 127.0.0.1:{port} (tcp): address already in use; "
+        f"stop the other server or change blockpage.listen in {path}"
+    )
+
+
+async def test_schooldns_serve_in_one_process_serves_the_page(tmp_path):
+    async with (
+        FakeUpstream() as upstream,
+        served.serve(tmp_path, upstream, workers=1, files=FILES, more_config=BLOCKPAGE) as server,
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{server.blockpage_port}/", headers={"Host": "games.example.com"}) as response,
+    ):
+        assert response.status == 403
+        assert "Tiểu học A" in await response.text()
