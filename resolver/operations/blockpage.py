@@ -71,23 +71,19 @@ class Blockpage:
 
     async def show(self, request: web.Request) -> web.Response:
         visitor = await self._visitor(request)
-        name = _host_name(request.headers.get("Host", ""))
-        own_name = _host_name(urllib.parse.urlsplit(visitor.snapshot.province.info_url).netloc)
-        if visitor.school is None or name == own_name:
-            name = None  # the block page by its own name (the EDE's info URL), or for no school: no verdict
-        block = _blocked(visitor, name) if name is not None else None
         school = visitor.school
+        if school is None:  # a device in no school's networks: no verdict to give, nobody to ask
+            return _html(pages.render(pages.Page(None, None, None, None, None)), 200)
+        name = _host_name(request.headers.get("Host", ""))
+        if name == _host_name(urllib.parse.urlsplit(visitor.snapshot.province.info_url).netloc):
+            name = None  # the block page by its own name (the EDE's info URL)
+        block = _blocked(visitor, name) if name is not None else None
         issued = int(self.clock())
         unblock_token = None
-        if school is not None and name is not None and block is not None and _may_ask(block):
+        if name is not None and block is not None and _may_ask(block):
             unblock_token = self._token(requestbox.Kind.UNBLOCK, school.id, name, issued)
-        page = pages.Page(
-            name=name,
-            block=block,
-            school=school.name if school is not None else None,
-            unblock_token=unblock_token,
-            report_token=self._token(requestbox.Kind.REPORT, school.id, "", issued) if school is not None else None,
-        )
+        report_token = self._token(requestbox.Kind.REPORT, school.id, "", issued)
+        page = pages.Page(name, block, school.name, unblock_token, report_token)
         return _html(pages.render(page), 403 if block is not None else 200)
 
     async def unblock(self, request: web.Request) -> web.Response:
