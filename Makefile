@@ -31,10 +31,11 @@ check: $(STAMP)
 
 # The independent clients the integration tests drive; the tools that check deploy/
 # (tests/integration/test_deploy.py): shellcheck, systemd-analyze verify, nft -c; and Prometheus
-# (promtool checks the shipped rules; a real Prometheus scrapes real instances).
+# (promtool checks the shipped rules; a real Prometheus scrapes real instances); a headless Chromium
+# reads and uses the block page (tests/integration/test_blockpage_browser.py).
 test-tools:
 	@$(PACKAGES) dig=bind9-dnsutils kdig=knot-dnsutils drill=ldnsutils shellcheck=shellcheck \
-		systemd-analyze=systemd nft=nftables promtool=prometheus
+		systemd-analyze=systemd nft=nftables promtool=prometheus chromium=chromium
 
 test: $(STAMP) test-tools
 	$(PY) -m pytest

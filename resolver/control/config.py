@@ -101,6 +101,29 @@ class PublishConfig:
     keys: Path  # the online keys (targets, snapshot, timestamp); the root key stays offline
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class BlockpageTLSConfig:
+    """`blockpage.tls:` the block page over HTTPS too, with this certificate (docs/blockpage.md says when it helps)."""
+
+    listen: tuple[upstream.UpstreamAddress, ...]
+    cert_file: Path
+    key_file: Path
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BlockpageConfig:
+    """`blockpage:` the HTTP server of the block page (the addresses `blockpage` answers point to) and its requests."""
+
+    listen: tuple[upstream.UpstreamAddress, ...] = ()
+    tls: BlockpageTLSConfig | None = None
+    max_requests: int = _bounded(10_000, 10, 1_000_000)  # rows kept, the oldest decided ones dropped first
+    retention_days: int = _bounded(90, 1, 3_650, "days")
+    submissions_per_source: int = _bounded(10, 1, 10_000)  # form posts per source and window
+    submission_window_seconds: float = _bounded(600.0, 1.0, 86_400.0, "seconds")
+
+
+BLOCKPAGE_NUMBERS = ("max_requests", "retention_days", "submissions_per_source", "submission_window_seconds")
+
 WORKER_SPREADS = ("client", "random")  # `worker_spread`; server.spread_at_random says why
 
 
@@ -120,6 +143,7 @@ class Config:
     admin: AdminConfig
     sync: SyncConfig | None  # None: lists and policies come from the local directories
     publish: PublishConfig | None  # None: this machine publishes nothing
+    blockpage: BlockpageConfig | None  # None: no block page server
     policies_dir: Path
     blocklists_dir: Path
     state_dir: Path
@@ -176,6 +200,7 @@ def parse_config(doc: yamlfile.Document, path: Path) -> Config:
     publish = _publish(top, base) if top.has("publish") else None
     if sync is not None and publish is not None:
         top.fail("publish", "a hub publishes its own files and does not sync: remove `sync` or `publish`")
+    blockpage = _blockpage(top, base) if top.has("blockpage") else None
     default_school = top.raw("default_school", None)
     if default_school is not None and not isinstance(default_school, str):
         top.fail("default_school", f"expected a school id (a string) or null, got {yamlfile.describe(default_school)}")
@@ -198,6 +223,7 @@ def parse_config(doc: yamlfile.Document, path: Path) -> Config:
         ),
         sync=sync,
         publish=publish,
+        blockpage=blockpage,
         policies_dir=policies_dir,
         blocklists_dir=blocklists_dir,
         state_dir=state_dir,
@@ -261,6 +287,28 @@ def _publish(top: yamlfile.Section, base: Path) -> PublishConfig:
     keys = section.typed("keys", str)
     section.done()
     return PublishConfig(base / (repository or ""), base / (keys or ""))
+
+
+def _blockpage(top: yamlfile.Section, base: Path) -> BlockpageConfig:
+    section = top.sub("blockpage")
+    listen = _addresses(section, "listen", ["0.0.0.0:80"], default_port=80)
+    tls = None
+    written = section.has("tls")
+    tls_section = section.sub("tls")  # taken either way: an unknown key's message lists it
+    if written:
+        tls_listen = _addresses(tls_section, "listen", ["0.0.0.0:443"], default_port=443)
+        cert_file = tls_section.typed("cert_file", str)
+        key_file = tls_section.typed("key_file", str)
+        tls_section.done()
+        tls = BlockpageTLSConfig(tuple(tls_listen), base / (cert_file or ""), base / (key_file or ""))
+    numbers: dict[str, Any] = {}
+    for name in BLOCKPAGE_NUMBERS:
+        field = BlockpageConfig.__dataclass_fields__[name]
+        kind = (int, float) if isinstance(field.default, float) else int
+        value = section.typed(name, kind, field.default, check=field.metadata["bounds"].problem)
+        numbers[name] = float(value) if isinstance(field.default, float) else value
+    section.done()
+    return BlockpageConfig(tuple(listen), tls, **numbers)
 
 
 def _dataclass(section: yamlfile.Section, cls: type) -> Any:

@@ -1,4 +1,4 @@
-"""Who calls the admin API: the bearer token looked up in the tokens file, failed attempts limited per source."""
+"""Who calls the admin API: the bearer token looked up in the tokens file; failed attempts limited per source."""
 
 from __future__ import annotations
 
@@ -24,11 +24,12 @@ class Caller:
     role: tokens.Role
 
 
-class FailedAttempts:
-    """Failed authentications per source, in a table of at most `max_sources` (the oldest forgotten first).
+class PerSourceLimit:
+    """Events per source (failed authentications, the block page's form posts), in a table of at most
+    `max_sources` (the oldest forgotten first).
 
     A source is an IPv4 address or an IPv6 /64 (one host holds a whole /64). After `allowed`
-    failures within `window_seconds` of its first, a source is refused until that window ends.
+    events within `window_seconds` of its first, a source is refused until that window ends.
     Addresses are kept only here, in memory, never logged.
     """
 
@@ -51,20 +52,20 @@ class FailedAttempts:
         seen = self._seen.get(key)
         if seen is None:
             return None
-        started, failures = seen
+        started, events = seen
         left = started + self.window_seconds - self.clock()
         if left <= 0:
             del self._seen[key]
             return None
-        return left if failures >= self.allowed else None
+        return left if events >= self.allowed else None
 
-    def failed(self, source: str) -> None:
+    def count(self, source: str) -> None:
         key = _source_key(source)
         now = self.clock()
-        started, failures = self._seen.pop(key, (now, 0))
+        started, events = self._seen.pop(key, (now, 0))
         if now - started >= self.window_seconds:
-            started, failures = now, 0
-        self._seen[key] = (started, failures + 1)
+            started, events = now, 0
+        self._seen[key] = (started, events + 1)
         while len(self._seen) > self.max_sources:
             self._seen.popitem(last=False)
 
@@ -84,7 +85,7 @@ def _source_key(source: str) -> str:
 class Gate:
     """Authenticates requests against the tokens file (read again when it changes) and checks roles."""
 
-    def __init__(self, token_file: tokens.TokenFile, attempts: FailedAttempts):
+    def __init__(self, token_file: tokens.TokenFile, attempts: PerSourceLimit):
         self.token_file = token_file
         self.attempts = attempts
         self._problem_logged: str | None = None
@@ -108,7 +109,7 @@ class Gate:
                 log.error("no admin API token is accepted: %s", self.token_file.problem)
         token = known.find(secret.strip()) if scheme.lower() == "bearer" else None
         if token is None:
-            self.attempts.failed(source)
+            self.attempts.count(source)
             raise Refused(Failure.UNAUTHENTICATED, "unknown token")
         if token.role.kind not in kinds:
             allowed = " or ".join(kind.value for kind in tokens.RoleKind if kind in kinds)

@@ -8,10 +8,12 @@ import datetime
 import functools
 import hashlib
 import importlib.resources
+import json
 import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -22,14 +24,14 @@ from resolver.control import checks, config, syncstate
 from resolver.dataplane import pipeline, upstream, workerstate
 from resolver.errors import ResolverError, UsageError
 from resolver.filtering import lists, policy
-from resolver.operations import access, audit, exposition, policyedit, tokens
+from resolver.operations import access, audit, exposition, policyedit, requestbox, tokens
 from resolver.operations.refusals import Failure, Refused
 
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 64 * 1024
 OPENAPI_RESOURCE = "openapi.yaml"  # package data of resolver.operations; docs/openapi.yaml links to it
-AUDIT_DEFAULT_LIMIT = 100
+DEFAULT_LIMIT = 100  # entries or requests a read returns unless `limit` says
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -140,11 +142,12 @@ class Api:
         self.limits = limits
         self.gate = access.Gate(
             tokens.TokenFile(control.config.admin.tokens_file),
-            access.FailedAttempts(
+            access.PerSourceLimit(
                 limits.failed_auth_allowed, limits.failed_auth_window_seconds, limits.failed_auth_sources
             ),
         )
         self.audit = audit.AuditLog(control.config.state_dir)
+        self.requests = requestbox.RequestBox.of(control.config)
         self.writing = asyncio.Lock()  # one write at a time: the ETag check, the file and its reload
 
     def routes(self) -> list[web.RouteDef]:
@@ -158,6 +161,8 @@ class Api:
             web.get("/v1/sync", self.get_sync),
             web.post("/v1/sync", self.post_sync),
             web.get("/v1/audit", self.get_audit),
+            web.get("/v1/requests", self.get_requests),
+            web.post("/v1/requests/{id}/decision", self.decide_request),
             web.get("/v1/openapi.json", self.openapi),
         ]
 
@@ -210,44 +215,62 @@ class Api:
         if not caller.role.may_write_school(school_id):
             raise Refused(Failure.FORBIDDEN, "a school token changes only its own school's policy")
         path = policyedit.school_path(self.config, school_id)
+        self._refuse_on_hub()
+        if_match, if_none_match = request.headers.get("If-Match"), request.headers.get("If-None-Match")
+        policyedit.require_precondition(if_match, if_none_match)  # before the body is read
+        data = await self._body(request)
+        async with self.writing:
+            current = await asyncio.to_thread(policyedit.read, path)
+            policyedit.check_preconditions(
+                current, if_match, if_none_match, caller.role.kind is not tokens.RoleKind.SCHOOL
+            )
+            await self._write_policy(caller, school_id, path, current, data)
+            generation = self.control.state().generation
+        etag = policyedit.PolicyText(data).etag
+        return web.json_response({"generation": generation, "etag": etag}, headers={"ETag": etag})
+
+    async def _write_policy(
+        self,
+        caller: access.Caller,
+        school_id: str,
+        path: Path,
+        current: policyedit.PolicyText | None,
+        data: bytes,
+    ) -> None:
+        """The one way a policy file changes (a PUT, a request's decision): a school token's limits, the
+        checks of `schooldns check`, the atomic replace with its history, the reload, the audit entry.
+        Called with self.writing held, `current` read under it."""
+        school_token = caller.role.kind is tokens.RoleKind.SCHOOL
+        old_sha256, new_sha256 = current.sha256 if current else None, hashlib.sha256(data).hexdigest()
+
+        def entry(result: audit.Result) -> audit.Entry:
+            return self._entry(caller, audit.Action.POLICY_WRITE, result, school_id, old_sha256, new_sha256)
+
+        try:
+            if school_token:
+                policyedit.check_province_keys(current, data, path)
+            await asyncio.to_thread(policyedit.validate, self.config, path, data, school_token)
+            await asyncio.to_thread(policyedit.replace, self.config, school_id, path, data, current)
+        except Refused as exc:
+            result = {Failure.INVALID: audit.Result.INVALID, Failure.FORBIDDEN: audit.Result.REFUSED}
+            await self._record(entry(result.get(exc.failure, audit.Result.FAILED)))
+            raise
+        if not await self.control.reload():
+            await asyncio.to_thread(policyedit.restore, path, current)
+            await self._record(entry(audit.Result.FAILED))
+            raise Refused(
+                Failure.NOT_APPLIED,
+                "the policy passed the checks, but the server could not install it (its log says why); "
+                "the previous file is back in place",
+            )
+        await self._record(entry(audit.Result.OK))
+
+    def _refuse_on_hub(self) -> None:
         if self.config.sync is not None:
             raise Refused(
                 Failure.CONFLICT,
                 f"this instance takes its policies from the hub ({self.config.sync.repository}): edit at the hub",
             )
-        if_match, if_none_match = request.headers.get("If-Match"), request.headers.get("If-None-Match")
-        policyedit.require_precondition(if_match, if_none_match)  # before the body is read
-        data = await self._body(request)
-        school_token = caller.role.kind is tokens.RoleKind.SCHOOL
-        async with self.writing:
-            current = await asyncio.to_thread(policyedit.read, path)
-            policyedit.check_preconditions(current, if_match, if_none_match, not school_token)
-            old_sha256, new_sha256 = current.sha256 if current else None, hashlib.sha256(data).hexdigest()
-
-            def entry(result: audit.Result) -> audit.Entry:
-                return self._entry(caller, audit.Action.POLICY_WRITE, result, school_id, old_sha256, new_sha256)
-
-            try:
-                if school_token:
-                    policyedit.check_province_keys(current, data, path)
-                await asyncio.to_thread(policyedit.validate, self.config, path, data, school_token)
-                await asyncio.to_thread(policyedit.replace, self.config, school_id, path, data, current)
-            except Refused as exc:
-                result = {Failure.INVALID: audit.Result.INVALID, Failure.FORBIDDEN: audit.Result.REFUSED}
-                await self._record(entry(result.get(exc.failure, audit.Result.FAILED)))
-                raise
-            if not await self.control.reload():
-                await asyncio.to_thread(policyedit.restore, path, current)
-                await self._record(entry(audit.Result.FAILED))
-                raise Refused(
-                    Failure.NOT_APPLIED,
-                    "the policy passed the checks, but the server could not install it (its log says why); "
-                    "the previous file is back in place",
-                )
-            await self._record(entry(audit.Result.OK))
-            generation = self.control.state().generation
-        etag = policyedit.PolicyText(data).etag
-        return web.json_response({"generation": generation, "etag": etag}, headers={"ETag": etag})
 
     async def explain(self, request: web.Request) -> web.Response:
         caller = self.caller(request, ANYONE)
@@ -302,16 +325,88 @@ class Api:
 
     async def get_audit(self, request: web.Request) -> web.Response:
         caller = self.caller(request, ANYONE)
-        text = request.query.get("limit", str(AUDIT_DEFAULT_LIMIT))
-        if not text.isdigit() or not 1 <= int(text) <= audit.MAX_READ:
-            raise Refused(Failure.BAD_REQUEST, f"limit is a number of entries, 1 to {audit.MAX_READ}")
-        school = request.query.get("school")
-        if caller.role.kind is tokens.RoleKind.SCHOOL:
-            if school is not None and school != caller.role.school:
-                raise Refused(Failure.FORBIDDEN, "a school token reads only its own school's entries")
-            school = caller.role.school
-        entries = await asyncio.to_thread(self.audit.read, int(text), school)
+        limit = _limit(request, audit.MAX_READ, "entries")
+        school = _school_filter(request, caller, "entries")
+        entries = await asyncio.to_thread(self.audit.read, limit, school)
         return web.json_response({"entries": [entry.to_json() for entry in entries]})
+
+    async def get_requests(self, request: web.Request) -> web.Response:
+        caller = self.caller(request, ANYONE)
+        limit = _limit(request, requestbox.MAX_READ, "requests")
+        school = _school_filter(request, caller, "requests")
+        status = None
+        if "status" in request.query:
+            try:
+                status = requestbox.Status(request.query["status"])
+            except ValueError:
+                known = ", ".join(status.value for status in requestbox.Status)
+                raise Refused(Failure.BAD_REQUEST, f"status is one of {known}") from None
+        found = await asyncio.to_thread(self.requests.read, limit, school, status)
+        return web.json_response({"requests": [one.to_json() for one in found]})
+
+    async def decide_request(self, request: web.Request) -> web.Response:
+        caller = self.caller(request, WRITERS)
+        text = request.match_info["id"]
+        if not text.isdigit() or len(text) > 18:
+            raise Refused(Failure.BAD_REQUEST, "a request's id is a number")
+        request_id = int(text)
+        decision = _decision(await self._body(request))
+        async with self.writing:
+            found = await asyncio.to_thread(self.requests.get, request_id)
+            if found is None or not caller.role.may_read_school(found.school):
+                mine = " of your school" if caller.role.kind is tokens.RoleKind.SCHOOL else ""
+                raise Refused(Failure.NOT_FOUND, f"no request {request_id}{mine}")
+            _check_decision(caller, found, decision)
+            if decision in (requestbox.Decision.ALLOW, requestbox.Decision.DENY):
+                await self._change_list(caller, found, decision)
+            decided = await asyncio.to_thread(
+                self.requests.decide,
+                request_id,
+                found.status,
+                requestbox.DECIDED_AS[decision],
+                caller.name,
+                time.time(),
+            )
+            if not decided:  # dropped (max_requests) since it was read
+                raise Refused(Failure.NOT_FOUND, f"request {request_id} is no longer kept")
+            await self._record(
+                dataclasses.replace(
+                    self._entry(caller, audit.Action.REQUEST_DECISION, audit.Result.OK, found.school),
+                    request=request_id,
+                    decision=decision.value,
+                    name=found.name,
+                )
+            )
+            after = await asyncio.to_thread(self.requests.get, request_id)
+            generation = self.control.state().generation
+        assert after is not None
+        return web.json_response({"request": after.to_json(), "generation": generation})
+
+    async def _change_list(
+        self, caller: access.Caller, found: requestbox.Request, decision: requestbox.Decision
+    ) -> None:
+        """An allowed request's name into the school's `allow`, a denied report's into its `deny`, through
+        the one policy write (_write_policy); nothing when the list holds it already."""
+        if decision is requestbox.Decision.ALLOW:
+            snapshot = await self._snapshot()
+            school = snapshot.policies.school(found.school)
+            if school is not None:
+                now = policy.decide(school, found.name, snapshot.index.lookup(found.name), time.time())
+                if isinstance(now, policy.Block) and now.authority is policy.Authority.PROVINCE:
+                    raise Refused(
+                        Failure.CONFLICT,
+                        f"{found.name} is blocked by the province ({now.category}), which an allow entry does "
+                        "not lift: only the province's lists change that",
+                    )
+        self._refuse_on_hub()
+        path = policyedit.school_path(self.config, found.school)
+        current = await asyncio.to_thread(policyedit.read, path)
+        if current is None:
+            raise Refused(Failure.NOT_FOUND, f"no policy file for school '{found.school}'")
+        key = "allow" if decision is requestbox.Decision.ALLOW else "deny"
+        data = policyedit.with_entry(current.data, key, found.name, path)
+        if data != current.data:
+            await self._write_policy(caller, found.school, path, current, data)
 
     async def openapi(self, request: web.Request) -> web.Response:
         self.caller(request, ANYONE)
@@ -366,6 +461,53 @@ class Api:
 
     async def _record(self, entry: audit.Entry) -> None:
         await asyncio.to_thread(self.audit.append, entry)
+
+
+def _limit(request: web.Request, most: int, what: str) -> int:
+    text = request.query.get("limit", str(DEFAULT_LIMIT))
+    if not text.isdigit() or not 1 <= int(text) <= most:
+        raise Refused(Failure.BAD_REQUEST, f"limit is a number of {what}, 1 to {most}")
+    return int(text)
+
+
+def _school_filter(request: web.Request, caller: access.Caller, what: str) -> str | None:
+    """The `school` a read keeps to: for a school token, its own (another is refused)."""
+    school = request.query.get("school")
+    if caller.role.kind is tokens.RoleKind.SCHOOL:
+        if school is not None and school != caller.role.school:
+            raise Refused(Failure.FORBIDDEN, f"a school token reads only its own school's {what}")
+        school = caller.role.school
+    return school
+
+
+def _decision(body: bytes) -> requestbox.Decision:
+    choices = ", ".join(f'"{decision.value}"' for decision in requestbox.Decision)
+    wrong = Refused(Failure.BAD_REQUEST, f'send {{"decision": D}}, D one of {choices}')
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise wrong from None
+    if not isinstance(data, dict) or set(data) != {"decision"}:
+        raise wrong
+    try:
+        return requestbox.Decision(data["decision"])
+    except (ValueError, TypeError):
+        raise wrong from None
+
+
+def _check_decision(caller: access.Caller, found: requestbox.Request, decision: requestbox.Decision) -> None:
+    """Whether this caller may decide `found` so: a school decides its open requests, the province its
+    schools' open and forwarded ones; allow is for unblock requests, deny for reports."""
+    if found.status not in requestbox.WAITING:
+        raise Refused(Failure.CONFLICT, f"request {found.id} is decided already ({found.status.value})")
+    if caller.role.kind is tokens.RoleKind.SCHOOL and found.status is requestbox.Status.FORWARDED:
+        raise Refused(Failure.CONFLICT, f"request {found.id} is with the province now")
+    if decision is requestbox.Decision.FORWARD and caller.role.kind is tokens.RoleKind.PROVINCE:
+        raise Refused(Failure.CONFLICT, "the province decides: allow, deny or reject")
+    if decision is requestbox.Decision.ALLOW and found.kind is not requestbox.Kind.UNBLOCK:
+        raise Refused(Failure.BAD_REQUEST, "a report asks for a block: deny, reject or forward it")
+    if decision is requestbox.Decision.DENY and found.kind is not requestbox.Kind.REPORT:
+        raise Refused(Failure.BAD_REQUEST, "an unblock request is allowed, rejected or forwarded")
 
 
 def _sync_json(status: syncstate.SyncStatus) -> dict[str, Any]:
@@ -453,7 +595,7 @@ def make_app(control: Control, limits: Limits | None = None) -> web.Application:
     return app
 
 
-class _NoAddresses(logging.Filter):
+class NoAddresses(logging.Filter):
     """aiohttp logs a malformed request "from <client address>": kept, without the address or a traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -467,7 +609,7 @@ class _NoAddresses(logging.Filter):
 
 
 _server_log = logging.getLogger(f"{__name__}.http")
-_server_log.addFilter(_NoAddresses())
+_server_log.addFilter(NoAddresses())
 
 
 async def start(sock: socket.socket, control: Control, limits: Limits | None = None) -> web.AppRunner:

@@ -32,6 +32,7 @@ class Action(enum.Enum):
     SYNC = "sync"
     TOKEN_ADD = "token.add"
     TOKEN_REVOKE = "token.revoke"
+    REQUEST_DECISION = "request.decision"  # a block page request allowed, denied, rejected or forwarded
 
 
 class Result(enum.Enum):
@@ -54,6 +55,9 @@ class Entry:
     old_sha256: str | None = None  # of the file before (None: there was none)
     new_sha256: str | None = None  # of the file written, or offered when refused
     token: str | None = None  # token.add / token.revoke: the token's name and role, e.g. "it-a (school:a)"
+    request: int | None = None  # request.decision: the request's id ...
+    decision: str | None = None  # ... the decision (allow, deny, reject, forward) ...
+    name: str | None = None  # ... and the name it is about
 
     def to_json(self) -> dict[str, Any]:
         moment = datetime.datetime.fromtimestamp(self.time, datetime.UTC)
@@ -67,6 +71,9 @@ class Entry:
             "old_sha256": self.old_sha256,
             "new_sha256": self.new_sha256,
             "token": self.token,
+            "request": self.request,
+            "decision": self.decision,
+            "name": self.name,
         }
 
     @classmethod
@@ -83,6 +90,9 @@ class Entry:
                 old_sha256=data.get("old_sha256"),
                 new_sha256=data.get("new_sha256"),
                 token=data.get("token"),
+                request=data.get("request"),
+                decision=data.get("decision"),
+                name=data.get("name"),
             )
         except (KeyError, TypeError, ValueError, AttributeError):
             return None

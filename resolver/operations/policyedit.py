@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -11,6 +12,8 @@ import stat
 import tempfile
 import time
 from pathlib import Path
+
+import yaml
 
 from resolver import durable, yamlfile
 from resolver.control import config, snapshots
@@ -119,6 +122,49 @@ def _parsed(text: str, path: Path, broken_ok: bool = False) -> dict[str, object]
             return {}
         raise Refused(Failure.INVALID, f"{path.name} does not pass the checks", exc.problems) from None
     return data if isinstance(data, dict) else {}
+
+
+def with_entry(data: bytes, key: str, name: str, path: Path) -> bytes:
+    """The file's text with `name` added to its top-level list `key` (`allow`, `deny`), the rest as written.
+
+    A flow list (`allow: [a, b]`) gets `, name` after its last item, a block list a `- name` line
+    after its last, with the same indent; a missing or empty key becomes `key: [name]`. The same
+    bytes come back if the list holds `name` already. Comments and layout stay; the result is
+    checked like any edit (validate).
+    """
+    text = decode(data, path)
+    top = _parsed(text, path)  # refuses anchors, aliases, deep nesting: then composing it again is safe
+    value = top.get(key)
+    if isinstance(value, list) and name in value:
+        return data
+    if value is not None and not isinstance(value, list):
+        raise Refused(
+            Failure.INVALID,
+            f"{path.name}: `{key}` is not a list; fix the file first",
+            [Problem(str(path), 1, key, "expected a list of names")],
+        )
+    item = name if yaml.safe_load(name) == name else json.dumps(name)  # a plain scalar unless it reads as another
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    node = next((v for k, v in root.value if k.value == key), None) if isinstance(root, yaml.MappingNode) else None
+    if node is None:
+        edited = text + ("" if not text or text.endswith("\n") else "\n") + f"{key}: [{item}]\n"
+    elif isinstance(node, yaml.ScalarNode):  # `key:` or `key: ~`
+        start, end = node.start_mark.index, node.end_mark.index
+        edited = text[:start] + ("" if text[start - 1] == " " else " ") + f"[{item}]" + text[end:]
+    elif not node.value:  # `key: []`
+        edited = text[: node.start_mark.index] + f"[{item}]" + text[node.end_mark.index :]
+    elif node.flow_style:
+        at = node.value[-1].end_mark.index
+        edited = text[:at] + f", {item}" + text[at:]
+    else:
+        first = node.value[0].start_mark.index
+        indent = text[text.rfind("\n", 0, first) + 1 : first]  # e.g. "  - "
+        line_end = text.find("\n", node.value[-1].end_mark.index)
+        if line_end < 0:
+            edited = text + "\n" + indent + item + "\n"
+        else:
+            edited = text[: line_end + 1] + indent + item + "\n" + text[line_end + 1 :]
+    return edited.encode("utf-8")
 
 
 def validate(cfg: config.Config, path: Path, data: bytes, own_file_only: bool) -> None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 from resolver.control import config, snapshots
 from resolver.dataplane import pipeline, server, upstream, workerstate
 from resolver.errors import ResolverError
+from resolver.operations import tlscert
 from resolver.processes import sdnotify, spawner, worker
 
 if TYPE_CHECKING:  # imported at run time only once DNS serves (start_admin), or with sync/publish
@@ -61,6 +62,63 @@ def bind_admin(cfg: config.Config) -> socket.socket | None:
     if cfg.admin.listen is None:
         return None
     return server.bind_socket(cfg.admin.listen, socket.SOCK_STREAM, False, f"admin.listen in {cfg.file}")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BlockpageSockets:
+    """The block page's bound sockets: plain HTTP, and HTTPS with the certificate of `blockpage.tls`."""
+
+    http: tuple[socket.socket, ...]
+    https: tuple[socket.socket, ...]
+    certificate: tlscert.Certificate | None
+
+    def close(self) -> None:
+        for sock in (*self.http, *self.https):
+            sock.close()
+
+
+def bind_blockpage(cfg: config.Config) -> BlockpageSockets | None:
+    """The block page's sockets (None: no `blockpage:`), bound and its certificate loaded before DNS
+    serves: an address that is taken or a certificate that does not load fails the start in one line."""
+    page = cfg.blockpage
+    if page is None:
+        return None
+    certificate = tlscert.Certificate(page.tls, f"blockpage.tls in {cfg.file}") if page.tls is not None else None
+    bound: list[socket.socket] = []
+    try:
+        for address in page.listen:
+            bound.append(server.bind_socket(address, socket.SOCK_STREAM, False, f"blockpage.listen in {cfg.file}"))
+        for address in page.tls.listen if page.tls is not None else ():
+            bound.append(server.bind_socket(address, socket.SOCK_STREAM, False, f"blockpage.tls.listen in {cfg.file}"))
+    except BaseException:
+        for sock in bound:
+            sock.close()
+        raise
+    return BlockpageSockets(tuple(bound[: len(page.listen)]), tuple(bound[len(page.listen) :]), certificate)
+
+
+async def start_blockpage(
+    sockets: BlockpageSockets | None,
+    cfg: config.Config,
+    snapshot: Callable[[], Awaitable[pipeline.Snapshot]],
+) -> tuple[web.AppRunner, asyncio.Task[None] | None] | None:
+    """Serve the block page on its sockets (imported in a thread, like the admin API, once DNS answers)."""
+    if sockets is None:
+        return None
+    blockpage = await asyncio.to_thread(importlib.import_module, "resolver.operations.blockpage")
+    started: tuple[web.AppRunner, asyncio.Task[None] | None] = await blockpage.start(
+        sockets.http, sockets.https, sockets.certificate, cfg, snapshot
+    )
+    return started
+
+
+async def stop_blockpage(started: tuple[web.AppRunner, asyncio.Task[None] | None] | None) -> None:
+    if started is None:
+        return
+    runner, watcher = started
+    if watcher is not None:
+        watcher.cancel()
+    await runner.cleanup()
 
 
 async def start_admin(
@@ -151,6 +209,12 @@ async def run_single(cfg: config.Config, ready: Callable[[worker.Worker], object
     cfg = worker.check_listen(cfg)  # before the snapshot, which may take a compile
     admin_sock = bind_admin(cfg)
     try:
+        blockpage_sockets = bind_blockpage(cfg)
+    except BaseException:
+        if admin_sock is not None:
+            admin_sock.close()
+        raise
+    try:
         await Distribution.before_serving(cfg)
         files = snapshots.files_signature(cfg)
         # No local name for the first snapshot: this frame lives until shutdown, and would keep it
@@ -160,6 +224,8 @@ async def run_single(cfg: config.Config, ready: Callable[[worker.Worker], object
     except BaseException:
         if admin_sock is not None:
             admin_sock.close()
+        if blockpage_sockets is not None:
+            blockpage_sockets.close()
         raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -176,7 +242,9 @@ async def run_single(cfg: config.Config, ready: Callable[[worker.Worker], object
     admin_runner = await start_admin(
         admin_sock, cfg, dns_worker.state, distribution.reload, installed, distribution.syncer
     )
-    sdnotify.notify("READY=1")  # systemd's Type=notify: the first snapshot serves, and so does the admin API
+    blockpage = await start_blockpage(blockpage_sockets, cfg, installed)
+    # systemd's Type=notify: the first snapshot serves, and so do the admin API and the block page
+    sdnotify.notify("READY=1")
     if ready is not None:
         ready(dns_worker)
     tasks = [*distribution.start(files), loop.create_task(watch_state(dns_worker.state, STATE_TICK_SECONDS))]
@@ -185,6 +253,7 @@ async def run_single(cfg: config.Config, ready: Callable[[worker.Worker], object
     for task in tasks:
         task.cancel()
     log.info("shutting down: draining queries in flight (up to %.1fs)", cfg.limits.shutdown_drain_seconds)
+    await stop_blockpage(blockpage)
     if admin_runner is not None:
         await admin_runner.cleanup()
     await dns_worker.stop()
@@ -301,11 +370,14 @@ class Supervisor:
         """
         admin_sock: socket.socket | None = None
         admin_runner: web.AppRunner | None = None
+        blockpage_sockets: BlockpageSockets | None = None
+        blockpage = None
         watchers: list[asyncio.Task[None]] = []
         try:
             # Checked here, before any worker builds a snapshot; the workers serve what can be bound.
             self.listen = worker.check_listen(self.config).listen
             admin_sock = bind_admin(self.config)
+            blockpage_sockets = bind_blockpage(self.config)
             await Distribution.before_serving(self.config)
             files = snapshots.files_signature(self.config)
             # Worker 0 first: with port 0 it picks the ports the others then share.
@@ -330,7 +402,8 @@ class Supervisor:
                 self.snapshot,
                 self.distribution.syncer,
             )
-            sdnotify.notify("READY=1")  # every worker serves the first snapshot, and the admin API is up
+            blockpage = await start_blockpage(blockpage_sockets, self.config, self.snapshot)
+            sdnotify.notify("READY=1")  # every worker serves the first snapshot; the admin API and block page are up
             if ready is not None:
                 ready(self)
             watchers = [
@@ -350,6 +423,10 @@ class Supervisor:
                 await admin_runner.cleanup()
             elif admin_sock is not None:
                 admin_sock.close()
+            if blockpage is not None:
+                await stop_blockpage(blockpage)
+            elif blockpage_sockets is not None:
+                blockpage_sockets.close()
             await self._stop_workers()
             self.spawner.close()
 

@@ -8,7 +8,6 @@ import dataclasses
 import hashlib
 import json
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -20,7 +19,7 @@ import dns.rcode
 import pytest
 import yarl
 
-from resolver.control import checks, syncstate, versions
+from resolver.control import checks, syncstate
 from resolver.operations import admin, tokens
 from tests.support import harness
 
@@ -150,6 +149,8 @@ MATRIX = {
     ("POST", "/v1/sync"): (404, 403, 403, 401, 401),
     ("GET", "/v1/audit"): (200, 200, 200, 401, 401),
     ("GET", "/v1/audit?school=school-b"): (200, 200, 403, 401, 401),
+    ("GET", "/v1/requests"): (200, 200, 200, 401, 401),
+    ("GET", "/v1/requests?school=school-b"): (200, 200, 403, 401, 401),
     ("GET", "/v1/openapi.json"): (200, 200, 200, 401, 401),
 }
 
@@ -240,6 +241,9 @@ async def test_a_valid_edit_is_written_kept_installed_and_audited(api):
         "old_sha256": current.headers["ETag"].strip('"'),
         "new_sha256": hashlib.sha256(text.encode()).hexdigest(),
         "token": None,
+        "request": None,
+        "decision": None,
+        "name": None,
     }
     assert len((await api.call("GET", "/v1/audit", "viewer")).json()["entries"]) == 2
 
@@ -468,12 +472,6 @@ async def test_failed_authentications_are_limited_per_source(tmp_path):
 
 async def test_an_instance_with_sync_refuses_edits_and_names_the_hub(tmp_path):
     extra = "sync: {repository: 'https://hub.example/repo/', trusted_root: root.json}\n"
-    # What a sync installed: the files a hub published, as a verified version of the instance's.
-    harness.write_site(tmp_path, ["192.0.2.53:53"], files=FILES)
-    version = versions.sync_dir(tmp_path / "var") / versions.VERSIONS / "1-test"
-    shutil.copytree(tmp_path / "policies", version / versions.POLICIES)
-    shutil.copytree(tmp_path / "blocklists", version / versions.LISTS)
-    versions.switch(tmp_path / "var", version)
     async with serving(tmp_path, config_extra=extra) as api:
         reply = await api.edit("school-a", "province")
         assert reply.status == 409

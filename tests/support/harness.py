@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import dns.asyncquery
 import dns.message
 
-from resolver.control import config, snapshots, syncstate
+from resolver.control import config, snapshots, syncstate, versions
 from resolver.dataplane import pipeline
 from resolver.filtering import domains
 from resolver.operations import admin
@@ -78,6 +79,8 @@ class Running:
     config: config.Config
     root: Path
     admin_port: int | None = None
+    blockpage_port: int | None = None  # the block page's first plain HTTP address (with `blockpage:`)
+    blockpage_tls_port: int | None = None
 
     @property
     def port(self) -> int:
@@ -146,6 +149,14 @@ def write_site(
     return config_path
 
 
+def install_as_synced(root: Path, state_dir: Path) -> None:
+    """The site's policies/ and blocklists/ as the verified version a sync installed (for a config with `sync:`)."""
+    version = versions.sync_dir(state_dir) / versions.VERSIONS / "1-test"
+    shutil.copytree(root / "policies", version / versions.POLICIES)
+    shutil.copytree(root / "blocklists", version / versions.LISTS)
+    versions.switch(state_dir, version)
+
+
 @contextlib.asynccontextmanager
 async def running_resolver(
     root: Path,
@@ -159,6 +170,8 @@ async def running_resolver(
     if with_admin:
         config_extra += 'admin: {listen: "127.0.0.1:0"}\n'
     cfg = config.load_config(write_site(root, upstreams, config_extra, files))
+    if cfg.sync is not None and versions.current(cfg.state_dir) is None:
+        install_as_synced(root, cfg.state_dir)
     signature = snapshots.files_signature(cfg)
     dns_worker = worker.Worker(cfg, snapshots.build_snapshot(cfg, 1))
     await dns_worker.start(worker.bind_all(cfg, reuse_port=False))
@@ -171,12 +184,19 @@ async def running_resolver(
         state=dns_worker.state, reload=dns_worker.reload, config=cfg, snapshot=installed, sync=syncing
     )
     runner = await admin.start(admin_sock, control, admin_limits) if admin_sock is not None else None
+    blockpage_sockets = app.bind_blockpage(cfg)
+    blockpage = await app.start_blockpage(blockpage_sockets, cfg, installed)
     running = Running(dns_worker, cfg, root, admin.bound_port(runner) if runner else None)
+    if blockpage_sockets is not None:
+        running.blockpage_port = blockpage_sockets.http[0].getsockname()[1]
+        if blockpage_sockets.https:
+            running.blockpage_tls_port = blockpage_sockets.https[0].getsockname()[1]
     watcher = asyncio.create_task(worker.watch_files(cfg, dns_worker.reload, signature))  # as `schooldns serve` does
     try:
         yield running
     finally:
         watcher.cancel()
+        await app.stop_blockpage(blockpage)
         if runner is not None:
             await runner.cleanup()
         await dns_worker.stop()

@@ -30,6 +30,7 @@ class Served:
         self.log: list[str] = []
         self.dns_port = 0
         self.admin_port = 0
+        self.blockpage_port = 0  # with `blockpage:` in more_config
 
     async def read_until(self, pattern: str, timeout: float = 60.0) -> re.Match[str]:
         assert self.process.stderr is not None
@@ -94,6 +95,8 @@ async def serve(
         else:
             served.dns_port = int((await served.read_until(r"workers serving DNS on ports \((\d+),"))[1])
         served.admin_port = int((await served.read_until(r"admin API on http://127\.0\.0\.1:(\d+)/"))[1])
+        if "blockpage:" in more_config:
+            served.blockpage_port = int((await served.read_until(r"block page on http://127\.0\.0\.1:(\d+)/"))[1])
         yield served
     finally:
         with contextlib.suppress(ProcessLookupError):  # the whole session: workers outlive a killed supervisor

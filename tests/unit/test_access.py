@@ -18,42 +18,42 @@ class Clock:
 
 def test_a_source_is_refused_after_its_failures_until_the_window_ends():
     clock = Clock()
-    attempts = access.FailedAttempts(allowed=3, window_seconds=60, max_sources=100, clock=clock)
+    attempts = access.PerSourceLimit(allowed=3, window_seconds=60, max_sources=100, clock=clock)
     for _ in range(2):
-        attempts.failed("192.0.2.1")
+        attempts.count("192.0.2.1")
     assert attempts.retry_after("192.0.2.1") is None
     clock.now += 10
-    attempts.failed("192.0.2.1")
+    attempts.count("192.0.2.1")
     assert attempts.retry_after("192.0.2.1") == 50  # the window runs from the first failure
     assert attempts.retry_after("192.0.2.2") is None
     clock.now += 50
     assert attempts.retry_after("192.0.2.1") is None
-    attempts.failed("192.0.2.1")  # a new window
+    attempts.count("192.0.2.1")  # a new window
     assert attempts.retry_after("192.0.2.1") is None
 
 
 def test_an_ipv6_64_is_one_source_and_a_mapped_address_is_its_ipv4():
-    attempts = access.FailedAttempts(allowed=2, window_seconds=60, max_sources=100)
-    attempts.failed("2001:db8:1:2::1")
-    attempts.failed("2001:db8:1:2:ffff::9")
+    attempts = access.PerSourceLimit(allowed=2, window_seconds=60, max_sources=100)
+    attempts.count("2001:db8:1:2::1")
+    attempts.count("2001:db8:1:2:ffff::9")
     assert attempts.retry_after("2001:db8:1:2::77") is not None
     assert attempts.retry_after("2001:db8:1:3::1") is None
-    attempts.failed("::ffff:192.0.2.7")
-    attempts.failed("192.0.2.7")
+    attempts.count("::ffff:192.0.2.7")
+    attempts.count("192.0.2.7")
     assert attempts.retry_after("192.0.2.7") is not None
 
 
 def test_the_table_forgets_the_oldest_sources_first():
-    attempts = access.FailedAttempts(allowed=1, window_seconds=60, max_sources=3)
+    attempts = access.PerSourceLimit(allowed=1, window_seconds=60, max_sources=3)
     for n in range(5):
-        attempts.failed(f"192.0.2.{n}")
+        attempts.count(f"192.0.2.{n}")
     assert [attempts.retry_after(f"192.0.2.{n}") is not None for n in range(5)] == [False, False, True, True, True]
 
 
 def test_the_gate_checks_the_token_then_the_role(tmp_path):
     path = tmp_path / "tokens.yaml"
     _, secret = tokens.add(path, tokens.Role.parse("viewer"), "v")
-    gate = access.Gate(tokens.TokenFile(path), access.FailedAttempts(2, 60, 10))
+    gate = access.Gate(tokens.TokenFile(path), access.PerSourceLimit(2, 60, 10))
     viewer = gate.caller(f"Bearer {secret}", "192.0.2.1", {tokens.RoleKind.VIEWER})
     assert viewer == access.Caller("v", tokens.Role.parse("viewer"))
     assert gate.caller(f"bearer  {secret}", "192.0.2.1", {tokens.RoleKind.VIEWER}) == viewer

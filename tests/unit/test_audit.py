@@ -31,6 +31,9 @@ def test_entries_are_json_lines_read_back_newest_first(tmp_path):
         "old_sha256": "a" * 64,
         "new_sha256": "b" * 64,
         "token": None,
+        "request": None,
+        "decision": None,
+        "name": None,
     }
     read = log.read(10)
     assert [e.who for e in read] == ["cli:root", "token-2", "token-1", "token-0"]

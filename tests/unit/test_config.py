@@ -77,8 +77,10 @@ BOUNDED_FIELDS = [
         ("forwarding", config.ForwardingConfig),
         ("limits", config.LimitsConfig),
         ("reload", config.ReloadConfig),
+        ("blockpage", config.BlockpageConfig),
     )
     for field in dataclasses.fields(cls)
+    if "bounds" in field.metadata
 ]
 
 
@@ -228,6 +230,22 @@ def test_every_number_is_accepted_at_its_bounds_and_refused_past_them(tmp_path, 
             id="sync-and-publish",
         ),
         pytest.param(
+            UPSTREAMS + "blockpage: {tls: {cert_file: page.pem}}\n",
+            "config.yaml:2: blockpage.tls: missing required key 'key_file'",
+            id="blockpage-no-key",
+        ),
+        pytest.param(
+            UPSTREAMS + "blockpage: {listen: []}\n",
+            "config.yaml:2: blockpage.listen: at least one address is needed",
+            id="blockpage-listen-empty",
+        ),
+        pytest.param(
+            UPSTREAMS + "blockpage: {page: x}\n",
+            "config.yaml:2: blockpage.page: unknown key 'page' (known keys: listen, max_requests, retention_days, "
+            "submission_window_seconds, submissions_per_source, tls)",
+            id="blockpage-unknown-key",
+        ),
+        pytest.param(
             UPSTREAMS + "default_school: 12\n",
             "config.yaml:2: default_school: expected a school id (a string) or null, got an integer",
             id="default-school-number",
@@ -257,6 +275,20 @@ def test_sync_and_publish_paths_are_relative_to_the_config_file(tmp_path):
 def test_ports_zero_serve_tests_only_where_the_server_listens(tmp_path):
     cfg = load(tmp_path, UPSTREAMS + 'listen: ["127.0.0.1:0"]\nadmin: {listen: "127.0.0.1:0"}\n')
     assert [a.port for a in cfg.listen] == [0] and cfg.admin.listen.port == 0
+
+
+def test_a_block_page_listens_on_port_80_and_443_unless_told(tmp_path):
+    assert load(tmp_path, UPSTREAMS).blockpage is None
+    page = load(tmp_path, UPSTREAMS + "blockpage: {}\n").blockpage
+    assert page is not None and [str(a) for a in page.listen] == ["0.0.0.0:80"] and page.tls is None
+    assert dataclasses.replace(page, listen=()) == config.BlockpageConfig()
+    text = (
+        'blockpage:\n  listen: ["192.0.2.80", "[2001:db8::80]"]\n  tls: {cert_file: tls/page.pem, key_file: /k.pem}\n'
+    )
+    page = load(tmp_path, UPSTREAMS + text).blockpage
+    assert [str(a) for a in page.listen] == ["192.0.2.80:80", "[2001:db8::80]:80"]
+    assert [str(a) for a in page.tls.listen] == ["0.0.0.0:443"]
+    assert (page.tls.cert_file, page.tls.key_file) == (tmp_path / "tls/page.pem", Path("/k.pem"))
 
 
 def test_workers_auto_is_the_cores_within_the_bound(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from resolver.control import config
@@ -78,3 +80,41 @@ def test_the_versions_replaced_are_kept_up_to_the_bound(tmp_path):
     assert kept[-1].read_text() == f"# version {policyedit.HISTORY_KEEP + 4}\n"
     policyedit.restore(path, PolicyText(b"id: school-a\n"))
     assert path.read_bytes() == b"id: school-a\n"
+
+
+@pytest.mark.parametrize(
+    "before, after",
+    [
+        pytest.param(
+            "id: a\nallow: [x.vn, y.vn]   # learning sites\nname: A\n",
+            "id: a\nallow: [x.vn, y.vn, new.example]   # learning sites\nname: A\n",
+            id="flow",
+        ),
+        pytest.param(
+            "id: a\nallow:\n  - x.vn    # maths\n  # later: more\n  - y.vn\nname: A\n",
+            "id: a\nallow:\n  - x.vn    # maths\n  # later: more\n  - y.vn\n  - new.example\nname: A\n",
+            id="block",
+        ),
+        pytest.param("allow:\n- x.vn\n- y.vn", "allow:\n- x.vn\n- y.vn\n- new.example\n", id="block-at-the-end"),
+        pytest.param("id: a\nallow: []\n", "id: a\nallow: [new.example]\n", id="empty"),
+        pytest.param("id: a\nallow:\nname: A\n", "id: a\nallow: [new.example]\nname: A\n", id="null"),
+        pytest.param("allow: ~\n", "allow: [new.example]\n", id="tilde"),
+        pytest.param("id: a\nname: A", "id: a\nname: A\nallow: [new.example]\n", id="missing"),
+        pytest.param("id: a\nallow: [new.example]\n", "id: a\nallow: [new.example]\n", id="there-already"),
+    ],
+)
+def test_a_name_is_added_to_a_list_as_the_file_writes_it(before, after):
+    assert policyedit.with_entry(before.encode(), "allow", "new.example", Path("a.yaml")).decode() == after
+
+
+def test_a_name_that_yaml_reads_as_something_else_is_quoted():
+    assert policyedit.with_entry(b"deny: [x.vn]\n", "deny", "true", Path("a.yaml")) == b'deny: [x.vn, "true"]\n'
+
+
+def test_a_list_that_is_no_list_is_not_edited():
+    with pytest.raises(Refused) as refused:
+        policyedit.with_entry(b"allow: x.vn\n", "allow", "new.example", Path("a.yaml"))
+    assert refused.value.failure is Failure.INVALID
+    with pytest.raises(Refused) as refused:
+        policyedit.with_entry(b"allow: &a [x.vn]\n", "allow", "new.example", Path("a.yaml"))
+    assert refused.value.failure is Failure.INVALID  # anchors are refused before anything is composed
