@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PACKAGES := scripts/debian-packages
 
-.PHONY: run test lint format bench bench-smoke bench-tools test-tools bytecode check clean venv
+.PHONY: run test lint format bench bench-smoke bench-tools test-tools bytecode check clean venv conformance
 
 # Debian's python3 lacks ensurepip until python3-venv is installed.
 $(STAMP): pyproject.toml
@@ -32,10 +32,12 @@ check: $(STAMP)
 # The independent clients the integration tests drive; the tools that check deploy/
 # (tests/integration/test_deploy.py): shellcheck, systemd-analyze verify, nft -c; and Prometheus
 # (promtool checks the shipped rules; a real Prometheus scrapes real instances); a headless Chromium
-# reads and uses the block page (tests/integration/test_blockpage_browser.py).
+# reads and uses the block page (tests/integration/test_blockpage_browser.py); knotd serves a signed
+# zone to schooldns and to unbound, whose answers are compared (tests/integration/test_differential.py;
+# both in /usr/sbin, which a user's PATH may lack).
 test-tools:
-	@$(PACKAGES) dig=bind9-dnsutils kdig=knot-dnsutils drill=ldnsutils shellcheck=shellcheck \
-		systemd-analyze=systemd nft=nftables promtool=prometheus chromium=chromium
+	@PATH="$$PATH:/usr/sbin:/sbin" $(PACKAGES) dig=bind9-dnsutils kdig=knot-dnsutils drill=ldnsutils shellcheck=shellcheck \
+		systemd-analyze=systemd nft=nftables promtool=prometheus chromium=chromium knotd=knot unbound=unbound
 
 test: $(STAMP) test-tools
 	$(PY) -m pytest
@@ -48,6 +50,12 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff format resolver tests
 	$(VENV)/bin/ruff check --fix resolver tests
+
+# The differential test at full size (not part of `make test`): some 25,000 queries to schooldns and
+# to unbound, TXT answers across every size where they cross 512 and 1232 bytes (about 2.5 minutes).
+# CONFORMANCE_TXT_STEP=1 asks every TXT size up to 12 KB too (much longer).
+conformance: $(STAMP) test-tools
+	$(PY) -m pytest -m conformance -s tests/integration/test_differential.py
 
 # Benchmarks (not part of `make test`): writes the results into docs/performance.md.
 # BENCH_ARGS passes options, e.g. `make bench BENCH_ARGS="--skip-baselines --entries 100000"`.
