@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import dns.asyncquery
 import dns.edns
+import dns.exception
 import dns.flags
 import dns.message
 import dns.name
@@ -330,10 +331,13 @@ class Outcome:
     allowed: Counter[Allowance]
 
 
-async def _ask(message: dns.message.Message, port: int, transport: str) -> dns.message.Message:
-    if transport == "udp":
-        return await dns.asyncquery.udp(message, "127.0.0.1", port=port, timeout=3, ignore_trailing=False)
-    return await dns.asyncquery.tcp(message, "127.0.0.1", port=port, timeout=3)
+async def _ask(message: dns.message.Message, port: int, transport: str, server: str) -> dns.message.Message:
+    try:
+        if transport == "udp":
+            return await dns.asyncquery.udp(message, "127.0.0.1", port=port, timeout=3, ignore_trailing=False)
+        return await dns.asyncquery.tcp(message, "127.0.0.1", port=port, timeout=3)
+    except (OSError, EOFError, dns.exception.DNSException) as error:
+        raise AssertionError(f"{server} gave no answer over {transport} to {message.question[0]}: {error!r}") from error
 
 
 async def run(queries_: Sequence[Query], schooldns_port: int, unbound_port: int, parallel: int = 8) -> Outcome:
@@ -345,13 +349,13 @@ async def run(queries_: Sequence[Query], schooldns_port: int, unbound_port: int,
         async with gate:
             message = query.message()
             ours, theirs = await asyncio.gather(
-                _ask(message, schooldns_port, "udp"), _ask(message, unbound_port, "udp")
+                _ask(message, schooldns_port, "udp", "schooldns"), _ask(message, unbound_port, "udp", "unbound")
             )
             outcome.differences += compare(query, "udp", ours, theirs, outcome.allowed)
             outcome.compared += 1
             if (ours.flags | theirs.flags) & dns.flags.TC:
                 ours, theirs = await asyncio.gather(
-                    _ask(message, schooldns_port, "tcp"), _ask(message, unbound_port, "tcp")
+                    _ask(message, schooldns_port, "tcp", "schooldns"), _ask(message, unbound_port, "tcp", "unbound")
                 )
                 outcome.differences += compare(query, "tcp", ours, theirs, outcome.allowed)
                 outcome.compared += 1
