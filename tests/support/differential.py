@@ -25,7 +25,7 @@ TXT_LIMIT = 12 * 1024
 #: What policy blocks in the zone (the harness' school A blocks the adult category).
 BLOCKED = ("blocked", "cname-to-blocked")
 REMOVED = "gone"  # an A record the change removes
-SENTINEL = "appears"  # NXDOMAIN before the change, an A record after; asked last
+APPEARS = "appears"  # NXDOMAIN before the change, an A record after
 
 
 def txt_rdata(size: int) -> str:
@@ -75,7 +75,7 @@ def zone_text(sizes: Iterable[int], changed: bool) -> str:
     ]
     if changed:
         lines += [
-            f"{SENTINEL} A 192.0.2.77",
+            f"{APPEARS} A 192.0.2.77",
             "missing A 192.0.2.78",  # cn-nx now leads somewhere
             'a TXT "now there"',  # cn-nodata's TXT and a's TXT were NODATA
             "a MX 5 a",
@@ -141,6 +141,7 @@ def queries(sizes: Sequence[int], rng: random.Random, sample: int | None = None)
         *((f"chain{n}-1", ("A", "AAAA")) for n in (1, 3, 8)),
         ("chain-wild", ("A", "TXT")),
         ("missing", ("A",)),
+        (APPEARS, ("A", "TXT")),
         ("nothere", ("A", "TXT")),
         (REMOVED, ("A",)),
         *((name, ("A", "AAAA")) for name in BLOCKED),
@@ -327,6 +328,13 @@ class Outcome:
     compared: int
     differences: list[Difference]
     allowed: Counter[Allowance]
+    negative: list[Query]  # questions either answered with the zone's SOA (NXDOMAIN or NODATA)
+
+
+def soa_serial(message: dns.message.Message) -> int | None:
+    """The serial of the SOA in a negative answer's authority section, if there is one."""
+    soa = [rrset for rrset in message.authority if rrset.rdtype == dns.rdatatype.SOA]
+    return int(soa[0][0].serial) if soa else None  # type: ignore[attr-defined]
 
 
 async def _ask(message: dns.message.Message, port: int, transport: str, server: str) -> dns.message.Message:
@@ -340,7 +348,7 @@ async def _ask(message: dns.message.Message, port: int, transport: str, server: 
 
 async def run(queries_: Sequence[Query], schooldns_port: int, unbound_port: int, parallel: int = 8) -> Outcome:
     """Ask both each query (over UDP, and over TCP too when either truncated) and compare the answers."""
-    outcome = Outcome(0, [], Counter())
+    outcome = Outcome(0, [], Counter(), [])
     gate = asyncio.Semaphore(parallel)
 
     async def one(query: Query) -> None:
@@ -351,6 +359,8 @@ async def run(queries_: Sequence[Query], schooldns_port: int, unbound_port: int,
             )
             outcome.differences += compare(query, "udp", ours, theirs, outcome.allowed)
             outcome.compared += 1
+            if not is_blocked(query.name) and (soa_serial(ours) is not None or soa_serial(theirs) is not None):
+                outcome.negative.append(query)
             if (ours.flags | theirs.flags) & dns.flags.TC:
                 ours, theirs = await asyncio.gather(
                     _ask(message, schooldns_port, "tcp", "schooldns"), _ask(message, unbound_port, "tcp", "unbound")

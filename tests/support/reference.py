@@ -137,8 +137,8 @@ class Reference:
     def upstream(self) -> str:
         return f"127.0.0.1:{self.knot_port}"
 
-    async def change_zone(self, text: str) -> None:
-        """Serve new zone data: knotd signs the difference and bumps the serial; returns once it serves it."""
+    async def change_zone(self, text: str) -> int:
+        """Serve new zone data: knotd signs the difference and bumps the serial; returns the serial it serves."""
         old = await self._serial()
         (self.directory / f"{self.zone}zone").write_text(text)
         proc = await asyncio.create_subprocess_exec(
@@ -149,6 +149,7 @@ class Reference:
         if proc.returncode != 0:
             raise RuntimeError(f"knotc zone-reload: {out.decode(errors='replace')}")
         await _serving(self.knot_port, self.zone, self.knot, self.directory / "knot.log", old + 1)
+        return await self._serial()
 
     async def _serial(self) -> int:
         query = dns.message.make_query(self.zone, dns.rdatatype.SOA)
