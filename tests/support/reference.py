@@ -113,7 +113,6 @@ server:
   num-threads: 1
   incoming-num-tcp: 100
   rrset-roundrobin: no
-  local-zone: "{zone}" nodefault
   local-zone: "test." nodefault
 remote-control:
   control-enable: no
@@ -167,7 +166,7 @@ async def reference_servers(directory: Path, zone: str, zone_text: str) -> Async
     knot_conf = directory / "knot.conf"
     knot_conf.write_text(KNOT_CONF.format(port=knot_port, dir=directory, zone=zone))
     unbound_conf = directory / "unbound.conf"
-    unbound_conf.write_text(UNBOUND_CONF.format(port=unbound_port, dir=directory, zone=zone, upstream=knot_port))
+    unbound_conf.write_text(UNBOUND_CONF.format(port=unbound_port, dir=directory, upstream=knot_port))
     with _process([_command("knotd"), "-c", str(knot_conf)], directory / "knot.log") as knot:
         await _serving(knot_port, zone, knot, directory / "knot.log")
         unbound_argv = [_command("unbound"), "-d", "-c", str(unbound_conf)]
