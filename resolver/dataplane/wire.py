@@ -620,8 +620,8 @@ def replay(message: bytes, question_length: int, query: Query, limit: int, optio
     """A stored answer for this client: its ID, its question bytes, its OPT (with `options`), fitted to `limit`.
 
     `message` is an Answer's message (already aged).  When the result does not fit the
-    client's UDP limit it is cut to the header and question with TC=1 (RFC 1035 4.2.1,
-    RFC 6891 7), and the client retries over TCP.
+    client's UDP limit its additional records go; when it still does not fit it is cut to the
+    header and question with TC=1 (RFC 1035 4.2.1, RFC 6891 7), and the client retries over TCP.
     """
     flags = (message[2] << 8 | message[3]) | (query.flags & (RD | CD))  # the stored flags: QR, RA, AD, RCODE
     head = _U16X2.pack(query.id, flags)
@@ -639,8 +639,31 @@ def replay(message: bytes, question_length: int, query: Query, limit: int, optio
     else:
         out = head + message[4:12] + query.question + rest
     if len(out) > limit:
-        return make_truncated(query, flags)
+        return _without_additional(message, question_length, query, flags, limit, options)
     return out
+
+
+def _without_additional(
+    message: bytes, question_length: int, query: Query, flags: int, limit: int, options: bytes
+) -> bytes:
+    """The answer without its additional records if that fits `limit`, else header and question with TC.
+
+    Additional records are optional: a responder drops them before it truncates (RFC 2181 9).
+    Names point only backwards, so the answer and authority sections stand alone.
+    """
+    if not message[10] << 8 | message[11]:
+        return make_truncated(query, flags)
+    pos, size = 12 + question_length, len(message)
+    for _ in range((message[6] << 8 | message[7]) + (message[8] << 8 | message[9])):
+        pos = _skip_name(message, pos, size)
+        pos += 10 + _RR_FIXED.unpack_from(message, pos)[3]
+    records = message[12 + question_length : pos]
+    head = _U16X2.pack(query.id, flags) + message[4:10]
+    if query.edns:
+        out = head + _U16.pack(1) + query.question + records + _opt_record(MAX_UDP_PAYLOAD, query.do, 0, options)
+    else:
+        out = head + _U16.pack(0) + query.question + records
+    return out if len(out) <= limit else make_truncated(query, flags)
 
 
 def make_truncated(query: Query, flags: int) -> bytes:

@@ -375,6 +375,23 @@ def test_answer_too_big_for_client_is_truncated_with_tc():
     assert len(wire.replay(answer.message, answer.question_length, query, 65535)) > 1000
 
 
+def test_an_answer_too_big_only_for_its_additional_records_goes_without_them_and_without_tc():
+    query = wire.parse_query(q("_sip._tcp.example.com", "SRV", use_edns=0, payload=512))
+
+    def build(r):
+        r.answer.append(dns.rrset.from_text("_sip._tcp.example.com.", 300, "IN", "SRV", "0 5 5060 a.example.com."))
+        r.additional.append(
+            dns.rrset.from_text("a.example.com.", 300, "IN", "AAAA", *[f"2001:db8::{i:x}" for i in range(1, 30)])
+        )
+
+    answer = _answer_for(query, build)
+    parsed = dns.message.from_wire(wire.replay(answer.message, answer.question_length, query, 512))
+    assert not parsed.flags & dns.flags.TC and parsed.edns == 0 and not parsed.additional
+    assert parsed.answer[0][0].to_text() == "0 5 5060 a.example.com."
+    bare = wire.parse_query(q("_sip._tcp.example.com", "SRV"))  # no EDNS: no OPT comes back either
+    assert dns.message.from_wire(wire.replay(answer.message, answer.question_length, bare, 512)).edns == -1
+
+
 @pytest.mark.parametrize(
     "mutate",
     [
