@@ -18,7 +18,7 @@ import dns.name
 import dns.rcode
 import dns.rdatatype
 
-ZONE = "zone.test."
+ZONE = "conformance.example."
 NEGATIVE_TTL = 2  # the SOA's TTL and MINIMUM: negative answers expire within the test's patience
 TTL = 300
 TXT_LIMIT = 12 * 1024
@@ -249,6 +249,9 @@ def compare(
     found: list[Difference] = []
     if transport == "udp" and _over_the_cap(query, ours, theirs):
         allowed[Allowance.UDP_CAP] += 1  # run() compares the answers over TCP
+        return found
+    if transport == "udp" and _chain_end(ours) is not None and theirs.flags & ~ours.flags & dns.flags.TC:
+        allowed[Allowance.UNCHASED_CNAME] += 1  # unbound's whole chain did not fit; run() compares over TCP
         return found
     if _relative(query.name) == REMOVED and ours.rcode() == dns.rcode.NXDOMAIN and theirs.answer:
         allowed[Allowance.CACHED_APART] += 1  # schooldns' answer is the zone's as it now is

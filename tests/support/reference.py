@@ -93,9 +93,9 @@ zone:
   - domain: {zone}
 """
 
-# No validator (the comparison is of forwarding, and schooldns validates nothing); no default local
-# zone for test.; room for the test's TCP connections (10 by default, and idle ones closed early past
-# half of them); answers as a stock install gives them otherwise.
+# No validator (the comparison is of forwarding, and schooldns validates nothing); room for the
+# test's TCP connections (10 by default, and idle ones closed early past half of them); answers as
+# a stock install gives them otherwise.
 UNBOUND_CONF = """\
 server:
   interface: 127.0.0.1
@@ -113,7 +113,6 @@ server:
   num-threads: 1
   incoming-num-tcp: 100
   rrset-roundrobin: no
-  local-zone: "test." nodefault
 remote-control:
   control-enable: no
 forward-zone:

@@ -10,10 +10,10 @@ import dns.rrset
 
 from tests.support.differential import Allowance, Edns, Query, compare
 
-QUERY = Query("a.zone.test.", "A", Edns.PLAIN)
+QUERY = Query("a.conformance.example.", "A", Edns.PLAIN)
 
 
-def answer(ttl: int = 300, address: str = "192.0.2.1", owner: str = "a.zone.test.") -> dns.message.Message:
+def answer(ttl: int = 300, address: str = "192.0.2.1", owner: str = "a.conformance.example.") -> dns.message.Message:
     response = dns.message.make_response(QUERY.message())
     response.flags |= dns.flags.RA
     response.answer.append(dns.rrset.from_text(owner, ttl, "IN", "A", address))
@@ -38,5 +38,5 @@ def test_a_flag_a_record_or_a_ttl_above_the_zones_is_a_difference():
 def test_aged_ttls_and_another_letter_case_are_allowances():
     allowed: Counter[Allowance] = Counter()
     assert compare(QUERY, "udp", answer(ttl=300), answer(ttl=250), allowed) == []
-    assert compare(QUERY, "udp", answer(owner="A.zone.test."), answer(), allowed) == []
+    assert compare(QUERY, "udp", answer(owner="A.conformance.example."), answer(), allowed) == []
     assert allowed == Counter({Allowance.TTL_AGING: 1, Allowance.NAME_CASE: 1})
