@@ -105,7 +105,7 @@ class Query:
 
     def message(self) -> dns.message.Message:
         payload = {Edns.LARGE: 4096, Edns.SMALL: 512}.get(self.edns, 1232)
-        use_edns = None if self.edns is Edns.NONE else 0
+        use_edns = False if self.edns is Edns.NONE else 0  # None would mean EDNS, as a payload is given
         query = dns.message.make_query(
             self.name, self.rdtype, use_edns=use_edns, payload=payload, want_dnssec=self.edns in (Edns.DO, Edns.DO_CD)
         )
