@@ -119,9 +119,13 @@ class Repeats:
     ) -> None:
         """Keep a cache entry replayed for a UDP query (result: its counting label); re-aged with the entry.
 
-        A truncated replay (TC set) is not re-aged: it holds until the entry's next second of age.
+        A truncated replay (TC set, or without its additional records) is not re-aged: it holds
+        until the entry's next second of age.
         """
-        renewal = None if reply[2] & 0x02 else entry
+        # A replay without the entry's additional records (cut to fit the client's size) has its
+        # TTLs elsewhere than the entry's offsets say: like a truncated one, it is not re-aged.
+        whole = reply[10] << 8 | reply[11] == (entry.message[10] << 8 | entry.message[11]) + (data[10] | data[11] > 0)
+        renewal = entry if whole and not reply[2] & 0x02 else None
         self._keep(school, data, segment, reply, result, None, True, entry.exact_until, renewal)
 
     def drop_all(self) -> None:

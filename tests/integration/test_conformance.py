@@ -293,3 +293,26 @@ async def test_unknown_clients_are_sent_refusals_within_their_networks_budget_an
         for _ in range(5):
             assert (await resolver.tcp("www.example.com", source="127.0.0.3")).rcode() == dns.rcode.REFUSED
         assert upstream.count() == 0
+
+
+# -------------------------------------------------------------------------------------------
+# An answer too long only for its additional records
+
+
+async def test_an_answer_that_fits_without_its_additional_records_is_sent_so_every_time(resolver, upstream):
+    def srv_with_addresses(query: dns.message.Message, transport: str) -> dns.message.Message:
+        response = dns.message.make_response(query)
+        name = query.question[0].name
+        response.answer.append(dns.rrset.from_text(name, 300, "IN", "SRV", "0 5 5060 a.example.com."))
+        addresses = [f"2001:db8::{i:x}" for i in range(1, 30)]
+        response.additional.append(dns.rrset.from_text("a.example.com.", 300, "IN", "AAAA", *addresses))
+        return response
+
+    upstream.hook = srv_with_addresses
+    now = [0.0]
+    resolver.worker.pipeline.clock = lambda: now[0]
+    for step in range(4):  # forwarded, cached, repeated, and repeated once the kept reply is re-aged
+        now[0] = step * 2.5
+        answer = await resolver.udp("_sip._tcp.example.com", "SRV", use_edns=0, payload=512)
+        assert not answer.flags & dns.flags.TC and not answer.additional and answer.edns == 0
+        assert answer.answer[0][0].to_text() == "0 5 5060 a.example.com." and answer.answer[0].ttl <= 300
