@@ -51,8 +51,8 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format resolver tests
 	$(VENV)/bin/ruff check --fix resolver tests
 
-# The differential test at full size (not part of `make test`): some 25,000 questions to schooldns and
-# to unbound, TXT answers across every size where they cross 512 and 1232 bytes (about 2.5 minutes).
+# The differential test at full size (not part of `make test`): some 26,000 questions to schooldns and
+# to unbound, TXT answers across every size where they cross 512 and 1232 bytes (about 2 minutes).
 # CONFORMANCE_TXT_STEP=1 asks every TXT size up to 12 KB too (much longer).
 conformance: $(STAMP) test-tools
 	$(PY) -m pytest -m conformance -s tests/integration/test_differential.py
