@@ -7,6 +7,20 @@ from typing import Any
 
 # Query results, the `result` label of schooldns_queries_total (a closed set).
 RESULTS = ("forwarded", "cached", "stale", "blocked", "rewritten", "refused", "servfail")
+# Why a transport turned something away before it was a query (the `reason` label of
+# schooldns_transport_rejected_total, with the `transport`; a closed set).
+REJECTIONS = (
+    "proxy_malformed",  # a trusted front-end's PROXY v2 header that is not one: dropped
+    "tls_handshake",  # a TLS handshake that failed or took too long
+    "connection_limit",  # a DoT or DoH connection over limits.tcp_max_connections
+    "http_malformed",  # bytes that are not HTTP/1.1 or HTTP/2: the connection closed
+    "http_not_found",  # 404: a path other than /dns-query
+    "http_method",  # 405: neither GET nor POST
+    "http_bad_request",  # 400: no or a bad `dns` parameter, or not a DNS query
+    "http_media_type",  # 415: a POST not of application/dns-message
+    "http_too_large",  # 413: a body or query longer than a DNS message may be
+    "http_forbidden",  # 403: an unknown DoH token
+)
 
 
 class Counters:
@@ -17,7 +31,7 @@ class Counters:
     address.  They are turned into Prometheus metrics only when scraped.
     """
 
-    __slots__ = ("blocked", "dropped", "internal_errors", "malformed", "queries")
+    __slots__ = ("blocked", "dropped", "internal_errors", "malformed", "queries", "rejected")
 
     def __init__(self) -> None:
         # defaultdict(int), not Counter: `+= 1` on a Counter (a dict subclass with Python-level
@@ -27,6 +41,9 @@ class Counters:
         self.malformed = 0
         self.internal_errors = 0
         self.dropped: collections.defaultdict[str, int] = collections.defaultdict(int)
+        self.rejected: collections.defaultdict[tuple[str, str], int] = collections.defaultdict(
+            int
+        )  # (transport, reason)
 
     def count(self, school: str, transport: str, result: str) -> None:
         self.queries[(school, transport, result)] += 1
@@ -49,6 +66,8 @@ class Counters:
             self.blocked[blocked_key] += value
         for reason, value in other.dropped.items():
             self.dropped[reason] += value
+        for rejected_key, value in other.rejected.items():
+            self.rejected[rejected_key] += value
         self.malformed += other.malformed
         self.internal_errors += other.internal_errors
 
@@ -60,6 +79,7 @@ class Counters:
             "malformed": self.malformed,
             "internal_errors": self.internal_errors,
             "dropped": dict(self.dropped),
+            "rejected": [[*k, v] for k, v in self.rejected.items()],
         }
 
     @classmethod
@@ -70,4 +90,5 @@ class Counters:
         counters.malformed = data["malformed"]
         counters.internal_errors = data["internal_errors"]
         counters.dropped.update(data["dropped"])
+        counters.rejected.update({tuple(row[:2]): row[2] for row in data["rejected"]})
         return counters

@@ -51,9 +51,15 @@ class AllUpstreamsFailed(UpstreamError):
 class UpstreamAddress:
     host: str
     port: int
+    # An upstream asked over TLS (DoT, `tls://host:port#name`) gives the name its certificate must
+    # carry (the address itself when written without one); None: plain DNS.
+    tls_name: str | None = None
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        text = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        if self.tls_name is None:
+            return text
+        return f"tls://{text}" + (f"#{self.tls_name}" if self.tls_name != self.host else "")
 
 
 def parse_address(text: str, default_port: int = 53) -> UpstreamAddress:

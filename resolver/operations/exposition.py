@@ -130,6 +130,15 @@ class ResolverCollector(Collector):
             "Restarts of a worker that failed; the next try waits twice as long (up to 30 s).",
             s.worker_restart_failures,
         )
+        rejected = CounterMetricFamily(
+            "schooldns_transport_rejected",
+            "Connections, PROXY headers and HTTP requests turned away before they were a DNS query, "
+            "by transport and reason.",
+            labels=["transport", "reason"],
+        )
+        for (transport, reason), value in sorted(counters.rejected.items()):
+            rejected.add_metric([transport, reason], value)
+        yield rejected
 
 
 def _counter(name: str, text: str, value: float) -> CounterMetricFamily:
