@@ -1,7 +1,7 @@
 """TLS listeners for DoT and DoH: certificates that reload, the accept loop with its bounds, DoT's connection.
 
 A listener accepts on its own socket, and for each connection: turns it away past
-`limits.tcp_max_connections` (counting handshakes under way), reads the PROXY v2 header a
+`limits.tcp_max_connections` open (or as many handshakes under way), reads the PROXY v2 header a
 trusted front-end sends before TLS (peeked, so a connection without one starts TLS with its
 first byte), then runs the handshake with the certificate of the moment, bounded in time. A
 failed or timed-out handshake is counted, never logged above DEBUG. The connection then
@@ -47,8 +47,8 @@ class CertificateError(ResolverError):
 def load_context(cert_file: Path, key_file: Path, alpn: tuple[str, ...]) -> ssl.SSLContext:
     """A server context (TLS 1.2 and later) with this certificate chain and key; CertificateError saying why not."""
     for path, marker, what in (
-        (cert_file, b"-----BEGIN CERTIFICATE-----", "a PEM certificate"),
-        (key_file, b"PRIVATE KEY-----", "a PEM private key"),
+        (cert_file, b"-----BEGIN CERTIFICATE-----", "PEM certificate"),
+        (key_file, b"PRIVATE KEY-----", "PEM private key"),
     ):
         try:
             text = path.read_bytes()
@@ -188,7 +188,9 @@ class TlsListener:
                     self.loop.remove_reader(self.sock.fileno())
                     self.loop.call_later(ACCEPT_PAUSE_SECONDS, self._resume)
                 return
-            if len(self.connections.open) + len(self.starting) >= limit:
+            # Open connections are capped (their protocols check again once the handshake ended), and so
+            # are handshakes under way, apart: a flood of connections that never finish one holds no more.
+            if len(self.connections.open) >= limit or len(self.starting) >= limit:
                 self.counters.rejected[(self.kind, "connection_limit")] += 1
                 conn.close()
                 continue

@@ -506,10 +506,11 @@ class UpstreamPool:
         sockets_per_upstream: int = 16,
         max_in_flight: int = 10000,
         max_tcp_exchanges: int = 64,
+        make_upstream: Callable[[UpstreamAddress, int], Upstream] | None = None,  # upstreamtls.make_upstream
     ):
         if not addresses:
             raise ValueError("at least one upstream is needed")
-        self.upstreams = [Upstream(a, sockets_per_upstream) for a in addresses]
+        self.upstreams = [(make_upstream or Upstream)(a, sockets_per_upstream) for a in addresses]
         self.timeout_seconds = timeout_seconds
         self.limits = limits
         self.max_in_flight = max_in_flight

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from resolver.control import config, snapshots
-from resolver.dataplane import cache, frontends, metrics, pipeline, server, tls, upstream, workerstate
+from resolver.dataplane import cache, frontends, metrics, pipeline, server, tls, upstream, upstreamtls, workerstate
 from resolver.errors import ListenError, ResolverError
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ class Worker:
             ),
             cfg.forwarding.sockets_per_upstream,
             cfg.forwarding.max_in_flight,
+            make_upstream=upstreamtls.make_upstream,
         )
         self.pipeline = pipeline.Pipeline(snapshot, self.cache, self.pool, self.counters)
         self.in_flight = server.InFlight(cfg.limits.max_queries_in_flight, self.counters)

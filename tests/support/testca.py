@@ -17,7 +17,7 @@ SERVER_NAME = "dns.school.test"
 
 
 @dataclasses.dataclass
-class TestCA:
+class CertificateAuthority:
     """A CA whose certificate is `ca_file`; `issue` writes a server certificate and key it signed."""
 
     directory: Path
@@ -74,7 +74,7 @@ def _write(path: Path, data: bytes) -> None:
     os.replace(temporary, path)
 
 
-def make_ca(directory: Path) -> TestCA:
+def make_ca(directory: Path) -> CertificateAuthority:
     directory.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "schooldns test CA")])
@@ -91,6 +91,6 @@ def make_ca(directory: Path) -> TestCA:
         .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
         .sign(key, hashes.SHA256())
     )
-    ca = TestCA(directory, key, certificate)
+    ca = CertificateAuthority(directory, key, certificate)
     _write(ca.ca_file, certificate.public_bytes(serialization.Encoding.PEM))
     return ca
