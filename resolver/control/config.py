@@ -296,7 +296,7 @@ def _tls_listener(
         try:
             tls.load_context(cert_file, key_file, alpn)
         except tls.CertificateError as exc:
-            section.fail("key_file" if exc.file == key_file and exc.file != cert_file else "cert_file", str(exc))
+            section.fail(exc.setting, str(exc))
     return TlsListenConfig(tuple(listen), cert_file or base, key_file or base)
 
 

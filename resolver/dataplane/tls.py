@@ -39,23 +39,23 @@ DOH_ALPN = ("h2", "http/1.1")
 class CertificateError(ResolverError):
     """A certificate and key that cannot be served: unreadable, not PEM, or not a pair."""
 
-    def __init__(self, message: str, file: Path):
+    def __init__(self, message: str, setting: str):
         super().__init__(message)
-        self.file = file  # the one of the two at fault
+        self.setting = setting  # the one of the two at fault: "cert_file" or "key_file"
 
 
 def load_context(cert_file: Path, key_file: Path, alpn: tuple[str, ...]) -> ssl.SSLContext:
     """A server context (TLS 1.2 and later) with this certificate chain and key; CertificateError saying why not."""
-    for path, marker, what in (
-        (cert_file, b"-----BEGIN CERTIFICATE-----", "PEM certificate"),
-        (key_file, b"PRIVATE KEY-----", "PEM private key"),
+    for path, marker, what, setting in (
+        (cert_file, b"-----BEGIN CERTIFICATE-----", "PEM certificate", "cert_file"),
+        (key_file, b"PRIVATE KEY-----", "PEM private key", "key_file"),
     ):
         try:
             text = path.read_bytes()
         except OSError as exc:
-            raise CertificateError(f"cannot read {path}: {exc.strerror or exc}", path) from None
+            raise CertificateError(f"cannot read {path}: {exc.strerror or exc}", setting) from None
         if marker not in text:
-            raise CertificateError(f"{path} holds no {what}", path)
+            raise CertificateError(f"{path} holds no {what}", setting)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_alpn_protocols(list(alpn))
@@ -64,14 +64,14 @@ def load_context(cert_file: Path, key_file: Path, alpn: tuple[str, ...]) -> ssl.
         context.load_cert_chain(cert_file, key_file, password=lambda: b"")
     except ssl.SSLError as exc:
         if exc.reason == "KEY_VALUES_MISMATCH":
-            raise CertificateError(
-                f"the key {key_file} does not belong to the certificate {cert_file}", key_file
-            ) from None
+            message = f"the key {key_file} does not belong to the certificate {cert_file}"
+            raise CertificateError(message, "key_file") from None
         if exc.reason in ("BAD_DECRYPT", "BAD_PASSWORD_READ", "PROBLEMS_GETTING_PASSWORD"):
             raise CertificateError(
-                f"the key {key_file} is encrypted; give it unencrypted (mode 0600)", key_file
+                f"the key {key_file} is encrypted; give it unencrypted (mode 0600)", "key_file"
             ) from None
-        raise CertificateError(f"cannot load {cert_file} with {key_file}: {exc.reason or exc}", cert_file) from None
+        why = exc.reason if exc.reason not in (None, "PEM_LIB") else "not valid PEM"
+        raise CertificateError(f"cannot load {cert_file} with {key_file}: {why}", "cert_file") from None
     return context
 
 
