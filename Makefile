@@ -29,10 +29,11 @@ run: $(STAMP) bytecode
 check: $(STAMP)
 	$(VENV)/bin/schooldns check --config deploy/example/config.yaml
 
-# The independent clients the integration tests drive, and the tools that check deploy/
+# The independent clients the integration tests drive (dig, kdig and curl also over DoT and DoH;
+# dnsdist as a load balancer in front of schooldns), and the tools that check deploy/
 # (tests/integration/test_deploy.py): shellcheck, systemd-analyze verify, nft -c.
 test-tools:
-	@$(PACKAGES) dig=bind9-dnsutils kdig=knot-dnsutils shellcheck=shellcheck systemd-analyze=systemd nft=nftables
+	@$(PACKAGES) dig=bind9-dnsutils kdig=knot-dnsutils curl=curl dnsdist=dnsdist shellcheck=shellcheck systemd-analyze=systemd nft=nftables
 
 test: $(STAMP) test-tools
 	$(PY) -m pytest
