@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import re
 import ssl
 import subprocess
 from collections.abc import AsyncIterator
@@ -15,11 +16,12 @@ import dns.asyncquery
 import dns.edns
 import dns.message
 import dns.rcode
+from prometheus_client.parser import text_string_to_metric_families
 
 from resolver.operations import tokens
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.harness import Running, running_resolver, until, write_site
-from tests.support.served import ROOT, SCHOOLDNS
+from tests.support.served import ROOT, SCHOOLDNS, serve
 from tests.support.testca import SERVER_NAME, CertificateAuthority, make_ca
 
 TLS_FILES = "cert_file: tls/server.pem, key_file: tls/server.key"
@@ -323,3 +325,37 @@ def test_a_certificate_that_does_not_load_stops_the_start_in_one_line(tmp_path):
         f"{config}:{line + 1}: dot.key_file: {key} holds no PEM private key",
         f"{config}:{line + 2}: doh.key_file: {key} holds no PEM private key",
     ]
+
+
+async def test_every_worker_of_a_supervisor_serves_dot_and_doh_on_one_port(tmp_path):
+    make_ca(tmp_path / "tls").issue()
+    async with FakeUpstream() as upstream:
+        upstream.answer("www.example.com", "A", "127.0.0.1")
+        async with serve(tmp_path, upstream, workers=2, more_config=ENCRYPTED) as served:
+            ports = {
+                kind: {
+                    int(m[1]) for line in served.log if (m := re.search(rf"serving {kind} on 127\.0\.0\.1:(\d+)", line))
+                }
+                for kind in ("DNS over TLS", "DNS over HTTPS")
+            }
+            assert [len(found) for found in ports.values()] == [1, 1], served.log  # both workers, the same port
+            [dot], [doh] = ports.values()
+            tls = [f"+tls-ca={tmp_path / 'tls' / 'ca.pem'}", f"+tls-hostname={SERVER_NAME}"]
+            for _ in range(4):
+                for argv in (["-p", str(dot), "+tls"], ["-p", str(doh), "+https"]):
+                    status, out = await run("kdig", "@127.0.0.1", *argv, *tls, "www.example.com")
+                    assert status == 0 and "NOERROR" in out, out
+
+            async def answered() -> dict[str, float]:
+                """Queries answered per transport, from /metrics (each worker reports every second)."""
+                totals: dict[str, float] = {}
+                for family in text_string_to_metric_families(await served.metrics()):
+                    if family.name == "schooldns_queries":
+                        for sample in family.samples:
+                            transport = sample.labels["transport"]
+                            totals[transport] = totals.get(transport, 0) + sample.value
+                return totals
+
+            async with asyncio.timeout(10):
+                while await answered() != {"dot": 4, "doh": 4}:
+                    await asyncio.sleep(0.2)
