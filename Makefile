@@ -51,6 +51,7 @@ format: $(STAMP)
 # BENCH_ARGS passes options, e.g. `make bench BENCH_ARGS="--skip-baselines --entries 100000"`.
 bench: $(STAMP) bytecode
 	$(PY) tests/perf/bench.py $(BENCH_ARGS)
+	$(PY) tests/perf/bench_encrypted.py --output docs/performance.md
 
 # The benchmark harness end to end on a 10k list with 3 s runs (about 80 s); asserts no speed.
 bench-smoke: $(STAMP) bytecode

@@ -434,6 +434,20 @@ class Http1:
                 asyncio.get_running_loop().call_soon(self.received, b"")  # requests already read
 
 
+# Headers stay bytes, and h2 checks and rewrites none of them: what is sent is this module's own,
+# and of what is received only :method, :path and content-type are read, each compared exactly
+# (a request that breaks HTTP/2's header rules gets 404, 405 or 415 from that). The checks took
+# about a third of h2's time per request (measured under dnsperf -m doh).
+_H2_CONFIG = h2.config.H2Configuration(
+    client_side=False,
+    header_encoding=None,
+    validate_outbound_headers=False,
+    normalize_outbound_headers=False,
+    validate_inbound_headers=False,
+    normalize_inbound_headers=False,
+)
+
+
 class _Stream:
     __slots__ = ("body", "headers")
 
@@ -447,7 +461,7 @@ class Http2:
 
     def __init__(self, connection: DohConnection):
         self.connection = connection
-        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        self.h2 = h2.connection.H2Connection(_H2_CONFIG)
         self.h2.local_settings = h2.settings.Settings(
             client=False,
             initial_values={

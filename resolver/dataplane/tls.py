@@ -23,7 +23,7 @@ from collections.abc import Callable, Sized
 from pathlib import Path
 from typing import Protocol
 
-from resolver.dataplane import ednsopt, frontends, metrics, proxyv2, server
+from resolver.dataplane import ednsopt, frontends, metrics, proxyv2, server, wire
 from resolver.errors import ResolverError
 
 log = logging.getLogger(__name__)
@@ -257,9 +257,27 @@ async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> Non
 
 
 class DotConnection(server.TcpConnection):
-    """One DNS-over-TLS connection (RFC 7858): the TCP listener's, over TLS, its answers padded (RFC 8467)."""
+    """One DNS-over-TLS connection (RFC 7858): the TCP listener's, over TLS, its answers padded (RFC 8467).
+
+    The answers made in one turn of the event loop (those to the queries of one read, mostly) go
+    out in one TLS write: a TLS record and a system call each cost the client as well as this side.
+    """
 
     label = "dot"
 
+    def __init__(self, shared: server.TcpConnections, client: str | bytes = ""):
+        super().__init__(shared, client)
+        self.unsent: list[bytes] = []
+
     def prepare(self, reply: bytes) -> bytes:
         return ednsopt.pad(reply)
+
+    def _write(self, reply: bytes) -> None:
+        if not self.unsent:
+            asyncio.get_running_loop().call_soon(self._send)
+        self.unsent.append(wire.frame(ednsopt.pad(reply)))
+
+    def _send(self) -> None:
+        data, self.unsent = b"".join(self.unsent), []
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
