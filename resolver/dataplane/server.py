@@ -281,11 +281,7 @@ class TcpConnection(asyncio.Protocol):
 
     def _write(self, reply: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(wire.frame(self.prepare(reply)))
-
-    def prepare(self, reply: bytes) -> bytes:
-        """The answer as this transport sends it (DoT pads it)."""
-        return reply
+            self.transport.write(wire.frame(reply))
 
     def close(self) -> None:
         if self.transport is not None:

@@ -269,9 +269,6 @@ class DotConnection(server.TcpConnection):
         super().__init__(shared, client)
         self.unsent: list[bytes] = []
 
-    def prepare(self, reply: bytes) -> bytes:
-        return ednsopt.pad(reply)
-
     def _write(self, reply: bytes) -> None:
         if not self.unsent:
             asyncio.get_running_loop().call_soon(self._send)
