@@ -29,13 +29,14 @@ run: $(STAMP) bytecode
 check: $(STAMP)
 	$(VENV)/bin/schooldns check --config deploy/example/config.yaml
 
-# The independent clients the integration tests drive; the tools that check deploy/
-# (tests/integration/test_deploy.py): shellcheck, systemd-analyze verify, nft -c; and Prometheus
+# The independent clients the integration tests drive (dig, kdig, drill, and curl also over DoT and
+# DoH; dnsdist as a load balancer in front of schooldns); the tools that check deploy/
+# (tests/integration/test_deploy.py): shellcheck, systemd-analyze verify, nft -c; Prometheus
 # (promtool checks the shipped rules; a real Prometheus scrapes real instances); a headless Chromium
 # reads and uses the block page (tests/integration/test_blockpage_browser.py).
 test-tools:
-	@$(PACKAGES) dig=bind9-dnsutils kdig=knot-dnsutils drill=ldnsutils shellcheck=shellcheck \
-		systemd-analyze=systemd nft=nftables promtool=prometheus chromium=chromium
+	@$(PACKAGES) dig=bind9-dnsutils kdig=knot-dnsutils drill=ldnsutils curl=curl dnsdist=dnsdist \
+		shellcheck=shellcheck systemd-analyze=systemd nft=nftables promtool=prometheus chromium=chromium
 
 test: $(STAMP) test-tools
 	$(PY) -m pytest
@@ -53,6 +54,7 @@ format: $(STAMP)
 # BENCH_ARGS passes options, e.g. `make bench BENCH_ARGS="--skip-baselines --entries 100000"`.
 bench: $(STAMP) bytecode
 	$(PY) tests/perf/bench.py $(BENCH_ARGS)
+	$(PY) tests/perf/bench_encrypted.py --output docs/performance.md
 
 # The benchmark harness end to end on a 10k list with 3 s runs (about 80 s); asserts no speed.
 bench-smoke: $(STAMP) bytecode

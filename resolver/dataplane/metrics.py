@@ -63,6 +63,22 @@ class Histogram:
         return cls(data[0], data[1])
 
 
+# Why a transport turned something away before it was a query (the `reason` label of
+# schooldns_transport_rejected_total, with the `transport`; a closed set).
+REJECTIONS = (
+    "proxy_malformed",  # a trusted front-end's PROXY v2 header that is not one: dropped
+    "tls_handshake",  # a TLS handshake that failed or took too long
+    "connection_limit",  # a DoT or DoH connection over limits.tcp_max_connections
+    "http_malformed",  # bytes that are not HTTP/1.1 or HTTP/2: the connection closed
+    "http_not_found",  # 404: a path other than /dns-query
+    "http_method",  # 405: neither GET nor POST
+    "http_bad_request",  # 400: no or a bad `dns` parameter, or not a DNS query
+    "http_media_type",  # 415: a POST not of application/dns-message
+    "http_too_large",  # 413: a body or query longer than a DNS message may be
+    "http_forbidden",  # 403: an unknown DoH token
+)
+
+
 class Counters:
     """Per-worker counters that cost a dict increment per query.
 
@@ -71,7 +87,7 @@ class Counters:
     address.  They are turned into Prometheus metrics only when scraped.
     """
 
-    __slots__ = ("blocked", "dropped", "internal_errors", "malformed", "queries", "waits")
+    __slots__ = ("blocked", "dropped", "internal_errors", "malformed", "queries", "rejected", "waits")
 
     def __init__(self) -> None:
         # defaultdict(int), not Counter: `+= 1` on a Counter (a dict subclass with Python-level
@@ -83,6 +99,8 @@ class Counters:
         self.dropped: collections.defaultdict[str, int] = collections.defaultdict(int)
         # How long the queries that waited for an upstream took to answer, by result (WAITED_RESULTS).
         self.waits = {result: Histogram() for result in WAITED_RESULTS}
+        # What transports turned away before it was a query: (transport, reason) -> count (REJECTIONS).
+        self.rejected: collections.defaultdict[tuple[str, str], int] = collections.defaultdict(int)
 
     def count(self, school: str, transport: str, result: str) -> None:
         self.queries[(school, transport, result)] += 1
@@ -105,6 +123,8 @@ class Counters:
             self.blocked[blocked_key] += value
         for reason, value in other.dropped.items():
             self.dropped[reason] += value
+        for rejected_key, value in other.rejected.items():
+            self.rejected[rejected_key] += value
         self.malformed += other.malformed
         self.internal_errors += other.internal_errors
         for result, histogram in other.waits.items():
@@ -119,6 +139,7 @@ class Counters:
             "internal_errors": self.internal_errors,
             "dropped": dict(self.dropped),
             "waits": {result: histogram.to_wire() for result, histogram in self.waits.items()},
+            "rejected": [[*k, v] for k, v in self.rejected.items()],
         }
 
     @classmethod
@@ -130,6 +151,7 @@ class Counters:
         counters.internal_errors = data["internal_errors"]
         counters.dropped.update(data["dropped"])
         counters.waits.update({result: Histogram.from_wire(row) for result, row in data["waits"].items()})
+        counters.rejected.update({tuple(row[:2]): row[2] for row in data["rejected"]})
         return counters
 
 

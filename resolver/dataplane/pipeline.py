@@ -12,8 +12,10 @@ or a new one) needs of it. It returns one of three things:
   upstream becomes an answer here, and the transport need not know how the upstream is asked.
 
 `client` is the sender's IP address, as text or packed (see SchoolDirectory.lookup). `transport`
-is the counting label ("udp", "tcp"); a "udp" answer is fitted to the client's UDP size and kept
-for repeats, any other may be up to 65,535 bytes.
+is the counting label ("udp", "tcp", "dot", "doh"); a "udp" answer is fitted to the client's UDP
+size and kept for repeats, any other may be up to 65,535 bytes. A transport that identified the
+school otherwise (a DoH token) passes its `school_id`: the query is then that school's, or
+REFUSED if it has none, never the address's nor the default school's.
 """
 
 from __future__ import annotations
@@ -206,13 +208,18 @@ class Pipeline:
     # -----------------------------------------------------------------------------------
     # The data plane, top to bottom.
 
-    def handle(self, data: bytes, client: str | bytes, transport: str) -> bytes | Pending | None:
+    def handle(
+        self, data: bytes, client: str | bytes, transport: str, school_id: str | None = None
+    ) -> bytes | Pending | None:
         """Answer bytes now, None to drop, or a Pending whose answer comes later (module docstring)."""
         snapshot = self.snapshot
         # 1. Identify the school by client address (first, because a repeat is per school), and
         #    the moment of this query for its policy: decisions and repeats made in the same
         #    schedule segment hold (see _segment). Both clocks read once, so every stage agrees.
-        school = snapshot.directory.lookup(client) or snapshot.default_school
+        if school_id is None:
+            school = snapshot.directory.lookup(client) or snapshot.default_school
+        else:
+            school = snapshot.policies.school(school_id)
         wall = self.wall_clock()
         now = self.clock()
         if school is not None:

@@ -82,9 +82,15 @@ class AllUpstreamsFailed(UpstreamError):
 class UpstreamAddress:
     host: str
     port: int
+    # An upstream asked over TLS (DoT, `tls://host:port#name`) gives the name its certificate must
+    # carry (the address itself when written without one); None: plain DNS.
+    tls_name: str | None = None
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        text = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        if self.tls_name is None:
+            return text
+        return f"tls://{text}" + (f"#{self.tls_name}" if self.tls_name != self.host else "")
 
 
 def parse_address(text: str, default_port: int = 53) -> UpstreamAddress:
@@ -595,10 +601,11 @@ class UpstreamPool:
         sockets_per_upstream: int = 16,
         max_in_flight: int = 10000,
         max_tcp_exchanges: int = 64,
+        make_upstream: Callable[[UpstreamAddress, int], Upstream] | None = None,  # upstreamtls.make_upstream
     ):
         if not addresses:
             raise ValueError("at least one upstream is needed")
-        self.upstreams = [Upstream(a, sockets_per_upstream) for a in addresses]
+        self.upstreams = [(make_upstream or Upstream)(a, sockets_per_upstream) for a in addresses]
         self.timeout_seconds = timeout_seconds
         self.limits = limits
         self.max_in_flight = max_in_flight

@@ -672,3 +672,7 @@ def make_rewrite(query: Query, target: str, target_answer: Answer, ttl: int) -> 
         offsets.append(pos + name_len + 4)
         pos += len(record)
     return Answer(message, len(query.question), tuple(offsets), NOERROR, ttl, (target,))
+
+
+# The walk over a name for the transports' EDNS options (ednsopt), which read whole messages too.
+skip_name = _skip_name

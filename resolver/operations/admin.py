@@ -76,7 +76,7 @@ STATUS: Mapping[Failure, int] = {
     Failure.UNAVAILABLE: 503,
 }
 
-ANYONE = frozenset(tokens.RoleKind)
+ANYONE = frozenset(kind for kind in tokens.RoleKind if tokens.Role(kind).is_admin)  # every admin role
 READERS = frozenset({tokens.RoleKind.PROVINCE, tokens.RoleKind.VIEWER})
 WRITERS = frozenset({tokens.RoleKind.PROVINCE, tokens.RoleKind.SCHOOL})
 PROVINCE = frozenset({tokens.RoleKind.PROVINCE})

@@ -39,6 +39,7 @@ class ResolverCollector(Collector):
         if self.sync_status is not None:
             yield from _sync(self.sync_status)
         yield from _workers(s)
+        yield from _transports(s)
 
 
 def _queries(s: workerstate.WorkerState) -> Iterator[Metric]:
@@ -257,6 +258,18 @@ def _workers(s: workerstate.WorkerState) -> Iterator[Metric]:
         "Restarts of a worker that failed; the next try waits twice as long (up to 30 s).",
         s.worker_restart_failures,
     )
+
+
+def _transports(s: workerstate.WorkerState) -> Iterator[Metric]:
+    rejected = CounterMetricFamily(
+        "schooldns_transport_rejected",
+        "Connections, PROXY headers and HTTP requests turned away before they were a DNS query, "
+        "by transport and reason.",
+        labels=["transport", "reason"],
+    )
+    for (transport, reason), value in sorted(s.counters.rejected.items()):
+        rejected.add_metric([transport, reason], value)
+    yield rejected
 
 
 def _counter(name: str, text: str, value: float) -> CounterMetricFamily:

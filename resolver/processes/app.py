@@ -301,6 +301,7 @@ class Supervisor:
         self.conns: list[multiprocessing.connection.Connection] = []
         self.states: dict[int, workerstate.WorkerState] = {}  # the last report of each live worker
         self.listen: tuple[upstream.UpstreamAddress, ...] = cfg.listen  # what the workers serve (run)
+        self.checked = cfg  # check_listen's: the DoT and DoH addresses with their ports resolved (run)
         self.stopping = False
         self.restarts = 0  # workers started again after dying
         self.restart_failures = 0
@@ -325,7 +326,8 @@ class Supervisor:
 
     def _spawn(self, index: int) -> tuple[spawner.WorkerProcess, multiprocessing.connection.Connection]:
         listen = tuple(str(address) for address in self.listen)
-        args = worker.SpawnArgs(self.config.file, listen, index, logging.getLogger().level)
+        dot, doh = ((str(a) for a in c.listen) if c is not None else () for c in (self.checked.dot, self.checked.doh))
+        args = worker.SpawnArgs(self.config.file, listen, index, logging.getLogger().level, tuple(dot), tuple(doh))
         try:
             return self.spawner.start_worker(args)
         except OSError as exc:
@@ -375,7 +377,8 @@ class Supervisor:
         watchers: list[asyncio.Task[None]] = []
         try:
             # Checked here, before any worker builds a snapshot; the workers serve what can be bound.
-            self.listen = worker.check_listen(self.config).listen
+            self.checked = worker.check_listen(self.config)
+            self.listen = self.checked.listen
             admin_sock = bind_admin(self.config)
             blockpage_sockets = bind_blockpage(self.config)
             await Distribution.before_serving(self.config)

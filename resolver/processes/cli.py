@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         if name == "status":
             remote.add_argument("--json", action="store_true", help="print the server's JSON as it is")
 
-    token = commands.add_parser("token", help="add, list or revoke admin API tokens (admin.tokens_file)")
+    token = commands.add_parser("token", help="add, list or revoke admin API and DoH tokens (admin.tokens_file)")
     token_commands = token.add_subparsers(dest="token_command", required=True)
 
     def token_command(name: str, help: str) -> argparse.ArgumentParser:
@@ -73,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         return sub
 
     add = token_command("add", "add a token and print it (shown only this once)")
-    add.add_argument("--role", required=True, help="province, viewer or school:<school-id>")
+    add.add_argument(
+        "--role", required=True, help="province, viewer, school:<school-id> (admin API) or doh:<school-id> (DoH)"
+    )
     add.add_argument("--name", help="a name for the audit log (default: from the role)")
     token_command("list", "list the tokens: name, role, when added")
     token_command("revoke", "remove a token: it stops working at once").add_argument(
