@@ -192,12 +192,10 @@ class Pipeline:
         if decision is not policy.ALLOW:
             if isinstance(decision, policy.Block):
                 reply = self._blocked(query, decision, snapshot)
-                self.counters.count_block(school.id, transport, decision.category)
+                self.counters.count_block(school.id, transport, decision.category, decision.authority)
                 if transport == "udp":
                     until = now + repeats.BLOCKED_REPEAT_SECONDS
-                    self.repeats.keep_blocked(
-                        school.id, data, segment, reply, decision.category, until, from_cache=False
-                    )
+                    self.repeats.keep_blocked(school.id, data, segment, reply, decision, until, from_cache=False)
                 return reply
             if isinstance(decision, policy.Rewrite):
                 return self._rewrite(data, query, decision.target, school, segment, snapshot, transport, limit, now)
@@ -209,10 +207,10 @@ class Pipeline:
                 block = self._inspect(query, entry.targets, school, snapshot, wall)
                 if block is not None:
                     reply = self._blocked(query, block, snapshot)
-                    self.counters.count_block(school.id, transport, block.category)
+                    self.counters.count_block(school.id, transport, block.category, block.authority)
                     if transport == "udp":
                         self.repeats.keep_blocked(
-                            school.id, data, segment, reply, block.category, entry.expires_at, from_cache=True
+                            school.id, data, segment, reply, block, entry.expires_at, from_cache=True
                         )
                     return reply
             reply = wire.replay(entry.message, entry.question_length, query, limit)
@@ -243,7 +241,7 @@ class Pipeline:
         if answer.targets:  # 7. inspect: the chain is decided now, when it arrived
             block = self._inspect(query, answer.targets, school, miss.snapshot, self.wall_clock())
             if block is not None:
-                self.counters.count_block(school.id, transport, block.category)
+                self.counters.count_block(school.id, transport, block.category, block.authority)
                 waits["blocked"].observe(now - miss.started)
                 return self._blocked(query, block, miss.snapshot)
         self.counters.count(school.id, transport, "forwarded")

@@ -86,7 +86,7 @@ class Row:
     negative_soa: bool = False  # an SOA in the authority section
     ede: tuple[int, str] | None = None  # info code and text
     counted: tuple[tuple[tuple[str, str, str], int], ...] = ()  # Counters.queries after every ask
-    blocked: tuple[tuple[tuple[str, str], int], ...] = ()  # Counters.blocked after every ask
+    blocked: tuple[tuple[tuple[str, str, str], int], ...] = ()  # Counters.blocked after every ask
     malformed: int = 0
     asked: tuple[str, ...] = ()  # names the forwarder was asked, in order
     cache_hits: int = 0
@@ -132,7 +132,7 @@ ROWS = [
         negative_soa=True,
         ede=(wire.EDE_FILTERED, f"category=adult; authority=school; {INFO}"),
         counted=(_q("school-a", "blocked"),),
-        blocked=((("school-a", "adult"), 1),),
+        blocked=((("school-a", "adult", "school"), 1),),
     ),
     Row(
         "blocked below a listed name",
@@ -141,7 +141,7 @@ ROWS = [
         negative_soa=True,
         ede=(wire.EDE_FILTERED, f"category=games; authority=school; {INFO}"),
         counted=(_q("school-a", "blocked"),),
-        blocked=((("school-a", "games"), 1),),
+        blocked=((("school-a", "games", "school"), 1),),
     ),
     Row(
         "blocked by a mandatory category",
@@ -151,7 +151,7 @@ ROWS = [
         negative_soa=True,
         ede=(wire.EDE_CENSORED, f"category=malware; authority=province; {INFO}"),
         counted=(_q("school-b", "blocked"),),
-        blocked=((("school-b", "malware"), 1),),
+        blocked=((("school-b", "malware", "province"), 1),),
     ),
     Row(
         "blocked over TCP, without EDNS: no EDE",
@@ -161,7 +161,7 @@ ROWS = [
         rcode=dns.rcode.NXDOMAIN,
         negative_soa=True,
         counted=(_q("school-a", "blocked", transport="tcp"),),
-        blocked=((("school-a", "adult"), 1),),
+        blocked=((("school-a", "adult", "school"), 1),),
     ),
     Row(
         "a category another school's profile allows",
@@ -185,7 +185,7 @@ ROWS = [
         negative_soa=True,
         ede=(wire.EDE_BLOCKED, f"category=deny; authority=deny; {INFO}"),
         counted=(_q("school-a", "blocked"),),
-        blocked=((("school-a", "deny"), 1),),
+        blocked=((("school-a", "deny", "deny"), 1),),
     ),
     Row(
         "bypass prevention: the DoH canary",
@@ -194,7 +194,7 @@ ROWS = [
         negative_soa=True,
         ede=(wire.EDE_CENSORED, f"category=bypass; authority=province; {INFO}"),
         counted=(_q("school-a", "blocked"),),
-        blocked=((("school-a", "bypass"), 1),),
+        blocked=((("school-a", "bypass", "province"), 1),),
     ),
     Row(
         "safe search rewritten to the engine's safe host",
@@ -259,7 +259,7 @@ ROWS = [
         negative_soa=True,
         ede=(wire.EDE_FILTERED, f"category=adult; authority=school; {INFO}"),
         counted=(_q("school-a", "blocked", 3),),
-        blocked=((("school-a", "adult"), 3),),
+        blocked=((("school-a", "adult", "school"), 3),),
     ),
     Row(
         "a CNAME to a blocked name",
@@ -268,7 +268,7 @@ ROWS = [
         negative_soa=True,
         ede=(wire.EDE_FILTERED, f"category=adult; authority=school; {INFO}"),
         counted=(_q("school-a", "blocked"),),
-        blocked=((("school-a", "adult"), 1),),
+        blocked=((("school-a", "adult", "school"), 1),),
         asked=("cloaked.example.net",),
     ),
     Row(
@@ -279,7 +279,7 @@ ROWS = [
         negative_soa=True,
         ede=(wire.EDE_FILTERED, f"category=adult; authority=school; {INFO}"),
         counted=(_q("school-a", "blocked", 3),),
-        blocked=((("school-a", "adult"), 3),),
+        blocked=((("school-a", "adult", "school"), 3),),
         asked=("cloaked.example.net",),
         cache_hits=2,
     ),
@@ -305,7 +305,7 @@ ROWS = [
         negative_soa=True,
         ede=(wire.EDE_FILTERED, f"category=games; authority=school; {INFO}"),
         counted=(_q("school-a", "blocked"),),
-        blocked=((("school-a", "games"), 1),),
+        blocked=((("school-a", "games", "school"), 1),),
         asked=("gamecdn.example.net",),
     ),
     Row(
