@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import gc
 import importlib
 import logging
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 from resolver.control import config, snapshots, sync
 from resolver.dataplane import pipeline, server, upstream, workerstate
 from resolver.errors import ResolverError
+from resolver.operations import rollups
 from resolver.processes import sdnotify, spawner, worker
 
 if TYPE_CHECKING:  # imported at run time only once DNS serves (start_admin)
@@ -86,6 +88,21 @@ async def start_admin(
     return runner
 
 
+def recorder(
+    cfg: config.Config,
+    state: Callable[[], workerstate.WorkerState],
+    snapshot: Callable[[], Awaitable[pipeline.Snapshot]],
+) -> rollups.Recorder:
+    """The daily rollups' writer of the serving process (docs/operations.md, "The annual report")."""
+
+    async def zone() -> datetime.tzinfo:
+        return (await snapshot()).province.tz
+
+    return rollups.Recorder(
+        rollups.RollupStore(cfg.state_dir), state, zone, cfg.rollups.interval_seconds, cfg.rollups.retention_days
+    )
+
+
 async def run_single(cfg: config.Config, ready: Callable[[worker.Worker], object] | None = None) -> None:
     """workers: 1 — everything (DNS, admin, reload) in this process until SIGTERM/SIGINT."""
     cfg = worker.check_listen(cfg)  # before the snapshot, which may take a compile
@@ -115,18 +132,22 @@ async def run_single(cfg: config.Config, ready: Callable[[worker.Worker], object
     sdnotify.notify("READY=1")  # systemd's Type=notify: the first snapshot serves, and so does the admin API
     if ready is not None:
         ready(dns_worker)
+    daily = recorder(cfg, dns_worker.state, installed)
     watchers = [
         loop.create_task(worker.watch_files(cfg, dns_worker.reload, files)),
         loop.create_task(watch_state(dns_worker.state, STATE_TICK_SECONDS)),
+        loop.create_task(daily.run()),
     ]
     await stop.wait()
     sdnotify.notify("STOPPING=1")
     for watcher in watchers:
         watcher.cancel()
+    await asyncio.gather(*watchers, return_exceptions=True)
     log.info("shutting down: draining queries in flight (up to %.1fs)", cfg.limits.shutdown_drain_seconds)
     if admin_runner is not None:
         await admin_runner.cleanup()
     await dns_worker.stop()
+    await daily.flush()  # a clean stop loses none of the day's numbers
 
 
 # ---------------------------------------------------------------------------------------
@@ -240,6 +261,7 @@ class Supervisor:
         admin_sock: socket.socket | None = None
         admin_runner: web.AppRunner | None = None
         watchers: list[asyncio.Task[None]] = []
+        daily: rollups.Recorder | None = None
         try:
             # Checked here, before any worker builds a snapshot; the workers serve what can be bound.
             self.listen = worker.check_listen(self.config).listen
@@ -262,11 +284,13 @@ class Supervisor:
             sdnotify.notify("READY=1")  # every worker serves the first snapshot, and the admin API is up
             if ready is not None:
                 ready(self)
+            daily = recorder(self.config, self.state, self.snapshot)
             watchers = [
                 loop.create_task(self._watch()),
                 loop.create_task(worker.watch_files(self.config, self.reload, files)),
                 # The workers' reports come every second (worker.COUNTERS_PUBLISH_SECONDS).
                 loop.create_task(watch_state(self.state, worker.COUNTERS_PUBLISH_SECONDS)),
+                loop.create_task(daily.run()),
             ]
             await self._stop.wait()
             sdnotify.notify("STOPPING=1")
@@ -281,6 +305,9 @@ class Supervisor:
                 admin_sock.close()
             await self._stop_workers()
             self.spawner.close()
+            if daily is not None:
+                self._collect()  # each worker's last report, sent as it stopped
+                await daily.flush()
 
     async def _stop_workers(self) -> None:
         for process in self.processes:
