@@ -30,11 +30,12 @@ check: $(STAMP)
 	$(VENV)/bin/schooldns check --config deploy/example/config.yaml
 
 # The independent clients the integration tests drive; the tools that check deploy/
-# (tests/integration/test_deploy.py): shellcheck, systemd-analyze verify, nft -c; and Prometheus
-# (promtool checks the shipped rules; a real Prometheus scrapes real instances).
+# (tests/integration/test_deploy.py): shellcheck, systemd-analyze verify, nft -c; Prometheus
+# (promtool checks the shipped rules; a real Prometheus scrapes real instances); and a headless
+# Chromium that signs in to the /ui/ pages (tests/integration/test_ui.py).
 test-tools:
 	@$(PACKAGES) dig=bind9-dnsutils kdig=knot-dnsutils shellcheck=shellcheck systemd-analyze=systemd nft=nftables \
-		promtool=prometheus
+		promtool=prometheus chromium=chromium
 
 test: $(STAMP) test-tools
 	$(PY) -m pytest

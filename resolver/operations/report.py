@@ -414,29 +414,32 @@ def to_csv(report: Report) -> str:
 # ---------------------------------------------------------------------------------------------
 # Markdown, in Vietnamese and English: each label "Vietnamese / English".
 
-CATEGORY_NAMES = {
-    "adult": "Nội dung người lớn / Adult content",
-    "gambling": "Cờ bạc / Gambling",
-    "violence": "Bạo lực / Violence",
-    "drugs": "Ma túy / Drugs",
-    "malware": "Mã độc / Malware",
-    "phishing": "Lừa đảo / Phishing",
-    "csam": "Xâm hại tình dục trẻ em / Child sexual abuse material",
-    "games": "Trò chơi / Games",
-    "social": "Mạng xã hội / Social networks",
-    "bypass": "Vượt bộ lọc / Filter bypass",
-    "deny": "Danh sách chặn của trường / School's deny list",
-    "safe_search": "Máy tìm kiếm không có chế độ an toàn / Search engines without safe search",
+# (Vietnamese, English) of the shipped categories and of the pipeline's own (deny, safe_search).
+CATEGORY_NAMES: Mapping[str, tuple[str, str]] = {
+    "adult": ("Nội dung người lớn", "Adult content"),
+    "gambling": ("Cờ bạc", "Gambling"),
+    "violence": ("Bạo lực", "Violence"),
+    "drugs": ("Ma túy", "Drugs"),
+    "malware": ("Mã độc", "Malware"),
+    "phishing": ("Lừa đảo", "Phishing"),
+    "csam": ("Xâm hại tình dục trẻ em", "Child sexual abuse material"),
+    "games": ("Trò chơi", "Games"),
+    "social": ("Mạng xã hội", "Social networks"),
+    "bypass": ("Vượt bộ lọc", "Filter bypass"),
+    "deny": ("Danh sách chặn của trường", "School's deny list"),
+    "safe_search": ("Máy tìm kiếm không có chế độ an toàn", "Search engines without safe search"),
 }
-AUTHORITY_NAMES = {
-    "province": "Tỉnh (bắt buộc) / Province (mandatory)",
-    "school": "Trường chọn chặn / Chosen by the school",
-    "deny": "Danh sách chặn của trường / School's deny list",
+AUTHORITY_NAMES: Mapping[str, tuple[str, str]] = {
+    "province": ("Tỉnh (bắt buộc)", "Province (mandatory)"),
+    "school": ("Trường chọn chặn", "Chosen by the school"),
+    "deny": ("Danh sách chặn của trường", "School's deny list"),
 }
 
 
 def category_name(category: str) -> str:
-    return CATEGORY_NAMES.get(category, category)
+    """ "Vietnamese / English" for a known category, else its id."""
+    names = CATEGORY_NAMES.get(category)
+    return " / ".join(names) if names else category
 
 
 def number(value: int) -> str:
@@ -517,7 +520,7 @@ def to_markdown(report: Report) -> str:
         "",
         *_table(
             ["Cấp / Authority", "Bị chặn / Blocked"],
-            [[AUTHORITY_NAMES[a], number(s.blocked_by_authority.get(a, 0))] for a in AUTHORITIES],
+            [[" / ".join(AUTHORITY_NAMES[a]), number(s.blocked_by_authority.get(a, 0))] for a in AUTHORITIES],
         ),
         "",
         "## Từng trường / Each school",
