@@ -146,58 +146,44 @@ def this_year(zone: datetime.tzinfo, now: datetime.datetime | None = None) -> in
 
 def of_year(state_dir: Path, policies: policy.Policies, year: int, now: datetime.datetime) -> Report:
     """This instance's report of `year`: its rollups (state_dir) for the schools of `policies`."""
-    rows = rollups.RollupStore(state_dir).read(*year_span(year))
+    totals = rollups.RollupStore(state_dir).totals(*year_span(year))
     schools = [(school.id, school.name) for school in policies.schools]
-    return build(year, schools, rows, policies.province.timezone, now)
+    return build(year, schools, totals, policies.province.timezone, now)
 
 
 def build(
     year: int,
     schools: Sequence[tuple[str, str]],
-    rows: rollups.Rows,
+    totals: rollups.Totals,
     timezone: str,
     generated_at: datetime.datetime,
 ) -> Report:
-    """The report of `year` for the configured `schools` ((id, name), in order) from the rollups' rows."""
-    first, last = year_span(year)
-    queries: Counter[str] = Counter()
-    active: dict[str, set[datetime.date]] = {}
-    recorded: set[datetime.date] = set()
-    unknown = 0
-    for day in rows.days:
-        if not first <= day.day <= last:
-            continue
-        recorded.add(day.day)
-        if day.school == rollups.UNKNOWN:
-            unknown += day.queries
-            continue
-        queries[day.school] += day.queries
-        if day.queries:
-            active.setdefault(day.school, set()).add(day.day)
+    """The report of `year` for the configured `schools` ((id, name), in order) from the rollups' totals."""
     blocked: dict[str, Counter[str]] = {}
     by_authority: dict[str, Counter[str]] = {}
-    for block in rows.blocks:
-        if first <= block.day <= last:
-            blocked.setdefault(block.school, Counter())[block.category] += block.blocked
-            by_authority.setdefault(block.school, Counter())[block.authority] += block.blocked
+    for (school, category, authority), count in totals.blocked.items():
+        blocked.setdefault(school, Counter())[category] += count
+        by_authority.setdefault(school, Counter())[authority] += count
+    nothing = rollups.SchoolTotal(0, ())
+    unknown = totals.schools.get(rollups.UNKNOWN, nothing)
     return Report(
         year=year,
         timezone=timezone,
         generated_at=generated_at.astimezone(datetime.UTC),
         instances=1,
-        recorded_days=tuple(sorted(recorded)),
+        recorded_days=totals.recorded_days,
         schools=tuple(
             School(
                 id=school_id,
                 name=name,
-                queries=queries[school_id],
+                queries=totals.schools.get(school_id, nothing).queries,
                 blocked=dict(sorted(blocked.get(school_id, Counter()).items())),
                 blocked_by_authority=_authorities(by_authority.get(school_id, Counter())),
-                active_days=tuple(sorted(active.get(school_id, ()))),
+                active_days=totals.schools.get(school_id, nothing).active_days,
             )
             for school_id, name in schools
         ),
-        unknown_queries=unknown,
+        unknown_queries=unknown.queries,
     )
 
 

@@ -15,12 +15,13 @@ import collections
 import contextlib
 import dataclasses
 import datetime
+import functools
 import logging
 import os
 import sqlite3
 import time
 import zoneinfo
-from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 from resolver.dataplane import metrics, workerstate
@@ -39,6 +40,7 @@ CREATE TABLE IF NOT EXISTS school_days (
     day TEXT NOT NULL,             -- YYYY-MM-DD in the province's time zone
     school TEXT NOT NULL,          -- a configured school's id, or 'unknown'
     queries INTEGER NOT NULL,      -- queries answered that day (0: configured, and silent)
+    blocked INTEGER NOT NULL,      -- of them blocked, every category (school_blocks has each)
     PRIMARY KEY (day, school)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS school_blocks (
@@ -95,27 +97,37 @@ def _gains(
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class DayRow:
-    day: datetime.date
-    school: str
+class SchoolTotal:
+    """A school's numbers over a span of days."""
+
     queries: int
+    active_days: tuple[datetime.date, ...]  # the days it had queries, in order
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class BlockRow:
-    day: datetime.date
-    school: str
-    category: str
-    authority: str
-    blocked: int
+class Totals:
+    """A span of days added up per school: what the annual report reads."""
+
+    recorded_days: tuple[datetime.date, ...]  # days with rows: an instance ran and wrote them
+    schools: Mapping[str, SchoolTotal]  # every school with a row, `unknown` too
+    blocked: Mapping[tuple[str, str, str], int]  # (school, category, authority) -> blocked over the span
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Rows:
-    """The rollups of a span of days (a school's day without a row: the instance did not run then)."""
+class Daily:
+    """A span of days per school and day: what the dashboard's charts read."""
 
-    days: tuple[DayRow, ...]
-    blocks: tuple[BlockRow, ...]
+    queries: Mapping[tuple[str, datetime.date], int]  # (school, day) -> queries; no key: no row that day
+    blocked: Mapping[tuple[str, datetime.date], int]  # (school, day) -> blocked, every category
+    categories: Mapping[str, Mapping[str, int]]  # school -> category -> blocked over the span
+
+    @property
+    def recorded_days(self) -> frozenset[datetime.date]:
+        return frozenset(day for _, day in self.queries)
+
+
+EMPTY_TOTALS = Totals((), {}, {})
+EMPTY_DAILY = Daily({}, {}, {})
 
 
 class RollupStore:
@@ -127,11 +139,18 @@ class RollupStore:
     def add(self, day: datetime.date, growth: Growth, schools: Iterable[str]) -> None:
         """Add a growth to `day`, and a row for each configured school (a silent one's says 0), in one transaction."""
         text = day.isoformat()
+        blocked: collections.Counter[str] = collections.Counter()
+        for (school, _, _), count in growth.blocked.items():
+            blocked[school] += count
         with self._writing() as db:
             db.executemany(
-                "INSERT INTO school_days (day, school, queries) VALUES (?, ?, ?) "
-                "ON CONFLICT (day, school) DO UPDATE SET queries = queries + excluded.queries",
-                [(text, school, growth.queries.get(school, 0)) for school in {*schools, *growth.queries}],
+                "INSERT INTO school_days (day, school, queries, blocked) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (day, school) DO UPDATE SET "
+                "queries = queries + excluded.queries, blocked = blocked + excluded.blocked",
+                [
+                    (text, school, growth.queries.get(school, 0), blocked[school])
+                    for school in {*schools, *growth.queries, *blocked}
+                ],
             )
             db.executemany(
                 "INSERT INTO school_blocks (day, school, category, authority, blocked) VALUES (?, ?, ?, ?, ?) "
@@ -147,37 +166,75 @@ class RollupStore:
             gone += db.execute("DELETE FROM school_blocks WHERE day < ?", (text,)).rowcount
         return int(gone)
 
-    def read(self, first: datetime.date, last: datetime.date, schools: Collection[str] | None = None) -> Rows:
-        """The rows of the days `first` to `last` (of `schools` only, when given); none when there is no file yet."""
-        if not self.path.exists():
-            return Rows((), ())
+    def totals(self, first: datetime.date, last: datetime.date) -> Totals:
+        """The days `first` to `last` added up per school (SQLite adds: a year of a thousand schools is
+        millions of rows); nothing when there is no file yet."""
         span = (first.isoformat(), last.isoformat())
+        with self._reading() as db:
+            if db is None:
+                return EMPTY_TOTALS
+            recorded_days = [
+                day
+                for (day,) in db.execute(
+                    "SELECT DISTINCT day FROM school_days WHERE day BETWEEN ? AND ? ORDER BY day", span
+                )
+            ]
+            schools = db.execute(
+                "SELECT school, sum(queries), group_concat(CASE WHEN queries > 0 THEN day END) "
+                "FROM school_days WHERE day BETWEEN ? AND ? GROUP BY school",
+                span,
+            ).fetchall()
+            blocked = db.execute(
+                "SELECT school, category, authority, sum(blocked) FROM school_blocks "
+                "WHERE day BETWEEN ? AND ? GROUP BY school, category, authority",
+                span,
+            ).fetchall()
+        day_of = functools.cache(datetime.date.fromisoformat)
+        return Totals(
+            tuple(map(day_of, recorded_days)),
+            {
+                school: SchoolTotal(queries, tuple(sorted(map(day_of, days.split(",")))) if days else ())
+                for school, queries, days in schools
+            },
+            {(school, category, authority): n for school, category, authority, n in blocked},
+        )
+
+    def daily(self, first: datetime.date, last: datetime.date, school: str | None = None) -> Daily:
+        """The days `first` to `last` per school and day (one school's only, when given)."""
+        span: tuple[str, ...] = (first.isoformat(), last.isoformat())
+        where = "day BETWEEN ? AND ?"
+        if school is not None:
+            where, span = where + " AND school = ?", (*span, school)
+        with self._reading() as db:
+            if db is None:
+                return EMPTY_DAILY
+            days = db.execute(f"SELECT school, day, queries, blocked FROM school_days WHERE {where}", span).fetchall()
+            categories = db.execute(
+                f"SELECT school, category, sum(blocked) FROM school_blocks WHERE {where} GROUP BY school, category",
+                span,
+            ).fetchall()
+        day_of = functools.cache(datetime.date.fromisoformat)
+        per_school: dict[str, dict[str, int]] = {}
+        for name, category, n in categories:
+            per_school.setdefault(name, {})[category] = n
+        return Daily(
+            {(name, day_of(day)): queries for name, day, queries, _ in days},
+            {(name, day_of(day)): blocked for name, day, _, blocked in days if blocked},
+            per_school,
+        )
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection | None]:
+        """A connection to read with (None: no file yet); RollupError when the file cannot be read."""
+        if not self.path.exists():
+            yield None
+            return
         try:
             with contextlib.closing(self._connect(self.path.as_uri() + "?mode=rw", uri=True)) as db:
                 self._check_version(db, writing=False)
-                days = db.execute(
-                    "SELECT day, school, queries FROM school_days WHERE day BETWEEN ? AND ? ORDER BY day, school", span
-                ).fetchall()
-                blocks = db.execute(
-                    "SELECT day, school, category, authority, blocked FROM school_blocks "
-                    "WHERE day BETWEEN ? AND ? ORDER BY day, school, category, authority",
-                    span,
-                ).fetchall()
+                yield db
         except sqlite3.Error as exc:
             raise RollupError(f"{self.path}: cannot read the rollups: {exc}") from None
-        wanted = None if schools is None else set(schools)
-        return Rows(
-            tuple(
-                DayRow(datetime.date.fromisoformat(day), school, queries)
-                for day, school, queries in days
-                if wanted is None or school in wanted
-            ),
-            tuple(
-                BlockRow(datetime.date.fromisoformat(day), school, category, authority, blocked)
-                for day, school, category, authority, blocked in blocks
-                if wanted is None or school in wanted
-            ),
-        )
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[sqlite3.Connection]:

@@ -21,6 +21,7 @@ import time
 import zoneinfo
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Protocol
 
 from aiohttp import web
@@ -74,25 +75,26 @@ async def _report(served: Served, caller: access.Caller, query: dict[str, str]) 
     if form not in REPORT_TYPES:
         raise Refused(Failure.BAD_REQUEST, f"format is one of {', '.join(REPORT_TYPES)}, got {form!r}")
     snapshot = await _snapshot(served)
-    now = datetime.datetime.now(datetime.UTC)
+    only = caller.role.school if caller.role.kind is tokens.RoleKind.SCHOOL else None
     try:
         year = report.check_year(query["year"], "year") if "year" in query else report.this_year(snapshot.province.tz)
-        made = await asyncio.to_thread(report.of_year, served.config.state_dir, snapshot.policies, year, now)
+        # In a thread: a year of a thousand schools takes seconds to add up and render.
+        text = await asyncio.to_thread(_report_text, served.config.state_dir, snapshot, year, only, form)
     except report.ReportError as exc:
         raise Refused(Failure.BAD_REQUEST, str(exc)) from None
     except rollups.RollupError as exc:
         raise Refused(Failure.UNAVAILABLE, str(exc)) from None
-    if caller.role.kind is tokens.RoleKind.SCHOOL:
-        assert caller.role.school is not None
-        made = made.only(caller.role.school)
-    if form == "json":
-        return web.json_response(report.to_json(made))
     return web.Response(
-        text=report.render(made, form),
+        text=text,
         content_type=REPORT_TYPES[form],
         charset="utf-8",
-        headers={"Content-Disposition": f'inline; filename="schooldns-report-{made.year}.{form}"'},
+        headers={"Content-Disposition": f'inline; filename="schooldns-report-{year}.{form}"'},
     )
+
+
+def _report_text(state_dir: Path, snapshot: pipeline.Snapshot, year: int, only: str | None, form: str) -> str:
+    made = report.of_year(state_dir, snapshot.policies, year, datetime.datetime.now(datetime.UTC))
+    return report.render(made if only is None else made.only(only), form)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,40 +236,46 @@ class Overview:
 
 
 async def overview(served: Served, only: str | None) -> Overview:
-    """The pages' numbers now; `only`: one school's (a school token's)."""
-    state = served.state()
+    """The pages' numbers now; `only`: one school's (a school token's). Made in a thread: a thousand
+    schools' days are 30,000 rows."""
+    state = served.state()  # here: one process's live numbers are read on its event loop
     try:
         snapshot: pipeline.Snapshot | None = await served.snapshot()
     except ResolverError:
         snapshot = None  # the ids stand in for the names
+    synced = served.sync.status() if served.sync is not None else None
+    return await asyncio.to_thread(_overview, state, snapshot, synced, served.config.state_dir, only, time.time())
+
+
+def _overview(
+    state: workerstate.WorkerState,
+    snapshot: pipeline.Snapshot | None,
+    synced: sync.SyncStatus | None,
+    state_dir: Path,
+    only: str | None,
+    now: float,
+) -> Overview:
     zone = snapshot.province.tz if snapshot else zoneinfo.ZoneInfo(policyfile.DEFAULT_TIMEZONE)
     names = {school.id: school.name for school in snapshot.policies.schools} if snapshot else {}
     ids = [school for school in state.schools if only is None or school == only]
-    now = time.time()
     today = rollups.local_day(now, zone)
     days = tuple(today - datetime.timedelta(days=back) for back in range(WINDOW_DAYS - 1, -1, -1))
     problem = None
     try:
-        rows = await asyncio.to_thread(rollups.RollupStore(served.config.state_dir).read, days[0], days[-1], ids)
+        daily = rollups.RollupStore(state_dir).daily(days[0], days[-1], only)
     except rollups.RollupError as exc:
-        rows, problem = rollups.Rows((), ()), str(exc)
-    queries: dict[tuple[str, datetime.date], int] = {(row.school, row.day): row.queries for row in rows.days}
-    blocked: Counter[tuple[str, datetime.date]] = Counter()
-    categories: dict[str, Counter[str]] = {}
-    for block in rows.blocks:
-        blocked[(block.school, block.day)] += block.blocked
-        categories.setdefault(block.school, Counter())[block.category] += block.blocked
+        daily, problem = rollups.EMPTY_DAILY, str(exc)
     views = []
     for school in ids:
-        active_days = [day for day in days if queries.get((school, day))]
+        active_days = [day for day in days if daily.queries.get((school, day))]
         views.append(
             SchoolView(
                 id=school,
                 name=names.get(school, school),
                 last_query=state.last_query.get(school) or None,
-                queries=tuple(queries.get((school, day)) for day in days),
-                blocked=tuple(blocked[(school, day)] for day in days),
-                categories=tuple(categories.get(school, Counter()).most_common()),
+                queries=tuple(daily.queries.get((school, day)) for day in days),
+                blocked=tuple(daily.blocked.get((school, day), 0) for day in days),
+                categories=tuple(Counter(daily.categories.get(school, {})).most_common()),
                 last_active=active_days[-1] if active_days else None,
             )
         )
@@ -275,10 +283,10 @@ async def overview(served: Served, only: str | None) -> Overview:
         now=now,
         zone=zone,
         days=days,
-        recorded=frozenset(row.day for row in rows.days),
+        recorded=daily.recorded_days,
         schools=tuple(views),
         state=state,
-        sync=served.sync.status() if served.sync is not None else None,
+        sync=synced,
         rollups_problem=problem,
     )
 
@@ -389,7 +397,7 @@ def _ticks(days: Sequence[datetime.date]) -> list[tuple[int, str]]:
     return [(i, day.strftime("%d/%m")) for i, day in enumerate(days) if i in (0, last) or (i % 7 == 0 and last - i > 3)]
 
 
-def _day_chart(ov: Overview, school: SchoolView, lang: Lang, small: bool = False) -> str:
+def _day_chart(ov: Overview, school: SchoolView, lang: Lang) -> str:
     bars = []
     for day, queries, blocked in zip(ov.days, school.queries, school.blocked, strict=True):
         label = day.strftime("%d/%m/%Y")
@@ -399,11 +407,19 @@ def _day_chart(ov: Overview, school: SchoolView, lang: Lang, small: bool = False
             bars.append(
                 charts.Column(queries, f"{label}: {T.QUERIES(lang)} {queries}, {T.BLOCKED(lang)} {blocked}", blocked)
             )
-    label = f"{school.name}: {T.QUERIES_PER_DAY(lang)}"
-    if small:
-        return charts.columns(bars, label, width=180, height=36).replace('class="chart"', 'class="chart spark"', 1)
     top = max((q or 0 for q in school.queries), default=0)
+    label = f"{school.name}: {T.QUERIES_PER_DAY(lang)}"
     return charts.columns(bars, label, top_label=f"{T.QUERIES(lang)}: {report.number(top)}", ticks=_ticks(ov.days))
+
+
+def _spark(school: SchoolView, lang: Lang) -> str:
+    """The school's days in a table cell: bars without text, its totals in the label."""
+    queries, blocked = sum(q or 0 for q in school.queries), sum(school.blocked)
+    label = (
+        f"{school.name}, {T.DAYS_30(lang)}: {T.QUERIES(lang)} {report.number(queries)}, "
+        f"{T.BLOCKED(lang)} {report.number(blocked)}"
+    )
+    return charts.spark(school.queries, school.blocked, label)
 
 
 def _cards(ov: Overview, lang: Lang, schools_card: str) -> str:
@@ -514,7 +530,7 @@ def render_overview(ov: Overview, lang: Lang, who: tokens.Token) -> str:
                 _today(s.queries),
                 report.number(s.blocked[-1]),
                 _when(s.last_query, ov, lang) if s.last_query else "–",
-                _day_chart(ov, s, lang, small=True),
+                _spark(s, lang),
             ]
             for s in ov.schools
         ],
@@ -636,7 +652,8 @@ class Pages:
             return _html(render_sign_in(lang))
         if who.role.kind is tokens.RoleKind.SCHOOL:
             return await self._school_page(who, who.role.school or "", lang, back=False)
-        return _html(render_overview(await overview(self.served, None), lang, who))
+        ov = await overview(self.served, None)
+        return _html(await asyncio.to_thread(render_overview, ov, lang, who))
 
     async def school(self, request: web.Request) -> web.Response:
         lang = _lang_of(request)

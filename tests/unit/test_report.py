@@ -10,36 +10,32 @@ import json
 import pytest
 
 from resolver.operations import report
-from resolver.operations.rollups import BlockRow, DayRow, Rows
+from resolver.operations.rollups import EMPTY_TOTALS, SchoolTotal, Totals
 
 SCHOOLS = [("school-a", "Tiểu học A"), ("school-b", "THPT B"), ("school-c", "THCS C")]
 D1, D2, D3 = datetime.date(2026, 3, 2), datetime.date(2026, 3, 3), datetime.date(2026, 3, 4)
 NOW = datetime.datetime(2026, 12, 7, 3, 0, tzinfo=datetime.UTC)
-ROWS = Rows(
-    days=(
-        DayRow(datetime.date(2025, 12, 31), "school-c", 9),  # another year: left out
-        DayRow(D1, "school-a", 100),
-        DayRow(D1, "school-b", 0),
-        DayRow(D1, "school-c", 0),
-        DayRow(D1, "unknown", 4),
-        DayRow(D2, "school-a", 50),
-        DayRow(D2, "school-b", 7),
-        DayRow(D2, "school-c", 0),
-        DayRow(D2, "gone", 3),  # a school no longer configured
-    ),
-    blocks=(
-        BlockRow(D1, "school-a", "adult", "school", 5),
-        BlockRow(D1, "school-a", "malware", "province", 2),
-        BlockRow(D2, "school-a", "adult", "school", 1),
-        BlockRow(D2, "school-b", "deny", "deny", 3),
-        BlockRow(D2, "school-b", "bypass", "province", 1),
-        BlockRow(D2, "school-b", "bypass", "school", 1),
-    ),
+TOTALS = Totals(
+    recorded_days=(D1, D2),
+    schools={
+        "school-a": SchoolTotal(150, (D1, D2)),
+        "school-b": SchoolTotal(7, (D2,)),
+        "school-c": SchoolTotal(0, ()),  # configured, silent
+        "unknown": SchoolTotal(4, (D1,)),
+        "gone": SchoolTotal(3, (D2,)),  # a school no longer configured
+    },
+    blocked={
+        ("school-a", "adult", "school"): 6,
+        ("school-a", "malware", "province"): 2,
+        ("school-b", "deny", "deny"): 3,
+        ("school-b", "bypass", "province"): 1,
+        ("school-b", "bypass", "school"): 1,
+    },
 )
 
 
 def made() -> report.Report:
-    return report.build(2026, SCHOOLS, ROWS, "Asia/Ho_Chi_Minh", NOW)
+    return report.build(2026, SCHOOLS, TOTALS, "Asia/Ho_Chi_Minh", NOW)
 
 
 def test_one_row_per_configured_school_and_the_province_coverage():
@@ -80,9 +76,10 @@ def test_merged_instances_add_their_numbers_and_count_a_day_once():
     other = report.build(
         2026,
         [("school-c", "THCS C"), ("school-a", "Tiểu học A"), ("school-d", "TH D")],
-        Rows(
-            (DayRow(D2, "school-a", 5), DayRow(D3, "school-c", 2), DayRow(D3, "school-d", 0)),
-            (BlockRow(D3, "school-c", "adult", "school", 1),),
+        Totals(
+            (D2, D3),
+            {"school-a": SchoolTotal(5, (D2,)), "school-c": SchoolTotal(2, (D3,)), "school-d": SchoolTotal(0, ())},
+            {("school-c", "adult", "school"): 1},
         ),
         "Asia/Ho_Chi_Minh",
         NOW + datetime.timedelta(hours=1),
@@ -176,7 +173,7 @@ def test_numbers_and_shares_read_alike_in_both_languages():
 
 
 def test_a_name_cannot_break_a_markdown_table():
-    built = report.build(2026, [("school-a", "A | B\nC")], Rows((), ()), "Asia/Ho_Chi_Minh", NOW)
+    built = report.build(2026, [("school-a", "A | B\nC")], EMPTY_TOTALS, "Asia/Ho_Chi_Minh", NOW)
     assert "| A \\| B C | `school-a` | 0 |" in report.render(built, "md")
 
 

@@ -50,23 +50,38 @@ def test_growth_is_what_each_counter_gained_and_all_of_one_that_started_again():
 
 def test_the_store_adds_up_days_keeps_silent_schools_and_deletes_old_days(tmp_path):
     store = rollups.RollupStore(tmp_path / "var")
-    assert store.read(MONDAY, TUESDAY) == rollups.Rows((), ())  # no file yet: nothing, not an error
-    one = rollups.Growth({"school-a": 3, "unknown": 1}, {("school-a", "games", "school"): 2})
-    store.add(MONDAY, one, ["school-a", "school-b"])
-    store.add(MONDAY, one, ["school-a", "school-b"])
-    store.add(TUESDAY, rollups.Growth({}, {}), ["school-a"])
-    rows = store.read(MONDAY, TUESDAY)
-    assert rows.days == (
-        rollups.DayRow(MONDAY, "school-a", 6),
-        rollups.DayRow(MONDAY, "school-b", 0),  # configured, and silent
-        rollups.DayRow(MONDAY, "unknown", 2),
-        rollups.DayRow(TUESDAY, "school-a", 0),
+    # No file yet: nothing, not an error.
+    assert store.totals(MONDAY, TUESDAY) == rollups.EMPTY_TOTALS and store.daily(MONDAY, TUESDAY) == rollups.EMPTY_DAILY
+    one = rollups.Growth(
+        {"school-a": 3, "unknown": 1}, {("school-a", "games", "school"): 2, ("school-a", "adult", "school"): 1}
     )
-    assert rows.blocks == (rollups.BlockRow(MONDAY, "school-a", "games", "school", 4),)
-    assert store.read(TUESDAY, TUESDAY, ["school-b"]).days == ()
+    store.add(MONDAY, one, ["school-a", "school-b"])
+    store.add(MONDAY, one, ["school-a", "school-b"])
+    store.add(TUESDAY, rollups.Growth({}, {("school-a", "games", "school"): 5}), ["school-a"])
+    assert store.totals(MONDAY, TUESDAY) == rollups.Totals(
+        recorded_days=(MONDAY, TUESDAY),
+        schools={
+            "school-a": rollups.SchoolTotal(6, (MONDAY,)),
+            "school-b": rollups.SchoolTotal(0, ()),  # configured, and silent
+            "unknown": rollups.SchoolTotal(2, (MONDAY,)),
+        },
+        blocked={("school-a", "games", "school"): 9, ("school-a", "adult", "school"): 2},
+    )
+    daily = store.daily(MONDAY, TUESDAY)
+    assert daily.queries == {
+        ("school-a", MONDAY): 6,
+        ("school-b", MONDAY): 0,
+        ("unknown", MONDAY): 2,
+        ("school-a", TUESDAY): 0,
+    }
+    assert daily.blocked == {("school-a", MONDAY): 6, ("school-a", TUESDAY): 5}
+    assert daily.categories == {"school-a": {"games": 9, "adult": 2}}
+    assert daily.recorded_days == {MONDAY, TUESDAY}
+    assert store.daily(TUESDAY, TUESDAY, "school-b") == rollups.EMPTY_DAILY
+    assert store.daily(MONDAY, MONDAY, "school-b").queries == {("school-b", MONDAY): 0}
     assert (store.path.stat().st_mode & 0o777) == 0o600
-    assert store.prune(TUESDAY) == 4
-    assert store.read(MONDAY, TUESDAY).days == (rollups.DayRow(TUESDAY, "school-a", 0),)
+    assert store.prune(TUESDAY) == 5  # three schools and two categories of Monday
+    assert store.daily(MONDAY, TUESDAY).queries == {("school-a", TUESDAY): 0}
 
 
 def test_a_store_of_a_newer_format_or_a_damaged_one_is_refused_in_one_line(tmp_path):
@@ -75,7 +90,7 @@ def test_a_store_of_a_newer_format_or_a_damaged_one_is_refused_in_one_line(tmp_p
     with sqlite3.connect(store.path) as db:
         db.execute("PRAGMA user_version = 9")
     with pytest.raises(rollups.RollupError, match=r"rollups.sqlite: written by a newer schooldns \(format 9"):
-        store.read(MONDAY, MONDAY)
+        store.totals(MONDAY, MONDAY)
     store.path.write_bytes(b"not a database, " * 512)
     with pytest.raises(rollups.RollupError, match="cannot write the rollups: file is not a database"):
         store.add(MONDAY, rollups.Growth({}, {}), ["school-a"])
@@ -111,12 +126,12 @@ async def test_the_growth_of_an_interval_goes_to_the_day_it_began_and_a_restart_
     again = recorder(store, live, clock)
     clock.now += 30
     assert await again.flush()
-    assert store.read(MONDAY, TUESDAY).days == (
-        rollups.DayRow(MONDAY, "school-a", 2),
-        rollups.DayRow(MONDAY, "school-b", 0),
-        rollups.DayRow(TUESDAY, "school-a", 4),
-        rollups.DayRow(TUESDAY, "school-b", 0),
-    )
+    assert store.daily(MONDAY, TUESDAY).queries == {
+        ("school-a", MONDAY): 2,
+        ("school-b", MONDAY): 0,
+        ("school-a", TUESDAY): 4,
+        ("school-b", TUESDAY): 0,
+    }
     assert rollups.next_midnight(BEFORE_MIDNIGHT, ZONE) == BEFORE_MIDNIGHT + 60
 
 
@@ -132,7 +147,7 @@ async def test_a_write_that_fails_keeps_its_growth_for_the_next(tmp_path, caplog
     assert len([r for r in caplog.records if "cannot write the rollups" in r.getMessage()]) == 1  # said once
     blocked_dir.unlink()
     assert await writer.flush()
-    assert store.read(MONDAY, MONDAY).days == (rollups.DayRow(MONDAY, "school-a", 3),)
+    assert store.daily(MONDAY, MONDAY).queries == {("school-a", MONDAY): 3}
 
 
 async def test_days_older_than_the_retention_are_deleted_once_a_day(tmp_path):
@@ -142,8 +157,8 @@ async def test_days_older_than_the_retention_are_deleted_once_a_day(tmp_path):
     store.add(old + datetime.timedelta(days=1), rollups.Growth({"school-a": 1}, {}), ["school-a"])
     writer = recorder(store, {"state": state()}, Clock(BEFORE_MIDNIGHT))
     assert await writer.flush()
-    kept = store.read(old, MONDAY)
-    assert [row.day for row in kept.days] == [old + datetime.timedelta(days=1), MONDAY] and kept.blocks == ()
+    kept = store.daily(old, MONDAY)
+    assert kept.recorded_days == {old + datetime.timedelta(days=1), MONDAY} and kept.blocked == {}
 
 
 async def test_the_days_follow_the_last_zone_known_while_the_policies_do_not_build(tmp_path):
@@ -153,4 +168,4 @@ async def test_the_days_follow_the_last_zone_known_while_the_policies_do_not_bui
     store = rollups.RollupStore(tmp_path)
     writer = rollups.Recorder(store, lambda: state(answered=1), broken, 60.0, 400, Clock(BEFORE_MIDNIGHT))
     assert await writer.flush()  # the default zone, the province's usual one
-    assert store.read(MONDAY, MONDAY).days == (rollups.DayRow(MONDAY, "school-a", 1),)
+    assert store.daily(MONDAY, MONDAY).queries == {("school-a", MONDAY): 1}
