@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 FONT_PX = 11
 
@@ -116,8 +116,15 @@ def spark(values: Sequence[int | None], inner: Sequence[int], label: str, *, wid
     )
 
 
-def rows(items: Sequence[tuple[str, int]], label: str, *, width: int = 640, row_height: int = 22) -> str:
-    """Horizontal bars, one per (name, value), the largest first as given; the value written after each bar."""
+def rows(
+    items: Sequence[tuple[str, int]],
+    label: str,
+    *,
+    width: int = 640,
+    row_height: int = 22,
+    shown: Callable[[int], str] = str,
+) -> str:
+    """Horizontal bars, one per (name, value), in the order given; the value written after each bar as `shown`."""
     name_w, value_w = width * 0.42, 70.0
     bar_w = width - name_w - value_w
     top = max((value for _, value in items), default=0)
@@ -134,8 +141,8 @@ def rows(items: Sequence[tuple[str, int]], label: str, *, width: int = 640, row_
         out.append(
             f'<text class="label" x="{_n(name_w - 6)}" y="{_n(middle)}" text-anchor="end">{_e(name)}</text>'
             f'<rect class="bar-blocked" x="{_n(name_w)}" y="{_n(y + 4)}" width="{_n(max(w, 1.0))}" '
-            f'height="{_n(row_height - 8)}"><title>{_e(f"{name}: {value}")}</title></rect>'
-            f'<text class="label" x="{_n(name_w + w + 4)}" y="{_n(middle)}">{value}</text>'
+            f'height="{_n(row_height - 8)}"><title>{_e(f"{name}: {shown(value)}")}</title></rect>'
+            f'<text class="label" x="{_n(name_w + w + 4)}" y="{_n(middle)}">{_e(shown(value))}</text>'
         )
     out.append("</svg>")
     return "".join(out)

@@ -170,7 +170,10 @@ class T(enum.Enum):
     NOT_YOURS = ("Mã truy cập này chỉ xem được trường của mình.", "This token sees its own school only.")
     NO_SUCH_SCHOOL = ("Không có trường này.", "No such school.")
     ROLLUPS_PROBLEM = ("Không đọc được số liệu theo ngày", "The daily numbers cannot be read")
-    UPDATED_EVERY = ("Số liệu theo ngày được ghi mỗi phút.", "The daily numbers are written every minute.")
+    UPDATED_EVERY = (
+        "Số liệu theo ngày được ghi ít nhất mỗi phút một lần.",
+        "The daily numbers are written at least once a minute.",
+    )
     AGO = ("trước", "ago")
     NEVER_YET = ("chưa bao giờ", "never")
 
@@ -461,7 +464,7 @@ def _categories(items: list[tuple[str, int]], lang: Lang) -> str:
     if not items:
         return f"<p>{T.NOTHING_BLOCKED(lang)}</p>"
     named = [(_category(category, lang), count) for category, count in items[:10]]
-    return charts.rows(named, T.TOP_CATEGORIES(lang))
+    return charts.rows(named, T.TOP_CATEGORIES(lang), shown=report.number)
 
 
 def _upstreams(ov: Overview, lang: Lang) -> str:
