@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime
+import enum
 import io
 import json
 import zoneinfo
@@ -24,7 +25,32 @@ from resolver.operations import rollups
 
 FORMAT = "schooldns-annual-report"
 FORMAT_VERSION = 1
-FORMATS = ("json", "csv", "md")
+
+
+class Format(enum.Enum):
+    """The forms a report is given in, and their media types."""
+
+    MD = ("md", "text/markdown")
+    CSV = ("csv", "text/csv")
+    JSON = ("json", "application/json")
+
+    @property
+    def name_given(self) -> str:
+        return self.value[0]
+
+    @property
+    def media_type(self) -> str:
+        return self.value[1]
+
+    @classmethod
+    def named(cls, text: str, what: str) -> Format:
+        """The format called `text`; ReportError saying which there are."""
+        for form in cls:
+            if form.name_given == text:
+                return form
+        raise ReportError(f"{what}: one of {', '.join(form.name_given for form in cls)}, got {text!r}")
+
+
 AUTHORITIES = ("province", "school", "deny")  # policy.Authority, in the order a report lists them
 
 
@@ -350,11 +376,11 @@ def load_json(text: str, where: str) -> Report:
     return from_json(data, where)
 
 
-def render(report: Report, form: str) -> str:
-    """The report as text: "json", "csv" or "md"."""
-    if form == "json":
+def render(report: Report, form: Format) -> str:
+    """The report as text in `form`."""
+    if form is Format.JSON:
         return json.dumps(to_json(report), ensure_ascii=False, indent=1) + "\n"
-    if form == "csv":
+    if form is Format.CSV:
         return to_csv(report)
     return to_markdown(report)
 

@@ -353,7 +353,10 @@ class Recorder:
         while True:
             now = self.clock()
             await asyncio.sleep(max(min(self.interval_seconds, next_midnight(now, self.zone) - now), 0.0) + 0.001)
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception:  # a bug: said, and the next write tries again (DNS is not stopped for it)
+                log.exception("rollups: the write failed")
 
     async def _read_zone(self) -> None:
         """The province's time zone now (the last one known while the policies do not build)."""

@@ -58,8 +58,6 @@ class Served(Protocol):
 # ---------------------------------------------------------------------------------------------
 # GET /v1/report
 
-REPORT_TYPES = {"json": "application/json", "csv": "text/csv", "md": "text/markdown"}
-
 
 async def _snapshot(served: Served) -> pipeline.Snapshot:
     try:
@@ -71,12 +69,10 @@ async def _snapshot(served: Served) -> pipeline.Snapshot:
 
 
 async def _report(served: Served, caller: access.Caller, query: dict[str, str]) -> web.Response:
-    form = query.get("format", "json")
-    if form not in REPORT_TYPES:
-        raise Refused(Failure.BAD_REQUEST, f"format is one of {', '.join(REPORT_TYPES)}, got {form!r}")
     snapshot = await _snapshot(served)
     only = caller.role.school if caller.role.kind is tokens.RoleKind.SCHOOL else None
     try:
+        form = report.Format.named(query.get("format", "json"), "format")
         year = report.check_year(query["year"], "year") if "year" in query else report.this_year(snapshot.province.tz)
         # In a thread: a year of a thousand schools takes seconds to add up and render.
         text = await asyncio.to_thread(_report_text, served.config.state_dir, snapshot, year, only, form)
@@ -86,13 +82,13 @@ async def _report(served: Served, caller: access.Caller, query: dict[str, str]) 
         raise Refused(Failure.UNAVAILABLE, str(exc)) from None
     return web.Response(
         text=text,
-        content_type=REPORT_TYPES[form],
+        content_type=form.media_type,
         charset="utf-8",
-        headers={"Content-Disposition": f'inline; filename="schooldns-report-{year}.{form}"'},
+        headers={"Content-Disposition": f'inline; filename="schooldns-report-{year}.{form.name_given}"'},
     )
 
 
-def _report_text(state_dir: Path, snapshot: pipeline.Snapshot, year: int, only: str | None, form: str) -> str:
+def _report_text(state_dir: Path, snapshot: pipeline.Snapshot, year: int, only: str | None, form: report.Format) -> str:
     made = report.of_year(state_dir, snapshot.policies, year, datetime.datetime.now(datetime.UTC))
     return report.render(made if only is None else made.only(only), form)
 

@@ -93,7 +93,7 @@ def recorder(
     state: Callable[[], workerstate.WorkerState],
     snapshot: Callable[[], Awaitable[pipeline.Snapshot]],
 ) -> rollups.Recorder:
-    """The daily rollups' writer of the serving process (docs/operations.md, "The annual report")."""
+    """The daily rollups' writer of the serving process (docs/operations.md, "Daily rollups")."""
 
     async def zone() -> datetime.tzinfo:
         return (await snapshot()).province.tz

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
     annual = command("report", "the year's report from the daily rollups: one row per school, and the coverage")
     annual.add_argument("--year", help="the year (default: this year in the policies' time zone)")
-    annual.add_argument("--format", choices=["md", "csv", "json"], default="md", help="Markdown (default), CSV or JSON")
+    annual.add_argument("--format", default="md", help="md (Markdown, the default), csv or json")
     annual.add_argument(
         "--merge",
         nargs="+",
@@ -188,13 +188,14 @@ def _status_lines(status: dict[str, object]) -> list[str]:
     return out
 
 
-def _report(config_path: str, year_text: str | None, form: str, merge: list[str]) -> int:
+def _report(config_path: str, year_text: str | None, form_text: str, merge: list[str]) -> int:
     from resolver.filtering import lists, policyfile
     from resolver.operations import report
 
     cfg = config.load_config(config_path)
     try:
         year = report.check_year(year_text, "--year") if year_text is not None else None
+        form = report.Format.named(form_text, "--format")
         others = []
         for path in merge:  # read before the rollups: a wrong file is said at once
             try:

@@ -114,7 +114,7 @@ async def test_the_report_by_role(served):
     status, headers, text = await served.get(f"/v1/report?year={YEAR}&format=md", "viewer")
     assert status == 200 and headers["Content-Type"] == "text/markdown; charset=utf-8"
     assert "| Trường có truy vấn trong năm / Schools with queries during the year | 2/3 (66%) |" in text
-    for query, message in (("year=1999", "year: expected a year 2000 to 2100"), ("format=pdf", "format is one of")):
+    for query, message in (("year=1999", "year: expected a year 2000 to 2100"), ("format=pdf", "format: one of")):
         status, _, text = await served.get(f"/v1/report?{query}")
         assert status == 400 and message in json.loads(text)["message"]
 

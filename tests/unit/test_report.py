@@ -64,7 +64,7 @@ def test_a_school_token_gets_its_own_school_alone():
 
 def test_json_reads_back_as_the_same_report():
     built = made()
-    text = report.render(built, "json")
+    text = report.render(built, report.Format.JSON)
     assert report.load_json(text, "a.json") == built
     data = json.loads(text)
     assert data["summary"]["coverage"] == 0.6667 and data["summary"]["silent_schools"] == ["school-c"]
@@ -84,7 +84,9 @@ def test_merged_instances_add_their_numbers_and_count_a_day_once():
         "Asia/Ho_Chi_Minh",
         NOW + datetime.timedelta(hours=1),
     )
-    merged = report.merge([("here", made()), ("b.json", report.load_json(report.render(other, "json"), "b.json"))])
+    merged = report.merge(
+        [("here", made()), ("b.json", report.load_json(report.render(other, report.Format.JSON), "b.json"))]
+    )
     assert [school.id for school in merged.schools] == ["school-a", "school-b", "school-c", "school-d"]
     a, _, c, d = merged.schools
     assert (a.queries, a.days_active) == (155, 2)  # D2 on both instances: one day
@@ -133,7 +135,7 @@ def test_a_report_with_a_wrong_value_names_its_key():
 
 
 def test_csv_has_a_row_per_school_and_a_column_per_category_and_authority():
-    rows = list(csv.DictReader(io.StringIO(report.render(made(), "csv"))))
+    rows = list(csv.DictReader(io.StringIO(report.render(made(), report.Format.CSV))))
     assert [row["school"] for row in rows] == ["school-a", "school-b", "school-c"]
     assert rows[0] == {
         "school": "school-a",
@@ -155,7 +157,7 @@ def test_csv_has_a_row_per_school_and_a_column_per_category_and_authority():
 
 
 def test_markdown_in_vietnamese_and_english():
-    text = report.render(made(), "md")
+    text = report.render(made(), report.Format.MD)
     assert text.startswith(
         "# Báo cáo năm 2026: lọc DNS tại các trường học\n# Annual report 2026: DNS filtering in schools\n"
     )
@@ -174,10 +176,16 @@ def test_numbers_and_shares_read_alike_in_both_languages():
 
 def test_a_name_cannot_break_a_markdown_table():
     built = report.build(2026, [("school-a", "A | B\nC")], EMPTY_TOTALS, "Asia/Ho_Chi_Minh", NOW)
-    assert "| A \\| B C | `school-a` | 0 |" in report.render(built, "md")
+    assert "| A \\| B C | `school-a` | 0 |" in report.render(built, report.Format.MD)
 
 
 @pytest.mark.parametrize("text", ["1999", "2101", "20x6", "", "-2026"])
 def test_a_year_out_of_range_is_refused(text):
     with pytest.raises(report.ReportError, match=r"--year: expected a year 2000 to 2100"):
         report.check_year(text, "--year")
+
+
+def test_a_format_is_named_by_its_short_name():
+    assert report.Format.named("csv", "format") is report.Format.CSV
+    with pytest.raises(report.ReportError, match=r"^--format: one of md, csv, json, got 'pdf'$"):
+        report.Format.named("pdf", "--format")
