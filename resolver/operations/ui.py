@@ -631,6 +631,7 @@ class Pages:
     def routes(self) -> list[web.RouteDef]:
         return [
             web.get("/v1/report", self.report),
+            web.get("/ui", self.to_home),
             web.get("/ui/", self.home),
             web.get("/ui/schools/{id}", self.school),
             web.post("/ui/sign-in", self.sign_in),
@@ -640,6 +641,9 @@ class Pages:
     async def report(self, request: web.Request) -> web.Response:
         caller = self.gate.caller(request.headers.get("Authorization"), request.remote or "", ANYONE)
         return await _report(self.served, caller, dict(request.query))
+
+    async def to_home(self, request: web.Request) -> web.Response:
+        return web.Response(status=308, headers={**HEADERS, "Location": "/ui/"})
 
     def _signed_in(self, request: web.Request) -> tokens.Token | None:
         return self.sessions.check(request.cookies.get(sessions.COOKIE), self.gate.token_file.current())

@@ -128,6 +128,8 @@ def cookie_of(headers: Mapping[str, str]) -> tuple[str, str]:
 
 
 async def test_a_token_given_once_becomes_a_session_that_ends_with_the_token(served):
+    status, headers, _ = await served.get("/ui", None)
+    assert status == 308 and headers["Location"] == "/ui/"
     status, headers, text = await served.get("/ui/", None)
     assert status == 200 and 'name="token" type="password"' in text and "Set-Cookie" not in headers
     assert "script-src" not in headers["Content-Security-Policy"]  # default-src 'none': no script at all
