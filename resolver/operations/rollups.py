@@ -82,8 +82,7 @@ class Baseline:
         per_school: collections.Counter[str] = collections.Counter()
         for key, gained in _gains(self.queries, queries_now):
             per_school[key[0]] += gained
-        blocked = collections.Counter(dict(_gains(self.blocked, blocked_now)))
-        return Growth(dict(per_school), dict(blocked)), Baseline(queries_now, blocked_now)
+        return Growth(dict(per_school), dict(_gains(self.blocked, blocked_now))), Baseline(queries_now, blocked_now)
 
 
 def _gains(
@@ -327,6 +326,7 @@ class Recorder:
             day = local_day(self.since, self.zone)
             try:
                 await asyncio.to_thread(self.store.add, day, growth, state.schools)
+                self.baseline, self.since = baseline, now  # written: the next growth counts from here
                 today = local_day(now, self.zone)
                 if self._pruned_on != today:
                     oldest_kept = today - datetime.timedelta(days=self.retention_days - 1)
@@ -344,7 +344,6 @@ class Recorder:
             if self._problem is not None:
                 log.info("rollups: written again to %s", self.store.path)
                 self._problem = None
-            self.baseline, self.since = baseline, now
             return True
 
     async def run(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import sqlite3
 import zoneinfo
@@ -169,3 +170,15 @@ async def test_the_days_follow_the_last_zone_known_while_the_policies_do_not_bui
     writer = rollups.Recorder(store, lambda: state(answered=1), broken, 60.0, 400, Clock(BEFORE_MIDNIGHT))
     assert await writer.flush()  # the default zone, the province's usual one
     assert store.daily(MONDAY, MONDAY).queries == {("school-a", MONDAY): 1}
+
+
+async def test_a_write_whose_caller_is_cancelled_still_ends_and_is_not_written_twice(tmp_path):
+    store = rollups.RollupStore(tmp_path)
+    writer = recorder(store, {"state": state(answered=3)}, Clock(BEFORE_MIDNIGHT - 3600))
+    stopped = asyncio.create_task(writer.flush())
+    await asyncio.sleep(0)  # the write has begun
+    stopped.cancel()  # as a stop cancels the writer's task
+    assert await writer.flush()  # the stop's last write: after the first, which went on
+    with pytest.raises(asyncio.CancelledError):
+        await stopped
+    assert store.daily(MONDAY, MONDAY).queries == {("school-a", MONDAY): 3}
