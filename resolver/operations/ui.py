@@ -18,6 +18,7 @@ import enum
 import hashlib
 import html
 import time
+import urllib.parse
 import zoneinfo
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -717,13 +718,16 @@ def _same_origin(request: web.Request) -> bool:
     """A form sent from a page of this server: refused when the browser says it came from another site.
 
     The session cookie is SameSite=Strict already; this also stops another site from signing a
-    browser in with a token of its choosing.
+    browser in with a token of its choosing. Browsers say where a request comes from in
+    Sec-Fetch-Site; older ones in Origin, whose host is compared alone (a TLS proxy in front
+    changes the scheme, and must pass the Host header on). A request with neither (curl) is no
+    other site's page.
     """
     fetch_site = request.headers.get("Sec-Fetch-Site")
-    if fetch_site is not None and fetch_site not in ("same-origin", "none"):
-        return False
+    if fetch_site is not None:
+        return fetch_site in ("same-origin", "none")  # none: the user's own doing (typed, a bookmark)
     origin = request.headers.get("Origin")
-    return origin is None or origin == f"{request.scheme}://{request.host}"
+    return origin is None or urllib.parse.urlsplit(origin).netloc == request.host
 
 
 def _see_other(location: str) -> web.Response:

@@ -142,6 +142,11 @@ async def test_a_token_given_once_becomes_a_session_that_ends_with_the_token(ser
         "/ui/sign-in", {"token": secret}, {"Origin": "http://attacker.example", "Sec-Fetch-Site": "cross-site"}
     )
     assert status == 403 and "Set-Cookie" not in headers  # another site's form signs nobody in
+    for older_browser in ({"Origin": "http://attacker.example"}, {"Origin": "null"}):
+        assert (await served.post("/ui/sign-in", {"token": secret}, older_browser))[0] == 403
+    # Behind a TLS proxy that passes the Host header on, the page's origin is https://, and welcome.
+    proxied = {"Origin": served.base.replace("http://", "https://")}
+    assert (await served.post("/ui/sign-in", {"token": secret}, proxied))[0] == 303
 
     status, headers, _ = await served.post("/ui/sign-in?lang=en", {"token": secret}, {"Origin": served.base})
     assert status == 303 and headers["Location"] == "/ui/?lang=en"
