@@ -21,7 +21,6 @@ import dns.message
 import dns.rcode
 import pytest
 
-from resolver.dataplane import pipeline
 from resolver.operations import admin, tokens
 from resolver.processes import app
 from tests.support import harness
@@ -71,10 +70,7 @@ async def site(root: Path) -> AsyncIterator[Site]:
             assert (await running.udp(name, source=source)).rcode() == dns.rcode.NXDOMAIN
         assert (await running.udp("adult.example.com", source="127.0.0.2")).rcode() == dns.rcode.NXDOMAIN
 
-        async def installed() -> pipeline.Snapshot:
-            return running.worker.pipeline.snapshot
-
-        assert await app.recorder(running.config, running.worker.state, installed).flush()
+        assert await app.recorder(running.config, running.worker.state).flush()
         path = running.config.admin.tokens_file
         secrets = {
             "province": tokens.add(path, tokens.Role.parse("province"), "prov")[1],
