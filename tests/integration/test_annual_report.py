@@ -17,7 +17,9 @@ from pathlib import Path
 import dns.asyncquery
 import dns.message
 import dns.rcode
+import pytest
 
+from resolver.processes import cli
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.served import ROOT, SCHOOLDNS, Served, serve
 
@@ -92,7 +94,14 @@ def today() -> datetime.date:
     return datetime.datetime.now(ZONE).date()
 
 
-async def test_the_report_counts_a_known_sequence_across_a_dead_worker_a_kill_and_a_restart(tmp_path):
+def report_here(capsys: pytest.CaptureFixture[str], config: Path, *args: str) -> str:
+    """`schooldns report` in this process (the same command line, without an interpreter's start)."""
+    capsys.readouterr()
+    assert cli.main(["report", "--config", str(config), *args]) == 0
+    return capsys.readouterr().out
+
+
+async def test_the_report_counts_a_known_sequence_across_a_dead_worker_a_kill_and_a_restart(tmp_path, capsys):
     site, other = tmp_path / "one", tmp_path / "two"
     first_day = today()
     async with upstream_answering() as upstream:
@@ -119,7 +128,7 @@ async def test_the_report_counts_a_known_sequence_across_a_dead_worker_a_kill_an
     same_day = today() == first_day  # a run across midnight in Hanoi spreads the days over two
     year = str(first_day.year)
 
-    report = json.loads(await schooldns_report(site / "config.yaml", "--year", year, "--format", "json"))
+    report = json.loads(report_here(capsys, site / "config.yaml", "--year", year, "--format", "json"))
     summary = report["summary"]
     assert (summary["schools_configured"], summary["schools_active"], summary["coverage"]) == (3, 2, 0.6667)
     assert summary["silent_schools"] == ["school-c"] and summary["unknown_queries"] == 2
@@ -137,8 +146,9 @@ async def test_the_report_counts_a_known_sequence_across_a_dead_worker_a_kill_an
 
     # The other instance's JSON merged into this one's: school-c is covered there, school-a on both.
     (tmp_path / "two.json").write_text(
-        await schooldns_report(other / "config.yaml", "--year", year, "--format", "json"), encoding="utf-8"
+        report_here(capsys, other / "config.yaml", "--year", year, "--format", "json"), encoding="utf-8"
     )
+    # The real command, as a process of its own.
     merged = await schooldns_report(site / "config.yaml", "--year", year, "--merge", str(tmp_path / "two.json"))
     assert "| Trường có truy vấn trong năm / Schools with queries during the year | 3/3 (100%) |" in merged
     assert "| Trường chưa có truy vấn nào / Schools never seen | không có / none |" in merged
