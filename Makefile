@@ -33,7 +33,7 @@ check: $(STAMP)
 # DoH; dnsdist as a load balancer in front of schooldns); the tools that check deploy/
 # (tests/integration/test_deploy.py): shellcheck, systemd-analyze verify, nft -c; Prometheus
 # (promtool checks the shipped rules; a real Prometheus scrapes real instances); a headless Chromium
-# reads and uses the block page (tests/integration/test_blockpage_browser.py).
+# that uses the block page and the /ui/ pages (test_blockpage_browser.py, test_ui.py).
 test-tools:
 	@$(PACKAGES) dig=bind9-dnsutils kdig=knot-dnsutils drill=ldnsutils curl=curl dnsdist=dnsdist \
 		shellcheck=shellcheck systemd-analyze=systemd nft=nftables promtool=prometheus chromium=chromium

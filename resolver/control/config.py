@@ -80,6 +80,15 @@ class ReloadConfig:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class RollupsConfig:
+    """`rollups:` the daily per-school numbers kept in state_dir for the annual report and /ui/."""
+
+    # The counters' growth is written this often: a crash loses at most this much.
+    interval_seconds: float = _bounded(60.0, 0.1, 60.0, "seconds")
+    retention_days: int = _bounded(400, 1, 3_660, "days")  # days older than this are deleted
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class AdminConfig:
     listen: upstream.UpstreamAddress | None = None
     tokens_file: Path = Path("tokens.yaml")  # absolute once parsed; default: state_dir/tokens.yaml
@@ -151,6 +160,7 @@ class Config:
     limits: LimitsConfig
     reload: ReloadConfig
     admin: AdminConfig
+    rollups: RollupsConfig
     sync: SyncConfig | None  # None: lists and policies come from the local directories
     publish: PublishConfig | None  # None: this machine publishes nothing
     blockpage: BlockpageConfig | None  # None: no block page server
@@ -201,6 +211,7 @@ def parse_config(doc: yamlfile.Document, path: Path) -> Config:
     forwarding = _dataclass(top.sub("forwarding"), ForwardingConfig)
     limits = _dataclass(top.sub("limits"), LimitsConfig)
     reload = _dataclass(top.sub("reload"), ReloadConfig)
+    rollups = _dataclass(top.sub("rollups"), RollupsConfig)
     admin_section = top.sub("admin")
     admin_listen = _addresses(admin_section, "listen", [], default_port=8053, single=True, required=False)
     tokens_file = admin_section.typed("tokens_file", str, None)
@@ -237,6 +248,7 @@ def parse_config(doc: yamlfile.Document, path: Path) -> Config:
             admin_listen[0] if admin_listen else None,
             base / tokens_file if tokens_file else state_dir / "tokens.yaml",
         ),
+        rollups=rollups,
         sync=sync,
         publish=publish,
         blockpage=blockpage,

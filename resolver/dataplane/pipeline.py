@@ -253,12 +253,10 @@ class Pipeline:
         if decision is not policy.ALLOW:
             if isinstance(decision, policy.Block):
                 reply = self._blocked(query, decision, snapshot)
-                self.counters.count_block(school.id, transport, decision.category)
+                self.counters.count_block(school.id, transport, decision.category, decision.authority)
                 if transport == "udp":
                     until = now + repeats.BLOCKED_REPEAT_SECONDS
-                    self.repeats.keep_blocked(
-                        school.id, data, segment, reply, decision.category, until, from_cache=False
-                    )
+                    self.repeats.keep_blocked(school.id, data, segment, reply, decision, until, from_cache=False)
                 return reply
             if isinstance(decision, policy.Rewrite) and query.qclass == wire.CLASS_IN:
                 return self._rewrite(data, query, decision.target, school, segment, snapshot, transport, limit, now)
@@ -270,10 +268,10 @@ class Pipeline:
                 block = self._inspect(query, entry.targets, school, snapshot, wall)
                 if block is not None:
                     reply = self._blocked(query, block, snapshot)
-                    self.counters.count_block(school.id, transport, block.category)
+                    self.counters.count_block(school.id, transport, block.category, block.authority)
                     if transport == "udp":
                         self.repeats.keep_blocked(
-                            school.id, data, segment, reply, block.category, entry.expires_at, from_cache=True
+                            school.id, data, segment, reply, block, entry.expires_at, from_cache=True
                         )
                     return reply
             reply = wire.replay(entry.message, entry.question_length, query, limit)
@@ -306,7 +304,7 @@ class Pipeline:
         if answer.targets:  # 7. inspect: the chain is decided now, when it arrived
             block = self._inspect(query, answer.targets, school, miss.snapshot, self.wall_clock())
             if block is not None:
-                self.counters.count_block(school.id, transport, block.category)
+                self.counters.count_block(school.id, transport, block.category, block.authority)
                 waits["blocked"].observe(now - miss.started)
                 return self._blocked(query, block, miss.snapshot)
         self.counters.count(school.id, transport, "forwarded")
@@ -322,7 +320,7 @@ class Pipeline:
         if entry.targets:
             block = self._inspect(query, entry.targets, school, miss.snapshot, self.wall_clock())
             if block is not None:
-                self.counters.count_block(school.id, transport, block.category)
+                self.counters.count_block(school.id, transport, block.category, block.authority)
                 return self._blocked(query, block, miss.snapshot)
         self.counters.count(school.id, transport, "stale")
         self.counters.waits["stale"].observe(self.clock() - miss.started)

@@ -14,6 +14,7 @@ docs/architecture.md, "Repeats patch two bytes").
 from __future__ import annotations
 
 from resolver.dataplane import cache, metrics, wire
+from resolver.filtering import policy
 
 # All kept answers are dropped at once when either bound is reached (a full table is rebuilt by the
 # queries that follow).
@@ -37,7 +38,7 @@ BLOCKED_REPEAT_SECONDS = 60.0  # a blocked answer decided now is kept for this l
 #   from_cache: a repeat of a cached answer counts as a cache hit;
 # the rest: for a replayed cache entry, what re-ages the tail at `until` (else None: the repeat
 # ends there).
-_Verdict = tuple[int, tuple[str, str, str], tuple[str, str] | None, bool]
+_Verdict = tuple[int, tuple[str, str, str], tuple[str, str, str] | None, bool]
 _Repeat = tuple[bytes, float, _Verdict, float | None, int, float | None, tuple[int, ...] | None]
 
 
@@ -109,10 +110,19 @@ class Repeats:
         return data[:2] + tail[:10] + name + tail[10 + len(name) :]  # the question in the client's letter case
 
     def keep_blocked(
-        self, school: str, data: bytes, segment: int, reply: bytes, category: str, until: float, *, from_cache: bool
+        self,
+        school: str,
+        data: bytes,
+        segment: int,
+        reply: bytes,
+        block: policy.Block,
+        until: float,
+        *,
+        from_cache: bool,
     ) -> None:
         """Keep a blocked answer to a UDP query until `until`; from_cache: it came from a cached answer's chain."""
-        self._keep(school, data, segment, reply, "blocked", (school, category), from_cache, until, None)
+        blocked = (school, block.category, block.authority)
+        self._keep(school, data, segment, reply, "blocked", blocked, from_cache, until, None)
 
     def keep_replayed(
         self, school: str, data: bytes, segment: int, reply: bytes, result: str, entry: cache.CacheEntry
@@ -137,7 +147,7 @@ class Repeats:
         segment: int,
         reply: bytes,
         result: str,
-        blocked: tuple[str, str] | None,
+        blocked: tuple[str, str, str] | None,
         from_cache: bool,
         until: float,
         renewal: cache.CacheEntry | None,

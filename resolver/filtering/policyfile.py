@@ -121,6 +121,15 @@ def parse_school(text: str, file: str, categories: Sequence[str], province: poli
     return school
 
 
+def load_timezone(policies_dir: Path) -> datetime.tzinfo:
+    """province.yaml's time zone alone, without the rest of the policies (for the daily rollups); ConfigError."""
+    doc = yamlfile.load_yaml(policies_dir / PROVINCE_FILE)
+    top = doc.section()
+    tz = _zone(top, top.typed("timezone", str, DEFAULT_TIMEZONE))
+    doc.raise_if_failed()  # the other keys are left to load_policies
+    return tz  # type: ignore[no-any-return]
+
+
 # ---------------------------------------------------------------------------------------------
 # province.yaml
 

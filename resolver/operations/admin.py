@@ -24,7 +24,7 @@ from resolver.control import checks, config, syncstate
 from resolver.dataplane import pipeline, upstream, workerstate
 from resolver.errors import ResolverError, UsageError
 from resolver.filtering import lists, policy
-from resolver.operations import access, audit, exposition, policyedit, requestbox, tokens
+from resolver.operations import access, audit, exposition, policyedit, requestbox, tokens, ui
 from resolver.operations.refusals import Failure, Refused
 
 log = logging.getLogger(__name__)
@@ -591,7 +591,9 @@ def make_app(control: Control, limits: Limits | None = None) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_page)
     app.router.add_get("/status", status)
-    app.router.add_routes(Api(control, limits).routes())
+    api = Api(control, limits)
+    app.router.add_routes(api.routes())
+    app.router.add_routes(ui.routes(control, api.gate))  # GET /v1/report and the /ui/ pages
     return app
 
 

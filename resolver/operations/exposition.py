@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Callable, Iterator
 
@@ -55,7 +56,10 @@ def _queries(s: workerstate.WorkerState) -> Iterator[Metric]:
     blocked = CounterMetricFamily(
         "schooldns_blocked", "Blocked queries, by school and category.", labels=["school", "category"]
     )
-    for (school, category), value in sorted(counters.blocked.items()):
+    by_category: collections.Counter[tuple[str, str]] = collections.Counter()
+    for (school, category, _), value in counters.blocked.items():  # the authority is the rollups' only
+        by_category[(school, category)] += value
+    for (school, category), value in sorted(by_category.items()):
         blocked.add_metric([school, category], value)
     yield blocked
     waited = HistogramMetricFamily(

@@ -404,6 +404,8 @@ async def _spawned_async(cfg: config.Config, args: SpawnArgs, conn: multiprocess
     await stop.wait()
     publisher.cancel()
     await worker.stop()
+    with contextlib.suppress(OSError):  # the last numbers, for the supervisor's last write of the rollups
+        conn.send(workerstate.Report(worker.state()).to_wire())
 
 
 async def _publish(worker: Worker, conn: multiprocessing.connection.Connection, stop: asyncio.Event) -> None:

@@ -197,3 +197,27 @@ def test_a_missing_config_file_is_one_line(tmp_path, command):
     result = schooldns(command[0], "--config", str(missing), *command[1:])
     assert result.returncode == 1
     assert one_line(result).startswith(f"{missing}:1: cannot read file: ")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--year", "20x6"], "schooldns report: --year: expected a year 2000 to 2100, got '20x6'"),
+        (["--format", "pdf"], "schooldns report: --format: one of md, csv, json, got 'pdf'"),
+        (["--merge", "missing.json"], "schooldns report: --merge missing.json: [Errno 2] No such file or directory"),
+        (["--merge", "CONFIG"], "schooldns report: CONFIG:1: not JSON: Expecting value"),
+    ],
+)
+def test_report_given_a_wrong_option_or_file_says_it_in_one_line(site, args, message):
+    result = schooldns("report", "--config", str(site), *[str(site) if arg == "CONFIG" else arg for arg in args])
+    assert result.returncode == 2
+    assert one_line(result).startswith(message.replace("CONFIG", str(site)))
+
+
+def test_report_before_any_rollups_shows_every_school_silent(site):
+    result = schooldns("report", "--config", str(site), "--year", "2026", "--format", "csv")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.splitlines()[1:] == [
+        "school-a,Tiểu học A,0,0,0,,,0,0,0",
+        "school-b,THPT B,0,0,0,,,0,0,0",
+    ]

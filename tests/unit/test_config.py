@@ -58,6 +58,7 @@ def test_the_documented_example_loads_and_spells_out_the_defaults(tmp_path):
         (cfg.forwarding, config.ForwardingConfig),
         (cfg.limits, config.LimitsConfig),
         (cfg.reload, config.ReloadConfig),
+        (cfg.rollups, config.RollupsConfig),
     ):
         assert section == cls()
     assert (cfg.workers, cfg.worker_spread, cfg.default_school) == (1, "client", None)
@@ -67,6 +68,7 @@ def test_the_smallest_config_takes_the_defaults(tmp_path):
     cfg = load(tmp_path, UPSTREAMS)
     assert [(a.host, a.port) for a in cfg.listen] == [("127.0.0.1", 53)]
     assert cfg.cache == config.CacheConfig() and cfg.limits == config.LimitsConfig()
+    assert cfg.rollups == config.RollupsConfig(60.0, 400)
     assert cfg.admin.listen is None and cfg.default_school is None
 
 
@@ -78,6 +80,7 @@ BOUNDED_FIELDS = [
         ("limits", config.LimitsConfig),
         ("reload", config.ReloadConfig),
         ("blockpage", config.BlockpageConfig),
+        ("rollups", config.RollupsConfig),
     )
     for field in dataclasses.fields(cls)
     if "bounds" in field.metadata

@@ -147,7 +147,7 @@ async def test_repeat_is_per_school(site):
     assert (await answer(pipe, query("games.example.com", 1), SCHOOL_A)).rcode() == dns.rcode.NXDOMAIN
     assert (await answer(pipe, query("games.example.com", 1), SCHOOL_B)).rcode() == dns.rcode.NOERROR
     assert (await answer(pipe, query("games.example.com", 1), SCHOOL_A)).rcode() == dns.rcode.NXDOMAIN
-    assert counters.blocked[("school-a", "games")] == 3
+    assert counters.blocked[("school-a", "games", "school")] == 3
     assert counters.queries[("school-b", "udp", "forwarded")] == 1
 
 
@@ -246,4 +246,4 @@ async def test_a_blocked_repeat_in_other_letter_case_is_answered_in_its_own_case
         assert reply.rcode() == dns.rcode.NXDOMAIN and reply.id == query_id
         assert str(reply.question[0].name) == name + "." and str(reply.authority[0].name) == name + "."
     assert len(pipe.repeats) == 1 and forwarder.asked == []
-    assert counters.blocked[("school-a", "games")] == 3
+    assert counters.blocked[("school-a", "games", "school")] == 3
