@@ -406,10 +406,12 @@ class DomainIndex:
         "_single_labels",
         "_slot_mask",
         "_slots",
+        "checksum",
         "entry_count",
         "file",
         "node_count",
         "size_bytes",
+        "slot_count",
     )
 
     def __init__(
@@ -432,6 +434,8 @@ class DomainIndex:
         self._parent_masks = [masks for _, bb, _, ab in self._quads for masks in ((bb, ab),) * 2]
         self.entry_count = layout.entry_count  # distinct listed names
         self.node_count = layout.node_count  # listed names and their unlisted ancestors
+        self.slot_count = layout.slot_count  # the `slot` of `layers` is below this
+        self.checksum = layout.checksum  # the image's crc32, checked: tells two images apart without reading them
         self._single_labels = layout.single_labels
         self.size_bytes = len(view)
         self.file = file  # (path, st_dev, st_ino) of the mapped file; None for an image in memory
@@ -601,6 +605,7 @@ class _Layout:
     slots_start: int
     masksets_start: int
     single_labels: bool
+    checksum: int
 
 
 def _check_image(image: bytes | mmap.mmap) -> _Layout:
@@ -625,7 +630,13 @@ def _check_image(image: bytes | mmap.mmap) -> _Layout:
         raise IndexFormatError(f"domain index has {entry_count} entries but only {node_count} nodes")
     masksets_start = _HEADER_SIZE + 8 * slot_count
     layout = _Layout(
-        entry_count, node_count, slot_count, _HEADER_SIZE, masksets_start, bool(flags & _FLAG_SINGLE_LABELS)
+        entry_count,
+        node_count,
+        slot_count,
+        _HEADER_SIZE,
+        masksets_start,
+        bool(flags & _FLAG_SINGLE_LABELS),
+        stored_crc,
     )
     expected_size = masksets_start + 32 * maskset_count
     if size != expected_size:
