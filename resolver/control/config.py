@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +100,21 @@ class PublishConfig:
     keys: Path  # the online keys (targets, snapshot, timestamp); the root key stays offline
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class RpzConfig:
+    """`rpz:` every category and the province's mandatory policy as RPZ zones for ISP resolvers (docs/isp.md)."""
+
+    zone_suffix: str  # lower case, without the trailing dot: "rpz.schooldns"
+    transfer_clients: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]  # who may ask for SOA and AXFR
+    tsig_keys_file: Path | None  # None: transfers need no TSIG
+    notify: tuple[upstream.UpstreamAddress, ...]  # secondaries told of every new version
+
+
+# A zone suffix leaves room under it for the listed names (a name and its zone fit in 255 octets).
+MAX_ZONE_SUFFIX = 100
+_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
+
+
 WORKER_SPREADS = ("client", "random")  # `worker_spread`; server.spread_at_random says why
 
 
@@ -122,6 +139,7 @@ class Config:
     state_dir: Path
     default_school: str | None
     default_school_line: int = 1  # where default_school is written, for problems found once policies load
+    rpz: RpzConfig | None = None  # None: no RPZ feed
 
 
 def load_config(path: Path | str) -> Config:
@@ -171,6 +189,7 @@ def parse_config(doc: yamlfile.Document, path: Path) -> Config:
     state_dir = base / top.typed("state_dir", str, "var")
     sync = _sync(top, base) if top.has("sync") else None
     publish = _publish(top, base) if top.has("publish") else None
+    rpz = _rpz(top, base) if top.has("rpz") else None
     default_school = top.raw("default_school", None)
     if default_school is not None and not isinstance(default_school, str):
         top.fail("default_school", f"expected a school id (a string) or null, got {yamlfile.describe(default_school)}")
@@ -198,6 +217,7 @@ def parse_config(doc: yamlfile.Document, path: Path) -> Config:
         state_dir=state_dir,
         default_school=default_school,
         default_school_line=doc.line_of(("default_school",)),
+        rpz=rpz,
     )
 
 
@@ -256,6 +276,27 @@ def _publish(top: yamlfile.Section, base: Path) -> PublishConfig:
     keys = section.typed("keys", str)
     section.done()
     return PublishConfig(base / (repository or ""), base / (keys or ""))
+
+
+def _rpz(top: yamlfile.Section, base: Path) -> RpzConfig:
+    section = top.sub("rpz")
+    suffix = section.typed("zone_suffix", str, "rpz.schooldns.")
+    suffix = suffix.lower().removesuffix(".")
+    if not all(_LABEL.fullmatch(label) for label in suffix.split(".")) or len(suffix) > MAX_ZONE_SUFFIX:
+        section.fail(
+            "zone_suffix",
+            f"'{suffix}.' is not a domain name of at most {MAX_ZONE_SUFFIX} characters (e.g. rpz.schooldns.)",
+        )
+    clients = []
+    for text, key in section.string_list("transfer_clients"):
+        try:
+            clients.append(ipaddress.ip_network(text.strip(), strict=True))
+        except ValueError:
+            section.doc.fail(key, f"'{text}' is not an IPv4 or IPv6 network (e.g. 192.0.2.53/32 or 2001:db8::/64)")
+    keys_file = section.typed("tsig_keys_file", str, None)
+    notify = _addresses(section, "notify", [], default_port=53, required=False, port_zero=False)
+    section.done()
+    return RpzConfig(suffix, tuple(clients), base / keys_file if keys_file else None, tuple(notify))
 
 
 def _dataclass(section: yamlfile.Section, cls: type) -> Any:

@@ -10,6 +10,8 @@ or a new one) needs of it. It returns one of three things:
   unstarted), and `deliver(answer)` is then called exactly once, later or before `deliver_to`
   returns, with the answer bytes or None (send nothing). Nothing else is needed: every failure
   upstream becomes an answer here, and the transport need not know how the upstream is asked.
+- a `Stream`, only for a stream transport ("tcp"), only when the server has `zones` (the RPZ
+  feed): a zone transfer, many messages written in order.
 
 `client` is the sender's IP address, as text or packed (see SchoolDirectory.lookup). `transport`
 is the counting label ("udp", "tcp"); a "udp" answer is fitted to the client's UDP size and kept
@@ -22,10 +24,11 @@ import dataclasses
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Protocol
 
 from resolver.dataplane import cache, metrics, repeats, upstream, wire
+from resolver.errors import ResolverError
 from resolver.filtering import domains, policy, schools
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,7 @@ log = logging.getLogger(__name__)
 Deliver = Callable[[bytes | None], None]  # where a Pending's answer goes (None: send nothing)
 
 _EDE_BY_AUTHORITY = {"province": wire.EDE_CENSORED, "school": wire.EDE_FILTERED, "deny": wire.EDE_BLOCKED}
+_ZONE_QTYPES = frozenset({wire.TYPE_SOA, wire.TYPE_AXFR, wire.TYPE_IXFR})  # what `Zones` may answer
 
 
 class Forwarder(Protocol):
@@ -40,6 +44,29 @@ class Forwarder(Protocol):
 
     def ask(self, query: wire.Query, done: upstream.Done) -> None:
         """Call done(answer, None) or done(None, error) once, now or later."""
+
+
+class StreamBroken(ResolverError):
+    """A Stream that cannot go on (what it is made from changed): the transport closes the connection."""
+
+
+class Stream:
+    """An answer in many messages (a zone transfer over TCP): the transport writes each of `messages()` in order.
+
+    The messages are made as they are written, so an answer of any size holds little memory. The
+    transport waits while its connection's send buffer is full and lets other work run between
+    two messages. `messages()` raises StreamBroken when it cannot finish.
+    """
+
+    def messages(self) -> Generator[bytes, None, None]:
+        raise NotImplementedError
+
+
+class Zones(Protocol):
+    """Zones the server answers for itself (the RPZ feed): SOA and zone-transfer questions at their apexes."""
+
+    def answer(self, query: wire.Query, data: bytes, client: str | bytes, transport: str) -> bytes | Stream | None:
+        """The answer to an SOA, AXFR or IXFR query for one of its zones; None for any other name."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -128,6 +155,7 @@ class Pipeline:
         self.wall_clock = wall_clock
         self.repeats = repeats.Repeats(counters, answers, keep_repeats)
         self._segments: dict[str, tuple[float, float, int]] = {}  # school id -> (minute start, end, segment)
+        self.zones: Zones | None = None  # the RPZ feed, set by the worker when configured
 
     def install(self, snapshot: Snapshot) -> None:
         """Swap in a new snapshot (control plane); answers made with the old one are dropped."""
@@ -138,7 +166,7 @@ class Pipeline:
     # -----------------------------------------------------------------------------------
     # The data plane, top to bottom.
 
-    def handle(self, data: bytes, client: str | bytes, transport: str) -> bytes | Pending | None:
+    def handle(self, data: bytes, client: str | bytes, transport: str) -> bytes | Pending | Stream | None:
         """Answer bytes now, None to drop, or a Pending whose answer comes later (module docstring)."""
         snapshot = self.snapshot
         # 1. Identify the school by client address (first, because a repeat is per school), and
@@ -167,6 +195,12 @@ class Pipeline:
         except wire.WireError as exc:
             self.counters.malformed += 1
             return self._error_answer(exc, None)
+        # Zones served here (the RPZ feed) answer their SOA and transfers, to their own clients;
+        # never kept as repeats.
+        if self.zones is not None and query.qtype in _ZONE_QTYPES:
+            zone_answer = self.zones.answer(query, data, client, transport)
+            if zone_answer is not None:
+                return zone_answer
         if school is None:
             self.counters.count("unknown", transport, "refused")
             ede = wire.ede_option(wire.EDE_PROHIBITED, "client not in any school network") if query.edns else b""

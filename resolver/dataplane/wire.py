@@ -30,6 +30,7 @@ BADVERS = 16  # extended rcode carried in OPT (RFC 6891)
 # Record types used here.
 TYPE_A, TYPE_NS, TYPE_CNAME, TYPE_SOA = 1, 2, 5, 6
 TYPE_AAAA, TYPE_OPT, TYPE_SVCB, TYPE_HTTPS = 28, 41, 64, 65
+TYPE_IXFR, TYPE_AXFR = 251, 252  # zone transfers (RFC 1995, RFC 5936)
 CLASS_IN = 1
 
 # Extended DNS Error info codes (RFC 8914) that schooldns emits.
@@ -151,8 +152,8 @@ def parse_query(data: bytes) -> Query:
         raise NotImplementedOpcode(query_id, flags)
     if qdcount != 1:
         raise FormError(f"QDCOUNT is {qdcount}, expected 1", query_id, flags)
-    if ancount or nscount:
-        raise FormError("a query with answer or authority records", query_id, flags)
+    if ancount:
+        raise FormError("a query with answer records", query_id, flags)
 
     # Question name: plain labels only. A compression pointer in the first name of a
     # message could only point back into the header, so it is malformed (no loop possible).
@@ -179,12 +180,22 @@ def parse_query(data: bytes) -> Query:
     qtype, qclass = _U16X2.unpack_from(data, pos)
     question_end = pos + 4
     name = _labels_to_text(labels)
+    pos = question_end
+    if nscount:  # only an IXFR query carries a record there: the SOA of the version the client has
+        if qtype != TYPE_IXFR:
+            raise FormError("a query with authority records", query_id, flags)
+        for _ in range(nscount):
+            pos = _skip_name(data, pos, size, query_id, flags)
+            if pos + 10 > size:
+                raise FormError("authority record runs past the end", query_id, flags)
+            pos += 10 + _U16.unpack_from(data, pos + 8)[0]
+            if pos > size:
+                raise FormError("authority record data runs past the end", query_id, flags)
 
     edns = False
     payload = MIN_UDP_PAYLOAD
     do = False
     version = 0
-    pos = question_end
     for _ in range(arcount):
         pos = _skip_name(data, pos, size, query_id, flags)
         if pos + 10 > size:

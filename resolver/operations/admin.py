@@ -12,7 +12,7 @@ from aiohttp import web
 
 import resolver
 from resolver.dataplane import upstream, workerstate
-from resolver.operations import exposition
+from resolver.operations import exposition, rpzhttp
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,7 @@ class Control:
 
     state: Callable[[], workerstate.WorkerState]
     reload: Callable[[], Awaitable[bool]]
+    rpz: rpzhttp.Versions | None = None  # the RPZ feed's zones; None without an `rpz:` section
 
 
 def make_app(control: Control) -> web.Application:
@@ -65,6 +66,8 @@ def make_app(control: Control) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_page)
     app.router.add_get("/status", status)
+    if control.rpz is not None:
+        app.router.add_get("/v1/rpz/{zone}", rpzhttp.zone_handler(control.rpz))
     return app
 
 

@@ -15,12 +15,14 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
 from resolver.control import config, snapshots
-from resolver.dataplane import server, upstream, workerstate
+from resolver.dataplane import pipeline, server, upstream, workerstate
 from resolver.errors import ResolverError
 from resolver.processes import sdnotify, spawner, worker
 
-if TYPE_CHECKING:  # imported at run time only once DNS serves (start_admin)
+if TYPE_CHECKING:  # imported at run time only once DNS serves (start_admin), or with an `rpz:` section
     from aiohttp import web
+
+    from resolver.operations import rpzfeed, rpzzones
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ async def start_admin(
     sock: socket.socket | None,
     state: Callable[[], workerstate.WorkerState],
     reload: Callable[[], Awaitable[bool]],
+    rpz: Callable[[], Awaitable[rpzzones.Version | None]] | None = None,
 ) -> web.AppRunner | None:
     """Import the admin API in a thread while DNS is already answering, then serve it on `sock`.
 
@@ -50,7 +53,7 @@ async def start_admin(
     # (Worker.start). A query in flight now that ends in a reference cycle is never collected:
     # at most the few of this moment, once.
     gc.freeze()
-    runner: web.AppRunner = await admin.start(sock, admin.Control(state=state, reload=reload))
+    runner: web.AppRunner = await admin.start(sock, admin.Control(state=state, reload=reload, rpz=rpz))
     return runner
 
 
@@ -75,7 +78,9 @@ async def run_single(cfg: config.Config, ready: Callable[[worker.Worker], object
     loop.add_signal_handler(signal.SIGINT, stop.set)
     signalled = worker.SignalTasks()
     signalled.on(signal.SIGHUP, dns_worker.reload)
-    admin_runner = await start_admin(admin_sock, dns_worker.state, dns_worker.reload)
+    admin_runner = await start_admin(
+        admin_sock, dns_worker.state, dns_worker.reload, None if dns_worker.feed is None else dns_worker.rpz_zones
+    )
     sdnotify.notify("READY=1")  # systemd's Type=notify: the first snapshot serves, and so does the admin API
     if ready is not None:
         ready(dns_worker)
@@ -135,6 +140,9 @@ class Supervisor:
         self.reload_failures = 0  # rejected here, so no worker counts them
         self._departed: tuple[workerstate.WorkerState, ...] = ()  # at most one: the counters of workers that died
         self._stop = asyncio.Event()
+        self.feed: rpzfeed.Feed | None = None  # the RPZ feed's zones for GET /v1/rpz (the workers serve DNS)
+        self._built: pipeline.Snapshot | None = None  # the snapshot a reload last built here
+        self._feed_lock = asyncio.Lock()
 
     @property
     def ports(self) -> tuple[int, ...]:
@@ -206,7 +214,9 @@ class Supervisor:
             loop.add_signal_handler(signal.SIGINT, self.stop)
             signalled = worker.SignalTasks()
             signalled.on(signal.SIGHUP, self.reload)
-            admin_runner = await start_admin(admin_sock, self.state, self.reload)
+            admin_runner = await start_admin(
+                admin_sock, self.state, self.reload, None if self.config.rpz is None else self.rpz_zones
+            )
             sdnotify.notify("READY=1")  # every worker serves the first snapshot, and the admin API is up
             if ready is not None:
                 ready(self)
@@ -283,14 +293,32 @@ class Supervisor:
     async def reload(self) -> bool:
         """Validate the new files here first, then have every worker install them."""
         try:
-            await asyncio.to_thread(snapshots.build_serving_snapshot, self.config, 0, reload=True)
+            built = await asyncio.to_thread(snapshots.build_serving_snapshot, self.config, 0, reload=True)
         except Exception as exc:
             log.error("reload rejected, workers keep their snapshot:\n%s", exc)
             self.reload_failures += 1
             return False
+        if self.config.rpz is not None:
+            self._built = built  # what the workers install now: the zones of GET /v1/rpz follow
         for process in self.processes:
             process.send_signal(signal.SIGHUP)
         return True
+
+    async def rpz_zones(self) -> rpzzones.Version | None:
+        """The RPZ feed's zones for GET /v1/rpz/{zone}: of the snapshot the last reload built here, or
+        built at the first request (reusing the workers' compiled lists). The workers serve them over DNS."""
+        if self.config.rpz is None:
+            return None
+        async with self._feed_lock:
+            if self.feed is None:
+                from resolver.operations import rpzfeed
+
+                self.feed = rpzfeed.Feed(self.config.rpz, self.config.blocklists_dir, self.config.state_dir)
+            if self._built is None:
+                self._built = await asyncio.to_thread(snapshots.build_snapshot, self.config, 0)
+            if self.feed.version is None or self.feed.version.snapshot is not self._built:
+                self.feed.install(await asyncio.to_thread(self.feed.prepare, self._built))
+            return self.feed.version
 
     def state(self) -> workerstate.WorkerState:
         """Every worker's last report, summed, with the counters of workers that died."""

@@ -12,10 +12,14 @@ import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING
 
 from resolver.control import config, snapshots
 from resolver.dataplane import cache, metrics, pipeline, server, upstream, workerstate
 from resolver.errors import ListenError, ResolverError
+
+if TYPE_CHECKING:  # imported at run time only with an `rpz:` section (Worker.__init__)
+    from resolver.operations import rpzfeed, rpzzones
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +46,13 @@ class Worker:
         self.in_flight = server.InFlight(cfg.limits.max_queries_in_flight, self.counters)
         self.tcp = server.TcpConnections(self.pipeline, self.in_flight, cfg.limits)
         self.index = index  # of this worker among the `workers: N` (0 for the one of `workers: 1`)
+        self.feed: rpzfeed.Feed | None = None
+        if cfg.rpz is not None:
+            from resolver.operations import rpzfeed  # only with an `rpz:` section; it loads no DNS library
+
+            # Worker 0 (or the one of `workers: 1`) tells the secondaries of a new version, once.
+            self.feed = rpzfeed.Feed(cfg.rpz, cfg.blocklists_dir, cfg.state_dir, announce=index == 0)
+            self.pipeline.zones = self.feed
         self.reload_failures = 0
         self._udp: list[server.UdpServer] = []
         self._tcp_servers: list[asyncio.Server] = []
@@ -54,6 +65,8 @@ class Worker:
         # visit. Only here, with no query in flight: a frozen object in a reference cycle that
         # becomes garbage later would never be collected.
         gc.freeze()
+        if self.feed is not None:
+            self.feed.install(await asyncio.to_thread(self.feed.prepare, self.pipeline.snapshot))
         for udp_sock, tcp_sock in sockets:
             udp, tcp = await server.serve_sockets(
                 self.pipeline, self.in_flight, self.config.limits, udp_sock, tcp_sock, self.tcp
@@ -78,13 +91,20 @@ class Worker:
                 snapshot = await asyncio.to_thread(
                     snapshots.build_serving_snapshot, self.config, generation, reload=True
                 )
+                zones = None if self.feed is None else await asyncio.to_thread(self.feed.prepare, snapshot)
             except Exception as exc:  # ConfigError and anything else: the old snapshot keeps serving
                 self.reload_failures += 1
                 log.error("reload rejected, still serving generation %d:\n%s", self.pipeline.snapshot.generation, exc)
                 return False
             self.pipeline.install(snapshot)
+            if self.feed is not None and zones is not None:
+                self.feed.install(zones)
             log.info("installed generation %d", generation)
             return True
+
+    async def rpz_zones(self) -> rpzzones.Version | None:
+        """The RPZ feed's zones as installed (GET /v1/rpz/{zone}); None without a feed."""
+        return None if self.feed is None else self.feed.version
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight queries finish within the drain bound, close everything."""
@@ -96,6 +116,8 @@ class Worker:
         for udp in self._udp:
             udp.close()
         self.tcp.close_all()
+        if self.feed is not None:
+            self.feed.stop()
         for tcp_server in self._tcp_servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(tcp_server.wait_closed(), 1.0)

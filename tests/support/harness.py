@@ -139,7 +139,11 @@ async def running_resolver(
     dns_worker = worker.Worker(cfg, snapshots.build_snapshot(cfg, 1))
     await dns_worker.start(worker.bind_all(cfg, reuse_port=False))
     admin_sock = app.bind_admin(cfg)
-    control = admin.Control(state=dns_worker.state, reload=dns_worker.reload)
+    control = admin.Control(
+        state=dns_worker.state,
+        reload=dns_worker.reload,
+        rpz=None if dns_worker.feed is None else dns_worker.rpz_zones,
+    )
     runner = await admin.start(admin_sock, control) if admin_sock is not None else None
     running = Running(dns_worker, cfg, root, admin.bound_port(runner) if runner else None)
     watcher = asyncio.create_task(worker.watch_files(cfg, dns_worker.reload, signature))  # as `schooldns serve` does

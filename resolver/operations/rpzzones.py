@@ -1,0 +1,236 @@
+"""RPZ zones of a snapshot: their names, serial (the list version), TSIG keys, records and zone text.
+
+Zone `<category>.<zone_suffix>` holds a category; `province.<zone_suffix>` the mandatory ones
+together. The zones are made from the installed snapshot's index and the list files
+(resolver.filtering.rpzexport), streamed, never held whole.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import stat
+import time
+from collections.abc import Generator, Iterator, Mapping
+from pathlib import Path
+
+from resolver import durable, yamlfile
+from resolver.dataplane import pipeline
+from resolver.errors import ResolverError
+from resolver.filtering import lists, rpzexport
+
+log = logging.getLogger(__name__)
+
+PROVINCE_ZONE = "province"  # the label of the mandatory categories' zone under the suffix
+SERIAL_FILE = "rpz-serial.json"  # in state_dir: the serial of the zones' content, shared by the workers
+# SOA timers. Secondaries check the serial every 5 minutes besides NOTIFY; a secondary that cannot
+# reach the feed keeps filtering with what it has for two weeks before it drops the zones.
+SOA_REFRESH_SECONDS = 300
+SOA_RETRY_SECONDS = 60
+SOA_EXPIRE_SECONDS = 14 * 86_400
+SOA_MNAME = "localhost"
+SOA_RNAME = "hostmaster.localhost"
+TSIG_ALGORITHMS = ("hmac-sha224", "hmac-sha256", "hmac-sha384", "hmac-sha512")
+_KEY_NAME = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*")
+
+
+class TsigKeysError(ResolverError):
+    """The TSIG keys file cannot be used: unreadable, malformed, or readable by other users."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TsigKey:
+    """One key of the TSIG keys file."""
+
+    name: str  # lower case, without the trailing dot
+    algorithm: str  # one of TSIG_ALGORITHMS
+    secret: bytes = dataclasses.field(repr=False)
+
+
+def load_tsig_keys(path: Path) -> tuple[TsigKey, ...]:
+    """The keys of `path` (YAML: `keys: [{name, algorithm, secret}]`); TsigKeysError saying what is wrong."""
+    try:
+        with open(path, "rb") as file:
+            mode = os.fstat(file.fileno()).st_mode
+            text = file.read().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TsigKeysError(f"{path}: cannot read the TSIG keys file: {exc}") from None
+    if mode & 0o077:
+        raise TsigKeysError(
+            f"{path}: the TSIG keys file is readable by other users (mode {stat.S_IMODE(mode):04o}); "
+            f"run: chmod 600 {path}"
+        )
+    doc = yamlfile.parse_yaml(text, str(path))
+    top = doc.section()
+    keys: list[TsigKey] = []
+    for key, entry in top.items("keys"):
+        if not isinstance(entry, dict):
+            doc.fail(key, "expected a mapping with name, algorithm and secret")
+            continue
+        section = doc.section(key)
+        name = section.typed("name", str, "").lower().removesuffix(".")
+        algorithm = section.typed("algorithm", str, "hmac-sha256").lower()
+        secret_text = section.typed("secret", str, "")
+        section.done()
+        if not _KEY_NAME.fullmatch(name) or name in {k.name for k in keys}:
+            section.fail("name", f"expected a unique key name such as isp-one.rpz, got {name!r}")
+            continue
+        if algorithm not in TSIG_ALGORITHMS:
+            section.fail("algorithm", f"expected one of {', '.join(TSIG_ALGORITHMS)}, got {algorithm!r}")
+            continue
+        try:
+            secret = base64.b64decode(secret_text, validate=True)
+        except binascii.Error:
+            secret = b""
+        if len(secret) < 16:
+            section.fail("secret", "expected at least 16 bytes in base64 (e.g. the output of: openssl rand -base64 32)")
+            continue
+        keys.append(TsigKey(name, algorithm, secret))
+    top.done()
+    if not keys and not doc.problems:
+        doc.fail(("keys",), "no keys: remove tsig_keys_file from the config, or add a key")
+    try:
+        doc.raise_if_failed()
+    except yamlfile.ConfigError as exc:
+        raise TsigKeysError(str(exc)) from None
+    return tuple(keys)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Zone:
+    """One zone of the feed: its name and the categories it holds, with their list files."""
+
+    name: str  # "malware.rpz.schooldns": lower case, no trailing dot
+    mask: int  # categories, as index bits
+    sources: tuple[lists.Source, ...]  # the block and allow files of those categories
+
+
+@dataclasses.dataclass(frozen=True, slots=True, eq=False)
+class Version:
+    """The zones of one installed snapshot: their serial, and the state of the list files they are read from."""
+
+    snapshot: pipeline.Snapshot
+    serial: int
+    ttl: int  # of every record, and the SOA's negative TTL: the province's blocked TTL
+    zones: Mapping[str, Zone]
+    files: tuple[tuple[str, int, int], ...]  # (path, size, mtime) of every list file when the version was made
+    problem: str | None  # why its zones cannot be served now (None: they can)
+
+    def current(self) -> str | None:
+        """Why the zones cannot be written now; None when the list files are still those of this version."""
+        if self.problem is None and file_state([Path(path) for path, _, _ in self.files]) != self.files:
+            return "the list files changed since the lists were installed; a reload follows"
+        return self.problem
+
+    def records(self, zone: Zone) -> Iterator[rpzexport.Record]:
+        """The zone's records whose owner fits in a name under the zone (at most 255 octets)."""
+        room = 255 - len(zone.name) - 3  # the owner's text, with the zone's labels and the root
+        for record in rpzexport.zone_records(self.snapshot.index, zone.sources, zone.mask):
+            if len(record[0]) <= room:
+                yield record
+            else:
+                log.warning("rpz: %s is too long to be written under %s; it is left out", record[0], zone.name)
+
+
+def list_version(snapshot: pipeline.Snapshot, state_dir: Path) -> int:
+    """The SOA serial of the zones: the version of the lists and policies that `snapshot` serves.
+
+    Until signed bundles from the hub number their versions, the version is that of what the
+    zones are made of (the compiled index, the categories, which are mandatory, the blocked
+    TTL): the same content keeps its serial, other content gets a larger one, and every worker
+    process gets the same, kept in `state_dir` (a restart keeps it too). The serial is at least
+    the time in seconds, so it grows even where that file was lost.
+    """
+    index = snapshot.index
+    content = json.dumps(
+        [
+            index.checksum,
+            index.entry_count,
+            index.node_count,
+            list(snapshot.categories),
+            snapshot.province.mandatory_mask,
+            int(snapshot.province.blocked_ttl_seconds),
+        ]
+    )
+    fingerprint = hashlib.sha256(content.encode()).hexdigest()
+    path = state_dir / SERIAL_FILE
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        with _locked(state_dir / f".{SERIAL_FILE}.lock"):
+            try:
+                saved = json.loads(path.read_text())
+            except FileNotFoundError:
+                saved = {}
+            except ValueError:
+                log.warning("rpz: %s is not JSON; the zones' serial starts again from the time", path)
+                saved = {}
+            previous = saved.get("serial") if isinstance(saved, dict) else None
+            if not isinstance(previous, int):
+                previous = 0
+            elif saved.get("fingerprint") == fingerprint:
+                return previous
+            serial = max(previous + 1, int(time.time())) % 2**32
+            durable.replace_synced(path, json.dumps({"fingerprint": fingerprint, "serial": serial}).encode())
+            return serial
+    except OSError as exc:
+        log.warning(
+            "rpz: cannot keep the zones' serial in %s (%s); using the time, which workers may not share", path, exc
+        )
+        return int(time.time()) % 2**32
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)) as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def file_state(paths: list[Path]) -> tuple[tuple[str, int, int], ...]:
+    """(path, size, mtime) of each file: changes when one is written."""
+    out = []
+    for path in paths:
+        try:
+            st = path.stat()
+            out.append((str(path), st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append((str(path), -1, -1))
+    return tuple(out)
+
+
+def zone_text(version: Version, zone: Zone) -> Generator[str, None, None]:
+    """The zone in zone-file text (`GET /v1/rpz/{zone}`), in pieces of about 64 KB; StreamBroken if the lists change."""
+    problem = version.current()
+    if problem is not None:
+        raise pipeline.StreamBroken(problem)
+    lines = [
+        f"; {zone.name}: schooldns RPZ feed, serial {version.serial}",
+        f"$ORIGIN {zone.name}.",
+        f"$TTL {version.ttl}",
+        f"@ SOA {SOA_MNAME}. {SOA_RNAME}. {version.serial} {SOA_REFRESH_SECONDS} {SOA_RETRY_SECONDS} "
+        f"{SOA_EXPIRE_SECONDS} {version.ttl}",
+        f"@ NS {SOA_MNAME}.",
+    ]
+    size = 0
+    try:
+        for owner, blocked in version.records(zone):
+            line = f"{owner} CNAME {'.' if blocked else 'rpz-passthru.'}"
+            lines.append(line)
+            size += len(line)
+            if size >= 65536:
+                yield "\n".join(lines) + "\n"
+                lines, size = [], 0
+    except rpzexport.StaleLists as exc:
+        raise pipeline.StreamBroken(str(exc)) from None
+    problem = version.current()
+    if problem is not None:
+        raise pipeline.StreamBroken(problem)
+    yield "\n".join(lines) + "\n" if lines else ""
