@@ -30,9 +30,11 @@ check: $(STAMP)
 	$(VENV)/bin/schooldns check --config deploy/example/config.yaml
 
 # The independent clients the integration tests drive, and the tools that check deploy/
-# (tests/integration/test_deploy.py): shellcheck, systemd-analyze verify, nft -c.
+# (tests/integration/test_deploy.py): shellcheck, systemd-analyze verify, nft -c; unbound as a
+# secondary of the RPZ feed (tests/integration/test_rpz_feed.py).
 test-tools:
-	@$(PACKAGES) dig=bind9-dnsutils kdig=knot-dnsutils shellcheck=shellcheck systemd-analyze=systemd nft=nftables
+	@$(PACKAGES) dig=bind9-dnsutils kdig=knot-dnsutils shellcheck=shellcheck systemd-analyze=systemd nft=nftables \
+		unbound=unbound
 
 test: $(STAMP) test-tools
 	$(PY) -m pytest

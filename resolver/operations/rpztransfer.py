@@ -73,11 +73,14 @@ def answer(
     if feed.keys and not request.had_tsig:
         ede = wire.ede_option(wire.EDE_PROHIBITED, "this feed needs a TSIG key") if query.edns else b""
         return wire.make_error(query.id, query.flags, wire.REFUSED, query, ede)
-    problem = version.problem
-    if problem is not None or (query.qtype != wire.TYPE_SOA and feed.transfers >= MAX_TRANSFERS):
-        return _response(request, version, zone, dns.rcode.SERVFAIL)
     if query.qtype == wire.TYPE_SOA:
-        return _response(request, version, zone, dns.rcode.NOERROR, with_soa=True)
+        rcode = dns.rcode.NOERROR if version.problem is None else dns.rcode.SERVFAIL
+        return _response(request, version, zone, rcode, with_soa=version.problem is None)
+    problem = version.current()  # the list files are still those of the serial, or a reload is due
+    if problem is not None or feed.transfers >= MAX_TRANSFERS:
+        if problem is not None:
+            log.warning("rpz: a transfer of %s answered SERVFAIL: %s", zone.name, problem)
+        return _response(request, version, zone, dns.rcode.SERVFAIL)
     if transport == "udp":  # RFC 1995 2: the current SOA tells the client to ask again over TCP
         if query.qtype == wire.TYPE_IXFR:
             return _response(request, version, zone, dns.rcode.NOERROR, with_soa=True)
@@ -266,19 +269,15 @@ def _soa_record(version: rpzzones.Version, ttl: int) -> bytes:
 async def notify_all(version: rpzzones.Version, targets: Sequence[upstream.UpstreamAddress]) -> None:
     """NOTIFY (RFC 1996) every zone of `version` to every secondary, each repeated until answered (NOTIFY_TRIES)."""
     await asyncio.gather(
-        *(
-            _notify(zone.name, _soa_rrset(version, zone), target)
-            for zone in version.zones.values()
-            for target in targets
-        )
+        *(_notify(zone, _soa_rrset(version, zone), target) for zone in version.zones.values() for target in targets)
     )
 
 
-async def _notify(zone: str, soa: dns.rrset.RRset, target: upstream.UpstreamAddress) -> None:
-    message = dns.message.make_query(f"{zone}.", dns.rdatatype.SOA)
+async def _notify(zone: rpzzones.Zone, soa: dns.rrset.RRset, target: upstream.UpstreamAddress) -> None:
+    message = dns.message.make_query(f"{zone.name}.", dns.rdatatype.SOA)
+    message.flags = dns.flags.AA  # and no RD; the opcode shares these bits, so it is set after
     message.set_opcode(dns.opcode.NOTIFY)
-    message.flags = dns.flags.AA
-    message.answer.append(soa)
+    message.answer.append(soa)  # the new serial (RFC 1996 3.7): a secondary that has it asks nothing
     timeout = NOTIFY_FIRST_TIMEOUT_SECONDS
     for _ in range(NOTIFY_TRIES):
         try:
@@ -287,14 +286,14 @@ async def _notify(zone: str, soa: dns.rrset.RRset, target: upstream.UpstreamAddr
             timeout *= 2
             continue
         except dns.exception.DNSException as exc:
-            log.warning("rpz: NOTIFY of %s to %s: unusable answer (%s)", zone, target, exc)
+            log.warning("rpz: NOTIFY of %s to %s: unusable answer (%s)", zone.name, target, exc)
             return
         if reply.rcode() != dns.rcode.NOERROR:
             log.warning(
-                "rpz: NOTIFY of %s to %s answered %s: is this server allowed to notify it?",
-                zone,
+                "rpz: NOTIFY of %s to %s answered %s: does it allow this server to notify it?",
+                zone.name,
                 target,
                 dns.rcode.to_text(reply.rcode()),
             )
         return
-    log.warning("rpz: NOTIFY of %s to %s: no answer after %d tries", zone, target, NOTIFY_TRIES)
+    log.warning("rpz: NOTIFY of %s to %s: no answer after %d tries", zone.name, target, NOTIFY_TRIES)
