@@ -580,17 +580,21 @@ class DomainIndex:
         return slot, (block | block_here) & ~(allow | allow_here), (block | block_below) & ~(allow | allow_below), above
 
     def _find(self, key: bytes) -> int:
-        """Slot of the listed name `key` (name + NUL), or -1: the probe of `lookup`, skipping ancestors."""
+        """Slot of the listed name `key` (name + NUL), or -1: the probe of `lookup`, skipping ancestors.
+
+        The fingerprint is computed only when a listed slot has the key's check byte (most probes
+        of unlisted suffixes end without it).
+        """
         key_hash = _crc32(key)
-        fingerprint = _fingerprint(key)
+        check = key_hash >> 24
+        fingerprint = -1
         slot = key_hash & self._slot_mask
         while value := self._slots[slot]:
-            if (
-                value & 0xFF == key_hash >> 24
-                and value >> _FIELD_SHIFT != 1
-                and value >> 8 & _FINGERPRINT_MASK == fingerprint
-            ):
-                return slot
+            if value & 0xFF == check and value >> _FIELD_SHIFT != 1:
+                if fingerprint < 0:
+                    fingerprint = _fingerprint(key)
+                if value >> 8 & _FINGERPRINT_MASK == fingerprint:
+                    return slot
             slot = (slot + 1) & self._slot_mask
         return -1
 

@@ -43,6 +43,7 @@ NOTIFY_TRIES = 5  # RFC 1996 4.3: repeated until answered; here 1 + 2 + 4 + 8 + 
 NOTIFY_FIRST_TIMEOUT_SECONDS = 1.0
 
 _HEADER = struct.Struct("!HHHHHH")
+_LENGTH = [bytes((length,)) for length in range(64)]  # a label's length byte
 _RR = struct.Struct("!HHIH")  # type, class, ttl, rdlength
 
 
@@ -199,10 +200,10 @@ class _Transfer(pipeline.Stream):
             passthru = _RR.pack(wire.TYPE_CNAME, wire.CLASS_IN, ttl, 14) + b"\x0crpz-passthru\x00"
             records = [soa, b"\xc0\x0c" + _RR.pack(wire.TYPE_NS, wire.CLASS_IN, ttl, len(ns)) + ns]
             size = 0
+            block, passthru = b"\xc0\x0c" + block, b"\xc0\x0c" + passthru  # owner names end in the zone's
             for owner, blocked in version.records(zone):
-                labels = owner.encode().split(b".")
-                record = b"".join([bytes((len(label),)) + label for label in labels])
-                record += b"\xc0\x0c" + (block if blocked else passthru)
+                record = b"".join([_LENGTH[len(label)] + label for label in owner.encode().split(b".")])
+                record += block if blocked else passthru
                 records.append(record)
                 size += len(record)
                 if size >= MESSAGE_BYTES:
