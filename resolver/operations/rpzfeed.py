@@ -11,7 +11,7 @@ import asyncio
 import logging
 from pathlib import Path
 
-from resolver.control import config
+from resolver.control import config, tsigkeys
 from resolver.dataplane import pipeline, wire
 from resolver.errors import ResolverError
 from resolver.filtering import lists, schools
@@ -33,7 +33,7 @@ class Feed:
         self.state_dir = state_dir
         self.announce = announce
         self.clients = schools.SchoolDirectory.build((network, True) for network in cfg.transfer_clients)
-        self.keys: tuple[rpzzones.TsigKey, ...] = ()
+        self.keys: tuple[tsigkeys.TsigKey, ...] = ()
         self._keys_seen: tuple[int, int, int] | None = None
         self._load_keys(at_start=True)
         self.version: rpzzones.Version | None = None
@@ -54,8 +54,8 @@ class Feed:
         if seen == self._keys_seen:
             return
         try:
-            self.keys = rpzzones.load_tsig_keys(path)
-        except rpzzones.TsigKeysError as exc:
+            self.keys = tsigkeys.load(path)
+        except tsigkeys.TsigKeysError as exc:
             if at_start:
                 raise
             log.error("rpz: keeping the TSIG keys in use: %s", exc)

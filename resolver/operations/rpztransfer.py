@@ -29,6 +29,7 @@ import dns.rdtypes.ANY.TSIG
 import dns.rrset
 import dns.tsig
 
+from resolver.control import tsigkeys
 from resolver.dataplane import pipeline, upstream, wire
 from resolver.filtering import rpzexport
 from resolver.operations import rpzzones
@@ -50,7 +51,7 @@ _RR = struct.Struct("!HHIH")  # type, class, ttl, rdlength
 class Feed(Protocol):
     """What a transfer needs of the feed (resolver.operations.rpzfeed.Feed)."""
 
-    keys: tuple[rpzzones.TsigKey, ...]
+    keys: tuple[tsigkeys.TsigKey, ...]
     transfers: int  # zone transfers being written by this process
 
 
@@ -158,7 +159,7 @@ def _soa_rrset(version: rpzzones.Version, zone: rpzzones.Zone) -> dns.rrset.RRse
 
 
 @functools.lru_cache(maxsize=4)
-def _keyring(keys: tuple[rpzzones.TsigKey, ...]) -> dict[dns.name.Name, dns.tsig.Key]:
+def _keyring(keys: tuple[tsigkeys.TsigKey, ...]) -> dict[dns.name.Name, dns.tsig.Key]:
     return {dns.name.from_text(key.name): dns.tsig.Key(key.name, key.secret, f"{key.algorithm}.") for key in keys}
 
 

@@ -26,6 +26,7 @@ import dns.zone
 from tests.perf.bench import free_port
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.harness import running_resolver, until
+from tests.support.served import serve
 
 SECRET = "c2Nob29sZG5zIHRlc3Qga2V5OiAzMiBieXRlcyBsb25nIQ=="  # a key for these tests only
 
@@ -467,3 +468,19 @@ async def test_a_transfer_to_a_slow_reader_waits_for_it_while_dns_answers(tmp_pa
         last = dns.message.from_wire(message, one_rr_per_rrset=True)
         assert last.answer[-1].rdtype == dns.rdatatype.SOA
         writer.close()
+
+
+async def test_with_workers_each_serves_the_one_serial_and_the_supervisor_the_text(tmp_path):
+    async with (
+        FakeUpstream() as upstream,
+        serve(tmp_path, upstream, workers=2, files=FILES, more_config=rpz_config()) as served,
+    ):
+        # Each question from its own socket: the kernel's hash spreads them over both workers.
+        answers = await asyncio.gather(*(ask(served.dns_port, "province.rpz.schooldns", "SOA") for _ in range(8)))
+        serials = {answer.answer[0][0].serial for answer in answers}
+        assert len(serials) == 1
+        zone = dns.zone.Zone("province.rpz.schooldns.")
+        await dns.asyncquery.inbound_xfr("127.0.0.1", zone, port=served.dns_port, timeout=3)
+        assert zone.get_soa().serial in serials and "phish.example" in records_of(zone)
+        text = await served.admin("/v1/rpz/province.rpz.schooldns")
+        assert f"serial {zone.get_soa().serial}" in text and "phish.example CNAME ." in text

@@ -1,4 +1,4 @@
-"""rpzzones and the feed's versions: TSIG keys file, zone names, the serial that follows the content, zone text."""
+"""The feed's TSIG keys file (tsigkeys) and versions (rpzzones): zone names, a serial that follows the content, text."""
 
 import base64
 import logging
@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from resolver.control import config, snapshots
+from resolver.control import checks, config, snapshots, tsigkeys
 from resolver.operations import rpzfeed, rpzzones
 from tests.support.harness import write_site
 
@@ -29,7 +29,7 @@ def test_a_keys_file_gives_its_keys(tmp_path):
           - {{name: isp-two, algorithm: hmac-sha512, secret: "{SECRET}"}}
         """,
     )
-    one, two = rpzzones.load_tsig_keys(path)
+    one, two = tsigkeys.load(path)
     assert (one.name, one.algorithm, one.secret) == ("isp-one.rpz", "hmac-sha256", base64.b64decode(SECRET))
     assert (two.name, two.algorithm) == ("isp-two", "hmac-sha512")
     assert SECRET not in repr(one)
@@ -47,28 +47,28 @@ def test_a_keys_file_gives_its_keys(tmp_path):
 )
 def test_a_broken_key_is_one_line_naming_file_line_and_key(tmp_path, entry, problem):
     path = keys(tmp_path, f"keys:\n  - {entry.replace('KEY', SECRET)}\n")
-    with pytest.raises(rpzzones.TsigKeysError) as raised:
-        rpzzones.load_tsig_keys(path)
+    with pytest.raises(tsigkeys.TsigKeysError) as raised:
+        tsigkeys.load(path)
     assert str(raised.value).startswith(f"{path}:2: {problem}")
 
 
 def test_a_keys_file_others_can_read_is_refused(tmp_path):
     path = keys(tmp_path, f"keys: [{{name: a, secret: '{SECRET}'}}]\n", mode=0o644)
-    with pytest.raises(rpzzones.TsigKeysError, match=r"readable by other users \(mode 0644\); run: chmod 600"):
-        rpzzones.load_tsig_keys(path)
+    with pytest.raises(tsigkeys.TsigKeysError, match=r"readable by other users \(mode 0644\); run: chmod 600"):
+        tsigkeys.load(path)
 
 
 def test_a_keys_file_without_keys_says_what_to_do(tmp_path):
-    with pytest.raises(rpzzones.TsigKeysError, match="no keys: remove tsig_keys_file from the config, or add a key"):
-        rpzzones.load_tsig_keys(keys(tmp_path, "keys: []\n"))
+    with pytest.raises(tsigkeys.TsigKeysError, match="no keys: remove tsig_keys_file from the config, or add a key"):
+        tsigkeys.load(keys(tmp_path, "keys: []\n"))
 
 
-def feed_site(tmp_path, sources=None, lists=None, extra=""):
+def feed_site(tmp_path, sources=None, lists=None, rpz="{}"):
     files = {}
     if sources is not None:
         files["blocklists/sources.yaml"] = sources
     files.update(lists or {})
-    cfg = config.load_config(write_site(tmp_path, ["192.0.2.1:53"], "rpz: {}\n" + extra, files))
+    cfg = config.load_config(write_site(tmp_path, ["192.0.2.1:53"], f"rpz: {rpz}\n", files))
     return cfg, rpzfeed.Feed(cfg.rpz, cfg.blocklists_dir, cfg.state_dir)
 
 
@@ -133,3 +133,14 @@ def test_zones_wait_for_a_reload_once_the_lists_change(tmp_path):
     assert version.current() == "the list files changed since the lists were installed; a reload follows"
     with pytest.raises(rpzfeed.pipeline.StreamBroken, match="list files changed"):
         list(rpzzones.zone_text(version, version.zones["adult.rpz.schooldns"]))
+
+
+def test_check_reads_the_keys_file_and_says_what_the_feed_serves(tmp_path):
+    path = keys(tmp_path, f"keys: [{{name: a, secret: '{SECRET}'}}]\n")
+    cfg, _ = feed_site(tmp_path / "site", rpz=f"{{transfer_clients: [192.0.2.0/24], tsig_keys_file: {path}}}")
+    assert checks.check(cfg)[-1] == (
+        "rpz feed: 5 zones under rpz.schooldns., transfers signed with one of 1 TSIG keys to 1 networks"
+    )
+    path.chmod(0o644)
+    with pytest.raises(tsigkeys.TsigKeysError, match="readable by other users"):
+        checks.check(cfg)
