@@ -139,7 +139,6 @@ class TcpConnections:
         self.in_flight = in_flight
         self.limits = limits
         self.open: set[TcpConnection] = set()
-        self.streams: set[asyncio.Task[None]] = set()  # answers in many messages being written (zone transfers)
 
     def protocol(self) -> TcpConnection:
         return TcpConnection(self)
@@ -222,9 +221,7 @@ class TcpConnection(asyncio.Protocol):
             self.pending += 1
             self.paused = True
             self.transport.pause_reading()
-            self.stream = asyncio.get_running_loop().create_task(self._write_stream(reply))
-            self.shared.streams.add(self.stream)
-            self.stream.add_done_callback(self.shared.streams.discard)
+            self.stream = asyncio.get_running_loop().create_task(self._write_stream(reply))  # held by self.stream
 
     async def _write_stream(self, stream: pipeline.Stream) -> None:
         """Write a Stream's messages as the connection takes them, letting other work run between two."""

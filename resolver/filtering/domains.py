@@ -561,8 +561,8 @@ class DomainIndex:
         `here` is `lookup(name)`; `below` the mask of a name directly under `name` that is not
         listed itself; `above` the mask that the parents of `name` pass down (the `below` of its
         parent). `slot` is the listed name's slot, which no other listed name shares in this index,
-        or -1 when `name` is not listed (then all three masks are `above`). Not the hot path: one
-        probe, and a fingerprint, per label.
+        or -1 when `name` is not listed (then all three masks are `above`). Not the hot path: a
+        probe per label.
         """
         labels = name.split(".")
         block = allow = 0

@@ -31,7 +31,6 @@ import dns.tsig
 
 from resolver.control import tsigkeys
 from resolver.dataplane import pipeline, upstream, wire
-from resolver.filtering import rpzexport
 from resolver.operations import rpzzones
 
 log = logging.getLogger(__name__)
@@ -42,6 +41,7 @@ MESSAGE_BYTES = 16 * 1024
 TSIG_FUDGE_SECONDS = 300
 NOTIFY_TRIES = 5  # RFC 1996 4.3: repeated until answered; here 1 + 2 + 4 + 8 + 16 s at most
 NOTIFY_FIRST_TIMEOUT_SECONDS = 1.0
+MAX_TRANSFERS = 8  # zone transfers written at once by one process; more are answered SERVFAIL
 
 _HEADER = struct.Struct("!HHHHHH")
 _LENGTH = [bytes((length,)) for length in range(64)]  # a label's length byte
@@ -53,9 +53,6 @@ class Feed(Protocol):
 
     keys: tuple[tsigkeys.TsigKey, ...]
     transfers: int  # zone transfers being written by this process
-
-
-MAX_TRANSFERS = 8  # zone transfers written at once by one process; more are answered SERVFAIL
 
 
 def answer(
@@ -75,20 +72,20 @@ def answer(
     if feed.keys and not request.had_tsig:
         ede = wire.ede_option(wire.EDE_PROHIBITED, "this feed needs a TSIG key") if query.edns else b""
         return wire.make_error(query.id, query.flags, wire.REFUSED, query, ede)
-    if query.qtype == wire.TYPE_SOA:
-        rcode = dns.rcode.NOERROR if version.problem is None else dns.rcode.SERVFAIL
-        return _response(request, version, zone, rcode, with_soa=version.problem is None)
+    if version.problem is not None:  # the lists do not build: secondaries keep what they have
+        return _response(request, version, zone, dns.rcode.SERVFAIL)
+    if query.qtype == wire.TYPE_SOA or (query.qtype == wire.TYPE_IXFR and transport == "udp"):
+        # An IXFR over UDP gets the current SOA: ask again over TCP (RFC 1995 2).
+        return _response(request, version, zone, dns.rcode.NOERROR, with_soa=True)
+    if transport == "udp":
+        return _response(request, version, zone, dns.rcode.NOTIMP)  # AXFR is TCP only
+    if query.qtype == wire.TYPE_IXFR and _up_to_date(request, version.serial):
+        return _response(request, version, zone, dns.rcode.NOERROR, with_soa=True)  # RFC 1995 4: nothing new
     problem = version.current()  # the list files are still those of the serial, or a reload is due
     if problem is not None or feed.transfers >= MAX_TRANSFERS:
         if problem is not None:
             log.warning("rpz: a transfer of %s answered SERVFAIL: %s", zone.name, problem)
         return _response(request, version, zone, dns.rcode.SERVFAIL)
-    if transport == "udp":  # RFC 1995 2: the current SOA tells the client to ask again over TCP
-        if query.qtype == wire.TYPE_IXFR:
-            return _response(request, version, zone, dns.rcode.NOERROR, with_soa=True)
-        return _response(request, version, zone, dns.rcode.NOTIMP)
-    if query.qtype == wire.TYPE_IXFR and _up_to_date(request, version.serial):
-        return _response(request, version, zone, dns.rcode.NOERROR, with_soa=True)  # RFC 1995 4: nothing new
     return _Transfer(feed, version, zone, request, query)  # IXFR too: the whole zone (RFC 1995 4)
 
 
@@ -192,17 +189,13 @@ class _Transfer(pipeline.Stream):
         version, zone, ttl = self.version, self.zone, self.version.ttl
         self.feed.transfers += 1
         try:
-            problem = version.current()
-            if problem is not None:
-                raise pipeline.StreamBroken(f"{zone.name}: {problem}")
-            soa = b"\xc0\x0c" + _soa_record(version, ttl)
+            soa = b"\xc0\x0c" + _soa_record(version, ttl)  # owner names end in the zone's, in the question
             ns = _name_wire(rpzzones.SOA_MNAME)
-            block = _RR.pack(wire.TYPE_CNAME, wire.CLASS_IN, ttl, 1) + b"\x00"
-            passthru = _RR.pack(wire.TYPE_CNAME, wire.CLASS_IN, ttl, 14) + b"\x0crpz-passthru\x00"
+            block = b"\xc0\x0c" + _RR.pack(wire.TYPE_CNAME, wire.CLASS_IN, ttl, 1) + b"\x00"
+            passthru = b"\xc0\x0c" + _RR.pack(wire.TYPE_CNAME, wire.CLASS_IN, ttl, 14) + b"\x0crpz-passthru\x00"
             records = [soa, b"\xc0\x0c" + _RR.pack(wire.TYPE_NS, wire.CLASS_IN, ttl, len(ns)) + ns]
             size = 0
-            block, passthru = b"\xc0\x0c" + block, b"\xc0\x0c" + passthru  # owner names end in the zone's
-            for owner, blocked in version.records(zone):
+            for owner, blocked in version.records(zone):  # StreamBroken if the lists change under it
                 record = b"".join([_LENGTH[len(label)] + label for label in owner.encode().split(b".")])
                 record += block if blocked else passthru
                 records.append(record)
@@ -210,13 +203,8 @@ class _Transfer(pipeline.Stream):
                 if size >= MESSAGE_BYTES:
                     yield self._message(records)
                     records, size = [], 0
-            problem = version.current()
-            if problem is not None:
-                raise pipeline.StreamBroken(f"{zone.name}: {problem}")
             records.append(soa)
             yield self._message(records)
-        except rpzexport.StaleLists as exc:
-            raise pipeline.StreamBroken(f"{zone.name}: {exc}") from None
         finally:
             self.feed.transfers -= 1
 

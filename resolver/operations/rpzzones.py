@@ -1,4 +1,4 @@
-"""RPZ zones of a snapshot: their names, serial (the list version), TSIG keys, records and zone text.
+"""RPZ zones of a snapshot: their names, serial (the list version), records and zone text.
 
 Zone `<category>.<zone_suffix>` holds a category; `province.<zone_suffix>` the mandatory ones
 together. The zones are made from the installed snapshot's index and the list files
@@ -62,13 +62,28 @@ class Version:
         return self.problem
 
     def records(self, zone: Zone) -> Iterator[rpzexport.Record]:
-        """The zone's records whose owner fits in a name under the zone (at most 255 octets)."""
+        """The zone's records, read from the list files; StreamBroken when the files change under them.
+
+        A record whose owner would not fit under the zone (255 octets in all) is left out.
+        """
+        problem = self.current()
+        if problem is not None:
+            raise pipeline.StreamBroken(f"{zone.name}: {problem}")
         room = 255 - len(zone.name) - 3  # the owner's text, with the zone's labels and the root
-        for record in rpzexport.zone_records(self.snapshot.index, zone.sources, zone.mask):
-            if len(record[0]) <= room:
-                yield record
-            else:
-                log.warning("rpz: %s is too long to be written under %s; it is left out", record[0], zone.name)
+        too_long = 0
+        try:
+            for record in rpzexport.zone_records(self.snapshot.index, zone.sources, zone.mask):
+                if len(record[0]) <= room:
+                    yield record
+                else:
+                    too_long += 1
+        except rpzexport.StaleLists as exc:
+            raise pipeline.StreamBroken(f"{zone.name}: {exc}") from None
+        if too_long:
+            log.warning("rpz: %d names too long to be written under %s were left out of it", too_long, zone.name)
+        problem = self.current()  # a file may have changed after it was read
+        if problem is not None:
+            raise pipeline.StreamBroken(f"{zone.name}: {problem}")
 
 
 def list_version(snapshot: pipeline.Snapshot, state_dir: Path) -> int:
@@ -139,9 +154,6 @@ def file_state(paths: list[Path]) -> tuple[tuple[str, int, int], ...]:
 
 def zone_text(version: Version, zone: Zone) -> Generator[str, None, None]:
     """The zone in zone-file text (`GET /v1/rpz/{zone}`), in pieces of about 64 KB; StreamBroken if the lists change."""
-    problem = version.current()
-    if problem is not None:
-        raise pipeline.StreamBroken(problem)
     lines = [
         f"; {zone.name}: schooldns RPZ feed, serial {version.serial}",
         f"$ORIGIN {zone.name}.",
@@ -151,17 +163,11 @@ def zone_text(version: Version, zone: Zone) -> Generator[str, None, None]:
         f"@ NS {SOA_MNAME}.",
     ]
     size = 0
-    try:
-        for owner, blocked in version.records(zone):
-            line = f"{owner} CNAME {'.' if blocked else 'rpz-passthru.'}"
-            lines.append(line)
-            size += len(line)
-            if size >= 65536:
-                yield "\n".join(lines) + "\n"
-                lines, size = [], 0
-    except rpzexport.StaleLists as exc:
-        raise pipeline.StreamBroken(str(exc)) from None
-    problem = version.current()
-    if problem is not None:
-        raise pipeline.StreamBroken(problem)
+    for owner, blocked in version.records(zone):
+        line = f"{owner} CNAME {'.' if blocked else 'rpz-passthru.'}"
+        lines.append(line)
+        size += len(line)
+        if size >= 65536:
+            yield "\n".join(lines) + "\n"
+            lines, size = [], 0
     yield "\n".join(lines) + "\n" if lines else ""
