@@ -30,13 +30,14 @@ check: $(STAMP)
 	$(VENV)/bin/schooldns check --config deploy/example/config.yaml
 
 # The independent clients the integration tests drive (dig, kdig, drill, and curl also over DoT and
-# DoH; dnsdist as a load balancer in front of schooldns); the tools that check deploy/
-# (tests/integration/test_deploy.py): shellcheck, systemd-analyze verify, nft -c; Prometheus
-# (promtool checks the shipped rules; a real Prometheus scrapes real instances); a headless Chromium
-# that uses the block page and the /ui/ pages (test_blockpage_browser.py, test_ui.py).
+# DoH; dnsdist as a load balancer in front of schooldns; unbound as a secondary of the RPZ feed);
+# the tools that check deploy/ (tests/integration/test_deploy.py): shellcheck, systemd-analyze
+# verify, nft -c; Prometheus (promtool checks the shipped rules; a real Prometheus scrapes real
+# instances); a headless Chromium that uses the block page and the /ui/ pages.
 test-tools:
 	@$(PACKAGES) dig=bind9-dnsutils kdig=knot-dnsutils drill=ldnsutils curl=curl dnsdist=dnsdist \
-		shellcheck=shellcheck systemd-analyze=systemd nft=nftables promtool=prometheus chromium=chromium
+		unbound=unbound shellcheck=shellcheck systemd-analyze=systemd nft=nftables promtool=prometheus \
+		chromium=chromium
 
 test: $(STAMP) test-tools
 	$(PY) -m pytest

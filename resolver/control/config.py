@@ -143,6 +143,21 @@ class ProxyProtocolConfig:
     trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class RpzConfig:
+    """`rpz:` every category and the province's mandatory policy as RPZ zones for ISP resolvers (docs/isp.md)."""
+
+    zone_suffix: str  # lower case, without the trailing dot: "rpz.schooldns"
+    transfer_clients: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]  # who may ask for SOA and AXFR
+    tsig_keys_file: Path | None  # None: transfers need no TSIG
+    notify: tuple[upstream.UpstreamAddress, ...]  # secondaries told of every new version
+
+
+# A zone suffix leaves room under it for the listed names (a name and its zone fit in 255 octets).
+MAX_ZONE_SUFFIX = 100
+_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
+
+
 WORKER_SPREADS = ("client", "random")  # `worker_spread`; server.spread_at_random says why
 
 
@@ -172,6 +187,7 @@ class Config:
     dot: TlsListenConfig | None = None  # DNS over TLS (RFC 7858)
     doh: TlsListenConfig | None = None  # DNS over HTTPS (RFC 8484)
     proxy_protocol: ProxyProtocolConfig | None = None  # None: every client is the address it comes from
+    rpz: RpzConfig | None = None  # None: no RPZ feed
 
 
 def load_config(path: Path | str) -> Config:
@@ -228,6 +244,7 @@ def parse_config(doc: yamlfile.Document, path: Path) -> Config:
     dot = _tls_listener(top, "dot", base, 853, tls.DOT_ALPN) if top.has("dot") else None
     doh = _tls_listener(top, "doh", base, 443, tls.DOH_ALPN) if top.has("doh") else None
     proxy_protocol = _proxy_protocol(top) if top.has("proxy_protocol") else None
+    rpz = _rpz(top, base) if top.has("rpz") else None
     default_school = top.raw("default_school", None)
     if default_school is not None and not isinstance(default_school, str):
         top.fail("default_school", f"expected a school id (a string) or null, got {yamlfile.describe(default_school)}")
@@ -260,6 +277,7 @@ def parse_config(doc: yamlfile.Document, path: Path) -> Config:
         dot=dot,
         doh=doh,
         proxy_protocol=proxy_protocol,
+        rpz=rpz,
     )
 
 
@@ -394,6 +412,27 @@ def _blockpage(top: yamlfile.Section, base: Path) -> BlockpageConfig:
         numbers[name] = float(value) if isinstance(field.default, float) else value
     section.done()
     return BlockpageConfig(tuple(listen), page_tls, **numbers)
+
+
+def _rpz(top: yamlfile.Section, base: Path) -> RpzConfig:
+    section = top.sub("rpz")
+    suffix = section.typed("zone_suffix", str, "rpz.schooldns.")
+    suffix = suffix.lower().removesuffix(".")
+    if not all(_LABEL.fullmatch(label) for label in suffix.split(".")) or len(suffix) > MAX_ZONE_SUFFIX:
+        section.fail(
+            "zone_suffix",
+            f"'{suffix}.' is not a domain name of at most {MAX_ZONE_SUFFIX} characters (e.g. rpz.schooldns.)",
+        )
+    clients = []
+    for text, key in section.string_list("transfer_clients"):
+        try:
+            clients.append(ipaddress.ip_network(text.strip(), strict=True))
+        except ValueError:
+            section.doc.fail(key, f"'{text}' is not an IPv4 or IPv6 network (e.g. 192.0.2.53/32 or 2001:db8::/64)")
+    keys_file = section.typed("tsig_keys_file", str, None)
+    notify = _addresses(section, "notify", [], default_port=53, required=False, port_zero=False)
+    section.done()
+    return RpzConfig(suffix, tuple(clients), base / keys_file if keys_file else None, tuple(notify))
 
 
 def _dataclass(section: yamlfile.Section, cls: type) -> Any:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from resolver.dataplane import ednsopt, metrics, pipeline, proxyv2
 from resolver.filtering import schools
 
-Handle = Callable[[bytes, "str | bytes", str], "bytes | pipeline.Pending | None"]
+Handle = Callable[[bytes, "str | bytes", str], "bytes | pipeline.Pending | pipeline.Stream | None"]
 
 
 class FrontEnds:
@@ -39,7 +39,9 @@ class FrontEnds:
         lookup = self._directory.lookup
         rejected = self.counters.rejected
 
-        def handle_datagram(data: bytes, client: str | bytes, transport: str) -> bytes | pipeline.Pending | None:
+        def handle_datagram(
+            data: bytes, client: str | bytes, transport: str
+        ) -> bytes | pipeline.Pending | pipeline.Stream | None:
             if lookup(client) is None:
                 return handle(data, client, transport)
             if data[:12] == proxyv2.SIGNATURE:

@@ -10,6 +10,8 @@ or a new one) needs of it. It returns one of three things:
   unstarted), and `deliver(answer)` is then called exactly once, later or before `deliver_to`
   returns, with the answer bytes or None (send nothing). Nothing else is needed: every failure
   upstream becomes an answer here, and the transport need not know how the upstream is asked.
+- a `Stream`, only for a stream transport ("tcp"), only when the server has `zones` (the RPZ
+  feed): a zone transfer, many messages written in order.
 
 `client` is the sender's IP address, as text or packed (see SchoolDirectory.lookup). `transport`
 is the counting label ("udp", "tcp", "dot", "doh"); a "udp" answer is fitted to the client's UDP
@@ -26,10 +28,11 @@ import dataclasses
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Protocol
 
 from resolver.dataplane import cache, metrics, ratelimit, repeats, upstream, wire
+from resolver.errors import ResolverError
 from resolver.filtering import domains, policy, schools
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,7 @@ STALE_WAIT_SECONDS = 1.8
 UNKNOWN_CLIENT_REFUSALS_PER_SECOND = 10
 _ZONE_TRANSFERS = (wire.TYPE_AXFR, wire.TYPE_IXFR)
 _CLASS_NAMES = {wire.CLASS_CH: "CH", 4: "HS", wire.CLASS_NONE: "NONE", wire.CLASS_ANY: "ANY"}
+_ZONE_QTYPES = frozenset({wire.TYPE_SOA, wire.TYPE_AXFR, wire.TYPE_IXFR})  # what `Zones` may answer
 
 
 class Forwarder(Protocol):
@@ -62,6 +66,29 @@ class Timers(Protocol):
     def time(self) -> float: ...
 
     def call_at(self, when: float, callback: Callable[[], object], /) -> object: ...
+
+
+class StreamBroken(ResolverError):
+    """A Stream that cannot go on (what it is made from changed): the transport closes the connection."""
+
+
+class Stream:
+    """An answer in many messages (a zone transfer over TCP): the transport writes each of `messages()` in order.
+
+    The messages are made as they are written, so an answer of any size holds little memory. The
+    transport waits while its connection's send buffer is full and lets other work run between
+    two messages. `messages()` raises StreamBroken when it cannot finish.
+    """
+
+    def messages(self) -> Generator[bytes, None, None]:
+        raise NotImplementedError
+
+
+class Zones(Protocol):
+    """Zones the server answers for itself (the RPZ feed): SOA and zone-transfer questions at their apexes."""
+
+    def answer(self, query: wire.Query, data: bytes, client: str | bytes, transport: str) -> bytes | Stream | None:
+        """The answer to an SOA, AXFR or IXFR query for one of its zones; None for any other name."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -198,6 +225,7 @@ class Pipeline:
         self._stale_waiting: collections.deque[tuple[float, Pending]] = collections.deque()
         self._stale_timer_armed = False
         self.unknown_clients = ratelimit.PerNetworkLimit(unknown_client_refusals_per_second)
+        self.zones: Zones | None = None  # the RPZ feed, set by the worker when configured
 
     def install(self, snapshot: Snapshot) -> None:
         """Swap in a new snapshot (control plane); answers made with the old one are dropped."""
@@ -210,7 +238,7 @@ class Pipeline:
 
     def handle(
         self, data: bytes, client: str | bytes, transport: str, school_id: str | None = None
-    ) -> bytes | Pending | None:
+    ) -> bytes | Pending | Stream | None:
         """Answer bytes now, None to drop, or a Pending whose answer comes later (module docstring)."""
         snapshot = self.snapshot
         # 1. Identify the school by client address (first, because a repeat is per school), and
@@ -244,6 +272,12 @@ class Pipeline:
             if school is None:
                 return None  # an unknown client is sent a REFUSED to a query, and nothing else
             return self._error_answer(exc, None)
+        # Zones served here (the RPZ feed) answer their SOA and transfers, to their own clients;
+        # never kept as repeats.
+        if self.zones is not None and query.qtype in _ZONE_QTYPES:
+            zone_answer = self.zones.answer(query, data, client, transport)
+            if zone_answer is not None:
+                return zone_answer
         if school is None:
             return self._unknown_client(query, client, transport, now)
         limit = query.payload if transport == "udp" else 65535

@@ -9,6 +9,7 @@ import dataclasses
 import errno
 import functools
 import ipaddress
+import logging
 import socket
 import struct
 import sys
@@ -17,6 +18,8 @@ from typing import Any, Protocol
 
 from resolver.dataplane import frontends, metrics, pipeline, proxyv2, udpbatch, upstream, wire
 from resolver.errors import ListenError
+
+log = logging.getLogger(__name__)
 
 
 class TcpLimits(Protocol):
@@ -189,6 +192,9 @@ class TcpConnection(asyncio.Protocol):
         self.pending = 0
         self.paused = False
         self.idle_timer: asyncio.TimerHandle | None = None
+        self.stream: asyncio.Task[None] | None = None  # a Stream being written; reading waits for it
+        self.write_paused = False  # the transport's send buffer is full (pause_writing)
+        self.writable: asyncio.Event | None = None  # what a Stream waits on while write_paused
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -269,11 +275,54 @@ class TcpConnection(asyncio.Protocol):
             if self.pending >= self.shared.limits.tcp_max_pipelined and self.transport is not None:
                 self.paused = True  # stop reading until some answers went out
                 self.transport.pause_reading()
+        elif isinstance(reply, pipeline.Stream) and self.transport is not None:
+            # Queries after it wait until its last message is written (RFC 5936 lets a server
+            # answer them meanwhile; none of its clients needs that).
+            self.pending += 1
+            self.paused = True
+            self.transport.pause_reading()
+            self.stream = asyncio.get_running_loop().create_task(self._write_stream(reply))  # held by self.stream
+
+    async def _write_stream(self, stream: pipeline.Stream) -> None:
+        """Write a Stream's messages as the connection takes them, letting other work run between two."""
+        messages = stream.messages()
+        try:
+            for message in messages:
+                if self.transport is None or self.transport.is_closing():
+                    return
+                self._write(message)
+                while self.write_paused:
+                    self.writable = asyncio.Event()
+                    await self.writable.wait()
+                await asyncio.sleep(0)
+        except pipeline.StreamBroken as exc:
+            log.warning("stopped a zone transfer: %s", exc)
+            self.close()
+        except Exception:
+            log.exception("internal error writing a zone transfer")
+            self.close()
+        finally:
+            messages.close()  # now, not when collected: a transfer cut short ends at once
+            self.stream = None
+            self.pending -= 1
+            if self.transport is not None and not self.transport.is_closing():
+                self.paused = self.pending >= self.shared.limits.tcp_max_pipelined
+                if not self.paused:
+                    self.transport.resume_reading()
+                    self.data_received(b"")  # frames already buffered
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.writable is not None:
+            self.writable.set()
 
     def _finished(self, reply: bytes) -> None:
         self.pending -= 1
         self._write(reply)
-        if self.paused and self.pending < self.shared.limits.tcp_max_pipelined:
+        if self.paused and self.stream is None and self.pending < self.shared.limits.tcp_max_pipelined:
             self.paused = False
             if self.transport is not None and not self.transport.is_closing():
                 self.transport.resume_reading()
@@ -290,6 +339,8 @@ class TcpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.idle_timer is not None:
             self.idle_timer.cancel()
+        if self.stream is not None:
+            self.stream.cancel()
         self.shared.open.discard(self)
 
 

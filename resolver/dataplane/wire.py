@@ -31,7 +31,7 @@ BADVERS = 16  # extended rcode carried in OPT (RFC 6891)
 # Record types used here.
 TYPE_A, TYPE_NS, TYPE_CNAME, TYPE_SOA = 1, 2, 5, 6
 TYPE_AAAA, TYPE_OPT, TYPE_SVCB, TYPE_HTTPS = 28, 41, 64, 65
-TYPE_IXFR, TYPE_AXFR, TYPE_ANY = 251, 252, 255
+TYPE_IXFR, TYPE_AXFR, TYPE_ANY = 251, 252, 255  # zone transfers (RFC 1995, RFC 5936), ANY
 CLASS_IN, CLASS_CH = 1, 3
 CLASS_NONE, CLASS_ANY = 254, 255  # meta classes (RFC 2136, RFC 1035): no record is in them
 
@@ -173,8 +173,8 @@ def parse_query(data: bytes) -> Query:
     try:  # costs nothing until it catches (Python 3.11)
         if qdcount != 1:
             raise FormError(f"QDCOUNT is {qdcount}, expected 1", query_id, flags)
-        if ancount or nscount:
-            raise FormError("a query with answer or authority records", query_id, flags)
+        if ancount:
+            raise FormError("a query with answer records", query_id, flags)
 
         # Question name: plain labels only. A compression pointer in the first name of a
         # message could only point back into the header, so it is malformed (no loop possible).
@@ -201,12 +201,22 @@ def parse_query(data: bytes) -> Query:
         qtype, qclass = _U16X2.unpack_from(data, pos)
         question_end = pos + 4
         name = _labels_to_text(labels)
+        pos = question_end
+        if nscount:  # only an IXFR query carries a record there: the SOA of the version the client has
+            if qtype != TYPE_IXFR:
+                raise FormError("a query with authority records", query_id, flags)
+            for _ in range(nscount):
+                pos = _skip_name(data, pos, size, query_id, flags)
+                if pos + 10 > size:
+                    raise FormError("authority record runs past the end", query_id, flags)
+                pos += 10 + _U16.unpack_from(data, pos + 8)[0]
+                if pos > size:
+                    raise FormError("authority record data runs past the end", query_id, flags)
 
         edns = False
         payload = MIN_UDP_PAYLOAD
         do = False
         version = 0
-        pos = question_end
         for _ in range(arcount):
             pos = _skip_name(data, pos, size, query_id, flags)
             if pos + 10 > size:

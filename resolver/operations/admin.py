@@ -24,7 +24,7 @@ from resolver.control import checks, config, syncstate
 from resolver.dataplane import pipeline, upstream, workerstate
 from resolver.errors import ResolverError, UsageError
 from resolver.filtering import lists, policy
-from resolver.operations import access, audit, exposition, policyedit, requestbox, tokens, ui
+from resolver.operations import access, audit, exposition, policyedit, requestbox, rpzhttp, tokens, ui
 from resolver.operations.refusals import Failure, Refused
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ class Control:
     config: config.Config
     snapshot: Callable[[], Awaitable[pipeline.Snapshot]]  # the snapshot being served (for explain, schools)
     sync: syncstate.Syncing | None = None  # None: this instance has no `sync:`
+    rpz: rpzhttp.Versions | None = None  # the RPZ feed's zones; None without an `rpz:` section
 
 
 # The one place where a refusal becomes an HTTP status (see _errors).
@@ -594,6 +595,14 @@ def make_app(control: Control, limits: Limits | None = None) -> web.Application:
     api = Api(control, limits)
     app.router.add_routes(api.routes())
     app.router.add_routes(ui.routes(control, api.gate))  # GET /v1/report and the /ui/ pages
+    if control.rpz is not None:  # the RPZ feed's zones as text, for the province and viewers
+        zone_text = rpzhttp.zone_handler(control.rpz)
+
+        async def rpz_zone(request: web.Request) -> web.StreamResponse:
+            api.caller(request, READERS)
+            return await zone_text(request)
+
+        app.router.add_get("/v1/rpz/{zone}", rpz_zone)
     return app
 
 

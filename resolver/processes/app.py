@@ -22,10 +22,11 @@ from resolver.filtering import policyfile
 from resolver.operations import rollups, tlscert
 from resolver.processes import sdnotify, spawner, worker
 
-if TYPE_CHECKING:  # imported at run time only once DNS serves (start_admin), or with sync/publish
+if TYPE_CHECKING:  # imported at run time only once DNS serves (start_admin), or with sync/publish/rpz
     from aiohttp import web
 
     from resolver.control import bundle, sync, syncstate
+    from resolver.operations import rpzfeed, rpzzones
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,7 @@ async def start_admin(
     reload: Callable[[], Awaitable[bool]],
     snapshot: Callable[[], Awaitable[pipeline.Snapshot]],
     syncing: syncstate.Syncing | None = None,
+    rpz: Callable[[], Awaitable[rpzzones.Version | None]] | None = None,
 ) -> web.AppRunner | None:
     """Import the admin API in a thread while DNS is already answering, then serve it on `sock`.
 
@@ -143,7 +145,7 @@ async def start_admin(
     # (Worker.start). A query in flight now that ends in a reference cycle is never collected:
     # at most the few of this moment, once.
     gc.freeze()
-    control = admin.Control(state=state, reload=reload, config=cfg, snapshot=snapshot, sync=syncing)
+    control = admin.Control(state=state, reload=reload, config=cfg, snapshot=snapshot, sync=syncing, rpz=rpz)
     runner: web.AppRunner = await admin.start(sock, control)
     return runner
 
@@ -257,7 +259,13 @@ async def run_single(cfg: config.Config, ready: Callable[[worker.Worker], object
         return dns_worker.pipeline.snapshot
 
     admin_runner = await start_admin(
-        admin_sock, cfg, dns_worker.state, distribution.reload, installed, distribution.syncer
+        admin_sock,
+        cfg,
+        dns_worker.state,
+        distribution.reload,
+        installed,
+        distribution.syncer,
+        None if dns_worker.feed is None else dns_worker.rpz_zones,
     )
     blockpage = await start_blockpage(blockpage_sockets, cfg, installed)
     # systemd's Type=notify: the first snapshot serves, and so do the admin API and the block page
@@ -339,6 +347,8 @@ class Supervisor:
         # The files' signature and the snapshot built from them here: what explain and the schools list read.
         self._snapshot: tuple[tuple[object, ...], pipeline.Snapshot] | None = None
         self.distribution: Distribution | None = None  # its syncer or publisher, once run() serves
+        self.feed: rpzfeed.Feed | None = None  # the RPZ feed's zones for GET /v1/rpz (the workers serve DNS)
+        self._feed_lock = asyncio.Lock()
 
     @property
     def ports(self) -> tuple[int, ...]:
@@ -429,6 +439,7 @@ class Supervisor:
                 self.distribution.reload,
                 self.snapshot,
                 self.distribution.syncer,
+                None if self.config.rpz is None else self.rpz_zones,
             )
             blockpage = await start_blockpage(blockpage_sockets, self.config, self.snapshot)
             sdnotify.notify("READY=1")  # every worker serves the first snapshot; the admin API and block page are up
@@ -587,6 +598,21 @@ class Supervisor:
                     built = self._snapshot[1]
                 self._snapshot = (files, built)
             return dataclasses.replace(self._snapshot[1], generation=self.state().generation)
+
+    async def rpz_zones(self) -> rpzzones.Version | None:
+        """The RPZ feed's zones for GET /v1/rpz/{zone}: of the snapshot the admin API reads (`snapshot`),
+        reusing the workers' compiled lists. The workers serve them over DNS."""
+        if self.config.rpz is None:
+            return None
+        async with self._feed_lock:
+            if self.feed is None:
+                from resolver.operations import rpzfeed
+
+                self.feed = rpzfeed.Feed(self.config.rpz, self.config.blocklists_dir, self.config.state_dir)
+            built = await self.snapshot()
+            if self.feed.version is None or self.feed.version.snapshot is not built:
+                self.feed.install(await asyncio.to_thread(self.feed.prepare, built))
+            return self.feed.version
 
     def state(self) -> workerstate.WorkerState:
         """Every worker's last report, summed, with the counters of workers that died."""

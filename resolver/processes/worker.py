@@ -13,11 +13,14 @@ import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from resolver.control import config, snapshots
 from resolver.dataplane import cache, frontends, metrics, pipeline, server, tls, upstream, upstreamtls, workerstate
 from resolver.errors import ListenError, ResolverError
+
+if TYPE_CHECKING:  # imported at run time only with an `rpz:` section (Worker.__init__)
+    from resolver.operations import rpzfeed, rpzzones
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,13 @@ class Worker:
         self._tls: list[tls.TlsListener] = []
         self.tls_addresses: dict[str, list[tuple[str, int]]] = {"dot": [], "doh": []}
         self.index = index  # of this worker among the `workers: N` (0 for the one of `workers: 1`)
+        self.feed: rpzfeed.Feed | None = None
+        if cfg.rpz is not None:
+            from resolver.operations import rpzfeed  # only with an `rpz:` section; it loads no DNS library
+
+            # Worker 0 (or the one of `workers: 1`) tells the secondaries of a new version, once.
+            self.feed = rpzfeed.Feed(cfg.rpz, cfg.blocklists_dir, cfg.state_dir, announce=index == 0)
+            self.pipeline.zones = self.feed
         self.reload_failures = 0
         self._udp: list[server.UdpServer] = []
         self._tcp_servers: list[asyncio.Server] = []
@@ -82,6 +92,8 @@ class Worker:
         # visit. Only here, with no query in flight: a frozen object in a reference cycle that
         # becomes garbage later would never be collected.
         gc.freeze()
+        if self.feed is not None:
+            self.feed.install(await asyncio.to_thread(self.feed.prepare, self.pipeline.snapshot))
         for udp_sock, tcp_sock in sockets:
             udp, tcp = await server.serve_sockets(
                 self.pipeline, self.in_flight, self.config.limits, udp_sock, tcp_sock, self.tcp
@@ -133,6 +145,7 @@ class Worker:
                 snapshot = await asyncio.to_thread(
                     snapshots.build_serving_snapshot, self.config, generation, reload=True
                 )
+                zones = None if self.feed is None else await asyncio.to_thread(self.feed.prepare, snapshot)
             except Exception as exc:  # ConfigError and anything else: the old snapshot keeps serving
                 for certificates in self.certificates.values():
                     certificates.reload()
@@ -142,8 +155,14 @@ class Worker:
             self.pipeline.install(snapshot)
             for certificates in self.certificates.values():
                 certificates.reload()
+            if self.feed is not None and zones is not None:
+                self.feed.install(zones)
             log.info("installed generation %d", generation)
             return True
+
+    async def rpz_zones(self) -> rpzzones.Version | None:
+        """The RPZ feed's zones as installed (GET /v1/rpz/{zone}); None without a feed."""
+        return None if self.feed is None else self.feed.version
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight queries finish within the drain bound, close everything."""
@@ -160,6 +179,8 @@ class Worker:
         for connections in (self.dot, self.doh):
             if connections is not None:
                 connections.close_all()
+        if self.feed is not None:
+            self.feed.stop()
         for tcp_server in self._tcp_servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(tcp_server.wait_closed(), 1.0)
