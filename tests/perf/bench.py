@@ -38,6 +38,7 @@ import os
 import platform
 import random
 import re
+import resource
 import shlex
 import shutil
 import signal
@@ -169,6 +170,49 @@ def tool_version(path: str, tool: str) -> str:
     text = out.stdout + out.stderr
     match = re.search(r"(?:[Vv]ersion|Recursor)\s+(\d[\w.\-~+]*)", text)
     return match.group(1) if match else "?"
+
+
+class MachineUse:
+    """How much of the benchmark's cores others took while it ran: processes not its own, and the hypervisor.
+
+    From /proc/stat (the cores' busy and steal time) and this process's resource usage with its
+    children's (every process the benchmark started has been waited for when share() is asked).
+    """
+
+    def __init__(self, cores: list[int]):
+        self.cores = cores
+        self.started = time.monotonic()
+        self.load_at_start = os.getloadavg()[0]
+        self.busy, self.steal = self._cores()
+        self.ours = self._ours()
+
+    def _cores(self) -> tuple[float, float]:
+        """Busy and stolen seconds of the cores so far."""
+        tick = os.sysconf("SC_CLK_TCK")
+        busy = steal = 0
+        for line in Path("/proc/stat").read_text().splitlines():
+            fields = line.split()
+            if fields[0] in {f"cpu{core}" for core in self.cores}:
+                user, nice, system, _idle, _iowait, irq, softirq, stolen = map(int, fields[1:9])
+                busy += user + nice + system + irq + softirq
+                steal += stolen
+        return busy / tick, steal / tick
+
+    @staticmethod
+    def _ours() -> float:
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+    def summary(self) -> str:
+        elapsed = (time.monotonic() - self.started) * len(self.cores)
+        busy, steal = self._cores()
+        others = max(0.0, busy - self.busy - (self._ours() - self.ours))
+        cores = ",".join(map(str, self.cores))
+        return (
+            f"While it ran, other processes took {others / elapsed:.0%} of cores {cores} and the hypervisor "
+            f"{(steal - self.steal) / elapsed:.0%} (/proc/stat); load average {self.load_at_start:.1f} at the "
+            f"start, {os.getloadavg()[0]:.1f} at the end."
+        )
 
 
 def machine_info(tools: dict[str, str]) -> dict[str, str]:
@@ -1741,7 +1785,7 @@ def report(
     versions = ", ".join(f"{tool} {info[tool]}" for tool in ("dnsperf", *BASELINE_TOOLS) if tool in info)
     add(
         f"Machine: {info['nproc']} cores ({info['cpu']}), {info['memory']} RAM, {info['kernel']}, "
-        f"Python {info['python']}, {versions}."
+        f"Python {info['python']}, {versions}. {info.get('use', '')}"
     )
     add("")
     case, cookie = data.case, data.cookie
@@ -2091,6 +2135,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     started_at = datetime.datetime.now(datetime.UTC)
+    machine_use = MachineUse(cpus[:2])
     info = machine_info(tools)
     work = Path(tempfile.mkdtemp(prefix="schooldns-bench-"))
     log(f"work directory {work}")
@@ -2170,6 +2215,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"bench_domains.py --entries {args.domains_entries} ...")
             domains_table = run_domains(args)
         elapsed = time.monotonic() - t0
+        info["use"] = machine_use.summary()
         section = report(args, info, data, results, domains_table, upstream_cmd, started_at, elapsed)
         write_section(args.output, section)
         if args.json:
