@@ -21,10 +21,10 @@ warm workload (byte-identical, 0x20, cookie mix; medians reported), three fixed-
 runs with dnsperf -v (per-query latencies -> p50/p99/p99.9; also checks every answer's rcode),
 the resident memory, and --runs 100%-miss runs (medians reported). The max-rate runs and the
 miss runs are interleaved across the servers (run 1 of every server, then run 2, ...), so that
-on a noisy machine each ratio compares the same stretch of time. Then schooldns with one worker on one core
-against two workers on two cores, tests/perf/loadgen.py sharing the cores with them (there is no
-third; docs/performance.md, step 8). Then tests/perf/bench_domains.py (the
-domain index micro benchmark). The report goes between `<!-- bench:begin -->` and `<!-- bench:end -->` in --output
+on a noisy machine each ratio compares the same stretch of time. Then schooldns with one worker
+on one core against two workers on two cores, tests/perf/loadgen.py sharing the cores with them
+(there is no third; docs/performance.md, step 8). Then tests/perf/bench_domains.py (the domain
+index micro benchmark). The report goes between `<!-- bench:begin -->` and `<!-- bench:end -->` in --output
 (docs/performance.md by default) and to stdout. Nothing is asserted about speed.
 """
 
@@ -176,7 +176,7 @@ class MachineUse:
     """How much of the benchmark's cores others took while it ran: processes not its own, and the hypervisor.
 
     From /proc/stat (the cores' busy and steal time) and this process's resource usage with its
-    children's (every process the benchmark started has been waited for when share() is asked).
+    children's (every process the benchmark started has been waited for when summary() is asked).
     """
 
     def __init__(self, cores: list[int]):
@@ -294,7 +294,6 @@ def generate(
     The 0x20 and cookie files are made with random generators of their own, so the other files
     are byte for byte what they were before those existed.
     """
-    sys.path.insert(0, str(HERE))
     from bench_domains import SUBDOMAINS, NameMaker  # the colleague's seeded name generator
 
     rng = random.Random(seed)
@@ -365,11 +364,11 @@ def generate(
         queries,
         blocked_count,
         misses,
-        blocked_before,
-        case_file,
-        case,
-        cookie_file,
-        cookie,
+        blocked_before=blocked_before,
+        case_queries=case_file,
+        case=case,
+        cookie_queries=cookie_file,
+        cookie=cookie,
     )
     data.workloads = [
         Workload("identical", "warm, byte-identical repeats", query_file, False),
@@ -2267,6 +2266,7 @@ def raw(results: list[Result], info: dict[str, str], args: argparse.Namespace) -
                 "server": r.key,
                 "qps_median": r.qps,
                 "runs": [perf(p) for p in r.runs],
+                "variant_runs": {key: [perf(p) for p in runs] for key, runs in r.variant_runs.items()},
                 "warm_pass": perf(r.warm_pass),
                 "latency": {k: perf(v) for k, v in r.latency.items()},
                 "miss": perf(r.miss),
@@ -2289,6 +2289,8 @@ def raw(results: list[Result], info: dict[str, str], args: argparse.Namespace) -
                 if r.scaling
                 else None,
                 "wrong_answers": r.wrong_answers[:50],
+                "counts_checked": r.counts_checked,
+                "wrong_counts": r.wrong_counts[:50],
                 "status": r.status,
                 "error": r.error,
                 "log_problems": r.log_problems[:50],
