@@ -57,12 +57,12 @@ bench: $(STAMP) bytecode
 	$(PY) tests/perf/bench.py $(BENCH_ARGS)
 	$(PY) tests/perf/bench_encrypted.py --output docs/performance.md
 
-# The benchmark harness end to end on a 10k list with 3 s runs (about 80 s); asserts no speed.
+# The benchmark harness end to end on a 10k list with 3 s runs (about 100 s); asserts no speed.
 bench-smoke: $(STAMP) bytecode
 	@$(PACKAGES) dnsperf=dnsperf
 	$(PY) -m pytest -m bench tests/perf/test_bench_harness.py
 
-# Installs dnsperf, unbound and dnsmasq-base with apt-get (root), starting no daemon.
+# Installs dnsperf, unbound, pdns-recursor and dnsmasq-base with apt-get (root), starting no daemon.
 bench-tools:
 	$(PYTHON) tests/perf/bench.py --tools-only
 
