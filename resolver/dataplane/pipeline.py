@@ -59,6 +59,16 @@ class Forwarder(Protocol):
         """Call done(answer, None) or done(None, error) once, now or later."""
 
 
+class ForwardPools(Protocol):
+    """What the pipeline needs of the forward zones' servers (upstream.ForwardPools; a fake in unit tests)."""
+
+    def pool(self, servers: tuple[tuple[str, int], ...]) -> Forwarder:
+        """The Forwarder that asks these servers (made when first asked)."""
+
+    def retain(self, wanted: set[tuple[tuple[str, int], ...]]) -> None:
+        """Close what serves no server list in `wanted`."""
+
+
 class Timers(Protocol):
     """What the pipeline needs of a clock that calls back (the running event loop; a fake in unit tests)."""
 
@@ -190,7 +200,7 @@ class Pipeline:
         stale_wait_seconds: float = STALE_WAIT_SECONDS,
         timers: Timers | None = None,  # None: the running event loop, when a stale answer is first waited for
         unknown_client_refusals_per_second: int = UNKNOWN_CLIENT_REFUSALS_PER_SECOND,
-        forward_pools: upstream.ForwardPools | None = None,  # the forward zones' servers
+        forward_pools: ForwardPools | None = None,  # the forward zones' servers
     ):
         self.snapshot = snapshot
         self.cache = answers
@@ -503,12 +513,12 @@ class Pipeline:
         records: list[tuple[int, bytes]] = []
         if zone.kind is localzones.Kind.LOCALHOST and qtype in _LOCALHOST_ADDRESSES:
             records = [(qtype, _LOCALHOST_ADDRESSES[qtype])]
-        elif name == zone.zone:
-            if qtype == wire.TYPE_SOA:
-                records = [(wire.TYPE_SOA, wire.zone_soa_rdata(zone.zone, LOCAL_TTL_SECONDS))]
         elif name in zone.loopback_names:
             if qtype == wire.TYPE_PTR:
                 records = [(wire.TYPE_PTR, _LOCALHOST_PTR)]
+        elif name == zone.zone:
+            if qtype == wire.TYPE_SOA:
+                records = [(wire.TYPE_SOA, wire.zone_soa_rdata(zone.zone, LOCAL_TTL_SECONDS))]
         elif zone.kind is not localzones.Kind.LOCALHOST:  # every name under localhost is the loopback (RFC 6761 6.3)
             rcode = wire.NXDOMAIN
         self.counters.count(school_id, transport, "local")
