@@ -75,8 +75,3 @@ def lookup(name: str) -> LocalZone | None:
         zone = zones.get(name[dot + 1 :])
         dot = name.find(".", dot + 1)
     return zone
-
-
-def in_zone(name: str, zone: str) -> bool:
-    """True if `name` is `zone` or a name under it."""
-    return name == zone or name.endswith("." + zone)

@@ -122,8 +122,8 @@ class ForwardZone:
     zone: str
     #: (IP address, port), in the order written
     servers: tuple[tuple[str, int], ...]
-    #: "school" (the school's file) or "province" (province.yaml, for every school)
-    authority: str
+    #: SCHOOL (the school's file) or PROVINCE (province.yaml, for every school)
+    authority: Authority
     #: appended to the answer cache key: a forwarded answer is cached for its school only
     cache_suffix: bytes = b""
 
