@@ -89,7 +89,7 @@ def test_forward_zones_of_the_province_and_the_school():
         '  2.1.10.in-addr.arpa: ["[2001:db8::53]:53", "2001:DB8::54"]\n',
         "s.yaml",
         CATEGORIES,
-        province(harness.PROVINCE.replace("malware", "malware") + ""),
+        province(),
     )
     assert {z: v.servers for z, v in school.forward_zones.items()} == {
         "truong.local": (("10.1.2.3", 53), ("10.1.2.4", 5353)),
