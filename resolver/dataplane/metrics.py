@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 # Query results, the `result` label of schooldns_queries_total (a closed set).
-RESULTS = ("forwarded", "cached", "stale", "blocked", "rewritten", "refused", "servfail")
+RESULTS = ("forwarded", "cached", "stale", "blocked", "rewritten", "refused", "servfail", "local")
 # The results of queries that waited for an upstream: the ones timed (Counters.waits). The others
 # are answered within Pipeline.handle, in microseconds; timing them would cost a clock read each.
 WAITED_RESULTS = ("forwarded", "blocked", "rewritten", "stale", "servfail")

@@ -33,7 +33,7 @@ from typing import Protocol
 
 from resolver.dataplane import cache, metrics, ratelimit, repeats, upstream, wire
 from resolver.errors import ResolverError
-from resolver.filtering import domains, policy, schools
+from resolver.filtering import domains, localzones, policy, schools
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,11 @@ UNKNOWN_CLIENT_REFUSALS_PER_SECOND = 10
 _ZONE_TRANSFERS = (wire.TYPE_AXFR, wire.TYPE_IXFR)
 _CLASS_NAMES = {wire.CLASS_CH: "CH", 4: "HS", wire.CLASS_NONE: "NONE", wire.CLASS_ANY: "ANY"}
 _ZONE_QTYPES = frozenset({wire.TYPE_SOA, wire.TYPE_AXFR, wire.TYPE_IXFR})  # what `Zones` may answer
+# TTL of locally served answers (localhost's addresses, the empty zones' SOA): short enough that a
+# school that starts forwarding such a zone is not kept from its names for long by clients' caches.
+LOCAL_TTL_SECONDS = 300
+_LOCALHOST_ADDRESSES = {wire.TYPE_A: socket.inet_pton(socket.AF_INET, "127.0.0.1"), wire.TYPE_AAAA: bytes(15) + b"\x01"}
+_LOCALHOST_PTR = wire.encode_name("localhost")
 
 
 class Forwarder(Protocol):
@@ -58,6 +63,16 @@ class Forwarder(Protocol):
 
     def ask(self, query: wire.Query, done: upstream.Done) -> None:
         """Call done(answer, None) or done(None, error) once, now or later."""
+
+
+class ForwardPools(Protocol):
+    """What the pipeline needs of the forward zones' servers (upstream.ForwardPools; a fake in unit tests)."""
+
+    def pool(self, servers: tuple[tuple[str, int], ...]) -> Forwarder:
+        """The Forwarder that asks these servers (made when first asked)."""
+
+    def retain(self, wanted: set[tuple[tuple[str, int], ...]]) -> None:
+        """Close what serves no server list in `wanted`."""
 
 
 class Timers(Protocol):
@@ -121,6 +136,8 @@ class Pending:
 
     __slots__ = (
         "deliver",
+        "forwarder",
+        "key",
         "limit",
         "pipeline",
         "query",
@@ -143,9 +160,13 @@ class Pending:
         started: float,
         question: wire.Query | None = None,
         rewrite_key: bytes = b"",
+        key: bytes = b"",
+        forwarder: Forwarder | None = None,
     ):
         self.pipeline = pipeline
         self.query = query  # the client's
+        self.key = key or query.key  # its answer's cache key (a forward zone's: the query's with the school)
+        self.forwarder = forwarder or pipeline.forwarder  # a forward zone's servers, or the upstreams
         self.question = question or query  # what upstream is asked: the query, or a safe-search target
         self.rewrite_key = rewrite_key  # for a safe-search target: the cache key of the rewritten answer
         self.school = school
@@ -159,8 +180,8 @@ class Pending:
         """Ask upstream; call deliver(answer) exactly once, possibly before this returns. Call it once."""
         self.deliver = deliver
         pipe = self.pipeline
-        pipe.forwarder.ask(self.question, self._answered)
-        if self.deliver is not None and not self.rewrite_key and pipe.cache.has_stale(self.query.key, pipe.clock()):
+        self.forwarder.ask(self.question, self._answered)
+        if self.deliver is not None and not self.rewrite_key and pipe.cache.has_stale(self.key, pipe.clock()):
             pipe._wait_for_stale(self)  # not answered yet, and an expired answer to fall back on
 
     def _answered(self, answer: wire.Answer | None, error: Exception | None) -> None:
@@ -169,7 +190,7 @@ class Pending:
         deliver = self.deliver
         if deliver is None:  # answered stale already: the answer only refreshes the cache
             if answer is not None:
-                pipe.cache.store(self.query.key, answer, pipe.clock())
+                pipe.cache.store(self.key, answer, pipe.clock())
             return
         self.deliver = None
         try:
@@ -208,10 +229,12 @@ class Pipeline:
         stale_wait_seconds: float = STALE_WAIT_SECONDS,
         timers: Timers | None = None,  # None: the running event loop, when a stale answer is first waited for
         unknown_client_refusals_per_second: int = UNKNOWN_CLIENT_REFUSALS_PER_SECOND,
+        forward_pools: ForwardPools | None = None,  # the forward zones' servers
     ):
         self.snapshot = snapshot
         self.cache = answers
         self.forwarder = forwarder
+        self.forward_pools = forward_pools or upstream.ForwardPools(policy.MAX_FORWARD_SERVERS)
         self.counters = counters
         self.clock = clock
         self.wall_clock = wall_clock
@@ -232,6 +255,9 @@ class Pipeline:
         self._segments = {}
         self.repeats.drop_all()
         self.snapshot = snapshot
+        self.forward_pools.retain(
+            {zone.servers for school in snapshot.policies.schools for zone in school.forward_zones.values()}
+        )
 
     # -----------------------------------------------------------------------------------
     # The data plane, top to bottom.
@@ -295,8 +321,15 @@ class Pipeline:
             if isinstance(decision, policy.Rewrite) and query.qclass == wire.CLASS_IN:
                 return self._rewrite(data, query, decision.target, school, segment, snapshot, transport, limit, now)
 
-        # 5. Cache lookup (raw bytes: ID, question and TTLs patched).
-        entry = self.cache.lookup(query.key, now)
+        # 5. Cache lookup (raw bytes: ID, question and TTLs patched). A name in one of the school's
+        #    forward zones goes to its own servers, and its answer is cached under a key with the school.
+        key = query.key
+        forward = None
+        if school.forward_suffixes and query.name.endswith(school.forward_suffixes):
+            forward = school.forward_zone(query.name)
+            if forward is not None:
+                key += forward.cache_suffix
+        entry = self.cache.lookup(key, now)
         if entry is not None:
             if entry.targets:  # 7 (on a hit): the cached chain is checked for this school
                 block = self._inspect(query, entry.targets, school, snapshot, wall)
@@ -319,6 +352,14 @@ class Pipeline:
         #    the upstream's software and name; zone transfers are no resolver's business.
         if query.qclass != wire.CLASS_IN or query.qtype in _ZONE_TRANSFERS:
             return self._not_forwarded(query, school.id, transport)
+        if forward is not None:
+            pool = self.forward_pools.pool(forward.servers)
+            return Pending(self, query, school, snapshot, transport, limit, now, key=key, forwarder=pool)
+        # Locally served zones (RFC 6761, RFC 6303) are never asked upstream (never in the cache either).
+        if query.name.endswith(localzones.SUFFIXES):
+            zone = localzones.lookup(query.name)
+            if zone is not None:
+                return self._local(query, zone, school.id, transport)
         return Pending(self, query, school, snapshot, transport, limit, now)
 
     def _forwarded(self, miss: Pending, answer: wire.Answer | None, error: Exception | None) -> bytes | None:
@@ -334,7 +375,7 @@ class Pipeline:
                 self.counters.count(school.id, transport, "servfail")
                 waits["servfail"].observe(now - miss.started)
             return self._error_answer(error, query)  # type: ignore[arg-type]
-        self.cache.store(query.key, answer, now)
+        self.cache.store(miss.key, answer, now)
         if answer.targets:  # 7. inspect: the chain is decided now, when it arrived
             block = self._inspect(query, answer.targets, school, miss.snapshot, self.wall_clock())
             if block is not None:
@@ -348,7 +389,7 @@ class Pipeline:
     def _stale(self, miss: Pending) -> bytes | None:
         """The expired answer to a miss (TTL 30, EDE 3 Stale Answer; RFC 8767), its chain inspected; None if none."""
         query, school, transport = miss.query, miss.school, miss.transport
-        entry = self.cache.lookup_stale(query.key, self.clock())
+        entry = self.cache.lookup_stale(miss.key, self.clock())
         if entry is None:
             return None
         if entry.targets:
@@ -503,6 +544,24 @@ class Pipeline:
         self.counters.count(school.id, transport, "rewritten")
         self.counters.waits["rewritten"].observe(now - miss.started)
         return wire.replay(answer.message, answer.question_length, query, miss.limit)
+
+    def _local(self, query: wire.Query, zone: localzones.LocalZone, school_id: str, transport: str) -> bytes:
+        """The answer of a locally served zone: localhost's addresses, the loopback PTR, the apex SOA, or none."""
+        name, qtype = query.name, query.qtype
+        rcode = wire.NOERROR
+        records: list[tuple[int, bytes]] = []
+        if zone.kind is localzones.Kind.LOCALHOST and qtype in _LOCALHOST_ADDRESSES:
+            records = [(qtype, _LOCALHOST_ADDRESSES[qtype])]
+        elif name in zone.loopback_names:
+            if qtype == wire.TYPE_PTR:
+                records = [(wire.TYPE_PTR, _LOCALHOST_PTR)]
+        elif name == zone.zone:
+            if qtype == wire.TYPE_SOA:
+                records = [(wire.TYPE_SOA, wire.zone_soa_rdata(zone.zone, LOCAL_TTL_SECONDS))]
+        elif zone.kind is not localzones.Kind.LOCALHOST:  # every name under localhost is the loopback (RFC 6761 6.3)
+            rcode = wire.NXDOMAIN
+        self.counters.count(school_id, transport, "local")
+        return wire.make_zone_answer(query, rcode, records, zone.zone, LOCAL_TTL_SECONDS)
 
     def _unknown_client(self, query: wire.Query, client: str | bytes, transport: str, now: float) -> bytes | None:
         """REFUSED with EDE 18 for a client outside every school network, within its network's budget over UDP.

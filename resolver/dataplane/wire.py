@@ -30,6 +30,7 @@ BADVERS = 16  # extended rcode carried in OPT (RFC 6891)
 
 # Record types used here.
 TYPE_A, TYPE_NS, TYPE_CNAME, TYPE_SOA = 1, 2, 5, 6
+TYPE_PTR = 12
 TYPE_AAAA, TYPE_OPT, TYPE_SVCB, TYPE_HTTPS = 28, 41, 64, 65
 TYPE_IXFR, TYPE_AXFR, TYPE_ANY = 251, 252, 255  # zone transfers (RFC 1995, RFC 5936), ANY
 CLASS_IN, CLASS_CH = 1, 3
@@ -452,6 +453,33 @@ def make_local_answer(
         arcount = 1
     flags = _answer_flags(query.flags, rcode)
     header = _HEADER.pack(query.id, flags, 1, len(answers) if answers else 0, nscount, arcount)
+    return header + query.question + bytes(body)
+
+
+def zone_soa_rdata(zone: str, minimum_ttl: int) -> bytes:
+    """The SOA of a locally served zone (RFC 6303 4.1's shape): the zone itself as MNAME, nobody.invalid."""
+    return encode_name(zone) + _NOBODY + struct.pack("!IIIII", 1, 3600, 1200, 604800, minimum_ttl)
+
+
+_NOBODY = encode_name("nobody.invalid")
+
+
+def make_zone_answer(query: Query, rcode: int, answers: list[tuple[int, bytes]], zone: str, ttl: int) -> bytes:
+    """An authoritative (AA) answer from a locally served zone: records (type, rdata) owned by the
+    query name, or none and the zone's SOA in the authority section (RFC 2308), class IN."""
+    body = bytearray()
+    for rtype, rdata in answers:
+        body += b"\xc0\x0c" + _RR_FIXED.pack(rtype, CLASS_IN, ttl, len(rdata)) + rdata
+    nscount = 0
+    if not answers:
+        soa = zone_soa_rdata(zone, ttl)
+        body += encode_name(zone) + _RR_FIXED.pack(TYPE_SOA, CLASS_IN, ttl, len(soa)) + soa
+        nscount = 1
+    arcount = 0
+    if query.edns:
+        body += _opt_record(MAX_UDP_PAYLOAD, query.do)
+        arcount = 1
+    header = _HEADER.pack(query.id, _answer_flags(query.flags, rcode, AA), 1, len(answers), nscount, arcount)
     return header + query.question + bytes(body)
 
 

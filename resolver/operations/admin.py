@@ -543,6 +543,7 @@ def _explained_json(explained: checks.Explained, generation: int, when: float) -
         "blocked_categories": list(explanation.blocked_categories),
         "active_schedules": list(explanation.active_schedules),
         "allow_or_deny_entry": explanation.allow_or_deny_entry,
+        "answered_by": explanation.answered_by,
         "listed": [
             {
                 "name": entry.name,

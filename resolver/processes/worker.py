@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from resolver.control import config, snapshots
 from resolver.dataplane import cache, frontends, metrics, pipeline, server, tls, upstream, upstreamtls, workerstate
 from resolver.errors import ListenError, ResolverError
+from resolver.filtering import policy
 
 if TYPE_CHECKING:  # imported at run time only with an `rpz:` section (Worker.__init__)
     from resolver.operations import rpzfeed, rpzzones
@@ -35,15 +36,19 @@ class Worker:
         self.counters = metrics.Counters()
         self.last_queries = metrics.LastQueries()
         self.cache = cache.AnswerCache(cfg.cache.max_entries, cfg.cache.stale_seconds, cfg.cache.max_megabytes * 2**20)
+        answer_limits = upstream.AnswerLimits(
+            cfg.cache.min_ttl_seconds, cfg.cache.max_ttl_seconds, cfg.cache.negative_max_ttl_seconds
+        )
         self.pool = upstream.UpstreamPool(
             list(cfg.upstreams),
             cfg.forwarding.timeout_seconds,
-            upstream.AnswerLimits(
-                cfg.cache.min_ttl_seconds, cfg.cache.max_ttl_seconds, cfg.cache.negative_max_ttl_seconds
-            ),
+            answer_limits,
             cfg.forwarding.sockets_per_upstream,
             cfg.forwarding.max_in_flight,
             make_upstream=upstreamtls.make_upstream,
+        )
+        self.forward_pools = upstream.ForwardPools(
+            policy.MAX_FORWARD_SERVERS, cfg.forwarding.timeout_seconds, answer_limits
         )
         self.pipeline = pipeline.Pipeline(
             snapshot,
@@ -52,6 +57,7 @@ class Worker:
             self.counters,
             stale_wait_seconds=cfg.cache.stale_wait_seconds,
             unknown_client_refusals_per_second=cfg.limits.unknown_client_refusals_per_second,
+            forward_pools=self.forward_pools,
         )
         self.in_flight = server.InFlight(cfg.limits.max_queries_in_flight, self.counters)
         self.front_ends = (
@@ -185,6 +191,7 @@ class Worker:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(tcp_server.wait_closed(), 1.0)
         self.pool.close()
+        self.forward_pools.close()
 
     def state(self) -> workerstate.WorkerState:
         """Live numbers for metrics and status (no per-client data).

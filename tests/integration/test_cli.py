@@ -121,6 +121,32 @@ def test_explain_and_check_given_a_client_address_name_its_school(tmp_path):
     ]
 
 
+def test_explain_says_when_a_name_goes_to_the_schools_own_servers_and_check_names_a_bad_server(tmp_path):
+    forwarding = NESTED["policies/school-c.yaml"] + "forward_zones: {truong.local: [10.1.2.3]}\n"
+    site = write_site(tmp_path, ["127.0.0.1:53"], files={**NESTED, "policies/school-c.yaml": forwarding})
+    explained = schooldns("explain", "--config", str(site), "--client", "10.1.2.34", "dc1.truong.local")
+    assert explained.returncode == 0, explained.stderr
+    assert explained.stdout.splitlines()[-1] == (
+        "answered by: the school's own DNS servers 10.1.2.3:53 (this school's forward zone 'truong.local')"
+    )
+    explained = schooldns("explain", "--config", str(site), "--client", "10.1.9.9", "dc1.truong.local")
+    assert "answered by" not in explained.stdout  # the district office's clients: the upstreams
+    explained = schooldns("explain", "--config", str(site), "school-a", "1.0.0.127.in-addr.arpa")
+    assert explained.stdout.splitlines()[-1].startswith(
+        "answered by: schooldns itself (locally served zone '127.in-addr.arpa'"
+    )
+
+    (tmp_path / "policies" / "school-c.yaml").write_text(
+        forwarding.replace("[10.1.2.3]", "[dc1.truong.local]"), encoding="utf-8"
+    )
+    checked = schooldns("check", "--config", str(site))
+    assert checked.returncode == 1 and "Traceback" not in checked.stderr
+    assert (
+        f"{tmp_path / 'policies' / 'school-c.yaml'}:4: forward_zones.truong.local[0]: 'dc1.truong.local' is not "
+        "a server address IP[:port] (e.g. 10.1.2.3 or 10.1.2.3:5353)"
+    ) in checked.stderr
+
+
 def test_explain_for_a_client_of_no_school_says_it_is_refused(site):
     result = schooldns("explain", "--config", str(site), "--client", "192.0.2.1", "games.example.com")
     assert (result.returncode, result.stderr) == (0, "")
