@@ -214,7 +214,7 @@ def main() -> None:
     if churned:
         print(
             f"churn: {len(mix):,} queries over {len(set(mix)):,} of {len(churned):,} "
-            f"names (repeats kept: at most {repeats.REPEAT_MAX:,})"
+            f"names (repeats kept: at most {repeats.REPEAT_MAX:,} in each of two generations)"
         )
     print(f"{'kind':9}" + "".join(f"{v.label + ': ns/call':>24}{'calls/s':>10}" for v in variants))
 
