@@ -29,15 +29,17 @@ run: $(STAMP) bytecode
 check: $(STAMP)
 	$(VENV)/bin/schooldns check --config deploy/example/config.yaml
 
-# The independent clients the integration tests drive; the tools that check deploy/
-# (tests/integration/test_deploy.py): shellcheck, systemd-analyze verify, nft -c; and Prometheus
-# (promtool checks the shipped rules; a real Prometheus scrapes real instances); a headless Chromium
-# reads and uses the block page (tests/integration/test_blockpage_browser.py); knotd serves a signed
+# The independent clients the integration tests drive (dig, kdig, drill, and curl also over DoT and
+# DoH; dnsdist as a load balancer in front of schooldns; unbound as a secondary of the RPZ feed);
+# the tools that check deploy/ (tests/integration/test_deploy.py): shellcheck, systemd-analyze
+# verify, nft -c; Prometheus (promtool checks the shipped rules; a real Prometheus scrapes real
+# instances); a headless Chromium that uses the block page and the /ui/ pages; knotd serves a signed
 # zone to schooldns and to unbound, whose answers are compared (tests/integration/test_differential.py;
 # both in /usr/sbin, which a user's PATH may lack).
 test-tools:
-	@PATH="$$PATH:/usr/sbin:/sbin" $(PACKAGES) dig=bind9-dnsutils kdig=knot-dnsutils drill=ldnsutils shellcheck=shellcheck \
-		systemd-analyze=systemd nft=nftables promtool=prometheus chromium=chromium knotd=knot unbound=unbound
+	@PATH="$$PATH:/usr/sbin:/sbin" $(PACKAGES) dig=bind9-dnsutils kdig=knot-dnsutils drill=ldnsutils curl=curl dnsdist=dnsdist \
+		unbound=unbound shellcheck=shellcheck systemd-analyze=systemd nft=nftables promtool=prometheus \
+		chromium=chromium knotd=knot
 
 test: $(STAMP) test-tools
 	$(PY) -m pytest
@@ -61,13 +63,14 @@ conformance: $(STAMP) test-tools
 # BENCH_ARGS passes options, e.g. `make bench BENCH_ARGS="--skip-baselines --entries 100000"`.
 bench: $(STAMP) bytecode
 	$(PY) tests/perf/bench.py $(BENCH_ARGS)
+	$(PY) tests/perf/bench_encrypted.py --output docs/performance.md
 
-# The benchmark harness end to end on a 10k list with 3 s runs (about 80 s); asserts no speed.
+# The benchmark harness end to end on a 10k list with 3 s runs (about 100 s); asserts no speed.
 bench-smoke: $(STAMP) bytecode
 	@$(PACKAGES) dnsperf=dnsperf
 	$(PY) -m pytest -m bench tests/perf/test_bench_harness.py
 
-# Installs dnsperf, unbound and dnsmasq-base with apt-get (root), starting no daemon.
+# Installs dnsperf, unbound, pdns-recursor and dnsmasq-base with apt-get (root), starting no daemon.
 bench-tools:
 	$(PYTHON) tests/perf/bench.py --tools-only
 

@@ -9,7 +9,7 @@ import zoneinfo
 from collections.abc import Sequence
 from pathlib import Path
 
-from resolver.control import config, snapshots
+from resolver.control import config, snapshots, tsigkeys
 from resolver.dataplane import pipeline
 from resolver.errors import UsageError
 from resolver.filtering import lists, policy, policyfile, schools
@@ -32,6 +32,14 @@ def check(cfg: config.Config, clients: Sequence[str] = ()) -> list[str]:
     ]
     for report in compiled.reports:
         out.append(f"  {report.file}: {report.entries} entries, {report.skipped} skipped, {report.invalid} invalid")
+    if cfg.rpz is not None:
+        keys = tsigkeys.load(cfg.rpz.tsig_keys_file) if cfg.rpz.tsig_keys_file is not None else ()
+        signed = f"signed with one of {len(keys)} TSIG keys" if keys else "by address only"
+        out.append(
+            f"rpz feed: {len(set(compiled.categories) - {'province'}) + 1} zones under {cfg.rpz.zone_suffix}., "
+            f"transfers {signed} "
+            f"to {len(cfg.rpz.transfer_clients)} networks"
+        )
     for address in addresses:
         out += client_school(address, directory, policies, default_school)[1]
     return out

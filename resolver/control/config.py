@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from resolver import yamlfile
-from resolver.dataplane import upstream
+from resolver.dataplane import tls, upstream
 from resolver.yamlfile import ConfigError
 
 __all__ = ["Config", "ConfigError", "load_config", "parse_config"]
@@ -78,6 +80,15 @@ class ReloadConfig:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class RollupsConfig:
+    """`rollups:` the daily per-school numbers kept in state_dir for the annual report and /ui/."""
+
+    # The counters' growth is written this often: a crash loses at most this much.
+    interval_seconds: float = _bounded(60.0, 0.1, 60.0, "seconds")
+    retention_days: int = _bounded(400, 1, 3_660, "days")  # days older than this are deleted
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class AdminConfig:
     listen: upstream.UpstreamAddress | None = None
     tokens_file: Path = Path("tokens.yaml")  # absolute once parsed; default: state_dir/tokens.yaml
@@ -102,8 +113,8 @@ class PublishConfig:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class BlockpageTLSConfig:
-    """`blockpage.tls:` the block page over HTTPS too, with this certificate (docs/blockpage.md says when it helps)."""
+class TlsListenConfig:
+    """`dot:`, `doh:` or `blockpage.tls:` addresses served over TLS, a certificate chain and its key (PEM files)."""
 
     listen: tuple[upstream.UpstreamAddress, ...]
     cert_file: Path
@@ -115,7 +126,7 @@ class BlockpageConfig:
     """`blockpage:` the HTTP server of the block page (the addresses `blockpage` answers point to) and its requests."""
 
     listen: tuple[upstream.UpstreamAddress, ...] = ()
-    tls: BlockpageTLSConfig | None = None
+    tls: TlsListenConfig | None = None
     max_requests: int = _bounded(10_000, 10, 1_000_000)  # rows kept, the oldest decided ones dropped first
     retention_days: int = _bounded(90, 1, 3_650, "days")
     submissions_per_source: int = _bounded(10, 1, 10_000)  # form posts per source and window
@@ -123,6 +134,29 @@ class BlockpageConfig:
 
 
 BLOCKPAGE_NUMBERS = ("max_requests", "retention_days", "submissions_per_source", "submission_window_seconds")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProxyProtocolConfig:
+    """`proxy_protocol:` the front-ends whose PROXY v2 headers and Client Subnet options name the client."""
+
+    trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RpzConfig:
+    """`rpz:` every category and the province's mandatory policy as RPZ zones for ISP resolvers (docs/isp.md)."""
+
+    zone_suffix: str  # lower case, without the trailing dot: "rpz.schooldns"
+    transfer_clients: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]  # who may ask for SOA and AXFR
+    tsig_keys_file: Path | None  # None: transfers need no TSIG
+    notify: tuple[upstream.UpstreamAddress, ...]  # secondaries told of every new version
+
+
+# A zone suffix leaves room under it for the listed names (a name and its zone fit in 255 octets).
+MAX_ZONE_SUFFIX = 100
+_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
+
 
 WORKER_SPREADS = ("client", "random")  # `worker_spread`; server.spread_at_random says why
 
@@ -141,6 +175,7 @@ class Config:
     limits: LimitsConfig
     reload: ReloadConfig
     admin: AdminConfig
+    rollups: RollupsConfig
     sync: SyncConfig | None  # None: lists and policies come from the local directories
     publish: PublishConfig | None  # None: this machine publishes nothing
     blockpage: BlockpageConfig | None  # None: no block page server
@@ -149,6 +184,10 @@ class Config:
     state_dir: Path
     default_school: str | None
     default_school_line: int = 1  # where default_school is written, for problems found once policies load
+    dot: TlsListenConfig | None = None  # DNS over TLS (RFC 7858)
+    doh: TlsListenConfig | None = None  # DNS over HTTPS (RFC 8484)
+    proxy_protocol: ProxyProtocolConfig | None = None  # None: every client is the address it comes from
+    rpz: RpzConfig | None = None  # None: no RPZ feed
 
 
 def load_config(path: Path | str) -> Config:
@@ -166,7 +205,7 @@ def parse_config(doc: yamlfile.Document, path: Path) -> Config:
     top.typed("version", int, VERSION, check=yamlfile.only_version(VERSION))
     # Port 0 (a free port the system picks) serves tests; no upstream listens there.
     listen = _addresses(top, "listen", ["127.0.0.1:53"], default_port=53)
-    upstreams = _addresses(top, "upstreams", None, default_port=53, port_zero=False)
+    upstreams = _addresses(top, "upstreams", None, default_port=53, port_zero=False, tls_allowed=True)
     workers_raw = top.raw("workers", 1)
     workers = 1
     if workers_raw == "auto":
@@ -188,6 +227,7 @@ def parse_config(doc: yamlfile.Document, path: Path) -> Config:
     forwarding = _dataclass(top.sub("forwarding"), ForwardingConfig)
     limits = _dataclass(top.sub("limits"), LimitsConfig)
     reload = _dataclass(top.sub("reload"), ReloadConfig)
+    rollups = _dataclass(top.sub("rollups"), RollupsConfig)
     admin_section = top.sub("admin")
     admin_listen = _addresses(admin_section, "listen", [], default_port=8053, single=True, required=False)
     tokens_file = admin_section.typed("tokens_file", str, None)
@@ -201,6 +241,10 @@ def parse_config(doc: yamlfile.Document, path: Path) -> Config:
     if sync is not None and publish is not None:
         top.fail("publish", "a hub publishes its own files and does not sync: remove `sync` or `publish`")
     blockpage = _blockpage(top, base) if top.has("blockpage") else None
+    dot = _tls_listener(top, "dot", base, 853, tls.DOT_ALPN) if top.has("dot") else None
+    doh = _tls_listener(top, "doh", base, 443, tls.DOH_ALPN) if top.has("doh") else None
+    proxy_protocol = _proxy_protocol(top) if top.has("proxy_protocol") else None
+    rpz = _rpz(top, base) if top.has("rpz") else None
     default_school = top.raw("default_school", None)
     if default_school is not None and not isinstance(default_school, str):
         top.fail("default_school", f"expected a school id (a string) or null, got {yamlfile.describe(default_school)}")
@@ -221,6 +265,7 @@ def parse_config(doc: yamlfile.Document, path: Path) -> Config:
             admin_listen[0] if admin_listen else None,
             base / tokens_file if tokens_file else state_dir / "tokens.yaml",
         ),
+        rollups=rollups,
         sync=sync,
         publish=publish,
         blockpage=blockpage,
@@ -229,6 +274,10 @@ def parse_config(doc: yamlfile.Document, path: Path) -> Config:
         state_dir=state_dir,
         default_school=default_school,
         default_school_line=doc.line_of(("default_school",)),
+        dot=dot,
+        doh=doh,
+        proxy_protocol=proxy_protocol,
+        rpz=rpz,
     )
 
 
@@ -241,8 +290,10 @@ def _addresses(
     single: bool = False,
     required: bool = True,
     port_zero: bool = True,
+    tls_allowed: bool = False,
 ) -> list[upstream.UpstreamAddress]:
-    """The addresses of a list (one address when `single`); `required`: at least one, whether written or by default."""
+    """The addresses of a list (one address when `single`); `required`: at least one, whether written or by default;
+    `tls_allowed`: `tls://address#name` too (an upstream asked over DoT)."""
     value = section.values.get(name)
     if single and isinstance(value, str):
         section.values[name] = [value]
@@ -251,7 +302,10 @@ def _addresses(
     out = []
     for text, key in section.string_list(name, default):
         try:
-            address = upstream.parse_address(text, default_port)
+            if tls_allowed and text.startswith("tls://"):
+                address = _tls_upstream(text)
+            else:
+                address = upstream.parse_address(text, default_port)
         except ValueError as exc:
             section.doc.fail(key, str(exc))
             continue
@@ -264,6 +318,55 @@ def _addresses(
     elif required and section.values.get(name) == []:
         section.fail(name, "at least one address is needed")
     return out
+
+
+_HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+
+
+def _tls_upstream(text: str) -> upstream.UpstreamAddress:
+    """`tls://1.1.1.1:853#cloudflare-dns.com` (port 853 by default; without #name, the address is verified)."""
+    address_text, sep, name = text[len("tls://") :].partition("#")
+    address = upstream.parse_address(address_text, 853)
+    if sep and not _HOSTNAME_RE.match(name.lower()):
+        raise ValueError(f"bad upstream {text!r}: {name!r} is not a host name (expected tls://address:port#name)")
+    return dataclasses.replace(address, tls_name=name.lower() if sep else address.host)
+
+
+def _tls_listener(
+    top: yamlfile.Section, name: str, base: Path, default_port: int, alpn: tuple[str, ...]
+) -> TlsListenConfig:
+    """`dot:` or `doh:`: listen addresses, and a certificate and key that load (checked here, so that
+    `schooldns check` and a start say at once what is wrong with them)."""
+    section = top.sub(name)
+    listen = _addresses(section, "listen", None, default_port=default_port)
+    files = {}
+    for key in ("cert_file", "key_file"):
+        value = section.typed(key, str)
+        files[key] = base / value if isinstance(value, str) and value else None
+    section.done()
+    cert_file, key_file = files["cert_file"], files["key_file"]
+    if cert_file is not None and key_file is not None:
+        try:
+            tls.load_context(cert_file, key_file, alpn)
+        except tls.CertificateError as exc:
+            section.fail(exc.setting, str(exc))
+    return TlsListenConfig(tuple(listen), cert_file or base, key_file or base)
+
+
+def _proxy_protocol(top: yamlfile.Section) -> ProxyProtocolConfig:
+    section = top.sub("proxy_protocol")
+    trusted = []
+    for text, key in section.string_list("trusted"):
+        try:
+            trusted.append(ipaddress.ip_network(text.strip(), strict=True))
+        except ValueError as exc:
+            section.doc.fail(key, f"expected a network such as 192.0.2.0/24 or 2001:db8::/32: {exc}")
+    if not section.has("trusted"):
+        section.fail("trusted", "missing required key: the networks of the load balancers or resolvers to believe")
+    elif not trusted and not section.doc.problems:
+        section.fail("trusted", "at least one network is needed")
+    section.done()
+    return ProxyProtocolConfig(tuple(trusted))
 
 
 def _sync(top: yamlfile.Section, base: Path) -> SyncConfig:
@@ -292,7 +395,7 @@ def _publish(top: yamlfile.Section, base: Path) -> PublishConfig:
 def _blockpage(top: yamlfile.Section, base: Path) -> BlockpageConfig:
     section = top.sub("blockpage")
     listen = _addresses(section, "listen", ["0.0.0.0:80"], default_port=80)
-    tls = None
+    page_tls = None
     written = section.has("tls")
     tls_section = section.sub("tls")  # taken either way: an unknown key's message lists it
     if written:
@@ -300,7 +403,7 @@ def _blockpage(top: yamlfile.Section, base: Path) -> BlockpageConfig:
         cert_file = tls_section.typed("cert_file", str)
         key_file = tls_section.typed("key_file", str)
         tls_section.done()
-        tls = BlockpageTLSConfig(tuple(tls_listen), base / (cert_file or ""), base / (key_file or ""))
+        page_tls = TlsListenConfig(tuple(tls_listen), base / (cert_file or ""), base / (key_file or ""))
     numbers: dict[str, Any] = {}
     for name in BLOCKPAGE_NUMBERS:
         field = BlockpageConfig.__dataclass_fields__[name]
@@ -308,7 +411,28 @@ def _blockpage(top: yamlfile.Section, base: Path) -> BlockpageConfig:
         value = section.typed(name, kind, field.default, check=field.metadata["bounds"].problem)
         numbers[name] = float(value) if isinstance(field.default, float) else value
     section.done()
-    return BlockpageConfig(tuple(listen), tls, **numbers)
+    return BlockpageConfig(tuple(listen), page_tls, **numbers)
+
+
+def _rpz(top: yamlfile.Section, base: Path) -> RpzConfig:
+    section = top.sub("rpz")
+    suffix = section.typed("zone_suffix", str, "rpz.schooldns.")
+    suffix = suffix.lower().removesuffix(".")
+    if not all(_LABEL.fullmatch(label) for label in suffix.split(".")) or len(suffix) > MAX_ZONE_SUFFIX:
+        section.fail(
+            "zone_suffix",
+            f"'{suffix}.' is not a domain name of at most {MAX_ZONE_SUFFIX} characters (e.g. rpz.schooldns.)",
+        )
+    clients = []
+    for text, key in section.string_list("transfer_clients"):
+        try:
+            clients.append(ipaddress.ip_network(text.strip(), strict=True))
+        except ValueError:
+            section.doc.fail(key, f"'{text}' is not an IPv4 or IPv6 network (e.g. 192.0.2.53/32 or 2001:db8::/64)")
+    keys_file = section.typed("tsig_keys_file", str, None)
+    notify = _addresses(section, "notify", [], default_port=53, required=False, port_zero=False)
+    section.done()
+    return RpzConfig(suffix, tuple(clients), base / keys_file if keys_file else None, tuple(notify))
 
 
 def _dataclass(section: yamlfile.Section, cls: type) -> Any:

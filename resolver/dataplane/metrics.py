@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 # Query results, the `result` label of schooldns_queries_total (a closed set).
-RESULTS = ("forwarded", "cached", "stale", "blocked", "rewritten", "refused", "servfail")
+RESULTS = ("forwarded", "cached", "stale", "blocked", "rewritten", "refused", "servfail", "local")
 # The results of queries that waited for an upstream: the ones timed (Counters.waits). The others
 # are answered within Pipeline.handle, in microseconds; timing them would cost a clock read each.
 WAITED_RESULTS = ("forwarded", "blocked", "rewritten", "stale", "servfail")
@@ -63,35 +63,56 @@ class Histogram:
         return cls(data[0], data[1])
 
 
+# Why a transport turned something away before it was a query (the `reason` label of
+# schooldns_transport_rejected_total, with the `transport`; a closed set).
+REJECTIONS = (
+    "proxy_malformed",  # a trusted front-end's PROXY v2 header that is not one: dropped
+    "tls_handshake",  # a TLS handshake that failed or took too long
+    "connection_limit",  # a DoT or DoH connection over limits.tcp_max_connections
+    "http_malformed",  # bytes that are not HTTP/1.1 or HTTP/2: the connection closed
+    "http_not_found",  # 404: a path other than /dns-query
+    "http_method",  # 405: neither GET nor POST
+    "http_bad_request",  # 400: no or a bad `dns` parameter, or not a DNS query
+    "http_media_type",  # 415: a POST not of application/dns-message
+    "http_too_large",  # 413: a body or query longer than a DNS message may be
+    "http_forbidden",  # 403: an unknown DoH token
+)
+
+
 class Counters:
     """Per-worker counters that cost a dict increment per query.
 
     Keys are tuples of label values that all come from config-bounded sets: school id (or
-    "unknown"), transport ("udp"/"tcp"), result (RESULTS), category.  Never a name or an
-    address.  They are turned into Prometheus metrics only when scraped.
+    "unknown"), transport ("udp"/"tcp"), result (RESULTS), category, authority (policy.Authority:
+    who asked for the block).  Never a name or an address.  They are turned into Prometheus
+    metrics only when scraped (the authority is summed away there) and into daily rollups.
     """
 
-    __slots__ = ("blocked", "dropped", "internal_errors", "malformed", "queries", "waits")
+    __slots__ = ("blocked", "dropped", "internal_errors", "malformed", "queries", "rejected", "waits")
 
     def __init__(self) -> None:
         # defaultdict(int), not Counter: `+= 1` on a Counter (a dict subclass with Python-level
         # methods) measured twice the time, ~0.25 us more per query.
         self.queries: collections.defaultdict[tuple[str, str, str], int] = collections.defaultdict(int)
-        self.blocked: collections.defaultdict[tuple[str, str], int] = collections.defaultdict(int)
+        # (school, category, authority): the authority tells the rollups who asked for the block; the
+        # key is one element longer, the count no dearer.
+        self.blocked: collections.defaultdict[tuple[str, str, str], int] = collections.defaultdict(int)
         self.malformed = 0
         self.internal_errors = 0
         self.dropped: collections.defaultdict[str, int] = collections.defaultdict(int)
         # How long the queries that waited for an upstream took to answer, by result (WAITED_RESULTS).
         self.waits = {result: Histogram() for result in WAITED_RESULTS}
+        # What transports turned away before it was a query: (transport, reason) -> count (REJECTIONS).
+        self.rejected: collections.defaultdict[tuple[str, str], int] = collections.defaultdict(int)
 
     def count(self, school: str, transport: str, result: str) -> None:
         self.queries[(school, transport, result)] += 1
 
-    def count_block(self, school: str, transport: str, category: str) -> None:
+    def count_block(self, school: str, transport: str, category: str, authority: str) -> None:
         self.queries[(school, transport, "blocked")] += 1
-        self.blocked[(school, category)] += 1
+        self.blocked[(school, category, authority)] += 1
 
-    def recount(self, query_key: tuple[str, str, str], blocked_key: tuple[str, str] | None) -> None:
+    def recount(self, query_key: tuple[str, str, str], blocked_key: tuple[str, str, str] | None) -> None:
         """count() / count_block() with label tuples made earlier (a repeated answer)."""
         self.queries[query_key] += 1
         if blocked_key is not None:
@@ -105,6 +126,8 @@ class Counters:
             self.blocked[blocked_key] += value
         for reason, value in other.dropped.items():
             self.dropped[reason] += value
+        for rejected_key, value in other.rejected.items():
+            self.rejected[rejected_key] += value
         self.malformed += other.malformed
         self.internal_errors += other.internal_errors
         for result, histogram in other.waits.items():
@@ -114,22 +137,27 @@ class Counters:
         """Plain values (in a worker's report, workerstate.WorkerState.to_wire); `from_dict` reads them."""
         return {
             "queries": [[*k, v] for k, v in self.queries.items()],
-            "blocked": [[*k, v] for k, v in self.blocked.items()],
+            # str(): an authority is a policy.Authority (a StrEnum), and no class of schooldns crosses.
+            "blocked": [
+                [school, category, str(authority), v] for (school, category, authority), v in self.blocked.items()
+            ],
             "malformed": self.malformed,
             "internal_errors": self.internal_errors,
             "dropped": dict(self.dropped),
             "waits": {result: histogram.to_wire() for result, histogram in self.waits.items()},
+            "rejected": [[*k, v] for k, v in self.rejected.items()],
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Counters:
         counters = cls()
         counters.queries.update({tuple(row[:3]): row[3] for row in data["queries"]})
-        counters.blocked.update({tuple(row[:2]): row[2] for row in data["blocked"]})
+        counters.blocked.update({tuple(row[:3]): row[3] for row in data["blocked"]})
         counters.malformed = data["malformed"]
         counters.internal_errors = data["internal_errors"]
         counters.dropped.update(data["dropped"])
         counters.waits.update({result: Histogram.from_wire(row) for result, row in data["waits"].items()})
+        counters.rejected.update({tuple(row[:2]): row[2] for row in data["rejected"]})
         return counters
 
 

@@ -10,10 +10,14 @@ or a new one) needs of it. It returns one of three things:
   unstarted), and `deliver(answer)` is then called exactly once, later or before `deliver_to`
   returns, with the answer bytes or None (send nothing). Nothing else is needed: every failure
   upstream becomes an answer here, and the transport need not know how the upstream is asked.
+- a `Stream`, only for a stream transport ("tcp"), only when the server has `zones` (the RPZ
+  feed): a zone transfer, many messages written in order.
 
 `client` is the sender's IP address, as text or packed (see SchoolDirectory.lookup). `transport`
-is the counting label ("udp", "tcp"); a "udp" answer is fitted to the client's UDP size and kept
-for repeats, any other may be up to 65,535 bytes.
+is the counting label ("udp", "tcp", "dot", "doh"); a "udp" answer is fitted to the client's UDP
+size and kept for repeats, any other may be up to 65,535 bytes. A transport that identified the
+school otherwise (a DoH token) passes its `school_id`: the query is then that school's, or
+REFUSED if it has none, never the address's nor the default school's.
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ import dataclasses
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Protocol
 
 from resolver.dataplane import cache, metrics, ratelimit, repeats, upstream, wire
-from resolver.filtering import domains, policy, schools
+from resolver.errors import ResolverError
+from resolver.filtering import domains, localzones, policy, schools
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +50,12 @@ STALE_WAIT_SECONDS = 1.8
 UNKNOWN_CLIENT_REFUSALS_PER_SECOND = 10
 _ZONE_TRANSFERS = (wire.TYPE_AXFR, wire.TYPE_IXFR)
 _CLASS_NAMES = {wire.CLASS_CH: "CH", 4: "HS", wire.CLASS_NONE: "NONE", wire.CLASS_ANY: "ANY"}
+_ZONE_QTYPES = frozenset({wire.TYPE_SOA, wire.TYPE_AXFR, wire.TYPE_IXFR})  # what `Zones` may answer
+# TTL of locally served answers (localhost's addresses, the empty zones' SOA): short enough that a
+# school that starts forwarding such a zone is not kept from its names for long by clients' caches.
+LOCAL_TTL_SECONDS = 300
+_LOCALHOST_ADDRESSES = {wire.TYPE_A: socket.inet_pton(socket.AF_INET, "127.0.0.1"), wire.TYPE_AAAA: bytes(15) + b"\x01"}
+_LOCALHOST_PTR = wire.encode_name("localhost")
 
 
 class Forwarder(Protocol):
@@ -54,12 +65,45 @@ class Forwarder(Protocol):
         """Call done(answer, None) or done(None, error) once, now or later."""
 
 
+class ForwardPools(Protocol):
+    """What the pipeline needs of the forward zones' servers (upstream.ForwardPools; a fake in unit tests)."""
+
+    def pool(self, servers: tuple[tuple[str, int], ...]) -> Forwarder:
+        """The Forwarder that asks these servers (made when first asked)."""
+
+    def retain(self, wanted: set[tuple[tuple[str, int], ...]]) -> None:
+        """Close what serves no server list in `wanted`."""
+
+
 class Timers(Protocol):
     """What the pipeline needs of a clock that calls back (the running event loop; a fake in unit tests)."""
 
     def time(self) -> float: ...
 
     def call_at(self, when: float, callback: Callable[[], object], /) -> object: ...
+
+
+class StreamBroken(ResolverError):
+    """A Stream that cannot go on (what it is made from changed): the transport closes the connection."""
+
+
+class Stream:
+    """An answer in many messages (a zone transfer over TCP): the transport writes each of `messages()` in order.
+
+    The messages are made as they are written, so an answer of any size holds little memory. The
+    transport waits while its connection's send buffer is full and lets other work run between
+    two messages. `messages()` raises StreamBroken when it cannot finish.
+    """
+
+    def messages(self) -> Generator[bytes, None, None]:
+        raise NotImplementedError
+
+
+class Zones(Protocol):
+    """Zones the server answers for itself (the RPZ feed): SOA and zone-transfer questions at their apexes."""
+
+    def answer(self, query: wire.Query, data: bytes, client: str | bytes, transport: str) -> bytes | Stream | None:
+        """The answer to an SOA, AXFR or IXFR query for one of its zones; None for any other name."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -92,6 +136,8 @@ class Pending:
 
     __slots__ = (
         "deliver",
+        "forwarder",
+        "key",
         "limit",
         "pipeline",
         "query",
@@ -114,9 +160,13 @@ class Pending:
         started: float,
         question: wire.Query | None = None,
         rewrite_key: bytes = b"",
+        key: bytes = b"",
+        forwarder: Forwarder | None = None,
     ):
         self.pipeline = pipeline
         self.query = query  # the client's
+        self.key = key or query.key  # its answer's cache key (a forward zone's: the query's with the school)
+        self.forwarder = forwarder or pipeline.forwarder  # a forward zone's servers, or the upstreams
         self.question = question or query  # what upstream is asked: the query, or a safe-search target
         self.rewrite_key = rewrite_key  # for a safe-search target: the cache key of the rewritten answer
         self.school = school
@@ -130,8 +180,8 @@ class Pending:
         """Ask upstream; call deliver(answer) exactly once, possibly before this returns. Call it once."""
         self.deliver = deliver
         pipe = self.pipeline
-        pipe.forwarder.ask(self.question, self._answered)
-        if self.deliver is not None and not self.rewrite_key and pipe.cache.has_stale(self.query.key, pipe.clock()):
+        self.forwarder.ask(self.question, self._answered)
+        if self.deliver is not None and not self.rewrite_key and pipe.cache.has_stale(self.key, pipe.clock()):
             pipe._wait_for_stale(self)  # not answered yet, and an expired answer to fall back on
 
     def _answered(self, answer: wire.Answer | None, error: Exception | None) -> None:
@@ -140,7 +190,7 @@ class Pending:
         deliver = self.deliver
         if deliver is None:  # answered stale already: the answer only refreshes the cache
             if answer is not None:
-                pipe.cache.store(self.query.key, answer, pipe.clock())
+                pipe.cache.store(self.key, answer, pipe.clock())
             return
         self.deliver = None
         try:
@@ -179,10 +229,12 @@ class Pipeline:
         stale_wait_seconds: float = STALE_WAIT_SECONDS,
         timers: Timers | None = None,  # None: the running event loop, when a stale answer is first waited for
         unknown_client_refusals_per_second: int = UNKNOWN_CLIENT_REFUSALS_PER_SECOND,
+        forward_pools: ForwardPools | None = None,  # the forward zones' servers
     ):
         self.snapshot = snapshot
         self.cache = answers
         self.forwarder = forwarder
+        self.forward_pools = forward_pools or upstream.ForwardPools(policy.MAX_FORWARD_SERVERS)
         self.counters = counters
         self.clock = clock
         self.wall_clock = wall_clock
@@ -196,23 +248,32 @@ class Pipeline:
         self._stale_waiting: collections.deque[tuple[float, Pending]] = collections.deque()
         self._stale_timer_armed = False
         self.unknown_clients = ratelimit.PerNetworkLimit(unknown_client_refusals_per_second)
+        self.zones: Zones | None = None  # the RPZ feed, set by the worker when configured
 
     def install(self, snapshot: Snapshot) -> None:
         """Swap in a new snapshot (control plane); answers made with the old one are dropped."""
         self._segments = {}
         self.repeats.drop_all()
         self.snapshot = snapshot
+        self.forward_pools.retain(
+            {zone.servers for school in snapshot.policies.schools for zone in school.forward_zones.values()}
+        )
 
     # -----------------------------------------------------------------------------------
     # The data plane, top to bottom.
 
-    def handle(self, data: bytes, client: str | bytes, transport: str) -> bytes | Pending | None:
+    def handle(
+        self, data: bytes, client: str | bytes, transport: str, school_id: str | None = None
+    ) -> bytes | Pending | Stream | None:
         """Answer bytes now, None to drop, or a Pending whose answer comes later (module docstring)."""
         snapshot = self.snapshot
         # 1. Identify the school by client address (first, because a repeat is per school), and
         #    the moment of this query for its policy: decisions and repeats made in the same
         #    schedule segment hold (see _segment). Both clocks read once, so every stage agrees.
-        school = snapshot.directory.lookup(client) or snapshot.default_school
+        if school_id is None:
+            school = snapshot.directory.lookup(client) or snapshot.default_school
+        else:
+            school = snapshot.policies.school(school_id)
         wall = self.wall_clock()
         now = self.clock()
         if school is not None:
@@ -237,6 +298,12 @@ class Pipeline:
             if school is None:
                 return None  # an unknown client is sent a REFUSED to a query, and nothing else
             return self._error_answer(exc, None)
+        # Zones served here (the RPZ feed) answer their SOA and transfers, to their own clients;
+        # never kept as repeats.
+        if self.zones is not None and query.qtype in _ZONE_QTYPES:
+            zone_answer = self.zones.answer(query, data, client, transport)
+            if zone_answer is not None:
+                return zone_answer
         if school is None:
             return self._unknown_client(query, client, transport, now)
         limit = query.payload if transport == "udp" else 65535
@@ -246,27 +313,32 @@ class Pipeline:
         if decision is not policy.ALLOW:
             if isinstance(decision, policy.Block):
                 reply = self._blocked(query, decision, snapshot)
-                self.counters.count_block(school.id, transport, decision.category)
+                self.counters.count_block(school.id, transport, decision.category, decision.authority)
                 if transport == "udp":
                     until = now + repeats.BLOCKED_REPEAT_SECONDS
-                    self.repeats.keep_blocked(
-                        school.id, data, segment, reply, decision.category, until, from_cache=False
-                    )
+                    self.repeats.keep_blocked(school.id, data, segment, reply, decision, until, from_cache=False)
                 return reply
             if isinstance(decision, policy.Rewrite) and query.qclass == wire.CLASS_IN:
                 return self._rewrite(data, query, decision.target, school, segment, snapshot, transport, limit, now)
 
-        # 5. Cache lookup (raw bytes: ID, question and TTLs patched).
-        entry = self.cache.lookup(query.key, now)
+        # 5. Cache lookup (raw bytes: ID, question and TTLs patched). A name in one of the school's
+        #    forward zones goes to its own servers, and its answer is cached under a key with the school.
+        key = query.key
+        forward = None
+        if school.forward_suffixes and query.name.endswith(school.forward_suffixes):
+            forward = school.forward_zone(query.name)
+            if forward is not None:
+                key += forward.cache_suffix
+        entry = self.cache.lookup(key, now)
         if entry is not None:
             if entry.targets:  # 7 (on a hit): the cached chain is checked for this school
                 block = self._inspect(query, entry.targets, school, snapshot, wall)
                 if block is not None:
                     reply = self._blocked(query, block, snapshot)
-                    self.counters.count_block(school.id, transport, block.category)
+                    self.counters.count_block(school.id, transport, block.category, block.authority)
                     if transport == "udp":
                         self.repeats.keep_blocked(
-                            school.id, data, segment, reply, block.category, entry.expires_at, from_cache=True
+                            school.id, data, segment, reply, block, entry.expires_at, from_cache=True
                         )
                     return reply
             reply = wire.replay(entry.message, entry.question_length, query, limit)
@@ -280,6 +352,14 @@ class Pipeline:
         #    the upstream's software and name; zone transfers are no resolver's business.
         if query.qclass != wire.CLASS_IN or query.qtype in _ZONE_TRANSFERS:
             return self._not_forwarded(query, school.id, transport)
+        if forward is not None:
+            pool = self.forward_pools.pool(forward.servers)
+            return Pending(self, query, school, snapshot, transport, limit, now, key=key, forwarder=pool)
+        # Locally served zones (RFC 6761, RFC 6303) are never asked upstream (never in the cache either).
+        if query.name.endswith(localzones.SUFFIXES):
+            zone = localzones.lookup(query.name)
+            if zone is not None:
+                return self._local(query, zone, school.id, transport)
         return Pending(self, query, school, snapshot, transport, limit, now)
 
     def _forwarded(self, miss: Pending, answer: wire.Answer | None, error: Exception | None) -> bytes | None:
@@ -295,11 +375,11 @@ class Pipeline:
                 self.counters.count(school.id, transport, "servfail")
                 waits["servfail"].observe(now - miss.started)
             return self._error_answer(error, query)  # type: ignore[arg-type]
-        self.cache.store(query.key, answer, now)
+        self.cache.store(miss.key, answer, now)
         if answer.targets:  # 7. inspect: the chain is decided now, when it arrived
             block = self._inspect(query, answer.targets, school, miss.snapshot, self.wall_clock())
             if block is not None:
-                self.counters.count_block(school.id, transport, block.category)
+                self.counters.count_block(school.id, transport, block.category, block.authority)
                 waits["blocked"].observe(now - miss.started)
                 return self._blocked(query, block, miss.snapshot)
         self.counters.count(school.id, transport, "forwarded")
@@ -309,13 +389,13 @@ class Pipeline:
     def _stale(self, miss: Pending) -> bytes | None:
         """The expired answer to a miss (TTL 30, EDE 3 Stale Answer; RFC 8767), its chain inspected; None if none."""
         query, school, transport = miss.query, miss.school, miss.transport
-        entry = self.cache.lookup_stale(query.key, self.clock())
+        entry = self.cache.lookup_stale(miss.key, self.clock())
         if entry is None:
             return None
         if entry.targets:
             block = self._inspect(query, entry.targets, school, miss.snapshot, self.wall_clock())
             if block is not None:
-                self.counters.count_block(school.id, transport, block.category)
+                self.counters.count_block(school.id, transport, block.category, block.authority)
                 return self._blocked(query, block, miss.snapshot)
         self.counters.count(school.id, transport, "stale")
         self.counters.waits["stale"].observe(self.clock() - miss.started)
@@ -464,6 +544,24 @@ class Pipeline:
         self.counters.count(school.id, transport, "rewritten")
         self.counters.waits["rewritten"].observe(now - miss.started)
         return wire.replay(answer.message, answer.question_length, query, miss.limit)
+
+    def _local(self, query: wire.Query, zone: localzones.LocalZone, school_id: str, transport: str) -> bytes:
+        """The answer of a locally served zone: localhost's addresses, the loopback PTR, the apex SOA, or none."""
+        name, qtype = query.name, query.qtype
+        rcode = wire.NOERROR
+        records: list[tuple[int, bytes]] = []
+        if zone.kind is localzones.Kind.LOCALHOST and qtype in _LOCALHOST_ADDRESSES:
+            records = [(qtype, _LOCALHOST_ADDRESSES[qtype])]
+        elif name in zone.loopback_names:
+            if qtype == wire.TYPE_PTR:
+                records = [(wire.TYPE_PTR, _LOCALHOST_PTR)]
+        elif name == zone.zone:
+            if qtype == wire.TYPE_SOA:
+                records = [(wire.TYPE_SOA, wire.zone_soa_rdata(zone.zone, LOCAL_TTL_SECONDS))]
+        elif zone.kind is not localzones.Kind.LOCALHOST:  # every name under localhost is the loopback (RFC 6761 6.3)
+            rcode = wire.NXDOMAIN
+        self.counters.count(school_id, transport, "local")
+        return wire.make_zone_answer(query, rcode, records, zone.zone, LOCAL_TTL_SECONDS)
 
     def _unknown_client(self, query: wire.Query, client: str | bytes, transport: str, now: float) -> bytes | None:
         """REFUSED with EDE 18 for a client outside every school network, within its network's budget over UDP.

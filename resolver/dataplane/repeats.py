@@ -4,7 +4,9 @@ A client asks the same question again, byte for byte apart from the ID. `Repeats
 it the kept answer with its own ID, without parse, decision or replay, and counts it like the
 answer it repeats (a repeat of a cache hit is a cache hit). A query that differs only in the
 letter case of its name (DNS 0x20) is a repeat too: answers are kept under the bytes with the
-name in lower case, and such a repeat gets the question back in its own letter case. A kept
+name in lower case, and such a repeat gets the question back in its own letter case. So is a query
+whose OPT record's only option is a client COOKIE (RFC 7873): schooldns sends no server cookie and
+answers the query as if the option were not there, so it is kept under the bytes without it. A kept
 answer holds while its decision does (the school's schedule segment it was made in) and until
 `drop_all` (a new snapshot); a replayed cache entry is re-aged in the kept bytes until the
 cached answer expires, a blocked answer until the `until` it was kept with (see
@@ -14,9 +16,14 @@ docs/architecture.md, "Repeats patch two bytes").
 from __future__ import annotations
 
 from resolver.dataplane import cache, metrics, wire
+from resolver.filtering import policy
 
-# All kept answers are dropped at once when either bound is reached (a full table is rebuilt by the
-# queries that follow).
+# Kept answers live in two generations, each held to both bounds (so twice each at most in all):
+# when the current one is full, the previous one is dropped and the current one becomes the
+# previous one; a repeat found in the previous generation moves to the current one. Answers asked
+# for again outlive a flood of answers asked for once. Generations of half the bounds would keep
+# the same total, but a query file cycling through more names than half (50,000 of them, as
+# `make bench` asks) would then lose about half its repeats before they come round again.
 REPEAT_MAX = 65_536
 REPEAT_MAX_BYTES = 24 * 2**20  # estimated: key and answer bytes plus REPEAT_OVERHEAD_BYTES each
 REPEAT_OVERHEAD_BYTES = 200  # the repeat tuple, its float and the dict's share (~150-200 with tracemalloc, 50k repeats)
@@ -37,33 +44,70 @@ BLOCKED_REPEAT_SECONDS = 60.0  # a blocked answer decided now is kept for this l
 #   from_cache: a repeat of a cached answer counts as a cache hit;
 # the rest: for a replayed cache entry, what re-ages the tail at `until` (else None: the repeat
 # ends there).
-_Verdict = tuple[int, tuple[str, str, str], tuple[str, str] | None, bool]
+_Verdict = tuple[int, tuple[str, str, str], tuple[str, str, str] | None, bool]
 _Repeat = tuple[bytes, float, _Verdict, float | None, int, float | None, tuple[int, ...] | None]
+_Tables = dict[str, dict[bytes, _Repeat]]  # school id -> query bytes after the ID -> repeat
+
+# The last 14 bytes of a query whose OPT record (its last record) holds a client cookie alone:
+# RDLENGTH 12, option COOKIE (10) of length 8, then the 8-byte client cookie.
+_LONE_COOKIE = b"\x00\x0c\x00\x0a\x00\x08"
+_ONE_QUESTION_AND_OPT = b"\x00\x01\x00\x00\x00\x00\x00\x01"  # QDCOUNT 1, ANCOUNT 0, NSCOUNT 0, ARCOUNT 1
+_OPT_RECORD_SIZE = 23  # root name, type, class, TTL, RDLENGTH, and the cookie option
+
+
+def _lone_cookie(data: bytes) -> bool:
+    """Whether this query is a question and one OPT record holding nothing but an 8-byte client cookie.
+
+    Its repeats are kept under its bytes with the option left out (`key[:-14] + b"\\x00\\x00"`: the
+    OPT record's RDLENGTH 0). The labels of the name are walked to find where the OPT record starts.
+    """
+    opt = len(data) - _OPT_RECORD_SIZE
+    if data[-14:-8] != _LONE_COOKIE or data[4:12] != _ONE_QUESTION_AND_OPT or opt < 17:
+        return False
+    pos = 12
+    while pos < opt:
+        length = data[pos]
+        if length == 0 or length > 63:
+            break
+        pos += length + 1
+    # the name's last byte, then type and class, then the OPT record: root name and TYPE 41
+    return pos + 5 == opt and data[pos] == 0 and data[opt : opt + 3] == b"\x00\x00\x29"
 
 
 class Repeats:
-    """The answers kept for repeats of one worker, bounded by REPEAT_MAX and REPEAT_MAX_BYTES.
+    """The answers kept for repeats of one worker: two generations, each bounded by REPEAT_MAX and REPEAT_MAX_BYTES.
 
     `enabled=False` keeps nothing (for measurements of what repeats are worth; not a setting).
     """
 
-    __slots__ = ("_answers", "_bytes", "_count", "_counters", "_tables", "_verdicts", "enabled")
+    __slots__ = (
+        "_answers",
+        "_bytes",
+        "_count",
+        "_counters",
+        "_previous",
+        "_previous_count",
+        "_tables",
+        "_verdicts",
+        "enabled",
+    )
 
     def __init__(self, counters: metrics.Counters, answers: cache.AnswerCache, enabled: bool = True):
         self._counters = counters
         self._answers = answers  # a repeat of a cache hit adds to its hits
         self.enabled = enabled
-        self._tables: dict[str, dict[bytes, _Repeat]] = {}  # school id -> query bytes after the ID -> repeat
+        self._tables: _Tables = {}  # the current generation
+        self._previous: _Tables = {}  # the previous generation, read until the current one is full
         self._verdicts: dict[_Verdict, _Verdict] = {}
-        self._count = 0
-        self._bytes = 0
+        self._count = self._previous_count = 0
+        self._bytes = 0  # the current generation's only: it is the one that grows
 
     def __len__(self) -> int:
-        return self._count
+        return self._count + self._previous_count
 
     def schools(self) -> int:
         """How many schools have answers kept."""
-        return len(self._tables)
+        return len(self._tables.keys() | self._previous.keys())
 
     def answer(self, school: str, data: bytes, segment: int, now: float) -> bytes | None:
         """The kept answer to this UDP query with its ID and its letter case, counted; None when none holds.
@@ -71,33 +115,40 @@ class Repeats:
         `segment` is the school's schedule segment now, `now` the pipeline's clock.
         """
         table = self._tables.get(school)
-        if table is None:
-            return None
         key = data[2:]
-        repeat = table.get(key)
+        repeat = None if table is None else table.get(key)
         name = None
-        if repeat is None:  # not byte for byte: the same question in other letter case (DNS 0x20)?
-            if key.islower():  # no capital letter at all (the usual miss): no other case to look for
-                return None
-            end = data.find(b"\x00", 12)
-            if end < 0:
-                return None
-            name = data[12:end]
-            if name.islower():
-                return None
-            folded = name.lower()
-            if folded == name:  # no letter in the name
-                return None
-            key = data[2:12] + folded + data[end:]
-            repeat = table.get(key)
+        if repeat is None:  # not byte for byte: kept in lower case, without a lone cookie, or earlier?
+            if not key.islower():  # a capital letter somewhere: the same question in other letter case (DNS 0x20)?
+                end = key.find(b"\x00", 10)
+                if end > 0:
+                    name = key[10:end]
+                    folded = name.lower()
+                    if folded == name:  # the capital was elsewhere
+                        name = None
+                    else:
+                        key = key[:10] + folded + key[end:]
+                        if table is not None:
+                            repeat = table.get(key)
+            if repeat is None and data[-14:-8] == _LONE_COOKIE and _lone_cookie(data):
+                key = key[:-14] + b"\x00\x00"
+                if table is not None:
+                    repeat = table.get(key)
             if repeat is None:
-                return None
+                earlier = self._previous.get(school)
+                if earlier is None:
+                    return None
+                repeat = earlier.pop(key, None)
+                if repeat is None:
+                    return None
+                self._previous_count -= 1
+                table = self._put(school, key, repeat)
         tail, until, verdict, _, _, _, _ = repeat
         kept_segment, counted, blocked, from_cache = verdict
         if kept_segment != segment:
             return None
         if now >= until:
-            renewed = self._renew(table, key, repeat, now)
+            renewed = self._renew(table, key, repeat, now)  # type: ignore[arg-type]
             if renewed is None:
                 return None
             tail = renewed
@@ -109,10 +160,19 @@ class Repeats:
         return data[:2] + tail[:10] + name + tail[10 + len(name) :]  # the question in the client's letter case
 
     def keep_blocked(
-        self, school: str, data: bytes, segment: int, reply: bytes, category: str, until: float, *, from_cache: bool
+        self,
+        school: str,
+        data: bytes,
+        segment: int,
+        reply: bytes,
+        block: policy.Block,
+        until: float,
+        *,
+        from_cache: bool,
     ) -> None:
         """Keep a blocked answer to a UDP query until `until`; from_cache: it came from a cached answer's chain."""
-        self._keep(school, data, segment, reply, "blocked", (school, category), from_cache, until, None)
+        blocked = (school, block.category, block.authority)
+        self._keep(school, data, segment, reply, "blocked", blocked, from_cache, until, None)
 
     def keep_replayed(
         self, school: str, data: bytes, segment: int, reply: bytes, result: str, entry: cache.CacheEntry
@@ -129,10 +189,11 @@ class Repeats:
         self._keep(school, data, segment, reply, result, None, True, entry.exact_until, renewal)
 
     def drop_all(self) -> None:
-        """Forget every kept answer (a new snapshot was installed, or a bound was reached)."""
+        """Forget every kept answer (a new snapshot was installed)."""
         self._tables = {}
+        self._previous = {}
         self._verdicts = {}
-        self._count = self._bytes = 0
+        self._count = self._previous_count = self._bytes = 0
 
     def _keep(
         self,
@@ -141,37 +202,30 @@ class Repeats:
         segment: int,
         reply: bytes,
         result: str,
-        blocked: tuple[str, str] | None,
+        blocked: tuple[str, str, str] | None,
         from_cache: bool,
         until: float,
         renewal: cache.CacheEntry | None,
     ) -> None:
         if not self.enabled:
             return
-        table = self._tables.get(school)
-        if table is None:
-            table = self._tables[school] = {}
         key = data[2:]
         tail = reply[2:]
+        if data[-14:-8] == _LONE_COOKIE and _lone_cookie(data):
+            key = key[:-14] + b"\x00\x00"
         if not key.islower():  # a capital letter somewhere: kept with the name in lower case
-            end = data.find(b"\x00", 12)  # the end of the question's name (or of a label holding a 0 byte)
-            name = data[12:end]
-            if not name.islower():
+            end = key.find(b"\x00", 10)  # the end of the question's name (or of a label holding a 0 byte)
+            name = key[10:end]
+            if end > 0 and not name.islower():
                 folded = name.lower()
-                key = data[2:12] + folded + data[end:]
+                key = key[:10] + folded + key[end:]
                 tail = tail[:10] + folded + tail[10 + len(folded) :]
-        if key not in table:
-            if self._count >= REPEAT_MAX or self._bytes >= REPEAT_MAX_BYTES:
-                self.drop_all()
-                table = self._tables[school] = {}
-            self._count += 1
-            self._bytes += len(key) + len(tail) + REPEAT_OVERHEAD_BYTES
         verdict = (segment, (school, "udp", result), blocked, from_cache)
         verdict = self._verdicts.setdefault(verdict, verdict)
         if renewal is None:
-            table[key] = (tail, until, verdict, None, 0, None, None)
+            self._put(school, key, (tail, until, verdict, None, 0, None, None))
         else:
-            table[key] = (
+            repeat = (
                 tail,
                 until,
                 verdict,
@@ -180,6 +234,24 @@ class Repeats:
                 renewal.expires_at,
                 renewal.ttl_offsets,
             )
+            self._put(school, key, repeat)
+
+    def _put(self, school: str, key: bytes, repeat: _Repeat) -> dict[bytes, _Repeat]:
+        """Keep a repeat in the current generation, the generations moved on first if it is full; its table."""
+        table = self._tables.get(school)
+        if table is None or key not in table:
+            if self._count >= REPEAT_MAX or self._bytes >= REPEAT_MAX_BYTES:
+                self._previous, self._previous_count = self._tables, self._count
+                self._tables = {}
+                self._verdicts = {}  # new ones are made as kept; the previous generation holds its own
+                self._count = self._bytes = 0
+                table = None
+            if table is None:
+                table = self._tables[school] = {}
+            self._count += 1
+            self._bytes += len(key) + len(repeat[0]) + REPEAT_OVERHEAD_BYTES
+        table[key] = repeat
+        return table
 
     @staticmethod
     def _renew(table: dict[bytes, _Repeat], key: bytes, repeat: _Repeat, now: float) -> bytes | None:

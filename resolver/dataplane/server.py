@@ -9,14 +9,17 @@ import dataclasses
 import errno
 import functools
 import ipaddress
+import logging
 import socket
 import struct
 import sys
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from resolver.dataplane import metrics, pipeline, udpbatch, upstream, wire
+from resolver.dataplane import frontends, metrics, pipeline, proxyv2, udpbatch, upstream, wire
 from resolver.errors import ListenError
+
+log = logging.getLogger(__name__)
 
 
 class TcpLimits(Protocol):
@@ -39,21 +42,32 @@ class InFlight:
         self.count = 0
         self._idle: asyncio.Event | None = None  # set when the count reaches 0, while draining
 
-    def start(self, miss: pipeline.Pending, deliver: Callable[[bytes], None], reason: str) -> bool:
-        """Start a cache miss, whose answer goes to deliver(); False (the miss dropped) when full."""
+    def start(
+        self,
+        miss: pipeline.Pending,
+        deliver: Callable[[bytes], None],
+        reason: str,
+        nothing: Callable[[], None] | None = None,
+    ) -> bool:
+        """Start a cache miss, whose answer goes to deliver() (or, when there is none to send, to
+        nothing(), if given: an HTTP request is answered all the same); False (the miss dropped) when full."""
         if self.count >= self.limit:
             self.counters.dropped[reason] += 1
             return False
         self.count += 1
-        miss.deliver_to(functools.partial(self._finished, deliver))
+        miss.deliver_to(functools.partial(self._finished, deliver, nothing))
         return True
 
-    def _finished(self, deliver: Callable[[bytes], None], answer: bytes | None) -> None:
+    def _finished(
+        self, deliver: Callable[[bytes], None], nothing: Callable[[], None] | None, answer: bytes | None
+    ) -> None:
         self.count -= 1
         if not self.count and self._idle is not None:
             self._idle.set()
         if answer is not None:
             deliver(answer)
+        elif nothing is not None:
+            nothing()
 
     async def drain(self, timeout_seconds: float) -> None:
         """Let queries in flight finish for up to timeout_seconds (the rest fail when the upstreams close)."""
@@ -66,10 +80,19 @@ class InFlight:
 class UdpServer:
     """One UDP listening socket, read in batches: each datagram is one query."""
 
-    def __init__(self, sock: socket.socket, pipe: pipeline.Pipeline, in_flight: InFlight):
+    def __init__(
+        self,
+        sock: socket.socket,
+        pipe: pipeline.Pipeline,
+        in_flight: InFlight,
+        front_ends: frontends.FrontEnds | None = None,
+    ):
         self.sock = sock
         self.batch = udpbatch.for_socket(sock)
         self.pipeline = pipe
+        # Trusted front-ends' datagrams are answered for the client they name; without any, nothing
+        # stands between a datagram and the pipeline.
+        self.handle = pipe.handle if front_ends is None else front_ends.datagrams(pipe.handle)
         self.in_flight = in_flight
         self.loop = asyncio.get_running_loop()
         self.reading = False
@@ -95,7 +118,7 @@ class UdpServer:
     def _read_ready(self) -> None:
         # Hot path: every waiting datagram in one system call; blocked names and cache hits are
         # answered in one more, cache misses on their own when their answer arrives.
-        handle = self.pipeline.handle
+        handle = self.handle
         answers = []
         for data, client, sender in self.batch.receive():
             reply = handle(data, client, "udp")
@@ -131,10 +154,17 @@ class UdpServer:
 class TcpConnections:
     """Shared state of every TCP connection of one worker: the connection cap and the set."""
 
-    def __init__(self, pipe: pipeline.Pipeline, in_flight: InFlight, limits: TcpLimits):
+    def __init__(
+        self,
+        pipe: pipeline.Pipeline,
+        in_flight: InFlight,
+        limits: TcpLimits,
+        front_ends: frontends.FrontEnds | None = None,
+    ):
         self.pipeline = pipe
         self.in_flight = in_flight
         self.limits = limits
+        self.front_ends = front_ends
         self.open: set[TcpConnection] = set()
 
     def protocol(self) -> TcpConnection:
@@ -148,14 +178,23 @@ class TcpConnections:
 class TcpConnection(asyncio.Protocol):
     """One client TCP connection (RFC 7766): length-framed queries, pipelined, answered as ready."""
 
-    def __init__(self, shared: TcpConnections):
+    label = "tcp"  # the transport, for Pipeline.handle and the counters
+
+    def __init__(self, shared: TcpConnections, client: str | bytes = ""):
         self.shared = shared
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
-        self.client = ""
+        self.client = client  # given: named by a PROXY header already read (DoT); else the peer's address
+        # From a trusted front-end: a PROXY header may come first (`awaiting_header`), and without
+        # one the queries' Client Subnet names their client (`front_end`).
+        self.front_end = False
+        self.awaiting_header = False
         self.pending = 0
         self.paused = False
         self.idle_timer: asyncio.TimerHandle | None = None
+        self.stream: asyncio.Task[None] | None = None  # a Stream being written; reading waits for it
+        self.write_paused = False  # the transport's send buffer is full (pause_writing)
+        self.writable: asyncio.Event | None = None  # what a Stream waits on while write_paused
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -165,8 +204,12 @@ class TcpConnection(asyncio.Protocol):
             transport.abort()  # type: ignore[attr-defined]
             return
         shared.open.add(self)
-        peer = transport.get_extra_info("peername")
-        self.client = peer[0] if peer else ""
+        if not self.client:
+            peer = transport.get_extra_info("peername")
+            self.client = peer[0] if peer else ""
+            self.front_end = self.awaiting_header = shared.front_ends is not None and shared.front_ends.trusted(
+                self.client
+            )
         self._arm_idle_timer()
 
     def _arm_idle_timer(self) -> None:
@@ -185,6 +228,8 @@ class TcpConnection(asyncio.Protocol):
         self.buffer += data
         self._arm_idle_timer()
         buffer = self.buffer
+        if self.awaiting_header and not self._proxy_header():
+            return
         while len(buffer) >= 2 and not self.paused:
             length = buffer[0] << 8 | buffer[1]
             if length == 0:
@@ -198,8 +243,29 @@ class TcpConnection(asyncio.Protocol):
         if len(buffer) > 2 + 65535:
             self.close()
 
+    def _proxy_header(self) -> bool:
+        """Cut a trusted front-end's PROXY header off the start of the stream: False while it has not
+        all arrived (the idle timer ends a wait too long), or when it is malformed (closed)."""
+        assert self.shared.front_ends is not None
+        try:
+            header = self.shared.front_ends.stream_header(bytes(self.buffer[: proxyv2.MAX_HEADER]), self.label)
+        except proxyv2.Incomplete:
+            return False
+        except proxyv2.ProxyError:
+            self.close()
+            return False
+        self.awaiting_header = False
+        if header is not None:
+            del self.buffer[: header.length]
+            self.front_end = False  # the header named the client; its queries' Client Subnet is the client's own
+            self.client = header.client or self.client
+        return True
+
     def _answer(self, message: bytes) -> None:
-        reply = self.shared.pipeline.handle(message, self.client, "tcp")
+        client = self.client
+        if self.front_end and self.shared.front_ends is not None:
+            client = self.shared.front_ends.client_of(message, client)
+        reply = self.shared.pipeline.handle(message, client, self.label)
         if type(reply) is bytes:
             self._write(reply)
         elif isinstance(reply, pipeline.Pending) and self.shared.in_flight.start(
@@ -209,11 +275,54 @@ class TcpConnection(asyncio.Protocol):
             if self.pending >= self.shared.limits.tcp_max_pipelined and self.transport is not None:
                 self.paused = True  # stop reading until some answers went out
                 self.transport.pause_reading()
+        elif isinstance(reply, pipeline.Stream) and self.transport is not None:
+            # Queries after it wait until its last message is written (RFC 5936 lets a server
+            # answer them meanwhile; none of its clients needs that).
+            self.pending += 1
+            self.paused = True
+            self.transport.pause_reading()
+            self.stream = asyncio.get_running_loop().create_task(self._write_stream(reply))  # held by self.stream
+
+    async def _write_stream(self, stream: pipeline.Stream) -> None:
+        """Write a Stream's messages as the connection takes them, letting other work run between two."""
+        messages = stream.messages()
+        try:
+            for message in messages:
+                if self.transport is None or self.transport.is_closing():
+                    return
+                self._write(message)
+                while self.write_paused:
+                    self.writable = asyncio.Event()
+                    await self.writable.wait()
+                await asyncio.sleep(0)
+        except pipeline.StreamBroken as exc:
+            log.warning("stopped a zone transfer: %s", exc)
+            self.close()
+        except Exception:
+            log.exception("internal error writing a zone transfer")
+            self.close()
+        finally:
+            messages.close()  # now, not when collected: a transfer cut short ends at once
+            self.stream = None
+            self.pending -= 1
+            if self.transport is not None and not self.transport.is_closing():
+                self.paused = self.pending >= self.shared.limits.tcp_max_pipelined
+                if not self.paused:
+                    self.transport.resume_reading()
+                    self.data_received(b"")  # frames already buffered
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.writable is not None:
+            self.writable.set()
 
     def _finished(self, reply: bytes) -> None:
         self.pending -= 1
         self._write(reply)
-        if self.paused and self.pending < self.shared.limits.tcp_max_pipelined:
+        if self.paused and self.stream is None and self.pending < self.shared.limits.tcp_max_pipelined:
             self.paused = False
             if self.transport is not None and not self.transport.is_closing():
                 self.transport.resume_reading()
@@ -230,6 +339,8 @@ class TcpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.idle_timer is not None:
             self.idle_timer.cancel()
+        if self.stream is not None:
+            self.stream.cancel()
         self.shared.open.discard(self)
 
 
@@ -348,7 +459,7 @@ async def serve_sockets(
 ) -> tuple[UdpServer, asyncio.Server]:
     """Start serving on already-bound sockets."""
     loop = asyncio.get_running_loop()
-    udp = UdpServer(udp_sock, pipe, in_flight)
+    udp = UdpServer(udp_sock, pipe, in_flight, tcp.front_ends)
     udp.start()
     tcp_server = await loop.create_server(tcp.protocol, sock=tcp_sock, backlog=1024)
     return udp, tcp_server

@@ -28,6 +28,8 @@ TIMEOUT_CHECK_SECONDS = 0.05  # how often waiting UDP queries are checked agains
 # degraded).
 PROBE_SECONDS = 1.0
 NAMED_IN_ERROR = 3  # failing upstreams named in a SERVFAIL's Extended DNS Error text
+# A forward zone's server (a school's own DNS server) serves one school's intranet: a few sockets do.
+FORWARD_SOCKETS_PER_SERVER = 4
 
 
 class UpstreamError(ResolverError):
@@ -82,9 +84,15 @@ class AllUpstreamsFailed(UpstreamError):
 class UpstreamAddress:
     host: str
     port: int
+    # An upstream asked over TLS (DoT, `tls://host:port#name`) gives the name its certificate must
+    # carry (the address itself when written without one); None: plain DNS.
+    tls_name: str | None = None
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        text = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        if self.tls_name is None:
+            return text
+        return f"tls://{text}" + (f"#{self.tls_name}" if self.tls_name != self.host else "")
 
 
 def parse_address(text: str, default_port: int = 53) -> UpstreamAddress:
@@ -595,10 +603,11 @@ class UpstreamPool:
         sockets_per_upstream: int = 16,
         max_in_flight: int = 10000,
         max_tcp_exchanges: int = 64,
+        make_upstream: Callable[[UpstreamAddress, int], Upstream] | None = None,  # upstreamtls.make_upstream
     ):
         if not addresses:
             raise ValueError("at least one upstream is needed")
-        self.upstreams = [Upstream(a, sockets_per_upstream) for a in addresses]
+        self.upstreams = [(make_upstream or Upstream)(a, sockets_per_upstream) for a in addresses]
         self.timeout_seconds = timeout_seconds
         self.limits = limits
         self.max_in_flight = max_in_flight
@@ -688,3 +697,57 @@ class UpstreamPool:
             upstream.closed = True  # no failover to an upstream about to close
         for upstream in self.upstreams:
             upstream.close()
+
+
+class _Unavailable:
+    """What a forward zone is asked through when no pool may be made for it: every question fails."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+    def ask(self, query: wire.Query, done: Done) -> None:
+        done(None, UpstreamError(self.message))
+
+
+ForwardServers = tuple[tuple[str, int], ...]  # (IP address, port) of a forward zone's servers, in order
+
+
+class ForwardPools:
+    """The pools of the forward zones' servers: one UpstreamPool per list of servers, made when first asked.
+
+    At most `max_pools`; past that a forward zone's questions fail (SERVFAIL) rather than open sockets
+    without bound. `retain` closes the pools that a new snapshot no longer names.
+    """
+
+    def __init__(
+        self,
+        max_pools: int,
+        timeout_seconds: float = 2.0,
+        limits: AnswerLimits = AnswerLimits(),
+        max_in_flight: int = 1000,
+    ):
+        self.max_pools = max_pools
+        self.timeout_seconds = timeout_seconds
+        self.limits = limits
+        self.max_in_flight = max_in_flight
+        self.pools: dict[ForwardServers, UpstreamPool] = {}
+        self._full = _Unavailable(f"more than {max_pools} forward server lists")
+
+    def pool(self, servers: ForwardServers) -> UpstreamPool | _Unavailable:
+        pool = self.pools.get(servers)
+        if pool is None:
+            if len(self.pools) >= self.max_pools:
+                return self._full
+            addresses = [UpstreamAddress(host, port) for host, port in servers]
+            pool = self.pools[servers] = UpstreamPool(
+                addresses, self.timeout_seconds, self.limits, FORWARD_SOCKETS_PER_SERVER, self.max_in_flight
+            )
+        return pool
+
+    def retain(self, wanted: set[ForwardServers]) -> None:
+        """Close the pools of server lists not in `wanted` (their waiting questions fail at once)."""
+        for servers in [s for s in self.pools if s not in wanted]:
+            self.pools.pop(servers).close()
+
+    def close(self) -> None:
+        self.retain(set())

@@ -30,8 +30,9 @@ BADVERS = 16  # extended rcode carried in OPT (RFC 6891)
 
 # Record types used here.
 TYPE_A, TYPE_NS, TYPE_CNAME, TYPE_SOA = 1, 2, 5, 6
+TYPE_PTR = 12
 TYPE_AAAA, TYPE_OPT, TYPE_SVCB, TYPE_HTTPS = 28, 41, 64, 65
-TYPE_IXFR, TYPE_AXFR, TYPE_ANY = 251, 252, 255
+TYPE_IXFR, TYPE_AXFR, TYPE_ANY = 251, 252, 255  # zone transfers (RFC 1995, RFC 5936), ANY
 CLASS_IN, CLASS_CH = 1, 3
 CLASS_NONE, CLASS_ANY = 254, 255  # meta classes (RFC 2136, RFC 1035): no record is in them
 
@@ -173,8 +174,8 @@ def parse_query(data: bytes) -> Query:
     try:  # costs nothing until it catches (Python 3.11)
         if qdcount != 1:
             raise FormError(f"QDCOUNT is {qdcount}, expected 1", query_id, flags)
-        if ancount or nscount:
-            raise FormError("a query with answer or authority records", query_id, flags)
+        if ancount:
+            raise FormError("a query with answer records", query_id, flags)
 
         # Question name: plain labels only. A compression pointer in the first name of a
         # message could only point back into the header, so it is malformed (no loop possible).
@@ -201,12 +202,22 @@ def parse_query(data: bytes) -> Query:
         qtype, qclass = _U16X2.unpack_from(data, pos)
         question_end = pos + 4
         name = _labels_to_text(labels)
+        pos = question_end
+        if nscount:  # only an IXFR query carries a record there: the SOA of the version the client has
+            if qtype != TYPE_IXFR:
+                raise FormError("a query with authority records", query_id, flags)
+            for _ in range(nscount):
+                pos = _skip_name(data, pos, size, query_id, flags)
+                if pos + 10 > size:
+                    raise FormError("authority record runs past the end", query_id, flags)
+                pos += 10 + _U16.unpack_from(data, pos + 8)[0]
+                if pos > size:
+                    raise FormError("authority record data runs past the end", query_id, flags)
 
         edns = False
         payload = MIN_UDP_PAYLOAD
         do = False
         version = 0
-        pos = question_end
         for _ in range(arcount):
             pos = _skip_name(data, pos, size, query_id, flags)
             if pos + 10 > size:
@@ -442,6 +453,33 @@ def make_local_answer(
         arcount = 1
     flags = _answer_flags(query.flags, rcode)
     header = _HEADER.pack(query.id, flags, 1, len(answers) if answers else 0, nscount, arcount)
+    return header + query.question + bytes(body)
+
+
+def zone_soa_rdata(zone: str, minimum_ttl: int) -> bytes:
+    """The SOA of a locally served zone (RFC 6303 4.1's shape): the zone itself as MNAME, nobody.invalid."""
+    return encode_name(zone) + _NOBODY + struct.pack("!IIIII", 1, 3600, 1200, 604800, minimum_ttl)
+
+
+_NOBODY = encode_name("nobody.invalid")
+
+
+def make_zone_answer(query: Query, rcode: int, answers: list[tuple[int, bytes]], zone: str, ttl: int) -> bytes:
+    """An authoritative (AA) answer from a locally served zone: records (type, rdata) owned by the
+    query name, or none and the zone's SOA in the authority section (RFC 2308), class IN."""
+    body = bytearray()
+    for rtype, rdata in answers:
+        body += b"\xc0\x0c" + _RR_FIXED.pack(rtype, CLASS_IN, ttl, len(rdata)) + rdata
+    nscount = 0
+    if not answers:
+        soa = zone_soa_rdata(zone, ttl)
+        body += encode_name(zone) + _RR_FIXED.pack(TYPE_SOA, CLASS_IN, ttl, len(soa)) + soa
+        nscount = 1
+    arcount = 0
+    if query.edns:
+        body += _opt_record(MAX_UDP_PAYLOAD, query.do)
+        arcount = 1
+    header = _HEADER.pack(query.id, _answer_flags(query.flags, rcode, AA), 1, len(answers), nscount, arcount)
     return header + query.question + bytes(body)
 
 
@@ -695,3 +733,7 @@ def make_rewrite(query: Query, target: str, target_answer: Answer, ttl: int) -> 
         offsets.append(pos + name_len + 4)
         pos += len(record)
     return Answer(message, len(query.question), tuple(offsets), NOERROR, ttl, (target,))
+
+
+# The walk over a name for the transports' EDNS options (ednsopt), which read whole messages too.
+skip_name = _skip_name

@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 # ---------------------------------------------------------------------------------------------
-# Image format (version 5). Every integer is little-endian; every section starts 8-byte aligned.
+# Image format (version 6). Every integer is little-endian; every section starts 8-byte aligned.
 #
 #   header   64 bytes: magic, version, header size, counts, flags, and the crc32 of the whole image
 #            except that crc field (header, then everything after it)
@@ -37,8 +37,12 @@ __all__ = [
 #              fingerprint  bytes 1..5 of blake2s(name + NUL), the 32-byte digest, as a little-endian
 #                           40-bit number, for a listed name; 0 for an unlisted ancestor
 #              field        mask-set number << 1 | 1 if some listed name lies below the node
-#   masksets u64[4 * maskset_count]  distinct (block_exact, block_subtree, allow_exact, allow_subtree);
-#                                mask set 0 is all zeros
+#   masksets u64[4 * maskset_count]  distinct (block_here, block_below, allow_here, allow_below);
+#                                mask set 0 is all zeros. `here` applies to the listed name itself,
+#                                `below` to every name under it: an exact entry sets `here`, a
+#                                below-only entry (RPZ's `*.d`) `below`, a subtree entry both
+#                                (format 5 had exact and subtree columns; a below-only entry
+#                                needed a column of its own meaning)
 #
 # The image holds no names: a listed name is recognised by its check byte and fingerprint, 48 bits
 # from two independent hashes. A node costs one 8-byte slot and its share of the empty ones (16.8
@@ -80,7 +84,7 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------
 
 MAGIC = b"SDNSIDX\x00"
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 # magic, version, header size, entries, nodes, slots, masksets, flags, crc
 _HEADER = struct.Struct("<8sIIIIIIII24x")
 _HEADER_SIZE = _HEADER.size  # 64
@@ -100,10 +104,17 @@ _MAX_MASKSETS = 2**15  # mask-set numbers fit the 16-bit field with the descenda
 # (3 slots per node) lookups of the bench's mix took 1.39 us and the slots of a million names 34 MB;
 # at 2/3, 1.79 us and 17 MB. Lookups are off the hot path of repeated queries; the memory is not.
 
-_MATCHES = ("exact", "subtree")
+_MATCHES = ("exact", "subtree", "below")
 _KINDS = ("block", "allow")
-# (kind, match) -> position in the mask quadruple
-_COLUMN = {("block", "exact"): 0, ("block", "subtree"): 1, ("allow", "exact"): 2, ("allow", "subtree"): 3}
+# (kind, match) -> positions in the mask quadruple: here (the name itself) and below (names under it)
+_COLUMNS = {
+    ("block", "exact"): (0,),
+    ("block", "subtree"): (0, 1),
+    ("block", "below"): (1,),
+    ("allow", "exact"): (2,),
+    ("allow", "subtree"): (2, 3),
+    ("allow", "below"): (3,),
+}
 _MASK64 = 2**64 - 1
 # While building, a name's four masks are packed into one int (column c in bits 64c..64c+63).
 
@@ -156,7 +167,7 @@ class Match:
 
     name: str  # the listed name: the looked-up name itself or one of its parents
     bits: int  # category bitmask contributed by this entry
-    match: str  # "exact" | "subtree"
+    match: str  # "exact" | "subtree" | "below" (the names under `name`, not `name` itself)
     kind: str  # "block" | "allow"
 
 
@@ -178,7 +189,7 @@ def build_index(entries: Iterable[tuple[str, int, str, str]]) -> bytes:
         if bit is not last_bit or match is not last_match or kind is not last_kind:
             bit_value = bit_values.get((bit, match, kind), 0)
             if not bit_value or type(bit) is not int:  # new, or True where the table holds a 1
-                bit_value = bit_values[(bit, match, kind)] = 1 << (64 * _column_of(name, bit, match, kind) + bit)
+                bit_value = bit_values[(bit, match, kind)] = _packed_bits(name, bit, match, kind)
             last_bit, last_match, last_kind = bit, match, kind
             names = runs.setdefault(bit_value, [])
         names.append(name)
@@ -192,20 +203,20 @@ def build_index_runs(runs: Iterable[tuple[int, str, str, Sequence[str]]]) -> byt
     many runs and repeat within one. Same rules and ValueErrors as `build_index`.
     """
     return _build_image(
-        [(1 << (64 * _column_of(names[0], bit, match, kind) + bit), names) for bit, match, kind, names in runs if names]
+        [(_packed_bits(names[0], bit, match, kind), names) for bit, match, kind, names in runs if names]
     )
 
 
-def _column_of(name: str, bit: int, match: str, kind: str) -> int:
-    """Position of (kind, match) in the mask quadruple; ValueError naming `name` if bit/match/kind is bad."""
-    column = _COLUMN.get((kind, match))
-    if column is None:
+def _packed_bits(name: str, bit: int, match: str, kind: str) -> int:
+    """The category bit in the columns of (kind, match), packed; ValueError naming `name` if bit/match/kind is bad."""
+    columns = _COLUMNS.get((kind, match))
+    if columns is None:
         raise ValueError(
             f"entry {name!r}: kind must be one of {_KINDS} and match one of {_MATCHES}, got {kind!r}/{match!r}"
         )
     if type(bit) is not int or not 0 <= bit < 64:
         raise ValueError(f"entry {name!r}: category bit must be an int in 0..63, got {bit!r}")
-    return column
+    return sum(1 << (64 * column + bit) for column in columns)
 
 
 def _build_image(runs: list[tuple[int, Sequence[str]]]) -> bytes:
@@ -402,10 +413,12 @@ class DomainIndex:
         "_single_labels",
         "_slot_mask",
         "_slots",
+        "checksum",
         "entry_count",
         "file",
         "node_count",
         "size_bytes",
+        "slot_count",
     )
 
     def __init__(
@@ -422,12 +435,14 @@ class DomainIndex:
         with view[layout.masksets_start :].cast("Q") as quads:
             self._quads = [tuple(quads[i : i + 4]) for i in range(0, len(quads), 4)]
         # Indexed by a slot's field (mask-set number << 1 | has-descendants bit): (block, allow)
-        # when the node is the looked-up name itself (exact and subtree apply), and when it is a
-        # parent of the looked-up name (subtree only).
-        self._own_masks = [masks for be, bs, ae, als in self._quads for masks in ((be | bs, ae | als),) * 2]
-        self._parent_masks = [masks for _, bs, _, als in self._quads for masks in ((bs, als),) * 2]
+        # when the node is the looked-up name itself (the `here` columns), and when it is a
+        # parent of the looked-up name (the `below` columns).
+        self._own_masks = [masks for bh, _, ah, _ in self._quads for masks in ((bh, ah),) * 2]
+        self._parent_masks = [masks for _, bb, _, ab in self._quads for masks in ((bb, ab),) * 2]
         self.entry_count = layout.entry_count  # distinct listed names
         self.node_count = layout.node_count  # listed names and their unlisted ancestors
+        self.slot_count = layout.slot_count  # the `slot` of `layers` is below this
+        self.checksum = layout.checksum  # the image's crc32, checked: tells two images apart without reading them
         self._single_labels = layout.single_labels
         self.size_bytes = len(view)
         self.file = file  # (path, st_dev, st_ino) of the mapped file; None for an image in memory
@@ -503,10 +518,10 @@ class DomainIndex:
             else:
                 return block & ~allow  # absent: nothing longer is listed either
             if field != 1:
-                if not start:  # the name itself: exact and subtree entries apply
+                if not start:  # the name itself: its `here` masks (exact and subtree entries)
                     own_block, own_allow = self._own_masks[field]
                     return (block | own_block) & ~(allow | own_allow)
-                parent_block, parent_allow = self._parent_masks[field]  # a parent: subtree only
+                parent_block, parent_allow = self._parent_masks[field]  # a parent: `below` (subtree, below)
                 block |= parent_block
                 allow |= parent_allow
                 if not field & 1:
@@ -518,35 +533,75 @@ class DomainIndex:
     def explain(self, name: str) -> list[Match]:
         """Every listed entry that applies to `name`, from the name itself up to its root-most parent.
 
-        For one listed name, exact comes before subtree and block before allow. Unlisted ancestor
-        nodes have no entries, so they never appear.
+        For one listed name, exact comes before subtree before below, and block before allow. A bit
+        in both columns of a name is a subtree entry (an exact and a below entry of the same bit
+        mean the same). Unlisted ancestor nodes have no entries, so they never appear.
         """
         matches: list[Match] = []
         labels = name.split(".")
         for depth in range(len(labels)):
             listed = ".".join(labels[depth:])
-            field = self._find(listed.encode() + b"\0")
-            if field < 0:
+            slot = self._find(listed.encode() + b"\0")
+            if slot < 0:
                 continue
-            block_exact, block_subtree, allow_exact, allow_subtree = self._quads[field >> 1]
-            candidates = [(block_subtree, "subtree", "block"), (allow_subtree, "subtree", "allow")]
+            block_here, block_below, allow_here, allow_below = self._quads[self._slots[slot] >> (_FIELD_SHIFT + 1)]
+            candidates = [
+                (block_here & block_below, "subtree", "block"),
+                (allow_here & allow_below, "subtree", "allow"),
+            ]
             if depth == 0:
-                candidates[0:0] = [(block_exact, "exact", "block"), (allow_exact, "exact", "allow")]
+                candidates[0:0] = [
+                    (block_here & ~block_below, "exact", "block"),
+                    (allow_here & ~allow_below, "exact", "allow"),
+                ]
+            else:
+                candidates += [
+                    (block_below & ~block_here, "below", "block"),
+                    (allow_below & ~allow_here, "below", "allow"),
+                ]
             matches.extend(Match(listed, bits, match, kind) for bits, match, kind in candidates if bits)
         return matches
 
+    def layers(self, name: str) -> tuple[int, int, int, int]:
+        """What the index decides around `name`: (slot, here, below, above), for the RPZ export.
+
+        `here` is `lookup(name)`; `below` the mask of a name directly under `name` that is not
+        listed itself; `above` the mask that the parents of `name` pass down (the `below` of its
+        parent). `slot` is the listed name's slot, which no other listed name shares in this index,
+        or -1 when `name` is not listed (then all three masks are `above`). Not the hot path: a
+        probe per label.
+        """
+        labels = name.split(".")
+        block = allow = 0
+        for depth in range(len(labels) - 1, 0, -1):  # the proper ancestors, root-most first
+            slot = self._find(".".join(labels[depth:]).encode() + b"\0")
+            if slot >= 0:
+                _, block_below, _, allow_below = self._quads[self._slots[slot] >> (_FIELD_SHIFT + 1)]
+                block |= block_below
+                allow |= allow_below
+        above = block & ~allow
+        slot = self._find(name.encode() + b"\0")
+        if slot < 0:
+            return -1, above, above, above
+        block_here, block_below, allow_here, allow_below = self._quads[self._slots[slot] >> (_FIELD_SHIFT + 1)]
+        return slot, (block | block_here) & ~(allow | allow_here), (block | block_below) & ~(allow | allow_below), above
+
     def _find(self, key: bytes) -> int:
-        """Slot field of the listed name `key` (name + NUL), or -1: the probe of `lookup`, skipping ancestors."""
+        """Slot of the listed name `key` (name + NUL), or -1: the probe of `lookup`, skipping ancestors.
+
+        The fingerprint is computed only when a listed slot has the key's check byte (most probes
+        of unlisted suffixes end without it).
+        """
         key_hash = _crc32(key)
-        fingerprint = _fingerprint(key)
+        check = key_hash >> 24
+        fingerprint = -1
         slot = key_hash & self._slot_mask
         while value := self._slots[slot]:
-            if (
-                value & 0xFF == key_hash >> 24
-                and value >> _FIELD_SHIFT != 1
-                and value >> 8 & _FINGERPRINT_MASK == fingerprint
-            ):
-                return value >> _FIELD_SHIFT
+            if value & 0xFF == check and value >> _FIELD_SHIFT != 1:
+                if fingerprint < 0:
+                    fingerprint = _fingerprint(key)
+                if value >> 8 & _FINGERPRINT_MASK == fingerprint:
+                    return slot
             slot = (slot + 1) & self._slot_mask
         return -1
 
@@ -561,6 +616,7 @@ class _Layout:
     slots_start: int
     masksets_start: int
     single_labels: bool
+    checksum: int
 
 
 def _check_image(image: bytes | mmap.mmap) -> _Layout:
@@ -585,7 +641,13 @@ def _check_image(image: bytes | mmap.mmap) -> _Layout:
         raise IndexFormatError(f"domain index has {entry_count} entries but only {node_count} nodes")
     masksets_start = _HEADER_SIZE + 8 * slot_count
     layout = _Layout(
-        entry_count, node_count, slot_count, _HEADER_SIZE, masksets_start, bool(flags & _FLAG_SINGLE_LABELS)
+        entry_count,
+        node_count,
+        slot_count,
+        _HEADER_SIZE,
+        masksets_start,
+        bool(flags & _FLAG_SINGLE_LABELS),
+        stored_crc,
     )
     expected_size = masksets_start + 32 * maskset_count
     if size != expected_size:

@@ -19,13 +19,14 @@ log = logging.getLogger(__name__)
 
 EXACT = "exact"
 SUBTREE = "subtree"
+BELOW = "below"  # the names under a name, not the name itself: RPZ's `*.d`
 BLOCK = "block"
 ALLOW = "allow"
 FORMATS = ("domains", "hosts", "adblock", "rpz")
 FORMATS_WITH_MATCH = frozenset({"domains", "hosts"})
 
 Entry = tuple[str, str, str]
-"""(name, match, kind): a lower-case A-label name without trailing dot, "exact"|"subtree", "block"|"allow"."""
+"""(name, match, kind): a lower-case A-label name without trailing dot, "exact"|"subtree"|"below", "block"|"allow"."""
 
 COMMENT = "comment"
 IP_ADDRESS = "ip address"
@@ -468,7 +469,9 @@ _RPZ_SKIPPED_ACTIONS = {"*.": "action nodata", "rpz-drop.": "action rpz-drop", "
 
 
 def parse_rpz(lines: Iterable[str], tally: Tally | None = None, *, origin: str = "") -> Iterator[Entry]:
-    """RPZ zone text: `d CNAME .` block exact, `*.d CNAME .` block subtree, `CNAME rpz-passthru.` allow.
+    """RPZ zone text: `d CNAME .` block exact, `*.d CNAME .` block below d, `CNAME rpz-passthru.` allow.
+
+    As in RPZ itself, `*.d` covers the names under d and not d (list d too for both).
 
     Trigger names are owner names relative to the zone apex: the `origin` argument, else the first
     $ORIGIN, else the absolute owner of the SOA record, else the root (relative names are then the
@@ -550,7 +553,7 @@ class _RpzZone:
         else:
             match = EXACT
             if trigger.startswith("*."):
-                trigger, match = trigger[2:], SUBTREE
+                trigger, match = trigger[2:], BELOW
             if trigger.rpartition(".")[2] in _RPZ_TRIGGERS:
                 tally.skip(number, "unsupported trigger", line)
             elif "*" in trigger:

@@ -12,7 +12,7 @@ import zoneinfo
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
-from resolver.filtering import listformats, safesearch
+from resolver.filtering import listformats, localzones, safesearch
 
 #: Block.category values that are not list categories (metrics add these to the category label set).
 BYPASS_CATEGORY = "bypass"
@@ -111,6 +111,26 @@ class Blockpage:
     ipv6: str | None
 
 
+#: Distinct forward servers across province.yaml and every school: each is an upstream with its own sockets.
+MAX_FORWARD_SERVERS = 256
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ForwardZone:
+    """A zone whose names go to the school's own DNS servers (an intranet, a private reverse zone)."""
+
+    zone: str
+    #: (IP address, port), in the order written
+    servers: tuple[tuple[str, int], ...]
+    #: SCHOOL (the school's file) or PROVINCE (province.yaml, for every school)
+    authority: Authority
+    #: appended to the answer cache key: a forwarded answer is cached for its school only
+    cache_suffix: bytes = b""
+
+    def describe(self) -> str:
+        return ", ".join(f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in self.servers)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Profile:
     """An age-tiered baseline in province.yaml; None fields inherit the province default."""
@@ -143,6 +163,8 @@ class Province:
     bypass_prevention: bool
     mandatory_mask: int
     categories: tuple[str, ...] = dataclasses.field(repr=False)
+    #: forward zones of every school (a school's own entry for the same zone replaces it)
+    forward_zones: Mapping[str, ForwardZone] = dataclasses.field(repr=False)
     tz: zoneinfo.ZoneInfo = dataclasses.field(repr=False)
     safe_search_table: safesearch.SafeSearchTable = dataclasses.field(repr=False)
 
@@ -199,6 +221,14 @@ class SchoolPolicy:
     safe_rewrites: Mapping[str, Rewrite] = dataclasses.field(repr=False)
     safe_blocks_exact: Mapping[str, Block] = dataclasses.field(repr=False)
     safe_blocks_subtree: Mapping[str, Block] = dataclasses.field(repr=False)
+    #: zone -> where its names are forwarded (the province's and the school's own)
+    forward_zones: Mapping[str, ForwardZone] = dataclasses.field(repr=False)
+    #: the forward zones' names, for one str.endswith before the lookup (empty: nothing forwarded)
+    forward_suffixes: tuple[str, ...] = dataclasses.field(repr=False)
+
+    def forward_zone(self, name: str) -> ForwardZone | None:
+        """The most specific forward zone that is `name` or one of its parents, else None."""
+        return _match_subtree(self.forward_zones, name)
 
     def blocked_mask_at(self, now_epoch_seconds: float) -> int:
         """Categories blocked at this time (mandatory excluded): profile + block - unblock + active schedules."""
@@ -357,6 +387,8 @@ class Explanation:
     blocked_categories: tuple[str, ...]
     active_schedules: tuple[str, ...]
     allow_or_deny_entry: str | None
+    #: who answers an allowed name that is not sent to the upstreams (a forward zone, a local zone); None: upstream
+    answered_by: str | None = None
 
     def lines(self) -> list[str]:
         return [
@@ -369,6 +401,7 @@ class Explanation:
             f"blocked now: {', '.join(self.blocked_categories) or '-'}",
             f"active schedules: {', '.join(self.active_schedules) or '-'}",
             f"allow/deny entry: {self.allow_or_deny_entry or '-'}",
+            *([f"answered by: {self.answered_by}"] if self.answered_by else []),
         ]
 
 
@@ -414,7 +447,22 @@ def explain(school: SchoolPolicy, name: str, list_mask: int, now_epoch_seconds: 
         blocked_categories=_names(blocked_mask, categories),
         active_schedules=school.active_schedules(now_epoch_seconds),
         allow_or_deny_entry=entry,
+        answered_by=answered_by(school, name, decision),
     )
+
+
+def answered_by(school: SchoolPolicy, name: str, decision: Decision) -> str | None:
+    """Who answers an allowed name for the school, in the pipeline's order: a forward zone, a local zone; else None."""
+    if decision is not ALLOW:
+        return None  # blocked, or safe search: answered as every other school's
+    forward = school.forward_zone(name)
+    if forward is not None:
+        whose = "this school's" if forward.authority == Authority.SCHOOL else "the province's"
+        return f"the school's own DNS servers {forward.describe()} ({whose} forward zone '{forward.zone}')"
+    local = localzones.lookup(name)
+    if local is not None:
+        return f"schooldns itself (locally served zone '{local.zone}', {local.source}; never sent upstream)"
+    return None
 
 
 def _match_subtree_key(table: Mapping[str, Any], name: str) -> str | None:
@@ -488,6 +536,7 @@ def compile_school(
     schedules: Sequence[Schedule],
     action: Action,
     province: Province,
+    forward_zones: Sequence[ForwardZone] = (),
 ) -> SchoolPolicy:
     """Build a SchoolPolicy and every lookup table decide() uses; inputs are already validated."""
     categories = province.categories
@@ -544,6 +593,13 @@ def compile_school(
                 SAFE_SEARCH_CATEGORY, Authority.SCHOOL, action, f"{row.engine} has no safe search mode ({row.name})"
             )
 
+    # Keyed with the school: an intranet's answers never reach another school through the shared cache.
+    suffix = b"\x00forward\x00" + id.encode()
+    zones = {
+        zone.zone: dataclasses.replace(zone, cache_suffix=suffix)
+        for zone in (*province.forward_zones.values(), *forward_zones)
+    }
+
     return SchoolPolicy(
         id=id,
         name=name,
@@ -573,6 +629,8 @@ def compile_school(
         safe_rewrites=safe_rewrites,
         safe_blocks_exact=safe_blocks_exact,
         safe_blocks_subtree=safe_blocks_subtree,
+        forward_zones=zones,
+        forward_suffixes=tuple(zones),
     )
 
 

@@ -71,6 +71,9 @@ def load_policies(
         paths = []
     schools: list[policy.SchoolPolicy] = []
     placed: list[_Placed] = []
+    servers: set[tuple[str, int]] = set()  # distinct forward servers so far (policy.MAX_FORWARD_SERVERS)
+    if province is not None:
+        servers.update(s for zone in province.forward_zones.values() for s in zone.servers)
     for path in paths:
         if path.name == PROVINCE_FILE or path.name.startswith(".") or not path.is_file():
             continue
@@ -89,6 +92,15 @@ def load_policies(
             problems += exc.problems
             continue
         school, networks = _read_school(doc, categories, province)
+        if school is not None:
+            servers.update(s for zone in school.forward_zones.values() for s in zone.servers)
+            if len(servers) > policy.MAX_FORWARD_SERVERS:
+                doc.fail(
+                    ("forward_zones",),
+                    f"more than {policy.MAX_FORWARD_SERVERS} distinct forward servers across all policy files "
+                    "(each is an upstream with its own sockets in every worker)",
+                )
+                servers.clear()  # reported once
         problems += doc.problems
         placed += networks
         if school is not None:
@@ -121,6 +133,15 @@ def parse_school(text: str, file: str, categories: Sequence[str], province: poli
     return school
 
 
+def load_timezone(policies_dir: Path) -> datetime.tzinfo:
+    """province.yaml's time zone alone, without the rest of the policies (for the daily rollups); ConfigError."""
+    doc = yamlfile.load_yaml(policies_dir / PROVINCE_FILE)
+    top = doc.section()
+    tz = _zone(top, top.typed("timezone", str, DEFAULT_TIMEZONE))
+    doc.raise_if_failed()  # the other keys are left to load_policies
+    return tz  # type: ignore[no-any-return]
+
+
 # ---------------------------------------------------------------------------------------------
 # province.yaml
 
@@ -146,6 +167,7 @@ def _read_province(
     youtube = _youtube(top, "safe_search_youtube") or safesearch.YouTubeMode.MODERATE
     bypass_prevention = top.typed("bypass_prevention", bool, True)
     blockpage = _blockpage(top) if top.has("blockpage") else None
+    forward_zones = _forward_zones(top, policy.Authority.PROVINCE)
     if not top.has("profiles"):
         doc.fail((), "missing required key 'profiles'")
     profiles_section = top.sub("profiles")
@@ -188,6 +210,7 @@ def _read_province(
         bypass_prevention=bypass_prevention,
         mandatory_mask=mask,
         categories=categories,
+        forward_zones={zone.zone: zone for zone in forward_zones},
         tz=tz,
         safe_search_table=table,
     )
@@ -293,6 +316,7 @@ def _read_school(
     action = _action(top, "action") or _first(profile and profile.action, defaults.action)
     if top.has("action") and action is policy.Action.BLOCKPAGE and province and province.blockpage is None:
         top.fail("action", _NEEDS_BLOCKPAGE)
+    forward_zones = _forward_zones(top, policy.Authority.SCHOOL)
     top.done()
     if province is None or profile is None or doc.problems or school_id is None:
         return None, placed
@@ -311,6 +335,7 @@ def _read_school(
         schedules=schedules,
         action=action,
         province=province,
+        forward_zones=forward_zones,
     )
     return school, placed
 
@@ -387,6 +412,55 @@ def _duplicates(placed: list[_Placed]) -> list[yamlfile.Problem]:
                 )
             )
     return problems
+
+
+def _forward_zones(top: yamlfile.Section, authority: policy.Authority) -> list[policy.ForwardZone]:
+    """`forward_zones: {zone: [IP[:port], ...]}`: names under each zone go to those servers, not the upstreams."""
+    section = top.sub("forward_zones")
+    zones: dict[str, policy.ForwardZone] = {}
+    for written, value in list(section.values.items()):
+        key: yamlfile.Key = (*section.key, written)
+        try:
+            zone = policy.normalize_name(str(written))
+        except ValueError as exc:
+            section.doc.fail(key, str(exc))
+            zone = ""
+        if zone in zones:
+            section.doc.fail(key, f"zone '{zone}' is given twice")
+        servers: dict[tuple[str, int], None] = {}
+        for text, server_key in _strings(section, written):
+            problem, server = _forward_server(text)
+            if server is None:
+                section.doc.fail(server_key, problem)
+            elif server in servers:
+                section.doc.fail(server_key, f"server '{text}' is given twice for zone '{written}'")
+            else:
+                servers[server] = None
+        if value is None or (isinstance(value, list) and not value):
+            section.doc.fail(key, f"give at least one server for zone '{written}', e.g. [\"10.1.2.3\"]")
+        if zone and servers and zone not in zones:
+            zones[zone] = policy.ForwardZone(zone, tuple(servers), authority)
+    return list(zones.values())
+
+
+def _forward_server(text: str) -> tuple[str, tuple[str, int] | None]:
+    """'10.1.2.3', '10.1.2.3:5353', '2001:db8::53' or '[2001:db8::53]:5353' -> (host, port); else the problem."""
+    value = text.strip()
+    host, port = value, "53"
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ("" if rest else "53")
+    elif value.count(":") == 1:
+        host, port = value.split(":")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return f"'{text}' is not a server address IP[:port] (e.g. 10.1.2.3 or 10.1.2.3:5353)", None
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        return f"'{text}': the port must be 1-65535", None
+    if address.is_unspecified or address.is_multicast:
+        return f"'{text}' cannot be a DNS server's address", None
+    return "", (str(address), int(port))
 
 
 def _schedules(top: yamlfile.Section, categories: tuple[str, ...]) -> list[policy.Schedule]:

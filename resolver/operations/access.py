@@ -111,6 +111,8 @@ class Gate:
         if token is None:
             self.attempts.count(source)
             raise Refused(Failure.UNAUTHENTICATED, "unknown token")
+        if not token.role.is_admin:  # a DoH token sits on a pupil's device: DNS only, never the admin API
+            raise Refused(Failure.FORBIDDEN, f"a {token.role.kind.value} token is for DNS over HTTPS only")
         if token.role.kind not in kinds:
             allowed = " or ".join(kind.value for kind in tokens.RoleKind if kind in kinds)
             raise Refused(Failure.FORBIDDEN, f"a {token.role.kind.value} token may not do this (needs {allowed})")

@@ -24,7 +24,7 @@ from resolver.control import checks, config, syncstate
 from resolver.dataplane import pipeline, upstream, workerstate
 from resolver.errors import ResolverError, UsageError
 from resolver.filtering import lists, policy
-from resolver.operations import access, audit, exposition, policyedit, requestbox, tokens
+from resolver.operations import access, audit, exposition, policyedit, requestbox, rpzhttp, tokens, ui
 from resolver.operations.refusals import Failure, Refused
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ class Control:
     config: config.Config
     snapshot: Callable[[], Awaitable[pipeline.Snapshot]]  # the snapshot being served (for explain, schools)
     sync: syncstate.Syncing | None = None  # None: this instance has no `sync:`
+    rpz: rpzhttp.Versions | None = None  # the RPZ feed's zones; None without an `rpz:` section
 
 
 # The one place where a refusal becomes an HTTP status (see _errors).
@@ -76,7 +77,7 @@ STATUS: Mapping[Failure, int] = {
     Failure.UNAVAILABLE: 503,
 }
 
-ANYONE = frozenset(tokens.RoleKind)
+ANYONE = frozenset(kind for kind in tokens.RoleKind if tokens.Role(kind).is_admin)  # every admin role
 READERS = frozenset({tokens.RoleKind.PROVINCE, tokens.RoleKind.VIEWER})
 WRITERS = frozenset({tokens.RoleKind.PROVINCE, tokens.RoleKind.SCHOOL})
 PROVINCE = frozenset({tokens.RoleKind.PROVINCE})
@@ -542,6 +543,7 @@ def _explained_json(explained: checks.Explained, generation: int, when: float) -
         "blocked_categories": list(explanation.blocked_categories),
         "active_schedules": list(explanation.active_schedules),
         "allow_or_deny_entry": explanation.allow_or_deny_entry,
+        "answered_by": explanation.answered_by,
         "listed": [
             {
                 "name": entry.name,
@@ -591,7 +593,17 @@ def make_app(control: Control, limits: Limits | None = None) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_page)
     app.router.add_get("/status", status)
-    app.router.add_routes(Api(control, limits).routes())
+    api = Api(control, limits)
+    app.router.add_routes(api.routes())
+    app.router.add_routes(ui.routes(control, api.gate))  # GET /v1/report and the /ui/ pages
+    if control.rpz is not None:  # the RPZ feed's zones as text, for the province and viewers
+        zone_text = rpzhttp.zone_handler(control.rpz)
+
+        async def rpz_zone(request: web.Request) -> web.StreamResponse:
+            api.caller(request, READERS)
+            return await zone_text(request)
+
+        app.router.add_get("/v1/rpz/{zone}", rpz_zone)
     return app
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Callable, Iterator
 
@@ -39,6 +40,7 @@ class ResolverCollector(Collector):
         if self.sync_status is not None:
             yield from _sync(self.sync_status)
         yield from _workers(s)
+        yield from _transports(s)
 
 
 def _queries(s: workerstate.WorkerState) -> Iterator[Metric]:
@@ -54,7 +56,10 @@ def _queries(s: workerstate.WorkerState) -> Iterator[Metric]:
     blocked = CounterMetricFamily(
         "schooldns_blocked", "Blocked queries, by school and category.", labels=["school", "category"]
     )
-    for (school, category), value in sorted(counters.blocked.items()):
+    by_category: collections.Counter[tuple[str, str]] = collections.Counter()
+    for (school, category, _), value in counters.blocked.items():  # the authority is the rollups' only
+        by_category[(school, category)] += value
+    for (school, category), value in sorted(by_category.items()):
         blocked.add_metric([school, category], value)
     yield blocked
     waited = HistogramMetricFamily(
@@ -257,6 +262,18 @@ def _workers(s: workerstate.WorkerState) -> Iterator[Metric]:
         "Restarts of a worker that failed; the next try waits twice as long (up to 30 s).",
         s.worker_restart_failures,
     )
+
+
+def _transports(s: workerstate.WorkerState) -> Iterator[Metric]:
+    rejected = CounterMetricFamily(
+        "schooldns_transport_rejected",
+        "Connections, PROXY headers and HTTP requests turned away before they were a DNS query, "
+        "by transport and reason.",
+        labels=["transport", "reason"],
+    )
+    for (transport, reason), value in sorted(s.counters.rejected.items()):
+        rejected.add_metric([transport, reason], value)
+    yield rejected
 
 
 def _counter(name: str, text: str, value: float) -> CounterMetricFamily:

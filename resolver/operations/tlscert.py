@@ -18,7 +18,7 @@ CHECK_SECONDS = 60.0  # a renewed certificate is taken within this long
 class Certificate:
     """The TLS certificate of `blockpage.tls`, loaded again into the same context when its files change."""
 
-    def __init__(self, tls: config.BlockpageTLSConfig, setting: str):
+    def __init__(self, tls: config.TlsListenConfig, setting: str):
         self.tls = tls
         self.setting = setting
         self.context = self._loaded()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import gc
 import importlib
 import logging
@@ -17,13 +18,15 @@ from typing import TYPE_CHECKING, Protocol
 from resolver.control import config, snapshots
 from resolver.dataplane import pipeline, server, upstream, workerstate
 from resolver.errors import ResolverError
-from resolver.operations import tlscert
+from resolver.filtering import policyfile
+from resolver.operations import rollups, tlscert
 from resolver.processes import sdnotify, spawner, worker
 
-if TYPE_CHECKING:  # imported at run time only once DNS serves (start_admin), or with sync/publish
+if TYPE_CHECKING:  # imported at run time only once DNS serves (start_admin), or with sync/publish/rpz
     from aiohttp import web
 
     from resolver.control import bundle, sync, syncstate
+    from resolver.operations import rpzfeed, rpzzones
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +131,7 @@ async def start_admin(
     reload: Callable[[], Awaitable[bool]],
     snapshot: Callable[[], Awaitable[pipeline.Snapshot]],
     syncing: syncstate.Syncing | None = None,
+    rpz: Callable[[], Awaitable[rpzzones.Version | None]] | None = None,
 ) -> web.AppRunner | None:
     """Import the admin API in a thread while DNS is already answering, then serve it on `sock`.
 
@@ -141,7 +145,7 @@ async def start_admin(
     # (Worker.start). A query in flight now that ends in a reference cycle is never collected:
     # at most the few of this moment, once.
     gc.freeze()
-    control = admin.Control(state=state, reload=reload, config=cfg, snapshot=snapshot, sync=syncing)
+    control = admin.Control(state=state, reload=reload, config=cfg, snapshot=snapshot, sync=syncing, rpz=rpz)
     runner: web.AppRunner = await admin.start(sock, control)
     return runner
 
@@ -204,6 +208,21 @@ class Distribution:
         return installed
 
 
+def recorder(cfg: config.Config, state: Callable[[], workerstate.WorkerState]) -> rollups.Recorder:
+    """The daily rollups' writer of the serving process (docs/operations.md, "Daily rollups").
+
+    Its days are in province.yaml's time zone, read from that file alone: a supervisor that
+    built a whole snapshot for it would keep 2 MB more (measured with the shipped policies).
+    """
+
+    async def zone() -> datetime.tzinfo:
+        return await asyncio.to_thread(policyfile.load_timezone, cfg.policies_dir)
+
+    return rollups.Recorder(
+        rollups.RollupStore(cfg.state_dir), state, zone, cfg.rollups.interval_seconds, cfg.rollups.retention_days
+    )
+
+
 async def run_single(cfg: config.Config, ready: Callable[[worker.Worker], object] | None = None) -> None:
     """workers: 1 — everything (DNS, admin, reload) in this process until SIGTERM/SIGINT."""
     cfg = worker.check_listen(cfg)  # before the snapshot, which may take a compile
@@ -240,23 +259,36 @@ async def run_single(cfg: config.Config, ready: Callable[[worker.Worker], object
         return dns_worker.pipeline.snapshot
 
     admin_runner = await start_admin(
-        admin_sock, cfg, dns_worker.state, distribution.reload, installed, distribution.syncer
+        admin_sock,
+        cfg,
+        dns_worker.state,
+        distribution.reload,
+        installed,
+        distribution.syncer,
+        None if dns_worker.feed is None else dns_worker.rpz_zones,
     )
     blockpage = await start_blockpage(blockpage_sockets, cfg, installed)
     # systemd's Type=notify: the first snapshot serves, and so do the admin API and the block page
     sdnotify.notify("READY=1")
     if ready is not None:
         ready(dns_worker)
-    tasks = [*distribution.start(files), loop.create_task(watch_state(dns_worker.state, STATE_TICK_SECONDS))]
+    daily = recorder(cfg, dns_worker.state)
+    tasks = [
+        *distribution.start(files),
+        loop.create_task(watch_state(dns_worker.state, STATE_TICK_SECONDS)),
+        loop.create_task(daily.run()),
+    ]
     await stop.wait()
     sdnotify.notify("STOPPING=1")
     for task in tasks:
         task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
     log.info("shutting down: draining queries in flight (up to %.1fs)", cfg.limits.shutdown_drain_seconds)
     await stop_blockpage(blockpage)
     if admin_runner is not None:
         await admin_runner.cleanup()
     await dns_worker.stop()
+    await daily.flush()  # a clean stop loses none of the day's numbers
 
 
 # ---------------------------------------------------------------------------------------
@@ -301,6 +333,7 @@ class Supervisor:
         self.conns: list[multiprocessing.connection.Connection] = []
         self.states: dict[int, workerstate.WorkerState] = {}  # the last report of each live worker
         self.listen: tuple[upstream.UpstreamAddress, ...] = cfg.listen  # what the workers serve (run)
+        self.checked = cfg  # check_listen's: the DoT and DoH addresses with their ports resolved (run)
         self.stopping = False
         self.restarts = 0  # workers started again after dying
         self.restart_failures = 0
@@ -314,6 +347,8 @@ class Supervisor:
         # The files' signature and the snapshot built from them here: what explain and the schools list read.
         self._snapshot: tuple[tuple[object, ...], pipeline.Snapshot] | None = None
         self.distribution: Distribution | None = None  # its syncer or publisher, once run() serves
+        self.feed: rpzfeed.Feed | None = None  # the RPZ feed's zones for GET /v1/rpz (the workers serve DNS)
+        self._feed_lock = asyncio.Lock()
 
     @property
     def ports(self) -> tuple[int, ...]:
@@ -325,7 +360,8 @@ class Supervisor:
 
     def _spawn(self, index: int) -> tuple[spawner.WorkerProcess, multiprocessing.connection.Connection]:
         listen = tuple(str(address) for address in self.listen)
-        args = worker.SpawnArgs(self.config.file, listen, index, logging.getLogger().level)
+        dot, doh = ((str(a) for a in c.listen) if c is not None else () for c in (self.checked.dot, self.checked.doh))
+        args = worker.SpawnArgs(self.config.file, listen, index, logging.getLogger().level, tuple(dot), tuple(doh))
         try:
             return self.spawner.start_worker(args)
         except OSError as exc:
@@ -373,9 +409,11 @@ class Supervisor:
         blockpage_sockets: BlockpageSockets | None = None
         blockpage = None
         watchers: list[asyncio.Task[None]] = []
+        daily: rollups.Recorder | None = None
         try:
             # Checked here, before any worker builds a snapshot; the workers serve what can be bound.
-            self.listen = worker.check_listen(self.config).listen
+            self.checked = worker.check_listen(self.config)
+            self.listen = self.checked.listen
             admin_sock = bind_admin(self.config)
             blockpage_sockets = bind_blockpage(self.config)
             await Distribution.before_serving(self.config)
@@ -401,16 +439,19 @@ class Supervisor:
                 self.distribution.reload,
                 self.snapshot,
                 self.distribution.syncer,
+                None if self.config.rpz is None else self.rpz_zones,
             )
             blockpage = await start_blockpage(blockpage_sockets, self.config, self.snapshot)
             sdnotify.notify("READY=1")  # every worker serves the first snapshot; the admin API and block page are up
             if ready is not None:
                 ready(self)
+            daily = recorder(self.config, self.state)
             watchers = [
                 loop.create_task(self._watch()),
                 *self.distribution.start(files),
                 # The workers' reports come every second (worker.COUNTERS_PUBLISH_SECONDS).
                 loop.create_task(watch_state(self.state, worker.COUNTERS_PUBLISH_SECONDS)),
+                loop.create_task(daily.run()),
             ]
             await self._stop.wait()
             sdnotify.notify("STOPPING=1")
@@ -429,6 +470,9 @@ class Supervisor:
                 blockpage_sockets.close()
             await self._stop_workers()
             self.spawner.close()
+            if daily is not None:
+                self._collect()  # each worker's last report, sent as it stopped
+                await daily.flush()
 
     async def _stop_workers(self) -> None:
         for process in self.processes:
@@ -554,6 +598,21 @@ class Supervisor:
                     built = self._snapshot[1]
                 self._snapshot = (files, built)
             return dataclasses.replace(self._snapshot[1], generation=self.state().generation)
+
+    async def rpz_zones(self) -> rpzzones.Version | None:
+        """The RPZ feed's zones for GET /v1/rpz/{zone}: of the snapshot the admin API reads (`snapshot`),
+        reusing the workers' compiled lists. The workers serve them over DNS."""
+        if self.config.rpz is None:
+            return None
+        async with self._feed_lock:
+            if self.feed is None:
+                from resolver.operations import rpzfeed
+
+                self.feed = rpzfeed.Feed(self.config.rpz, self.config.blocklists_dir, self.config.state_dir)
+            built = await self.snapshot()
+            if self.feed.version is None or self.feed.version.snapshot is not built:
+                self.feed.install(await asyncio.to_thread(self.feed.prepare, built))
+            return self.feed.version
 
     def state(self) -> workerstate.WorkerState:
         """Every worker's last report, summed, with the counters of workers that died."""

@@ -1,4 +1,4 @@
-"""The `schooldns` command: serve, check, explain, token, status, reload, bundle."""
+"""The `schooldns` command: serve, check, explain, token, status, reload, bundle, report."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import datetime
 import getpass
 import logging
 import os
+import pathlib
 import sys
 import time
 from pathlib import Path
@@ -63,7 +64,18 @@ def main(argv: list[str] | None = None) -> int:
         if name == "status":
             remote.add_argument("--json", action="store_true", help="print the server's JSON as it is")
 
-    token = commands.add_parser("token", help="add, list or revoke admin API tokens (admin.tokens_file)")
+    annual = command("report", "the year's report from the daily rollups: one row per school, and the coverage")
+    annual.add_argument("--year", help="the year (default: this year in the policies' time zone)")
+    annual.add_argument("--format", default="md", help="md (Markdown, the default), csv or json")
+    annual.add_argument(
+        "--merge",
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="add the JSON reports (--format json) of other instances to this one's",
+    )
+
+    token = commands.add_parser("token", help="add, list or revoke admin API and DoH tokens (admin.tokens_file)")
     token_commands = token.add_subparsers(dest="token_command", required=True)
 
     def token_command(name: str, help: str) -> argparse.ArgumentParser:
@@ -73,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         return sub
 
     add = token_command("add", "add a token and print it (shown only this once)")
-    add.add_argument("--role", required=True, help="province, viewer or school:<school-id>")
+    add.add_argument(
+        "--role", required=True, help="province, viewer, school:<school-id> (admin API) or doh:<school-id> (DoH)"
+    )
     add.add_argument("--name", help="a name for the audit log (default: from the role)")
     token_command("list", "list the tokens: name, role, when added")
     token_command("revoke", "remove a token: it stops working at once").add_argument(
@@ -133,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
             return _remote(args)
         if args.command == "bundle":
             return _bundle(args)
+        if args.command == "report":
+            return _report(args.config, args.year, args.format, args.merge)
         return _explain(args.config, args.school, args.name, args.at, args.client)
     except UsageError as exc:
         print(f"schooldns {args.command}: {exc}", file=sys.stderr)
@@ -202,6 +218,34 @@ def _status_lines(status: dict[str, object]) -> list[str]:
         state = "failing: " + str(sync.get("last_error")) if sync.get("consecutive_failures") else "ok"
         out.append(f"sync from {sync.get('repository')}: version {sync.get('version')}, {state}")
     return out
+
+
+def _report(config_path: str, year_text: str | None, form_text: str, merge: list[str]) -> int:
+    from resolver.filtering import lists, policyfile
+    from resolver.operations import report
+
+    cfg = config.load_config(config_path)
+    try:
+        year = report.check_year(year_text, "--year") if year_text is not None else None
+        form = report.Format.named(form_text, "--format")
+        others = []
+        for path in merge:  # read before the rollups: a wrong file is said at once
+            try:
+                text = pathlib.Path(path).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise report.ReportError(f"--merge {path}: {exc}") from None
+            others.append((path, report.load_json(text, path)))
+    except report.ReportError as exc:
+        raise UsageError(str(exc)) from None
+    policies = policyfile.load_policies(cfg.policies_dir, lists.load_sources(cfg.blocklists_dir).categories)
+    now = datetime.datetime.now(datetime.UTC)
+    if year is None:
+        year = report.this_year(policies.province.tz, now)
+    made = report.of_year(cfg.state_dir, policies, year, now)
+    if others:
+        made = report.merge([(cfg.state_dir.as_posix(), made), *others])
+    sys.stdout.write(report.render(made, form))
+    return 0
 
 
 def _token(args: argparse.Namespace) -> int:

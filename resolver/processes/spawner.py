@@ -175,7 +175,8 @@ def _serve_requests(channel: socket.socket) -> None:
             if not request:
                 break  # the supervisor is gone or stopping
             fields = json.loads(request)
-            args = worker.SpawnArgs(**{**fields, "listen": tuple(fields["listen"])})
+            lists = {name: tuple(fields[name]) for name in ("listen", "dot_listen", "doh_listen")}
+            args = worker.SpawnArgs(**{**fields, **lists})
             ours, theirs = socket.socketpair()
             pid = os.fork()
             if pid == 0:

@@ -6,16 +6,22 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
+import importlib
 import logging
 import multiprocessing.connection
 import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from resolver.control import config, snapshots
-from resolver.dataplane import cache, metrics, pipeline, server, upstream, workerstate
+from resolver.dataplane import cache, frontends, metrics, pipeline, server, tls, upstream, upstreamtls, workerstate
 from resolver.errors import ListenError, ResolverError
+from resolver.filtering import policy
+
+if TYPE_CHECKING:  # imported at run time only with an `rpz:` section (Worker.__init__)
+    from resolver.operations import rpzfeed, rpzzones
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +36,19 @@ class Worker:
         self.counters = metrics.Counters()
         self.last_queries = metrics.LastQueries()
         self.cache = cache.AnswerCache(cfg.cache.max_entries, cfg.cache.stale_seconds, cfg.cache.max_megabytes * 2**20)
+        answer_limits = upstream.AnswerLimits(
+            cfg.cache.min_ttl_seconds, cfg.cache.max_ttl_seconds, cfg.cache.negative_max_ttl_seconds
+        )
         self.pool = upstream.UpstreamPool(
             list(cfg.upstreams),
             cfg.forwarding.timeout_seconds,
-            upstream.AnswerLimits(
-                cfg.cache.min_ttl_seconds, cfg.cache.max_ttl_seconds, cfg.cache.negative_max_ttl_seconds
-            ),
+            answer_limits,
             cfg.forwarding.sockets_per_upstream,
             cfg.forwarding.max_in_flight,
+            make_upstream=upstreamtls.make_upstream,
+        )
+        self.forward_pools = upstream.ForwardPools(
+            policy.MAX_FORWARD_SERVERS, cfg.forwarding.timeout_seconds, answer_limits
         )
         self.pipeline = pipeline.Pipeline(
             snapshot,
@@ -46,10 +57,35 @@ class Worker:
             self.counters,
             stale_wait_seconds=cfg.cache.stale_wait_seconds,
             unknown_client_refusals_per_second=cfg.limits.unknown_client_refusals_per_second,
+            forward_pools=self.forward_pools,
         )
         self.in_flight = server.InFlight(cfg.limits.max_queries_in_flight, self.counters)
-        self.tcp = server.TcpConnections(self.pipeline, self.in_flight, cfg.limits)
+        self.front_ends = (
+            frontends.FrontEnds(cfg.proxy_protocol.trusted, self.counters) if cfg.proxy_protocol is not None else None
+        )
+        self.tcp = server.TcpConnections(self.pipeline, self.in_flight, cfg.limits, self.front_ends)
+        # DoT and DoH: each kind its certificate, its connections (and their cap), its listeners.
+        self.certificates: dict[str, tls.Certificates] = {}
+        self.dot: server.TcpConnections | None = None
+        self.doh: Any = None  # doh.DohServer, whose module (and h2) is imported only when `doh:` is configured
+        if cfg.dot is not None:
+            self.certificates["dot"] = tls.Certificates(cfg.dot.cert_file, cfg.dot.key_file, tls.DOT_ALPN, "dot")
+            self.dot = server.TcpConnections(self.pipeline, self.in_flight, cfg.limits)
+        if cfg.doh is not None:
+            self.certificates["doh"] = tls.Certificates(cfg.doh.cert_file, cfg.doh.key_file, tls.DOH_ALPN, "doh")
+            doh = importlib.import_module("resolver.dataplane.doh")
+            tokens = doh.TokenSchools(cfg.admin.tokens_file)
+            self.doh = doh.DohServer(self.pipeline, self.in_flight, cfg.limits, self.counters, tokens)
+        self._tls: list[tls.TlsListener] = []
+        self.tls_addresses: dict[str, list[tuple[str, int]]] = {"dot": [], "doh": []}
         self.index = index  # of this worker among the `workers: N` (0 for the one of `workers: 1`)
+        self.feed: rpzfeed.Feed | None = None
+        if cfg.rpz is not None:
+            from resolver.operations import rpzfeed  # only with an `rpz:` section; it loads no DNS library
+
+            # Worker 0 (or the one of `workers: 1`) tells the secondaries of a new version, once.
+            self.feed = rpzfeed.Feed(cfg.rpz, cfg.blocklists_dir, cfg.state_dir, announce=index == 0)
+            self.pipeline.zones = self.feed
         self.reload_failures = 0
         self._udp: list[server.UdpServer] = []
         self._tcp_servers: list[asyncio.Server] = []
@@ -62,6 +98,8 @@ class Worker:
         # visit. Only here, with no query in flight: a frozen object in a reference cycle that
         # becomes garbage later would never be collected.
         gc.freeze()
+        if self.feed is not None:
+            self.feed.install(await asyncio.to_thread(self.feed.prepare, self.pipeline.snapshot))
         for udp_sock, tcp_sock in sockets:
             udp, tcp = await server.serve_sockets(
                 self.pipeline, self.in_flight, self.config.limits, udp_sock, tcp_sock, self.tcp
@@ -69,12 +107,39 @@ class Worker:
             self._udp.append(udp)
             self._tcp_servers.append(tcp)
             self.addresses.append(udp_sock.getsockname()[:2])
+        self._start_tls()
         log.info(
             "serving DNS on %s (udp+tcp) with %d upstream(s); %s",
             ", ".join(f"{h}:{p}" for h, p in self.addresses),
             len(self.config.upstreams),
             self.state().summary(),
         )
+        for kind, addresses in self.tls_addresses.items():
+            if addresses:
+                where = ", ".join(str(upstream.UpstreamAddress(h, p)) for h, p in addresses)
+                log.info("serving %s on %s", "DNS over TLS" if kind == "dot" else "DNS over HTTPS", where)
+
+    def _start_tls(self) -> None:
+        """Bind and start the DoT and DoH listeners (SO_REUSEPORT with `workers: N`, like the DNS port)."""
+        cfg = self.config
+        kinds: list[tuple[str, config.TlsListenConfig, tls.Connections, Callable[[str | bytes], Any]]] = []
+        if cfg.dot is not None and self.dot is not None:
+            kinds.append(("dot", cfg.dot, self.dot, self._dot_protocol))
+        if cfg.doh is not None and self.doh is not None:
+            kinds.append(("doh", cfg.doh, self.doh, self.doh.protocol))
+        for kind, settings, connections, make in kinds:
+            for address in settings.listen:
+                sock = server.bind_socket(address, socket.SOCK_STREAM, cfg.workers > 1, f"{kind}.listen in {cfg.file}")
+                listener = tls.TlsListener(
+                    sock, kind, self.certificates[kind], connections, make, self.counters, self.front_ends
+                )
+                listener.start()
+                self._tls.append(listener)
+                self.tls_addresses[kind].append(sock.getsockname()[:2])
+
+    def _dot_protocol(self, client: str | bytes) -> tls.DotConnection:
+        assert self.dot is not None
+        return tls.DotConnection(self.dot, client)
 
     async def reload(self) -> bool:
         """Build a new snapshot off the event loop and install it; on failure keep the old one."""
@@ -86,13 +151,24 @@ class Worker:
                 snapshot = await asyncio.to_thread(
                     snapshots.build_serving_snapshot, self.config, generation, reload=True
                 )
+                zones = None if self.feed is None else await asyncio.to_thread(self.feed.prepare, snapshot)
             except Exception as exc:  # ConfigError and anything else: the old snapshot keeps serving
+                for certificates in self.certificates.values():
+                    certificates.reload()
                 self.reload_failures += 1
                 log.error("reload rejected, still serving generation %d:\n%s", self.pipeline.snapshot.generation, exc)
                 return False
             self.pipeline.install(snapshot)
+            for certificates in self.certificates.values():
+                certificates.reload()
+            if self.feed is not None and zones is not None:
+                self.feed.install(zones)
             log.info("installed generation %d", generation)
             return True
+
+    async def rpz_zones(self) -> rpzzones.Version | None:
+        """The RPZ feed's zones as installed (GET /v1/rpz/{zone}); None without a feed."""
+        return None if self.feed is None else self.feed.version
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight queries finish within the drain bound, close everything."""
@@ -100,14 +176,22 @@ class Worker:
             udp.pause_reading()  # no new queries; the socket stays open to send the last answers
         for tcp_server in self._tcp_servers:
             tcp_server.close()
+        for listener in self._tls:
+            listener.close()
         await self.in_flight.drain(self.config.limits.shutdown_drain_seconds)
         for udp in self._udp:
             udp.close()
         self.tcp.close_all()
+        for connections in (self.dot, self.doh):
+            if connections is not None:
+                connections.close_all()
+        if self.feed is not None:
+            self.feed.stop()
         for tcp_server in self._tcp_servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(tcp_server.wait_closed(), 1.0)
         self.pool.close()
+        self.forward_pools.close()
 
     def state(self) -> workerstate.WorkerState:
         """Live numbers for metrics and status (no per-client data).
@@ -220,7 +304,33 @@ def check_listen(cfg: config.Config) -> config.Config:
         udp.close()
         tcp.close()
         served.append(address)
-    return dataclasses.replace(cfg, listen=tuple(served))
+    return dataclasses.replace(
+        cfg,
+        listen=tuple(served),
+        dot=_check_tls_listen(cfg, "dot", cfg.dot),
+        doh=_check_tls_listen(cfg, "doh", cfg.doh),
+    )
+
+
+def _check_tls_listen(
+    cfg: config.Config, kind: str, settings: config.TlsListenConfig | None
+) -> config.TlsListenConfig | None:
+    """The DoT or DoH addresses this host can serve (as _bind_listen: an IPv6 one on a host without
+    IPv6 passed over), port 0 replaced by the free port found, for every worker to bind."""
+    if settings is None:
+        return None
+    served = []
+    for address in settings.listen:
+        try:
+            sock = server.bind_socket(address, socket.SOCK_STREAM, False, f"{kind}.listen in {cfg.file}")
+        except ListenError as exc:
+            if not exc.ipv6_unavailable or len(settings.listen) == 1:
+                raise
+            log.warning("not listening on %s: this host has no IPv6", exc.address)
+            continue
+        served.append(dataclasses.replace(address, port=sock.getsockname()[1]))
+        sock.close()
+    return dataclasses.replace(settings, listen=tuple(served))
 
 
 def _bind_listen(
@@ -266,6 +376,8 @@ class SpawnArgs:
     listen: tuple[str, ...]  # the addresses to serve (check_listen), each with its port resolved (0 = choose)
     index: int
     log_level: int
+    dot_listen: tuple[str, ...] = ()  # the DoT and DoH addresses (check_listen: ports resolved)
+    doh_listen: tuple[str, ...] = ()
 
 
 def spawned_main(args: SpawnArgs, fd: int) -> int:
@@ -282,6 +394,12 @@ def spawned_main(args: SpawnArgs, fd: int) -> int:
     try:
         cfg = config.load_config(args.config_file)
         cfg = dataclasses.replace(cfg, listen=tuple(upstream.parse_address(text) for text in args.listen))
+        if cfg.dot is not None and args.dot_listen:
+            dot = tuple(upstream.parse_address(text) for text in args.dot_listen)
+            cfg = dataclasses.replace(cfg, dot=dataclasses.replace(cfg.dot, listen=dot))
+        if cfg.doh is not None and args.doh_listen:
+            doh = tuple(upstream.parse_address(text) for text in args.doh_listen)
+            cfg = dataclasses.replace(cfg, doh=dataclasses.replace(cfg.doh, listen=doh))
         asyncio.run(_spawned_async(cfg, args, conn))
     except KeyboardInterrupt:
         pass
@@ -314,6 +432,8 @@ async def _spawned_async(cfg: config.Config, args: SpawnArgs, conn: multiprocess
     await stop.wait()
     publisher.cancel()
     await worker.stop()
+    with contextlib.suppress(OSError):  # the last numbers, for the supervisor's last write of the rollups
+        conn.send(workerstate.Report(worker.state()).to_wire())
 
 
 async def _publish(worker: Worker, conn: multiprocessing.connection.Connection, stop: asyncio.Event) -> None:

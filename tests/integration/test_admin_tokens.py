@@ -92,7 +92,10 @@ async def test_a_tokens_file_others_may_read_is_refused_in_one_line(tmp_path):
         assert err == f"{path}: the tokens file is readable by other users (mode 0644); run: chmod 600 {path}\n"
     code, _, err = await schooldns("token", "add", "--config", config, "--role", "teacher")
     assert code == 2
-    assert err == ("schooldns token: --role: unknown role 'teacher': expected province, viewer or school:<school-id>\n")
+    assert err == (
+        "schooldns token: --role: unknown role 'teacher': "
+        "expected province, viewer, school:<school-id> or doh:<school-id>\n"
+    )
 
 
 async def test_status_and_reload_ask_the_running_server_with_a_token(tmp_path):

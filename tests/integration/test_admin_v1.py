@@ -31,7 +31,7 @@ FILES = {
 }
 # Failed authentications are limited per source: these tests make more than ten on purpose.
 GENEROUS = admin.Limits(failed_auth_allowed=1_000)
-WHO = ("province", "viewer", "school-a", None, "unknown")  # None: no Authorization header
+WHO = ("province", "viewer", "school-a", None, "unknown", "doh-a")  # None: no Authorization header
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -124,6 +124,8 @@ async def serving(
             "province": tokens.add(path, tokens.Role.parse("province"), "prov")[1],
             "viewer": tokens.add(path, tokens.Role.parse("viewer"), "view")[1],
             "school-a": tokens.add(path, tokens.Role.parse("school:school-a"), "it-a")[1],
+            # A pupil's DNS over HTTPS token: never the admin API, whatever the endpoint.
+            "doh-a": tokens.add(path, tokens.Role.parse("doh:school-a"), "doh-a")[1],
         }
         yield Api(running, session, secrets)
 
@@ -136,22 +138,22 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
 
 # What each caller gets from each endpoint on an instance without `sync:`.
 MATRIX = {
-    ("GET", "/v1/status"): (200, 200, 200, 401, 401),
-    ("GET", "/v1/schools"): (200, 200, 200, 401, 401),
-    ("GET", "/v1/schools/school-a/policy"): (200, 200, 200, 401, 401),
-    ("GET", "/v1/schools/school-b/policy"): (200, 200, 403, 401, 401),
-    ("PUT", "/v1/schools/school-a/policy"): (200, 403, 200, 401, 401),
-    ("PUT", "/v1/schools/school-b/policy"): (200, 403, 403, 401, 401),
-    ("GET", "/v1/explain?school=school-a&name=games.example.com"): (200, 200, 200, 401, 401),
-    ("GET", "/v1/explain?school=school-b&name=games.example.com"): (200, 200, 403, 401, 401),
-    ("POST", "/v1/reload"): (200, 403, 403, 401, 401),
-    ("GET", "/v1/sync"): (404, 404, 403, 401, 401),
-    ("POST", "/v1/sync"): (404, 403, 403, 401, 401),
-    ("GET", "/v1/audit"): (200, 200, 200, 401, 401),
-    ("GET", "/v1/audit?school=school-b"): (200, 200, 403, 401, 401),
-    ("GET", "/v1/requests"): (200, 200, 200, 401, 401),
-    ("GET", "/v1/requests?school=school-b"): (200, 200, 403, 401, 401),
-    ("GET", "/v1/openapi.json"): (200, 200, 200, 401, 401),
+    ("GET", "/v1/status"): (200, 200, 200, 401, 401, 403),
+    ("GET", "/v1/schools"): (200, 200, 200, 401, 401, 403),
+    ("GET", "/v1/schools/school-a/policy"): (200, 200, 200, 401, 401, 403),
+    ("GET", "/v1/schools/school-b/policy"): (200, 200, 403, 401, 401, 403),
+    ("PUT", "/v1/schools/school-a/policy"): (200, 403, 200, 401, 401, 403),
+    ("PUT", "/v1/schools/school-b/policy"): (200, 403, 403, 401, 401, 403),
+    ("GET", "/v1/explain?school=school-a&name=games.example.com"): (200, 200, 200, 401, 401, 403),
+    ("GET", "/v1/explain?school=school-b&name=games.example.com"): (200, 200, 403, 401, 401, 403),
+    ("POST", "/v1/reload"): (200, 403, 403, 401, 401, 403),
+    ("GET", "/v1/sync"): (404, 404, 403, 401, 401, 403),
+    ("POST", "/v1/sync"): (404, 403, 403, 401, 401, 403),
+    ("GET", "/v1/audit"): (200, 200, 200, 401, 401, 403),
+    ("GET", "/v1/audit?school=school-b"): (200, 200, 403, 401, 401, 403),
+    ("GET", "/v1/requests"): (200, 200, 200, 401, 401, 403),
+    ("GET", "/v1/requests?school=school-b"): (200, 200, 403, 401, 401, 403),
+    ("GET", "/v1/openapi.json"): (200, 200, 200, 401, 401, 403),
 }
 
 
@@ -184,8 +186,8 @@ async def test_the_sync_endpoints_for_every_role_on_an_instance_with_sync(tmp_pa
         for who in WHO:
             statuses[("GET", who)] = (await api.call("GET", "/v1/sync", who)).status
             statuses[("POST", who)] = (await api.call("POST", "/v1/sync", who)).status
-        assert [statuses[("GET", who)] for who in WHO] == [200, 200, 403, 401, 401]
-        assert [statuses[("POST", who)] for who in WHO] == [200, 403, 403, 401, 401]
+        assert [statuses[("GET", who)] for who in WHO] == [200, 200, 403, 401, 401, 403]
+        assert [statuses[("POST", who)] for who in WHO] == [200, 403, 403, 401, 401, 403]
         now = (await api.call("GET", "/v1/sync", "viewer")).json()
         assert now["repository"] == "https://hub.example/repo/" and now["version"] == 4
         status = (await api.call("GET", "/v1/status", "viewer")).json()
@@ -526,7 +528,14 @@ async def test_every_route_is_in_the_openapi_document_and_every_path_there_is_se
     documented = {
         (method.upper(), path) for path, item in document["paths"].items() for method in item if method != "parameters"
     }
-    app = admin.make_app(admin.Control(api.running.worker.state, api.running.worker.reload, api.running.config, None))
+
+    async def no_feed() -> None:
+        return None
+
+    control = admin.Control(
+        api.running.worker.state, api.running.worker.reload, api.running.config, None, rpz=no_feed
+    )  # every route, the RPZ feed's too
+    app = admin.make_app(control)
     served = {
         (route.method, route.resource.canonical)
         for route in app.router.routes()

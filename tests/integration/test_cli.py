@@ -121,6 +121,32 @@ def test_explain_and_check_given_a_client_address_name_its_school(tmp_path):
     ]
 
 
+def test_explain_says_when_a_name_goes_to_the_schools_own_servers_and_check_names_a_bad_server(tmp_path):
+    forwarding = NESTED["policies/school-c.yaml"] + "forward_zones: {truong.local: [10.1.2.3]}\n"
+    site = write_site(tmp_path, ["127.0.0.1:53"], files={**NESTED, "policies/school-c.yaml": forwarding})
+    explained = schooldns("explain", "--config", str(site), "--client", "10.1.2.34", "dc1.truong.local")
+    assert explained.returncode == 0, explained.stderr
+    assert explained.stdout.splitlines()[-1] == (
+        "answered by: the school's own DNS servers 10.1.2.3:53 (this school's forward zone 'truong.local')"
+    )
+    explained = schooldns("explain", "--config", str(site), "--client", "10.1.9.9", "dc1.truong.local")
+    assert "answered by" not in explained.stdout  # the district office's clients: the upstreams
+    explained = schooldns("explain", "--config", str(site), "school-a", "1.0.0.127.in-addr.arpa")
+    assert explained.stdout.splitlines()[-1].startswith(
+        "answered by: schooldns itself (locally served zone '127.in-addr.arpa'"
+    )
+
+    (tmp_path / "policies" / "school-c.yaml").write_text(
+        forwarding.replace("[10.1.2.3]", "[dc1.truong.local]"), encoding="utf-8"
+    )
+    checked = schooldns("check", "--config", str(site))
+    assert checked.returncode == 1 and "Traceback" not in checked.stderr
+    assert (
+        f"{tmp_path / 'policies' / 'school-c.yaml'}:4: forward_zones.truong.local[0]: 'dc1.truong.local' is not "
+        "a server address IP[:port] (e.g. 10.1.2.3 or 10.1.2.3:5353)"
+    ) in checked.stderr
+
+
 def test_explain_for_a_client_of_no_school_says_it_is_refused(site):
     result = schooldns("explain", "--config", str(site), "--client", "192.0.2.1", "games.example.com")
     assert (result.returncode, result.stderr) == (0, "")
@@ -197,3 +223,27 @@ def test_a_missing_config_file_is_one_line(tmp_path, command):
     result = schooldns(command[0], "--config", str(missing), *command[1:])
     assert result.returncode == 1
     assert one_line(result).startswith(f"{missing}:1: cannot read file: ")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--year", "20x6"], "schooldns report: --year: expected a year 2000 to 2100, got '20x6'"),
+        (["--format", "pdf"], "schooldns report: --format: one of md, csv, json, got 'pdf'"),
+        (["--merge", "missing.json"], "schooldns report: --merge missing.json: [Errno 2] No such file or directory"),
+        (["--merge", "CONFIG"], "schooldns report: CONFIG:1: not JSON: Expecting value"),
+    ],
+)
+def test_report_given_a_wrong_option_or_file_says_it_in_one_line(site, args, message):
+    result = schooldns("report", "--config", str(site), *[str(site) if arg == "CONFIG" else arg for arg in args])
+    assert result.returncode == 2
+    assert one_line(result).startswith(message.replace("CONFIG", str(site)))
+
+
+def test_report_before_any_rollups_shows_every_school_silent(site):
+    result = schooldns("report", "--config", str(site), "--year", "2026", "--format", "csv")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.splitlines()[1:] == [
+        "school-a,Tiểu học A,0,0,0,,,0,0,0",
+        "school-b,THPT B,0,0,0,,,0,0,0",
+    ]

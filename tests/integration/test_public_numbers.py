@@ -57,6 +57,7 @@ FAMILIES = {
     "schooldns_worker_queries": "counter",
     "schooldns_worker_restarts": "counter",
     "schooldns_worker_restart_failures": "counter",
+    "schooldns_transport_rejected": "counter",
 }
 
 STATUS_KEYS = [

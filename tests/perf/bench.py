@@ -1,28 +1,30 @@
-"""End-to-end benchmark: schooldns (and unbound / dnsmasq baselines) under dnsperf on loopback.
+"""End-to-end benchmark: schooldns (and unbound / pdns-recursor / dnsmasq baselines) under dnsperf on loopback.
 
     make bench                                   # 1M-entry list, 10 s runs, medians of 3, baselines
     .venv/bin/python tests/perf/bench.py --quick --skip-baselines --output /tmp/perf.md
-    .venv/bin/python tests/perf/bench.py --tools-only   # install dnsperf, unbound, dnsmasq-base (root)
+    .venv/bin/python tests/perf/bench.py --tools-only   # install dnsperf, unbound, pdns-recursor, dnsmasq-base (root)
 
 Everything is generated from --seed in a temporary work directory: a blocklist of --entries
 domains (one category, `adult`, format `domains`, subtree match), a query file with 85% allowed
-and 15% blocked names (dnsperf's `name A` lines) and files of names no server has seen (100%
-cache miss; one file per run, so each run asks new names). A small authoritative server
-(tests/perf/authoritative.py) is the upstream of every resolver: it answers any A query with
-192.0.2.x, TTL 3600.
+and 15% blocked names (dnsperf's `name A` lines), two files made from its lines
+(tests/perf/workloads.py): every name in a letter case of its own (DNS 0x20), and a mix where
+30% of the queries carry a DNS cookie (dnsperf's binary input), and files of names no server has
+seen (100% cache miss; one file per run, so each run asks new names). A small authoritative
+server (tests/perf/authoritative.py) is the upstream of every resolver: it answers any A query
+with 192.0.2.x, TTL 3600.
 
 Each server under test is pinned to core 0 with taskset; dnsperf and the upstream share core 1.
 Per server: time from start to first answer (schooldns: --runs cold starts, each compiling the
 list into an empty state_dir, then --runs warm ones from the compiled index; medians reported),
-one pass over the query file to warm the cache, --runs throughput runs at maximum rate (medians
-reported), two fixed-rate latency runs with dnsperf -v (per-query latencies -> p50/p99/p99.9;
-also checks every answer's rcode), the resident memory, and --runs 100%-miss runs (medians
-reported). The max-rate runs and the miss runs are
-interleaved across the servers (run 1 of every server, then run 2, ...), so that on a noisy
-machine each ratio compares the same stretch of time. Then schooldns with one worker on one core
-against two workers on two cores, tests/perf/loadgen.py sharing the cores with them (there is no
-third; docs/performance.md, step 8). Then tests/perf/bench_domains.py (the
-domain index micro benchmark). The report goes between `<!-- bench:begin -->` and `<!-- bench:end -->` in --output
+one pass over the query file to warm the cache, --runs throughput runs at maximum rate of each
+warm workload (byte-identical, 0x20, cookie mix; medians reported), three fixed-rate latency
+runs with dnsperf -v (per-query latencies -> p50/p99/p99.9; also checks every answer's rcode),
+the resident memory, and --runs 100%-miss runs (medians reported). The max-rate runs and the
+miss runs are interleaved across the servers (run 1 of every server, then run 2, ...), so that
+on a noisy machine each ratio compares the same stretch of time. Then schooldns with one worker
+on one core against two workers on two cores, tests/perf/loadgen.py sharing the cores with them
+(there is no third; docs/performance.md, step 8). Then tests/perf/bench_domains.py (the domain
+index micro benchmark). The report goes between `<!-- bench:begin -->` and `<!-- bench:end -->` in --output
 (docs/performance.md by default) and to stdout. Nothing is asserted about speed.
 """
 
@@ -36,6 +38,7 @@ import os
 import platform
 import random
 import re
+import resource
 import shlex
 import shutil
 import signal
@@ -54,6 +57,10 @@ from typing import ClassVar, NamedTuple
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
+sys.path.insert(0, str(HERE))
+
+import workloads  # noqa: E402
+
 VENV_BIN = Path(sys.executable).parent
 SCHOOLDNS = VENV_BIN / "schooldns"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
@@ -61,11 +68,30 @@ BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 SERVER_CORE, LOAD_CORE = "0", "1"  # main() takes the first two CPUs this process may use
 BLOCKED_SHARE = 0.15
 SBIN = ("/usr/sbin", "/sbin", "/usr/local/sbin")
-SERVERS = ("schooldns", "unbound-localzone", "unbound-rpz", "dnsmasq")
+SERVERS = ("schooldns", "unbound-localzone", "unbound-rpz", "pdns-recursor", "dnsmasq")
 
 #: tool -> Debian package (dnsmasq-base is the binary without the system service)
-PACKAGES = {"dnsperf": "dnsperf", "taskset": "util-linux", "unbound": "unbound", "dnsmasq": "dnsmasq-base"}
-BASELINE_TOOLS = ("unbound", "dnsmasq")
+PACKAGES = {
+    "dnsperf": "dnsperf",
+    "taskset": "util-linux",
+    "unbound": "unbound",
+    "pdns_recursor": "pdns-recursor",
+    "dnsmasq": "dnsmasq-base",
+}
+#: baseline server -> the tool it runs
+SERVER_TOOLS = {
+    "unbound-localzone": "unbound",
+    "unbound-rpz": "unbound",
+    "pdns-recursor": "pdns_recursor",
+    "dnsmasq": "dnsmasq",
+}
+BASELINE_TOOLS = tuple(sorted(set(SERVER_TOOLS.values())))
+SYSTEM_SERVICES = ("unbound", "pdns-recursor", "dnsmasq")  # what the packages may start; disabled after install
+
+# The 0x20 and cookie files hold at least this rate times --seconds lines, and a line sent within
+# this rate times TWIN_SECONDS lines after the same bytes counts as a twin (tests/perf/workloads.py).
+VARIANT_RATE = 200_000
+TWIN_SECONDS = 10
 
 
 class BenchError(Exception):
@@ -129,7 +155,7 @@ def apt_install(packages: list[str]) -> None:
         if made_policy:
             policy.unlink()
     if Path("/run/systemd/system").is_dir() and shutil.which("systemctl"):
-        for service in ("unbound", "dnsmasq"):
+        for service in SYSTEM_SERVICES:
             subprocess.run(
                 ["systemctl", "disable", "--now", service],
                 stdout=subprocess.DEVNULL,
@@ -142,8 +168,51 @@ def tool_version(path: str, tool: str) -> str:
     flag = {"unbound": "-V", "dnsmasq": "--version", "dnsperf": "-h"}.get(tool, "--version")
     out = subprocess.run([path, flag], capture_output=True, text=True, check=False)
     text = out.stdout + out.stderr
-    match = re.search(r"[Vv]ersion\s+(\d[\w.\-~+]*)", text)
+    match = re.search(r"(?:[Vv]ersion|Recursor)\s+(\d[\w.\-~+]*)", text)
     return match.group(1) if match else "?"
+
+
+class MachineUse:
+    """How much of the benchmark's cores others took while it ran: processes not its own, and the hypervisor.
+
+    From /proc/stat (the cores' busy and steal time) and this process's resource usage with its
+    children's (every process the benchmark started has been waited for when summary() is asked).
+    """
+
+    def __init__(self, cores: list[int]):
+        self.cores = cores
+        self.started = time.monotonic()
+        self.load_at_start = os.getloadavg()[0]
+        self.busy, self.steal = self._cores()
+        self.ours = self._ours()
+
+    def _cores(self) -> tuple[float, float]:
+        """Busy and stolen seconds of the cores so far."""
+        tick = os.sysconf("SC_CLK_TCK")
+        busy = steal = 0
+        for line in Path("/proc/stat").read_text().splitlines():
+            fields = line.split()
+            if fields[0] in {f"cpu{core}" for core in self.cores}:
+                user, nice, system, _idle, _iowait, irq, softirq, stolen = map(int, fields[1:9])
+                busy += user + nice + system + irq + softirq
+                steal += stolen
+        return busy / tick, steal / tick
+
+    @staticmethod
+    def _ours() -> float:
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+    def summary(self) -> str:
+        elapsed = (time.monotonic() - self.started) * len(self.cores)
+        busy, steal = self._cores()
+        others = max(0.0, busy - self.busy - (self._ours() - self.ours))
+        cores = ",".join(map(str, self.cores))
+        return (
+            f"While it ran, other processes took {others / elapsed:.0%} of cores {cores} and the hypervisor "
+            f"{(steal - self.steal) / elapsed:.0%} (/proc/stat); load average {self.load_at_start:.1f} at the "
+            f"start, {os.getloadavg()[0]:.1f} at the end."
+        )
 
 
 def machine_info(tools: dict[str, str]) -> dict[str, str]:
@@ -162,7 +231,7 @@ def machine_info(tools: dict[str, str]) -> dict[str, str]:
         "python": platform.python_version(),
         "memory": f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.1f} GiB",
     }
-    for tool in ("dnsperf", "unbound", "dnsmasq"):
+    for tool in ("dnsperf", *BASELINE_TOOLS):
         if tool in tools:
             info[tool] = tool_version(tools[tool], tool)
     return info
@@ -171,6 +240,15 @@ def machine_info(tools: dict[str, str]) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------
 # Generated data
 # ---------------------------------------------------------------------------------------------
+
+
+class Workload(NamedTuple):
+    """A query file of max-rate runs on a warm cache (every one of its lines asks a name of the query file)."""
+
+    key: str  # identical, 0x20, cookies
+    title: str
+    path: Path
+    binary: bool  # dnsperf -B (raw messages), else `name TYPE` lines
 
 
 @dataclass
@@ -184,6 +262,17 @@ class Data:
     query_count: int
     blocked_queries: int
     miss_count: int  # names per miss file
+    blocked_before: list[int]  # blocked_before[i]: blocked lines among the query file's first i
+    case_queries: Path  # the query file's lines, pass after pass, each name in a letter case of its own
+    case: workloads.Written
+    cookie_queries: Path  # the same passes, COOKIE_SHARE of them with a DNS cookie (dnsperf -B)
+    cookie: workloads.Written
+    workloads: list[Workload] = field(default_factory=list)
+
+    def blocked_in(self, lines: int) -> int:
+        """Blocked queries among the first `lines` lines of any workload file (whole passes over the query file)."""
+        passes, rest = divmod(lines, self.query_count)
+        return passes * self.blocked_queries + self.blocked_before[rest]
 
 
 def listed(name: str, blocked: set[str]) -> bool:
@@ -197,8 +286,14 @@ def listed(name: str, blocked: set[str]) -> bool:
         name = name[dot + 1 :]
 
 
-def generate(work: Path, entries: int, queries: int, misses: int, miss_files: int, seed: int) -> Data:
-    sys.path.insert(0, str(HERE))
+def generate(
+    work: Path, entries: int, queries: int, misses: int, miss_files: int, seed: int, variant_lines: int = 0
+) -> Data:
+    """The blocklist, the query file, the miss files and (from the query file) the 0x20 and cookie files.
+
+    The 0x20 and cookie files are made with random generators of their own, so the other files
+    are byte for byte what they were before those existed.
+    """
     from bench_domains import SUBDOMAINS, NameMaker  # the colleague's seeded name generator
 
     rng = random.Random(seed)
@@ -225,6 +320,7 @@ def generate(work: Path, entries: int, queries: int, misses: int, miss_files: in
     expected: dict[str, str] = {}
     lines: list[str] = []
     blocked_count = 0
+    blocked_before = [0]
     for _ in range(queries):
         if rng.random() < BLOCKED_SHARE:
             name = rng.choice(names)
@@ -236,6 +332,7 @@ def generate(work: Path, entries: int, queries: int, misses: int, miss_files: in
             name = allowed_name()
             expected.setdefault(name, "NOERROR")
         lines.append(f"{name} A\n")
+        blocked_before.append(blocked_count)
     query_file = work / "queries.txt"
     query_file.write_text("".join(lines), encoding="ascii")
 
@@ -250,7 +347,35 @@ def generate(work: Path, entries: int, queries: int, misses: int, miss_files: in
                 miss_lines.append(f"{name} A\n")
         miss_paths.append(work / f"misses-{part}.txt")
         miss_paths[-1].write_text("".join(miss_lines), encoding="ascii")
-    return Data(work, blocklist, query_file, miss_paths, names, expected, queries, blocked_count, misses)
+
+    asked = workloads.read_queries(query_file)
+    variant_lines = max(variant_lines, queries)
+    window = VARIANT_RATE * TWIN_SECONDS
+    case_file, cookie_file = work / "queries-0x20.txt", work / "queries-cookies.bin"
+    case = workloads.write_case_file(case_file, asked, variant_lines, seed, window)
+    cookie = workloads.write_cookie_file(cookie_file, asked, variant_lines, seed, window)
+    data = Data(
+        work,
+        blocklist,
+        query_file,
+        miss_paths,
+        names,
+        expected,
+        queries,
+        blocked_count,
+        misses,
+        blocked_before=blocked_before,
+        case_queries=case_file,
+        case=case,
+        cookie_queries=cookie_file,
+        cookie=cookie,
+    )
+    data.workloads = [
+        Workload("identical", "warm, byte-identical repeats", query_file, False),
+        Workload("0x20", "warm, 0x20 mixed case", case_file, False),
+        Workload("cookies", f"warm, {workloads.COOKIE_SHARE:.0%} with a DNS cookie", cookie_file, True),
+    ]
+    return data
 
 
 # ---------------------------------------------------------------------------------------------
@@ -445,6 +570,7 @@ def dnsperf(
     once: bool = False,
     verbose: bool = False,
     cores: str | None = None,
+    binary: bool = False,
 ) -> Perf:
     command = [
         "taskset",
@@ -474,6 +600,8 @@ def dnsperf(
         command += ["-Q", str(qps)]
     if verbose:
         command += ["-v"]
+    if binary:  # messages as written (dnsperf puts in its IDs); -v then names no query
+        command += ["-B"]
     limit = (seconds or 300) + 60
     # Output goes to a file, not a pipe: nothing of ours has to run while dnsperf does.
     with tempfile.TemporaryFile("w+", prefix="dnsperf-") as output:
@@ -492,7 +620,8 @@ def dnsperf(
             if match:
                 rcode, name, seconds_text = match.groups()
                 perf.latencies_ms.append(float(seconds_text) * 1000)
-                perf.answers.setdefault(name.lower().rstrip("."), rcode)
+                if not binary:
+                    perf.answers.setdefault(name.lower().rstrip("."), rcode)
     return perf
 
 
@@ -554,7 +683,7 @@ def prepare_schooldns(directory: Path, data: Data, port: int, upstream: int) -> 
     (directory / "config.yaml").write_text(
         "# Generated by tests/perf/bench.py.\nversion: 1\n"
         f'listen: ["127.0.0.1:{port}"]\nupstreams: ["127.0.0.1:{upstream}"]\nworkers: 1\n'
-        "cache: {max_entries: 200000}\npolicies_dir: policies\nblocklists_dir: blocklists\n"
+        "policies_dir: policies\nblocklists_dir: blocklists\n"
         f'state_dir: state\nadmin: {{listen: "127.0.0.1:{admin_listen_port}"}}\n'
     )
     return ["taskset", "-c", SERVER_CORE, str(SCHOOLDNS), "serve", "--config", str(directory / "config.yaml")]
@@ -591,12 +720,7 @@ def prepare_unbound(
         "  rrset-cache-size: 128m",
     ]
     if rpz:
-        zone = directory / "rpz.zone"
-        with open(zone, "w", encoding="ascii") as file:
-            file.write("$TTL 60\n@ SOA localhost. hostmaster.localhost. 1 3600 600 86400 60\n@ NS localhost.\n")
-            for name in data.names:
-                file.write(f"{name} CNAME .\n*.{name} CNAME .\n")
-        conf += ["rpz:", "  name: rpz.bench.", f'  zonefile: "{zone}"', "  rpz-log: no"]
+        conf += ["rpz:", "  name: rpz.bench.", f'  zonefile: "{rpz_zone(data)}"', "  rpz-log: no"]
     else:
         zones = directory / "local-zones.conf"
         with open(zones, "w", encoding="ascii") as file:
@@ -606,6 +730,44 @@ def prepare_unbound(
     conf += ["forward-zone:", '  name: "."', f"  forward-addr: 127.0.0.1@{upstream}"]
     (directory / "unbound.conf").write_text("\n".join(conf) + "\n")
     return ["taskset", "-c", SERVER_CORE, tools["unbound"], "-d", "-p", "-c", str(directory / "unbound.conf")]
+
+
+def rpz_zone(data: Data) -> Path:
+    """The list as an RPZ zone (NXDOMAIN for each name and below), written once for every server that reads one."""
+    zone = data.work / "rpz.zone"
+    if not zone.exists():
+        with open(zone, "w", encoding="ascii") as file:
+            file.write("$TTL 60\n@ SOA localhost. hostmaster.localhost. 1 3600 600 86400 60\n@ NS localhost.\n")
+            for name in data.names:
+                file.write(f"{name} CNAME .\n*.{name} CNAME .\n")
+    return zone
+
+
+def prepare_pdns_recursor(directory: Path, data: Data, port: int, upstream: int, tools: dict[str, str]) -> list[str]:
+    """pdns-recursor with one thread that reads its own socket, the list as an RPZ zone, everything forwarded."""
+    (directory / "rpz.lua").write_text(f'rpzFile("{rpz_zone(data)}", {{policyName="bench"}})\n')
+    conf = [
+        "# Generated by tests/perf/bench.py.",
+        "local-address=127.0.0.1",
+        f"local-port={port}",
+        "allow-from=127.0.0.0/8",
+        "threads=1",
+        "pdns-distributes-queries=no",
+        "reuseport=no",
+        "daemon=no",
+        "write-pid=no",
+        f"socket-dir={directory}",
+        f"lua-config-file={directory / 'rpz.lua'}",
+        f"forward-zones-recurse=.=127.0.0.1:{upstream}",
+        "dnssec=off",
+        "qname-minimization=no",
+        "security-poll-suffix=",
+        "quiet=yes",
+        "disable-syslog=yes",
+        "loglevel=4",
+    ]
+    (directory / "recursor.conf").write_text("\n".join(conf) + "\n")
+    return ["taskset", "-c", SERVER_CORE, tools["pdns_recursor"], f"--config-dir={directory}"]
 
 
 def prepare_dnsmasq(directory: Path, data: Data, port: int, upstream: int, tools: dict[str, str]) -> list[str]:
@@ -772,8 +934,9 @@ class Result:
     start_samples: list[float] = field(default_factory=list)
     warm_start_samples: list[float] = field(default_factory=list)
     warm_pass: Perf | None = None
-    runs: list[Perf] = field(default_factory=list)
-    latency: dict[str, Perf] = field(default_factory=dict)  # "target" / "light" -> verbose run
+    runs: list[Perf] = field(default_factory=list)  # max rate, the byte-identical query file
+    variant_runs: dict[str, list[Perf]] = field(default_factory=dict)  # max rate, the other workloads by key
+    latency: dict[str, Perf] = field(default_factory=dict)  # "target" / "light" / "0x20" -> verbose run
     misses: list[Perf] = field(default_factory=list)  # the 100%-miss runs, one per miss file
     memory_kb: dict[str, dict[str, int]] = field(default_factory=dict)  # stage -> VmRSS, VmHWM
     # over the max-rate runs: minor page faults per answered query, user and system CPU seconds
@@ -782,6 +945,9 @@ class Result:
     cpu_system: float = 0.0
     wrong_answers: list[tuple[str, str, str]] = field(default_factory=list)  # name, expected, got
     answers_checked: int = 0
+    # max-rate runs whose rcode counts were checked against the lines sent, and those that differed
+    counts_checked: int = 0
+    wrong_counts: list[str] = field(default_factory=list)
     status: dict | None = None  # schooldns /status after the runs
     log_problems: list[str] = field(default_factory=list)  # error lines in the server's log
     error: str | None = None
@@ -799,6 +965,13 @@ class Result:
     @property
     def qps(self) -> float:
         return statistics.median(run.qps for run in self.runs) if self.runs else 0.0
+
+    def workload_runs(self, key: str) -> list[Perf]:
+        return self.runs if key == "identical" else self.variant_runs.get(key, [])
+
+    def workload_qps(self, key: str) -> float | None:
+        runs = self.workload_runs(key)
+        return statistics.median(run.qps for run in runs) if runs else None
 
     @property
     def miss(self) -> Perf | None:
@@ -1147,26 +1320,55 @@ def start_server(
 
 def max_rate_run(
     running: Running,
+    workload: Workload,
     number: int,
     args: argparse.Namespace,
     tools: dict[str, str],
     data: Data,
     log: Callable[[str], None],
 ) -> None:
-    """One max-rate dnsperf run of the warm query file, with the server's CPU and page faults during it."""
+    """One max-rate dnsperf run of a warm workload; for the byte-identical file, the server's CPU and page faults."""
     key, result = running.server.key, running.result
+    if result.error:
+        return
     before = running.proc.cpu_stat()
     try:
-        run = dnsperf(tools, running.port, data.queries, seconds=args.seconds, clients=args.clients)
+        run = dnsperf(
+            tools, running.port, workload.path, seconds=args.seconds, clients=args.clients, binary=workload.binary
+        )
     except BenchError as exc:
         fail(running, exc, log)
         return
-    after = running.proc.cpu_stat()
-    running.faults += after[0] - before[0]
-    running.cpu_user += after[1] - before[1]
-    running.cpu_system += after[2] - before[2]
-    result.runs.append(run)
-    log(f"{key}: run {number + 1}/{args.runs}: {run.qps:,.0f} qps, avg {run.avg_latency_ms:.3f} ms, {run.lost} lost")
+    if workload.key == "identical":
+        after = running.proc.cpu_stat()
+        running.faults += after[0] - before[0]
+        running.cpu_user += after[1] - before[1]
+        running.cpu_system += after[2] - before[2]
+        result.runs.append(run)
+    else:
+        result.variant_runs.setdefault(workload.key, []).append(run)
+    check_counts(result, run, workload, data)
+    log(
+        f"{key}: {workload.key} run {number + 1}/{args.runs}: {run.qps:,.0f} qps, avg {run.avg_latency_ms:.3f} ms, "
+        f"{run.lost} lost"
+    )
+
+
+def check_counts(result: Result, run: Perf, workload: Workload, data: Data) -> None:
+    """The run's NXDOMAIN count against the blocked lines among those it sent, give or take the lost ones.
+
+    dnsperf reads its file from the start, one line after the other, so a run that sent n queries
+    sent the first n lines; an answer can have been lost for any of them.
+    """
+    result.counts_checked += 1
+    want = data.blocked_in(run.sent)
+    got = run.rcodes.get("NXDOMAIN", 0)
+    others = run.completed - got - run.rcodes.get("NOERROR", 0)
+    if abs(got - want) > run.lost or others:
+        result.wrong_counts.append(
+            f"{workload.key}: {got:,} NXDOMAIN for {want:,} blocked of {run.sent:,} sent ({run.lost:,} lost), "
+            f"{others:,} other rcodes"
+        )
 
 
 def measure_latency(
@@ -1192,15 +1394,15 @@ def measure_latency(
         )
         result.memory_kb["load"] = proc.status_kb()
         rates = {"target": args.latency_qps, "light": args.light_qps or light_qps or max(1000, int(result.qps * 0.5))}
-        for label, rate in rates.items():
-            perf = dnsperf(
-                tools, port, data.queries, seconds=args.seconds, clients=args.clients, qps=rate, verbose=True
-            )
+        runs = [(label, rate, data.queries) for label, rate in rates.items()]
+        runs.append(("0x20", args.latency_qps, data.case_queries))
+        for label, rate, path in runs:
+            perf = dnsperf(tools, port, path, seconds=args.seconds, clients=args.clients, qps=rate, verbose=True)
             result.latency[label] = perf
             check_answers(result, perf, data)
             log(
-                f"{server.key}: {rate:,} qps offered: {perf.qps:,.0f} answered/s, p50 {perf.percentile(0.5):.3f} ms,"
-                f" p99 {perf.percentile(0.99):.3f} ms, {perf.lost} lost"
+                f"{server.key}: {rate:,} qps offered ({path.name}): {perf.qps:,.0f} answered/s, "
+                f"p50 {perf.percentile(0.5):.3f} ms, p99 {perf.percentile(0.99):.3f} ms, {perf.lost} lost"
             )
         result.memory_kb["latency"] = proc.status_kb()
         if server.key == "schooldns":
@@ -1352,6 +1554,146 @@ def sanitize(command: list[str], work: Path) -> str:
     return text.replace(f"{REPO}/", "")
 
 
+def qps_cell(runs: list[Perf]) -> str:
+    """The median qps of max-rate runs in bold, with their range."""
+    if not runs:
+        return "–"
+    qps = [run.qps for run in runs]
+    return f"**{statistics.median(qps):,.0f}** ({min(qps):,.0f}–{max(qps):,.0f})"
+
+
+def workers_ratio(scaling: Scaling | None) -> tuple[float, str] | None:
+    """Two workers against one: held to half a core each where that ran, else sharing the cores with loadgen."""
+    if scaling is None:
+        return None
+    if {"1 half", "2 half"} <= scaling.light_qps.keys():
+        return scaling.ratio("2 half", "1 half"), "each held to half a core of its own"
+    if {"1", "2"} <= scaling.light_qps.keys():
+        return scaling.ratio("2"), "sharing the cores with loadgen"
+    return None
+
+
+class Target(NamedTuple):
+    """A row of the targets table: schooldns' figure, the baselines', their ratios and the goal."""
+
+    label: str
+    value: Callable[[Result], float | None]
+    unit: str  # "qps", "ms", "MB"
+    goal: str
+    floors: dict[str, float]  # baseline key -> least ratio schooldns / baseline (qps)
+    limit: float | None = None  # most schooldns may take (ms, MB)
+
+
+TARGET_BASELINES = ("unbound-rpz", "pdns-recursor")
+
+
+def targets_table(ok: list[Result], data: Data, args: argparse.Namespace) -> list[str]:
+    """One worker, this run: every target with schooldns, unbound (RPZ), pdns-recursor (RPZ) and the ratios."""
+    by_key = {r.key: r for r in ok}
+    base = by_key.get("schooldns")
+    if base is None:
+        return []
+    baselines = [by_key.get(key) for key in TARGET_BASELINES]
+
+    def rss_after(r: Result) -> float | None:
+        kb = r.memory_kb.get("miss", {}).get("VmRSS")
+        return kb / 1024 if kb else None
+
+    def p99(r: Result) -> float | None:
+        perf = r.latency.get("0x20")
+        return perf.percentile(0.99) if perf and perf.latencies_ms else None
+
+    targets = [
+        Target(
+            "warm, byte-identical repeats (qps)",
+            lambda r: r.workload_qps("identical"),
+            "qps",
+            ">= 1.5x unbound-RPZ",
+            {"unbound-rpz": 1.5},
+        ),
+        Target(
+            "warm, 0x20 mixed case, no two queries alike within 10 s (qps)",
+            lambda r: r.workload_qps("0x20"),
+            "qps",
+            ">= 1.2x unbound-RPZ, >= 1.0x pdns-recursor",
+            {"unbound-rpz": 1.2, "pdns-recursor": 1.0},
+        ),
+        Target(
+            f"warm, {workloads.COOKIE_SHARE:.0%} of queries with a DNS cookie (qps)",
+            lambda r: r.workload_qps("cookies"),
+            "qps",
+            ">= 1.2x unbound-RPZ",
+            {"unbound-rpz": 1.2},
+        ),
+        Target(
+            "100% cache misses (qps)",
+            lambda r: r.miss.qps if r.miss else None,
+            "qps",
+            ">= 1.0x unbound-RPZ",
+            {"unbound-rpz": 1.0},
+        ),
+        Target(
+            f"p99 at {args.latency_qps:,} qps, 0x20 workload (ms)",
+            p99,
+            "ms",
+            "<= 0.5 ms",
+            {},
+            0.5,
+        ),
+        Target(
+            f"memory with the {len(data.names):,}-name list after the runs (RSS, MB)",
+            rss_after,
+            "MB",
+            "<= 100 MB with a full default cache",
+            {},
+            100,
+        ),
+    ]
+
+    def show(value: float | None, unit: str) -> str:
+        if value is None or value != value:
+            return "–"
+        return {"qps": f"{value:,.0f}", "ms": f"{value:.2f}", "MB": f"{value:.0f}"}[unit]
+
+    titles = [r.title if r else key for r, key in zip(baselines, TARGET_BASELINES, strict=True)]
+    lines = [
+        "Targets, one worker, this run (÷: schooldns divided by the baseline; for qps above 1 is faster, for ms "
+        "and MB below 1 is less):",
+        "",
+        f"| workload | schooldns | {' | '.join(titles)} | {' | '.join(f'÷ {t}' for t in titles)} | target | met |",
+        "|---" * (4 + 2 * len(baselines)) + "|",
+    ]
+    for target in targets:
+        mine = target.value(base)
+        theirs = [target.value(r) if r else None for r in baselines]
+        ratios = [mine / other if mine and other else None for other in theirs]
+        checks = []
+        for key, floor in target.floors.items():
+            ratio = ratios[TARGET_BASELINES.index(key)]
+            checks.append(None if ratio is None else ratio >= floor)
+        if target.limit is not None:
+            checks.append(None if mine is None or mine != mine else mine <= target.limit)
+        met = "?" if None in checks else ("yes" if all(checks) else "**no**")
+        lines.append(
+            f"| {target.label} | {show(mine, target.unit)} | "
+            + " | ".join(show(value, target.unit) for value in theirs)
+            + " | "
+            + " | ".join("–" if ratio is None else f"{ratio:.2f}x" for ratio in ratios)
+            + f" | {target.goal} | {met} |"
+        )
+    workers = workers_ratio(base.scaling)
+    cells = " | ".join("n/a" for _ in baselines)
+    if workers is None:
+        lines.append(f"| two workers vs one, each on its own core | – | {cells} | {cells} | >= 1.9x | ? |")
+    else:
+        ratio, how = workers
+        lines.append(
+            f"| two workers vs one ({how}) | {ratio:.2f}x | {cells} | {cells} | >= 1.9x | "
+            f"{'yes' if ratio >= 1.9 else '**no**'} |"
+        )
+    return lines
+
+
 def scaling_paragraph(scaling: Scaling, args: argparse.Namespace) -> str:
     """Step 8 in words: the measurements, the estimates for dedicated cores, the processes and memory."""
     light, light_cpu, cpu = scaling.light_qps, scaling.light_cpu_per_answer, scaling.server_cpu_per_answer
@@ -1439,16 +1781,22 @@ def report(
     invocation = "tests/perf/bench.py " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "tests/perf/bench.py"
     add(f"Measured {started_at:%Y-%m-%d %H:%M} UTC by `{invocation.strip()}` in {elapsed / 60:.1f} min.")
     add("")
-    versions = ", ".join(f"{tool} {info[tool]}" for tool in ("dnsperf", "unbound", "dnsmasq") if tool in info)
+    versions = ", ".join(f"{tool} {info[tool]}" for tool in ("dnsperf", *BASELINE_TOOLS) if tool in info)
     add(
         f"Machine: {info['nproc']} cores ({info['cpu']}), {info['memory']} RAM, {info['kernel']}, "
-        f"Python {info['python']}, {versions}."
+        f"Python {info['python']}, {versions}. {info.get('use', '')}"
     )
     add("")
+    case, cookie = data.case, data.cookie
     add(
         f"Workload: {len(data.names):,} listed names (seed {args.seed}); query file {data.query_count:,} "
-        f"names, {data.blocked_queries / data.query_count:.1%} blocked; "
-        f"{args.runs} miss files of {data.miss_count:,} names; "
+        f"names, {data.blocked_queries / data.query_count:.1%} blocked; 0x20 file {case.lines:,} lines "
+        f"({case.passes} passes over the query file, each name in a letter case of its own; "
+        f"{case.twins:,} lines, {case.twins / case.lines:.1%}, within {TWIN_SECONDS} s at {VARIANT_RATE:,} qps "
+        f"after the same bytes: names with few letters); cookie mix {cookie.lines:,} lines (the same passes, "
+        f"{cookie.cookies / cookie.lines:.1%} with a COOKIE option from one of {workloads.COOKIE_CLIENTS:,} "
+        f"clients, {cookie.twins:,} of them within {TWIN_SECONDS} s at {VARIANT_RATE:,} qps after the same "
+        f"client's same query; dnsperf -B); {args.runs} miss files of {data.miss_count:,} names; "
         f"{args.runs} runs of {args.seconds:g} s; dnsperf with {args.clients} clients, 100 queries "
         f"outstanding, 2 s timeout."
     )
@@ -1461,6 +1809,8 @@ def report(
 
     ok = [r for r in results if not r.error]
     if ok:
+        out.extend(targets_table(ok, data, args))
+        add("")
         header = "| | " + " | ".join(r.title for r in ok) + " |"
         add(header)
         add("|---" * (len(ok) + 1) + "|")
@@ -1476,10 +1826,18 @@ def report(
             "mean latency at max rate, ms (dnsperf; mostly queueing)",
             lambda r: fmt_ms(statistics.median(x.avg_latency_ms for x in r.runs)),
         )
-        row("queries lost in the max-rate runs", lambda r: f"{sum(x.lost for x in r.runs):,}")
+        for workload in data.workloads[1:]:
+            row(
+                f"qps, {workload.title}, max rate (median of {args.runs}; min–max)",
+                lambda r, key=workload.key: qps_cell(r.workload_runs(key)),
+            )
+        row(
+            "queries lost in the max-rate runs (all workloads)",
+            lambda r: f"{sum(x.lost for w in data.workloads for x in r.workload_runs(w.key)):,}",
+        )
         row("server CPU in the max-rate runs: user / system s", lambda r: f"{r.cpu_user:.1f} / {r.cpu_system:.1f}")
         row("minor page faults per query (max-rate runs)", lambda r: f"{r.faults_per_query:.2f}")
-        for label, title in (("target", "fixed rate"), ("light", "light load")):
+        for label, title in (("target", "fixed rate"), ("light", "light load"), ("0x20", "fixed rate, 0x20 file")):
             row(
                 f"{title}: offered / answered qps",
                 lambda r, label=label: f"{offered_qps(r.latency[label]):,} / {r.latency[label].qps:,.0f}",
@@ -1524,6 +1882,10 @@ def report(
             "answers checked (rcode per name, latency runs) / wrong",
             lambda r: f"{r.answers_checked:,} / {len(r.wrong_answers):,}",
         )
+        row(
+            "max-rate runs whose NXDOMAIN count was checked against the blocked lines sent / wrong",
+            lambda r: f"{r.counts_checked:,} / {len(r.wrong_counts):,}",
+        )
         add("")
 
         base = next((r for r in ok if r.key == "schooldns"), None)
@@ -1536,9 +1898,9 @@ def report(
                 f"p50 / p99 / p99.9 {' / '.join(fmt_ms(swap.percentile(f)) for f in (0.5, 0.99, 0.999))} ms, "
                 f"{swap.lost:,} lost, {swap.qps:,.0f} answered/s."
             )
+            add("")
         scaling = base.scaling if base is not None else None
         if scaling is not None and {"1", "2"} <= scaling.light_qps.keys():
-            add("")
             add(scaling_paragraph(scaling, args))
             add("")
         if base is not None:
@@ -1547,6 +1909,10 @@ def report(
                 if other is base:
                     continue
                 parts = [f"warm qps {base.qps / other.qps:.2f}x"]
+                for workload in data.workloads[1:]:
+                    mine, theirs = base.workload_qps(workload.key), other.workload_qps(workload.key)
+                    if mine and theirs:
+                        parts.append(f"{workload.key} qps {mine / theirs:.2f}x")
                 if base.miss and other.miss and other.miss.qps:
                     parts.append(f"miss qps {base.miss.qps / other.miss.qps:.2f}x")
                 other_rss = other.memory_kb.get("load", {}).get("VmRSS")
@@ -1579,6 +1945,9 @@ def report(
                 sample = ", ".join(f"{n} (want {w}, got {g})" for n, w, g in r.wrong_answers[:5])
                 add(f"**{r.title} answered {len(r.wrong_answers)} names wrongly**, e.g. {sample}.")
                 add("")
+            if r.wrong_counts:
+                add(f"**{r.title}: rcode counts of max-rate runs off**: {'; '.join(r.wrong_counts[:5])}.")
+                add("")
 
     add("Commands ($WORK is the generated work directory; ports are chosen free at run time):")
     add("")
@@ -1592,7 +1961,10 @@ def report(
             add(f"{sanitize(first.warm_pass.command, data.work)}   # warm the cache")
         if first.runs:
             add(f"{sanitize(first.runs[0].command, data.work)}   # x{args.runs}, max rate")
-        for label in ("target", "light"):
+        for workload in data.workloads[1:]:
+            if first.workload_runs(workload.key):
+                add(f"{sanitize(first.workload_runs(workload.key)[0].command, data.work)}   # x{args.runs}, max rate")
+        for label in ("target", "light", "0x20"):
             if label in first.latency:
                 add(f"{sanitize(first.latency[label].command, data.work)}   # per-query latencies")
         if first.misses:
@@ -1669,6 +2041,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seconds", type=float, help="length of each dnsperf run (default 10; --quick 3)")
     parser.add_argument(
+        "--variant-lines",
+        type=int,
+        help=f"lines of the 0x20 and cookie files, rounded up to whole passes (default {VARIANT_RATE:,} x --seconds)",
+    )
+    parser.add_argument(
         "--runs", type=int, default=3, help="max-rate runs and 100%%-miss runs per server; medians are reported"
     )
     parser.add_argument("--clients", type=int, default=8, help="dnsperf -c")
@@ -1714,6 +2091,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             setattr(args, key, value)
     if args.domains_entries is None:
         args.domains_entries = args.entries
+    if args.variant_lines is None:
+        args.variant_lines = round(VARIANT_RATE * args.seconds)
     args.servers = [name.strip() for name in args.servers.split(",") if name.strip()]
     unknown = set(args.servers) - set(SERVERS)
     if unknown or not args.servers:
@@ -1735,7 +2114,7 @@ def main(argv: list[str] | None = None) -> int:
     global SERVER_CORE, LOAD_CORE
     t0 = time.monotonic()
     signal.signal(signal.SIGTERM, on_signal)
-    wanted = ["taskset", "dnsperf", *sorted({name.split("-")[0] for name in args.servers} & set(BASELINE_TOOLS))]
+    wanted = ["taskset", "dnsperf", *sorted({SERVER_TOOLS[name] for name in args.servers if name in SERVER_TOOLS})]
     try:
         tools = ensure_tools(wanted)
     except BenchError as exc:
@@ -1755,15 +2134,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     started_at = datetime.datetime.now(datetime.UTC)
+    machine_use = MachineUse(cpus[:2])
     info = machine_info(tools)
     work = Path(tempfile.mkdtemp(prefix="schooldns-bench-"))
     log(f"work directory {work}")
     results: list[Result] = []
     try:
-        data = generate(work, args.entries, args.queries, args.misses, args.runs, args.seed)
+        data = generate(work, args.entries, args.queries, args.misses, args.runs, args.seed, args.variant_lines)
         log(
             f"generated {len(data.names):,} listed names, {data.query_count:,} queries "
-            f"({data.blocked_queries:,} blocked), {args.runs} x {data.miss_count:,} miss names"
+            f"({data.blocked_queries:,} blocked), {data.case.lines:,} 0x20 lines ({data.case.twins:,} twins), "
+            f"{data.cookie.lines:,} cookie mix lines ({data.cookie.cookies:,} with a cookie), "
+            f"{args.runs} x {data.miss_count:,} miss names"
         )
         upstream_port = free_port()
         upstream_cmd = [
@@ -1790,6 +2172,11 @@ def main(argv: list[str] | None = None) -> int:
             Server(
                 "unbound-rpz", "unbound (RPZ)", lambda d, p: prepare_unbound(d, data, p, upstream_port, True, tools)
             ),
+            Server(
+                "pdns-recursor",
+                "pdns-recursor (RPZ)",
+                lambda d, p: prepare_pdns_recursor(d, data, p, upstream_port, tools),
+            ),
             Server("dnsmasq", "dnsmasq", lambda d, p: prepare_dnsmasq(d, data, p, upstream_port, tools)),
         ]
         servers = [server for server in servers if server.key in args.servers]
@@ -1803,9 +2190,9 @@ def main(argv: list[str] | None = None) -> int:
         # stay started: on a noisy machine each median then samples the same stretch of time, so
         # the ratios compare like with like. An idle server takes no CPU time from the others.
         for number in range(args.runs):
-            for each in running:
-                if not each.result.error:
-                    max_rate_run(each, number, args, tools, data, log)
+            for workload in data.workloads:
+                for each in running:
+                    max_rate_run(each, workload, number, args, tools, data, log)
         light_qps = None
         for each in running:
             measure_latency(each, args, tools, data, light_qps, log)
@@ -1827,6 +2214,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"bench_domains.py --entries {args.domains_entries} ...")
             domains_table = run_domains(args)
         elapsed = time.monotonic() - t0
+        info["use"] = machine_use.summary()
         section = report(args, info, data, results, domains_table, upstream_cmd, started_at, elapsed)
         write_section(args.output, section)
         if args.json:
@@ -1878,6 +2266,7 @@ def raw(results: list[Result], info: dict[str, str], args: argparse.Namespace) -
                 "server": r.key,
                 "qps_median": r.qps,
                 "runs": [perf(p) for p in r.runs],
+                "variant_runs": {key: [perf(p) for p in runs] for key, runs in r.variant_runs.items()},
                 "warm_pass": perf(r.warm_pass),
                 "latency": {k: perf(v) for k, v in r.latency.items()},
                 "miss": perf(r.miss),
@@ -1900,6 +2289,8 @@ def raw(results: list[Result], info: dict[str, str], args: argparse.Namespace) -
                 if r.scaling
                 else None,
                 "wrong_answers": r.wrong_answers[:50],
+                "counts_checked": r.counts_checked,
+                "wrong_counts": r.wrong_counts[:50],
                 "status": r.status,
                 "error": r.error,
                 "log_problems": r.log_problems[:50],

@@ -28,8 +28,10 @@ per second of CPU that makes, by kind:
 
 `--without-repeats` measures every kind a second time, round by round in turn with the first,
 on a pipeline that keeps no repeats (Pipeline(keep_repeats=False)): what repeats are worth on
-each kind. `--profile` adds a cProfile of a mixed loop, the tool that decided the design of the
-hot path (see docs/performance-history.md). Nothing is asserted about speed.
+each kind. `--profile` adds, per kind, a cProfile of one more round: the calls per `handle()`
+(all of them, and those to functions of resolver/) and the functions that took the most time of
+their own, with their calls per `handle()` (cProfile's own cost inflates the small ones: read the
+times as shares). Nothing is asserted about speed.
 """
 
 from __future__ import annotations
@@ -137,7 +139,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--names", type=int, default=20_000, help="distinct allowed names (default 20,000)")
     parser.add_argument("--rounds", type=int, default=7, help="passes over each query set (default 7)")
-    parser.add_argument("--profile", action="store_true", help="print a cProfile of a mixed replay loop")
+    parser.add_argument("--profile", action="store_true", help="print a cProfile of one round of each kind")
     parser.add_argument(
         "--churn", type=int, default=0, help="also measure a Zipf mix over this many more names (0: not measured)"
     )
@@ -212,7 +214,7 @@ def main() -> None:
     if churned:
         print(
             f"churn: {len(mix):,} queries over {len(set(mix)):,} of {len(churned):,} "
-            f"names (repeats kept: at most {repeats.REPEAT_MAX:,})"
+            f"names (repeats kept: at most {repeats.REPEAT_MAX:,} in each of two generations)"
         )
     print(f"{'kind':9}" + "".join(f"{v.label + ': ns/call':>24}{'calls/s':>10}" for v in variants))
 
@@ -241,15 +243,34 @@ def main() -> None:
         print(f"{kind:9}" + "".join(f"{ns:24.0f}{1e9 / ns:10,.0f}" for ns in medians))
 
     if args.profile:
-        mixed = [query_bytes(name, rng) for name in allowed + blocked]
-        rng.shuffle(mixed)
-        profiler = cProfile.Profile()
-        profiler.enable()
-        for _ in range(args.rounds):
-            for data in mixed:
-                variants[0].pipe.handle(data, CLIENT, "udp")
-        profiler.disable()
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(14)
+        for kind, make in kinds.items():
+            profile(variants[0], kind, make(args.rounds + 1))
+
+
+def profile(variant: Variant, kind: str, batch: list[bytes]) -> None:
+    """cProfile of handle() over one round of a kind: calls per query, and where the time went."""
+    handle = variant.pipe.handle
+    if kind == "renewed":
+        variant.now[0] += 1.0 + repeats.REPEAT_AGE_AHEAD_SECONDS
+    profiler = cProfile.Profile()
+    profiler.enable()
+    if kind == "miss":
+        for data in batch:
+            handle(data, CLIENT, "udp").deliver_to(_ignore)  # type: ignore[union-attr]
+    else:
+        for data in batch:
+            handle(data, CLIENT, "udp")
+    profiler.disable()
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    count = len(batch)
+    own = {key: value for key, value in stats.items() if f"{Path(__file__).name}" not in key[0]}
+    calls = sum(value[1] for value in own.values())
+    resolver_calls = sum(value[1] for key, value in own.items() if "/resolver/" in key[0])
+    print(f"\n{kind}: {calls / count:.1f} calls per handle(), {resolver_calls / count:.1f} of them to resolver/")
+    total = sum(value[2] for value in own.values())
+    for (path, line, function), (_, ncalls, tottime, _, _) in sorted(own.items(), key=lambda kv: -kv[1][2])[:12]:
+        where = f"{Path(path).name}:{line} {function}" if path != "~" else function
+        print(f"  {tottime / total:6.1%} own time  {ncalls / count:5.2f} per handle()  {where}")
 
 
 if __name__ == "__main__":

@@ -56,6 +56,20 @@ def test_quick_bench_reports_schooldns_qps(tmp_path):
     assert re.search(r"^\| answers checked [^|]*\| [\d,]+ / 0 \|", section, re.MULTILINE), section
     assert re.search(r"^\| start to first answer, s \(cold[^|]*\| \d+\.\d\d \|", section, re.MULTILINE), section
     assert re.search(r"^\| start to first answer, s \(warm[^|]*\| \d+\.\d\d \|", section, re.MULTILINE), section
+    # The targets table: every workload's figure for schooldns (the baselines were skipped)
+    for label in (
+        "warm, byte-identical repeats",
+        "warm, 0x20 mixed case",
+        "warm, 30% of queries with a DNS cookie",
+        "100% cache misses",
+        "p99 at 20,000 qps, 0x20 workload",
+        "memory with the 10,000-name list after the runs",
+        "two workers vs one",
+    ):
+        assert re.search(rf"^\| {re.escape(label)}[^|]*\| [\d,.]+x? \| (–|n/a) \| (–|n/a) \|", section, re.MULTILINE), (
+            label
+        )
+    assert re.search(r"^\| max-rate runs whose NXDOMAIN count [^|]*\| 3 / 0 \|", section, re.MULTILINE), section
     assert "Domain index benchmark" in section  # bench_domains.py ran and its table was included
     # One worker on one core against two on two, measured with loadgen.py sharing the cores ...
     assert re.search(

@@ -43,6 +43,7 @@ class Page:
     def __init__(self, browser: Chromium, session: str):
         self.browser = browser
         self.session = session
+        self.console: list[str] = []  # what the page logged (Content-Security-Policy refusals among it)
 
     async def send(self, method: str, params: Mapping[str, Any] | None = None) -> Any:
         return await self.browser.send(method, params, self.session)
@@ -72,6 +73,20 @@ class Page:
         assert "errorText" not in reply, reply
         await self.until(f"document.readyState === 'complete' && location.href === {json.dumps(url)}")
         return str(await self.evaluate("document.body.innerText"))
+
+    async def text(self) -> str:
+        return str(await self.evaluate("document.body.innerText"))
+
+    async def submit(self, selector: str, fields: Mapping[str, str]) -> str:
+        """Fill a form's fields and submit it as a person would (the browser sends it); the next page's text."""
+        filling = "".join(
+            f"document.querySelector({json.dumps(k)}).value = {json.dumps(v)};" for k, v in fields.items()
+        )
+        # A mark on this document's window: the page the form leads to has none.
+        await self.evaluate(f"window.schooldnsLeaving = true; {filling}")
+        await self.evaluate(f"document.querySelector({json.dumps(selector)}).requestSubmit(); true")
+        await self.until("!window.schooldnsLeaving && document.readyState === 'complete'")
+        return await self.text()
 
     async def phone(self, width: int = 390, height: int = 844) -> None:
         """Lay pages out as a phone of this size (CSS pixels) does."""
@@ -106,6 +121,7 @@ class Chromium:
         self.socket = socket
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self._pages: dict[str, Page] = {}  # by DevTools session: where a page's console messages go
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
     async def send(self, method: str, params: Mapping[str, Any] | None = None, session: str | None = None) -> Any:
@@ -124,8 +140,9 @@ class Chromium:
     async def new_page(self) -> Page:
         target = await self.send("Target.createTarget", {"url": "about:blank"})
         session = await self.send("Target.attachToTarget", {"targetId": target["targetId"], "flatten": True})
-        page = Page(self, session["sessionId"])
+        page = self._pages[session["sessionId"]] = Page(self, session["sessionId"])
         await page.send("Page.enable")
+        await page.send("Log.enable")
         return page
 
     async def _read(self) -> None:
@@ -133,6 +150,8 @@ class Chromium:
             if message.type is not aiohttp.WSMsgType.TEXT:
                 break
             data = json.loads(message.data)
+            if data.get("method") == "Log.entryAdded" and data.get("sessionId") in self._pages:
+                self._pages[data["sessionId"]].console.append(data["params"]["entry"]["text"])
             waiting = self._waiting.pop(data.get("id", -1), None)
             if waiting is None or waiting.done():
                 continue  # an event

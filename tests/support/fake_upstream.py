@@ -7,6 +7,7 @@ import contextlib
 import errno
 import inspect
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from types import TracebackType
@@ -117,9 +118,11 @@ class FakeUpstream:
         *,
         default_soa_ttl: int = DEFAULT_SOA_TTL,
         default_soa_minimum: int = DEFAULT_SOA_TTL,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
         self.port = port
+        self.tls = tls  # a server context: TCP is DNS over TLS (an upstream written tls://)
         self.default_soa = _Soa(default_soa_ttl, default_soa_minimum)
         self.hook: Hook | None = None
         self.calls: list[Call] = []
@@ -182,7 +185,7 @@ class FakeUpstream:
             raise OSError(errno.EADDRINUSE, "no port free for both UDP and TCP")
         self.port = port
         self._stopping = False
-        self._server = await asyncio.start_server(self._serve_tcp, sock=tcp_sock)
+        self._server = await asyncio.start_server(self._serve_tcp, sock=tcp_sock, ssl=self.tls)
         self._udp, _ = await loop.create_datagram_endpoint(lambda: _UdpProtocol(self), sock=udp_sock)
 
     async def stop(self, *, raise_errors: bool = True) -> None:

@@ -181,7 +181,12 @@ async def running_resolver(
         return dns_worker.pipeline.snapshot
 
     control = admin.Control(
-        state=dns_worker.state, reload=dns_worker.reload, config=cfg, snapshot=installed, sync=syncing
+        state=dns_worker.state,
+        reload=dns_worker.reload,
+        config=cfg,
+        snapshot=installed,
+        sync=syncing,
+        rpz=None if dns_worker.feed is None else dns_worker.rpz_zones,
     )
     runner = await admin.start(admin_sock, control, admin_limits) if admin_sock is not None else None
     blockpage_sockets = app.bind_blockpage(cfg)

@@ -47,10 +47,11 @@ class Served:
             dns.message.make_query(name, "A"), "127.0.0.1", port=self.dns_port, timeout=timeout
         )
 
-    async def admin(self, path: str) -> str:
+    async def admin(self, path: str, token: str | None = None) -> str:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         async with (
             aiohttp.ClientSession() as session,
-            session.get(f"http://127.0.0.1:{self.admin_port}{path}") as response,
+            session.get(f"http://127.0.0.1:{self.admin_port}{path}", headers=headers) as response,
         ):
             assert response.status == 200, path
             return await response.text()

@@ -58,6 +58,7 @@ def test_the_documented_example_loads_and_spells_out_the_defaults(tmp_path):
         (cfg.forwarding, config.ForwardingConfig),
         (cfg.limits, config.LimitsConfig),
         (cfg.reload, config.ReloadConfig),
+        (cfg.rollups, config.RollupsConfig),
     ):
         assert section == cls()
     assert (cfg.workers, cfg.worker_spread, cfg.default_school) == (1, "client", None)
@@ -67,6 +68,7 @@ def test_the_smallest_config_takes_the_defaults(tmp_path):
     cfg = load(tmp_path, UPSTREAMS)
     assert [(a.host, a.port) for a in cfg.listen] == [("127.0.0.1", 53)]
     assert cfg.cache == config.CacheConfig() and cfg.limits == config.LimitsConfig()
+    assert cfg.rollups == config.RollupsConfig(60.0, 400)
     assert cfg.admin.listen is None and cfg.default_school is None
 
 
@@ -78,6 +80,7 @@ BOUNDED_FIELDS = [
         ("limits", config.LimitsConfig),
         ("reload", config.ReloadConfig),
         ("blockpage", config.BlockpageConfig),
+        ("rollups", config.RollupsConfig),
     )
     for field in dataclasses.fields(cls)
     if "bounds" in field.metadata
@@ -246,6 +249,29 @@ def test_every_number_is_accepted_at_its_bounds_and_refused_past_them(tmp_path, 
             id="blockpage-unknown-key",
         ),
         pytest.param(
+            UPSTREAMS + "rpz: {zone_suffix: 'rpz..schooldns.'}\n",
+            "config.yaml:2: rpz.zone_suffix: 'rpz..schooldns.' is not a domain name of at most 100 characters "
+            "(e.g. rpz.schooldns.)",
+            id="rpz-suffix",
+        ),
+        pytest.param(
+            UPSTREAMS + "rpz: {transfer_clients: ['192.0.2.1/24']}\n",
+            "config.yaml:2: rpz.transfer_clients[0]: '192.0.2.1/24' is not an IPv4 or IPv6 network "
+            "(e.g. 192.0.2.53/32 or 2001:db8::/64)",
+            id="rpz-host-bits",
+        ),
+        pytest.param(
+            UPSTREAMS + "rpz: {notify: ['192.0.2.1:0']}\n",
+            "config.yaml:2: rpz.notify[0]: '192.0.2.1:0': port 0 is not a server's port",
+            id="rpz-notify-port-0",
+        ),
+        pytest.param(
+            UPSTREAMS + "rpz: {suffix: rpz.example.}\n",
+            "config.yaml:2: rpz.suffix: unknown key 'suffix' (known keys: notify, transfer_clients, tsig_keys_file, "
+            "zone_suffix)",
+            id="rpz-unknown-key",
+        ),
+        pytest.param(
             UPSTREAMS + "default_school: 12\n",
             "config.yaml:2: default_school: expected a school id (a string) or null, got an integer",
             id="default-school-number",
@@ -301,3 +327,22 @@ def test_an_unknown_default_school_names_the_line_it_is_written_on(tmp_path):
     with pytest.raises(ConfigError) as raised:
         checks.check(config.load_config(path))
     assert str(raised.value) == f"{path}:{line}: default_school: no school 'nowhere' in {tmp_path / 'policies'}"
+
+
+def test_the_rpz_feed_is_off_unless_configured_and_takes_defaults(tmp_path):
+    assert load(tmp_path, UPSTREAMS).rpz is None
+    feed = load(tmp_path, UPSTREAMS + "rpz: {}\n").rpz
+    assert feed == config.RpzConfig("rpz.schooldns", (), None, ())
+
+
+def test_the_rpz_feed_keys(tmp_path):
+    feed = load(
+        tmp_path,
+        UPSTREAMS
+        + "rpz:\n  zone_suffix: RPZ.Example.\n  transfer_clients: [192.0.2.53/32, '2001:db8::/64']\n"
+        + "  tsig_keys_file: keys/rpz.yaml\n  notify: ['192.0.2.53', '[2001:db8::53]:5353']\n",
+    ).rpz
+    assert feed.zone_suffix == "rpz.example"
+    assert [str(network) for network in feed.transfer_clients] == ["192.0.2.53/32", "2001:db8::/64"]
+    assert feed.tsig_keys_file == tmp_path.resolve() / "keys" / "rpz.yaml"
+    assert [str(address) for address in feed.notify] == ["192.0.2.53:53", "[2001:db8::53]:5353"]

@@ -1,4 +1,4 @@
-"""domains: the compiled index (exact/subtree, allow, categories), its file and its integrity checks."""
+"""domains: the compiled index (exact/subtree/below, allow, categories), its file and its integrity checks."""
 
 import hashlib
 import random
@@ -25,21 +25,31 @@ def entries_of(index, names):
     """The (name, bit, match, kind) entries `index` holds for `names` (it stores no names to list)."""
     found = set()
     for name in names:
-        for match in index.explain(name):
+        for match in [*index.explain(name), *index.explain(f"x.{name}")]:  # below-only entries show from under
             if match.name == name:
                 found.update((name, bit, match.match, match.kind) for bit in range(64) if match.bits >> bit & 1)
     return found
 
 
+def canonical(entries):
+    """What an index can tell apart of `entries`: a subtree entry is an exact and a below entry of the same bit."""
+    columns = {}
+    for name, bit, match, kind in entries:
+        here, below = columns.get((name, bit, kind), (False, False))
+        columns[(name, bit, kind)] = (here or match != "below", below or match != "exact")
+    names = {(True, False): "exact", (True, True): "subtree", (False, True): "below"}
+    return {(name, bit, names[column], kind) for (name, bit, kind), column in columns.items()}
+
+
 def naive_lookup(entries, name):
-    """Reference semantics: entries for the name itself (exact or subtree) and subtree entries of
-    its parents contribute; allow bits remove block bits of the same category."""
+    """Reference semantics: entries for the name itself (exact or subtree) and subtree or below
+    entries of its parents contribute; allow bits remove block bits of the same category."""
     labels = name.split(".")
     block = allow = 0
     for depth in range(len(labels)):
         suffix = ".".join(labels[depth:])
         for listed, bit, match, kind in entries:
-            if listed != suffix or (depth and match == "exact"):
+            if listed != suffix or (depth and match == "exact") or (not depth and match == "below"):
                 continue
             if kind == "block":
                 block |= 1 << bit
@@ -329,6 +339,43 @@ def test_listed_names_come_first_on_a_shared_probe_path():
     assert index.explain(TWIN) == [] and index.explain(f"x.{OTHER_TWIN}") == [Match(OTHER_TWIN, 1, "subtree", "block")]
 
 
+def test_below_covers_the_names_under_the_name_but_not_the_name():
+    index = index_of(("example.com", 0, "below", "block"))
+    assert index.lookup("example.com") == 0
+    assert index.lookup("www.example.com") == 1
+    assert index.lookup("a.b.c.example.com") == 1
+    assert index.explain("example.com") == []
+    assert index.explain("www.example.com") == [Match("example.com", 1, "below", "block")]
+
+
+def test_an_exact_and_a_below_entry_of_one_category_are_a_subtree():
+    index = index_of(("example.com", 0, "exact", "block"), ("example.com", 0, "below", "block"))
+    assert index.lookup("example.com") == index.lookup("www.example.com") == 1
+    assert index.explain("www.example.com") == [Match("example.com", 1, "subtree", "block")]
+
+
+def test_below_allow_keeps_the_name_itself_blocked():
+    index = index_of(("example.com", 0, "subtree", "block"), ("example.com", 0, "below", "allow"))
+    assert index.lookup("example.com") == 1
+    assert index.lookup("www.example.com") == 0
+
+
+def test_layers_say_what_is_decided_for_a_name_under_it_and_above_it():
+    index = index_of(
+        ("example.com", 0, "below", "block"),
+        ("ok.example.com", 0, "exact", "allow"),
+        ("ads.example.com", 1, "subtree", "block"),
+    )
+    slot, here, below, above = index.layers("ok.example.com")
+    assert slot >= 0 and (here, below, above) == (0, 1, 1)
+    assert index.layers("ads.example.com")[1:] == (3, 3, 1)
+    assert index.layers("example.com")[1:] == (0, 1, 0)
+    assert index.layers("unlisted.example.com") == (-1, 1, 1, 1)
+    assert index.layers("elsewhere.org") == (-1, 0, 0, 0)
+    slots = {index.layers(name)[0] for name in ("example.com", "ok.example.com", "ads.example.com")}
+    assert len(slots) == 3
+
+
 def test_ancestors_sharing_a_hash_are_interchangeable():
     index = index_of((f"a.{TWIN}", 0, "subtree", "block"), (f"b.{OTHER_TWIN}", 1, "subtree", "block"))
     assert [field for _, field, _ in slots_of(index, TWIN)] == [1, 1]
@@ -484,7 +531,7 @@ ENTRIES = st.lists(
     st.tuples(
         NAMES,
         st.sampled_from([0, 1, 2, 63]),
-        st.sampled_from(["exact", "subtree"]),
+        st.sampled_from(["exact", "subtree", "below"]),
         st.sampled_from(["block", "allow"]),
     ),
     max_size=12,
@@ -502,7 +549,7 @@ DEEP_ENTRIES = st.lists(
     st.tuples(
         DEEP_ENTRY_NAMES,
         st.sampled_from([0, 1, 5]),
-        st.sampled_from(["exact", "subtree"]),
+        st.sampled_from(["exact", "subtree", "below"]),
         st.sampled_from(["block", "block", "allow"]),
     ),
     max_size=16,
@@ -521,8 +568,18 @@ def check_against_reference(entries, queries):
             else:
                 allow |= match.bits
         assert block & ~allow == index.lookup(name)
-    assert entries_of(index, {listed for listed, *_ in entries}) == set(entries)
+    assert entries_of(index, {listed for listed, *_ in entries}) == canonical(entries)
     assert index.entry_count == len({listed for listed, *_ in entries})
+    listed_slots = set()
+    for name in queries + [listed for listed, *_ in entries]:
+        slot, here, below, above = index.layers(name)
+        parent = name.partition(".")[2]
+        expected_above = naive_lookup(entries, f"*.{parent}") if parent else 0
+        assert (here, below, above) == (naive_lookup(entries, name), naive_lookup(entries, f"*.{name}"), expected_above)
+        assert (slot >= 0) == any(listed == name for listed, *_ in entries)
+        if slot >= 0:
+            listed_slots.add((name, slot))
+    assert len({slot for _, slot in listed_slots}) == len(listed_slots)  # a slot per listed name
 
 
 @settings(max_examples=200, deadline=None, database=None)
@@ -645,8 +702,15 @@ def test_wrong_magic():
 
 
 def test_wrong_version():
-    with pytest.raises(IndexFormatError, match=r"format version 4 is not supported \(expected 5\)"):
+    with pytest.raises(IndexFormatError, match=r"format version 4 is not supported \(expected 6\)"):
         DomainIndex.from_bytes(with_header(SAMPLE, version=4))
+
+
+def test_a_format_5_image_is_refused_though_its_layout_is_the_same():
+    # Format 5 kept exact-only and subtree masks where format 6 keeps `here` and `below`: read as
+    # format 6, a format-5 subtree entry would no longer cover its own name.
+    with pytest.raises(IndexFormatError, match=r"format version 5 is not supported \(expected 6\)"):
+        DomainIndex.from_bytes(resealed(with_header(SAMPLE, version=5)))
 
 
 def test_format_2_image_is_refused(tmp_path):
@@ -718,11 +782,11 @@ def test_bad_slot_count():
 
 def test_format_constants():
     assert domains.MAGIC == b"SDNSIDX\x00"
-    assert domains.FORMAT_VERSION == 5
+    assert domains.FORMAT_VERSION == 6
     assert SAMPLE[:8] == domains.MAGIC
     fields = dict(zip(HEADER_NAMES, HEADER.unpack_from(SAMPLE), strict=True))
     # example.com, www.example.com and xn--bng--8na8hpj.vn are listed; no ancestor is missing.
-    assert (fields["version"], fields["header_size"], fields["entries"], fields["nodes"]) == (5, 64, 3, 3)
+    assert (fields["version"], fields["header_size"], fields["entries"], fields["nodes"]) == (6, 64, 3, 3)
     assert fields["flags"] == 0
 
 

@@ -4,6 +4,7 @@ import hashlib
 import json
 import logging
 import struct
+import zlib
 from types import SimpleNamespace
 
 import pytest
@@ -18,6 +19,16 @@ FORMAT_2_IMAGE = (
 )
 
 
+def format_5_image():
+    """A format-5 image: the layout of format 6, but its second mask column meant the name and
+    everything under it (format 6: only what is under it), so a subtree entry set that column only."""
+    image = bytearray(domains.build_index([("a.b.example", 0, "below", "block")]))
+    struct.pack_into("<I", image, 8, 5)
+    crc = zlib.crc32(image[64:], zlib.crc32(image[40:64], zlib.crc32(image[:36])))
+    struct.pack_into("<I", image, 36, crc)
+    return bytes(image)
+
+
 @pytest.fixture
 def site(tmp_path):
     """Blocklists and a state_dir; `load_index` reads only these two paths of a config."""
@@ -30,15 +41,15 @@ def site(tmp_path):
     return SimpleNamespace(blocklists_dir=blocklists, state_dir=state)
 
 
-def leave_old_index(site, fingerprint):
-    (site.state_dir / lists.INDEX_FILE).write_bytes(FORMAT_2_IMAGE)
+def leave_old_index(site, fingerprint, image=FORMAT_2_IMAGE):
+    (site.state_dir / lists.INDEX_FILE).write_bytes(image)
     manifest = {"fingerprint": fingerprint, "categories": ["adult"], "entry_counts": {"adult": 1}}
     (site.state_dir / lists.MANIFEST_FILE).write_text(json.dumps(manifest))
 
 
-def format_2_fingerprint(site, sources):
-    """What an older schooldns computed: the same files, under "index-format-2"."""
-    digest = hashlib.sha256(b"index-format-2\n")
+def format_2_fingerprint(site, sources, version=2):
+    """What an older schooldns computed: the same files, under "index-format-2" (or another version)."""
+    digest = hashlib.sha256(f"index-format-{version}\n".encode())
     for path in [site.blocklists_dir / lists.SOURCES_FILE, *sources.files()]:
         stat = path.stat()
         digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
@@ -53,6 +64,7 @@ def test_the_fingerprint_changes_with_the_format(site):
 def assert_compiled_again(site, sources):
     index, manifest = snapshots.load_index(site, sources)
     assert index.lookup("x.a.b.example") == 1
+    assert index.lookup("a.b.example") == 1  # the domains format's subtree: the name itself too
     assert manifest["fingerprint"] == snapshots.sources_fingerprint(site.blocklists_dir, sources)
     rewritten = domains.DomainIndex.load(site.state_dir / lists.INDEX_FILE)
     try:
@@ -75,3 +87,15 @@ def test_a_format_2_index_under_a_matching_manifest_is_refused_and_compiled_agai
         assert_compiled_again(site, sources)
     assert "compiling again" in caplog.text
     assert f"domain index format version 2 is not supported (expected {domains.FORMAT_VERSION})" in caplog.text
+
+
+def test_a_format_5_index_is_compiled_again(site, caplog):
+    # Format 6 changed what a mask column means, not the layout: a format-5 image would be read
+    # without complaint, and its subtree entries would miss their own names.
+    sources = lists.load_sources(site.blocklists_dir)
+    leave_old_index(site, format_2_fingerprint(site, sources, version=5), format_5_image())
+    assert_compiled_again(site, sources)
+    leave_old_index(site, snapshots.sources_fingerprint(site.blocklists_dir, sources), format_5_image())
+    with caplog.at_level(logging.WARNING, logger="resolver.control.snapshots"):
+        assert_compiled_again(site, sources)
+    assert "domain index format version 5 is not supported (expected 6)" in caplog.text

@@ -81,11 +81,15 @@ def test_a_known_state_renders_as_every_family_with_its_labels_and_values():
         schools=("school-a", "school-b", "school-c"),
         last_query={"school-a": NOW - 10, "school-b": NOW - 7200, "unknown": NOW},
     )
-    one.counters.count_block("school-a", "tcp", "games")  # after `state` counted worker 0's queries
+    one.counters.count_block("school-a", "tcp", "games", "school")  # after `state` counted worker 0's queries
+    # The same category blocked by two authorities is one series (the rollups keep them apart).
+    one.counters.count_block("school-a", "udp", "bypass", "province")
+    one.counters.count_block("school-a", "udp", "bypass", "school")
     one.counters.count("unknown", "udp", "refused")
     one.counters.malformed = 4
     one.counters.dropped["udp_in_flight_limit"] = 6
     one.counters.waits["forwarded"].observe(0.02)
+    one.counters.rejected[("udp", "proxy_malformed")] = 2
     two = state(
         1,
         answered=1,
@@ -130,10 +134,14 @@ def test_a_known_state_renders_as_every_family_with_its_labels_and_values():
             {
                 labels(school="school-a", transport="udp", result="forwarded"): 4.0,
                 labels(school="school-a", transport="tcp", result="blocked"): 1.0,
+                labels(school="school-a", transport="udp", result="blocked"): 2.0,
                 labels(school="unknown", transport="udp", result="refused"): 1.0,
             },
         ),
-        "schooldns_blocked": ("counter", {labels(school="school-a", category="games"): 1.0}),
+        "schooldns_blocked": (
+            "counter",
+            {labels(school="school-a", category="games"): 1.0, labels(school="school-a", category="bypass"): 2.0},
+        ),
         "schooldns_malformed_queries": ("counter", {NONE: 4.0}),
         "schooldns_internal_errors": ("counter", {NONE: 0.0}),
         "schooldns_queries_dropped": ("counter", {labels(reason="udp_in_flight_limit"): 6.0}),
@@ -175,6 +183,7 @@ def test_a_known_state_renders_as_every_family_with_its_labels_and_values():
         "schooldns_worker_queries": ("counter", {labels(worker="0"): 3.0, labels(worker="1"): 1.0}),
         "schooldns_worker_restarts": ("counter", {NONE: 1.0}),
         "schooldns_worker_restart_failures": ("counter", {NONE: 3.0}),
+        "schooldns_transport_rejected": ("counter", {labels(transport="udp", reason="proxy_malformed"): 2.0}),
     }
 
 

@@ -10,7 +10,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "resolver"
 # Every plane may import these top-level modules: they depend on nothing but each other.
-SHARED = frozenset({"resolver", "resolver.errors", "resolver.yamlfile", "resolver.durable"})
+SHARED = frozenset({"resolver", "resolver.errors", "resolver.yamlfile", "resolver.durable", "resolver.tokenfile"})
 
 
 def _module_name(path: Path) -> str:

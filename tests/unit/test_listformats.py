@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from resolver.filtering import listformats as lf
-from resolver.filtering.listformats import ALLOW, BLOCK, EXACT, SUBTREE, InvalidName, Tally
+from resolver.filtering.listformats import ALLOW, BELOW, BLOCK, EXACT, SUBTREE, InvalidName, Tally
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -395,9 +395,9 @@ def test_rpz_actions_and_triggers():
     entries, tally = parse("rpz", RPZ_ZONE)
     assert entries == [
         ("bad.example", EXACT, BLOCK),
-        ("worse.example", SUBTREE, BLOCK),
+        ("worse.example", BELOW, BLOCK),
         ("good.example", EXACT, ALLOW),
-        ("better.example", SUBTREE, ALLOW),
+        ("better.example", BELOW, ALLOW),
         ("upper.example", EXACT, BLOCK),
         ("xn--th-thao-2u4c.vn", EXACT, BLOCK),
     ]
@@ -435,7 +435,7 @@ x CNAME .
         ("bad.example", EXACT, BLOCK),
         ("bad2.example", EXACT, BLOCK),
         ("deep.sub", EXACT, BLOCK),
-        ("wild.sub", SUBTREE, BLOCK),
+        ("wild.sub", BELOW, BLOCK),
     ]
     assert tally.reasons == {"zone directive": 3, "zone record": 2, "outside zone origin": 2}
     assert tally.invalid == 2

@@ -218,7 +218,10 @@ def test_rpz_source(tmp_path):
     assert index.lookup("exact.example") == 1
     assert index.lookup("www.exact.example") == 0
     assert index.lookup("a.tree.example") == 1
+    assert index.lookup("a.b.tree.example") == 1
+    assert index.lookup("tree.example") == 0  # as in RPZ: `*.d` covers the names under d, not d
     assert index.lookup("ok.tree.example") == 0
+    assert index.lookup("x.ok.tree.example") == 1  # the exception is for the name only
 
 
 def test_category_without_sources_is_valid_and_empty(tmp_path):

@@ -30,7 +30,7 @@ def test_each_school_gets_the_time_of_the_update_that_first_saw_its_count_grow()
     counters, last = metrics.Counters(), metrics.LastQueries()
     assert last.update(counters, 100.0) == {}
     counters.count("school-a", "udp", "forwarded")
-    counters.count_block("school-b", "tcp", "adult")
+    counters.count_block("school-b", "tcp", "adult", "school")
     assert last.update(counters, 101.0) == {"school-a": 101.0, "school-b": 101.0}
     counters.count("school-a", "tcp", "cached")  # another transport and result: the school's total grows
     assert last.update(counters, 102.0) == {"school-a": 102.0, "school-b": 101.0}

@@ -96,7 +96,7 @@ class Row:
     negative_soa: bool = False  # an SOA in the authority section
     ede: tuple[int, str] | None = None  # info code and text
     counted: tuple[tuple[tuple[str, str, str], int], ...] = ()  # Counters.queries after every ask
-    blocked: tuple[tuple[tuple[str, str], int], ...] = ()  # Counters.blocked after every ask
+    blocked: tuple[tuple[tuple[str, str, str], int], ...] = ()  # Counters.blocked after every ask
     malformed: int = 0
     asked: tuple[str, ...] = ()  # names the forwarder was asked, in order
     cache_hits: int = 0
@@ -142,7 +142,7 @@ ROWS = [
         negative_soa=True,
         ede=(wire.EDE_FILTERED, f"category=adult; authority=school; {INFO}"),
         counted=(_q("school-a", "blocked"),),
-        blocked=((("school-a", "adult"), 1),),
+        blocked=((("school-a", "adult", "school"), 1),),
     ),
     Row(
         "blocked below a listed name",
@@ -151,7 +151,7 @@ ROWS = [
         negative_soa=True,
         ede=(wire.EDE_FILTERED, f"category=games; authority=school; {INFO}"),
         counted=(_q("school-a", "blocked"),),
-        blocked=((("school-a", "games"), 1),),
+        blocked=((("school-a", "games", "school"), 1),),
     ),
     Row(
         "blocked by a mandatory category",
@@ -161,7 +161,7 @@ ROWS = [
         negative_soa=True,
         ede=(wire.EDE_CENSORED, f"category=malware; authority=province; {INFO}"),
         counted=(_q("school-b", "blocked"),),
-        blocked=((("school-b", "malware"), 1),),
+        blocked=((("school-b", "malware", "province"), 1),),
     ),
     Row(
         "blocked over TCP, without EDNS: no EDE",
@@ -171,7 +171,7 @@ ROWS = [
         rcode=dns.rcode.NXDOMAIN,
         negative_soa=True,
         counted=(_q("school-a", "blocked", transport="tcp"),),
-        blocked=((("school-a", "adult"), 1),),
+        blocked=((("school-a", "adult", "school"), 1),),
     ),
     Row(
         "a category another school's profile allows",
@@ -195,7 +195,7 @@ ROWS = [
         negative_soa=True,
         ede=(wire.EDE_BLOCKED, f"category=deny; authority=deny; {INFO}"),
         counted=(_q("school-a", "blocked"),),
-        blocked=((("school-a", "deny"), 1),),
+        blocked=((("school-a", "deny", "deny"), 1),),
     ),
     Row(
         "bypass prevention: the DoH canary",
@@ -204,7 +204,7 @@ ROWS = [
         negative_soa=True,
         ede=(wire.EDE_CENSORED, f"category=bypass; authority=province; {INFO}"),
         counted=(_q("school-a", "blocked"),),
-        blocked=((("school-a", "bypass"), 1),),
+        blocked=((("school-a", "bypass", "province"), 1),),
     ),
     Row(
         "safe search rewritten to the engine's safe host",
@@ -272,7 +272,7 @@ ROWS = [
         negative_soa=True,
         ede=(wire.EDE_FILTERED, f"category=adult; authority=school; {INFO}"),
         counted=(_q("school-a", "blocked"),),
-        blocked=((("school-a", "adult"), 1),),
+        blocked=((("school-a", "adult", "school"), 1),),
     ),
     Row(
         "safe search in class CH: not rewritten, refused",
@@ -299,7 +299,7 @@ ROWS = [
         negative_soa=True,
         ede=(wire.EDE_FILTERED, f"category=adult; authority=school; {INFO}"),
         counted=(_q("school-a", "blocked"),),
-        blocked=((("school-a", "adult"), 1),),
+        blocked=((("school-a", "adult", "school"), 1),),
     ),
     Row(
         "every upstream failing",
@@ -336,7 +336,7 @@ ROWS = [
         negative_soa=True,
         ede=(wire.EDE_FILTERED, f"category=adult; authority=school; {INFO}"),
         counted=(_q("school-a", "blocked", 3),),
-        blocked=((("school-a", "adult"), 3),),
+        blocked=((("school-a", "adult", "school"), 3),),
     ),
     Row(
         "a CNAME to a blocked name",
@@ -345,7 +345,7 @@ ROWS = [
         negative_soa=True,
         ede=(wire.EDE_FILTERED, f"category=adult; authority=school; {INFO}"),
         counted=(_q("school-a", "blocked"),),
-        blocked=((("school-a", "adult"), 1),),
+        blocked=((("school-a", "adult", "school"), 1),),
         asked=("cloaked.example.net",),
     ),
     Row(
@@ -356,7 +356,7 @@ ROWS = [
         negative_soa=True,
         ede=(wire.EDE_FILTERED, f"category=adult; authority=school; {INFO}"),
         counted=(_q("school-a", "blocked", 3),),
-        blocked=((("school-a", "adult"), 3),),
+        blocked=((("school-a", "adult", "school"), 3),),
         asked=("cloaked.example.net",),
         cache_hits=2,
     ),
@@ -382,7 +382,7 @@ ROWS = [
         negative_soa=True,
         ede=(wire.EDE_FILTERED, f"category=games; authority=school; {INFO}"),
         counted=(_q("school-a", "blocked"),),
-        blocked=((("school-a", "games"), 1),),
+        blocked=((("school-a", "games", "school"), 1),),
         asked=("gamecdn.example.net",),
     ),
     Row(
@@ -399,7 +399,7 @@ ROWS = [
         negative_soa=True,
         ede=(wire.EDE_CENSORED, f"category=malware; authority=province; {INFO}"),
         counted=(_q("school-a", "blocked"),),
-        blocked=((("school-a", "malware"), 1),),
+        blocked=((("school-a", "malware", "province"), 1),),
         asked=("bad.allowed.example.com",),
     ),
     Row(
@@ -411,7 +411,7 @@ ROWS = [
         negative_soa=True,
         ede=(wire.EDE_CENSORED, f"category=malware; authority=province; {INFO}"),
         counted=(_q("school-a", "blocked", 2, transport="tcp"),),
-        blocked=((("school-a", "malware"), 2),),
+        blocked=((("school-a", "malware", "province"), 2),),
         asked=("bad.allowed.example.com",),
         cache_hits=1,
     ),
@@ -423,7 +423,7 @@ ROWS = [
         negative_soa=True,
         ede=(wire.EDE_CENSORED, f"category=malware; authority=province; {INFO}"),
         counted=(_q("school-a", "blocked"),),
-        blocked=((("school-a", "malware"), 1),),
+        blocked=((("school-a", "malware", "province"), 1),),
         asked=("svc.allowed.example.com",),
     ),
     Row(

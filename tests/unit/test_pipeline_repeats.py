@@ -147,7 +147,7 @@ async def test_repeat_is_per_school(site):
     assert (await answer(pipe, query("games.example.com", 1), SCHOOL_A)).rcode() == dns.rcode.NXDOMAIN
     assert (await answer(pipe, query("games.example.com", 1), SCHOOL_B)).rcode() == dns.rcode.NOERROR
     assert (await answer(pipe, query("games.example.com", 1), SCHOOL_A)).rcode() == dns.rcode.NXDOMAIN
-    assert counters.blocked[("school-a", "games")] == 3
+    assert counters.blocked[("school-a", "games", "school")] == 3
     assert counters.queries[("school-b", "udp", "forwarded")] == 1
 
 
@@ -189,10 +189,10 @@ async def test_repeats_stay_bounded_and_then_start_again(site, monkeypatch, boun
     for number in range(10):
         for client in (SCHOOL_A, SCHOOL_B):
             await answer(pipe, query(f"games{number}.example.com", number), client)
-            assert len(pipe.repeats) <= 4
-    assert len(pipe.repeats) >= 1  # the newest answers are kept again after the table was dropped
+            assert len(pipe.repeats) <= 2 * 4  # two generations
+    assert len(pipe.repeats) >= 1  # the newest answers are kept again after the oldest were dropped
     reply = await answer(pipe, query("games9.example.com", 99), SCHOOL_B)
-    assert reply.id == 99 and len(pipe.repeats) <= 4
+    assert reply.id == 99 and len(pipe.repeats) <= 2 * 4
 
 
 async def test_decisions_and_repeats_outlive_minutes_between_schedule_boundaries(tmp_path, monkeypatch):
@@ -246,4 +246,70 @@ async def test_a_blocked_repeat_in_other_letter_case_is_answered_in_its_own_case
         assert reply.rcode() == dns.rcode.NXDOMAIN and reply.id == query_id
         assert str(reply.question[0].name) == name + "." and str(reply.authority[0].name) == name + "."
     assert len(pipe.repeats) == 1 and forwarder.asked == []
-    assert counters.blocked[("school-a", "games")] == 3
+    assert counters.blocked[("school-a", "games", "school")] == 3
+
+
+# A query for "a.example" type A, ID 0x1234, RD, then an OPT record (payload 1232) whose options vary.
+_HEAD = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x01" + b"\x01a\x07example\x00\x00\x01\x00\x01"
+_OPT = b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00"  # root name, TYPE 41, payload 1232, no extended RCODE/DO
+_COOKIE = b"\x00\x0a\x00\x08" + b"\x01\x02\x03\x04\x05\x06\x07\x08"  # option 10, an 8-byte client cookie
+
+
+@pytest.mark.parametrize(
+    "data, lone",
+    [
+        (_HEAD + _OPT + b"\x00\x0c" + _COOKIE, True),  # a lone client cookie
+        (_HEAD + _OPT + b"\x00\x00", False),  # a plain OPT
+        (_HEAD[:11] + b"\x00" + _HEAD[12:], False),  # no OPT
+        (_HEAD + _OPT + b"\x00\x14" + b"\x00\x0a\x00\x10" + b"\x01" * 16, False),  # with a server cookie
+        (_HEAD + _OPT + b"\x00\x10" + b"\x00\x0c\x00\x00" + _COOKIE, False),  # padding, then the cookie
+        (_HEAD[:8] + b"\x00\x01\x00\x01" + _HEAD[12:] + _OPT + b"\x00\x0c" + _COOKIE, False),  # NSCOUNT 1
+        # a 0 byte inside a label where the name would end: the question runs on into what looks like the OPT
+        (_HEAD[:12] + b"\x06abc\x00\x00\x01\x00\x01" + _OPT + b"\x00\x0c" + _COOKIE, False),
+        (_HEAD[:12] + b"\x00\x00\x01\x00\x01" + _OPT + b"\x00\x0c" + _COOKIE, True),  # the root name
+    ],
+)
+def test_only_a_question_and_an_opt_with_a_client_cookie_alone_is_a_lone_cookie(data, lone):
+    assert repeats._lone_cookie(data) is lone
+
+
+def cookie_query(name: str, query_id: int, cookie: bytes) -> bytes:
+    message = dns.message.make_query(name, "A", use_edns=0, options=[dns.edns.CookieOption(cookie, b"")])
+    message.id = query_id
+    return message.to_wire()
+
+
+async def test_a_repeat_with_another_client_cookie_is_answered_without_one(site, monkeypatch):
+    pipe, _, forwarder, counters, answers, _ = site
+    parsed = []
+    real_parse = pipeline.wire.parse_query
+    monkeypatch.setattr(pipeline.wire, "parse_query", lambda data: parsed.append(data[0:2]) or real_parse(data))
+    await answer(pipe, cookie_query("www.example.com", 1, b"\x01" * 8))  # forwarded
+    await answer(pipe, query("www.example.com", 2))  # a cache hit with a plain OPT, kept for repeats
+    for query_id, name in enumerate(["www.example.com", "WWW.Example.com", "www.example.com"], 3):
+        data = cookie_query(name, query_id, bytes([query_id]) * 8)
+        reply = pipe.handle(data, SCHOOL_A, "udp")
+        parsed_reply = dns.message.from_wire(reply)
+        assert parsed_reply.id == query_id and str(parsed_reply.question[0].name) == name + "."
+        assert parsed_reply.edns == 0 and parsed_reply.options == ()  # no cookie echoed: schooldns has none
+        assert parsed_reply.answer[0][0].to_text() == "192.0.2.10" and parsed_reply.answer[0].ttl == 300
+        assert reply == pipe.handle(data, SCHOOL_A, "tcp")  # byte for byte what a parsed query gets
+    assert len(parsed) == 2 + 3  # the repeats were not parsed, only the same queries over TCP
+    assert forwarder.asked == ["www.example.com"]
+    assert counters.queries[("school-a", "udp", "cached")] == 4 and answers.hits == 4 + 3
+
+
+async def test_answers_asked_for_again_outlive_a_flood_of_answers_asked_for_once(site, monkeypatch):
+    pipe, *_ = site
+    monkeypatch.setattr(repeats, "REPEAT_MAX", 4)  # two generations of 4
+    parsed = []
+    real_parse = pipeline.wire.parse_query
+    monkeypatch.setattr(pipeline.wire, "parse_query", lambda data: parsed.append(data[12:]) or real_parse(data))
+    hot = query("games.example.com", 1)
+    await answer(pipe, hot)  # blocked, kept
+    for number in range(20):
+        await answer(pipe, query(f"games{number}.example.com", number))  # once each
+        assert (await answer(pipe, hot)).rcode() == dns.rcode.NXDOMAIN
+        assert len(pipe.repeats) <= 8
+    assert parsed.count(hot[12:]) == 1  # every later one was a repeat, from either generation
+    assert pipe.repeats.schools() == 1

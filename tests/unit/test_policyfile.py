@@ -8,6 +8,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from resolver import yamlfile
 from resolver.filtering import policy, policyfile
 from resolver.filtering.policy import Action
 from resolver.filtering.safesearch import YouTubeMode
@@ -618,3 +619,13 @@ def test_reserved_ids(reserved):
     with pytest.raises(ConfigError) as caught:
         policyfile.parse_school(f"id: {reserved}\nlevel: primary\n", f"{reserved}.yaml", CATEGORIES, province())
     assert problems(caught) == [f"{reserved}.yaml:1: id: id '{reserved}' is reserved"]
+
+
+def test_the_time_zone_alone_is_read_from_province_yaml(tmp_path):
+    (tmp_path / "province.yaml").write_text("mandatory: [no-such-category]\ntimezone: Asia/Bangkok\n")
+    assert str(policyfile.load_timezone(tmp_path)) == "Asia/Bangkok"  # the rest is load_policies' to check
+    (tmp_path / "province.yaml").write_text("mandatory: []\n")
+    assert str(policyfile.load_timezone(tmp_path)) == policyfile.DEFAULT_TIMEZONE
+    (tmp_path / "province.yaml").write_text("timezone: Mars/Olympus\n")
+    with pytest.raises(yamlfile.ConfigError, match=r"province.yaml:1: timezone: unknown time zone 'Mars/Olympus'"):
+        policyfile.load_timezone(tmp_path)

@@ -19,8 +19,8 @@ def test_roles_are_province_viewer_or_one_school():
     assert Role.parse("viewer") == Role(RoleKind.VIEWER)
     assert Role.parse("school:thpt-nguyen-du") == Role(RoleKind.SCHOOL, "thpt-nguyen-du")
     assert str(Role.parse("school:a")) == "school:a"
-    for wrong in ("admin", "school", "school:", "school:A", "school:-a", "province:x", "school:a/../b"):
-        with pytest.raises(ValueError, match="expected province, viewer or school:<school-id>"):
+    for wrong in ("admin", "school", "school:", "school:A", "school:-a", "province:x", "school:a/../b", "doh:"):
+        with pytest.raises(ValueError, match="expected province, viewer, school:<school-id> or doh:<school-id>"):
             Role.parse(wrong)
 
 
@@ -91,7 +91,8 @@ def test_a_malformed_file_names_the_line_and_key(tmp_path):
     with pytest.raises(ConfigError) as caught:
         tokens.load(path)
     assert str(caught.value).splitlines() == [
-        f"{path}:2: tokens[0].role: unknown role 'school:A': expected province, viewer or school:<school-id>",
+        f"{path}:2: tokens[0].role: unknown role 'school:A': "
+        "expected province, viewer, school:<school-id> or doh:<school-id>",
         f"{path}:3: tokens[1].sha256: expected the 64 hex digits of a SHA-256",
     ]
 

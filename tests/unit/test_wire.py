@@ -73,6 +73,7 @@ QUESTION = b"\x07example\x03com\x00\x00\x01\x00\x01"
         (_header(qd=0), wire.FormError),
         (_header(qd=2) + QUESTION * 2, wire.FormError),
         (_header(an=1) + QUESTION, wire.FormError),
+        (_header(ns=1) + QUESTION + b"\x00\x00\x06\x00\x01" + bytes(6), wire.FormError),  # authority, not IXFR
         (_header() + b"\x07example", wire.FormError),  # name runs past the end
         (_header() + b"\x40" + b"a" * 64 + b"\x00\x00\x01\x00\x01", wire.FormError),  # label > 63
         (_header() + b"\xc0\x0c\x00\x01\x00\x01", wire.FormError),  # compression in question
@@ -85,6 +86,17 @@ QUESTION = b"\x07example\x03com\x00\x00\x01\x00\x01"
 def test_malformed_queries_raise_the_right_error(data, error):
     with pytest.raises(error):
         wire.parse_query(data)
+
+
+def test_an_ixfr_query_carries_the_clients_soa_in_its_authority_section():
+    message = dns.message.make_query("malware.rpz.example", "IXFR", use_edns=0, payload=1232)
+    message.authority.append(
+        dns.rrset.from_text("malware.rpz.example.", 60, "IN", "SOA", "localhost. hostmaster.localhost. 7 1 1 1 1")
+    )
+    query = wire.parse_query(message.to_wire())
+    assert (query.name, query.qtype, query.edns) == ("malware.rpz.example", wire.TYPE_IXFR, True)
+    with pytest.raises(wire.FormError, match="authority record data runs past the end"):
+        wire.parse_query(message.to_wire()[:-20])
 
 
 def test_edns_version_1_is_badvers():

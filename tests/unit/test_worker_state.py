@@ -22,8 +22,8 @@ def histogram(*seconds: float) -> metrics.Histogram:
 def test_merge_sums_counters_and_gauges_of_live_workers():
     one = state(0, answered=3, in_flight=2, cache_entries=10, cache_bytes=1000, cache_hits=5, coalesced=1)
     two = state(1, answered=4, in_flight=1, cache_entries=7, cache_bytes=700, cache_hits=2, reload_failures=1)
-    one.counters.count_block("school-a", "udp", "games")
-    two.counters.count_block("school-a", "tcp", "games")
+    one.counters.count_block("school-a", "udp", "games", "school")
+    two.counters.count_block("school-a", "tcp", "games", "school")
     two.counters.dropped["udp_oversized"] += 2
     two.counters.malformed += 1
     summed = merge([one, two])
@@ -32,7 +32,7 @@ def test_merge_sums_counters_and_gauges_of_live_workers():
         ("school-a", "udp", "blocked"): 1,
         ("school-a", "tcp", "blocked"): 1,
     }
-    assert dict(summed.counters.blocked) == {("school-a", "games"): 2}
+    assert dict(summed.counters.blocked) == {("school-a", "games", "school"): 2}
     assert dict(summed.counters.dropped) == {"udp_oversized": 2}
     assert summed.counters.malformed == 1
     assert (summed.in_flight, summed.cache_entries, summed.cache_bytes) == (3, 17, 1700)
@@ -124,7 +124,7 @@ def test_a_dead_workers_counters_stay_in_the_sums_and_its_gauges_do_not():
         generation=7,
         serving_last_good=1,
     )
-    dead.counters.count_block("school-a", "udp", "adult")
+    dead.counters.count_block("school-a", "udp", "adult", "school")
     departed = merge([], [dead])  # what the supervisor keeps of it
     assert departed.workers == 0 and departed.worker_queries == {}
     assert (departed.in_flight, departed.tcp_connections, departed.cache_entries, departed.cache_bytes) == (0, 0, 0, 0)
@@ -139,7 +139,7 @@ def test_a_dead_workers_counters_stay_in_the_sums_and_its_gauges_do_not():
     restarted = state(1, answered=0, upstreams=(upstream(),))  # counts from zero again
     summed = merge([live, restarted], [departed])
     assert summed.counters.queries[("school-a", "udp", "forwarded")] == 45
-    assert summed.counters.blocked[("school-a", "adult")] == 1
+    assert summed.counters.blocked[("school-a", "adult", "school")] == 1
     assert (summed.cache_hits, summed.cache_misses) == (31, 10)
     assert summed.in_flight == 1 and summed.generation == 1
     assert summed.upstreams == (upstream(queries=45, latency_seconds=0.01, up=True),)
@@ -167,7 +167,7 @@ def test_a_state_and_a_report_cross_a_process_connection_as_plain_values():
         schools=("school-a", "school-b"),
         last_query={"school-b": 1_700_000_000.5},
     )
-    one.counters.count_block("school-b", "tcp", "games")
+    one.counters.count_block("school-b", "tcp", "games", "school")
     one.counters.waits["stale"].observe(1.5)
     one.counters.dropped["tcp_connection_limit"] += 1
     one.counters.internal_errors += 1
@@ -182,7 +182,7 @@ def test_a_state_and_a_report_cross_a_process_connection_as_plain_values():
     assert back.ports == (5353, 5354)
     got = back.state
     assert dict(got.counters.queries) == dict(one.counters.queries)
-    assert dict(got.counters.blocked) == {("school-b", "games"): 1}
+    assert dict(got.counters.blocked) == {("school-b", "games", "school"): 1}
     assert dict(got.counters.dropped) == {"tcp_connection_limit": 1}
     assert got.counters.internal_errors == 1
     assert got.counters.waits == one.counters.waits
