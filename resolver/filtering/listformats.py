@@ -520,6 +520,9 @@ class _RpzZone:
     def record(self, text: str, number: int, tally: Tally) -> Iterator[Entry]:
         fields = text.split()
         line = text.strip()
+        if not fields:  # a stray ")" or an empty "( )"
+            tally.reject(number, "parentheses with no record", line)
+            return
         if fields[0].startswith("$"):
             self._directive(fields, number, line, tally)
             return

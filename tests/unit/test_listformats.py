@@ -474,6 +474,8 @@ def test_rpz_owner_carries_over_to_continuation_records():
         ("bad..example CNAME .\n", "empty label"),
         ("ba*d.example CNAME .\n", "wildcard"),
         ("lonely\n", "no record type"),
+        (")\n", "parentheses with no record"),
+        ("(\n)\n", "parentheses with no record"),
     ],
 )
 def test_rpz_invalid_lines(text, reason):
