@@ -66,6 +66,17 @@ def remove_stale_temporaries(target: Path) -> list[Path]:
     return removed
 
 
+def remove_stale_temporaries_in(directory: Path) -> list[Path]:
+    """remove_stale_temporaries for every file of `directory`, those never written in full included."""
+    removed = []
+    for temp in directory.glob(".*.*.tmp") if directory.is_dir() else ():
+        pid = temp.name.rsplit(".", 2)[1]
+        if pid.isdigit() and not _running(int(pid)):
+            temp.unlink(missing_ok=True)
+            removed.append(temp)
+    return removed
+
+
 def _running(pid: int) -> bool:
     try:
         os.kill(pid, 0)
