@@ -47,7 +47,9 @@ class Worker:
             stale_wait_seconds=cfg.cache.stale_wait_seconds,
             unknown_client_refusals_per_second=cfg.limits.unknown_client_refusals_per_second,
         )
-        self.in_flight = server.InFlight(cfg.limits.max_queries_in_flight, self.counters)
+        self.in_flight = server.InFlight(
+            cfg.limits.max_queries_in_flight, self.counters, cfg.limits.max_queries_in_flight_per_school
+        )
         self.tcp = server.TcpConnections(self.pipeline, self.in_flight, cfg.limits)
         self.index = index  # of this worker among the `workers: N` (0 for the one of `workers: 1`)
         self.reload_failures = 0
