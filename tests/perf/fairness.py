@@ -150,14 +150,18 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="schooldns-fairness-"))
     queries = work / "flood.txt"
     queries.write_text("".join(f"r{i}.{FLOOD_DOMAIN} A\n" for i in range(200_000)))
-    upstream = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests/perf/authoritative.py"), "--port", "0", "--silent", FLOOD_DOMAIN],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    for _ in range(5):  # port 0 picks a free UDP port, whose TCP twin may be taken: pick again
+        upstream = subprocess.Popen(
+            [sys.executable, str(ROOT / "tests/perf/authoritative.py"), "--port", "0", "--silent", FLOOD_DOMAIN],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert upstream.stdout is not None
-        upstream_port = int(upstream.stdout.readline().split()[-1])
+        if line := upstream.stdout.readline():
+            break
+        upstream.wait()
+    try:
+        upstream_port = int(line.split()[-1])
         for per_school in (10_000, 2_500):
             print(json.dumps(run(work, upstream_port, queries, per_school, args.seconds)), flush=True)
     finally:
