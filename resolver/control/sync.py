@@ -364,11 +364,16 @@ def served_manifest(state_dir: Path) -> Manifest | None:
 
 
 async def first_sync(cfg: config.Config) -> None:
-    """A start with no verified version on disk: one bounded try at the hub, or NotSyncedError.
+    """A start: a killed sync's temporaries go; with no verified version on disk, one bounded try at the hub.
 
-    A start with a verified version never waits for the hub: it serves that one and syncs later.
+    Without one from the hub either: NotSyncedError. A start with a verified version never waits for
+    the hub: it serves that one and syncs later.
     """
     assert cfg.sync is not None
+    base = versions.sync_dir(cfg.state_dir)
+    for directory in (base, base / _BUILD):  # a sync's build killed midway: its index and manifest temporaries
+        for stale in durable.remove_stale_temporaries_in(directory):
+            log.info("removed %s, left by a sync that was stopped midway", stale)
     if versions.current(cfg.state_dir) is not None:
         return
     log.info("no verified lists and policies yet: syncing from %s before serving", cfg.sync.repository)

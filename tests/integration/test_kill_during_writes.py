@@ -1,4 +1,4 @@
-"""Kill -9 in a loop during a policy write: the next start serves the old policy or the new, no temporary left."""
+"""Kill -9 in a loop during a policy write and during a sync: the next start serves the old state or the new, whole."""
 
 from __future__ import annotations
 
@@ -16,10 +16,12 @@ import pytest
 from resolver.operations import tokens
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.harness import SCHOOL_A, write_site
-from tests.support.hubs import SCHOOL_A_DENYING_NEW
+from tests.support.hubs import SCHOOL_A_DENYING_NEW, make_hub, sync_config
 from tests.support.served import ROOT, SCHOOLDNS, Served
+from tests.support.static_http import StaticServer
 
-ITERATIONS = 5
+ITERATIONS = 4
+SYNC_INTERVAL = 1.0  # seconds between an instance's syncs (the least allowed)
 OLD, NEW = SCHOOL_A.encode(), SCHOOL_A_DENYING_NEW.encode()
 
 
@@ -96,3 +98,55 @@ async def test_a_policy_write_killed_at_any_moment_leaves_the_old_policy_or_the_
             with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
                 await writing
     assert writes_seen == {OLD, NEW}
+
+
+def leftovers(state_dir: Path) -> list[Path]:
+    """Temporary files and download directories a start has not cleared."""
+    sync = state_dir / "sync"
+    return [*temporaries(state_dir), *sorted(sync.glob(".staging-*"))]
+
+
+def served_version(state_dir: Path) -> bytes:
+    """school-a's policy in the synced version that `current` names, checked whole."""
+    current = (state_dir / "sync" / "current").resolve()
+    assert (current / "bundle.json").is_file() and (current / "lists").is_dir()
+    return (current / "policies" / "school-a.yaml").read_bytes()
+
+
+async def test_a_sync_killed_at_any_moment_leaves_the_old_version_or_the_new(tmp_path, upstream):
+    hub = make_hub(tmp_path / "hub")
+    instance = tmp_path / "instance"
+    state_dir = instance / "var"
+    config = write_site(
+        instance,
+        [upstream.address],
+        'admin: {listen: "127.0.0.1:0"}\n' + sync_config("URL", hub.trusted_root, SYNC_INTERVAL),
+    )
+    loop = asyncio.get_running_loop()
+    versions_seen = set()
+    took = 0.0
+    async with StaticServer(hub.repo) as server:
+        config.write_text(config.read_text().replace("URL", server.url))
+        for iteration in range(ITERATIONS + 1):
+            async with started(config) as served:
+                held = served_version(state_dir)
+                assert held in (OLD, NEW), held
+                versions_seen.add(held)
+                rcode = (await served.query("new.example.org")).rcode()
+                assert rcode == (dns.rcode.NXDOMAIN if held == NEW else dns.rcode.NOERROR)
+                assert leftovers(state_dir) == []
+                if iteration == ITERATIONS:
+                    break
+                # The hub publishes the other version; the instance's next sync (within SYNC_INTERVAL)
+                # takes it. The first is let through and timed; each next kill comes a step further in.
+                hub.write("policies/school-a.yaml", (OLD if held == NEW else NEW).decode())
+                began = loop.time()
+                await asyncio.to_thread(hub.publish)
+                if iteration == 0:
+                    await served.read_until(r"installed version \d+ from")
+                    took = loop.time() - began
+                else:
+                    await asyncio.sleep(took * iteration / ITERATIONS)  # the moment of the kill, not a wait
+                os.killpg(served.process.pid, signal.SIGKILL)
+                await served.process.wait()
+    assert versions_seen == {OLD, NEW}
