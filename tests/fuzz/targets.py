@@ -10,6 +10,7 @@ and the short hypothesis runs in `make test` (tests/unit/test_fuzz_targets.py). 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import dataclasses
 import functools
 import io
@@ -169,8 +170,9 @@ class _TcpLimits:
 
 @functools.cache
 def _site() -> tuple[config.Config, pipeline.Snapshot]:
-    root = Path(tempfile.mkdtemp(prefix="schooldns-fuzz-"))
-    cfg = config.load_config(harness.write_site(root, ["127.0.0.1:53"]))
+    directory = tempfile.TemporaryDirectory(prefix="schooldns-fuzz-")
+    atexit.register(directory.cleanup)  # at exit, not before: the snapshot maps its index
+    cfg = config.load_config(harness.write_site(Path(directory.name), ["127.0.0.1:53"]))
     return cfg, snapshots.build_snapshot(cfg, 1)
 
 
