@@ -51,7 +51,7 @@ def _fuzz_one(name: str, seconds: int, timeout: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", metavar="TARGET", help="targets (default: all)")
-    parser.add_argument("--seconds", type=int, default=int(os.environ.get("FUZZ_SECONDS", "30")))
+    parser.add_argument("--seconds", type=int, default=int(os.environ.get("FUZZ_SECONDS", "60")))
     parser.add_argument("--timeout", type=int, default=5, help="seconds one input may take before it counts as a crash")
     parser.add_argument("--one", metavar="TARGET", help=argparse.SUPPRESS)
     options = parser.parse_args()
