@@ -371,9 +371,17 @@ async def first_sync(cfg: config.Config) -> None:
     """
     assert cfg.sync is not None
     base = versions.sync_dir(cfg.state_dir)
-    for directory in (base, base / _BUILD):  # a sync's build killed midway: its index and manifest temporaries
-        for stale in durable.remove_stale_temporaries_in(directory):
-            log.info("removed %s, left by a sync that was stopped midway", stale)
+    # A sync killed midway: its build's index and manifest, the `current` link's, its download and the
+    # TUF client's metadata (tempfile's names). This process is the only one that syncs this state_dir.
+    stale = [*durable.remove_stale_temporaries_in(base), *durable.remove_stale_temporaries_in(base / _BUILD)]
+    for path in [*base.glob(f"{_STAGING}*"), *(base / _METADATA).glob("tmp*")]:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        stale.append(path)
+    for path in stale:
+        log.info("removed %s, left by a sync that was stopped midway", path)
     if versions.current(cfg.state_dir) is not None:
         return
     log.info("no verified lists and policies yet: syncing from %s before serving", cfg.sync.repository)

@@ -103,7 +103,7 @@ async def test_a_policy_write_killed_at_any_moment_leaves_the_old_policy_or_the_
 def leftovers(state_dir: Path) -> list[Path]:
     """Temporary files and download directories a start has not cleared."""
     sync = state_dir / "sync"
-    return [*temporaries(state_dir), *sorted(sync.glob(".staging-*"))]
+    return [*temporaries(state_dir), *sorted(sync.glob(".staging-*")), *sorted(sync.glob("metadata/tmp*"))]
 
 
 def served_version(state_dir: Path) -> bytes:
