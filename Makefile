@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PACKAGES := scripts/debian-packages
 
-.PHONY: run test lint format bench bench-smoke bench-tools test-tools bytecode check clean venv conformance
+.PHONY: run test lint format bench bench-smoke bench-tools test-tools bytecode check clean venv conformance fuzz
 
 # Debian's python3 lacks ensurepip until python3-venv is installed.
 $(STAMP): pyproject.toml
@@ -73,6 +73,13 @@ bench-smoke: $(STAMP) bytecode
 # Installs dnsperf, unbound, pdns-recursor and dnsmasq-base with apt-get (root), starting no daemon.
 bench-tools:
 	$(PYTHON) tests/perf/bench.py --tools-only
+
+# Fuzzing (not part of `make test`): atheris over every parser of untrusted input, FUZZ_SECONDS each
+# (tests/fuzz/run.py); a crash is saved in tests/data/fuzz/<target>/, which `make test` replays.
+FUZZ_SECONDS ?= 60
+fuzz: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[fuzz]'
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(PY) -m tests.fuzz.run
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -56,13 +56,17 @@ def remove_stale_temporaries(target: Path) -> list[Path]:
 
     Those of live processes are kept: they may be writing now. Returns what was removed.
     """
+    return remove_stale_temporaries_in(target.parent, target.name)
+
+
+def remove_stale_temporaries_in(directory: Path, name: str = "*") -> list[Path]:
+    """remove_stale_temporaries for the files of `directory` called `name` (a glob: every file, written or not)."""
     removed = []
-    for temp in target.parent.glob(f".{target.name}.*.tmp"):
-        pid = temp.name[len(target.name) + 2 : -len(".tmp")]
-        if not pid.isdigit() or _running(int(pid)):
-            continue
-        temp.unlink(missing_ok=True)
-        removed.append(temp)
+    for temp in directory.glob(f".{name}.*.tmp") if directory.is_dir() else ():
+        pid = temp.name[: -len(".tmp")].rpartition(".")[2]
+        if pid.isdigit() and not _running(int(pid)):
+            temp.unlink(missing_ok=True)
+            removed.append(temp)
     return removed
 
 

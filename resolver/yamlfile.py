@@ -102,7 +102,13 @@ class _PlainLoader(yaml.SafeLoader):
 
 def parse_yaml(text: str, file: str) -> Document:
     """Parse one YAML document; syntax errors, duplicate keys, anchors, aliases, deep nesting: a ConfigError."""
-    loader = _PlainLoader(text)
+    try:
+        loader = _PlainLoader(text)  # reads the whole text: a control character is refused here
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        raise ConfigError(
+            [Problem(file, line, "", f"invalid YAML: character #x{exc.character:04x} is not allowed")]
+        ) from None
     try:
         node = loader.get_single_node()
         lines: dict[Key, int] = {}

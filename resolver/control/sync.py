@@ -364,11 +364,24 @@ def served_manifest(state_dir: Path) -> Manifest | None:
 
 
 async def first_sync(cfg: config.Config) -> None:
-    """A start with no verified version on disk: one bounded try at the hub, or NotSyncedError.
+    """A start: a killed sync's temporaries go; with no verified version on disk, one bounded try at the hub.
 
-    A start with a verified version never waits for the hub: it serves that one and syncs later.
+    Without one from the hub either: NotSyncedError. A start with a verified version never waits for
+    the hub: it serves that one and syncs later.
     """
     assert cfg.sync is not None
+    base = versions.sync_dir(cfg.state_dir)
+    # A sync killed midway: its build's index and manifest, the `current` link's, its download and the
+    # TUF client's metadata (tempfile's names). This process is the only one that syncs this state_dir.
+    stale = [*durable.remove_stale_temporaries_in(base), *durable.remove_stale_temporaries_in(base / _BUILD)]
+    for path in [*base.glob(f"{_STAGING}*"), *(base / _METADATA).glob("tmp*")]:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        stale.append(path)
+    for path in stale:
+        log.info("removed %s, left by a sync that was stopped midway", path)
     if versions.current(cfg.state_dir) is not None:
         return
     log.info("no verified lists and policies yet: syncing from %s before serving", cfg.sync.repository)

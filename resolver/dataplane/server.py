@@ -20,6 +20,7 @@ from resolver.dataplane import frontends, metrics, pipeline, proxyv2, udpbatch, 
 from resolver.errors import ListenError
 
 log = logging.getLogger(__name__)
+SCHOOL_IN_FLIGHT_LIMIT = "school_in_flight_limit"  # the dropped reason of a miss over its school's cap
 
 
 class TcpLimits(Protocol):
@@ -34,12 +35,18 @@ class TcpLimits(Protocol):
 
 
 class InFlight:
-    """The capped count of one worker's cache misses waiting for their answers (for the bound and the drain)."""
+    """The capped count of one worker's cache misses waiting for their answers (for the bound and the drain).
 
-    def __init__(self, limit: int, counters: metrics.Counters):
+    Each school also has its own cap (`per_school`), so that one school's flood (a compromised lab
+    PC) fills its own share of the worker's places and the other schools keep theirs.
+    """
+
+    def __init__(self, limit: int, counters: metrics.Counters, per_school: int | None = None):
         self.limit = limit
+        self.per_school = per_school or limit
         self.counters = counters
         self.count = 0
+        self.by_school: dict[str, int] = {}  # school id -> its misses waiting (only schools with some)
         self._idle: asyncio.Event | None = None  # set when the count reaches 0, while draining
 
     def start(
@@ -54,14 +61,23 @@ class InFlight:
         if self.count >= self.limit:
             self.counters.dropped[reason] += 1
             return False
+        school = miss.school.id
+        held = self.by_school.get(school, 0)
+        if held >= self.per_school:
+            self.counters.dropped[SCHOOL_IN_FLIGHT_LIMIT] += 1
+            return False
+        self.by_school[school] = held + 1
         self.count += 1
-        miss.deliver_to(functools.partial(self._finished, deliver, nothing))
+        miss.deliver_to(functools.partial(self._finished, deliver, school, nothing))
         return True
 
     def _finished(
-        self, deliver: Callable[[bytes], None], nothing: Callable[[], None] | None, answer: bytes | None
+        self, deliver: Callable[[bytes], None], school: str, nothing: Callable[[], None] | None, answer: bytes | None
     ) -> None:
         self.count -= 1
+        held = self.by_school.pop(school) - 1
+        if held:
+            self.by_school[school] = held
         if not self.count and self._idle is not None:
             self._idle.set()
         if answer is not None:

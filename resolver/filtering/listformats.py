@@ -462,7 +462,9 @@ def _host_pattern_problem(host: str) -> str | None:
 # --- rpz -----------------------------------------------------------------------------------
 
 _CLASSES = frozenset({"IN", "CH", "HS", "CS"})
-_is_ttl = re.compile(r"(?:\d+[smhdw]?)+", re.IGNORECASE).fullmatch
+# Digit runs, each but the last followed by one unit letter: one way to match, so no backtracking
+# (written as (?:\d+[smhdw]?)+ a long run of digits not followed by a unit took minutes).
+_is_ttl = re.compile(r"\d+(?:[smhdw]\d+)*[smhdw]?", re.IGNORECASE).fullmatch
 _RPZ_TRIGGERS = frozenset({"rpz-ip", "rpz-nsip", "rpz-nsdname", "rpz-client-ip"})
 _RPZ_ACTIONS = {".": BLOCK, "rpz-passthru.": ALLOW}
 _RPZ_SKIPPED_ACTIONS = {"*.": "action nodata", "rpz-drop.": "action rpz-drop", "rpz-tcp-only.": "action rpz-tcp-only"}
@@ -523,6 +525,9 @@ class _RpzZone:
     def record(self, text: str, number: int, tally: Tally) -> Iterator[Entry]:
         fields = text.split()
         line = text.strip()
+        if not fields:  # a stray ")" or an empty "( )"
+            tally.reject(number, "parentheses with no record", line)
+            return
         if fields[0].startswith("$"):
             self._directive(fields, number, line, tally)
             return

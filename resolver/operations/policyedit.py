@@ -221,6 +221,15 @@ def replace(cfg: config.Config, school_id: str, path: Path, data: bytes, current
         raise Refused(Failure.NOT_APPLIED, f"cannot write {path.name}: {exc.strerror or exc}") from None
 
 
+def remove_stale_temporaries(cfg: config.Config) -> list[Path]:
+    """Before serving: the temporary files of policy writes killed midway (policies and their history)."""
+    history = cfg.state_dir / HISTORY_DIR
+    directories = (
+        [cfg.policies_dir, *(p for p in history.iterdir() if p.is_dir())] if history.is_dir() else [cfg.policies_dir]
+    )
+    return [stale for directory in directories for stale in durable.remove_stale_temporaries_in(directory)]
+
+
 def restore(path: Path, previous: PolicyText | None) -> None:
     """Put back what `path` held before `replace` (nothing: remove it)."""
     if previous is None:

@@ -182,8 +182,13 @@ class Distribution:
         """An instance with `sync:` and no verified version on disk tries the hub once (bounded) before serving.
 
         The TUF libraries are imported here (0.1-0.2 s), before DNS serves: imported once it
-        serves, they would hold the event loop, and every query, as long.
+        serves, they would hold the event loop, and every query, as long. Before that, what a policy
+        write killed midway left behind goes.
         """
+        from resolver.operations import policyedit
+
+        for stale in await asyncio.to_thread(policyedit.remove_stale_temporaries, cfg):
+            log.info("removed %s, left by a policy write that was stopped midway", stale)
         if cfg.sync is not None:
             from resolver.control import sync
 

@@ -59,7 +59,9 @@ class Worker:
             unknown_client_refusals_per_second=cfg.limits.unknown_client_refusals_per_second,
             forward_pools=self.forward_pools,
         )
-        self.in_flight = server.InFlight(cfg.limits.max_queries_in_flight, self.counters)
+        self.in_flight = server.InFlight(
+            cfg.limits.max_queries_in_flight, self.counters, cfg.limits.max_queries_in_flight_per_school
+        )
         self.front_ends = (
             frontends.FrontEnds(cfg.proxy_protocol.trusted, self.counters) if cfg.proxy_protocol is not None else None
         )

@@ -135,6 +135,33 @@ async def test_a_closed_connection_frees_its_place_under_the_cap(tmp_path, upstr
         assert resolver.worker.counters.dropped["tcp_connection_limit"] == 0
 
 
+async def test_one_schools_misses_beyond_its_share_are_dropped_and_another_school_is_answered(tmp_path, upstream):
+    upstream.answer("held.example.com", "A", "192.0.2.1").answer("b.example.com", "A", "192.0.2.3")
+    gate = _Gate()
+
+    async def hold_one_name(query, transport):
+        return await gate(query, transport) if query.question[0].name.to_text() == "held.example.com." else "default"
+
+    upstream.hook = hold_one_name
+    extra = "limits: {max_queries_in_flight: 10, max_queries_in_flight_per_school: 1}\n"
+    async with running_resolver(tmp_path, [upstream.address], extra) as resolver:
+        loop = asyncio.get_running_loop()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as school_a:  # 127.0.0.1: school A
+            school_a.setblocking(False)
+            await loop.sock_sendto(school_a, _query("held.example.com", 1), ("127.0.0.1", resolver.port))
+            await until(lambda: resolver.worker.in_flight.count == 1, 3)
+            await loop.sock_sendto(school_a, _query("other.example.com", 2), ("127.0.0.1", resolver.port))
+            await until(lambda: resolver.worker.counters.dropped["school_in_flight_limit"] == 1, 3)
+            assert upstream.count("other.example.com") == 0
+            # School B (127.0.0.2) has its own share: its miss is asked and answered meanwhile.
+            answer = await resolver.udp("b.example.com", source="127.0.0.2")
+            assert answer.answer[0][0].to_text() == "192.0.2.3"
+            gate.open.set()
+            answer = dns.message.from_wire(await asyncio.wait_for(loop.sock_recv(school_a, 65535), 3))
+            assert answer.id == 1 and answer.rcode() == dns.rcode.NOERROR
+        assert resolver.worker.counters.dropped["udp_in_flight_limit"] == 0
+
+
 async def test_misses_beyond_the_in_flight_bound_are_dropped_and_counted(tmp_path, upstream):
     upstream.answer("one.example.com", "A", "192.0.2.1").answer("two.example.com", "A", "192.0.2.2")
     gate = _Gate()

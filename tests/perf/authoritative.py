@@ -4,7 +4,8 @@
 
 UDP and TCP on the same port. The reply is built from the query's bytes without a DNS library
 (one recvfrom / one sendto per query in a tight loop), so it answers well over 50k queries a second
-on one core and is not what a benchmark of the resolver in front of it measures. Every name exists:
+on one core and is not what a benchmark of the resolver in front of it measures. Every name exists
+(but those under `--silent DOMAIN`, never answered, as a dead authority):
 
   A     -> one A record 192.0.2.x (x from a CRC of the lower-cased name, 1-254), TTL 3600
   other -> NOERROR with no answer (NODATA) and an SOA in the authority section, TTL 3600
@@ -28,6 +29,7 @@ SOA_RDATA = (  # mname "ns.bench." rname "hostmaster.bench." serial refresh retr
     b"\x02ns\x05bench\x00" + b"\x0ahostmaster\x05bench\x00" + struct.pack("!IIIII", 1, 3600, 600, 86400, TTL)
 )
 OPT_RR = b"\x00" + struct.pack("!HHIH", 41, 1232, 0, 0)  # root name, type OPT, payload 1232, no options
+SILENT = [b""]  # --silent: names under this domain (wire form, no root label) get no answer at all
 
 
 def answer(query: bytes) -> bytes | None:
@@ -53,6 +55,8 @@ def answer(query: bytes) -> bytes | None:
         pos += 1 + length
     if pos + 4 > end:
         return None
+    if SILENT[0] and query[12 : pos - 1].lower().endswith(SILENT[0]):
+        return None  # an unresponsive authority: what a random-subdomain flood is aimed at
     question = query[12 : pos + 4]
     qtype, qclass = struct.unpack_from("!HH", query, pos)
     edns = arcount > 0
@@ -117,7 +121,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--address", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True, help="UDP and TCP port (0: choose one)")
+    parser.add_argument("--silent", default="", help="never answer names under this domain (a dead authority)")
     args = parser.parse_args()
+    SILENT[0] = b"".join(bytes([len(label)]) + label.encode() for label in args.silent.lower().split(".") if label)
 
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)

@@ -93,3 +93,20 @@ def test_compile_writes_index_and_manifest_and_sweeps_stale_temporary_files(tmp_
     assert json.loads((state_dir / lists.MANIFEST_FILE).read_text()) == manifest
     assert manifest["entry_counts"] == {"games": 1}
     assert sorted(p.name for p in state_dir.iterdir()) == sorted([lists.INDEX_FILE, lists.MANIFEST_FILE])
+
+
+def test_stale_temporaries_of_any_file_in_a_directory_are_removed(tmp_path):
+    pid = dead_pid()
+    dead = [tmp_path / f".school-a.yaml.{pid}.tmp", tmp_path / f".1-20260101T000000Z-abc.yaml.{pid}.tmp"]
+    kept = [
+        durable.temporary_path(tmp_path / "school-b.yaml", os.getpid()),
+        tmp_path / ".notes.tmp",
+        tmp_path / "a.yaml",
+    ]
+    for path in [*dead, *kept]:
+        path.write_bytes(b"x")
+
+    assert sorted(durable.remove_stale_temporaries_in(tmp_path)) == sorted(dead)
+
+    assert sorted(tmp_path.iterdir()) == sorted(kept)
+    assert durable.remove_stale_temporaries_in(tmp_path / "missing") == []

@@ -2,6 +2,7 @@
 
 import io
 import ipaddress
+import time
 from pathlib import Path
 
 import idna
@@ -474,6 +475,8 @@ def test_rpz_owner_carries_over_to_continuation_records():
         ("bad..example CNAME .\n", "empty label"),
         ("ba*d.example CNAME .\n", "wildcard"),
         ("lonely\n", "no record type"),
+        (")\n", "parentheses with no record"),
+        ("(\n)\n", "parentheses with no record"),
     ],
 )
 def test_rpz_invalid_lines(text, reason):
@@ -787,3 +790,11 @@ def test_parse_list_runs_groups_what_parse_list_gives(fmt, data, match):
         key: sorted(names) for key, names in expected.items()
     }
     assert tally_state(run_tally) == tally_state(line_tally)
+
+
+def test_rpz_a_long_digit_run_before_the_type_is_read_at_once():
+    started = time.perf_counter()
+    entries, tally = parse("rpz", ["bad.example " + "5" * 40 + "CNAME .\n", "ok.example 1h30m IN CNAME .\n"])
+    assert time.perf_counter() - started < 1
+    assert entries == [("ok.example", EXACT, BLOCK)]
+    assert tally.invalid + tally.skipped == 1

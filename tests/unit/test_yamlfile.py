@@ -46,3 +46,9 @@ def test_nesting_deeper_than_the_bound_is_refused():
     started = time.perf_counter()
     assert "nested deeper" in _problem("[" * 50_000)
     assert time.perf_counter() - started < 2
+
+
+def test_a_control_character_is_one_problem_naming_its_line():
+    with pytest.raises(ConfigError) as caught:
+        yamlfile.parse_yaml("id: school-a\nallow: [a.example]\x01deny: []\n", "school-a.yaml")
+    assert [str(p) for p in caught.value.problems] == ["school-a.yaml:2: invalid YAML: character #x0001 is not allowed"]

@@ -1,0 +1,1 @@
+"""Fuzz targets over every parser of untrusted input, their runner (`make fuzz`) and their reproducers."""

@@ -1,0 +1,327 @@
+"""The fuzz targets: each parser of untrusted input, the errors it may raise, and the inputs it starts from.
+
+A target takes bytes and either returns or raises one of its `expected` errors (the one clear
+error a user or a peer gets); anything else is a crash. The same table drives `make fuzz`
+(atheris, tests/fuzz/run.py), the replay of every saved reproducer in tests/data/fuzz/<target>/
+and the short hypothesis runs in `make test` (tests/unit/test_fuzz_targets.py). A new parser
+(a new transport's framing, a proxy header) is one more row in TARGETS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import dataclasses
+import functools
+import io
+import struct
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import dns.message
+import dns.rrset
+
+from resolver.control import config, snapshots
+from resolver.dataplane import cache, metrics, pipeline, server, upstream, wire
+from resolver.errors import ResolverError
+from resolver.filtering import listformats, policy, policyfile
+from resolver.operations import admin, policyedit
+from resolver.operations.refusals import Refused
+from resolver.yamlfile import ConfigError
+from tests.support import harness
+
+REPRODUCERS = Path(__file__).resolve().parents[1] / "data" / "fuzz"
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    name: str
+    run: Callable[[bytes], None]
+    expected: tuple[type[BaseException], ...]  # what the parser raises on purpose for bad input
+    seeds: Callable[[], list[bytes]]  # well-formed inputs to start mutating from
+
+    def check(self, data: bytes) -> None:
+        """Run one input; raise AssertionError (or the unexpected error) for a crash."""
+        try:
+            self.run(data)
+        except self.expected:
+            pass
+
+
+# --- wire: client queries ------------------------------------------------------------------
+
+
+def _query_seeds() -> list[bytes]:
+    seeds = [
+        dns.message.make_query("example.com", "A").to_wire(),
+        dns.message.make_query("www.Example.ORG", "AAAA", want_dnssec=True).to_wire(),
+        dns.message.make_query("a.b.c.example", "HTTPS", use_edns=0, payload=4096).to_wire(),
+    ]
+    return seeds
+
+
+def wire_query(data: bytes) -> None:
+    query = wire.parse_query(data)
+    # What the pipeline does with a parsed query: the key, the upstream question, an error answer.
+    assert query.question_lower == wire.lower_question(query.question)
+    wire.make_upstream_query(query, 1)
+    wire.make_error(query.id, query.flags, wire.SERVFAIL, query)
+
+
+def _wire_query_checked(data: bytes) -> None:
+    try:
+        wire_query(data)
+    except (wire.FormError, wire.NotImplementedOpcode) as exc:
+        wire.make_error(exc.query_id, exc.flags, wire.FORMERR, exc.echo)  # the answer must be buildable
+
+
+# --- wire: upstream replies ----------------------------------------------------------------
+
+_QUESTION_TYPES = (wire.TYPE_A, wire.TYPE_AAAA, wire.TYPE_CNAME, wire.TYPE_HTTPS, wire.TYPE_ANY)
+
+
+def _upstream_question(selector: int) -> wire.Query:
+    qtype = _QUESTION_TYPES[selector % len(_QUESTION_TYPES)]
+    return wire.parse_query(dns.message.make_query("www.example.com", qtype, use_edns=0).to_wire())
+
+
+def upstream_answer(data: bytes) -> None:
+    """data: one selector byte (the question asked), then the reply; its question is forced to ours.
+
+    The upstream room parses only replies that passed reply_matches (our ID, QR, our question), so
+    the fuzzer mutates the header's counts and flags and everything after the question.
+    """
+    if len(data) < 13:
+        return
+    query = _upstream_question(data[0])
+    header = bytearray(data[1:13])
+    header[2] |= 0x80  # QR
+    struct.pack_into("!H", header, 4, 1)  # QDCOUNT
+    reply = bytes(header) + query.question_lower + data[13:]
+    assert wire.reply_matches(reply, struct.unpack_from("!H", reply)[0], query.question_lower)
+    answer = wire.parse_upstream_answer(reply, len(query.question), 0, 86400, 3600)
+    # What the cache and the pipeline then do with it.
+    aged = wire.reduce_ttls(answer.message, answer.ttl_offsets, 30)
+    wire.replay(aged, answer.question_length, query, 1232)
+    wire.answer_rdata(answer, wire.TYPE_A)
+
+
+def _upstream_seeds() -> list[bytes]:
+    seeds = []
+    for selector, qtype in enumerate(_QUESTION_TYPES):
+        response = dns.message.make_response(dns.message.make_query("www.example.com", qtype, use_edns=0))
+        response.answer.append(dns.rrset.from_text("www.example.com.", 300, "IN", "CNAME", "edge.example.net."))
+        response.answer.append(dns.rrset.from_text("edge.example.net.", 60, "IN", "A", "192.0.2.1"))
+        soa = "ns1.example.net. hostmaster.example.net. 1 7200 3600 1209600 60"
+        response.authority.append(dns.rrset.from_text("example.net.", 60, "IN", "SOA", soa))
+        reply = response.to_wire()
+        question_end = 12 + len(wire.encode_name("www.example.com")) + 4
+        seeds.append(bytes([selector]) + reply[:12] + reply[question_end:])
+    return seeds
+
+
+# --- the TCP framer, over the real pipeline ------------------------------------------------
+
+
+class _FailingForwarder:
+    """The pipeline's Forwarder protocol: every miss fails at once (the answer is SERVFAIL)."""
+
+    def ask(self, query: wire.Query, done: upstream.Done) -> None:
+        done(None, upstream.AllUpstreamsFailed("no upstream in the fuzz run", wire.EDE_NO_REACHABLE_AUTHORITY))
+
+
+class _Transport:
+    """What TcpConnection uses of an asyncio transport, keeping what it writes."""
+
+    def __init__(self) -> None:
+        self.written = bytearray()
+        self.closed = False
+
+    def get_extra_info(self, name: str) -> Any:
+        return ("127.0.0.1", 5353) if name == "peername" else None
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed, "written after close"
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    abort = close
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+@dataclasses.dataclass(frozen=True)
+class _TcpLimits:
+    tcp_max_connections: int = 10
+    tcp_idle_timeout_seconds: float = 60.0
+    tcp_max_pipelined: int = 4
+
+
+@functools.cache
+def _site() -> tuple[config.Config, pipeline.Snapshot]:
+    directory = tempfile.TemporaryDirectory(prefix="schooldns-fuzz-")
+    atexit.register(directory.cleanup)  # at exit, not before: the snapshot maps its index
+    cfg = config.load_config(harness.write_site(Path(directory.name), ["127.0.0.1:53"]))
+    return cfg, snapshots.build_snapshot(cfg, 1)
+
+
+async def _tcp_stream(data: bytes) -> None:
+    _, snapshot = _site()
+    counters = metrics.Counters()
+    pipe = pipeline.Pipeline(snapshot, cache.AnswerCache(100), _FailingForwarder(), counters)
+    connections = server.TcpConnections(pipe, server.InFlight(100, counters), _TcpLimits())
+    connection = connections.protocol()
+    transport = _Transport()
+    connection.connection_made(transport)  # type: ignore[arg-type]
+    # The stream arrives in pieces cut where the input says (its first byte), as TCP may deliver it.
+    step = (data[0] if data else 0) % 7 + 1
+    for start in range(1, max(len(data), 1), step):
+        if transport.closed:
+            break
+        connection.data_received(data[start : start + step])
+    connection.connection_lost(None)
+    assert counters.internal_errors == 0, "the pipeline hit an internal error"
+    written = bytes(transport.written)
+    while written:  # every answer is one whole frame
+        assert len(written) >= 2
+        length = written[0] << 8 | written[1]
+        assert 12 <= length <= len(written) - 2, "a broken frame"
+        written = written[2 + length :]
+
+
+def tcp_framer(data: bytes) -> None:
+    asyncio.run(_tcp_stream(data))
+
+
+def _tcp_seeds() -> list[bytes]:
+    return [b"\x03" + b"".join(wire.frame(query) for query in _query_seeds())]
+
+
+# --- list formats --------------------------------------------------------------------------
+
+_FORMATS = ("domains", "hosts", "adblock", "rpz")
+
+
+def _as_file(data: bytes) -> io.TextIOWrapper:
+    """The bytes as lists.py reads a list file: UTF-8 with replacements, universal newlines."""
+    return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", errors="replace")
+
+
+def list_formats(data: bytes) -> None:
+    """data: one selector byte (the format), then the file's bytes; the compile's and the trace's reading agree."""
+    if not data:
+        return
+    fmt = _FORMATS[data[0] % len(_FORMATS)]
+    entries = list(listformats.parse_list(fmt, _as_file(data[1:])))
+    runs = listformats.parse_list_runs(fmt, _as_file(data[1:]))
+    assert sum(map(len, runs.values())) == len(entries)
+    for name, _match, _kind in entries:
+        assert name == "." or name == listformats.normalize_name(name), name
+
+
+def _list_seeds() -> list[bytes]:
+    return [
+        b"\x00# comment\nexample.com\n*.ads.example.net\nxn--bcher-kva.example\n",
+        b"\x010.0.0.0 tracker.example.com\n127.0.0.1 localhost\n:: ads.example.org # c\n",
+        b"\x02||ads.example.com^\n@@||good.example.com^\n! comment\n||x.example^$important\n",
+        b"\x03$ORIGIN rpz.example.\n$TTL 60\n@ SOA a. b. 1 2 3 4 5\nbad.example CNAME .\n*.bad.example CNAME .\n",
+    ]
+
+
+# --- policy YAML ---------------------------------------------------------------------------
+
+
+def _categories() -> tuple[str, ...]:
+    return ("adult", "games", "malware", "bypass")
+
+
+@functools.cache
+def _province() -> policy.Province:
+    return policyfile.parse_province(harness.PROVINCE, "province.yaml", _categories())
+
+
+def policy_yaml(data: bytes) -> None:
+    """data: one selector byte (province or school file), then the file's text."""
+    if not data:
+        return
+    text = data[1:].decode("utf-8", errors="replace")
+    if data[0] & 1:
+        policyfile.parse_province(text, "province.yaml", _categories())
+    else:
+        policyfile.parse_school(text, "school-a.yaml", _categories(), _province())
+
+
+def _policy_seeds() -> list[bytes]:
+    return [
+        b"\x01" + harness.PROVINCE.encode(),
+        b"\x00" + harness.SCHOOL_A.encode(),
+        b"\x00" + harness.SCHOOL_B.encode(),
+    ]
+
+
+# --- the admin API's bodies ----------------------------------------------------------------
+
+_POLICY_PATH = Path("school-a.yaml")
+
+
+def admin_body(data: bytes) -> None:
+    """data: one selector byte (which body), then the body: a policy PUT, an allow/deny entry, a decision."""
+    if not data:
+        return
+    body = data[1:]
+    current = policyedit.PolicyText(harness.SCHOOL_A.encode())
+    kind = data[0] % 3
+    if kind == 0:
+        policyedit.check_province_keys(current, body, _POLICY_PATH)  # a school token's PUT
+        policyedit.check_province_keys(policyedit.PolicyText(body), harness.SCHOOL_A.encode(), _POLICY_PATH)
+    elif kind == 1:
+        edited = policyedit.with_entry(body, "allow", "unblock.example.com", _POLICY_PATH)
+        assert b"unblock.example.com" in edited
+    else:
+        admin._decision(body)
+
+
+def _admin_seeds() -> list[bytes]:
+    return [
+        b"\x00" + harness.SCHOOL_A.encode(),
+        b"\x01" + harness.SCHOOL_A.encode(),
+        b"\x01id: school-a\nallow:\n  - a.example\n  - b.example\n",
+        b'\x02{"decision": "allow"}',
+    ]
+
+
+TARGETS: dict[str, Target] = {
+    target.name: target
+    for target in (
+        Target("wire_query", _wire_query_checked, (wire.Unanswerable, wire.BadVersion), _query_seeds),
+        Target("upstream_answer", upstream_answer, (wire.BadReply,), _upstream_seeds),
+        Target("tcp_framer", tcp_framer, (), _tcp_seeds),
+        Target("list_formats", list_formats, (), _list_seeds),
+        Target("policy_yaml", policy_yaml, (ConfigError,), _policy_seeds),
+        Target("admin_body", admin_body, (Refused,), _admin_seeds),
+        # PROXY v2 headers and DoH requests join here as their parsers land.
+    )
+}
+
+assert all(issubclass(error, ResolverError) for target in TARGETS.values() for error in target.expected)
+
+
+def reproducers(name: str) -> list[Path]:
+    """The saved inputs that once crashed target `name` (each one a regression test)."""
+    directory = REPRODUCERS / name
+    return (
+        sorted(p for p in directory.iterdir() if p.is_file() and not p.name.startswith("."))
+        if directory.is_dir()
+        else []
+    )
