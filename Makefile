@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PACKAGES := scripts/debian-packages
 
-.PHONY: run test lint format bench bench-smoke bench-tools test-tools bytecode check clean venv conformance fuzz
+.PHONY: run test test-wheel lint format bench bench-smoke bench-tools test-tools bytecode check clean venv conformance fuzz
 
 # Debian's python3 lacks ensurepip until python3-venv is installed.
 $(STAMP): pyproject.toml
@@ -56,6 +56,11 @@ format: $(STAMP)
 # The differential test at full size (not part of `make test`): some 26,000 questions to schooldns and
 # to unbound, TXT answers across every size where they cross 512 and 1232 bytes (about 2 minutes).
 # CONFORMANCE_TXT_STEP=1 asks every TXT size up to 12 KB too (much longer).
+# The wheel built from the repository, installed in a fresh venv and run outside the checkout
+# (tests/integration/test_wheel.py, about 25 s); CI runs it after `make test`.
+test-wheel: $(STAMP) test-tools
+	$(PY) -m pytest -m wheel tests/integration/test_wheel.py
+
 conformance: $(STAMP) test-tools
 	$(PY) -m pytest -m conformance -s tests/integration/test_differential.py
 

@@ -20,7 +20,7 @@ from tests.support.hubs import SCHOOL_A_DENYING_NEW, make_hub, sync_config
 from tests.support.served import ROOT, SCHOOLDNS, Served
 from tests.support.static_http import StaticServer
 
-ITERATIONS = 4
+ITERATIONS = 3
 SYNC_INTERVAL = 1.0  # seconds between an instance's syncs (the least allowed)
 OLD, NEW = SCHOOL_A.encode(), SCHOOL_A_DENYING_NEW.encode()
 

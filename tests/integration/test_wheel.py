@@ -23,6 +23,9 @@ import yaml
 
 from tests.support.fake_upstream import FakeUpstream
 
+# A wheel build and a fresh venv take about 25 s: `make test-wheel` runs this, and CI does.
+pytestmark = pytest.mark.wheel
+
 ROOT = Path(__file__).resolve().parents[2]
 # The installed package must be found in the venv, never through the checkout.
 CLEAN_ENV = {

@@ -418,7 +418,7 @@ def parse_either(kind, text):
     return policyfile.parse_province(text, "province.yaml", CATEGORIES)
 
 
-@settings(max_examples=300, deadline=None, database=None)
+@settings(max_examples=150, deadline=None, database=None)
 @given(data=st.data())
 @pytest.mark.parametrize("kind", ["school", "province"])
 def test_any_policy_file_gives_a_policy_or_problems_naming_file_line_and_key(kind, data):
