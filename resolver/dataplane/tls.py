@@ -75,7 +75,8 @@ def load_context(cert_file: Path, key_file: Path, alpn: tuple[str, ...]) -> ssl.
     return context
 
 
-def _signature(*paths: Path) -> tuple[tuple[int, int, int], ...]:
+def file_signature(*paths: Path) -> tuple[tuple[int, int, int], ...]:
+    """Inode, size and modification time of each file ((0, 0, 0) for a missing one): changes when a file is renewed."""
     out = []
     for path in paths:
         try:
@@ -100,7 +101,7 @@ class Certificates:
         self.key_file = key_file
         self.alpn = alpn
         self.setting = setting  # "dot" or "doh", for the log
-        self._signature = _signature(cert_file, key_file)
+        self._signature = file_signature(cert_file, key_file)
         self._context = load_context(cert_file, key_file, alpn)
         self._checked = time.monotonic()
 
@@ -109,13 +110,13 @@ class Certificates:
         now = time.monotonic()
         if now - self._checked >= CHECK_SECONDS:
             self._checked = now
-            if _signature(self.cert_file, self.key_file) != self._signature:
+            if file_signature(self.cert_file, self.key_file) != self._signature:
                 self.reload()
         return self._context
 
     def reload(self) -> bool:
         """Load the files again (SIGHUP, or a change seen); False, the old pair kept, when they do not load."""
-        signature = _signature(self.cert_file, self.key_file)
+        signature = file_signature(self.cert_file, self.key_file)
         try:
             context = load_context(self.cert_file, self.key_file, self.alpn)
         except CertificateError as exc:

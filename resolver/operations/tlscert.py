@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import ssl
 
 from resolver.control import config
+from resolver.dataplane.tls import file_signature
 from resolver.errors import ResolverError
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,7 @@ class Certificate:
         self.tls = tls
         self.setting = setting
         self.context = self._loaded()
-        self._seen = self._files()
+        self._seen = file_signature(self.tls.cert_file, self.tls.key_file)
 
     def reload_if_changed(self) -> bool:
         """Load the files again if they changed since the last look; True if they were.
@@ -31,7 +31,7 @@ class Certificate:
         caught half-written) raises ResolverError and leaves the served one as it was; it is tried
         again at the next change.
         """
-        seen = self._files()
+        seen = file_signature(self.tls.cert_file, self.tls.key_file)
         if seen == self._seen:
             return False
         self._seen = seen
@@ -48,16 +48,6 @@ class Certificate:
                     log.info("block page: certificate %s loaded again", self.tls.cert_file)
             except ResolverError as exc:
                 log.error("block page: keeping the previous certificate: %s", exc)
-
-    def _files(self) -> tuple[tuple[int, int, int], ...]:
-        out = []
-        for path in (self.tls.cert_file, self.tls.key_file):
-            try:
-                st = os.stat(path)
-                out.append((st.st_ino, st.st_mtime_ns, st.st_size))
-            except OSError:
-                out.append((0, 0, 0))
-        return tuple(out)
 
     def _loaded(self) -> ssl.SSLContext:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import html
 import json
 import re
@@ -17,16 +16,12 @@ from typing import Any
 import aiohttp
 import dns.rcode
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from resolver.control import config
 from resolver.errors import ResolverError
 from resolver.operations import admin, pages, requestbox, tlscert, tokens
 from resolver.processes import app
-from tests.support import harness, served
+from tests.support import harness, served, testca
 from tests.support.fake_upstream import FakeUpstream
 
 # School A (127.0.0.1) answers blocked names with the block page's address, and blocks games;
@@ -325,32 +320,8 @@ async def test_an_allow_never_lifts_the_provinces_block_nor_edits_a_hubs_policie
         assert (await site.decide(malware, "reject", "province")).status == 200
 
 
-def _certificate(directory: Path, name: str) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    directory.mkdir(parents=True, exist_ok=True)
-    cert_file, key_file = directory / "page.pem", directory / "page.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert_file, key_file
-
-
-async def _https(port: int, name: str, cert_file: Path) -> tuple[int, str]:
-    trust = ssl.create_default_context(cafile=str(cert_file))
+async def _https(port: int, name: str, ca_file: Path) -> tuple[int, str]:
+    trust = ssl.create_default_context(cafile=str(ca_file))
     connector = aiohttp.TCPConnector(ssl=trust, resolver=_Loopback())
     async with (
         aiohttp.ClientSession(connector=connector) as session,
@@ -370,22 +341,23 @@ class _Loopback(aiohttp.abc.AbstractResolver):
 
 
 async def test_https_with_a_certificate_the_device_trusts_and_a_renewed_one(tmp_path):
-    cert_file, key_file = _certificate(tmp_path / "tls", "games.example.com")
+    ca = testca.make_ca(tmp_path / "tls")  # the school CA a managed device trusts
+    cert_file, key_file = ca.issue("page", "games.example.com")
     tls = f'{{listen: ["127.0.0.1:0"], cert_file: {cert_file}, key_file: {key_file}}}'
     extra = f'blockpage: {{listen: ["127.0.0.1:0"], tls: {tls}}}\n'
     async with site_at(tmp_path / "site", extra) as site:
         port = site.running.blockpage_tls_port
-        status, text = await _https(port, "games.example.com", cert_file)
+        status, text = await _https(port, "games.example.com", ca.ca_file)
         assert status == 403 and "games.example.com" in text and "Tiểu học A" in text
         with pytest.raises(aiohttp.ClientConnectorCertificateError):
-            await _https(port, "adult.example.com", cert_file)  # a name the certificate does not hold
+            await _https(port, "adult.example.com", ca.ca_file)  # a name the certificate does not hold
 
     # A renewed certificate is taken; a half-written one keeps the one served.
     cfg = config.load_config(tmp_path / "site" / "config.yaml")
     assert cfg.blockpage is not None and cfg.blockpage.tls is not None
     certificate = tlscert.Certificate(cfg.blockpage.tls, "blockpage.tls")
     assert not certificate.reload_if_changed()
-    _certificate(tmp_path / "tls", "adult.example.com")
+    ca.issue("page", "adult.example.com")
     assert certificate.reload_if_changed()
     key_file.write_text("-----BEGIN PRIVATE KEY-----\ncut short")
     with pytest.raises(ResolverError, match=r"^blockpage.tls: cannot load the certificate .*page.pem with the key "):
