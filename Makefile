@@ -41,8 +41,10 @@ test-tools:
 		unbound=unbound shellcheck=shellcheck systemd-analyze=systemd nft=nftables promtool=prometheus \
 		chromium=chromium knotd=knot
 
+# TEST_JOBS pytest processes (pytest-xdist); TEST_JOBS=0 runs the suite in this one process.
+TEST_JOBS ?= auto
 test: $(STAMP) test-tools
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_JOBS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check resolver tests
