@@ -67,6 +67,8 @@ class LimitsConfig:
     max_queries_in_flight: int = _bounded(10_000, 1, 100_000)  # per worker, UDP + TCP together
     # Of those, one school's at most: its flood is dropped, the other schools keep their places.
     max_queries_in_flight_per_school: int = _bounded(2_500, 1, 100_000)
+    # Queries a second of one school, per worker, in bursts of up to 2 s of them; 0 = no cap.
+    queries_per_second_per_school: int = _bounded(0, 0, 1_000_000)
     tcp_max_connections: int = _bounded(1_000, 1, 10_000)
     tcp_idle_timeout_seconds: float = _bounded(10.0, 0.1, 300.0, "seconds")
     tcp_max_pipelined: int = _bounded(64, 1, 1_024)  # queries in flight on one TCP connection

@@ -227,6 +227,8 @@ class DohServer:
             ):
                 respond(Response(503, b"busy\n"))
             return None
+        if reply is pipeline.SHED:  # counted as dropped (school_rate_limit)
+            return respond(Response(429, b"too many queries from this school\n"))
         return respond(self.reject(400, "not a DNS query"))
 
     @staticmethod

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from resolver.dataplane import ednsopt, metrics, pipeline, proxyv2
 from resolver.filtering import schools
 
-Handle = Callable[[bytes, "str | bytes", str], "bytes | pipeline.Pending | pipeline.Stream | None"]
+Handle = Callable[[bytes, "str | bytes", str], "bytes | pipeline.Pending | pipeline.Stream | pipeline.Shed | None"]
 
 
 class FrontEnds:
@@ -41,7 +41,7 @@ class FrontEnds:
 
         def handle_datagram(
             data: bytes, client: str | bytes, transport: str
-        ) -> bytes | pipeline.Pending | pipeline.Stream | None:
+        ) -> bytes | pipeline.Pending | pipeline.Stream | pipeline.Shed | None:
             if lookup(client) is None:
                 return handle(data, client, transport)
             if data[:12] == proxyv2.SIGNATURE:

@@ -63,6 +63,20 @@ class Histogram:
         return cls(data[0], data[1])
 
 
+# Why a query was dropped unanswered (the `reason` label of schooldns_queries_dropped_total; a
+# closed set). Each is a bound of docs/reliability.md.
+DROP_REASONS = (
+    "udp_in_flight_limit",  # a UDP miss over limits.max_queries_in_flight
+    "tcp_in_flight_limit",  # a TCP or DoT miss over it
+    "doh_in_flight_limit",  # a DoH miss over it (answered 503)
+    "school_in_flight_limit",  # a miss over its school's limits.max_queries_in_flight_per_school
+    "school_rate_limit",  # a query over its school's limits.queries_per_second_per_school (DoH: 429)
+    "tcp_connection_limit",  # a TCP connection over limits.tcp_max_connections
+    "udp_send_buffer_full",  # an answer the kernel's full send buffer took no more of
+    "udp_oversized",  # a datagram longer than udpbatch.QUERY_MAX, which no query is
+    "unknown_client_rate_limit",  # a refusal over its network's limits.unknown_client_refusals_per_second
+)
+
 # Why a transport turned something away before it was a query (the `reason` label of
 # schooldns_transport_rejected_total, with the `transport`; a closed set).
 REJECTIONS = (

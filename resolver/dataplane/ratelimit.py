@@ -1,4 +1,4 @@
-"""Answers per second per client network (/24 for IPv4, /56 for IPv6): the bound on what unknown clients are sent.
+"""Rates per second: answers per client network (the bound on what unknown clients are sent), queries per school.
 
 A client outside every school network gets REFUSED, and its source address may be forged: without
 a bound, a flood of queries forged from one victim's addresses would have schooldns reflect an
@@ -44,6 +44,46 @@ class PerNetworkLimit:
             return False
         counts[network] = count + 1
         return True
+
+
+# A school may send this many seconds' worth of its rate at once (a token bucket this deep): a
+# lesson's start, when every device opens pages together, is not cut.
+BURST_SECONDS = 2.0
+
+
+class SchoolRates:
+    """At most `per_second` queries per school on average, `BURST_SECONDS` of them at once: a token bucket per school.
+
+    Schools come from the configuration, so the table holds at most one bucket per configured
+    school (and the default school); `forget` empties it when a snapshot is installed.
+    """
+
+    __slots__ = ("_buckets", "burst", "per_second")
+
+    def __init__(self, per_second: float):
+        self.per_second = per_second
+        self.burst = max(per_second * BURST_SECONDS, 1.0)
+        self._buckets: dict[str, list[float]] = {}  # school id -> [tokens left, when last counted]
+
+    def allow(self, school: str, now: float) -> bool:
+        """Whether one more query of `school` at `now` (seconds, any monotonic clock) fits its rate; counts it if so."""
+        bucket = self._buckets.get(school)
+        if bucket is None:
+            self._buckets[school] = [self.burst - 1.0, now]
+            return True
+        tokens = bucket[0] + (now - bucket[1]) * self.per_second
+        if tokens > self.burst:
+            tokens = self.burst
+        bucket[1] = now
+        if tokens < 1.0:
+            bucket[0] = tokens
+            return False
+        bucket[0] = tokens - 1.0
+        return True
+
+    def forget(self) -> None:
+        """Start every school's bucket full again (a new snapshot may name other schools)."""
+        self._buckets = {}
 
 
 def network_of(client: str | bytes) -> bytes | None:

@@ -58,6 +58,7 @@ class Worker:
             stale_wait_seconds=cfg.cache.stale_wait_seconds,
             unknown_client_refusals_per_second=cfg.limits.unknown_client_refusals_per_second,
             forward_pools=self.forward_pools,
+            school_queries_per_second=cfg.limits.queries_per_second_per_school,
         )
         self.in_flight = server.InFlight(
             cfg.limits.max_queries_in_flight, self.counters, cfg.limits.max_queries_in_flight_per_school

@@ -182,3 +182,33 @@ async def test_misses_beyond_the_in_flight_bound_are_dropped_and_counted(tmp_pat
             # Its place is free again: the next miss is asked.
             upstream.hook = None
             assert (await resolver.udp("two.example.com")).answer[0][0].to_text() == "192.0.2.2"
+
+
+async def test_a_school_over_its_rate_cap_is_shed_and_counted_while_another_school_is_answered(tmp_path, upstream):
+    extra = "limits: {queries_per_second_per_school: 1}\n"  # a burst of 2, then one a second
+    async with running_resolver(tmp_path, [upstream.address], extra) as resolver:
+        dropped = resolver.worker.counters.dropped
+        loop = asyncio.get_running_loop()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as school_a:  # 127.0.0.1: school A
+            school_a.setblocking(False)
+            for query_id in range(10):  # at once: far faster than a token a second comes back
+                await loop.sock_sendto(school_a, _query("www.example.com", query_id), ("127.0.0.1", resolver.port))
+            await until(lambda: dropped["school_rate_limit"] >= 7, 3)
+            answered = 0
+            while answered + dropped["school_rate_limit"] < 10:  # each query answered or dropped
+                await asyncio.wait_for(loop.sock_recv(school_a, 65535), 3)
+                answered += 1
+            assert answered >= 2
+        # School B (127.0.0.2) has its own bucket: answered over UDP and TCP meanwhile.
+        assert (await resolver.udp("www.example.com", source="127.0.0.2")).rcode() == dns.rcode.NOERROR
+        assert (await resolver.tcp("www.example.com", source="127.0.0.2")).rcode() == dns.rcode.NOERROR
+        # School A over TCP: the query is dropped as well (counted), the connection stays open.
+        before = dropped["school_rate_limit"]
+        _, writer = await asyncio.open_connection("127.0.0.1", resolver.port)
+        try:
+            writer.write(b"".join(wire.frame(_query("www.example.com", n)) for n in range(5)))
+            await until(lambda: dropped["school_rate_limit"] >= before + 3, 3)
+            assert not writer.is_closing()
+        finally:
+            writer.close()
+        assert resolver.worker.counters.queries[("school-b", "udp", "cached")] == 1

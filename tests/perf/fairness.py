@@ -1,13 +1,14 @@
 """One school floods, another is served: school B's cache misses while school A floods a dead authority at full rate.
 
-    .venv/bin/python tests/perf/fairness.py [--seconds 10]
+    .venv/bin/python tests/perf/fairness.py [--seconds 10] [--rate-cap 1000]
 
 The flood is the one a compromised lab PC or an open resolver's abuse sends: random names under a
 domain whose authority never answers (tests/perf/authoritative.py --silent), so each of school A's
 queries is a cache miss that holds an in-flight place until the forwarding timeout. School B asks
 one new name at a time (each a miss answered by the upstream) from its own address and times each
 answer. Run once with `limits.max_queries_in_flight_per_school` at the worker's whole bound (no
-per-school share: one school may take every place) and once at its default. One worker process,
+per-school share: one school may take every place) and once at its default; with `--rate-cap N`,
+a third time with the default share and `limits.queries_per_second_per_school: N`. One worker process,
 the load generator (tests/perf/loadgen.py) and the upstream each a process of their own. Prints
 one JSON line per run.
 """
@@ -103,13 +104,15 @@ def _dropped(admin_port: int) -> dict[str, float]:
     return {m[1]: float(m[2]) for m in re.finditer(r'schooldns_queries_dropped_total\{reason="([^"]+)"\} (\S+)', text)}
 
 
-def run(work: Path, upstream_port: int, queries: Path, per_school: int, seconds: float) -> dict[str, object]:
-    root = work / f"per-school-{per_school}"
+def run(
+    work: Path, upstream_port: int, queries: Path, per_school: int, seconds: float, rate_cap: int = 0
+) -> dict[str, object]:
+    root = work / f"per-school-{per_school}-rate-{rate_cap}"
+    limits = f"max_queries_in_flight_per_school: {per_school}, queries_per_second_per_school: {rate_cap}"
     config = harness.write_site(
         root,
         [f"127.0.0.1:{upstream_port}"],
-        f"workers: 1\nlimits: {{max_queries_in_flight_per_school: {per_school}}}\n"
-        "admin: {listen: '127.0.0.1:0'}\nreload: {watch_interval_seconds: 0}\n",
+        f"workers: 1\nlimits: {{{limits}}}\nadmin: {{listen: '127.0.0.1:0'}}\nreload: {{watch_interval_seconds: 0}}\n",
     )
     config.write_text(config.read_text().replace("timeout_seconds: 1.0", f"timeout_seconds: {TIMEOUT}"))
     log = root / "serve.log"
@@ -133,6 +136,7 @@ def run(work: Path, upstream_port: int, queries: Path, per_school: int, seconds:
         out, _ = flood.communicate(timeout=seconds + 30)
         return {
             "max_queries_in_flight_per_school": per_school,
+            "queries_per_second_per_school": rate_cap,
             "school_b_quiet": quiet,
             "school_b_during_flood": flooded,
             "flood": json.loads(out),
@@ -146,6 +150,8 @@ def run(work: Path, upstream_port: int, queries: Path, per_school: int, seconds:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="school B's probe during the flood")
+    parser.add_argument("--rate-cap", type=int, default=0, help="also run with this per-school query rate cap")
+    parser.add_argument("--only-rate-cap", action="store_true", help="run only the run with the rate cap")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="schooldns-fairness-"))
     queries = work / "flood.txt"
@@ -162,8 +168,11 @@ def main() -> int:
         upstream.wait()
     try:
         upstream_port = int(line.split()[-1])
-        for per_school in (10_000, 2_500):
-            print(json.dumps(run(work, upstream_port, queries, per_school, args.seconds)), flush=True)
+        runs = [(10_000, 0), (2_500, 0)] if not args.only_rate_cap else []
+        if args.rate_cap:
+            runs.append((2_500, args.rate_cap))
+        for per_school, rate_cap in runs:
+            print(json.dumps(run(work, upstream_port, queries, per_school, args.seconds, rate_cap)), flush=True)
     finally:
         upstream.terminate()
         upstream.wait(10)

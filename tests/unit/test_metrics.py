@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 from resolver.dataplane import metrics
 
 
@@ -44,3 +47,14 @@ def test_counters_carry_their_durations_across_processes_and_merge_them():
     assert two.waits == one.waits
     two.merge(one)
     assert two.waits["forwarded"].count == 2 and two.waits["servfail"].count == 0
+
+
+def test_every_dropped_reason_the_code_counts_is_declared_and_documented():
+    package = Path(metrics.__file__).parents[1]
+    counted = set()
+    for path in package.rglob("*.py"):
+        text = path.read_text()
+        counted |= set(re.findall(r'dropped\["(\w+)"\]', text)) | set(re.findall(r'"(\w+_in_flight_limit)"', text))
+    assert counted <= set(metrics.DROP_REASONS)
+    documented = (package.parent / "docs" / "metrics.md").read_text()
+    assert all(f"`{reason}`" in documented for reason in metrics.DROP_REASONS)

@@ -51,3 +51,27 @@ def test_networks_beyond_the_bound_are_not_answered_until_the_next_second():
     assert not limit.allow("198.51.100.1", 7.0)  # a new network: the table is full for this second
     assert limit.allow(bytes((10, 0, 0, 2)), 7.0)  # a network already counted keeps its budget
     assert limit.allow("198.51.100.1", 8.0)
+
+
+def test_a_school_gets_its_burst_then_its_rate_and_other_schools_their_own():
+    rates = ratelimit.SchoolRates(4)  # a burst of 8
+    assert [rates.allow("a", 100.0) for _ in range(9)] == [True] * 8 + [False]
+    assert rates.allow("b", 100.0)  # its own bucket
+    assert not rates.allow("a", 100.125)  # half a token back
+    assert rates.allow("a", 100.25)  # one
+    assert not rates.allow("a", 100.25)
+    assert sum(rates.allow("a", 110.0) for _ in range(30)) == 8  # refilled up to the burst, no more
+
+
+def test_a_school_dropped_all_along_gets_its_rate_back():
+    rates = ratelimit.SchoolRates(2)
+    assert sum(rates.allow("a", 0.0) for _ in range(10)) == 4
+    allowed = sum(rates.allow("a", step / 100) for step in range(1, 1001))  # 100 queries a second for 10 s
+    assert allowed == pytest.approx(20, abs=1)  # 2 a second: the dropped ones spend nothing
+
+
+def test_forget_fills_every_bucket_again():
+    rates = ratelimit.SchoolRates(1)
+    assert [rates.allow("a", 5.0) for _ in range(3)] == [True, True, False]
+    rates.forget()
+    assert rates.allow("a", 5.0)
