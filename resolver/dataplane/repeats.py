@@ -89,6 +89,7 @@ class Repeats:
         "_previous_count",
         "_tables",
         "_verdicts",
+        "discarded",
         "enabled",
     )
 
@@ -101,6 +102,7 @@ class Repeats:
         self._verdicts: dict[_Verdict, _Verdict] = {}
         self._count = self._previous_count = 0
         self._bytes = 0  # the current generation's only: it is the one that grows
+        self.discarded = 0  # answers forgotten with a previous generation at its bound (not at drop_all)
 
     def __len__(self) -> int:
         return self._count + self._previous_count
@@ -241,6 +243,7 @@ class Repeats:
         table = self._tables.get(school)
         if table is None or key not in table:
             if self._count >= REPEAT_MAX or self._bytes >= REPEAT_MAX_BYTES:
+                self.discarded += self._previous_count
                 self._previous, self._previous_count = self._tables, self._count
                 self._tables = {}
                 self._verdicts = {}  # new ones are made as kept; the previous generation holds its own

@@ -52,6 +52,7 @@ class WorkerState:
     cache_misses: int
     cache_evictions: int
     cache_stale_served: int
+    repeats_discarded: int  # answers kept for repeats, forgotten when the older generation was dropped
     coalesced: int
     upstreams: tuple[UpstreamState, ...]
     generation: int  # of the installed snapshot (0: none)
@@ -129,6 +130,7 @@ def merge(live: Sequence[WorkerState], departed: Sequence[WorkerState] = ()) -> 
         cache_misses=sum(state.cache_misses for state in every),
         cache_evictions=sum(state.cache_evictions for state in every),
         cache_stale_served=sum(state.cache_stale_served for state in every),
+        repeats_discarded=sum(state.repeats_discarded for state in every),
         coalesced=sum(state.coalesced for state in every),
         upstreams=_merge_upstreams(live, departed),
         generation=max((state.generation for state in live), default=0),

@@ -10,7 +10,7 @@ import math
 import time
 from collections.abc import Callable, Collection
 
-from resolver.operations import tokens
+from resolver.operations import shedding, tokens
 from resolver.operations.refusals import Failure, Refused
 
 log = logging.getLogger(__name__)
@@ -85,15 +85,18 @@ def _source_key(source: str) -> str:
 class Gate:
     """Authenticates requests against the tokens file (read again when it changes) and checks roles."""
 
-    def __init__(self, token_file: tokens.TokenFile, attempts: PerSourceLimit):
+    def __init__(self, token_file: tokens.TokenFile, attempts: PerSourceLimit, sheds: shedding.Sheds | None = None):
         self.token_file = token_file
         self.attempts = attempts
+        self.sheds = sheds  # where the requests refused for their source's failed attempts are counted
         self._problem_logged: str | None = None
 
     def caller(self, authorization: str | None, source: str, kinds: Collection[tokens.RoleKind]) -> Caller:
         """The caller of a request with this Authorization header, from `source`, if its role is one of `kinds`."""
         wait = self.attempts.retry_after(source)
         if wait is not None:
+            if self.sheds is not None:
+                self.sheds.admin_auth_rate_limited += 1
             raise Refused(
                 Failure.RATE_LIMITED,
                 "too many failed authentications from this address; try again later",

@@ -24,7 +24,7 @@ from resolver.control import checks, config, syncstate
 from resolver.dataplane import pipeline, upstream, workerstate
 from resolver.errors import ResolverError, UsageError
 from resolver.filtering import lists, policy
-from resolver.operations import access, audit, exposition, policyedit, requestbox, rpzhttp, tokens, ui
+from resolver.operations import access, audit, exposition, policyedit, requestbox, rpzhttp, shedding, tokens, ui
 from resolver.operations.refusals import Failure, Refused
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,8 @@ class Control:
     snapshot: Callable[[], Awaitable[pipeline.Snapshot]]  # the snapshot being served (for explain, schools)
     sync: syncstate.Syncing | None = None  # None: this instance has no `sync:`
     rpz: rpzhttp.Versions | None = None  # the RPZ feed's zones; None without an `rpz:` section
+    # What this process's admin API and block page dropped at their bounds (shared with the block page).
+    sheds: shedding.Sheds = dataclasses.field(default_factory=shedding.Sheds)
 
 
 # The one place where a refusal becomes an HTTP status (see _errors).
@@ -146,9 +148,10 @@ class Api:
             access.PerSourceLimit(
                 limits.failed_auth_allowed, limits.failed_auth_window_seconds, limits.failed_auth_sources
             ),
+            control.sheds,
         )
-        self.audit = audit.AuditLog(control.config.state_dir)
-        self.requests = requestbox.RequestBox.of(control.config)
+        self.audit = audit.AuditLog(control.config.state_dir, sheds=control.sheds)
+        self.requests = requestbox.RequestBox.of(control.config, control.sheds)
         self.writing = asyncio.Lock()  # one write at a time: the ETag check, the file and its reload
 
     def routes(self) -> list[web.RouteDef]:
@@ -583,7 +586,7 @@ def make_app(control: Control, limits: Limits | None = None) -> web.Application:
         return web.Response(text="ready\n")
 
     async def metrics_page(_: web.Request) -> web.Response:
-        body = exposition.render(control.state, control.sync.status() if control.sync else None)
+        body = exposition.render(control.state, control.sync.status() if control.sync else None, sheds=control.sheds)
         return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
     async def status(_: web.Request) -> web.Response:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from resolver import durable
+from resolver.operations import shedding
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +103,17 @@ class AuditLog:
     """The audit log in one state_dir. Several processes may append at once (the server, `schooldns token`):
     an appended entry is one write to a file opened for appending, under a lock that rotation takes too."""
 
-    def __init__(self, state_dir: Path, max_file_bytes: int = MAX_FILE_BYTES, keep_rotated: int = KEEP_ROTATED):
+    def __init__(
+        self,
+        state_dir: Path,
+        max_file_bytes: int = MAX_FILE_BYTES,
+        keep_rotated: int = KEEP_ROTATED,
+        sheds: shedding.Sheds | None = None,  # where the entries dropped with the oldest file are counted
+    ):
         self.path = state_dir / AUDIT_FILE
         self.max_file_bytes = max_file_bytes
         self.keep_rotated = keep_rotated
+        self.sheds = sheds
 
     def append(self, entry: Entry) -> None:
         """Add `entry`, on disk (fsync) when this returns; rotate first if the file would grow past its bound."""
@@ -158,7 +166,10 @@ class AuditLog:
         return self.path.with_name(f"{self.path.name}.{n}")
 
     def _rotate(self) -> None:
-        """audit.jsonl.N-1 -> .N (the oldest dropped), ..., audit.jsonl -> .1."""
+        """audit.jsonl.N-1 -> .N (the oldest dropped, its entries counted), ..., audit.jsonl -> .1."""
+        if self.sheds is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.sheds.audit_entries_dropped += self._rotated(self.keep_rotated).read_bytes().count(b"\n")
         for n in range(self.keep_rotated, 0, -1):
             source = self.path if n == 1 else self._rotated(n - 1)
             with contextlib.suppress(FileNotFoundError):

@@ -21,7 +21,7 @@ from resolver.control import checks, config
 from resolver.dataplane import pipeline, upstream
 from resolver.errors import ResolverError, UsageError
 from resolver.filtering import lists, policy
-from resolver.operations import access, admin, pages, requestbox, tlscert
+from resolver.operations import access, admin, pages, requestbox, shedding, tlscert
 from resolver.operations.pages import Answer
 
 log = logging.getLogger(__name__)
@@ -49,11 +49,12 @@ class Blockpage:
         cfg: config.Config,
         snapshot: Callable[[], Awaitable[pipeline.Snapshot]],
         clock: Callable[[], float] = time.time,
+        sheds: shedding.Sheds | None = None,  # the process's, shared with its admin API
     ):
         page = cfg.blockpage or config.BlockpageConfig()
         self.snapshot = snapshot
         self.clock = clock
-        self.requests = requestbox.RequestBox.of(cfg)
+        self.requests = requestbox.RequestBox.of(cfg, sheds)
         self.posts = access.PerSourceLimit(
             page.submissions_per_source, page.submission_window_seconds, MAX_SOURCES, clock=time.monotonic
         )
@@ -278,10 +279,11 @@ async def start(
     certificate: tlscert.Certificate | None,
     cfg: config.Config,
     snapshot: Callable[[], Awaitable[pipeline.Snapshot]],
+    sheds: shedding.Sheds | None = None,
 ) -> tuple[web.AppRunner, asyncio.Task[None] | None]:
     """Serve the block page on bound TCP sockets (app.bind_blockpage): plain HTTP, and HTTPS with `certificate`."""
     runner = web.AppRunner(
-        make_app(Blockpage(cfg, snapshot)),
+        make_app(Blockpage(cfg, snapshot, sheds=sheds)),
         access_log=None,
         logger=_server_log,
         keepalive_timeout=IDLE_TIMEOUT_SECONDS,

@@ -12,6 +12,7 @@ from prometheus_client.registry import Collector
 
 from resolver.control import syncstate
 from resolver.dataplane import workerstate
+from resolver.operations import shedding
 
 # The windows of schooldns_schools_active: (label value, seconds). Coverage is given for the last.
 ACTIVE_WINDOWS = (("1h", 3600.0), ("24h", 86400.0))
@@ -25,10 +26,12 @@ class ResolverCollector(Collector):
         state: Callable[[], workerstate.WorkerState],
         sync_status: syncstate.SyncStatus | None = None,
         clock: Callable[[], float] = time.time,
+        sheds: shedding.Sheds | None = None,
     ):
         self.state = state
         self.sync_status = sync_status  # None: an instance without sync, which has none of its metrics
         self.clock = clock
+        self.sheds = sheds  # None: no admin side (its families are left out)
 
     def collect(self) -> Iterator[Metric]:
         s = self.state()
@@ -41,6 +44,8 @@ class ResolverCollector(Collector):
             yield from _sync(self.sync_status)
         yield from _workers(s)
         yield from _transports(s)
+        if self.sheds is not None:
+            yield from _admin_sheds(self.sheds)
 
 
 def _queries(s: workerstate.WorkerState) -> Iterator[Metric]:
@@ -134,6 +139,11 @@ def _cache(s: workerstate.WorkerState) -> Iterator[Metric]:
         ),
     ):
         yield _counter(f"schooldns_cache_{name}", text, getattr(s, f"cache_{name}"))
+    yield _counter(
+        "schooldns_repeats_discarded",
+        "Answers kept for repeats that were forgotten when the older of their two generations was dropped.",
+        s.repeats_discarded,
+    )
 
 
 def _upstreams(s: workerstate.WorkerState) -> Iterator[Metric]:
@@ -276,6 +286,28 @@ def _transports(s: workerstate.WorkerState) -> Iterator[Metric]:
     yield rejected
 
 
+def _admin_sheds(sheds: shedding.Sheds) -> Iterator[Metric]:
+    """What the admin API and the block page of this process dropped at their bounds (docs/reliability.md)."""
+    yield _counter(
+        "schooldns_audit_entries_dropped",
+        "Audit log entries removed with the oldest rotated file (the log keeps about 15,000 changes).",
+        sheds.audit_entries_dropped,
+    )
+    deleted = CounterMetricFamily(
+        "schooldns_blockpage_requests_deleted",
+        "Block page requests deleted to stay under blockpage.max_requests, by status (decided ones go first).",
+        labels=["status"],
+    )
+    deleted.add_metric(["decided"], sheds.requests_deleted_decided)
+    deleted.add_metric(["waiting"], sheds.requests_deleted_waiting)
+    yield deleted
+    yield _counter(
+        "schooldns_admin_auth_rate_limited",
+        "Admin API requests answered 429: their source failed to authenticate too often in the last minute.",
+        sheds.admin_auth_rate_limited,
+    )
+
+
 def _counter(name: str, text: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, text, value=value)
 
@@ -288,12 +320,14 @@ def render(
     state: Callable[[], workerstate.WorkerState],
     sync_status: syncstate.SyncStatus | None = None,
     clock: Callable[[], float] = time.time,
+    sheds: shedding.Sheds | None = None,
 ) -> bytes:
     """The Prometheus text exposition of one state snapshot (a fresh registry per call).
 
     `sync_status`: the instance's sync (None: it has none, and no schooldns_sync_* family is given);
-    `clock`: the wall clock the windows of schooldns_schools_active end at.
+    `clock`: the wall clock the windows of schooldns_schools_active end at; `sheds`: what the
+    process's admin side dropped (None: it has none).
     """
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ResolverCollector(state, sync_status, clock))
+    registry.register(ResolverCollector(state, sync_status, clock, sheds))
     return generate_latest(registry)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from resolver.control import config
+from resolver.operations import shedding
 
 REQUESTS_FILE = "requests.sqlite"  # in state_dir
 MAX_OPEN_PER_SCHOOL = 500  # open requests one school may have waiting; more are not taken
@@ -152,17 +153,19 @@ class RequestBox:
         max_rows: int,
         retention_seconds: float,
         max_open_per_school: int = MAX_OPEN_PER_SCHOOL,
+        sheds: shedding.Sheds | None = None,  # where the requests deleted to stay under max_rows are counted
     ):
         self.path = state_dir / REQUESTS_FILE
         self.max_rows = max_rows
         self.retention_seconds = retention_seconds
         self.max_open_per_school = max_open_per_school
+        self.sheds = sheds
 
     @classmethod
-    def of(cls, cfg: config.Config) -> RequestBox:
+    def of(cls, cfg: config.Config, sheds: shedding.Sheds | None = None) -> RequestBox:
         """The requests file of a config (its `blockpage:` bounds, or the defaults without one)."""
         page = cfg.blockpage or config.BlockpageConfig()
-        return cls(cfg.state_dir, page.max_requests, page.retention_days * 86_400.0)
+        return cls(cfg.state_dir, page.max_requests, page.retention_days * 86_400.0, sheds=sheds)
 
     def submit(
         self,
@@ -240,10 +243,13 @@ class RequestBox:
         (rows,) = db.execute("SELECT COUNT(*) FROM requests").fetchone()
         if rows > self.max_rows:
             # Decided requests go first, then the oldest waiting ones.
-            db.execute(
-                "DELETE FROM requests WHERE id IN (SELECT id FROM requests ORDER BY status IN (?, ?), id LIMIT ?)",
-                (*WAITING, rows - self.max_rows),
-            )
+            doomed = "SELECT id, status IN (?, ?) FROM requests ORDER BY status IN (?, ?), id LIMIT ?"
+            deleted = db.execute(doomed, (*WAITING, *WAITING, rows - self.max_rows)).fetchall()
+            db.executemany("DELETE FROM requests WHERE id = ?", [(row_id,) for row_id, _ in deleted])
+            if self.sheds is not None:
+                waiting = sum(1 for _, is_waiting in deleted if is_waiting)
+                self.sheds.requests_deleted_waiting += waiting
+                self.sheds.requests_deleted_decided += len(deleted) - waiting
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[sqlite3.Connection]:

@@ -19,7 +19,7 @@ from resolver.control import config, snapshots
 from resolver.dataplane import pipeline, server, upstream, workerstate
 from resolver.errors import ResolverError
 from resolver.filtering import policyfile
-from resolver.operations import rollups, tlscert
+from resolver.operations import rollups, shedding, tlscert
 from resolver.processes import sdnotify, spawner, worker
 
 if TYPE_CHECKING:  # imported at run time only once DNS serves (start_admin), or with sync/publish/rpz
@@ -104,13 +104,14 @@ async def start_blockpage(
     sockets: BlockpageSockets | None,
     cfg: config.Config,
     snapshot: Callable[[], Awaitable[pipeline.Snapshot]],
+    sheds: shedding.Sheds | None = None,  # the process's, shared with its admin API
 ) -> tuple[web.AppRunner, asyncio.Task[None] | None] | None:
     """Serve the block page on its sockets (imported in a thread, like the admin API, once DNS answers)."""
     if sockets is None:
         return None
     blockpage = await asyncio.to_thread(importlib.import_module, "resolver.operations.blockpage")
     started: tuple[web.AppRunner, asyncio.Task[None] | None] = await blockpage.start(
-        sockets.http, sockets.https, sockets.certificate, cfg, snapshot
+        sockets.http, sockets.https, sockets.certificate, cfg, snapshot, sheds
     )
     return started
 
@@ -132,6 +133,7 @@ async def start_admin(
     snapshot: Callable[[], Awaitable[pipeline.Snapshot]],
     syncing: syncstate.Syncing | None = None,
     rpz: Callable[[], Awaitable[rpzzones.Version | None]] | None = None,
+    sheds: shedding.Sheds | None = None,  # the process's, shared with its block page
 ) -> web.AppRunner | None:
     """Import the admin API in a thread while DNS is already answering, then serve it on `sock`.
 
@@ -145,7 +147,15 @@ async def start_admin(
     # (Worker.start). A query in flight now that ends in a reference cycle is never collected:
     # at most the few of this moment, once.
     gc.freeze()
-    control = admin.Control(state=state, reload=reload, config=cfg, snapshot=snapshot, sync=syncing, rpz=rpz)
+    control = admin.Control(
+        state=state,
+        reload=reload,
+        config=cfg,
+        snapshot=snapshot,
+        sync=syncing,
+        rpz=rpz,
+        sheds=sheds or shedding.Sheds(),
+    )
     runner: web.AppRunner = await admin.start(sock, control)
     return runner
 
@@ -263,6 +273,7 @@ async def run_single(cfg: config.Config, ready: Callable[[worker.Worker], object
     async def installed() -> pipeline.Snapshot:
         return dns_worker.pipeline.snapshot
 
+    sheds = shedding.Sheds()
     admin_runner = await start_admin(
         admin_sock,
         cfg,
@@ -271,8 +282,9 @@ async def run_single(cfg: config.Config, ready: Callable[[worker.Worker], object
         installed,
         distribution.syncer,
         None if dns_worker.feed is None else dns_worker.rpz_zones,
+        sheds,
     )
-    blockpage = await start_blockpage(blockpage_sockets, cfg, installed)
+    blockpage = await start_blockpage(blockpage_sockets, cfg, installed, sheds)
     # systemd's Type=notify: the first snapshot serves, and so do the admin API and the block page
     sdnotify.notify("READY=1")
     if ready is not None:
@@ -437,6 +449,7 @@ class Supervisor:
             self.distribution = Distribution(self.config, self.reload, lambda: self.state().list_entries)
             signalled = worker.SignalTasks()
             signalled.on(signal.SIGHUP, self.distribution.reload)
+            sheds = shedding.Sheds()
             admin_runner = await start_admin(
                 admin_sock,
                 self.config,
@@ -445,8 +458,9 @@ class Supervisor:
                 self.snapshot,
                 self.distribution.syncer,
                 None if self.config.rpz is None else self.rpz_zones,
+                sheds,
             )
-            blockpage = await start_blockpage(blockpage_sockets, self.config, self.snapshot)
+            blockpage = await start_blockpage(blockpage_sockets, self.config, self.snapshot, sheds)
             sdnotify.notify("READY=1")  # every worker serves the first snapshot; the admin API and block page are up
             if ready is not None:
                 ready(self)

@@ -20,7 +20,7 @@ import pytest
 import yarl
 
 from resolver.control import checks, syncstate
-from resolver.operations import admin, tokens
+from resolver.operations import admin, audit, tokens
 from tests.support import harness
 
 # A csam category (mandatory) whose list must never be readable through the API.
@@ -470,6 +470,19 @@ async def test_failed_authentications_are_limited_per_source(tmp_path):
             assert reply.status == 429 and 55 <= int(reply.headers["Retry-After"]) <= 60, reply
         async with api.session.get(api.base + "/healthz") as response:
             assert response.status == 200  # the endpoints without a token are not limited
+        assert await api.running.metric("schooldns_admin_auth_rate_limited_total") == 3.0
+
+
+async def test_audit_entries_dropped_with_the_oldest_rotated_file_are_counted(tmp_path):
+    async with serving(tmp_path) as api:
+        log = api.running.config.state_dir / audit.AUDIT_FILE
+        line = b'{"action":"reload","result":"ok","who":"x","role":"province","time":"2026-01-01T00:00:00.000Z"}\n'
+        log.write_bytes(line * (audit.MAX_FILE_BYTES // len(line)))  # full: the next entry rotates
+        for n in range(1, audit.KEEP_ROTATED + 1):
+            log.with_name(f"{log.name}.{n}").write_bytes(line * n)  # the oldest, .4, holds 4 entries
+        assert (await api.call("POST", "/v1/reload")).status == 200
+        assert log.with_name(f"{log.name}.4").read_bytes() == line * 3  # .3 moved on; .4 went
+        assert await api.running.metric("schooldns_audit_entries_dropped_total") == 4.0
 
 
 async def test_an_instance_with_sync_refuses_edits_and_names_the_hub(tmp_path):

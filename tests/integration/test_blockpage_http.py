@@ -402,3 +402,19 @@ async def test_schooldns_serve_in_one_process_serves_the_page(tmp_path):
     ):
         assert response.status == 403
         assert "Tiểu học A" in await response.text()
+
+
+async def test_requests_deleted_to_stay_under_the_bound_are_counted_decided_first(tmp_path):
+    extra = 'blockpage: {listen: ["127.0.0.1:0"], submissions_per_source: 100, max_requests: 10}\n'
+    async with site_at(tmp_path, extra) as site:
+        for number in range(10):
+            assert (await site.ask(f"n{number}.games.example.com")).status == 200
+        oldest = (await site.api("GET", "/v1/requests?limit=10", "it-a")).json()["requests"][-1]
+        assert (await site.decide(oldest["id"], "reject", "it-a")).status == 200
+        for number in range(10, 12):  # two over the bound: the decided one goes, then the oldest waiting
+            assert (await site.ask(f"n{number}.games.example.com")).status == 200
+        kept = (await site.api("GET", "/v1/requests", "province")).json()["requests"]
+        assert [r["name"] for r in kept][-1] == "n2.games.example.com" and len(kept) == 10
+        running = site.running
+        assert await running.metric("schooldns_blockpage_requests_deleted_total", status="decided") == 1.0
+        assert await running.metric("schooldns_blockpage_requests_deleted_total", status="waiting") == 1.0

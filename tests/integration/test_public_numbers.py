@@ -37,6 +37,7 @@ FAMILIES = {
     "schooldns_cache_misses": "counter",
     "schooldns_cache_evictions": "counter",
     "schooldns_cache_stale_served": "counter",
+    "schooldns_repeats_discarded": "counter",
     "schooldns_upstream_coalesced": "counter",
     "schooldns_upstream_queries": "counter",
     "schooldns_upstream_failures": "counter",
@@ -58,6 +59,9 @@ FAMILIES = {
     "schooldns_worker_restarts": "counter",
     "schooldns_worker_restart_failures": "counter",
     "schooldns_transport_rejected": "counter",
+    "schooldns_audit_entries_dropped": "counter",
+    "schooldns_blockpage_requests_deleted": "counter",
+    "schooldns_admin_auth_rate_limited": "counter",
 }
 
 STATUS_KEYS = [
@@ -144,6 +148,7 @@ def expected_samples(upstream: str, workers: int) -> dict[tuple[str, frozenset[t
         ("schooldns_cache_misses_total", {}, 1.0),
         ("schooldns_cache_evictions_total", {}, 0.0),
         ("schooldns_cache_stale_served_total", {}, 0.0),
+        ("schooldns_repeats_discarded_total", {}, 0.0),
         ("schooldns_upstream_coalesced_total", {}, 0.0),
         ("schooldns_upstream_queries_total", {"upstream": upstream}, 1.0),
         ("schooldns_upstream_failures_total", {"upstream": upstream}, 0.0),
@@ -166,6 +171,10 @@ def expected_samples(upstream: str, workers: int) -> dict[tuple[str, frozenset[t
         ("schooldns_workers", {}, float(workers)),
         ("schooldns_worker_restarts_total", {}, 0.0),
         ("schooldns_worker_restart_failures_total", {}, 0.0),
+        ("schooldns_audit_entries_dropped_total", {}, 0.0),
+        ("schooldns_blockpage_requests_deleted_total", {"status": "decided"}, 0.0),
+        ("schooldns_blockpage_requests_deleted_total", {"status": "waiting"}, 0.0),
+        ("schooldns_admin_auth_rate_limited_total", {}, 0.0),
     ]
     return {(name, frozenset(labels.items())): value for name, labels, value in rows}
 

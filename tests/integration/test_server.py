@@ -16,7 +16,7 @@ import dns.message
 import dns.rcode
 import pytest
 
-from resolver.dataplane import wire
+from resolver.dataplane import repeats, wire
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.harness import running_resolver, until
 
@@ -212,3 +212,13 @@ async def test_a_school_over_its_rate_cap_is_shed_and_counted_while_another_scho
         finally:
             writer.close()
         assert resolver.worker.counters.queries[("school-b", "udp", "cached")] == 1
+
+
+async def test_repeats_forgotten_with_their_generation_are_counted_on_the_metrics_page(tmp_path, upstream, monkeypatch):
+    monkeypatch.setattr(repeats, "REPEAT_MAX", 4)  # two generations of 4
+    async with running_resolver(tmp_path, [upstream.address], with_admin=True) as resolver:
+        for number in range(12):  # blocked for school A: each kept for its repeats at once
+            assert (await resolver.udp(f"n{number}.games.example.com")).rcode() == dns.rcode.NXDOMAIN
+        # The 5th query made the first 4 the previous generation, the 9th dropped them.
+        assert await resolver.metric("schooldns_repeats_discarded_total") == 4.0
+        assert len(resolver.worker.pipeline.repeats) == 8

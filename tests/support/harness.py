@@ -10,8 +10,10 @@ import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import dns.asyncquery
 import dns.message
+from prometheus_client.parser import text_string_to_metric_families
 
 from resolver.control import config, snapshots, syncstate, versions
 from resolver.dataplane import pipeline
@@ -97,6 +99,19 @@ class Running:
     ) -> dns.message.Message:
         query = dns.message.make_query(name, rdtype, **make_query_args)
         return await dns.asyncquery.tcp(query, "127.0.0.1", port=self.port, source=source, timeout=timeout)
+
+    async def metric(self, name: str, **labels: str) -> float:
+        """One sample of the admin API's /metrics (a counter's name with its `_total`); 0 when it has none."""
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{self.admin_port}/metrics") as response,
+        ):
+            text = await response.text()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and sample.labels == labels:
+                    return sample.value
+        return 0.0
 
 
 async def until(condition, timeout_seconds: float) -> None:
@@ -187,10 +202,10 @@ async def running_resolver(
         snapshot=installed,
         sync=syncing,
         rpz=None if dns_worker.feed is None else dns_worker.rpz_zones,
-    )
+    )  # its sheds are shared with the block page, as app.serve does
     runner = await admin.start(admin_sock, control, admin_limits) if admin_sock is not None else None
     blockpage_sockets = app.bind_blockpage(cfg)
-    blockpage = await app.start_blockpage(blockpage_sockets, cfg, installed)
+    blockpage = await app.start_blockpage(blockpage_sockets, cfg, installed, control.sheds)
     running = Running(dns_worker, cfg, root, admin.bound_port(runner) if runner else None)
     if blockpage_sockets is not None:
         running.blockpage_port = blockpage_sockets.http[0].getsockname()[1]

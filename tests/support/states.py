@@ -40,6 +40,7 @@ def state(
         "cache_hits": 0,
         "cache_misses": 0,
         "cache_evictions": 0,
+        "repeats_discarded": 0,
         "cache_stale_served": 0,
         "coalesced": 0,
         "upstreams": upstreams,
