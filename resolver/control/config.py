@@ -53,6 +53,8 @@ class CacheConfig:
     negative_max_ttl_seconds: int = _bounded(3_600, 0, 86_400, "seconds")
     stale_seconds: int = _bounded(3_600, 0, 259_200, "seconds")  # serve an expired answer while upstreams fail
     stale_wait_seconds: float = _bounded(1.8, 0.0, 60.0, "seconds")  # ... once a miss has waited this long
+    # ... and at once, without asking upstream, for this long after a refresh failed (RFC 8767 5)
+    stale_failure_recheck_seconds: float = _bounded(30.0, 0.0, 3_600.0, "seconds")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

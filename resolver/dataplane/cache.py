@@ -8,6 +8,10 @@ from typing import NamedTuple
 from resolver.dataplane import wire
 
 STALE_ANSWER_TTL = 30  # RFC 8767 4: TTL of a stale answer served when every upstream fails
+# RFC 8767 5's failure recheck timer: once a refresh of an expired answer failed, its question is
+# answered stale at once, without asking upstream, for this long (the RFC suggests 30 s). The
+# config's cache.stale_failure_recheck_seconds sets it.
+FAILURE_RECHECK_SECONDS = 30.0
 # Memory of one cached answer beyond its key and message bytes: the stored tuple, its two floats
 # and the LRU dict's share (tracemalloc on 42,500 answers: ~260; rounded up for dict growth).
 ENTRY_OVERHEAD_BYTES = 300
@@ -51,13 +55,23 @@ class AnswerCache:
     most once per second of age, a TTL rewrite of the stored bytes.
     """
 
-    def __init__(self, max_entries: int, stale_seconds: float = 0.0, max_bytes: float = float("inf")):
+    def __init__(
+        self,
+        max_entries: int,
+        stale_seconds: float = 0.0,
+        max_bytes: float = float("inf"),
+        failure_recheck_seconds: float = FAILURE_RECHECK_SECONDS,
+    ):
         if max_entries < 0:
             raise ValueError("max_entries must be >= 0")
         self.max_entries = max_entries
         self.max_bytes = max_bytes  # the worker passes cache.max_megabytes; unbounded by default
         self.stale_seconds = stale_seconds
+        self.failure_recheck_seconds = failure_recheck_seconds
         self._entries: collections.OrderedDict[bytes, _Stored] = collections.OrderedDict()
+        # key -> until when its refresh is not tried again (it failed): only keys of _entries, so
+        # it never holds more than the cache does; a new answer or the entry's eviction removes it.
+        self._failed: dict[bytes, float] = {}
         self._shapes: dict[tuple[int, ...], tuple[int, ...]] = {}
         self.bytes = 0  # estimated memory of what is stored now
         self.hits = 0
@@ -89,6 +103,24 @@ class AnswerCache:
         stored = self._entries.get(key)
         return stored is not None and stored[5] <= now < stored[5] + self.stale_seconds
 
+    def refresh_failed(self, key: bytes, now: float) -> None:
+        """Upstream failed to refresh the expired answer of `key`: its question waits failure_recheck_seconds."""
+        if self.failure_recheck_seconds > 0 and key in self._entries:
+            self._failed[key] = now + self.failure_recheck_seconds
+
+    def rechecking(self, key: bytes, now: float) -> bool:
+        """Whether a refresh of `key` failed less than failure_recheck_seconds ago and a stale answer is there."""
+        failed = self._failed
+        if not failed:  # every miss asks this: nothing failed, one test
+            return False
+        until = failed.get(key)
+        if until is None:
+            return False
+        if now >= until:
+            del failed[key]
+            return False
+        return self.has_stale(key, now)
+
     def lookup_stale(self, key: bytes, now: float) -> CacheEntry | None:
         """An expired answer still inside the stale window, with TTLs set to 30 s (RFC 8767)."""
         stored = self._entries.get(key)
@@ -109,6 +141,8 @@ class AnswerCache:
         old = entries.get(key)
         if old is not None:
             self.bytes -= _cost(key, old)
+            if self._failed:
+                self._failed.pop(key, None)  # refreshed
         # Answers of the same shape have the same TTL offsets: share one tuple between them.
         shapes = self._shapes
         offsets = shapes.get(answer.ttl_offsets)
@@ -131,9 +165,12 @@ class AnswerCache:
             evicted_key, evicted = entries.popitem(last=False)
             self.bytes -= _cost(evicted_key, evicted)
             self.evictions += 1
+            if self._failed:
+                self._failed.pop(evicted_key, None)
 
     def clear(self) -> None:
         self._entries.clear()
+        self._failed.clear()
         self.bytes = 0
 
 

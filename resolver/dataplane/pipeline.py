@@ -47,6 +47,8 @@ _EDE_BY_AUTHORITY = {"province": wire.EDE_CENSORED, "school": wire.EDE_FILTERED,
 # answer refreshes the cache. 1.8 s is the RFC's suggestion: under the 2 s after which common stub
 # resolvers ask again. The config's cache.stale_wait_seconds sets it.
 STALE_WAIT_SECONDS = 1.8
+_LATE_TEXT = "upstreams did not answer in time"  # a stale answer's EDE text: the timer fired, or upstreams failed
+_RECHECK_TEXT = "upstreams failed to refresh it recently"  # ... or within the failure recheck timer
 # Answers (REFUSED) a second to a client network (/24, /56) outside every school, over UDP. The
 # config's limits.unknown_client_refusals_per_second sets it.
 UNKNOWN_CLIENT_REFUSALS_PER_SECOND = 10
@@ -200,8 +202,10 @@ class Pending:
         pipe = self.pipeline
         deliver = self.deliver
         if deliver is None:  # answered stale already: the answer only refreshes the cache
-            if answer is not None:
+            if answer is not None and answer.rcode != wire.SERVFAIL:
                 pipe.cache.store(self.key, answer, pipe.clock())
+            else:  # the refresh failed: RFC 8767's failure recheck timer starts
+                pipe.cache.refresh_failed(self.key, pipe.clock())
             return
         self.deliver = None
         try:
@@ -374,24 +378,36 @@ class Pipeline:
             return self._not_forwarded(query, school.id, transport)
         if forward is not None:
             pool = self.forward_pools.pool(forward.servers)
-            return Pending(self, query, school, snapshot, transport, limit, now, key=key, forwarder=pool)
-        # Locally served zones (RFC 6761, RFC 6303) are never asked upstream (never in the cache either).
-        if query.name.endswith(localzones.SUFFIXES):
-            zone = localzones.lookup(query.name)
-            if zone is not None:
-                return self._local(query, zone, school.id, transport)
-        return Pending(self, query, school, snapshot, transport, limit, now)
+            miss = Pending(self, query, school, snapshot, transport, limit, now, key=key, forwarder=pool)
+        else:
+            # Locally served zones (RFC 6761, RFC 6303) are never asked upstream (never in the cache either).
+            if query.name.endswith(localzones.SUFFIXES):
+                zone = localzones.lookup(query.name)
+                if zone is not None:
+                    return self._local(query, zone, school.id, transport)
+            miss = Pending(self, query, school, snapshot, transport, limit, now)
+        # RFC 8767's failure recheck timer: a question whose refresh failed a moment ago is answered
+        # stale at once, and upstream is not asked again until the timer ends.
+        if self.cache.rechecking(key, now):
+            reply = self._stale(miss, _RECHECK_TEXT)
+            if reply is not None:
+                return reply
+        return miss
 
     def _forwarded(self, miss: Pending, answer: wire.Answer | None, error: Exception | None) -> bytes | None:
         """A miss's answer from upstream (or its failure): cached, inspected, counted."""
         query, school, transport = miss.query, miss.school, miss.transport
         now = self.clock()
         waits = self.counters.waits
+        # Every upstream failed, or answered SERVFAIL: an expired answer is better (RFC 8767).
+        failed = isinstance(error, upstream.UpstreamError) if answer is None else answer.rcode == wire.SERVFAIL
+        if failed:
+            reply = self._stale(miss)
+            if reply is not None:
+                self.cache.refresh_failed(miss.key, now)  # RFC 8767's failure recheck timer starts
+                return reply
         if answer is None:
-            if isinstance(error, upstream.UpstreamError):
-                reply = self._stale(miss)
-                if reply is not None:
-                    return reply
+            if failed:
                 self.counters.count(school.id, transport, "servfail")
                 waits["servfail"].observe(now - miss.started)
             return self._error_answer(error, query)  # type: ignore[arg-type]
@@ -406,7 +422,7 @@ class Pipeline:
         waits["forwarded"].observe(now - miss.started)
         return wire.replay(answer.message, answer.question_length, query, miss.limit)
 
-    def _stale(self, miss: Pending) -> bytes | None:
+    def _stale(self, miss: Pending, why: str = _LATE_TEXT) -> bytes | None:
         """The expired answer to a miss (TTL 30, EDE 3 Stale Answer; RFC 8767), its chain inspected; None if none."""
         query, school, transport = miss.query, miss.school, miss.transport
         entry = self.cache.lookup_stale(miss.key, self.clock())
@@ -419,7 +435,7 @@ class Pipeline:
                 return self._blocked(query, block, miss.snapshot)
         self.counters.count(school.id, transport, "stale")
         self.counters.waits["stale"].observe(self.clock() - miss.started)
-        ede = wire.ede_option(wire.EDE_STALE_ANSWER, "upstreams did not answer in time") if query.edns else b""
+        ede = wire.ede_option(wire.EDE_STALE_ANSWER, why) if query.edns else b""
         return wire.replay(entry.message, entry.question_length, query, miss.limit, ede)
 
     def _wait_for_stale(self, miss: Pending) -> None:

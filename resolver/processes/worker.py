@@ -35,7 +35,12 @@ class Worker:
         self.config = cfg
         self.counters = metrics.Counters()
         self.last_queries = metrics.LastQueries()
-        self.cache = cache.AnswerCache(cfg.cache.max_entries, cfg.cache.stale_seconds, cfg.cache.max_megabytes * 2**20)
+        self.cache = cache.AnswerCache(
+            cfg.cache.max_entries,
+            cfg.cache.stale_seconds,
+            cfg.cache.max_megabytes * 2**20,
+            cfg.cache.stale_failure_recheck_seconds,
+        )
         answer_limits = upstream.AnswerLimits(
             cfg.cache.min_ttl_seconds, cfg.cache.max_ttl_seconds, cfg.cache.negative_max_ttl_seconds
         )

@@ -230,6 +230,45 @@ async def test_the_question_goes_on_after_a_stale_answer_and_refreshes_the_cache
     assert resolver.worker.in_flight.count == 0 and not resolver.worker.pool.asking
 
 
+async def test_after_a_failed_refresh_the_name_is_answered_stale_at_once_until_the_recheck_timer_ends(
+    resolver, upstream
+):
+    now = [0.0]
+    resolver.worker.pipeline.clock = lambda: now[0]
+    await resolver.udp("www.example.com")
+    upstream.drop()  # silent from now on
+    now[0] = 400.0  # expired, inside the stale window
+    assert (await resolver.udp("www.example.com")).answer[0].ttl == 30  # after the client response timer
+    key = wire.parse_query(dns.message.make_query("www.example.com", "A").to_wire()).key
+    await until(lambda: resolver.worker.cache.rechecking(key, now[0]), 3.0)  # the forwarding timeout: it failed
+    asked = upstream.count("www.example.com")
+    loop = asyncio.get_running_loop()
+    for offset in (0.0, 29.0):  # within the 30 s recheck timer: stale at once, upstream not asked
+        now[0] = 400.0 + offset
+        started = loop.time()
+        answer = await resolver.udp("www.example.com", use_edns=0)
+        assert loop.time() - started < 0.2  # not the 0.3 s client response timer
+        assert answer.answer[0].ttl == 30
+        assert _ede(answer) == [(wire.EDE_STALE_ANSWER, "upstreams failed to refresh it recently")]
+        assert upstream.count("www.example.com") == asked and not resolver.worker.pool.asking
+    now[0] = 431.0  # the timer ended: upstream is asked again (and, silent still, the timer answers stale)
+    assert (await resolver.udp("www.example.com")).answer[0].ttl == 30
+    await until(lambda: upstream.count("www.example.com") > asked, 3.0)
+
+
+async def test_an_upstream_servfail_serves_the_stale_answer_and_starts_the_recheck_timer(resolver, upstream):
+    now = [0.0]
+    resolver.worker.pipeline.clock = lambda: now[0]
+    await resolver.udp("www.example.com")
+    upstream.servfail("www.example.com")
+    now[0] = 400.0
+    answer = await resolver.udp("www.example.com", use_edns=0)
+    assert answer.rcode() == dns.rcode.NOERROR and answer.answer[0].ttl == 30
+    assert _ede(answer) == [(wire.EDE_STALE_ANSWER, "upstreams did not answer in time")]
+    key = wire.parse_query(dns.message.make_query("www.example.com", "A").to_wire()).key
+    assert resolver.worker.cache.rechecking(key, now[0])
+
+
 # -------------------------------------------------------------------------------------------
 # CHAOS and other classes
 

@@ -115,3 +115,33 @@ def test_stored_answers_are_not_tracked_by_the_garbage_collector():
     for _ in range(4):  # a collection untracks a tuple once its items are: one pass per nesting level
         gc.collect()
     assert not any(gc.is_tracked(stored) for stored in answers._entries.values())
+
+
+def test_a_failed_refresh_holds_its_question_stale_for_the_recheck_timer():
+    query, answer = make_answer(ttl=100)
+    answers = cache.AnswerCache(10, stale_seconds=3600, failure_recheck_seconds=30)
+    answers.store(query.key, answer, 0.0)
+    answers.refresh_failed(query.key, 200.0)
+    assert answers.rechecking(query.key, 200.0) and answers.rechecking(query.key, 229.9)
+    assert not answers.rechecking(query.key, 230.0)  # the timer ended: ask upstream again
+    answers.refresh_failed(query.key, 300.0)
+    answers.store(query.key, answer, 301.0)  # refreshed after all
+    assert not answers.rechecking(query.key, 302.0)
+    assert not answers._failed
+
+
+def test_recheck_marks_are_only_kept_for_cached_answers():
+    answers = cache.AnswerCache(2, stale_seconds=3600)
+    keys = []
+    for number in range(3):
+        query, answer = make_answer(f"n{number}.example.com")
+        answers.store(query.key, answer, 0.0)
+        answers.refresh_failed(query.key, 200.0)
+        keys.append(query.key)
+    answers.refresh_failed(b"never cached", 200.0)
+    assert not answers.rechecking(keys[0], 200.0)  # evicted, and its mark with it
+    assert len(answers._failed) == 2 and answers.rechecking(keys[2], 200.0)
+    off = cache.AnswerCache(2, stale_seconds=3600, failure_recheck_seconds=0)
+    off.store(keys[2], answer, 0.0)
+    off.refresh_failed(keys[2], 200.0)
+    assert not off.rechecking(keys[2], 200.0)

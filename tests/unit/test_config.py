@@ -191,7 +191,8 @@ def test_every_number_is_accepted_at_its_bounds_and_refused_past_them(tmp_path, 
         pytest.param(
             UPSTREAMS + "cache: {max_entry: 10}\n",
             "config.yaml:2: cache.max_entry: unknown key 'max_entry' (known keys: max_entries, max_megabytes, "
-            "max_ttl_seconds, min_ttl_seconds, negative_max_ttl_seconds, stale_seconds, stale_wait_seconds)",
+            "max_ttl_seconds, min_ttl_seconds, negative_max_ttl_seconds, stale_failure_recheck_seconds, stale_seconds, "
+            "stale_wait_seconds)",
             id="unknown-key",
         ),
         pytest.param(
