@@ -1,7 +1,7 @@
 """The per-query path: identify, repeat, parse, decide, cache, forward, inspect, count; every failure -> one rcode here.
 
 `Pipeline.handle(data, client, transport)` is the data plane, and all that a transport (UDP, TCP,
-or a new one) needs of it. It returns one of three things:
+or a new one) needs of it. It returns one of these:
 
 - `bytes`: the answer, to send now. Everything that needs no upstream is answered before
   `handle` returns: repeats, malformed input, unknown clients, blocked names, cache hits.
