@@ -83,10 +83,12 @@ bench-tools:
 
 # Fuzzing (not part of `make test`): atheris over every parser of untrusted input, FUZZ_SECONDS each
 # (tests/fuzz/run.py); a crash is saved in tests/data/fuzz/<target>/, which `make test` replays.
+# FUZZ_TARGETS names some targets only (e.g. `make fuzz FUZZ_TARGETS="proxy_v2 doh_http1"`).
 FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?=
 fuzz: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[fuzz]'
-	FUZZ_SECONDS=$(FUZZ_SECONDS) $(PY) -m tests.fuzz.run
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(PY) -m tests.fuzz.run $(FUZZ_TARGETS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import base64
 import dataclasses
 import functools
 import io
@@ -24,7 +25,7 @@ import dns.message
 import dns.rrset
 
 from resolver.control import config, snapshots
-from resolver.dataplane import cache, metrics, pipeline, server, upstream, wire
+from resolver.dataplane import cache, doh, metrics, pipeline, proxyv2, server, upstream, wire
 from resolver.errors import ResolverError
 from resolver.filtering import listformats, policy, policyfile
 from resolver.operations import admin, policyedit
@@ -301,6 +302,140 @@ def _admin_seeds() -> list[bytes]:
     ]
 
 
+# --- PROXY v2 headers ----------------------------------------------------------------------
+
+
+def proxy_v2(data: bytes) -> None:
+    """A trusted front-end's bytes: a header read whole (a datagram), and as a stream's first pieces."""
+    header = proxyv2.parse(data)
+    assert proxyv2.FIXED <= header.length <= min(len(data), proxyv2.MAX_HEADER)
+    assert header.client is None or len(header.client) in (4, 16)
+    assert 0 <= header.port <= 0xFFFF and (header.client is not None or header.port == 0)
+    assert proxyv2.starts_header(data[:12])
+    # A stream that has brought only part of it waits for the rest; all of it reads the same.
+    for cut in {0, 1, 12, proxyv2.FIXED - 1, proxyv2.FIXED, header.length - 1}:
+        if 0 <= cut < header.length:
+            try:
+                proxyv2.parse(data[:cut])
+            except proxyv2.Incomplete:
+                continue
+            raise AssertionError(f"{cut} bytes of a {header.length}-byte header were not incomplete")
+    assert proxyv2.parse(data[: header.length]) == header
+
+
+def _proxy_seeds() -> list[bytes]:
+    query = dns.message.make_query("example.com", "A").to_wire()
+    v4, v6 = bytes([192, 0, 2, 1]), bytes(15) + b"\x01"
+    local = proxyv2.SIGNATURE + bytes((0x20, 0x00)) + b"\x00\x00"  # LOCAL: a balancer's health check
+    return [
+        proxyv2.make(v4, 53000, bytes([192, 0, 2, 53]), 53, stream=False) + query,
+        proxyv2.make(v6, 853, v6, 853, stream=True, tlvs=b"\x01\x00\x02h2\x05\x00\x04abcd"),
+        local,
+        proxyv2.SIGNATURE + bytes((0x21, 0x31)) + b"\x00\xd8" + bytes(216),  # a Unix socket's addresses
+    ]
+
+
+# --- DoH requests --------------------------------------------------------------------------
+
+
+class _DohTokens:
+    """The SchoolTokens protocol: one doh:school-b token."""
+
+    def school(self, token: str) -> str | None:
+        return "school-b" if token == "token-b" else None
+
+
+_DOH_METHODS = (b"GET", b"POST", b"PUT")
+_DOH_PATHS = (b"/dns-query", b"/dns-query/token-b", b"/dns-query/nobody", b"/")
+_DOH_TYPES = (b"application/dns-message", b"Application/DNS-Message; charset=x", b"text/plain", b"")
+_DOH_STATUSES = frozenset({200, 400, 403, 404, 405, 413, 415, 429, 431, 501, 503})
+
+
+def _doh_server() -> tuple[doh.DohServer, metrics.Counters]:
+    _, snapshot = _site()
+    counters = metrics.Counters()
+    pipe = pipeline.Pipeline(snapshot, cache.AnswerCache(100), _FailingForwarder(), counters)
+    shared = doh.DohServer(pipe, server.InFlight(100, counters), _TcpLimits(), counters, _DohTokens())
+    return shared, counters
+
+
+def doh_request(data: bytes) -> None:
+    """data: one selector byte (method, path, content type), then a GET's query string or a POST's body."""
+    if not data:
+        return
+    shared, counters = _doh_server()
+    selector, rest = data[0], data[1:]
+    method = _DOH_METHODS[selector % 3]
+    path = _DOH_PATHS[selector // 3 % 4]
+    content_type = _DOH_TYPES[selector // 12 % 4]
+    target = path + b"?" + rest if method == b"GET" else path
+    responses: list[doh.Response] = []
+    shared.request(method, target, content_type, rest if method != b"GET" else b"", "127.0.0.1", responses.append)
+    [response] = responses  # exactly one, now: the upstream fails at once
+    assert response.status in _DOH_STATUSES, response
+    assert counters.internal_errors == 0, "the pipeline hit an internal error"
+    if response.status == 200:
+        assert len(response.body) >= 12 and response.max_age >= 0
+
+
+def _doh_request_seeds() -> list[bytes]:
+    query = dns.message.make_query("www.example.com", "A").to_wire()
+    encoded = base64.urlsafe_b64encode(query).rstrip(b"=")
+    return [
+        b"\x00ct=1&dns=" + encoded,  # GET /dns-query
+        b"\x04" + query,  # POST /dns-query/token-b
+        b"\x01" + dns.message.make_query("games.example.com", "AAAA", use_edns=0).to_wire(),  # POST
+        b"\x03dns=" + encoded,  # GET with a token
+    ]
+
+
+async def _doh_stream(data: bytes) -> None:
+    shared, counters = _doh_server()
+    connection = doh.DohConnection(shared, "127.0.0.1")
+    transport = _Transport()
+    connection.connection_made(transport)  # type: ignore[arg-type]  # no TLS object: HTTP/1.1
+    step = (data[0] if data else 0) % 13 + 1  # the bytes arrive in pieces, as TCP may deliver them
+    for start in range(1, max(len(data), 1), step):
+        if transport.closed:
+            break
+        connection.data_received(data[start : start + step])
+    await asyncio.sleep(0)  # what a paused reader takes up again on the next turn
+    connection.connection_lost(None)
+    assert counters.internal_errors == 0, "the pipeline hit an internal error"
+    written = bytes(transport.written)
+    while written.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"):
+        written = written[25:]
+    while written:  # every response whole: a status line, headers, a body of its content-length
+        head, sep, written = written.partition(b"\r\n\r\n")
+        assert sep, "a response without the end of its head"
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split(b" ")[1])
+        assert lines[0].startswith(b"HTTP/1.1 ") and status in _DOH_STATUSES, lines[0]
+        fields = dict(line.split(b": ", 1) for line in lines[1:])
+        length = int(fields[b"content-length"])
+        assert len(written) >= length, "a body shorter than its content-length"
+        written = written[length:]
+        while written.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"):
+            written = written[25:]
+
+
+def doh_http1(data: bytes) -> None:
+    """data: one byte (the size of the pieces), then what a client sends on an HTTP/1.1 DoH connection."""
+    asyncio.run(_doh_stream(data))
+
+
+def _doh_http1_seeds() -> list[bytes]:
+    query = dns.message.make_query("www.example.com", "A").to_wire()
+    encoded = base64.urlsafe_b64encode(query).rstrip(b"=")
+    get = b"GET /dns-query?dns=" + encoded + b" HTTP/1.1\r\nHost: doh.example\r\nAccept: */*\r\n\r\n"
+    post = (
+        b"POST /dns-query/token-b HTTP/1.1\r\nHost: doh.example\r\nContent-Type: application/dns-message\r\n"
+        b"Content-Length: %d\r\nExpect: 100-continue\r\n\r\n" % len(query) + query
+    )
+    close = b"GET /dns-query?dns=" + encoded + b" HTTP/1.0\r\nConnection: close\r\n\r\n"
+    return [b"\x05" + get + post + close, b"\x0c" + post + get, b"\x00" + get * 3]
+
+
 TARGETS: dict[str, Target] = {
     target.name: target
     for target in (
@@ -310,7 +445,9 @@ TARGETS: dict[str, Target] = {
         Target("list_formats", list_formats, (), _list_seeds),
         Target("policy_yaml", policy_yaml, (ConfigError,), _policy_seeds),
         Target("admin_body", admin_body, (Refused,), _admin_seeds),
-        # PROXY v2 headers and DoH requests join here as their parsers land.
+        Target("proxy_v2", proxy_v2, (proxyv2.ProxyError,), _proxy_seeds),
+        Target("doh_request", doh_request, (), _doh_request_seeds),
+        Target("doh_http1", doh_http1, (), _doh_http1_seeds),
     )
 }
 

@@ -6,6 +6,8 @@ import os
 
 import dns.message
 import dns.rrset
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from resolver.dataplane import doh
 from resolver.operations import tokens
@@ -49,3 +51,20 @@ def test_the_max_age_of_a_doh_answer_is_its_smallest_ttl():
     assert doh.min_ttl(answer(soa_ttl=60)) == 60  # a negative answer: its SOA
     assert doh.min_ttl(answer()) == 0  # nothing to keep (SERVFAIL, REFUSED)
     assert doh.min_ttl(b"\x00" * 7) == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.binary(max_size=8), st.binary(max_size=20)), max_size=5), st.binary(max_size=80))
+def test_the_dns_parameter_is_found_among_any_others_undecoded(others, value):
+    others = [(name, v) for name, v in others if b"&" not in name + v and b"=" not in name and name != b"dns"]
+    value = value.replace(b"&", b"")
+    parts = [name + b"=" + v for name, v in others]
+    assert doh._dns_parameter(b"&".join(parts)) is None
+    parts.insert(len(parts) // 2, b"dns=" + value)
+    assert doh._dns_parameter(b"&".join(parts)) == value
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=600))
+def test_the_max_age_of_any_bytes_is_a_ttl_or_0(answer):
+    assert 0 <= doh.min_ttl(answer) <= 0xFFFFFFFF

@@ -6,6 +6,8 @@ import socket
 import struct
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from resolver.dataplane import proxyv2
 
@@ -75,3 +77,40 @@ def test_malformed_headers_say_why(data, message):
     with pytest.raises(proxyv2.ProxyError, match=message) as raised:
         proxyv2.parse(data)
     assert not isinstance(raised.value, proxyv2.Incomplete)
+
+
+_TLV = st.tuples(st.integers(0, 255), st.binary(max_size=40)).map(
+    lambda t: bytes([t[0]]) + struct.pack("!H", len(t[1])) + t[1]
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.sampled_from([4, 16]),
+    st.data(),
+    st.integers(0, 0xFFFF),
+    st.booleans(),
+    st.lists(_TLV, max_size=4),
+    st.binary(max_size=64),
+)
+def test_any_header_made_reads_back_and_any_part_of_it_waits(size, data, port, stream, tlvs, payload):
+    client, server = (
+        data.draw(st.binary(min_size=size, max_size=size)),
+        data.draw(st.binary(min_size=size, max_size=size)),
+    )
+    made = proxyv2.make(client, port, server, 53, stream, b"".join(tlvs))
+    assume(len(made) <= proxyv2.MAX_HEADER)
+    assert proxyv2.parse(made + payload) == proxyv2.Header(client, port, len(made))
+    cut = data.draw(st.integers(0, len(made) - 1))
+    with pytest.raises(proxyv2.Incomplete):
+        proxyv2.parse(made[:cut])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_any_bytes_after_the_signature_are_a_header_or_one_proxy_error(rest):
+    try:
+        header = proxyv2.parse(SIG + rest)
+    except proxyv2.ProxyError:
+        return
+    assert proxyv2.FIXED <= header.length <= len(SIG) + len(rest)
