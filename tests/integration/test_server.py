@@ -193,7 +193,7 @@ async def test_a_school_over_its_rate_cap_is_shed_and_counted_while_another_scho
             school_a.setblocking(False)
             for query_id in range(10):  # at once: far faster than a token a second comes back
                 await loop.sock_sendto(school_a, _query("www.example.com", query_id), ("127.0.0.1", resolver.port))
-            await until(lambda: dropped["school_rate_limit"] >= 7, 3)
+            await until(lambda: dropped["school_rate_limit"] >= 5, 3)  # 8 unless the worker took seconds
             answered = 0
             while answered + dropped["school_rate_limit"] < 10:  # each query answered or dropped
                 await asyncio.wait_for(loop.sock_recv(school_a, 65535), 3)
