@@ -254,6 +254,7 @@ class DohConnection(asyncio.Protocol):
             transport.abort()  # type: ignore[attr-defined]
             return
         shared.open.add(self)
+        shared.counters.accepted["doh"] += 1
         ssl_object = transport.get_extra_info("ssl_object")
         alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
         self.http = Http2(self) if alpn == "h2" else Http1(self)
