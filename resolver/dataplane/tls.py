@@ -261,7 +261,10 @@ class DotConnection(server.TcpConnection):
     """One DNS-over-TLS connection (RFC 7858): the TCP listener's, over TLS, its answers padded (RFC 8467).
 
     The answers made in one turn of the event loop (those to the queries of one read, mostly) go
-    out in one TLS write: a TLS record and a system call each cost the client as well as this side.
+    out with one system call, each answer in a TLS record of its own: a client that reads one
+    message per wake-up of its event loop (getdns, and so stubby) leaves the rest of a record
+    holding several unread, since its socket is not readable again, and its later queries wait
+    until the connection closes.
     """
 
     label = "dot"
@@ -276,6 +279,7 @@ class DotConnection(server.TcpConnection):
         self.unsent.append(wire.frame(ednsopt.pad(reply)))
 
     def _send(self) -> None:
-        data, self.unsent = b"".join(self.unsent), []
+        answers, self.unsent = self.unsent, []
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+            # asyncio's TLS transport makes a record of each item, then writes them all at once.
+            self.transport.writelines(answers)
