@@ -30,7 +30,8 @@ check: $(STAMP)
 	$(VENV)/bin/schooldns check --config deploy/example/config.yaml
 
 # The independent clients the integration tests drive (dig, kdig, drill, and curl also over DoT and
-# DoH; dnsdist as a load balancer in front of schooldns; unbound as a secondary of the RPZ feed);
+# DoH; stubby as a long-lived DoT client; dnsdist as a load balancer in front of schooldns; unbound
+# as a secondary of the RPZ feed);
 # the tools that check deploy/ (tests/integration/test_deploy.py): shellcheck, systemd-analyze
 # verify, nft -c; Prometheus (promtool checks the shipped rules; a real Prometheus scrapes real
 # instances); a headless Chromium that uses the block page and the /ui/ pages; knotd serves a signed
@@ -39,7 +40,7 @@ check: $(STAMP)
 test-tools:
 	@PATH="$$PATH:/usr/sbin:/sbin" $(PACKAGES) dig=bind9-dnsutils kdig=knot-dnsutils drill=ldnsutils curl=curl dnsdist=dnsdist \
 		unbound=unbound shellcheck=shellcheck systemd-analyze=systemd nft=nftables promtool=prometheus \
-		chromium=chromium knotd=knot
+		chromium=chromium knotd=knot stubby=stubby
 
 # TEST_JOBS pytest processes (pytest-xdist); TEST_JOBS=0 runs the suite in this one process.
 TEST_JOBS ?= auto

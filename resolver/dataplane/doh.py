@@ -7,13 +7,15 @@ the sans-IO `h2` library; HTTP/1.1 by the small reader here (Content-Length bodi
 pipelined requests answered in order; no chunked bodies, which no DoH client sends). This module
 and h2 are imported only when `doh:` is configured.
 
-`/dns-query` is answered for the school of the client's address, as over UDP. `/dns-query/<token>`
-for the school of a `doh:<school>` token (a device off the school network): an unknown token, or
-one whose school no longer exists, gets 403 and is never answered for another school (nor for
-`default_school`). GET takes `?dns=` (base64url), POST a body of application/dns-message;
-otherwise 405, 415 on another content type, 400 on a bad `dns` parameter or a message that is
-not a DNS query, 413 on a body or parameter longer than a DNS message can be. An answer's
-`Cache-Control: max-age` is its smallest TTL, and it is padded (RFC 8467) when the query used EDNS.
+`/dns-query` is answered for the school of the client's address, as over UDP: a trusted
+front-end's PROXY header (before TLS, or first inside it) or, without one, its queries' Client
+Subnet names it. `/dns-query/<token>` for the school of a `doh:<school>` token (a device off the
+school network): an unknown token, or one whose school no longer exists, gets 403 and is never
+answered for another school (nor for `default_school`). GET takes `?dns=` (base64url), POST a
+body of application/dns-message; otherwise 405, 415 on another content type, 400 on a bad `dns`
+parameter or a message that is not a DNS query, 413 on a body or parameter longer than a DNS
+message can be. An answer's `Cache-Control: max-age` is its smallest TTL, and it is padded (RFC
+8467) when the query used EDNS.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import h2.exceptions
 import h2.settings
 
 from resolver import tokenfile
-from resolver.dataplane import ednsopt, metrics, pipeline, server, wire
+from resolver.dataplane import ednsopt, frontends, metrics, pipeline, proxyv2, server, wire
 
 log = logging.getLogger(__name__)
 
@@ -164,16 +166,18 @@ class DohServer:
         limits: server.TcpLimits,
         counters: metrics.Counters,
         tokens: SchoolTokens,
+        front_ends: frontends.FrontEnds | None = None,
     ):
         self.pipeline = pipe
         self.in_flight = in_flight
         self.limits = limits
         self.counters = counters
         self.tokens = tokens
+        self.front_ends = front_ends
         self.open: set[DohConnection] = set()
 
-    def protocol(self, client: str | bytes) -> DohConnection:
-        return DohConnection(self, client)
+    def protocol(self, client: str | bytes, front_end: bool = False) -> DohConnection:
+        return DohConnection(self, client, front_end)
 
     def close_all(self) -> None:
         for connection in list(self.open):
@@ -186,9 +190,15 @@ class DohServer:
         return Response(status, text.encode() + b"\n")
 
     def request(
-        self, method: bytes, target: bytes, content_type: bytes, body: bytes, client: str | bytes, respond: Respond
+        self,
+        method: bytes,
+        target: bytes,
+        content_type: bytes,
+        body: bytes,
+        connection: DohConnection,
+        respond: Respond,
     ) -> None:
-        """Answer one request: respond() is called once, now or when the upstream answers."""
+        """Answer one request of `connection`: respond() is called once, now or when the upstream answers."""
         path, _, query = target.partition(b"?")
         school_id = None
         if path.startswith(PATH + b"/"):
@@ -215,6 +225,9 @@ class DohServer:
             message = body
         else:
             return respond(self.reject(405, "GET or POST"))
+        client = connection.client
+        if connection.front_end and self.front_ends is not None:
+            client = self.front_ends.client_of(message, client)
         reply = self.pipeline.handle(message, client, "doh", school_id)
         if type(reply) is bytes:
             return respond(self._answer(reply))
@@ -239,11 +252,16 @@ class DohServer:
 class DohConnection(asyncio.Protocol):
     """One client's TLS connection: HTTP/2 or HTTP/1.1 as ALPN chose, an idle timeout, a bound on requests waiting."""
 
-    def __init__(self, shared: DohServer, client: str | bytes):
+    def __init__(self, shared: DohServer, client: str | bytes, front_end: bool = False):
         self.shared = shared
         self.client = client
+        self.front_end = front_end  # a trusted front-end's without a PROXY header: its queries' Client Subnet counts
         self.transport: asyncio.Transport | None = None
         self.http: Http1 | Http2 | None = None
+        # A trusted front-end's connection without a PROXY header before TLS may start with one inside
+        # it (dnsdist's): its first bytes are kept here until they show whether they hold one.
+        self.awaiting_header = front_end
+        self.start = b""
         self.waiting = 0  # requests whose answer has not been sent
         self.closed = False
         self.idle_timer: asyncio.TimerHandle | None = None
@@ -256,6 +274,7 @@ class DohConnection(asyncio.Protocol):
             transport.abort()  # type: ignore[attr-defined]
             return
         shared.open.add(self)
+        shared.counters.accepted["doh"] += 1
         ssl_object = transport.get_extra_info("ssl_object")
         alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
         self.http = Http2(self) if alpn == "h2" else Http1(self)
@@ -275,8 +294,29 @@ class DohConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._arm_idle_timer()
-        if self.http is not None:
+        if self.awaiting_header:
+            data = self._proxy_header(data)
+        if data and self.http is not None:
             self.http.received(data)
+
+    def _proxy_header(self, data: bytes) -> bytes:
+        """The bytes after a PROXY header at the start of a trusted front-end's TLS stream (all of them
+        without one); b"" while it has not all arrived, or when it is malformed (closed)."""
+        assert self.shared.front_ends is not None
+        self.start += data
+        try:
+            header = self.shared.front_ends.stream_header(self.start[: proxyv2.MAX_HEADER], "doh")
+        except proxyv2.Incomplete:
+            return b""
+        except proxyv2.ProxyError:
+            self.close()
+            return b""
+        data, self.start, self.awaiting_header = self.start, b"", False
+        if header is None:
+            return data
+        self.front_end = False  # the header named the client; its queries' Client Subnet is the client's own
+        self.client = header.client or self.client
+        return data[header.length :]
 
     def malformed(self) -> None:
         """Bytes that are not HTTP: counted, and the connection closed."""
@@ -349,7 +389,7 @@ class Http1:
             slot = _Slot(keep_alive)
             self._started(slot)
             self.connection.shared.request(
-                method, target, content_type, body, self.connection.client, functools.partial(self._respond, slot)
+                method, target, content_type, body, self.connection, functools.partial(self._respond, slot)
             )
 
     def _read_head(self, head: bytes) -> bool:
@@ -516,7 +556,7 @@ class Http2:
             headers.get(b":path", b""),
             headers.get(b"content-type", b""),
             bytes(stream.body),
-            self.connection.client,
+            self.connection,
             lambda response: self._respond(stream_id, response),
         )
 

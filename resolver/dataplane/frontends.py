@@ -1,12 +1,14 @@
 """Trusted front-ends (`proxy_protocol.trusted`): whom a PROXY v2 header or a Client Subnet option names.
 
-A query from a trusted front-end is answered for the client it names: the address in a PROXY v2
-header before it (dnsdist, HAProxy), else the address of its EDNS Client Subnet option (a
-resolver forwarding for its clients), else the front-end's own. Nobody else is believed: from
-any other address a PROXY header is just bytes that are not DNS (a malformed query, answered as
-such), and a Client Subnet option is ignored. Once a PROXY header has named the client, a Client
-Subnet option is the client's own and is ignored too. A trusted front-end's malformed header is
-dropped and counted (`schooldns_transport_rejected_total{reason="proxy_malformed"}`).
+A query from a trusted front-end, over UDP, TCP, DoT or DoH alike, is answered for the client it
+names: the address in a PROXY v2 header before it (dnsdist, HAProxy; on DoT and DoH before the
+TLS handshake or first inside TLS), else the address of its EDNS Client Subnet option (a
+resolver forwarding for its clients, dnsdist re-encrypting to DoT or DoH), else the front-end's
+own. Nobody else is believed: from any other address a PROXY header is just bytes that are not
+DNS (a malformed query, answered as such), and a Client Subnet option is ignored. Once a PROXY
+header has named the client, a Client Subnet option is the client's own and is ignored too. A
+trusted front-end's malformed header is dropped and counted
+(`schooldns_transport_rejected_total{reason="proxy_malformed"}`).
 """
 
 from __future__ import annotations

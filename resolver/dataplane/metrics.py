@@ -102,7 +102,7 @@ class Counters:
     metrics only when scraped (the authority is summed away there) and into daily rollups.
     """
 
-    __slots__ = ("blocked", "dropped", "internal_errors", "malformed", "queries", "rejected", "waits")
+    __slots__ = ("accepted", "blocked", "dropped", "internal_errors", "malformed", "queries", "rejected", "waits")
 
     def __init__(self) -> None:
         # defaultdict(int), not Counter: `+= 1` on a Counter (a dict subclass with Python-level
@@ -118,6 +118,9 @@ class Counters:
         self.waits = {result: Histogram() for result in WAITED_RESULTS}
         # What transports turned away before it was a query: (transport, reason) -> count (REJECTIONS).
         self.rejected: collections.defaultdict[tuple[str, str], int] = collections.defaultdict(int)
+        # Connections taken in, by transport ("tcp", "dot" after its handshake, "doh"): against the
+        # queries, how well clients reuse them.
+        self.accepted: collections.defaultdict[str, int] = collections.defaultdict(int)
 
     def count(self, school: str, transport: str, result: str) -> None:
         self.queries[(school, transport, result)] += 1
@@ -142,6 +145,8 @@ class Counters:
             self.dropped[reason] += value
         for rejected_key, value in other.rejected.items():
             self.rejected[rejected_key] += value
+        for transport, value in other.accepted.items():
+            self.accepted[transport] += value
         self.malformed += other.malformed
         self.internal_errors += other.internal_errors
         for result, histogram in other.waits.items():
@@ -160,6 +165,7 @@ class Counters:
             "dropped": dict(self.dropped),
             "waits": {result: histogram.to_wire() for result, histogram in self.waits.items()},
             "rejected": [[*k, v] for k, v in self.rejected.items()],
+            "accepted": dict(self.accepted),
         }
 
     @classmethod
@@ -172,6 +178,7 @@ class Counters:
         counters.dropped.update(data["dropped"])
         counters.waits.update({result: Histogram.from_wire(row) for result, row in data["waits"].items()})
         counters.rejected.update({tuple(row[:2]): row[2] for row in data["rejected"]})
+        counters.accepted.update(data["accepted"])
         return counters
 
 

@@ -220,6 +220,7 @@ class TcpConnection(asyncio.Protocol):
             transport.abort()  # type: ignore[attr-defined]
             return
         shared.open.add(self)
+        shared.in_flight.counters.accepted[self.label] += 1
         if not self.client:
             peer = transport.get_extra_info("peername")
             self.client = peer[0] if peer else ""

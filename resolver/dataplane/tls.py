@@ -5,8 +5,12 @@ A listener accepts on its own socket, and for each connection: turns it away pas
 trusted front-end sends before TLS (peeked, so a connection without one starts TLS with its
 first byte), then runs the handshake with the certificate of the moment, bounded in time. A
 failed or timed-out handshake is counted, never logged above DEBUG. The connection then
-belongs to its protocol: DoT's is the TCP listener's (server.TcpConnection: RFC 7766 framing,
-pipelining, idle timeout) with the label "dot" and padded answers.
+belongs to its protocol, told its client and whether it is a trusted front-end's without a
+PROXY header before TLS: such a connection may begin with one inside TLS (dnsdist sends it so to
+its DoT and DoH backends, HAProxy before TLS), and without either each query's Client Subnet
+names its client, as over UDP and TCP. DoT's protocol is the TCP listener's
+(server.TcpConnection: RFC 7766 framing, pipelining, idle timeout) with the label "dot" and
+padded answers.
 """
 
 from __future__ import annotations
@@ -147,7 +151,7 @@ class TlsListener:
         kind: str,
         certificates: Certificates,
         connections: Connections,
-        make_protocol: Callable[[str | bytes], asyncio.Protocol],
+        make_protocol: Callable[[str | bytes, bool], asyncio.Protocol],
         counters: metrics.Counters,
         front_ends: frontends.FrontEnds | None = None,
     ):
@@ -206,14 +210,17 @@ class TlsListener:
     async def _start(self, conn: socket.socket, peer: str) -> None:
         conn.setblocking(False)
         client: str | bytes = peer
+        front_end = False  # a trusted front-end's without a PROXY header before TLS: one inside, or Client Subnets
         try:
             async with asyncio.timeout(HANDSHAKE_SECONDS):
                 if self.front_ends is not None and self.front_ends.trusted(peer):
                     header = await self._proxy_header(conn, self.front_ends)
-                    if header is not None and header.client is not None:
+                    if header is None:
+                        front_end = True
+                    elif header.client is not None:  # (a LOCAL header leaves the front-end's own address)
                         client = header.client
                 await self.loop.connect_accepted_socket(
-                    functools.partial(self.make_protocol, client),
+                    functools.partial(self.make_protocol, client, front_end),
                     conn,
                     ssl=self.certificates.context(),
                     ssl_handshake_timeout=HANDSHAKE_SECONDS,
@@ -261,13 +268,17 @@ class DotConnection(server.TcpConnection):
     """One DNS-over-TLS connection (RFC 7858): the TCP listener's, over TLS, its answers padded (RFC 8467).
 
     The answers made in one turn of the event loop (those to the queries of one read, mostly) go
-    out in one TLS write: a TLS record and a system call each cost the client as well as this side.
+    out with one system call, each answer in a TLS record of its own: a client that reads one
+    message per wake-up of its event loop (getdns, and so stubby) leaves the rest of a record
+    holding several unread, since its socket is not readable again, and its later queries wait
+    until the connection closes.
     """
 
     label = "dot"
 
-    def __init__(self, shared: server.TcpConnections, client: str | bytes = ""):
+    def __init__(self, shared: server.TcpConnections, client: str | bytes = "", front_end: bool = False):
         super().__init__(shared, client)
+        self.front_end = self.awaiting_header = front_end
         self.unsent: list[bytes] = []
 
     def _write(self, reply: bytes) -> None:
@@ -276,6 +287,7 @@ class DotConnection(server.TcpConnection):
         self.unsent.append(wire.frame(ednsopt.pad(reply)))
 
     def _send(self) -> None:
-        data, self.unsent = b"".join(self.unsent), []
+        answers, self.unsent = self.unsent, []
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+            # asyncio's TLS transport makes a record of each item, then writes them all at once.
+            self.transport.writelines(answers)

@@ -284,6 +284,14 @@ def _transports(s: workerstate.WorkerState) -> Iterator[Metric]:
     for (transport, reason), value in sorted(s.counters.rejected.items()):
         rejected.add_metric([transport, reason], value)
     yield rejected
+    accepted = CounterMetricFamily(
+        "schooldns_connections_accepted",
+        "Client connections taken in, by transport (tcp; dot and doh once their TLS handshake ended).",
+        labels=["transport"],
+    )
+    for transport, value in sorted(s.counters.accepted.items()):
+        accepted.add_metric([transport], value)
+    yield accepted
 
 
 def _admin_sheds(sheds: shedding.Sheds) -> Iterator[Metric]:

@@ -78,12 +78,12 @@ class Worker:
         self.doh: Any = None  # doh.DohServer, whose module (and h2) is imported only when `doh:` is configured
         if cfg.dot is not None:
             self.certificates["dot"] = tls.Certificates(cfg.dot.cert_file, cfg.dot.key_file, tls.DOT_ALPN, "dot")
-            self.dot = server.TcpConnections(self.pipeline, self.in_flight, cfg.limits)
+            self.dot = server.TcpConnections(self.pipeline, self.in_flight, cfg.limits, self.front_ends)
         if cfg.doh is not None:
             self.certificates["doh"] = tls.Certificates(cfg.doh.cert_file, cfg.doh.key_file, tls.DOH_ALPN, "doh")
             doh = importlib.import_module("resolver.dataplane.doh")
             tokens = doh.TokenSchools(cfg.admin.tokens_file)
-            self.doh = doh.DohServer(self.pipeline, self.in_flight, cfg.limits, self.counters, tokens)
+            self.doh = doh.DohServer(self.pipeline, self.in_flight, cfg.limits, self.counters, tokens, self.front_ends)
         self._tls: list[tls.TlsListener] = []
         self.tls_addresses: dict[str, list[tuple[str, int]]] = {"dot": [], "doh": []}
         self.index = index  # of this worker among the `workers: N` (0 for the one of `workers: 1`)
@@ -130,7 +130,7 @@ class Worker:
     def _start_tls(self) -> None:
         """Bind and start the DoT and DoH listeners (SO_REUSEPORT with `workers: N`, like the DNS port)."""
         cfg = self.config
-        kinds: list[tuple[str, config.TlsListenConfig, tls.Connections, Callable[[str | bytes], Any]]] = []
+        kinds: list[tuple[str, config.TlsListenConfig, tls.Connections, Callable[[str | bytes, bool], Any]]] = []
         if cfg.dot is not None and self.dot is not None:
             kinds.append(("dot", cfg.dot, self.dot, self._dot_protocol))
         if cfg.doh is not None and self.doh is not None:
@@ -145,9 +145,9 @@ class Worker:
                 self._tls.append(listener)
                 self.tls_addresses[kind].append(sock.getsockname()[:2])
 
-    def _dot_protocol(self, client: str | bytes) -> tls.DotConnection:
+    def _dot_protocol(self, client: str | bytes, front_end: bool) -> tls.DotConnection:
         assert self.dot is not None
-        return tls.DotConnection(self.dot, client)
+        return tls.DotConnection(self.dot, client, front_end)
 
     async def reload(self) -> bool:
         """Build a new snapshot off the event loop and install it; on failure keep the old one."""

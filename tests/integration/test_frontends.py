@@ -1,4 +1,4 @@
-"""Trusted front-ends on real sockets: PROXY v2 on UDP, TCP and before TLS, Client Subnet; untrusted and malformed.
+"""Trusted front-ends on real sockets: PROXY v2 and Client Subnet over UDP, TCP, DoT and DoH; untrusted and malformed.
 
 The front-end is 127.0.0.3 (no school's address). School A is 127.0.0.1, school B 127.0.0.2;
 A blocks games.example.com, B does not.
@@ -11,6 +11,7 @@ import socket
 import ssl
 import struct
 
+import dns.asyncquery
 import dns.edns
 import dns.message
 import dns.rcode
@@ -187,3 +188,187 @@ async def test_a_proxy_header_before_tls_names_the_client_of_a_dot_connection(tm
         with pytest.raises((ssl.SSLError, ConnectionError)):
             await ask("127.0.0.1", header("127.0.0.2", stream=True))
         await until(lambda: resolver.worker.counters.rejected[("dot", "tls_handshake")] == 1, 5)
+
+
+TLS_LISTENERS = (
+    'dot: {listen: ["127.0.0.1:0"], cert_file: tls/server.pem, key_file: tls/server.key}\n'
+    'doh: {listen: ["127.0.0.1:0"], cert_file: tls/server.pem, key_file: tls/server.key}\n'
+)
+
+
+def with_subnet(address: str, prefix: int = 32, query_id: int = 7) -> dns.message.Message:
+    message = dns.message.make_query(
+        "games.example.com", "A", use_edns=0, options=[dns.edns.ECSOption(address, prefix)]
+    )
+    message.id = query_id
+    return message
+
+
+async def kdig_doh(port: int, ca_file: str, source: str, subnet: str) -> str:
+    """kdig over DoH (HTTP/2) from `source` with a Client Subnet: its output."""
+    process = await asyncio.create_subprocess_exec(
+        "kdig", "-b", source, "@127.0.0.1", "-p", str(port), "+https", f"+tls-ca={ca_file}",
+        f"+tls-hostname={SERVER_NAME}", f"+subnet={subnet}", "games.example.com", "A",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(process.communicate(), 20)
+    assert process.returncode == 0, out
+    return out.decode()
+
+
+async def tls_from(
+    port: int, context: ssl.SSLContext, source: str, before: bytes = b""
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TLS connection from `source` that sends `before` ahead of its handshake."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.bind((source, 0))
+    sock.setblocking(False)
+    await loop.sock_connect(sock, ("127.0.0.1", port))
+    await loop.sock_sendall(sock, before)
+    return await asyncio.open_connection(sock=sock, ssl=context, server_hostname=SERVER_NAME)
+
+
+async def test_a_trusted_front_ends_client_subnet_names_the_school_over_dot_and_doh(tmp_path, upstream):
+    ca = make_ca(tmp_path / "tls")
+    ca.issue()
+    async with running_resolver(tmp_path, [upstream.address], TRUSTED + TLS_LISTENERS) as resolver:
+        dot = resolver.worker.tls_addresses["dot"][0][1]
+        doh = resolver.worker.tls_addresses["doh"][0][1]
+        context = ssl.create_default_context(cafile=str(ca.ca_file))
+
+        async def over_dot(message: dns.message.Message, source: str) -> dns.message.Message:
+            return await dns.asyncquery.tls(
+                message, "127.0.0.1", port=dot, source=source, ssl_context=context, server_hostname=SERVER_NAME,
+                timeout=3,
+            )  # fmt: skip
+
+        # dnspython's DoT client from the front-end: each query's subnet picks the school.
+        assert (await over_dot(with_subnet("127.0.0.1"), FRONT_END)).rcode() == dns.rcode.NXDOMAIN
+        answer = await over_dot(with_subnet("127.0.0.2"), FRONT_END)
+        assert answer.rcode() == dns.rcode.NOERROR and not any(o.otype == dns.edns.ECS for o in answer.options)
+        assert (await over_dot(with_subnet("0.0.0.0", 0), FRONT_END)).rcode() == dns.rcode.REFUSED  # its own
+        # From school A itself, a subnet claiming school B is ignored.
+        assert (await over_dot(with_subnet("127.0.0.2"), "127.0.0.1")).rcode() == dns.rcode.NXDOMAIN
+
+        # One connection carries many devices' queries (dnsdist re-encrypting): each is answered for its own.
+        reader, writer = await tls_from(dot, context, FRONT_END)
+        for query_id, address in enumerate(["127.0.0.2", "127.0.0.1", "127.0.0.2", "127.0.0.1"]):
+            writer.write(wire.frame(with_subnet(address, query_id=query_id).to_wire()))
+        answers = {}
+        for _ in range(4):
+            length = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2), 3))[0]
+            answer = dns.message.from_wire(await reader.readexactly(length))
+            answers[answer.id] = answer.rcode()
+        writer.close()
+        assert answers == {0: dns.rcode.NOERROR, 1: dns.rcode.NXDOMAIN, 2: dns.rcode.NOERROR, 3: dns.rcode.NXDOMAIN}
+
+        # kdig's DoH client (HTTP/2): the same.
+        ca_file = str(ca.ca_file)
+        assert "NXDOMAIN" in await kdig_doh(doh, ca_file, FRONT_END, "127.0.0.1/32")
+        out = await kdig_doh(doh, ca_file, FRONT_END, "127.0.0.2/32")
+        assert "NOERROR" in out and "CLIENT-SUBNET" not in out.upper(), out
+        assert "REFUSED" in await kdig_doh(doh, ca_file, FRONT_END, "0.0.0.0/0")
+        assert "NXDOMAIN" in await kdig_doh(doh, ca_file, "127.0.0.1", "127.0.0.2/32")
+
+        counted = resolver.worker.counters.queries
+        assert counted[("school-b", "dot", "forwarded")] + counted[("school-b", "dot", "cached")] == 3
+        assert counted[("school-b", "doh", "cached")] == 1
+        assert counted[("school-a", "dot", "blocked")] == 4 and counted[("school-a", "doh", "blocked")] == 2
+        # The upstream never sees a client's subnet: schooldns makes its own queries.
+        assert all(not dns.message.from_wire(call.raw).options for call in upstream.calls)
+        assert not resolver.worker.counters.rejected
+
+
+def http_post(message: dns.message.Message) -> bytes:
+    body = message.to_wire()
+    return (
+        b"POST /dns-query HTTP/1.1\r\nhost: %s\r\ncontent-type: application/dns-message\r\n"
+        b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (SERVER_NAME.encode(), len(body), body)
+    )
+
+
+async def doh_post(
+    port: int, context: ssl.SSLContext, source: str, before: bytes, message: dns.message.Message, inside: bytes = b""
+) -> dns.message.Message:
+    """A connection from `source` that sends `before` ahead of TLS, then `inside` and one HTTP/1.1 POST of `message`."""
+    reader, writer = await tls_from(port, context, source, before)
+    writer.write(inside + http_post(message))
+    response = await asyncio.wait_for(reader.read(), 3)
+    writer.close()
+    head, _, answer = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    return dns.message.from_wire(answer)
+
+
+async def test_a_proxy_header_before_tls_names_the_client_of_a_doh_connection(tmp_path, upstream):
+    ca = make_ca(tmp_path / "tls")
+    ca.issue()
+    async with running_resolver(tmp_path, [upstream.address], TRUSTED + TLS_LISTENERS) as resolver:
+        port = resolver.worker.tls_addresses["doh"][0][1]
+        context = ssl.create_default_context(cafile=str(ca.ca_file))
+        plain = dns.message.make_query("games.example.com", "A")
+        assert (
+            await doh_post(port, context, FRONT_END, header("127.0.0.1", True), plain)
+        ).rcode() == dns.rcode.NXDOMAIN
+        assert (await doh_post(port, context, FRONT_END, header("127.0.0.2", True), plain)).rcode() == dns.rcode.NOERROR
+        assert (await doh_post(port, context, FRONT_END, b"", plain)).rcode() == dns.rcode.REFUSED  # the front-end
+        # Once the header has named the client, a subnet in its queries is the client's own say.
+        answer = await doh_post(port, context, FRONT_END, header("127.0.0.1", True), with_subnet("127.0.0.2"))
+        assert answer.rcode() == dns.rcode.NXDOMAIN
+        assert resolver.worker.counters.queries[("school-b", "doh", "forwarded")] == 1
+        # From an untrusted address the header is just bytes before the handshake: it fails, counted.
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            await doh_post(port, context, "127.0.0.1", header("127.0.0.2", True), plain)
+        await until(lambda: resolver.worker.counters.rejected[("doh", "tls_handshake")] == 1, 5)
+
+
+async def test_a_proxy_header_at_the_start_of_the_tls_stream_names_the_client_as_dnsdist_sends_it(tmp_path, upstream):
+    ca = make_ca(tmp_path / "tls")
+    ca.issue()
+    async with running_resolver(tmp_path, [upstream.address], TRUSTED + TLS_LISTENERS) as resolver:
+        dot = resolver.worker.tls_addresses["dot"][0][1]
+        doh = resolver.worker.tls_addresses["doh"][0][1]
+        context = ssl.create_default_context(cafile=str(ca.ca_file))
+        rejected = resolver.worker.counters.rejected
+
+        async def over_dot(inside: bytes, source: str = FRONT_END) -> dns.message.Message | None:
+            reader, writer = await tls_from(dot, context, source)
+            try:
+                for start in range(0, len(inside), 10):  # a header may come in pieces
+                    writer.write(inside[start : start + 10])
+                    await writer.drain()
+                length = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2), 3))[0]
+                return dns.message.from_wire(await reader.readexactly(length))
+            except asyncio.IncompleteReadError:
+                return None
+            finally:
+                writer.close()
+
+        plain = dns.message.make_query("games.example.com", "A")
+        for client, rcode in (("127.0.0.1", dns.rcode.NXDOMAIN), ("127.0.0.2", dns.rcode.NOERROR)):
+            answer = await over_dot(header(client, stream=True) + wire.frame(query()))
+            assert answer is not None and answer.rcode() == rcode
+            answer = await doh_post(doh, context, FRONT_END, b"", plain, inside=header(client, stream=True))
+            assert answer.rcode() == rcode
+        # The header named the client: a subnet in the query after it is the client's own say.
+        answer = await over_dot(header("127.0.0.1", stream=True) + wire.frame(with_subnet("127.0.0.2").to_wire()))
+        assert answer is not None and answer.rcode() == dns.rcode.NXDOMAIN
+        # A malformed header inside TLS from the front-end: the connection closed, counted.
+        broken = header("127.0.0.2", stream=True)
+        broken = broken[:12] + b"\x11" + broken[13:]  # version 1 in the binary form
+        assert await over_dot(broken + wire.frame(query())) is None
+        reader, writer = await tls_from(doh, context, FRONT_END)
+        writer.write(broken + http_post(plain))
+        assert await asyncio.wait_for(reader.read(), 3) == b""
+        writer.close()
+        assert rejected == {("dot", "proxy_malformed"): 1, ("doh", "proxy_malformed"): 1}
+        # From anyone else a header is no HTTP: closed, counted as such; nothing answered as school B.
+        reader, writer = await tls_from(doh, context, "127.0.0.1")
+        writer.write(header("127.0.0.2", stream=True) + http_post(plain))
+        assert await asyncio.wait_for(reader.read(), 3) == b""
+        writer.close()
+        assert rejected[("doh", "http_malformed")] == 1
+        counted = resolver.worker.counters.queries
+        assert counted[("school-b", "dot", "forwarded")] == 1 and counted[("school-b", "doh", "cached")] == 1
+        assert counted[("school-a", "dot", "blocked")] == 2 and counted[("school-a", "doh", "blocked")] == 1

@@ -62,6 +62,7 @@ FAMILIES = {
     "schooldns_audit_entries_dropped": "counter",
     "schooldns_blockpage_requests_deleted": "counter",
     "schooldns_admin_auth_rate_limited": "counter",
+    "schooldns_connections_accepted": "counter",
 }
 
 STATUS_KEYS = [
@@ -136,6 +137,7 @@ def expected_samples(upstream: str, workers: int) -> dict[tuple[str, frozenset[t
         ),
         ("schooldns_queries_in_flight", {}, 0.0),
         ("schooldns_tcp_connections", {}, 0.0),
+        ("schooldns_connections_accepted_total", {"transport": "tcp"}, 1.0),
         ("schooldns_schools_configured", {}, 2.0),
         ("schooldns_school_last_query_timestamp_seconds", {"school": a}, Positive()),
         ("schooldns_school_last_query_timestamp_seconds", {"school": "school-b"}, 0.0),

@@ -91,6 +91,7 @@ def test_a_known_state_renders_as_every_family_with_its_labels_and_values():
     one.counters.dropped["udp_in_flight_limit"] = 6
     one.counters.waits["forwarded"].observe(0.02)
     one.counters.rejected[("udp", "proxy_malformed")] = 2
+    one.counters.accepted["dot"] = 3
     two = state(
         1,
         answered=1,
@@ -186,6 +187,7 @@ def test_a_known_state_renders_as_every_family_with_its_labels_and_values():
         "schooldns_worker_restarts": ("counter", {NONE: 1.0}),
         "schooldns_worker_restart_failures": ("counter", {NONE: 3.0}),
         "schooldns_transport_rejected": ("counter", {labels(transport="udp", reason="proxy_malformed"): 2.0}),
+        "schooldns_connections_accepted": ("counter", {labels(transport="dot"): 3.0}),
     }
 
 
