@@ -59,7 +59,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
         ROOT,
         source,
         ignore=shutil.ignore_patterns(
-            ".git", ".venv", "build", "var", "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis"
+            ".git", ".venv", "build", "var", "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis", "*.so"
         ),
     )
     dist = base / "dist"
@@ -110,6 +110,8 @@ def test_the_installed_package_and_command_are_the_wheels(installed):
     assert where.returncode == 0, where.stderr
     package, path = json.loads(where.stdout)
     assert Path(package).is_relative_to(installed.venv)
+    # Built without SCHOOLDNS_COMPILE: pure Python, no extension module (--version says so too).
+    assert not [module.name for module in Path(package).parent.rglob("*.so")]
     assert not [entry for entry in path if entry and Path(entry).resolve().is_relative_to(ROOT)]
 
 
