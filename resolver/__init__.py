@@ -4,8 +4,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-# The hot sans-IO modules that a build with SCHOOLDNS_COMPILE=1 compiles with mypyc (setup.py's
-# COMPILED); every other build runs them from their source.
+# The hot sans-IO modules that a build with SCHOOLDNS_COMPILE=1 compiles with mypyc (setup.py reads
+# this list); every other build runs them from their source.
 COMPILABLE = (
     "resolver.dataplane.wire",
     "resolver.dataplane.cache",
