@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PACKAGES := scripts/debian-packages
 
-.PHONY: run test test-wheel lint format bench bench-smoke bench-tools test-tools bytecode check clean venv conformance fuzz
+.PHONY: run test test-wheel lint format bench bench-smoke bench-tools test-tools bytecode check clean venv conformance fuzz \
+	compiled pure stale-compiled test-compiled
 
 # Debian's python3 lacks ensurepip until python3-venv is installed.
 $(STAMP): pyproject.toml
@@ -23,7 +24,7 @@ venv: $(STAMP)
 bytecode: $(STAMP)
 	-@$(PY) -m compileall -q resolver
 
-run: $(STAMP) bytecode
+run: $(STAMP) stale-compiled bytecode
 	$(VENV)/bin/schooldns serve --config deploy/example/config.yaml
 
 check: $(STAMP)
@@ -44,8 +45,35 @@ test-tools:
 
 # TEST_JOBS pytest processes (pytest-xdist); TEST_JOBS=0 runs the suite in this one process.
 TEST_JOBS ?= auto
-test: $(STAMP) test-tools
+test: $(STAMP) test-tools stale-compiled
 	$(PY) -m pytest -n $(TEST_JOBS)
+
+# Compiled modules (opt-in; docs/performance.md, "Compiled modules"): the hot sans-IO modules
+# (resolver.COMPILABLE) compiled with mypyc into extension modules beside their sources, which
+# Python imports instead of them; `make run` and the tests then run them. `make pure` removes them.
+# (setuptools 77 reads this pyproject.toml; a venv starts with an older one.)
+compiled: $(STAMP)
+	$(PY) -m pip install --quiet 'setuptools>=77'
+	SCHOOLDNS_COMPILE=1 $(PY) setup.py --quiet build_ext --inplace
+	@find resolver -name '*.so' -exec touch {} +
+	@$(VENV)/bin/schooldns --version
+
+pure:
+	find resolver -name '*.so' -delete
+
+# A compiled module older than its source would run instead of the edited source: all of them are
+# removed (they call each other natively), so the sources run until `make compiled` again.
+stale-compiled:
+	@for so in $$(find resolver -name '*.so' ! -name '*__mypyc.*'); do \
+		if [ "$${so%%.cpython*}.py" -nt "$$so" ]; then \
+			echo "$$so is older than its source: compiled modules removed (make compiled builds them again)"; \
+			find resolver -name '*.so' -delete; break; \
+		fi; \
+	done
+
+# The unit tests against the compiled modules (not part of `make test`); they stay in place afterwards.
+test-compiled: compiled
+	$(PY) -m pytest -n $(TEST_JOBS) tests/unit
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check resolver tests
@@ -91,5 +119,5 @@ fuzz: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[fuzz]'
 	FUZZ_SECONDS=$(FUZZ_SECONDS) $(PY) -m tests.fuzz.run $(FUZZ_TARGETS)
 
-clean:
+clean: pure
 	rm -rf $(VENV) build *.egg-info

@@ -13,6 +13,7 @@ from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain, filterfalse
+from typing import cast
 
 from resolver import durable
 from resolver.errors import ResolverError
@@ -181,10 +182,11 @@ def build_index(entries: Iterable[tuple[str, int, str, str]]) -> bytes:
     # One run per (bit, match, kind), in order of first appearance: entries of many categories
     # mixed would otherwise make a run of almost every entry.
     runs: dict[int, list[str]] = {}  # packed bit -> names
-    bit_values: dict[tuple[int, str, str], int] = {}
+    bit_values: dict[tuple[object, str, str], int] = {}
     last_bit = last_match = last_kind = None
     names: list[str] = []
-    for name, bit, match, kind in entries:
+    # The bit read as an object: compiled (mypyc), an item typed int would already be unboxed, True the int 1.
+    for name, bit, match, kind in cast(Iterable[tuple[str, object, str, str]], entries):
         # Entries come in stretches of equal (bit, match, kind): look the bit up once per stretch.
         if bit is not last_bit or match is not last_match or kind is not last_kind:
             bit_value = bit_values.get((bit, match, kind), 0)
@@ -202,12 +204,13 @@ def build_index_runs(runs: Iterable[tuple[int, str, str, Sequence[str]]]) -> byt
     A run is typically one list source's names for one (match, kind); the same name may appear in
     many runs and repeat within one. Same rules and ValueErrors as `build_index`.
     """
+    objects = cast(Iterable[tuple[object, str, str, Sequence[str]]], runs)  # the bit as an object, as in build_index
     return _build_image(
-        [(_packed_bits(names[0], bit, match, kind), names) for bit, match, kind, names in runs if names]
+        [(_packed_bits(names[0], bit, match, kind), names) for bit, match, kind, names in objects if names]
     )
 
 
-def _packed_bits(name: str, bit: int, match: str, kind: str) -> int:
+def _packed_bits(name: str, bit: object, match: str, kind: str) -> int:
     """The category bit in the columns of (kind, match), packed; ValueError naming `name` if bit/match/kind is bad."""
     columns = _COLUMNS.get((kind, match))
     if columns is None:
@@ -448,11 +451,9 @@ class DomainIndex:
         self.file = file  # (path, st_dev, st_ino) of the mapped file; None for an image in memory
 
     @classmethod
-    def from_bytes(cls, image: bytes) -> DomainIndex:
-        """View an in-memory image (from `build_index`) without copying it."""
-        if not isinstance(image, bytes):
-            image = bytes(image)
-        return cls(image)
+    def from_bytes(cls, image: bytes | bytearray) -> DomainIndex:
+        """View an in-memory image (from `build_index`) without copying it; a bytearray is copied once."""
+        return cls(image if isinstance(image, bytes) else bytes(image))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> DomainIndex:

@@ -133,6 +133,7 @@ def status_of(state: workerstate.WorkerState) -> dict[str, Any]:
             }
             for u in state.upstreams
         ],
+        "compiled": [name.rsplit(".", 1)[1] for name in resolver.compiled_modules()],  # [] where pure Python
     }
 
 

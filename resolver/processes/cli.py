@@ -22,7 +22,7 @@ LOG_LEVELS = ["debug", "info", "warning", "error"]
 def main(argv: list[str] | None = None) -> int:
     """Run one command; the exit status: 0 done, 1 a problem (one line says what), 2 a usage error."""
     parser = argparse.ArgumentParser(prog="schooldns", description="DNS filter for school networks.")
-    parser.add_argument("--version", action="version", version=f"schooldns {resolver.__version__}")
+    parser.add_argument("--version", action="version", version=resolver.build_description())
     # Accepted before or after the command; the default is `info` for serve and `warning` for the
     # tools, whose output is what they print.
     parser.add_argument("--log-level", choices=LOG_LEVELS)
@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "serve":
+            logging.getLogger("resolver").info("%s", resolver.build_description())
             cfg = config.load_config(args.config)
             forker = None
             if cfg.workers > 1:

@@ -96,6 +96,7 @@ async def test_the_admin_api_answers_from_the_state_it_reads_at_each_request(tmp
                     {"address": "192.0.2.53:53", "up": True, "failing": False, "latency_ms": 12.35},
                     {"address": "192.0.2.54:53", "up": False, "failing": False, "latency_ms": None},
                 ],
+                "compiled": [name.rsplit(".", 1)[1] for name in resolver.compiled_modules()],
             }
 
             assert (await get("/nothing"))[0] == 404

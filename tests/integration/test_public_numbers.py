@@ -75,6 +75,7 @@ STATUS_KEYS = [
     "cache_entries",
     "degraded",
     "upstreams",
+    "compiled",
 ]
 
 
@@ -256,4 +257,5 @@ async def test_metrics_and_status_keep_every_name_label_key_and_value(tmp_path, 
                 "workers": workers,
                 "cache_entries": 1,
                 "degraded": False,
+                "compiled": [name.rsplit(".", 1)[1] for name in resolver.compiled_modules()],
             }

@@ -215,6 +215,12 @@ class MachineUse:
         )
 
 
+def schooldns_build() -> str:
+    """The measured command's `--version`: whether its hot modules run compiled (make compiled) or from source."""
+    version = subprocess.run([str(SCHOOLDNS), "--version"], capture_output=True, text=True, timeout=60).stdout.strip()
+    return version if "compiled" in version else f"{version or 'schooldns'} (pure Python)"
+
+
 def machine_info(tools: dict[str, str]) -> dict[str, str]:
     cpu = "?"
     try:
@@ -230,6 +236,7 @@ def machine_info(tools: dict[str, str]) -> dict[str, str]:
         "kernel": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "memory": f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.1f} GiB",
+        "schooldns": schooldns_build(),
     }
     for tool in ("dnsperf", *BASELINE_TOOLS):
         if tool in tools:
@@ -1784,7 +1791,7 @@ def report(
     versions = ", ".join(f"{tool} {info[tool]}" for tool in ("dnsperf", *BASELINE_TOOLS) if tool in info)
     add(
         f"Machine: {info['nproc']} cores ({info['cpu']}), {info['memory']} RAM, {info['kernel']}, "
-        f"Python {info['python']}, {versions}. {info.get('use', '')}"
+        f"Python {info['python']}, {info['schooldns']}, {versions}. {info.get('use', '')}"
     )
     add("")
     case, cookie = data.case, data.cookie
