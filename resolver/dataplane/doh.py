@@ -22,6 +22,7 @@ import asyncio
 import base64
 import binascii
 import collections
+import contextlib
 import functools
 import logging
 import math
@@ -33,9 +34,11 @@ from typing import NamedTuple, Protocol
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import hpack
 
 from resolver import tokenfile
 from resolver.dataplane import ednsopt, metrics, pipeline, server, wire
@@ -281,9 +284,13 @@ class DohConnection(asyncio.Protocol):
         self.shared.counters.rejected[("doh", "http_malformed")] += 1
         self.close()
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | list[bytes]) -> None:
+        """Bytes to send, or pieces to send each in a TLS record of its own (and in one system call)."""
         if data and not self.closed and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+            if isinstance(data, list):
+                self.transport.writelines(data)
+            else:
+                self.transport.write(data)
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
@@ -443,6 +450,35 @@ _H2_CONFIG = h2.config.H2Configuration(
     normalize_inbound_headers=False,
 )
 
+# Frame types and flags read by the short path (RFC 9113 6).
+_DATA, _HEADERS, _RST_STREAM, _WINDOW_UPDATE, _CONTINUATION, _PUSH_PROMISE = 0x0, 0x1, 0x3, 0x8, 0x9, 0x5
+_END_STREAM, _END_HEADERS, _PADDED, _PRIORITY = 0x1, 0x4, 0x8, 0x20
+_FRAME_HEAD = struct.Struct("!IBI")  # length (24 bits) and type, flags, stream ID
+_PREFACE = 24  # the client's connection preface, which h2 reads
+_MAX_WINDOW = 2**31 - 1
+_BLOCKS_KEPT = 4096  # encoded response header blocks kept, by status, length and max-age
+
+# The response headers as HPACK literals that are never indexed, so that a block refers to the
+# static table alone and changes neither side's dynamic table: the same bytes are right on every
+# connection, whatever its table holds, and are encoded once (by hpack, with an encoder of their own).
+_block_encoder = hpack.Encoder()
+_blocks: dict[tuple[int, int, int], bytes] = {}
+
+
+def _header_block(response: Response) -> bytes:
+    key = (response.status, len(response.body), response.max_age)
+    block = _blocks.get(key)
+    if block is None:
+        if len(_blocks) >= _BLOCKS_KEPT:
+            _blocks.clear()
+        headers = [(b":status", b"%d" % response.status, True), *((n, v, True) for n, v in response.headers())]
+        block = _blocks[key] = _block_encoder.encode(headers)
+    return block
+
+
+def _frame(kind: int, flags: int, stream_id: int, payload: bytes | memoryview) -> bytes:
+    return _FRAME_HEAD.pack(len(payload) << 8 | kind, flags, stream_id) + payload
+
 
 class _Stream:
     __slots__ = ("body", "headers")
@@ -452,8 +488,30 @@ class _Stream:
         self.body = bytearray()
 
 
+class _Short:
+    """A request taken by the short path: its answer's flow-control window, and what of it waits for room."""
+
+    __slots__ = ("unsent", "window")
+
+    def __init__(self) -> None:
+        self.window = 0  # WINDOW_UPDATE increments less DATA sent, over the client's initial window
+        self.unsent: memoryview | None = None
+
+
 class Http2:
-    """HTTP/2 on one connection (h2): each stream one request; answers sent within flow control as they come."""
+    """HTTP/2 on one connection (h2): each stream one request; answers sent within flow control as they come.
+
+    The common request, a GET in one HEADERS frame (END_HEADERS and END_STREAM) on a new stream,
+    takes a short path: the frame is split off here, its header block decoded by h2's own HPACK
+    decoder (so the dynamic table stays h2's), and the answer framed here, HEADERS and DATA, its
+    DATA within the client's flow-control windows (h2's connection window debited). h2 is told the
+    stream's ID, so every later frame is judged by it as before. Every other frame (the preface,
+    SETTINGS, POST's HEADERS and DATA, PING, GOAWAY, CONTINUATION, padding, unknown types) goes to
+    h2, in order; so do the requests whenever h2 is mid header block or the connection is closing.
+    The short path halved the CPU time of a request under dnsperf -m doh. What a connection writes
+    in one read, or in one turn of the event loop, leaves in one system call, each answer in a TLS
+    record of its own.
+    """
 
     def __init__(self, connection: DohConnection):
         self.connection = connection
@@ -465,18 +523,68 @@ class Http2:
                 h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEAD * 2,
             },
         )
-        self.streams: dict[int, _Stream] = {}  # requests still arriving
-        self.unsent: dict[int, memoryview] = {}  # answers waiting for the client's flow-control window
+        self.streams: dict[int, _Stream] = {}  # h2's requests still arriving
+        self.unsent: dict[int, memoryview] = {}  # h2's answers waiting for the client's flow-control window
+        self.short: dict[int, _Short] = {}  # the short path's requests not answered in full
+        self.preface = _PREFACE  # bytes of the preface h2 has still to read
+        self.inbox = bytearray()  # the start of a frame not yet whole
+        self.in_block = False  # h2 was given a header block's start but not its end: CONTINUATION follows
+        self.ended = False
+        # What to write, an answer's frames apart from another's: each goes in a TLS record of its own,
+        # as a client may read no more than one answer from a record (dnsperf's DoH does so).
+        self.out: list[bytes] = []
+        self.writing = False  # a write is due: at the end of the read, or soon
         self.h2.initiate_connection()
         self._flush()
 
     def received(self, data: bytes) -> None:
+        if self.ended:
+            return
+        self.writing = True
+        if self.preface:
+            first = data[: self.preface]
+            self.preface -= len(first)
+            data = data[len(first) :]
+            if not self._to_h2(first):
+                return
+        inbox = self.inbox
+        inbox += data
+        h2_from = pos = 0  # frames from h2_from to pos go to h2 together
+        size = len(inbox)
+        while size - pos >= 9:
+            word, flags, stream_id = _FRAME_HEAD.unpack_from(inbox, pos)
+            length, kind = word >> 8, word & 0xFF
+            stream_id &= _MAX_WINDOW
+            if length > self.h2.max_inbound_frame_size:
+                pos = size  # h2 ends the connection with FRAME_SIZE_ERROR
+                break
+            end = pos + 9 + length
+            if end > size:
+                break
+            if not self.in_block and kind in (_HEADERS, _RST_STREAM, _WINDOW_UPDATE):
+                if h2_from < pos and not self._to_h2(bytes(inbox[h2_from:pos])):
+                    return
+                h2_from = pos
+                taken = self._short_frame(inbox, pos, length, kind, flags, stream_id)
+                if self.ended:
+                    return
+                if taken:
+                    h2_from = end
+            if kind in (_HEADERS, _PUSH_PROMISE, _CONTINUATION) and h2_from <= pos:
+                self.in_block = not flags & _END_HEADERS
+            pos = end
+        if h2_from < pos and not self._to_h2(bytes(inbox[h2_from:pos])):
+            return
+        del inbox[:pos]
+        self._flush()
+
+    def _to_h2(self, data: bytes) -> bool:
+        """Frames for h2, and what their events ask; False when the connection ends."""
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError:
-            self._flush()  # h2's GOAWAY says why
-            self.connection.malformed()
-            return
+            self._end(None)  # h2's GOAWAY says why
+            return False
         for event in events:
             if isinstance(event, h2.events.RequestReceived):
                 self.streams[event.stream_id] = _Stream(dict(event.headers or ()))
@@ -497,11 +605,136 @@ class Http2:
             elif isinstance(event, h2.events.WindowUpdated):
                 for stream_id in list(self.unsent) if not event.stream_id else [event.stream_id]:
                     self._send_body(stream_id)
+                if not event.stream_id:
+                    for stream_id, short in list(self.short.items()):
+                        if short.unsent is not None:
+                            self._send_short(stream_id, short)
             elif isinstance(event, h2.events.ConnectionTerminated):
+                self.ended = True
                 self._flush()
                 self.connection.close()
+                return False
+        return True
+
+    def _short_frame(self, inbox: bytearray, pos: int, length: int, kind: int, flags: int, stream_id: int) -> bool:
+        """Take a frame on the short path; False to leave it to h2."""
+        connection = self.h2
+        if kind != _HEADERS:  # RST_STREAM or WINDOW_UPDATE
+            if length != 4 or not stream_id or stream_id > connection.highest_inbound_stream_id:
+                return False
+            if stream_id in connection.streams:
+                return False
+            # A stream h2 does not know, and not idle: the short path's, open or answered in full
+            # (where RFC 9113 5.1 has these ignored), or one of h2's that is over.
+            short = self.short.get(stream_id)
+            if short is None:
+                return True
+            increment = int.from_bytes(inbox[pos + 9 : pos + 13]) & _MAX_WINDOW
+            if kind == _RST_STREAM:
+                del self.short[stream_id]
+            elif not increment:
+                self._end(h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            elif connection.remote_settings.initial_window_size + short.window + increment > _MAX_WINDOW:
+                self._end(h2.errors.ErrorCodes.FLOW_CONTROL_ERROR)
+            else:
+                short.window += increment
+                if short.unsent is not None:
+                    self._send_short(stream_id, short)
+            return True
+        if stream_id <= connection.highest_inbound_stream_id:
+            return False  # h2 says why not
+        if len(self.short) + connection.open_inbound_streams >= MAX_STREAMS:
+            self._end(h2.errors.ErrorCodes.PROTOCOL_ERROR)  # as h2 does at its own limit: the connection ends
+            return True
+        if (
+            flags & (_END_STREAM | _END_HEADERS | _PADDED) != _END_STREAM | _END_HEADERS
+            or not stream_id % 2
+            or connection.state_machine.state is h2.connection.ConnectionState.CLOSED
+        ):
+            return False
+        start, end = pos + 9, pos + 9 + length
+        if flags & _PRIORITY:
+            if length < 5 or int.from_bytes(inbox[start : start + 4]) & _MAX_WINDOW == stream_id:
+                return False  # h2 says why not
+            start += 5
+        try:
+            headers = connection.decoder.decode(bytes(inbox[start:end]), raw=True)
+        except hpack.OversizedHeaderListError:
+            self._end(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+            return True
+        except (hpack.HPACKError, IndexError, TypeError, UnicodeDecodeError):
+            self._end(h2.errors.ErrorCodes.COMPRESSION_ERROR)
+            return True
+        connection.highest_inbound_stream_id = stream_id
+        method = path = content_type = b""
+        for name, value in headers:
+            if name == b":path":
+                path = value
+            elif name == b":method":
+                method = value
+            elif name == b"content-type":
+                content_type = value
+        self.short[stream_id] = _Short()
+        self.connection.waiting += 1
+        self.connection.shared.request(
+            method, path, content_type, b"", self.connection.client, functools.partial(self._respond_short, stream_id)
+        )
+        return True
+
+    def _respond_short(self, stream_id: int, response: Response) -> None:
+        self.connection.waiting -= 1
+        short = self.short.get(stream_id)
+        if short is None or self.ended or self.connection.closed:
+            return  # reset by the client meanwhile, or the connection is over
+        headers = _frame(_HEADERS, _END_HEADERS, stream_id, self._header_block(response))
+        body, connection = response.body, self.h2
+        size = len(body)
+        if size <= min(
+            connection.remote_settings.initial_window_size + short.window,
+            connection.outbound_flow_control_window,
+            connection.max_outbound_frame_size,
+        ):
+            self._emit(headers + _frame(_DATA, _END_STREAM, stream_id, body))
+            connection.outbound_flow_control_window -= size
+            del self.short[stream_id]
+        else:
+            self._emit(headers)
+            short.unsent = memoryview(body)
+            self._send_short(stream_id, short)
+        self._write_soon()
+
+    def _header_block(self, response: Response) -> bytes:
+        encoder = self.h2.encoder
+        if encoder.table_size_changes:
+            # A table size the client set is announced at the start of the next block (RFC 7541 4.2).
+            headers = [(b":status", b"%d" % response.status, True), *((n, v, True) for n, v in response.headers())]
+            return encoder.encode(headers)
+        return _header_block(response)
+
+    def _send_short(self, stream_id: int, short: _Short) -> None:
+        """As much of a short-path answer as flow control lets go now; the rest on a WINDOW_UPDATE."""
+        connection = self.h2
+        body = short.unsent
+        assert body is not None
+        while True:
+            room = min(
+                connection.remote_settings.initial_window_size + short.window,
+                connection.outbound_flow_control_window,
+                connection.max_outbound_frame_size,
+            )
+            size = len(body)
+            if room < size and room <= 0:
+                short.unsent = body
                 return
-        self._flush()
+            if room >= size:
+                self._emit(_frame(_DATA, _END_STREAM, stream_id, body))
+                connection.outbound_flow_control_window -= size
+                del self.short[stream_id]
+                return
+            self._emit(_frame(_DATA, 0, stream_id, body[:room]))
+            connection.outbound_flow_control_window -= room
+            short.window -= room
+            body = body[room:]
 
     def _request(self, stream_id: int) -> None:
         stream = self.streams.pop(stream_id, None)
@@ -520,7 +753,7 @@ class Http2:
 
     def _respond(self, stream_id: int, response: Response) -> None:
         self.connection.waiting -= 1
-        if self.connection.closed:
+        if self.ended or self.connection.closed:
             return
         try:
             self.h2.send_headers(stream_id, [(b":status", b"%d" % response.status), *response.headers()])
@@ -528,7 +761,8 @@ class Http2:
             return  # the client reset the stream meanwhile
         self.unsent[stream_id] = memoryview(response.body)
         self._send_body(stream_id)
-        self._flush()
+        self._emit(b"")
+        self._write_soon()
 
     def _send_body(self, stream_id: int) -> None:
         """As much of the answer as flow control lets go now; the rest on a WINDOW_UPDATE."""
@@ -549,13 +783,40 @@ class Http2:
             pass
         self.unsent.pop(stream_id, None)
 
+    def _end(self, error: h2.errors.ErrorCodes | None) -> None:
+        """A connection error: GOAWAY (h2's own when it found the error), counted, closed."""
+        if error is not None:
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.h2.close_connection(error)
+        self.ended = True
+        self._flush()
+        self.connection.malformed()
+
     def goodbye(self) -> None:
         """GOAWAY before the connection closes (idle, or the server stopping)."""
+        if self.ended:
+            return
         try:
             self.h2.close_connection()
         except h2.exceptions.ProtocolError:
             return
         self._flush()
 
+    def _emit(self, frames: bytes) -> None:
+        """Frames of this side's, after whatever h2 has made before them (h2's header blocks keep their order)."""
+        made = self.h2.data_to_send()
+        self.out.append(made + frames if made else frames)
+
+    def _write_soon(self) -> None:
+        if not self.writing:
+            self.writing = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
     def _flush(self) -> None:
-        self.connection.write(self.h2.data_to_send())
+        self.writing = False
+        made = self.h2.data_to_send()
+        if made:
+            self.out.append(made)
+        if self.out:
+            out, self.out = self.out, []
+            self.connection.write(out)
