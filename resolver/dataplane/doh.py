@@ -523,6 +523,9 @@ class Http2:
                 h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEAD * 2,
             },
         )
+        # Settings given at the start are in force at once, so h2 does not pass this one to its decoder
+        # (it does so when a change is acknowledged): a longer header list ends the connection.
+        self.h2.decoder.max_header_list_size = MAX_HEAD * 2
         self.streams: dict[int, _Stream] = {}  # h2's requests still arriving
         self.unsent: dict[int, memoryview] = {}  # h2's answers waiting for the client's flow-control window
         self.short: dict[int, _Short] = {}  # the short path's requests not answered in full
