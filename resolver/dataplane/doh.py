@@ -248,6 +248,8 @@ class DohConnection(asyncio.Protocol):
         self.waiting = 0  # requests whose answer has not been sent
         self.closed = False
         self.idle_timer: asyncio.TimerHandle | None = None
+        self.last_read = 0.0  # the loop's time of the last read
+        self.loop_time = time.monotonic  # the event loop's clock (set when the connection is made)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -257,25 +259,30 @@ class DohConnection(asyncio.Protocol):
             transport.abort()  # type: ignore[attr-defined]
             return
         shared.open.add(self)
+        self.loop_time = asyncio.get_running_loop().time
+        self.last_read = self.loop_time()
         ssl_object = transport.get_extra_info("ssl_object")
         alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
         self.http = Http2(self) if alpn == "h2" else Http1(self)
-        self._arm_idle_timer()
+        self._arm_idle_timer(shared.limits.tcp_idle_timeout_seconds)
 
-    def _arm_idle_timer(self) -> None:
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-        loop = asyncio.get_running_loop()
-        self.idle_timer = loop.call_later(self.shared.limits.tcp_idle_timeout_seconds, self._idle)
+    def _arm_idle_timer(self, seconds: float) -> None:
+        self.idle_timer = asyncio.get_running_loop().call_later(seconds, self._idle)
 
     def _idle(self) -> None:
+        # A read sets last_read, and the timer looks at it when it fires (a new timer per read cost 2%
+        # of a request's time).
+        timeout = self.shared.limits.tcp_idle_timeout_seconds
+        rest = self.last_read + timeout - self.loop_time()
         if self.waiting:
-            self._arm_idle_timer()
+            self._arm_idle_timer(timeout)
+        elif rest > 0:
+            self._arm_idle_timer(rest)
         else:
             self.close()
 
     def data_received(self, data: bytes) -> None:
-        self._arm_idle_timer()
+        self.last_read = self.loop_time()
         if self.http is not None:
             self.http.received(data)
 
@@ -646,7 +653,8 @@ class Http2:
             return True
         if stream_id <= connection.highest_inbound_stream_id:
             return False  # h2 says why not
-        if len(self.short) + connection.open_inbound_streams >= MAX_STREAMS:
+        opened = len(self.short)  # and h2's open streams, fewer than it holds (counted only when that matters)
+        if opened + len(connection.streams) >= MAX_STREAMS and opened + connection.open_inbound_streams >= MAX_STREAMS:
             self._end(h2.errors.ErrorCodes.PROTOCOL_ERROR)  # as h2 does at its own limit: the connection ends
             return True
         if (

@@ -219,3 +219,18 @@ async def test_hostile_http2_ends_its_connection_with_goaway_and_is_counted(tmp_
         await client.until(lambda: stream_id in client.ended)
         assert client.answer(stream_id).id == 7
         client.close()
+
+
+async def test_an_idle_connection_is_closed_but_not_while_an_answer_is_owed(tmp_path):
+    async with encrypted(tmp_path, "limits: {tcp_idle_timeout_seconds: 0.3}\n") as (resolver, ca, upstream):
+        upstream.answer("slow.example.com", "A", "127.0.0.2").delay(1.0, "slow.example.com")
+        client = await Client.connect(doh_port(resolver), ca)
+        loop = asyncio.get_running_loop()
+        asked = loop.time()
+        slow = client.get(wire_query("slow.example.com", query_id=5))
+        await client.send()
+        await client.until(lambda: slow in client.ended)
+        assert client.answer(slow).id == 5 and loop.time() - asked >= 1.0  # past three idle timeouts
+        await client.until(lambda: client.closed)  # then idle: GOAWAY, and the server closes
+        assert client.terminated is not None and client.terminated.error_code == h2.errors.ErrorCodes.NO_ERROR
+        client.close()
