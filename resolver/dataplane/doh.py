@@ -463,6 +463,7 @@ _END_STREAM, _END_HEADERS, _PADDED, _PRIORITY = 0x1, 0x4, 0x8, 0x20
 _FRAME_HEAD = struct.Struct("!IBI")  # length (24 bits) and type, flags, stream ID
 _PREFACE = 24  # the client's connection preface, which h2 reads
 _MAX_WINDOW = 2**31 - 1
+_ACKNOWLEDGE = 16384  # bytes of short-path request bodies given back to a flow-control window at once
 _BLOCKS_KEPT = 4096  # encoded response header blocks kept, by status, length and max-age
 
 # The response headers as HPACK literals that are never indexed, so that a block refers to the
@@ -496,11 +497,17 @@ class _Stream:
 
 
 class _Short:
-    """A request taken by the short path: its answer's flow-control window, and what of it waits for room."""
+    """A request taken by the short path: its body while it arrives, its answer's flow-control window,
+    and what of the answer waits for room."""
 
-    __slots__ = ("unsent", "window")
+    __slots__ = ("answered", "arriving", "body", "head", "received", "unsent", "window")
 
-    def __init__(self) -> None:
+    def __init__(self, head: tuple[bytes, bytes, bytes] | None):
+        self.head = head  # method, path and content type of a request whose body is arriving and wanted
+        self.body = bytearray()
+        self.arriving = head is not None  # the client's side of the stream is open
+        self.answered = False
+        self.received = 0  # bytes of DATA not yet given back to the stream's window
         self.window = 0  # WINDOW_UPDATE increments less DATA sent, over the client's initial window
         self.unsent: memoryview | None = None
 
@@ -538,6 +545,7 @@ class Http2:
         self.short: dict[int, _Short] = {}  # the short path's requests not answered in full
         self.preface = _PREFACE  # bytes of the preface h2 has still to read
         self.inbox = bytearray()  # the start of a frame not yet whole
+        self.unacknowledged = 0  # bytes of short-path DATA not yet given back in a WINDOW_UPDATE
         self.in_block = False  # h2 was given a header block's start but not its end: CONTINUATION follows
         self.ended = False
         # What to write, an answer's frames apart from another's: each goes in a TLS record of its own,
@@ -571,7 +579,7 @@ class Http2:
             end = pos + 9 + length
             if end > size:
                 break
-            if not self.in_block and kind in (_HEADERS, _RST_STREAM, _WINDOW_UPDATE):
+            if not self.in_block and kind in (_HEADERS, _DATA, _RST_STREAM, _WINDOW_UPDATE):
                 if h2_from < pos and not self._to_h2(bytes(inbox[h2_from:pos])):
                     return
                 h2_from = pos
@@ -628,29 +636,38 @@ class Http2:
 
     def _short_frame(self, inbox: bytearray, pos: int, length: int, kind: int, flags: int, stream_id: int) -> bool:
         """Take a frame on the short path; False to leave it to h2."""
+        if kind == _HEADERS:
+            return self._short_headers(inbox, pos + 9, pos + 9 + length, flags, stream_id)
         connection = self.h2
-        if kind != _HEADERS:  # RST_STREAM or WINDOW_UPDATE
-            if length != 4 or not stream_id or stream_id > connection.highest_inbound_stream_id:
-                return False
-            if stream_id in connection.streams:
-                return False
-            # A stream h2 does not know, and not idle: the short path's, open or answered in full
-            # (where RFC 9113 5.1 has these ignored), or one of h2's that is over.
-            short = self.short.get(stream_id)
-            if short is None:
-                return True
-            increment = int.from_bytes(inbox[pos + 9 : pos + 13]) & _MAX_WINDOW
-            if kind == _RST_STREAM:
-                del self.short[stream_id]
-            elif not increment:
-                self._end(h2.errors.ErrorCodes.PROTOCOL_ERROR)
-            elif connection.remote_settings.initial_window_size + short.window + increment > _MAX_WINDOW:
-                self._end(h2.errors.ErrorCodes.FLOW_CONTROL_ERROR)
-            else:
-                short.window += increment
-                if short.unsent is not None:
-                    self._send_short(stream_id, short)
+        if not stream_id or stream_id > connection.highest_inbound_stream_id or stream_id in connection.streams:
+            return False
+        short = self.short.get(stream_id)
+        if kind == _DATA:
+            if short is None or not short.arriving:
+                return False  # h2 ends the connection: a stream closed, or h2's own
+            return self._short_data(inbox, pos + 9, pos + 9 + length, flags, stream_id, short)
+        # RST_STREAM or WINDOW_UPDATE on a stream h2 does not know, and not idle: the short path's,
+        # open or answered in full (where RFC 9113 5.1 has these ignored), or one of h2's that is over.
+        if length != 4:
+            return False  # h2 says why not
+        if short is None:
             return True
+        increment = int.from_bytes(inbox[pos + 9 : pos + 13]) & _MAX_WINDOW
+        if kind == _RST_STREAM:
+            del self.short[stream_id]
+        elif not increment:
+            self._end(h2.errors.ErrorCodes.PROTOCOL_ERROR)
+        elif connection.remote_settings.initial_window_size + short.window + increment > _MAX_WINDOW:
+            self._end(h2.errors.ErrorCodes.FLOW_CONTROL_ERROR)
+        else:
+            short.window += increment
+            if short.unsent is not None:
+                self._send_short(stream_id, short)
+        return True
+
+    def _short_headers(self, inbox: bytearray, start: int, end: int, flags: int, stream_id: int) -> bool:
+        """A request's HEADERS frame on a new stream: GET's whole request, or POST's before its DATA."""
+        connection = self.h2
         if stream_id <= connection.highest_inbound_stream_id:
             return False  # h2 says why not
         opened = len(self.short)  # and h2's open streams, fewer than it holds (counted only when that matters)
@@ -658,14 +675,13 @@ class Http2:
             self._end(h2.errors.ErrorCodes.PROTOCOL_ERROR)  # as h2 does at its own limit: the connection ends
             return True
         if (
-            flags & (_END_STREAM | _END_HEADERS | _PADDED) != _END_STREAM | _END_HEADERS
+            flags & (_END_HEADERS | _PADDED) != _END_HEADERS
             or not stream_id % 2
             or connection.state_machine.state is h2.connection.ConnectionState.CLOSED
         ):
             return False
-        start, end = pos + 9, pos + 9 + length
         if flags & _PRIORITY:
-            if length < 5 or int.from_bytes(inbox[start : start + 4]) & _MAX_WINDOW == stream_id:
+            if end - start < 5 or int.from_bytes(inbox[start : start + 4]) & _MAX_WINDOW == stream_id:
                 return False  # h2 says why not
             start += 5
         try:
@@ -685,12 +701,50 @@ class Http2:
                 method = value
             elif name == b"content-type":
                 content_type = value
-        self.short[stream_id] = _Short()
+        if flags & _END_STREAM:
+            self.short[stream_id] = _Short(None)
+            self._short_request(stream_id, method, path, content_type, b"")
+        else:
+            self.short[stream_id] = _Short((method, path, content_type))
+        return True
+
+    def _short_data(self, inbox: bytearray, start: int, end: int, flags: int, stream_id: int, short: _Short) -> bool:
+        """A DATA frame of a short-path request's body: kept, and the windows it took given back."""
+        size = end - start  # padding included (RFC 9113 6.9.1)
+        short.received += size
+        self.unacknowledged += size
+        if self.unacknowledged >= _ACKNOWLEDGE:
+            self._emit(_frame(_WINDOW_UPDATE, 0, 0, self.unacknowledged.to_bytes(4)))
+            self.unacknowledged = 0
+        if short.received >= _ACKNOWLEDGE and not flags & _END_STREAM:  # a long body: let the rest come
+            self._emit(_frame(_WINDOW_UPDATE, 0, stream_id, short.received.to_bytes(4)))
+            short.received = 0
+        if flags & _PADDED:
+            if end == start or inbox[start] >= end - start:
+                self._end(h2.errors.ErrorCodes.PROTOCOL_ERROR)
+                return True
+            start, end = start + 1, end - inbox[start]
+        if short.head is not None:
+            short.body += inbox[start:end]
+            if len(short.body) > MAX_MESSAGE:  # answered now; what else comes is read and dropped
+                short.head, short.body = None, bytearray()
+                self.connection.waiting += 1
+                self._respond_short(stream_id, self.connection.shared.reject(413, "body too long"))
+        if flags & _END_STREAM:
+            short.arriving = False
+            if short.head is not None:
+                method, path, content_type = short.head
+                short.head = None
+                self._short_request(stream_id, method, path, content_type, bytes(short.body))
+            elif short.answered:
+                del self.short[stream_id]
+        return True
+
+    def _short_request(self, stream_id: int, method: bytes, path: bytes, content_type: bytes, body: bytes) -> None:
         self.connection.waiting += 1
         self.connection.shared.request(
-            method, path, content_type, b"", self.connection.client, functools.partial(self._respond_short, stream_id)
+            method, path, content_type, body, self.connection.client, functools.partial(self._respond_short, stream_id)
         )
-        return True
 
     def _respond_short(self, stream_id: int, response: Response) -> None:
         self.connection.waiting -= 1
@@ -707,7 +761,7 @@ class Http2:
         ):
             self._emit(headers + _frame(_DATA, _END_STREAM, stream_id, body))
             connection.outbound_flow_control_window -= size
-            del self.short[stream_id]
+            self._answered(stream_id, short)
         else:
             self._emit(headers)
             short.unsent = memoryview(body)
@@ -740,12 +794,19 @@ class Http2:
             if room >= size:
                 self._emit(_frame(_DATA, _END_STREAM, stream_id, body))
                 connection.outbound_flow_control_window -= size
-                del self.short[stream_id]
+                self._answered(stream_id, short)
                 return
             self._emit(_frame(_DATA, 0, stream_id, body[:room]))
             connection.outbound_flow_control_window -= room
             short.window -= room
             body = body[room:]
+
+    def _answered(self, stream_id: int, short: _Short) -> None:
+        """A short-path answer sent in full: the stream is over, or over once the client's side ends."""
+        if short.arriving:
+            short.answered, short.unsent = True, None
+        else:
+            del self.short[stream_id]
 
     def _request(self, stream_id: int) -> None:
         stream = self.streams.pop(stream_id, None)

@@ -51,12 +51,26 @@ class Client:
         self.h2.send_headers(stream_id, [*headers, (":path", f"{path}?dns={dns_parameter}")], True, **priority)
         return stream_id
 
-    def post(self, query: bytes) -> int:
+    def post(self, query: bytes, pieces: int = 1, pad_length: int | None = None) -> int:
+        """A POST, its body in as many DATA frames, the last one padded."""
         stream_id = self.h2.get_next_available_stream_id()
         headers = [(":method", "POST"), (":scheme", "https"), (":authority", SERVER_NAME), (":path", "/dns-query")]
         self.h2.send_headers(stream_id, [*headers, ("content-type", "application/dns-message")])
-        self.h2.send_data(stream_id, query, end_stream=True)
+        cut = [len(query) * n // pieces for n in range(pieces + 1)]
+        for n in range(pieces):
+            last = n == pieces - 1
+            self.h2.send_data(stream_id, query[cut[n] : cut[n + 1]], last, pad_length if last else None)
         return stream_id
+
+    def continued(self) -> bytes:
+        """The HEADERS frame h2 made last, its block cut in two: HEADERS and a CONTINUATION frame."""
+        made = self.h2.data_to_send()
+        length, kind, flags, stream_id = int.from_bytes(made[:3]), made[3], made[4], made[5:9]
+        assert kind == 0x1 and flags & 0x4 and len(made) == 9 + length
+        block = made[9:]
+        half = len(block) // 2
+        first = (half << 8 | 0x1).to_bytes(4) + bytes([flags & ~0x4]) + stream_id + block[:half]
+        return first + ((length - half) << 8 | 0x9).to_bytes(4) + b"\x04" + stream_id + block[half:]
 
     async def send(self, raw: bytes = b"") -> None:
         self.writer.write(self.h2.data_to_send() + raw)
@@ -100,12 +114,15 @@ async def test_requests_on_one_connection_are_each_answered_once_whatever_their_
             asked[client.get(wire_query("www.example.com", query_id=n))] = n
         for n in range(30, 35):  # answered later, after the upstream's delay
             asked[client.get(wire_query("slow.example.com", query_id=n))] = n
-        asked[client.post(wire_query("www.example.com", query_id=35))] = 35  # h2's path
+        asked[client.post(wire_query("www.example.com", query_id=35))] = 35
+        asked[client.post(wire_query("www.example.com", query_id=37), pieces=3, pad_length=20)] = 37
         asked[client.get(wire_query("www.example.com", query_id=36), priority_weight=200, priority_depends_on=0)] = 36
         not_found = client.get(wire_query("www.example.com"), path="/other")
         reset = client.get(wire_query("slow.example.com", query_id=99))
         client.h2.reset_stream(reset)  # before its answer: none comes
         await client.send()
+        asked[client.get(wire_query("www.example.com", query_id=38))] = 38
+        await client.send(client.continued())  # a header block in two frames: h2's path
         await client.until(lambda: len(client.ended) == len(asked) + 1)
         assert client.headers[not_found][b":status"] == b"404"
         for stream_id, query_id in asked.items():
@@ -123,6 +140,31 @@ async def test_requests_on_one_connection_are_each_answered_once_whatever_their_
         client.close()
         rejected = {reason: n for (_, reason), n in resolver.worker.counters.rejected.items()}
         assert rejected == {"http_not_found": 1}
+
+
+async def test_a_post_body_too_long_is_answered_413_and_the_connection_goes_on(tmp_path):
+    async with encrypted(tmp_path) as (resolver, ca, _):
+        client = await Client.connect(doh_port(resolver), ca)
+        stream_id = client.h2.get_next_available_stream_id()
+        headers = [(":method", "POST"), (":scheme", "https"), (":authority", SERVER_NAME), (":path", "/dns-query")]
+        client.h2.send_headers(stream_id, [*headers, ("content-type", "application/dns-message")])
+        body = bytes(70_000)
+        while body:  # as fast as the server gives the windows back
+            room = min(client.h2.local_flow_control_window(stream_id), 16384, len(body))
+            if room:
+                client.h2.send_data(stream_id, body[:room], end_stream=room == len(body))
+                body = body[room:]
+                await client.send()
+            else:
+                await client.until(lambda: client.h2.local_flow_control_window(stream_id) > 0)
+        await client.until(lambda: stream_id in client.ended)
+        assert client.headers[stream_id][b":status"] == b"413"
+        after = client.get(wire_query("www.example.com", query_id=3))
+        await client.send()
+        await client.until(lambda: after in client.ended)
+        assert client.answer(after).id == 3 and not client.closed
+        assert dict(resolver.worker.counters.rejected) == {("doh", "http_too_large"): 1}
+        client.close()
 
 
 async def test_answers_wait_for_the_clients_flow_control_windows(tmp_path):
@@ -212,7 +254,13 @@ async def test_hostile_http2_ends_its_connection_with_goaway_and_is_counted(tmp_
             await waiting.send(bad)
             await ended_with(waiting, h2.errors.ErrorCodes.PROTOCOL_ERROR)
 
-        assert rejected[("doh", "http_malformed")] == 5
+        # DATA after the request's END_STREAM (h2 judges it: a connection error).
+        client = await Client.connect(port, ca)
+        stream_id = client.post(wire_query("slow.example.com"))
+        await client.send(frame(0x0, 0x1, stream_id, b"more"))
+        await ended_with(client, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+
+        assert rejected[("doh", "http_malformed")] == 6
         client = await Client.connect(port, ca)
         stream_id = client.get(wire_query("www.example.com", query_id=7))
         await client.send()
