@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
+import random
 import struct
 from collections.abc import Callable
 
@@ -16,6 +18,7 @@ import h2.events
 import h2.settings
 
 from tests.integration.test_encrypted import doh_port, encrypted, tls_client, wire_query
+from tests.support.harness import until
 from tests.support.testca import SERVER_NAME, CertificateAuthority
 
 PADDED = 468  # an answer to a query with EDNS is padded to a multiple of this (RFC 8467)
@@ -140,6 +143,19 @@ async def test_requests_on_one_connection_are_each_answered_once_whatever_their_
         client.close()
         rejected = {reason: n for (_, reason), n in resolver.worker.counters.rejected.items()}
         assert rejected == {"http_not_found": 1}
+
+
+async def test_frames_cut_anywhere_across_reads_are_put_together(tmp_path):
+    async with encrypted(tmp_path) as (resolver, ca, _):
+        client = await Client.connect(doh_port(resolver), ca)
+        asked = {client.get(wire_query("www.example.com", query_id=n)): n for n in range(3)}
+        asked[client.post(wire_query("www.example.com", query_id=3), pieces=3, pad_length=5)] = 3
+        made = client.h2.data_to_send()  # the preface too
+        for start in range(0, len(made), 7):  # a TLS record, and so mostly a read, of 7 bytes each
+            client.writer.write(made[start : start + 7])
+            await client.writer.drain()
+        await client.until(lambda: len(client.ended) == len(asked))
+        assert {stream_id: client.answer(stream_id).id for stream_id in asked} == asked
 
 
 async def test_a_post_body_too_long_is_answered_413_and_the_connection_goes_on(tmp_path):
@@ -281,4 +297,29 @@ async def test_an_idle_connection_is_closed_but_not_while_an_answer_is_owed(tmp_
         assert client.answer(slow).id == 5 and loop.time() - asked >= 1.0  # past three idle timeouts
         await client.until(lambda: client.closed)  # then idle: GOAWAY, and the server closes
         assert client.terminated is not None and client.terminated.error_code == h2.errors.ErrorCodes.NO_ERROR
+        client.close()
+
+
+async def test_mutated_frames_end_at_worst_their_own_connection(tmp_path, caplog):
+    async with encrypted(tmp_path) as (resolver, ca, _):
+        port = doh_port(resolver)
+        shapes = random.Random(8484)
+        for _ in range(60):
+            client = await Client.connect(port, ca)
+            client.get(wire_query("www.example.com", use_edns=0))
+            client.post(wire_query("games.example.com"), pieces=2, pad_length=3)
+            client.get(wire_query("www.example.com"), priority_weight=5)
+            made = bytearray(client.h2.data_to_send())
+            for _ in range(shapes.randint(1, 3)):  # past the preface, which h2 reads alone
+                made[shapes.randrange(24, len(made))] = shapes.randrange(256)
+            client.writer.write(bytes(made))
+            await client.writer.drain()
+            client.close()  # the server reads what came before the close first
+            await until(lambda: not resolver.worker.doh.open, 5)
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        client = await Client.connect(port, ca)
+        stream_id = client.get(wire_query("www.example.com", query_id=1))
+        await client.send()
+        await client.until(lambda: stream_id in client.ended)
+        assert client.answer(stream_id).id == 1
         client.close()
