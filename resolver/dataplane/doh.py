@@ -248,6 +248,7 @@ class DohConnection(asyncio.Protocol):
         self.http: Http1 | Http2 | None = None
         self.waiting = 0  # requests whose answer has not been sent
         self.closed = False
+        self.write_paused = False  # the transport's unsent bytes are past its high-water mark
         self.idle_timer: asyncio.TimerHandle | None = None
         self.last_read = 0.0  # the loop's time of the last read
         self.loop_time = time.monotonic  # the event loop's clock (set when the connection is made)
@@ -286,6 +287,20 @@ class DohConnection(asyncio.Protocol):
         self.last_read = self.loop_time()
         if self.http is not None:
             self.http.received(data)
+
+    # A client that does not read its answers is not read either: past the TLS transport's high-water
+    # mark of unsent bytes, no request is read (and none answered) until the answers went out.
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        transport = self.transport
+        pipelining_paused = isinstance(self.http, Http1) and self.http.paused  # Http1 resumes it then
+        if transport is not None and not transport.is_closing() and not pipelining_paused:
+            transport.resume_reading()
 
     def malformed(self) -> None:
         """Bytes that are not HTTP: counted, and the connection closed."""
@@ -440,7 +455,7 @@ class Http1:
         transport = self.connection.transport
         if self.paused and self.connection.waiting < self.connection.shared.limits.tcp_max_pipelined:
             self.paused = False
-            if transport is not None and not transport.is_closing():
+            if transport is not None and not transport.is_closing() and not self.connection.write_paused:
                 transport.resume_reading()
                 asyncio.get_running_loop().call_soon(self.received, b"")  # requests already read
 

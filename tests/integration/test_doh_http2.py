@@ -6,6 +6,7 @@ import asyncio
 import base64
 import logging
 import random
+import socket
 import struct
 from collections.abc import Callable
 
@@ -16,6 +17,7 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.settings
+import hpack
 
 from tests.integration.test_encrypted import doh_port, encrypted, tls_client, wire_query
 from tests.support.harness import until
@@ -40,9 +42,16 @@ class Client:
         self.on_data: Callable[[h2.events.DataReceived], None] = lambda event: None
 
     @classmethod
-    async def connect(cls, port: int, ca: CertificateAuthority, **settings: int) -> Client:
+    async def connect(cls, port: int, ca: CertificateAuthority, buffers: int = 0, **settings: int) -> Client:
+        """A connection, its socket's kernel buffers of `buffers` bytes each when given."""
+        sock = socket.socket()
+        if buffers:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffers)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffers)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
         reader, writer = await asyncio.open_connection(
-            "127.0.0.1", port, ssl=tls_client(ca, ["h2"]), server_hostname=SERVER_NAME
+            sock=sock, ssl=tls_client(ca, ["h2"]), server_hostname=SERVER_NAME
         )
         codes = {getattr(h2.settings.SettingCodes, name.upper()): value for name, value in settings.items()}
         return cls(reader, writer, codes)
@@ -156,6 +165,7 @@ async def test_frames_cut_anywhere_across_reads_are_put_together(tmp_path):
             await client.writer.drain()
         await client.until(lambda: len(client.ended) == len(asked))
         assert {stream_id: client.answer(stream_id).id for stream_id in asked} == asked
+        client.close()
 
 
 async def test_a_post_body_too_long_is_answered_413_and_the_connection_goes_on(tmp_path):
@@ -323,3 +333,38 @@ async def test_mutated_frames_end_at_worst_their_own_connection(tmp_path, caplog
         await client.until(lambda: stream_id in client.ended)
         assert client.answer(stream_id).id == 1
         client.close()
+
+
+async def test_a_client_that_does_not_read_its_answers_is_not_read_either(tmp_path):
+    async with encrypted(tmp_path) as (resolver, ca, _):
+        client = await Client.connect(doh_port(resolver), ca, buffers=65536)  # fills sooner
+        # Windows as wide as HTTP/2 allows, so that flow control holds nothing back.
+        client.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
+        client.h2.increment_flow_control_window(2**31 - 1 - 65535)
+        first = client.get(wire_query("www.example.com", use_edns=0))  # the answer cached
+        await client.send()
+        await client.until(lambda: first in client.ended)
+        # One header block of literals never indexed (the static table alone), the same bytes for
+        # every request; the h2 client is bypassed, as it would not open more than 100 streams.
+        dns_parameter = base64.urlsafe_b64encode(wire_query("www.example.com", use_edns=0)).rstrip(b"=")
+        headers = [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/dns-query?dns=" + dns_parameter)]
+        block = hpack.Encoder().encode([(name, value, True) for name, value in headers])
+        await until(lambda: len(resolver.worker.doh.open) == 1, 5)
+        [connection] = resolver.worker.doh.open
+        stream_id, written = first + 2, 0
+        async with asyncio.timeout(30):
+            while True:
+                batch = b"".join(frame(0x1, 0x5, stream_id + 2 * n, block) for n in range(500))
+                stream_id += 1000
+                client.writer.write(batch)
+                try:
+                    await asyncio.wait_for(client.writer.drain(), 0.5)
+                except TimeoutError:
+                    break  # the server reads no more
+                written += 500
+        # Once the kernel's buffers and the transport's filled, the server read no more requests: most
+        # of those written wait unread, and what it holds to send stays small.
+        answered = sum(n for (_, transport, _), n in resolver.worker.counters.queries.items() if transport == "doh")
+        assert answered < written / 2
+        assert connection.transport.get_write_buffer_size() < 2**20
+        client.writer.transport.abort()
