@@ -489,14 +489,18 @@ _block_encoder = hpack.Encoder()
 _blocks: dict[tuple[int, int, int], bytes] = {}
 
 
-def _header_block(response: Response) -> bytes:
+def _never_indexed(response: Response) -> list[tuple[bytes, bytes, bool]]:
+    """A response's headers, each marked for hpack as a literal never indexed."""
+    return [(b":status", b"%d" % response.status, True), *((n, v, True) for n, v in response.headers())]
+
+
+def _static_block(response: Response) -> bytes:
     key = (response.status, len(response.body), response.max_age)
     block = _blocks.get(key)
     if block is None:
         if len(_blocks) >= _BLOCKS_KEPT:
             _blocks.clear()
-        headers = [(b":status", b"%d" % response.status, True), *((n, v, True) for n, v in response.headers())]
-        block = _blocks[key] = _block_encoder.encode(headers)
+        block = _blocks[key] = _block_encoder.encode(_never_indexed(response))
     return block
 
 
@@ -768,33 +772,17 @@ class Http2:
         short = self.short.get(stream_id)
         if short is None or self.ended or self.connection.closed:
             return  # reset by the client meanwhile, or the connection is over
-        headers = _frame(_HEADERS, _END_HEADERS, stream_id, self._header_block(response))
-        body, connection = response.body, self.h2
-        size = len(body)
-        if size <= min(
-            connection.remote_settings.initial_window_size + short.window,
-            connection.outbound_flow_control_window,
-            connection.max_outbound_frame_size,
-        ):
-            self._emit(headers + _frame(_DATA, _END_STREAM, stream_id, body))
-            connection.outbound_flow_control_window -= size
-            self._answered(stream_id, short)
-        else:
-            self._emit(headers)
-            short.unsent = memoryview(body)
-            self._send_short(stream_id, short)
+        # A table size the client set is announced at the start of the next block (RFC 7541 4.2): h2's
+        # encoder does so.
+        encoder = self.h2.encoder
+        block = encoder.encode(_never_indexed(response)) if encoder.table_size_changes else _static_block(response)
+        short.unsent = memoryview(response.body)
+        self._send_short(stream_id, short, _frame(_HEADERS, _END_HEADERS, stream_id, block))
         self._write_soon()
 
-    def _header_block(self, response: Response) -> bytes:
-        encoder = self.h2.encoder
-        if encoder.table_size_changes:
-            # A table size the client set is announced at the start of the next block (RFC 7541 4.2).
-            headers = [(b":status", b"%d" % response.status, True), *((n, v, True) for n, v in response.headers())]
-            return encoder.encode(headers)
-        return _header_block(response)
-
-    def _send_short(self, stream_id: int, short: _Short) -> None:
-        """As much of a short-path answer as flow control lets go now; the rest on a WINDOW_UPDATE."""
+    def _send_short(self, stream_id: int, short: _Short, headers: bytes = b"") -> None:
+        """The answer's HEADERS frame when given, and as much of its body as flow control lets go
+        now; the rest on a WINDOW_UPDATE."""
         connection = self.h2
         body = short.unsent
         assert body is not None
@@ -805,15 +793,18 @@ class Http2:
                 connection.max_outbound_frame_size,
             )
             size = len(body)
-            if room < size and room <= 0:
-                short.unsent = body
-                return
             if room >= size:
-                self._emit(_frame(_DATA, _END_STREAM, stream_id, body))
+                self._emit(headers + _frame(_DATA, _END_STREAM, stream_id, body))
                 connection.outbound_flow_control_window -= size
                 self._answered(stream_id, short)
                 return
-            self._emit(_frame(_DATA, 0, stream_id, body[:room]))
+            if room <= 0:
+                if headers:
+                    self._emit(headers)
+                short.unsent = body
+                return
+            self._emit(headers + _frame(_DATA, 0, stream_id, body[:room]))
+            headers = b""
             connection.outbound_flow_control_window -= room
             short.window -= room
             body = body[room:]
@@ -894,7 +885,8 @@ class Http2:
     def _emit(self, frames: bytes) -> None:
         """Frames of this side's, after whatever h2 has made before them (h2's header blocks keep their order)."""
         made = self.h2.data_to_send()
-        self.out.append(made + frames if made else frames)
+        if made or frames:
+            self.out.append(made + frames if made else frames)
 
     def _write_soon(self) -> None:
         if not self.writing:
