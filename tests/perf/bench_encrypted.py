@@ -9,7 +9,8 @@ and answer the same --names allowed names, from their caches (a pass over UDP wa
 what is measured is the encrypted transport, TLS and HTTP/2 framing included, not the lists or
 the upstream. Each server is pinned to core 0, dnsperf and the upstream to core 1, as in bench.py.
 dnsperf opens --clients connections and keeps them (RFC 7766 reuse); DoH asks with GET unless
---doh-method POST. The report
+--doh-method POST. Beside the rates, each server's CPU time per query answered (from /proc), which
+other work on the machine disturbs less than it does the rates. The report
 goes between `<!-- bench-encrypted:begin -->` and `<!-- bench-encrypted:end -->` in --output, and to
 stdout. Nothing is asserted about speed.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import re
 import shutil
 import socket
@@ -139,10 +141,16 @@ def unbound(work: Path, upstream: int, ports: dict[str, int], cert: Path, key: P
     return ["taskset", "-c", SERVER_CORE, unbound_path, "-d", "-p", "-c", str(directory / "unbound.conf")]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def dnsperf(
     mode: str, port: int, names: Path, seconds: float, clients: int, once: bool = False, method: str = "GET"
-) -> float:
-    """Queries answered per second (all NOERROR, or SystemExit saying what went wrong)."""
+) -> tuple[float, int]:
+    """Queries answered per second, and in all (all NOERROR, or SystemExit saying what went wrong)."""
     command = ["taskset", "-c", LOAD_CORE, "dnsperf", "-m", mode, "-s", "127.0.0.1", "-p", str(port)]
     command += ["-d", str(names), "-c", str(clients), "-T", "1", "-q", "100", "-t", "2"]
     command += ["-n", "1"] if once else ["-l", f"{seconds:g}"]
@@ -156,11 +164,12 @@ def dnsperf(
         raise SystemExit(f"dnsperf failed: {' '.join(command)}\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
     if "," in codes[1]:
         raise SystemExit(f"answers other than NOERROR: {codes[1]}")
-    return float(qps[1])
+    return float(qps[1]), int(completed[1])
 
 
-def measure(args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    results: dict[str, dict[str, float]] = {}
+def measure(args: argparse.Namespace) -> dict[str, dict[str, tuple[float, float]]]:
+    """Per server and mode: the median queries per second and the median server CPU time per query (us)."""
+    results: dict[str, dict[str, tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-encrypted-") as temporary:
         work = Path(temporary)
         ca = make_ca(work / "tls")
@@ -176,28 +185,39 @@ def measure(args: argparse.Namespace) -> dict[str, dict[str, float]]:
                     for mode in MODES:
                         wait_for_port(ports[mode], process)
                     dnsperf("udp", ports["udp"], names, 0, 1, once=True)  # warm the cache
-                    results[key_name] = {
-                        mode: statistics.median(
-                            dnsperf(mode, ports[mode], names, args.seconds, args.clients, method=args.doh_method)
-                            for _ in range(args.runs)
+                    results[key_name] = {}
+                    for mode in MODES:
+                        runs = []
+                        for _ in range(args.runs):
+                            before = cpu_seconds(process.pid)
+                            qps, completed = dnsperf(
+                                mode, ports[mode], names, args.seconds, args.clients, method=args.doh_method
+                            )
+                            runs.append((qps, (cpu_seconds(process.pid) - before) * 1e6 / max(completed, 1)))
+                        results[key_name][mode] = (
+                            statistics.median(qps for qps, _ in runs),
+                            statistics.median(cpu for _, cpu in runs),
                         )
-                        for mode in MODES
-                    }
     return results
 
 
-def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
+def report(results: dict[str, dict[str, tuple[float, float]]], args: argparse.Namespace) -> str:
     lines = [
         f"dnsperf -m dot / -m doh (HTTP/2, {args.doh_method}), {args.clients} connections kept open, "
         f"{args.names} names answered from the cache, {args.seconds:g} s runs, median of {args.runs}; "
-        "each server on one core (`tests/perf/bench_encrypted.py`).",
+        "each server on one core (`tests/perf/bench_encrypted.py`). CPU: the server's user and system "
+        "time per query answered.",
         "",
-        "| transport | schooldns (1 worker) qps | unbound 1 thread qps | schooldns / unbound |",
-        "|---|---|---|---|",
+        "| transport | schooldns (1 worker) qps | unbound 1 thread qps | schooldns / unbound "
+        "| schooldns CPU per query | unbound CPU per query |",
+        "|---|---|---|---|---|---|",
     ]
     for mode in MODES:
-        ours, theirs = results["schooldns"][mode], results["unbound"][mode]
-        lines.append(f"| {mode.upper()} | {ours:,.0f} | {theirs:,.0f} | {ours / theirs:.2f} |")
+        (ours, our_cpu), (theirs, their_cpu) = results["schooldns"][mode], results["unbound"][mode]
+        lines.append(
+            f"| {mode.upper()} | {ours:,.0f} | {theirs:,.0f} | {ours / theirs:.2f} "
+            f"| {our_cpu:.0f} us | {their_cpu:.0f} us |"
+        )
     return "\n".join(lines) + "\n"
 
 
