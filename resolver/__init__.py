@@ -30,7 +30,7 @@ def compiled_modules() -> tuple[str, ...]:
 
 
 def build_description() -> str:
-    """`schooldns 0.1.0`, and which modules are compiled, if any: `--version` and the serving log's first line."""
+    """`schooldns 0.1.0`, and which modules are compiled, if any: `--version`, and a log line once serving."""
     compiled = compiled_modules()
     if not compiled:
         return f"schooldns {__version__}"

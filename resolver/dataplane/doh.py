@@ -806,7 +806,7 @@ class Http2:
     def _short_request(self, stream_id: int, method: bytes, path: bytes, content_type: bytes, body: bytes) -> None:
         self.connection.waiting += 1
         self.connection.shared.request(
-            method, path, content_type, body, self.connection.client, functools.partial(self._respond_short, stream_id)
+            method, path, content_type, body, self.connection, functools.partial(self._respond_short, stream_id)
         )
 
     def _respond_short(self, stream_id: int, response: Response) -> None:

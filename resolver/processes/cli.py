@@ -126,7 +126,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "serve":
-            logging.getLogger("resolver").info("%s", resolver.build_description())
             cfg = config.load_config(args.config)
             forker = None
             if cfg.workers > 1:

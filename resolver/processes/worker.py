@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
+import resolver
 from resolver.control import config, snapshots
 from resolver.dataplane import cache, frontends, metrics, pipeline, server, tls, upstream, upstreamtls, workerstate
 from resolver.errors import ListenError, ResolverError
@@ -122,6 +123,7 @@ class Worker:
             len(self.config.upstreams),
             self.state().summary(),
         )
+        log.info("%s", resolver.build_description())  # which build serves (after the start, not before a start error)
         for kind, addresses in self.tls_addresses.items():
             if addresses:
                 where = ", ".join(str(upstream.UpstreamAddress(h, p)) for h, p in addresses)

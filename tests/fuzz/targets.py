@@ -370,7 +370,8 @@ def doh_request(data: bytes) -> None:
     content_type = _DOH_TYPES[selector // 12 % 4]
     target = path + b"?" + rest if method == b"GET" else path
     responses: list[doh.Response] = []
-    shared.request(method, target, content_type, rest if method != b"GET" else b"", "127.0.0.1", responses.append)
+    connection = doh.DohConnection(shared, "127.0.0.1")
+    shared.request(method, target, content_type, rest if method != b"GET" else b"", connection, responses.append)
     [response] = responses  # exactly one, now: the upstream fails at once
     assert response.status in _DOH_STATUSES, response
     assert counters.internal_errors == 0, "the pipeline hit an internal error"
