@@ -7,8 +7,12 @@ UDP and TCP on the same port. The reply is built from the query's bytes without 
 on one core and is not what a benchmark of the resolver in front of it measures. Every name exists
 (but those under `--silent DOMAIN`, never answered, as a dead authority):
 
-  A     -> one A record 192.0.2.x (x from a CRC of the lower-cased name, 1-254), TTL 3600
-  other -> NOERROR with no answer (NODATA) and an SOA in the authority section, TTL 3600
+  A     -> one A record 192.0.2.x (x from a CRC of the lower-cased name, 1-254), TTL 3600 (`--ttl`;
+           with `--ttl-max` each name's TTL is between the two, from the same CRC)
+  other -> NOERROR with no answer (NODATA) and an SOA in the authority section, TTL 3600 (`--ttl`)
+
+SIGUSR1 silences it whole (an outage: nothing is answered, UDP or TCP) and SIGUSR2 makes it answer
+again (tests/perf/soak.py).
 
 EDNS: a query with an OPT record gets one back (payload 1232). Malformed queries get FORMERR or
 nothing. The reply has QR, AA and RA set and RD copied, as a recursive resolver's would.
@@ -24,17 +28,19 @@ import sys
 import threading
 import zlib
 
-TTL = 3600
-SOA_RDATA = (  # mname "ns.bench." rname "hostmaster.bench." serial refresh retry expire minimum
-    b"\x02ns\x05bench\x00" + b"\x0ahostmaster\x05bench\x00" + struct.pack("!IIIII", 1, 3600, 600, 86400, TTL)
-)
+TTL = [3600]  # --ttl
+TTL_SPREAD = [1]  # --ttl-max - --ttl + 1: A records' TTLs spread over this many seconds
+SOA_RDATA = [  # mname "ns.bench." rname "hostmaster.bench." serial refresh retry expire minimum
+    b"\x02ns\x05bench\x00" + b"\x0ahostmaster\x05bench\x00" + struct.pack("!IIIII", 1, 3600, 600, 86400, TTL[0])
+]
 OPT_RR = b"\x00" + struct.pack("!HHIH", 41, 1232, 0, 0)  # root name, type OPT, payload 1232, no options
 SILENT = [b""]  # --silent: names under this domain (wire form, no root label) get no answer at all
+MUTED = [False]  # SIGUSR1 .. SIGUSR2: nothing is answered
 
 
 def answer(query: bytes) -> bytes | None:
     """The reply to one query message, or None for something that is not a query at all."""
-    if len(query) < 12:
+    if len(query) < 12 or MUTED[0]:
         return None
     qid, flags, qdcount, _, _, arcount = struct.unpack_from("!HHHHHH", query)
     if flags & 0x8000:  # a response: never answer those
@@ -62,11 +68,12 @@ def answer(query: bytes) -> bytes | None:
     edns = arcount > 0
     reply_flags = 0x8000 | 0x0400 | (flags & 0x0100) | 0x0080  # QR AA RD(copied) RA, NOERROR
     if qtype == 1 and qclass == 1:
-        host = zlib.crc32(query[12:pos].lower()) % 254 + 1
-        record = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, TTL, 4) + bytes((192, 0, 2, host))
+        crc = zlib.crc32(query[12:pos].lower())
+        ttl = TTL[0] + (crc >> 8) % TTL_SPREAD[0]
+        record = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, ttl, 4) + bytes((192, 0, 2, crc % 254 + 1))
         header = struct.pack("!HHHHHH", qid, reply_flags, 1, 1, 0, 1 if edns else 0)
         return header + question + record + (OPT_RR if edns else b"")
-    soa = b"\xc0\x0c" + struct.pack("!HHIH", 6, 1, TTL, len(SOA_RDATA)) + SOA_RDATA
+    soa = b"\xc0\x0c" + struct.pack("!HHIH", 6, 1, TTL[0], len(SOA_RDATA[0])) + SOA_RDATA[0]
     header = struct.pack("!HHHHHH", qid, reply_flags, 1, 0, 1, 1 if edns else 0)
     return header + question + soa + (OPT_RR if edns else b"")
 
@@ -122,7 +129,12 @@ def main() -> None:
     parser.add_argument("--address", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True, help="UDP and TCP port (0: choose one)")
     parser.add_argument("--silent", default="", help="never answer names under this domain (a dead authority)")
+    parser.add_argument("--ttl", type=int, default=TTL[0], help="TTL of every record (default 3600)")
+    parser.add_argument("--ttl-max", type=int, help="spread A records' TTLs from --ttl to this, by name")
     args = parser.parse_args()
+    TTL[0] = args.ttl
+    TTL_SPREAD[0] = max(1, (args.ttl_max or args.ttl) - args.ttl + 1)
+    SOA_RDATA[0] = SOA_RDATA[0][:-4] + struct.pack("!I", args.ttl)
     SILENT[0] = b"".join(bytes([len(label)]) + label.encode() for label in args.silent.lower().split(".") if label)
 
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -136,6 +148,8 @@ def main() -> None:
     tcp.listen(128)
     threading.Thread(target=serve_tcp, args=(tcp,), daemon=True).start()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGUSR1, lambda *_: MUTED.__setitem__(0, True))
+    signal.signal(signal.SIGUSR2, lambda *_: MUTED.__setitem__(0, False))
     print(f"listening {args.address} {port}", flush=True)
     try:
         serve_udp(udp)
