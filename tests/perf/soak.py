@@ -62,7 +62,10 @@ SCHOOLDNS = [sys.executable, "-m", "resolver"]
 # The upstream's TTLs, spread by name (cached at once, names do not all expire at once): shorter than
 # the outage, so cached names are served stale in it.
 TTL, TTL_MAX = 10, 25
-CACHE_ENTRIES = 8000  # per worker: the load's fixed names and fresh ones fill it in the warm-up; then it evicts
+# Per worker: the load's fixed names and its fresh ones fill it in the warm-up; then it evicts. Room
+# for the fresh names of longer than the longest TTL: a name answered from repeats is not made recent
+# in the cache, and one evicted would have no stale answer in the outage.
+CACHE_ENTRIES = 12000
 CHURN_BASE, CHURN_ROUND = 1000, 50  # names of `games` that stay, and that change each round
 FLIP_LIST = "flip-list.soak.example"  # in `games` (blocked for school A) in odd rounds
 FLIP_POLICY = "flip-policy.soak.example"  # denied by school A's policy in odd rounds
@@ -210,6 +213,13 @@ def udp_drops(port: int) -> int:
         if int(fields[1].split(":")[1], 16) == port:
             drops += int(fields[-1])
     return drops
+
+
+def cpu_pressure() -> float:
+    """Microseconds some task has waited for a CPU since boot (/proc/pressure/cpu; 0 without PSI)."""
+    with contextlib.suppress(OSError):
+        return float(Path("/proc/pressure/cpu").read_text().split("total=")[1].split()[0])
+    return 0.0
 
 
 def rss_kb(pid: int) -> int:
@@ -413,11 +423,18 @@ async def soak(args: argparse.Namespace) -> int:
         outage_seen: list[float] = []
 
         async def sample_rss() -> None:
+            """RSS of each process, and the share of the time since the last sample that some task on
+            this machine waited for a CPU (PSI): the other work the workers shared the cores with."""
+            waited, at = cpu_pressure(), time.monotonic()
             while True:
-                pids = processes(instance.process.pid)
-                with contextlib.suppress(OSError):
-                    rss.append({"t": round(time.monotonic() - t0, 1), **{n: (p, rss_kb(p)) for n, p in pids.items()}})
                 await asyncio.sleep(RSS_EVERY)
+                pids = processes(instance.process.pid)
+                now_waited, now = cpu_pressure(), time.monotonic()
+                pressure = round((now_waited - waited) / (now - at) / 1e4, 1)
+                waited, at = now_waited, now
+                with contextlib.suppress(OSError):
+                    sizes = {n: (p, rss_kb(p)) for n, p in pids.items()}
+                    rss.append({"t": round(now - t0, 1), "cpu_pressure": pressure, **sizes})
 
         async def until(at: float) -> None:
             await asyncio.sleep(max(0.0, t0 + at - time.monotonic()))
@@ -500,9 +517,16 @@ def judge(
     growth = {
         name: (pid_kb[1], last[name][1], (last[name][1] - pid_kb[1]) / pid_kb[1] * 100)
         for name, pid_kb in warm.items()
-        if name != "t" and name in last and last[name][0] == pid_kb[0]
+        if name not in ("t", "cpu_pressure") and name in last and last[name][0] == pid_kb[0]
     }
     peak = {name: max(sample[name][1] for sample in rss if name in sample) for name in growth}
+    pressures = [sample["cpu_pressure"] for sample in rss]
+    lossy = [second for second, counts in per_second.items() if counts.get("lost")]
+    around_losses = ", ".join(
+        f"{sample['cpu_pressure']:.0f}% at {sample['t']:.0f} s"
+        for sample in rss
+        if any(0 <= sample["t"] - second <= 2 * RSS_EVERY for second in lossy)
+    )
     syncs = sum(1 for r in rounds if r.synced_version is not None and r.synced_version == r.policy_version)
     checks = [
         ("no query lost (no answer within 5 s)", totals.get("lost", 0) == 0),
@@ -541,6 +565,10 @@ def judge(
             f"({pct:+.1f}%), peak {peak[name] / 1024:.1f} MB |"
             for name, (kb0, kb1, pct) in sorted(growth.items())
         ),
+        f"| CPU pressure (PSI some, 5 s samples) | mean {sum(pressures) / max(1, len(pressures)):.0f}%, "
+        f"max {max(pressures, default=0):.0f}%"
+        + (f"; around the losses {around_losses}" if around_losses else "")
+        + " |",
         "| instance metrics at the end | "
         + ", ".join(f"{key} {value:,.0f}" for key, value in sorted(metrics.items()))
         + " |",
