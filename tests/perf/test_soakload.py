@@ -40,6 +40,17 @@ def _answer(rcode=dns.rcode.NOERROR, address=RIGHT, ttl=20, ede=None, name=NAME)
         (_answer(rcode=dns.rcode.SERVFAIL), soakload.address_of(NAME), (2, False, False)),
         (_answer(name="a8.soak.example"), soakload.address_of(NAME), (-1, False, False)),  # another question
     ],
+    ids=[
+        "right",
+        "stale",
+        "ttl-30",
+        "wrong-address",
+        "nxdomain-for-allowed",
+        "blocked",
+        "allowed-for-blocked",
+        "servfail",
+        "other-question",
+    ],
 )
 def test_every_answer_is_told_right_wrong_or_stale(answer, address, verdict):
     assert soakload.check(answer, soakload.question(NAME), address) == verdict
