@@ -8,8 +8,9 @@ Every process is one of the real programs on 127.0.0.1, started here and stopped
 - the hub: `schooldns serve` with `publish:` (its repository made with `schooldns bundle init`),
   the repository served over HTTP (tests/support/static_http.py);
 - the instance under load: `schooldns serve` with `sync:` from that repository, `workers: 2`;
-- the load: tests/perf/loadgen.py for the capacity (closed loop, as fast as the instance answers),
-  then tests/perf/soakload.py at half of it, every answer checked.
+- the load: tests/perf/soakload.py, every answer checked; closed loop first (as fast as the
+  instance answers: the capacity, beside tests/perf/loadgen.py's, which only counts), then at
+  half of that rate.
 
 Timeline (S = --seconds): every minute the hub's `games` list changes (50 names out, 50 in, and a
 probe name in or out) and is reloaded, school A's policy is written through the hub's admin API
@@ -38,6 +39,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -160,8 +162,6 @@ async def started(name: str, argv: list[str], log: Path, stdout: bool = False) -
 
 def schooldns(*args: str) -> str:
     """A `schooldns` command's standard output; SystemExit with its error if it fails."""
-    import subprocess
-
     done = subprocess.run([*SCHOOLDNS, *args], capture_output=True, text=True, cwd=ROOT, check=False)
     if done.returncode:
         raise SystemExit(f"schooldns {' '.join(args)}: {done.stderr.strip()}")
