@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from resolver.dataplane import metrics, wire
+from resolver.dataplane import metrics, udpbatch, wire
 from resolver.errors import ResolverError
 
 log = logging.getLogger(__name__)
@@ -176,54 +176,55 @@ _random_ids = _RandomIds()
 os.register_at_fork(after_in_child=_random_ids.forget)
 
 
-# Every upstream UDP socket of the process reads into this buffer; a reply is copied out at once.
-_REPLY_BUFFER = bytearray(wire.MAX_DATAGRAM)
-_REPLY_VIEW = memoryview(_REPLY_BUFFER)
-
-
 class _UdpSocket:
     """One connected UDP socket (kernel-chosen random source port) with its in-flight queries.
 
-    Read like the listening socket (server.UdpServer): every reply waiting in the socket is read
-    in one wake-up of the event loop, not one per loop iteration.
+    Read and written in batches, like the listening socket (server.UdpServer): every reply waiting
+    in the socket is read with one recvmmsg per wake-up of the event loop, and the queries asked in
+    one turn of the loop leave with one sendmmsg at its end (udpbatch.connected()).
     """
 
     def __init__(self, owner: Upstream, sock: socket.socket):
         self.owner = owner
         self.sock = sock
         self.pending: dict[int, _Pending] = {}
+        self.outgoing: list[tuple[int, bytes]] = []  # (upstream ID, query) to send at the end of this turn
         self.uses = 0
         self.closed = False
         self.loop = asyncio.get_running_loop()
+        self.batch = udpbatch.connected()
         self.loop.add_reader(sock.fileno(), self._read_ready)
 
     def _read_ready(self) -> None:
-        recv_into = self.sock.recv_into
-        for _ in range(wire.UDP_READ_BATCH):
+        replies, error = self.batch.receive(self.sock)
+        pending_by_id = self.pending
+        for data in replies:
             if self.closed:  # retired, and its last reply just arrived
-                return
-            try:
-                # Into one buffer, then copied: recv(MAX_DATAGRAM) would allocate 64 KiB per reply
-                # and shrink it.
-                data = _REPLY_VIEW[: recv_into(_REPLY_BUFFER)].tobytes()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # ICMP errors (port unreachable...): fail what is in flight
-                self._fail(UpstreamNetworkError(str(exc)))
                 return
             # Connected socket: the kernel already dropped datagrams from other sources.
             upstream_id = data[0] << 8 | data[1] if len(data) >= 12 else -1
-            pending = self.pending.get(upstream_id)
+            pending = pending_by_id.get(upstream_id)
             if pending is None or not wire.reply_matches(data, upstream_id, pending.question):
                 self.owner.mismatched += 1  # a stray, late or spoofed reply: ignore it
                 continue
             self.finish(upstream_id, data, None)
+        if error and not self.closed:  # ICMP errors (port unreachable...): fail what is in flight
+            self._fail(UpstreamNetworkError(f"{self.owner.address}: {os.strerror(error)}"))
 
-    def send(self, message: bytes) -> None:
-        try:
-            self.sock.send(message)
-        except OSError as exc:  # a full buffer or an ICMP error from an earlier query
-            raise UpstreamNetworkError(f"{self.owner.address}: {exc}") from None
+    def send(self, upstream_id: int, message: bytes) -> None:
+        """Queue a query: sent with the others of this turn of the event loop (_flush)."""
+        if not self.outgoing:
+            self.loop.call_soon(self._flush)
+        self.outgoing.append((upstream_id, message))
+
+    def _flush(self) -> None:
+        """Send the queued queries in one system call; one that cannot be sent fails (and fails over)."""
+        outgoing, self.outgoing = self.outgoing, []
+        if self.closed:  # its waiting queries have failed already
+            return
+        for index, code in self.batch.send(self.sock, [message for _, message in outgoing]):
+            # A full buffer or an ICMP error from an earlier query.
+            self.finish(outgoing[index][0], None, UpstreamNetworkError(f"{self.owner.address}: {os.strerror(code)}"))
 
     @property
     def retired(self) -> bool:
@@ -352,22 +353,18 @@ class Upstream:
         self._retired.discard(sock)
 
     def send_udp(self, query: wire.Query, timeout_seconds: float, done: UdpDone) -> None:
-        """Send the question over UDP with a fresh random ID; `done` gets the matching reply, or the
-        error (timeout, ICMP, closed), exactly once and never before this returns. Raises
-        UpstreamNetworkError if the query cannot be sent."""
+        """Send the question over UDP with a fresh random ID (at the end of this turn of the event
+        loop); `done` gets the matching reply, or the error (timeout, ICMP, a send that failed,
+        closed), exactly once and never before this returns. Raises UpstreamNetworkError if no
+        socket can be opened."""
         if self.closed:
             raise UpstreamNetworkError(f"{self.address}: closed")
         sock = self._socket()
         upstream_id = _random_ids.next()
         while upstream_id in sock.pending:
             upstream_id = _random_ids.next()
-        try:
-            sock.send(wire.make_upstream_query(query, upstream_id))
-        except UpstreamNetworkError:
-            if sock.retired and not sock.pending:
-                sock.close()
-            raise
         sock.pending[upstream_id] = _Pending(done, query.question_lower, timeout_seconds)
+        sock.send(upstream_id, wire.make_upstream_query(query, upstream_id))
         if self._timeout_check is None:
             self._timeout_check = sock.loop.call_later(TIMEOUT_CHECK_SECONDS, self._expire)
 
