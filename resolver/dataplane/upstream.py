@@ -7,7 +7,6 @@ import dataclasses
 import functools
 import logging
 import os
-import random
 import socket
 import time
 from collections.abc import Callable
@@ -28,6 +27,8 @@ TIMEOUT_CHECK_SECONDS = 0.05  # how often waiting UDP queries are checked agains
 # degraded).
 PROBE_SECONDS = 1.0
 NAMED_IN_ERROR = 3  # failing upstreams named in a SERVFAIL's Extended DNS Error text
+# Consecutive queries that share an upstream socket (see Upstream._socket).
+SOCKET_RUN = 8
 # A forward zone's server (a school's own DNS server) serves one school's intranet: a few sockets do.
 FORWARD_SOCKETS_PER_SERVER = 4
 
@@ -262,6 +263,9 @@ class Upstream:
         self.socket_max_uses = socket_max_uses
         self._sockets: list[_UdpSocket] = []  # open and not retired
         self._retired: set[_UdpSocket] = set()  # used up: closed once their last answer arrived
+        self._current: _UdpSocket | None = None  # the socket of the next queries (see _socket)
+        self._current_uses = 0
+        self._next = 0  # the pool's socket that takes over next
         self.closed = False
         self._timeout_check: asyncio.TimerHandle | None = None  # armed while queries wait (see _expire)
         # Health and counters (read by metrics and ordering; never per-client).
@@ -326,26 +330,39 @@ class Upstream:
             self.record(False, started, started)
 
     def _socket(self) -> _UdpSocket:
-        """A socket from the pool, opened while the pool is not full; after socket_max_uses
-        queries a socket retires (closed when idle), so source ports keep rotating."""
-        sockets = self._sockets
-        if len(sockets) < self.pool_size:
-            family = socket.AF_INET6 if ":" in self.address.host else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_DGRAM)
-            try:
-                sock.setblocking(False)
-                sock.connect((self.address.host, self.address.port))  # UDP: no packet, no wait
-            except OSError as exc:
-                sock.close()
-                raise UpstreamNetworkError(f"{self.address}: {exc}") from None
-            chosen = _UdpSocket(self, sock)
-            sockets.append(chosen)
-        else:
-            chosen = sockets[random.randrange(len(sockets))]
+        """The socket for the next query, opened while the pool is not full.
+
+        SOCKET_RUN consecutive queries share a socket, then the next one of the pool takes over: the
+        queries of one turn of the event loop leave in a few sendmmsg calls and their replies come
+        back to a few recvmmsg, while a burst of replies still spreads over the pool's receive
+        buffers. After socket_max_uses queries a socket retires (closed when idle), so source ports
+        keep rotating.
+        """
+        chosen = self._current
+        if chosen is None or self._current_uses >= SOCKET_RUN:
+            sockets = self._sockets
+            if len(sockets) < self.pool_size:
+                family = socket.AF_INET6 if ":" in self.address.host else socket.AF_INET
+                sock = socket.socket(family, socket.SOCK_DGRAM)
+                try:
+                    sock.setblocking(False)
+                    sock.connect((self.address.host, self.address.port))  # UDP: no packet, no wait
+                except OSError as exc:
+                    sock.close()
+                    raise UpstreamNetworkError(f"{self.address}: {exc}") from None
+                chosen = _UdpSocket(self, sock)
+                sockets.append(chosen)
+            else:
+                self._next = (self._next + 1) % len(sockets)
+                chosen = sockets[self._next]
+            self._current = chosen
+            self._current_uses = 0
+        self._current_uses += 1
         chosen.uses += 1
         if chosen.uses >= self.socket_max_uses:
-            sockets.remove(chosen)
+            self._sockets.remove(chosen)
             self._retired.add(chosen)
+            self._current = None
         return chosen
 
     def discard(self, sock: _UdpSocket) -> None:
@@ -423,6 +440,7 @@ class Upstream:
             self._timeout_check = None
         for sock in [*self._sockets, *self._retired]:
             sock.close()
+        self._current = None
         self._sockets.clear()
         self._retired.clear()
 
