@@ -37,7 +37,9 @@ def test_aged_copy_is_reused_within_a_second():
     answers = cache.AnswerCache(10)
     answers.store(query.key, answer, 0.0)
     first = answers.lookup(query.key, 5.1).message
-    assert answers.lookup(query.key, 5.9).message is first
+    stored = answers._entries[query.key]
+    assert answers.lookup(query.key, 5.9).message == first
+    assert answers._entries[query.key] is stored  # not aged again within the second
 
 
 def test_aging_from_the_aged_copy_equals_aging_the_original():
@@ -50,7 +52,10 @@ def test_aging_from_the_aged_copy_equals_aging_the_original():
 
 def test_byte_bound_evicts_oldest_and_keeps_an_exact_tally():
     entries = [make_answer(f"n{i}.example.com") for i in range(6)]
-    one = len(entries[0][0].key) + len(entries[0][1].message) + cache.ENTRY_OVERHEAD_BYTES
+    sizing = cache.AnswerCache(1)
+    sizing.store(entries[0][0].key, entries[0][1], 0)
+    one = sizing.bytes  # every name of these has the same length
+    assert one == len(entries[0][0].key) + len(sizing._entries[entries[0][0].key]) + cache.ENTRY_OVERHEAD_BYTES
     answers = cache.AnswerCache(100, max_bytes=3 * one)
     for query, answer in entries:
         answers.store(query.key, answer, 0)
