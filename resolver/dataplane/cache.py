@@ -51,6 +51,7 @@ class CacheEntry(NamedTuple):
 # aging the original (TTLs stop at zero either way).
 _HEAD = struct.Struct("=ddIHHH")
 _HEAD_SIZE = _HEAD.size
+_OFFSET = struct.Struct("=H")  # the one TTL offset of most answers (array("H") packs the same way)
 
 
 class AnswerCache:
@@ -91,8 +92,9 @@ class AnswerCache:
             return None
         self._entries.move_to_end(key)
         self.hits += 1
-        body_at = _HEAD_SIZE + 2 * count + text_length
-        offsets = self._offsets(stored, count)
+        offsets_end = _HEAD_SIZE + 2 * count
+        body_at = offsets_end + text_length
+        offsets = self._shapes.get(stored[_HEAD_SIZE:offsets_end]) or self._offsets(stored, count)
         age = int(now - stored_at)
         body = stored[body_at:]
         if age > aged_for:
@@ -107,7 +109,7 @@ class AnswerCache:
             body[:12] + key[:question_length] + body[12:],
             question_length,
             offsets,
-            _targets(stored, body_at - text_length, body_at),
+            _targets(stored, offsets_end, body_at) if text_length else (),
             stored_at,
             expires_at,
             aged_for,
@@ -150,12 +152,14 @@ class AnswerCache:
         offsets = answer.ttl_offsets
         text = "\x00".join(answer.targets).encode() if answer.targets else b""
         message, question_length = answer.message, answer.question_length
-        stored = entries[key] = (
-            _HEAD.pack(now, now + answer.ttl, 0, question_length, len(offsets), len(text))
-            + array.array("H", offsets).tobytes()
-            + text
-            + message[:12]
-            + message[12 + question_length :]
+        stored = entries[key] = b"".join(
+            (
+                _HEAD.pack(now, now + answer.ttl, 0, question_length, len(offsets), len(text)),
+                _OFFSET.pack(offsets[0]) if len(offsets) == 1 else array.array("H", offsets).tobytes(),
+                text,
+                message[:12],
+                message[12 + question_length :],
+            )
         )
         entries.move_to_end(key)
         self.bytes += len(key) + len(stored) + ENTRY_OVERHEAD_BYTES
