@@ -30,6 +30,7 @@ class CacheEntry(NamedTuple):
     stored_at: float
     expires_at: float
     aged_for: int
+    stored: bytes  # what the cache keeps for it (a repeat re-ages from it: see renewal())
 
     @property
     def exact_until(self) -> float:
@@ -99,7 +100,7 @@ class AnswerCache:
         body = stored[body_at:]
         if age > aged_for:
             body = wire.reduce_ttls(body, offsets, age - aged_for, question_length)
-            self._entries[key] = (
+            stored = self._entries[key] = (  # the same layout: offsets_end and body_at hold
                 _HEAD.pack(stored_at, expires_at, age, question_length, count, text_length)
                 + stored[_HEAD_SIZE:body_at]
                 + body
@@ -113,6 +114,7 @@ class AnswerCache:
             stored_at,
             expires_at,
             aged_for,
+            stored,
         )
 
     def has_stale(self, key: bytes, now: float) -> bool:
@@ -139,7 +141,7 @@ class AnswerCache:
         for offset in offsets:
             buf[offset : offset + 4] = ttl
         targets = _targets(stored, body_at - text_length, body_at)
-        return CacheEntry(bytes(buf), question_length, offsets, targets, stored_at, expires_at, aged_for)
+        return CacheEntry(bytes(buf), question_length, offsets, targets, stored_at, expires_at, aged_for, stored)
 
     def store(self, key: bytes, answer: wire.Answer, now: float) -> None:
         """Keep an answer for its TTL; answers with TTL 0 (errors, truncated) are not kept."""
@@ -171,6 +173,11 @@ class AnswerCache:
     def clear(self) -> None:
         self._entries.clear()
         self.bytes = 0
+
+    def renewal(self, stored: bytes) -> tuple[float, float, tuple[int, ...]]:
+        """(stored_at, expires_at, TTL offsets) of what the cache kept for an entry (CacheEntry.stored)."""
+        stored_at, expires_at, _, _, count, _ = _HEAD.unpack_from(stored)
+        return stored_at, expires_at, self._offsets(stored, count)
 
     def _offsets(self, stored: bytes, count: int) -> tuple[int, ...]:
         """The TTL offsets of a stored answer, as one tuple shared by every answer of the same shape."""

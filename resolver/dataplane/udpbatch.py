@@ -1,4 +1,4 @@
-"""Batched UDP for the DNS listeners: up to 64 datagrams per system call (recvmmsg / sendmmsg on Linux)."""
+"""Batched UDP for the listeners and the upstream sockets: up to 64 datagrams per system call (recvmmsg, sendmmsg)."""
 
 from __future__ import annotations
 
