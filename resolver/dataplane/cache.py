@@ -45,12 +45,12 @@ class CacheEntry(NamedTuple):
 #   _HEAD: stored_at, expires_at (the pipeline's clock), aged_for, question length, the number of
 #          TTL offsets, the length of the targets' text
 #   the TTL offsets (2 bytes each in the machine's order, counted in the whole message)
-#   the targets' text (names joined by NUL bytes, which a name holds only escaped)
+#   the targets' text (each name ended by a NUL byte, which a name holds only escaped)
 #   the message without its question: header and records. The question is the key's first
 #   `question length` bytes (every key begins with the lower-cased question), so it is not kept twice.
 # Only the aged message is kept: aging it further from the last whole second gives the same TTLs as
 # aging the original (TTLs stop at zero either way).
-_HEAD = struct.Struct("=ddIHHH")
+_HEAD = struct.Struct("=ddIHHI")
 _HEAD_SIZE = _HEAD.size
 _OFFSET = struct.Struct("=H")  # the one TTL offset of most answers (array("H") packs the same way)
 
@@ -152,7 +152,7 @@ class AnswerCache:
         if old is not None:
             self.bytes -= len(key) + len(old) + ENTRY_OVERHEAD_BYTES
         offsets = answer.ttl_offsets
-        text = "\x00".join(answer.targets).encode() if answer.targets else b""
+        text = "".join([target + "\x00" for target in answer.targets]).encode()
         message, question_length = answer.message, answer.question_length
         stored = entries[key] = b"".join(
             (
@@ -192,4 +192,4 @@ class AnswerCache:
 
 
 def _targets(stored: bytes, start: int, end: int) -> tuple[str, ...]:
-    return tuple(stored[start:end].decode().split("\x00")) if end > start else ()
+    return tuple(stored[start : end - 1].decode().split("\x00")) if end > start else ()
