@@ -120,3 +120,21 @@ def test_stored_answers_are_not_tracked_by_the_garbage_collector():
     for _ in range(4):  # a collection untracks a tuple once its items are: one pass per nesting level
         gc.collect()
     assert not any(gc.is_tracked(stored) for stored in answers._entries.values())
+
+
+def test_a_chain_comes_back_whole_with_its_targets_in_the_askers_entry():
+    query = wire.parse_query(dns.message.make_query("Chain.Example.com", "A").to_wire())
+    response = dns.message.make_response(dns.message.from_wire(wire.make_upstream_query(query, 1)))
+    targets = [f"hop{i}." + "x" * 60 + ".example.net" for i in range(300)]  # 21 KB of target names
+    owner = "chain.example.com."
+    for target in targets:
+        response.answer.append(dns.rrset.from_text(owner, 300, "IN", "CNAME", target + "."))
+        owner = target + "."
+    response.answer.append(dns.rrset.from_text(owner, 60, "IN", "A", "192.0.2.1"))
+    answer = wire.parse_upstream_answer(response.to_wire(max_size=65535), len(query.question), 0, 86400, 3600)
+    answers = cache.AnswerCache(10)
+    answers.store(query.key, answer, 0.0)
+    entry = answers.lookup(query.key, 10.5)
+    assert entry.targets == tuple(targets) and entry.question_length == len(query.question)
+    assert entry.message == wire.reduce_ttls(answer.message, answer.ttl_offsets, 10)  # question included
+    assert answers.lookup_stale(query.key, 10.5).targets == tuple(targets)
