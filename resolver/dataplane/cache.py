@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import array
 import collections
+import struct
 from typing import NamedTuple
 
 from resolver.dataplane import wire
@@ -12,10 +14,10 @@ STALE_ANSWER_TTL = 30  # RFC 8767 4: TTL of a stale answer served when every ups
 # answered stale at once, without asking upstream, for this long (the RFC suggests 30 s). The
 # config's cache.stale_failure_recheck_seconds sets it.
 FAILURE_RECHECK_SECONDS = 30.0
-# Memory of one cached answer beyond its key and message bytes: the stored tuple, its two floats
-# and the LRU dict's share (tracemalloc on 42,500 answers: ~260; rounded up for dict growth).
-ENTRY_OVERHEAD_BYTES = 300
-_SHAPES_MAX = 4096  # distinct TTL-offset tuples shared between entries (see store)
+# Memory of one cached answer beyond its key and stored bytes: the LRU dict's share, its node and
+# allocation rounding (tracemalloc on 100,000 answers: ~105; rounded up for dict growth).
+ENTRY_OVERHEAD_BYTES = 130
+_SHAPES_MAX = 4096  # distinct TTL-offset tuples shared between the entries handed out (see _offsets)
 
 
 class CacheEntry(NamedTuple):
@@ -32,6 +34,7 @@ class CacheEntry(NamedTuple):
     stored_at: float
     expires_at: float
     aged_for: int
+    stored: bytes  # what the cache keeps for it (a repeat re-ages from it: see renewal())
 
     @property
     def exact_until(self) -> float:
@@ -39,20 +42,30 @@ class CacheEntry(NamedTuple):
         return min(self.stored_at + self.aged_for + 1, self.expires_at)
 
 
-# What the cache stores per key: the CacheEntry fields as a plain tuple of atomic values, so that
-# CPython's garbage collector stops tracking it. Full collections visit every tracked object, and
-# with 100k+ cached answers as objects they paused the event loop for ~100-200 ms (measured); a
-# NamedTuple would stay tracked. Only the aged message is kept: aging it further from the last
-# whole second gives the same TTLs as aging the original (TTLs stop at zero either way).
-_Stored = tuple[bytes, int, tuple[int, ...], tuple[str, ...], float, float, int]
+# What the cache stores per key: ONE bytes object, so an entry is its key, this value and the LRU
+# dict's share. A tuple of the CacheEntry fields with its two floats cost ~140 bytes more per
+# entry, and a bytes object is never tracked by the garbage collector (full collections visit every
+# tracked object: with 100k+ cached answers as objects they paused the event loop for ~100-200 ms).
+#   _HEAD: stored_at, expires_at (the pipeline's clock), aged_for, question length, the number of
+#          TTL offsets, the length of the targets' text
+#   the TTL offsets (2 bytes each in the machine's order, counted in the whole message)
+#   the targets' text (each name ended by a NUL byte, which a name holds only escaped)
+#   the message without its question: header and records. The question is the key's first
+#   `question length` bytes (every key begins with the lower-cased question), so it is not kept twice.
+# Only the aged message is kept: aging it further from the last whole second gives the same TTLs as
+# aging the original (TTLs stop at zero either way).
+_HEAD = struct.Struct("=ddIHHI")
+_HEAD_SIZE = _HEAD.size
+_OFFSET = struct.Struct("=H")  # the one TTL offset of most answers (array("H") packs the same way)
 
 
 class AnswerCache:
     """Answers keyed by question (see wire.Query.key); knows nothing of schools or policy.
 
     Bounded twice, oldest use out first: by `max_entries` and by `max_bytes`, the estimated memory
-    of keys, messages and per-entry overhead. Hot path: a hit is a dict lookup, an LRU move and, at
-    most once per second of age, a TTL rewrite of the stored bytes.
+    of keys, stored bytes and per-entry overhead. Hot path: a hit is a dict lookup, an LRU move,
+    the message put together again and, at most once per second of age, a TTL rewrite of the
+    stored bytes.
     """
 
     def __init__(
@@ -68,11 +81,11 @@ class AnswerCache:
         self.max_bytes = max_bytes  # the worker passes cache.max_megabytes; unbounded by default
         self.stale_seconds = stale_seconds
         self.failure_recheck_seconds = failure_recheck_seconds
-        self._entries: collections.OrderedDict[bytes, _Stored] = collections.OrderedDict()
+        self._entries: collections.OrderedDict[bytes, bytes] = collections.OrderedDict()
         # key -> until when its refresh is not tried again (it failed): only keys of _entries, so
         # it never holds more than the cache does; a new answer or the entry's eviction removes it.
         self._failed: dict[bytes, float] = {}
-        self._shapes: dict[tuple[int, ...], tuple[int, ...]] = {}
+        self._shapes: dict[bytes, tuple[int, ...]] = {}
         self.bytes = 0  # estimated memory of what is stored now
         self.hits = 0
         self.misses = 0
@@ -85,23 +98,46 @@ class AnswerCache:
     def lookup(self, key: bytes, now: float) -> CacheEntry | None:
         """The entry of a fresh answer, aged for `now`; or None."""
         stored = self._entries.get(key)
-        if stored is None or now >= stored[5]:
+        if stored is None:
+            self.misses += 1
+            return None
+        stored_at, expires_at, aged_for, question_length, count, text_length = _HEAD.unpack_from(stored)
+        if now >= expires_at:
             self.misses += 1
             return None
         self._entries.move_to_end(key)
         self.hits += 1
-        age = int(now - stored[4])
-        aged_for = stored[6]
+        offsets_end = _HEAD_SIZE + 2 * count
+        body_at = offsets_end + text_length
+        offsets = self._shapes.get(stored[_HEAD_SIZE:offsets_end]) or self._offsets(stored, count)
+        age = int(now - stored_at)
+        body = stored[body_at:]
         if age > aged_for:
-            message, question_length, offsets, targets, stored_at, expires_at, _ = stored
-            message = wire.reduce_ttls(message, offsets, age - aged_for)
-            stored = self._entries[key] = (message, question_length, offsets, targets, stored_at, expires_at, age)
-        return CacheEntry(*stored)
+            body = wire.reduce_ttls(body, offsets, age - aged_for, question_length)
+            stored = self._entries[key] = (  # the same layout: offsets_end and body_at hold
+                _HEAD.pack(stored_at, expires_at, age, question_length, count, text_length)
+                + stored[_HEAD_SIZE:body_at]
+                + body
+            )
+            aged_for = age
+        return CacheEntry(
+            body[:12] + key[:question_length] + body[12:],
+            question_length,
+            offsets,
+            _targets(stored, offsets_end, body_at) if text_length else (),
+            stored_at,
+            expires_at,
+            aged_for,
+            stored,
+        )
 
     def has_stale(self, key: bytes, now: float) -> bool:
         """Whether lookup_stale would find an answer now (it is not counted as served)."""
         stored = self._entries.get(key)
-        return stored is not None and stored[5] <= now < stored[5] + self.stale_seconds
+        if stored is None:
+            return False
+        expires_at: float = _HEAD.unpack_from(stored)[1]
+        return expires_at <= now < expires_at + self.stale_seconds
 
     def refresh_failed(self, key: bytes, now: float) -> None:
         """Upstream failed to refresh the expired answer of `key`: its question waits failure_recheck_seconds."""
@@ -124,14 +160,20 @@ class AnswerCache:
     def lookup_stale(self, key: bytes, now: float) -> CacheEntry | None:
         """An expired answer still inside the stale window, with TTLs set to 30 s (RFC 8767)."""
         stored = self._entries.get(key)
-        if stored is None or now >= stored[5] + self.stale_seconds:
+        if stored is None:
+            return None
+        stored_at, expires_at, aged_for, question_length, count, text_length = _HEAD.unpack_from(stored)
+        if now >= expires_at + self.stale_seconds:
             return None
         self.stale_served += 1
-        buf = bytearray(stored[0])
+        body_at = _HEAD_SIZE + 2 * count + text_length
+        buf = bytearray(stored[body_at : body_at + 12] + key[:question_length] + stored[body_at + 12 :])
+        offsets = self._offsets(stored, count)
         ttl = STALE_ANSWER_TTL.to_bytes(4, "big")
-        for offset in stored[2]:
+        for offset in offsets:
             buf[offset : offset + 4] = ttl
-        return CacheEntry(bytes(buf), *stored[1:])
+        targets = _targets(stored, body_at - text_length, body_at)
+        return CacheEntry(bytes(buf), question_length, offsets, targets, stored_at, expires_at, aged_for, stored)
 
     def store(self, key: bytes, answer: wire.Answer, now: float) -> None:
         """Keep an answer for its TTL; answers with TTL 0 (errors, truncated) are not kept."""
@@ -140,30 +182,26 @@ class AnswerCache:
         entries = self._entries
         old = entries.get(key)
         if old is not None:
-            self.bytes -= _cost(key, old)
+            self.bytes -= len(key) + len(old) + ENTRY_OVERHEAD_BYTES
             if self._failed:
                 self._failed.pop(key, None)  # refreshed
-        # Answers of the same shape have the same TTL offsets: share one tuple between them.
-        shapes = self._shapes
-        offsets = shapes.get(answer.ttl_offsets)
-        if offsets is None:
-            if len(shapes) >= _SHAPES_MAX:
-                shapes.clear()
-            offsets = shapes[answer.ttl_offsets] = answer.ttl_offsets
-        stored = entries[key] = (
-            answer.message,
-            answer.question_length,
-            offsets,
-            answer.targets,
-            now,
-            now + answer.ttl,
-            0,
+        offsets = answer.ttl_offsets
+        text = "".join([target + "\x00" for target in answer.targets]).encode()
+        message, question_length = answer.message, answer.question_length
+        stored = entries[key] = b"".join(
+            (
+                _HEAD.pack(now, now + answer.ttl, 0, question_length, len(offsets), len(text)),
+                _OFFSET.pack(offsets[0]) if len(offsets) == 1 else array.array("H", offsets).tobytes(),
+                text,
+                message[:12],
+                message[12 + question_length :],
+            )
         )
         entries.move_to_end(key)
-        self.bytes += _cost(key, stored)
+        self.bytes += len(key) + len(stored) + ENTRY_OVERHEAD_BYTES
         while len(entries) > self.max_entries or self.bytes > self.max_bytes:
             evicted_key, evicted = entries.popitem(last=False)
-            self.bytes -= _cost(evicted_key, evicted)
+            self.bytes -= len(evicted_key) + len(evicted) + ENTRY_OVERHEAD_BYTES
             self.evictions += 1
             if self._failed:
                 self._failed.pop(evicted_key, None)
@@ -173,7 +211,22 @@ class AnswerCache:
         self._failed.clear()
         self.bytes = 0
 
+    def renewal(self, stored: bytes) -> tuple[float, float, tuple[int, ...]]:
+        """(stored_at, expires_at, TTL offsets) of what the cache kept for an entry (CacheEntry.stored)."""
+        stored_at, expires_at, _, _, count, _ = _HEAD.unpack_from(stored)
+        return stored_at, expires_at, self._offsets(stored, count)
 
-def _cost(key: bytes, stored: _Stored) -> int:
-    """Estimated memory of one stored answer (the aged message has the length of the original)."""
-    return len(key) + len(stored[0]) + ENTRY_OVERHEAD_BYTES
+    def _offsets(self, stored: bytes, count: int) -> tuple[int, ...]:
+        """The TTL offsets of a stored answer, as one tuple shared by every answer of the same shape."""
+        raw = stored[_HEAD_SIZE : _HEAD_SIZE + 2 * count]
+        shapes = self._shapes
+        offsets = shapes.get(raw)
+        if offsets is None:
+            if len(shapes) >= _SHAPES_MAX:
+                shapes.clear()
+            offsets = shapes[raw] = tuple(array.array("H", raw))
+        return offsets
+
+
+def _targets(stored: bytes, start: int, end: int) -> tuple[str, ...]:
+    return tuple(stored[start : end - 1].decode().split("\x00")) if end > start else ()

@@ -37,15 +37,17 @@ BLOCKED_REPEAT_SECONDS = 60.0  # a blocked answer decided now is kept for this l
 # Inside this room only, a repeat is a plain tuple of atomic values, so the garbage collector stops
 # tracking it and a full table adds nothing to its pauses (a NamedTuple or a dataclass would stay
 # tracked):
-#   (tail, until, verdict, stored_at, aged_for, expires_at, ttl_offsets)
+#   (tail, until, verdict, aged_for, stored)
 # tail: the answer without its 2-byte ID; until: clock() time when the tail stops holding;
 # verdict: (segment, counted, blocked, from_cache), one tuple shared by every repeat with the same:
 #   segment: the school's schedule segment of the decision; counted / blocked: Counters keys;
 #   from_cache: a repeat of a cached answer counts as a cache hit;
-# the rest: for a replayed cache entry, what re-ages the tail at `until` (else None: the repeat
-# ends there).
+# aged_for, stored: for a replayed cache entry, the seconds of age the tail's TTLs were reduced by
+# and what the cache kept for the entry (CacheEntry.stored: the same bytes object, so a repeat
+# holds no times of its own), from which the tail is re-aged at `until`; else 0 and None: the
+# repeat ends there.
 _Verdict = tuple[int, tuple[str, str, str], tuple[str, str, str] | None, bool]
-_Repeat = tuple[bytes, float, _Verdict, float | None, int, float | None, tuple[int, ...] | None]
+_Repeat = tuple[bytes, float, _Verdict, int, bytes | None]
 _Tables = dict[str, dict[bytes, _Repeat]]  # school id -> query bytes after the ID -> repeat
 
 # The last 14 bytes of a query whose OPT record (its last record) holds a client cookie alone:
@@ -145,7 +147,7 @@ class Repeats:
                     return None
                 self._previous_count -= 1
                 table = self._put(school, key, repeat)
-        tail, until, verdict, _, _, _, _ = repeat
+        tail, until, verdict, _, _ = repeat
         kept_segment, counted, blocked, from_cache = verdict
         if kept_segment != segment:
             return None
@@ -225,18 +227,9 @@ class Repeats:
         verdict = (segment, (school, "udp", result), blocked, from_cache)
         verdict = self._verdicts.setdefault(verdict, verdict)
         if renewal is None:
-            self._put(school, key, (tail, until, verdict, None, 0, None, None))
+            self._put(school, key, (tail, until, verdict, 0, None))
         else:
-            repeat = (
-                tail,
-                until,
-                verdict,
-                renewal.stored_at,
-                renewal.aged_for,
-                renewal.expires_at,
-                renewal.ttl_offsets,
-            )
-            self._put(school, key, repeat)
+            self._put(school, key, (tail, until, verdict, renewal.aged_for, renewal.stored))
 
     def _put(self, school: str, key: bytes, repeat: _Repeat) -> dict[bytes, _Repeat]:
         """Keep a repeat in the current generation, the generations moved on first if it is full; its table."""
@@ -256,12 +249,14 @@ class Repeats:
         table[key] = repeat
         return table
 
-    @staticmethod
-    def _renew(table: dict[bytes, _Repeat], key: bytes, repeat: _Repeat, now: float) -> bytes | None:
+    def _renew(self, table: dict[bytes, _Repeat], key: bytes, repeat: _Repeat, now: float) -> bytes | None:
         """A repeat's tail past `until`, its TTLs aged to `now` and ahead, while its cached answer lives; else None."""
-        tail, _, verdict, stored_at, aged_for, expires_at, offsets = repeat
-        if stored_at is None or expires_at is None or offsets is None or now >= expires_at:
-            return None  # a blocked answer, or its cached answer expired
+        tail, _, verdict, aged_for, stored = repeat
+        if stored is None:
+            return None  # a blocked answer
+        stored_at, expires_at, offsets = self._answers.renewal(stored)
+        if now >= expires_at:
+            return None  # its cached answer expired
         age = int(now - stored_at)
         ahead = int(expires_at - now) >> 4  # at most 1/16 of the shortest TTL left
         if ahead > REPEAT_AGE_AHEAD_SECONDS:
@@ -271,5 +266,5 @@ class Repeats:
         until = stored_at + age + 1
         if until > expires_at:  # not min(): a call costs more than the comparison
             until = expires_at
-        table[key] = (tail, until, verdict, stored_at, age, expires_at, offsets)
+        table[key] = (tail, until, verdict, age, stored)
         return tail

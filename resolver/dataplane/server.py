@@ -149,17 +149,19 @@ class UdpServer:
             if type(reply) is bytes:
                 answers.append((reply, sender))
             elif isinstance(reply, pipeline.Pending):
-                self.in_flight.start(reply, functools.partial(self.send, sender=sender), "udp_in_flight_limit")
+                self.in_flight.start(reply, functools.partial(self.send_to, sender), "udp_in_flight_limit")
             # None: nothing to send
         self._send(answers)
         if self.batch.oversized:
             self.in_flight.counters.dropped["udp_oversized"] += self.batch.oversized
             self.batch.oversized = 0
 
-    def send(self, answer: bytes, sender: Any) -> None:
+    def send_to(self, sender: Any, answer: bytes) -> None:
         """Queue a cache miss's answer: the answers that arrive in one turn of the event loop go out together.
 
-        One sendmmsg per turn instead of one system call per answer, measured as CPU per miss.
+        One sendmmsg per turn instead of one system call per answer, measured as CPU per miss. The
+        sender comes first, so that a miss's partial binds it by position (a keyword costs a dict
+        per call).
         """
         if not self.later:
             self.loop.call_soon(self._send_later)

@@ -1,4 +1,4 @@
-"""Batched UDP for the DNS listeners: up to 64 datagrams per system call (recvmmsg / sendmmsg on Linux)."""
+"""Batched UDP for the listeners and the upstream sockets: up to 64 datagrams per system call (recvmmsg, sendmmsg)."""
 
 from __future__ import annotations
 
@@ -87,8 +87,9 @@ class _Ring:
             self._iovecs[i].base = payload_pointer + i * payload_size
             self._iovecs[i].length = payload_size
             header = self._headers[i].header
-            header.name = self.address_pointer + i * address_size
-            header.namelen = address_size  # the kernel writes it back unchanged: one family per socket
+            if address_size:  # else a connected socket's: no address, NULL
+                header.name = self.address_pointer + i * address_size
+                header.namelen = address_size  # the kernel writes it back unchanged: one family per socket
             header.iov = ctypes.pointer(self._iovecs[i])
             header.iovlen = 1
         self.payloads = memoryview(self._payloads).cast("B")
@@ -190,6 +191,115 @@ class BatchedUdp:
     def address(self, sender: bytes) -> tuple[str, int]:
         ip_start, ip_end = _IP_BYTES[self._family]
         return socket.inet_ntop(self._family, sender[ip_start:ip_end]), int.from_bytes(sender[2:4], "big")
+
+
+# An upstream reply is kept up to this size; a longer one (we ask with EDNS 1232) is taken as truncated,
+# so its question is asked again over TCP. Our own upstream queries are at most 282 bytes.
+REPLY_MAX = 4096
+_UPSTREAM_QUERY_MAX = 512
+
+
+class ConnectedBatch:
+    """Connected UDP sockets (the upstream ones) read and written up to BATCH datagrams per system call.
+
+    One instance serves every such socket of the process (`connected()`): a call fills or drains
+    its buffers before it returns, so the sockets can share them.
+    """
+
+    def __init__(self) -> None:
+        assert SYSTEM_CALLS is not None
+        self._in = _Ring(REPLY_MAX + 1, 0)  # + 1: a datagram that fills the buffer was too long
+        self._out = _Ring(_UPSTREAM_QUERY_MAX, 0)
+        self._recvmmsg, self._sendmmsg = SYSTEM_CALLS
+
+    def receive(self, sock: socket.socket) -> tuple[list[bytes], int]:
+        """The waiting datagrams (up to BATCH), and the errno of a queued error (an ICMP one), 0 if none.
+
+        A datagram longer than REPLY_MAX comes back cut to that size with TC set.
+        """
+        count = self._recvmmsg(sock.fileno(), self._in.pointer, BATCH, _MSG_DONTWAIT, None)
+        if count <= 0:
+            code = ctypes.get_errno() if count < 0 else 0
+            return [], 0 if code in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR) else code
+        payloads, size = self._in.payloads, self._in.payload_size
+        received = []
+        for i, length in enumerate(self._in.received_lengths[:count].tolist()):
+            start = i * size
+            received.append(payloads[start : start + length].tobytes() if length < size else _cut(payloads, start))
+        return received, 0
+
+    def send(self, sock: socket.socket, messages: list[bytes]) -> list[tuple[int, int]]:
+        """Send the messages in order; (index, errno) of each one that could not be sent."""
+        out = self._out
+        payloads, lengths, size = out.payloads, out.send_lengths, out.payload_size
+        failed: list[tuple[int, int]] = []
+        for first in range(0, len(messages), BATCH):
+            chunk = messages[first : first + BATCH]
+            for i, message in enumerate(chunk):
+                assert len(message) <= size  # wire.make_upstream_query's at most 282 bytes
+                payloads[i * size : i * size + len(message)] = message
+                lengths[i] = len(message)
+            done = 0
+            while done < len(chunk):
+                sent = self._sendmmsg(
+                    sock.fileno(), out.pointer + done * ctypes.sizeof(MMsgHdr), len(chunk) - done, _MSG_DONTWAIT
+                )
+                if sent > 0:
+                    done += sent
+                    continue
+                code = ctypes.get_errno()
+                if code == errno.EINTR:
+                    continue
+                if code in (errno.EAGAIN, errno.EWOULDBLOCK):  # a full send buffer: none of the rest goes
+                    failed.extend((first + i, code) for i in range(done, len(messages) - first))
+                    return failed
+                failed.append((first + done, code))  # e.g. an ICMP error of an earlier datagram
+                done += 1
+        return failed
+
+
+def _cut(payloads: memoryview, start: int) -> bytes:
+    """A datagram longer than REPLY_MAX: its first REPLY_MAX bytes with TC set (asked again over TCP)."""
+    data = bytearray(payloads[start : start + REPLY_MAX])
+    if len(data) > 2:
+        data[2] |= 0x02
+    return bytes(data)
+
+
+class ConnectedPlain:
+    """The same interface, one datagram per system call: where the C library has no recvmmsg."""
+
+    def receive(self, sock: socket.socket) -> tuple[list[bytes], int]:
+        received: list[bytes] = []
+        for _ in range(BATCH):
+            try:
+                data = sock.recv(REPLY_MAX + 1)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                return received, exc.errno or errno.EIO
+            received.append(data if len(data) <= REPLY_MAX else _cut(memoryview(data), 0))
+        return received, 0
+
+    def send(self, sock: socket.socket, messages: list[bytes]) -> list[tuple[int, int]]:
+        failed = []
+        for i, message in enumerate(messages):
+            try:
+                sock.send(message)
+            except OSError as exc:
+                failed.append((i, exc.errno or errno.EIO))
+        return failed
+
+
+_connected: ConnectedBatch | ConnectedPlain | None = None
+
+
+def connected() -> ConnectedBatch | ConnectedPlain:
+    """The process's reader and writer of connected UDP sockets (made at the first call)."""
+    global _connected
+    if _connected is None:
+        _connected = ConnectedBatch() if SYSTEM_CALLS is not None else ConnectedPlain()
+    return _connected
 
 
 class PlainUdp:

@@ -180,7 +180,8 @@ def parse_query(data: bytes) -> Query:
         # Question name: plain labels only. A compression pointer in the first name of a
         # message could only point back into the header, so it is malformed (no loop possible).
         pos = 12
-        labels = []
+        labels = 0
+        plain_lengths = True  # no label length is also the code of a letter a name may hold (see _name_text)
         while True:
             if pos >= size:
                 raise FormError("question name runs past the end", query_id, flags)
@@ -190,18 +191,21 @@ def parse_query(data: bytes) -> Query:
                 break
             if length > 63:
                 raise FormError("bad label length or compression in question", query_id, flags)
-            end = pos + 1 + length
-            if end > size:
+            if length in _LENGTHS_LIKE_LETTERS:
+                plain_lengths = False
+            pos += 1 + length
+            labels += 1
+            if pos > size:
                 raise FormError("question label runs past the end", query_id, flags)
-            labels.append(data[pos + 1 : end])
-            pos = end
             if pos - 12 > 254:
                 raise FormError("question name longer than 255 octets", query_id, flags)
         if pos + 4 > size:
             raise FormError("question has no type and class", query_id, flags)
         qtype, qclass = _U16X2.unpack_from(data, pos)
         question_end = pos + 4
-        name = _labels_to_text(labels)
+        # The name in lower case with its label lengths: they are below 'A', so lower() keeps them.
+        wire_name = data[12:pos].lower()
+        name = _name_text(wire_name, labels) if plain_lengths else read_name(wire_name, 0)[0]
         pos = question_end
         if nscount:  # only an IXFR query carries a record there: the SOA of the version the client has
             if qtype != TYPE_IXFR:
@@ -219,7 +223,10 @@ def parse_query(data: bytes) -> Query:
         do = False
         version = 0
         for _ in range(arcount):
-            pos = _skip_name(data, pos, size, query_id, flags)
+            if pos < size and data[pos] == 0:  # the root name, as every OPT record's
+                pos += 1
+            else:
+                pos = _skip_name(data, pos, size, query_id, flags)
             if pos + 10 > size:
                 raise FormError("additional record runs past the end", query_id, flags)
             rtype, rclass, ttl, rdlength = _RR_FIXED.unpack_from(data, pos)
@@ -237,7 +244,8 @@ def parse_query(data: bytes) -> Query:
         exc.echo = _salvage(data)
         raise
     question = data[12:question_end]
-    query = Query(query_id, flags, question, name, qtype, qclass, edns, payload, do, _key(question, do, flags))
+    key = wire_name + data[question_end - 4 : question_end] + _KEY_ENDS[do][flags & CD != 0]
+    query = Query(query_id, flags, question, name, qtype, qclass, edns, payload, do, key)
     if version != 0:
         raise BadVersion(query)
     return query
@@ -309,6 +317,24 @@ def _labels_to_text(labels: list[bytes]) -> str:
 
 _PLAIN_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789-_*")
 _PLAIN_WITH_DOT = b"abcdefghijklmnopqrstuvwxyz0123456789-_*."
+# Label lengths (1-63) that are also the code of a byte a plain name holds ('*', '-', digits): a
+# name with such a label is made text label by label.
+_LENGTHS_LIKE_LETTERS = frozenset(length for length in range(1, 64) if length in _PLAIN_BYTES)
+# Every other byte below 64 becomes a dot: the label lengths inside a name, when none is one of those.
+_LENGTHS_TO_DOTS = bytes(46 if code < 64 and code not in _PLAIN_BYTES else code for code in range(256))
+_KEY_ENDS = ((b"\x00\x00", b"\x00\x01"), (b"\x01\x00", b"\x01\x01"))  # Query.key's DO and CD bytes
+
+
+def _name_text(wire_name: bytes, labels: int) -> str:
+    """_labels_to_text of a lower-case wire name none of whose label lengths looks like a letter.
+
+    One translate turns its label lengths into dots; a byte of a label that is no plain letter
+    became a dot too, or is left, and the slower way escapes it.
+    """
+    text = wire_name[1:-1].translate(_LENGTHS_TO_DOTS)
+    if not text.translate(None, _PLAIN_WITH_DOT) and text.count(b".") == labels - 1:
+        return text.decode("ascii")
+    return read_name(wire_name, 0)[0]
 
 
 def _skip_name(data: bytes, pos: int, size: int, query_id: int = 0, flags: int = 0) -> int:
@@ -548,24 +574,24 @@ def parse_upstream_answer(
     size = len(reply)
     _, flags, _, ancount, nscount, arcount = _HEADER.unpack_from(reply)
     rcode = flags & 0xF
-    qtype = reply[8 + question_length] << 8 | reply[9 + question_length]
     pos = 12 + question_length
-    buf = bytearray(reply)
-    buf[2] = QR >> 8  # AA, TC, RD and the opcode clear
-    buf[3] = RA | flags & (AD | 0xF)
+    qtype = reply[pos - 4] << 8 | reply[pos - 3]
     answered = qtype == TYPE_CNAME or qtype == TYPE_ANY  # records of the asked type: not a negative answer
     offsets: list[int] = []
     targets: list[str] = []
-    answer_ttl = None
-    soa_ttl = None
-    opt_start = opt_end = -1
-    total = ancount + nscount + arcount
-    for index in range(total):
+    patches: list[tuple[int, int]] = []  # (offset, TTL) of the TTLs that change
+    answer_ttl = soa_ttl = -1
+    opt_start = -1
+    authority_end = ancount + nscount
+    for index in range(authority_end + arcount):
         start = pos
-        try:
-            pos = _skip_name(reply, pos, size)
-        except FormError as exc:
-            raise BadReply(str(exc)) from None
+        if pos < size and reply[pos] >= 0xC0:  # most owners: a compression pointer
+            pos += 2
+        else:
+            try:
+                pos = _skip_name(reply, pos, size)
+            except FormError as exc:
+                raise BadReply(str(exc)) from None
         if pos + 10 > size:
             raise BadReply("record runs past the end")
         rtype, _rclass, ttl, rdlength = _RR_FIXED.unpack_from(reply, pos)
@@ -574,15 +600,15 @@ def parse_upstream_answer(
         if pos > size:
             raise BadReply("record data runs past the end")
         if rtype == TYPE_OPT:
-            if index < ancount + nscount or opt_start >= 0:
+            if index < authority_end or opt_start >= 0:
                 raise BadReply("misplaced OPT record")
-            opt_start, opt_end = start, pos
+            opt_start = start
             continue
-        ttl = min(max(ttl, min_ttl), max_ttl) if ttl < 0x80000000 else min_ttl
-        _U32.pack_into(buf, rdata_at - 6, ttl)
-        offsets.append(rdata_at - 6)
+        # Clamped without min() / max(): a call costs more than the comparisons.
+        clamped = min_ttl if ttl >= 0x80000000 or ttl < min_ttl else max_ttl if ttl > max_ttl else ttl
         if index < ancount:
-            answer_ttl = ttl if answer_ttl is None else min(answer_ttl, ttl)
+            if answer_ttl < 0 or clamped < answer_ttl:
+                answer_ttl = clamped
             if rtype == qtype:
                 answered = True
             if rtype == TYPE_CNAME:
@@ -591,32 +617,37 @@ def parse_upstream_answer(
                 target = read_name(reply, rdata_at + 2)[0]
                 if target:
                     targets.append(target)
-        elif index < ancount + nscount and rtype == TYPE_SOA:
-            # RFC 2308 5: negative answers live min(SOA TTL, SOA MINIMUM).
+        elif index < authority_end and rtype == TYPE_SOA:
+            # RFC 2308 5: negative answers live min(SOA TTL, SOA MINIMUM); clients then cache the
+            # negative answer as long.
             minimum = _U32.unpack_from(reply, pos - 4)[0] if rdlength >= 22 else 0
-            soa_ttl = min(ttl, minimum, negative_max_ttl)
-            _U32.pack_into(buf, rdata_at - 6, soa_ttl)  # clients then cache the negative answer as long
-    if pos != size and opt_start < 0:
-        pos = size  # trailing bytes after the records: ignore them, as most resolvers do
-    if opt_start >= 0:
-        if opt_end != size:
-            del buf[opt_end:]  # drop anything after the OPT too
-        del buf[opt_start:opt_end]
-        _U16.pack_into(buf, 10, arcount - 1)
-    else:
-        del buf[pos:]
+            soa_ttl = min(clamped, minimum, negative_max_ttl)
+            clamped = soa_ttl
+        if clamped != ttl:
+            patches.append((rdata_at - 6, clamped))
+        offsets.append(rdata_at - 6)
+    # The header: the upstream's AD and RCODE, RA; and one additional record less without the OPT,
+    # which goes with anything after it. Trailing bytes after the records are ignored, as most
+    # resolvers do.
+    message = reply[:2] + bytes((QR >> 8, RA | flags & (AD | 0xF)))
+    message += reply[4:] if opt_start < 0 else reply[4:10] + _U16.pack(arcount - 1) + reply[12:opt_start]
+    if patches:
+        buf = bytearray(message)
+        for offset, ttl in patches:
+            _U32.pack_into(buf, offset, ttl)
+        message = bytes(buf)
 
-    if rcode == NOERROR and answered and answer_ttl is not None:
+    if rcode == NOERROR and answered and answer_ttl >= 0:
         cache_ttl = answer_ttl
-    elif rcode in (NOERROR, NXDOMAIN) and soa_ttl is not None:
+    elif rcode in (NOERROR, NXDOMAIN) and soa_ttl >= 0:
         # NXDOMAIN or NODATA, also at the end of a CNAME chain: the SOA's negative TTL (RFC 2308
         # 5), and no longer than the chain's own records.
-        cache_ttl = soa_ttl if answer_ttl is None else min(soa_ttl, answer_ttl)
+        cache_ttl = soa_ttl if answer_ttl < 0 else min(soa_ttl, answer_ttl)
     else:
         cache_ttl = 0  # SERVFAIL, REFUSED, referrals and negative answers without SOA: never cached
     if flags & TC:
         cache_ttl = 0
-    return Answer(bytes(buf), question_length, tuple(offsets), rcode, cache_ttl, tuple(targets))
+    return Answer(message, question_length, tuple(offsets), rcode, cache_ttl, tuple(targets))
 
 
 def answer_rdata(answer: Answer, rtype: int) -> list[bytes]:

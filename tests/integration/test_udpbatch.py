@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 import time
@@ -117,3 +118,91 @@ def test_an_answer_that_cannot_be_sent_does_not_stop_the_others(implementation):
         server.close()
         for client in clients:
             client.close()
+
+
+CONNECTED = [udpbatch.ConnectedBatch, udpbatch.ConnectedPlain]
+
+
+def _connected_pair(family: int, host: str) -> tuple[socket.socket, socket.socket]:
+    """(an upstream's socket, connected and non-blocking; the peer it is connected to)."""
+    peer = _bound(family, host)
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    sock.connect(peer.getsockname())
+    return sock, peer
+
+
+def _connected_receive_all(batch, sock, expected: int, timeout: float = 3.0) -> list[list[bytes]]:
+    calls, total = [], 0
+    deadline = time.monotonic() + timeout
+    while total < expected and time.monotonic() < deadline:
+        received, error = batch.receive(sock)
+        assert error == 0
+        if received:
+            calls.append(received)
+            total += len(received)
+    return calls
+
+
+@pytest.mark.parametrize("family, host", FAMILIES)
+@pytest.mark.parametrize("implementation", CONNECTED)
+def test_a_connected_socket_sends_and_reads_in_batches(implementation, family, host):
+    sock, peer = _connected_pair(family, host)
+    try:
+        batch = implementation()
+        assert batch.receive(sock) == ([], 0)
+        queries = [f"query {number} ".encode() * (1 + number % 7) for number in range(100)]
+        assert batch.send(sock, queries) == []  # more than one batch, in order
+        peer.settimeout(3)
+        arrived = []
+        for _ in queries:
+            data, source = peer.recvfrom(2048)
+            arrived.append(data)
+            peer.sendto(b"reply to " + data, source)
+        assert arrived == queries
+        calls = _connected_receive_all(batch, sock, 100)
+        assert len(calls[0]) == udpbatch.BATCH
+        assert [reply for call in calls for reply in call] == [b"reply to " + query for query in queries]
+    finally:
+        sock.close()
+        peer.close()
+
+
+@pytest.mark.parametrize("implementation", CONNECTED)
+def test_a_reply_longer_than_kept_comes_cut_with_tc_so_it_is_asked_again_over_tcp(implementation):
+    sock, peer = _connected_pair(socket.AF_INET, "127.0.0.1")
+    try:
+        batch = implementation()
+        batch.send(sock, [b"q"])
+        peer.settimeout(3)
+        _, source = peer.recvfrom(100)
+        header = b"\xab\xcd\x81\x80" + bytes(8)
+        peer.sendto(header + b"x" * 10_000, source)
+        peer.sendto(header + b"y" * 100, source)
+        received = [reply for call in _connected_receive_all(batch, sock, 2) for reply in call]
+        assert [len(reply) for reply in received] == [udpbatch.REPLY_MAX, 112]
+        assert received[0][2] == 0x83 and received[1][2] == 0x81  # TC set on the cut one only
+    finally:
+        sock.close()
+        peer.close()
+
+
+@pytest.mark.parametrize("implementation", CONNECTED)
+def test_a_queued_icmp_error_is_reported_and_the_other_sends_go_on(implementation):
+    peer = _bound(socket.AF_INET, "127.0.0.1")
+    address = peer.getsockname()
+    peer.close()  # nothing listens there: the kernel answers with port unreachable
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    sock.connect(address)
+    try:
+        batch = implementation()
+        assert batch.send(sock, [b"one"]) == []
+        deadline = time.monotonic() + 3
+        error = 0
+        while not error and time.monotonic() < deadline:
+            _, error = batch.receive(sock)
+        assert error == errno.ECONNREFUSED
+        assert batch.send(sock, [b"two"]) == []  # the error was taken: the next send goes
+    finally:
+        sock.close()

@@ -37,7 +37,9 @@ def test_aged_copy_is_reused_within_a_second():
     answers = cache.AnswerCache(10)
     answers.store(query.key, answer, 0.0)
     first = answers.lookup(query.key, 5.1).message
-    assert answers.lookup(query.key, 5.9).message is first
+    stored = answers._entries[query.key]
+    assert answers.lookup(query.key, 5.9).message == first
+    assert answers._entries[query.key] is stored  # not aged again within the second
 
 
 def test_aging_from_the_aged_copy_equals_aging_the_original():
@@ -50,7 +52,10 @@ def test_aging_from_the_aged_copy_equals_aging_the_original():
 
 def test_byte_bound_evicts_oldest_and_keeps_an_exact_tally():
     entries = [make_answer(f"n{i}.example.com") for i in range(6)]
-    one = len(entries[0][0].key) + len(entries[0][1].message) + cache.ENTRY_OVERHEAD_BYTES
+    sizing = cache.AnswerCache(1)
+    sizing.store(entries[0][0].key, entries[0][1], 0)
+    one = sizing.bytes  # every name of these has the same length
+    assert one == len(entries[0][0].key) + len(sizing._entries[entries[0][0].key]) + cache.ENTRY_OVERHEAD_BYTES
     answers = cache.AnswerCache(100, max_bytes=3 * one)
     for query, answer in entries:
         answers.store(query.key, answer, 0)
@@ -145,3 +150,21 @@ def test_recheck_marks_are_only_kept_for_cached_answers():
     off.store(keys[2], answer, 0.0)
     off.refresh_failed(keys[2], 200.0)
     assert not off.rechecking(keys[2], 200.0)
+
+
+def test_a_chain_comes_back_whole_with_its_targets_in_the_askers_entry():
+    query = wire.parse_query(dns.message.make_query("Chain.Example.com", "A").to_wire())
+    response = dns.message.make_response(dns.message.from_wire(wire.make_upstream_query(query, 1)))
+    targets = [f"hop{i}." + "x" * 60 + ".example.net" for i in range(300)]  # 21 KB of target names
+    owner = "chain.example.com."
+    for target in targets:
+        response.answer.append(dns.rrset.from_text(owner, 300, "IN", "CNAME", target + "."))
+        owner = target + "."
+    response.answer.append(dns.rrset.from_text(owner, 60, "IN", "A", "192.0.2.1"))
+    answer = wire.parse_upstream_answer(response.to_wire(max_size=65535), len(query.question), 0, 86400, 3600)
+    answers = cache.AnswerCache(10)
+    answers.store(query.key, answer, 0.0)
+    entry = answers.lookup(query.key, 10.5)
+    assert entry.targets == tuple(targets) and entry.question_length == len(query.question)
+    assert entry.message == wire.reduce_ttls(answer.message, answer.ttl_offsets, 10)  # question included
+    assert answers.lookup_stale(query.key, 10.5).targets == tuple(targets)
