@@ -48,7 +48,7 @@ TEST_JOBS ?= auto
 test: $(STAMP) test-tools stale-compiled
 	$(PY) -m pytest -n $(TEST_JOBS)
 
-# Compiled modules (opt-in; docs/performance.md, "Compiled modules"): the hot sans-IO modules
+# Compiled modules (opt-in; docs/performance.md, "Compiled modules"): the per-query modules
 # (resolver.COMPILABLE) compiled with mypyc into extension modules beside their sources, which
 # Python imports instead of them; `make run` and the tests then run them. `make pure` removes them.
 # (setuptools 77 reads this pyproject.toml; a venv starts with an older one.)

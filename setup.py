@@ -1,4 +1,4 @@
-"""The build's extension modules: none by default; with SCHOOLDNS_COMPILE=1 the hot sans-IO modules compiled by mypyc.
+"""The build's extension modules: none by default; with SCHOOLDNS_COMPILE=1 the per-query modules compiled by mypyc.
 
 The compiled modules sit beside their sources, and Python imports an extension module before a
 source file of the same name; without them the same sources run as they are (docs/performance.md,
@@ -33,8 +33,11 @@ def main() -> None:
 
     # Each module is its own extension (separate=True), so that its __file__ names its own file
     # (calls between them measured no slower than within one library). Missing imports are Any:
-    # the build environment has the compiler, not the runtime dependencies.
-    setup(ext_modules=mypycify(["--ignore-missing-imports", *compilable()], separate=True))
+    # the build environment has the compiler, not the runtime dependencies. No incremental cache:
+    # from one, mypyc failed to build again after an attribute was added to a compiled class (the
+    # C compiler still compiles again only the files whose code or included headers changed).
+    options = ["--ignore-missing-imports", "--cache-dir=/dev/null"]
+    setup(ext_modules=mypycify([*options, *compilable()], separate=True))
 
 
 if __name__ == "__main__":  # as setuptools runs it (a test reads compilable())

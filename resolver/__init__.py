@@ -4,14 +4,17 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-# The hot sans-IO modules that a build with SCHOOLDNS_COMPILE=1 compiles with mypyc (setup.py reads
-# this list); every other build runs them from their source.
+# The modules every query runs through, which a build with SCHOOLDNS_COMPILE=1 compiles with mypyc
+# (setup.py reads this list); every other build runs them from their source.
 COMPILABLE = (
     "resolver.dataplane.wire",
     "resolver.dataplane.cache",
     "resolver.dataplane.repeats",
     "resolver.filtering.domains",
     "resolver.filtering.policy",
+    "resolver.filtering.schools",
+    "resolver.dataplane.metrics",
+    "resolver.dataplane.pipeline",
 )
 
 

@@ -30,10 +30,11 @@ import dataclasses
 import logging
 import socket
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from typing import Protocol
 
 from resolver.dataplane import cache, metrics, ratelimit, repeats, upstream, wire
+from resolver.dataplane.streams import Stream as Stream  # handle() returns it: pipeline.Stream too
 from resolver.errors import ResolverError
 from resolver.filtering import domains, localzones, policy, schools
 
@@ -98,18 +99,6 @@ SHED = Shed()
 
 class StreamBroken(ResolverError):
     """A Stream that cannot go on (what it is made from changed): the transport closes the connection."""
-
-
-class Stream:
-    """An answer in many messages (a zone transfer over TCP): the transport writes each of `messages()` in order.
-
-    The messages are made as they are written, so an answer of any size holds little memory. The
-    transport waits while its connection's send buffer is full and lets other work run between
-    two messages. `messages()` raises StreamBroken when it cannot finish.
-    """
-
-    def messages(self) -> Generator[bytes, None, None]:
-        raise NotImplementedError
 
 
 class Zones(Protocol):

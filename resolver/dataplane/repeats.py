@@ -93,6 +93,7 @@ class Repeats:
         "_verdicts",
         "discarded",
         "enabled",
+        "hits",
     )
 
     def __init__(self, counters: metrics.Counters, answers: cache.AnswerCache, enabled: bool = True):
@@ -105,6 +106,7 @@ class Repeats:
         self._count = self._previous_count = 0
         self._bytes = 0  # the current generation's only: it is the one that grows
         self.discarded = 0  # answers forgotten with a previous generation at its bound (not at drop_all)
+        self.hits = 0  # queries answered here: not parsed, decided nor looked up
 
     def __len__(self) -> int:
         return self._count + self._previous_count
@@ -157,6 +159,7 @@ class Repeats:
                 return None
             tail = renewed
         self._counters.recount(counted, blocked)
+        self.hits += 1
         if from_cache:
             self._answers.hits += 1
         if name is None:

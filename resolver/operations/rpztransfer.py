@@ -30,7 +30,7 @@ import dns.rrset
 import dns.tsig
 
 from resolver.control import tsigkeys
-from resolver.dataplane import pipeline, upstream, wire
+from resolver.dataplane import pipeline, streams, upstream, wire
 from resolver.operations import rpzzones
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ def _name_wire(name: str) -> bytes:
     return b"".join(bytes((len(label),)) + label for label in name.encode().split(b".")) + b"\x00"
 
 
-class _Transfer(pipeline.Stream):
+class _Transfer(streams.Stream):
     """AXFR (or IXFR answered as AXFR) of one zone: SOA, NS, the records, SOA, about MESSAGE_BYTES per message."""
 
     def __init__(

@@ -21,7 +21,12 @@ LOG_LEVELS = ["debug", "info", "warning", "error"]
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; the exit status: 0 done, 1 a problem (one line says what), 2 a usage error."""
-    parser = argparse.ArgumentParser(prog="schooldns", description="DNS filter for school networks.")
+    # Raw: `--version` (which lists the compiled modules) stays on one line, however long.
+    parser = argparse.ArgumentParser(
+        prog="schooldns",
+        description="DNS filter for school networks.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=resolver.build_description())
     # Accepted before or after the command; the default is `info` for serve and `warning` for the
     # tools, whose output is what they print.

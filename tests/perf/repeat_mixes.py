@@ -87,12 +87,14 @@ def serve(config: str, keep_repeats: bool) -> int:
     from resolver.processes import cli
 
     if not keep_repeats:
-        original = pipeline.Pipeline.__init__
+        shipped = pipeline.Pipeline
 
-        def without_repeats(self, *args, **kwargs) -> None:
-            original(self, *args, **{**kwargs, "keep_repeats": False})
+        def without_repeats(*args, **kwargs) -> pipeline.Pipeline:
+            return shipped(*args, **{**kwargs, "keep_repeats": False})
 
-        pipeline.Pipeline.__init__ = without_repeats  # type: ignore[method-assign]
+        # The worker makes its pipeline with pipeline.Pipeline(...); the class itself cannot be
+        # changed where it is compiled (make compiled).
+        pipeline.Pipeline = without_repeats  # type: ignore[misc, assignment]
     return cli.main(["--log-level", "warning", "serve", "--config", config])
 
 

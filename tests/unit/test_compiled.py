@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.machinery
+import inspect
+import pkgutil
 import runpy
 import subprocess
 import sys
@@ -28,6 +30,9 @@ def test_the_build_compiles_the_modules_the_package_names():
         "resolver/dataplane/repeats.py",
         "resolver/filtering/domains.py",
         "resolver/filtering/policy.py",
+        "resolver/filtering/schools.py",
+        "resolver/dataplane/metrics.py",
+        "resolver/dataplane/pipeline.py",
     ]
     assert all((ROOT / path).is_file() for path in setup["compilable"]())
 
@@ -42,11 +47,26 @@ def test_compiled_modules_are_those_an_import_finds_compiled():
         assert loaded is not None and loaded.endswith(".py") == (name not in compiled), loaded
 
 
+def test_no_class_that_runs_from_source_subclasses_a_class_of_a_compilable_module():
+    # Compiled, such a class cannot be made (TypeError: interpreted classes cannot inherit from
+    # compiled); asked of the modules by name, so the pure build finds it too.
+    subclasses = []
+    for module in pkgutil.walk_packages(resolver.__path__, "resolver."):
+        if module.name in resolver.COMPILABLE or module.name.endswith(".__main__"):
+            continue
+        for _, cls in inspect.getmembers(importlib.import_module(module.name), inspect.isclass):
+            if cls.__module__ == module.name:
+                subclasses += [
+                    (module.name, cls.__name__, base) for base in cls.__mro__ if base.__module__ in resolver.COMPILABLE
+                ]
+    assert subclasses == []
+
+
 def test_version_says_which_modules_are_compiled():
     version = subprocess.run(
         [sys.executable, "-m", "resolver", "--version"], cwd=ROOT, capture_output=True, text=True, timeout=30
     )
     expected = "schooldns 0.1.0"
     if resolver.compiled_modules():
-        expected += " (compiled: wire, cache, repeats, domains, policy)"
+        expected += " (compiled: wire, cache, repeats, domains, policy, schools, metrics, pipeline)"
     assert (version.returncode, version.stdout, version.stderr) == (0, expected + "\n", "")
