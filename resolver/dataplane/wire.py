@@ -331,6 +331,8 @@ def _name_text(wire_name: bytes, labels: int) -> str:
     One translate turns its label lengths into dots; a byte of a label that is no plain letter
     became a dot too, or is left, and the slower way escapes it.
     """
+    if len(wire_name) < 2:  # the root (and [1:-1] of one byte fails when compiled by mypyc)
+        return read_name(wire_name, 0)[0]
     text = wire_name[1:-1].translate(_LENGTHS_TO_DOTS)
     if not text.translate(None, _PLAIN_WITH_DOT) and text.count(b".") == labels - 1:
         return text.decode("ascii")
