@@ -53,6 +53,9 @@ test: $(STAMP) test-tools stale-compiled
 # Python imports instead of them; `make run` and the tests then run them. `make pure` removes them.
 # (setuptools 77 reads this pyproject.toml; a venv starts with an older one.)
 compiled: $(STAMP)
+	@$(PACKAGES) gcc=gcc
+	@$(PY) -c "import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" \
+		|| $(PACKAGES) =python3-dev
 	$(PY) -m pip install --quiet 'setuptools>=77'
 	SCHOOLDNS_COMPILE=1 $(PY) setup.py --quiet build_ext --inplace
 	@find resolver -name '*.so' -exec touch {} +
