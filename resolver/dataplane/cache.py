@@ -144,18 +144,26 @@ class AnswerCache:
         if self.failure_recheck_seconds > 0 and key in self._entries:
             self._failed[key] = now + self.failure_recheck_seconds
 
-    def rechecking(self, key: bytes, now: float) -> bool:
-        """Whether a refresh of `key` failed less than failure_recheck_seconds ago and a stale answer is there."""
+    def rechecking(self, key: bytes, now: float) -> float:
+        """Until when `key` is answered stale without asking upstream (0.0: not now): a refresh of it
+        failed less than failure_recheck_seconds ago, and its stale answer is there until then or
+        until the stale window ends, whichever is first."""
         failed = self._failed
         if not failed:  # every miss asks this: nothing failed, one test
-            return False
+            return 0.0
         until = failed.get(key)
         if until is None:
-            return False
+            return 0.0
         if now >= until:
             del failed[key]
-            return False
-        return self.has_stale(key, now)
+            return 0.0
+        stored = self._entries.get(key)
+        if stored is None:
+            return 0.0
+        expires_at: float = _HEAD.unpack_from(stored)[1]
+        if not expires_at <= now < expires_at + self.stale_seconds:
+            return 0.0
+        return min(until, expires_at + self.stale_seconds)
 
     def lookup_stale(self, key: bytes, now: float) -> CacheEntry | None:
         """An expired answer still inside the stale window, with TTLs set to 30 s (RFC 8767)."""

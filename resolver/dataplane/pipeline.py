@@ -192,7 +192,7 @@ class Pending:
         deliver = self.deliver
         if deliver is None:  # answered stale already: the answer only refreshes the cache
             if answer is not None and answer.rcode != wire.SERVFAIL:
-                pipe.cache.store(self.key, answer, pipe.clock())
+                pipe._store(self.key, answer, pipe.clock())
             else:  # the refresh failed: RFC 8767's failure recheck timer starts
                 pipe.cache.refresh_failed(self.key, pipe.clock())
             return
@@ -376,9 +376,13 @@ class Pipeline:
                     return self._local(query, zone, school.id, transport)
             miss = Pending(self, query, school, snapshot, transport, limit, now)
         # RFC 8767's failure recheck timer: a question whose refresh failed a moment ago is answered
-        # stale at once, and upstream is not asked again until the timer ends.
-        if self.cache.rechecking(key, now):
-            reply = self._stale(miss, _RECHECK_TEXT)
+        # stale at once, and upstream is not asked again until the timer ends; over UDP the stale
+        # answer is kept as a repeat until then (the whole pipeline for each query of an outage
+        # cost more than the repeats it replaced: the workers fell behind at half their capacity).
+        recheck_until = self.cache.rechecking(key, now)
+        if recheck_until:
+            keep = (data, segment, recheck_until) if transport == "udp" else None
+            reply = self._stale(miss, _RECHECK_TEXT, keep)
             if reply is not None:
                 return reply
         return miss
@@ -400,7 +404,7 @@ class Pipeline:
                 self.counters.count(school.id, transport, "servfail")
                 waits["servfail"].observe(now - miss.started)
             return self._error_answer(error, query)  # type: ignore[arg-type]
-        self.cache.store(miss.key, answer, now)
+        self._store(miss.key, answer, now)
         if answer.targets:  # 7. inspect: the chain is decided now, when it arrived
             block = self._inspect(query, answer.targets, school, miss.snapshot, self.wall_clock())
             if block is not None:
@@ -411,8 +415,14 @@ class Pipeline:
         waits["forwarded"].observe(now - miss.started)
         return wire.replay(answer.message, answer.question_length, query, miss.limit)
 
-    def _stale(self, miss: Pending, why: str = _LATE_TEXT) -> bytes | None:
-        """The expired answer to a miss (TTL 30, EDE 3 Stale Answer; RFC 8767), its chain inspected; None if none."""
+    def _stale(
+        self, miss: Pending, why: str = _LATE_TEXT, keep: tuple[bytes, int, float] | None = None
+    ) -> bytes | None:
+        """The expired answer to a miss (TTL 30, EDE 3 Stale Answer; RFC 8767), its chain inspected; None if none.
+
+        keep: (the UDP query's bytes, its schedule segment, until when): the stale answer (not a
+        block of its chain) is kept as a repeat until then.
+        """
         query, school, transport = miss.query, miss.school, miss.transport
         entry = self.cache.lookup_stale(miss.key, self.clock())
         if entry is None:
@@ -425,7 +435,17 @@ class Pipeline:
         self.counters.count(school.id, transport, "stale")
         self.counters.waits["stale"].observe(self.clock() - miss.started)
         ede = wire.ede_option(wire.EDE_STALE_ANSWER, why) if query.edns else b""
-        return wire.replay(entry.message, entry.question_length, query, miss.limit, ede)
+        reply = wire.replay(entry.message, entry.question_length, query, miss.limit, ede)
+        if keep is not None:
+            self.repeats.keep_stale(school.id, keep[0], keep[1], reply, keep[2])
+        return reply
+
+    def _store(self, key: bytes, answer: wire.Answer, now: float) -> None:
+        """Cache an upstream answer. Rare: if it refreshes one in its failure recheck (asked before
+        the recheck began, it came late), the stale answers kept as repeats would outlive it: they go."""
+        if self.cache.rechecking(key, now):
+            self.repeats.drop_all()
+        self.cache.store(key, answer, now)
 
     def _wait_for_stale(self, miss: Pending) -> None:
         """Answer the miss stale when the client response timer fires, unless upstream answers first."""

@@ -2,14 +2,15 @@
 
 A client asks the same question again, byte for byte apart from the ID. `Repeats.answer` gives
 it the kept answer with its own ID, without parse, decision or replay, and counts it like the
-answer it repeats (a repeat of a cache hit is a cache hit). A query that differs only in the
-letter case of its name (DNS 0x20) is a repeat too: answers are kept under the bytes with the
-name in lower case, and such a repeat gets the question back in its own letter case. So is a query
+answer it repeats (a repeat of a cache hit is a cache hit, of a stale answer a stale answer
+served). A query that differs only in the letter case of its name (DNS 0x20) is a repeat too:
+answers are kept under the bytes with the name in lower case, and such a repeat gets the
+question back in its own letter case. So is a query
 whose OPT record's only option is a client COOKIE (RFC 7873): schooldns sends no server cookie and
 answers the query as if the option were not there, so it is kept under the bytes without it. A kept
 answer holds while its decision does (the school's schedule segment it was made in) and until
 `drop_all` (a new snapshot); a replayed cache entry is re-aged in the kept bytes until the
-cached answer expires, a blocked answer until the `until` it was kept with (see
+cached answer expires, a blocked or stale answer until the `until` it was kept with (see
 docs/architecture.md, "Repeats patch two bytes").
 """
 
@@ -41,12 +42,14 @@ BLOCKED_REPEAT_SECONDS = 60.0  # a blocked answer decided now is kept for this l
 # tail: the answer without its 2-byte ID; until: clock() time when the tail stops holding;
 # verdict: (segment, counted, blocked, from_cache), one tuple shared by every repeat with the same:
 #   segment: the school's schedule segment of the decision; counted / blocked: Counters keys;
-#   from_cache: a repeat of a cached answer counts as a cache hit;
+#   from_cache: a repeat of a cached answer counts as a cache hit (FROM_CACHE), of a stale one as a
+#   stale answer served (STALE), of anything else as neither (0);
 # aged_for, stored: for a replayed cache entry, the seconds of age the tail's TTLs were reduced by
 # and what the cache kept for the entry (CacheEntry.stored: the same bytes object, so a repeat
 # holds no times of its own), from which the tail is re-aged at `until`; else 0 and None: the
 # repeat ends there.
-_Verdict = tuple[int, tuple[str, str, str], tuple[str, str, str] | None, bool]
+_Verdict = tuple[int, tuple[str, str, str], tuple[str, str, str] | None, int]
+FROM_CACHE, STALE = 1, 2
 _Repeat = tuple[bytes, float, _Verdict, int, bytes | None]
 _Tables = dict[str, dict[bytes, _Repeat]]  # school id -> query bytes after the ID -> repeat
 
@@ -161,7 +164,10 @@ class Repeats:
         self._counters.recount(counted, blocked)
         self.hits += 1
         if from_cache:
-            self._answers.hits += 1
+            if from_cache == FROM_CACHE:
+                self._answers.hits += 1
+            else:
+                self._answers.stale_served += 1
         if name is None:
             return data[:2] + tail
         return data[:2] + tail[:10] + name + tail[10 + len(name) :]  # the question in the client's letter case
@@ -179,7 +185,7 @@ class Repeats:
     ) -> None:
         """Keep a blocked answer to a UDP query until `until`; from_cache: it came from a cached answer's chain."""
         blocked = (school, block.category, block.authority)
-        self._keep(school, data, segment, reply, "blocked", blocked, from_cache, until, None)
+        self._keep(school, data, segment, reply, "blocked", blocked, FROM_CACHE if from_cache else 0, until, None)
 
     def keep_replayed(
         self, school: str, data: bytes, segment: int, reply: bytes, result: str, entry: cache.CacheEntry
@@ -193,7 +199,11 @@ class Repeats:
         # TTLs elsewhere than the entry's offsets say: like a truncated one, it is not re-aged.
         whole = reply[10] << 8 | reply[11] == (entry.message[10] << 8 | entry.message[11]) + (data[10] | data[11] > 0)
         renewal = entry if whole and not reply[2] & 0x02 else None
-        self._keep(school, data, segment, reply, result, None, True, entry.exact_until, renewal)
+        self._keep(school, data, segment, reply, result, None, FROM_CACHE, entry.exact_until, renewal)
+
+    def keep_stale(self, school: str, data: bytes, segment: int, reply: bytes, until: float) -> None:
+        """Keep a stale answer (TTL 30, EDE 3) to a UDP query until `until`, the end of its failure recheck."""
+        self._keep(school, data, segment, reply, "stale", None, STALE, until, None)
 
     def drop_all(self) -> None:
         """Forget every kept answer (a new snapshot was installed)."""
@@ -210,7 +220,7 @@ class Repeats:
         reply: bytes,
         result: str,
         blocked: tuple[str, str, str] | None,
-        from_cache: bool,
+        from_cache: int,
         until: float,
         renewal: cache.CacheEntry | None,
     ) -> None:

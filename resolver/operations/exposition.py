@@ -135,7 +135,8 @@ def _cache(s: workerstate.WorkerState) -> Iterator[Metric]:
         ("evictions", "Answers pushed out of the full cache."),
         (
             "stale_served",
-            "Expired answers served: upstream slower than cache.stale_wait_seconds, or every upstream failed.",
+            "Expired answers served (repeats included): upstream slower than cache.stale_wait_seconds, "
+            "every upstream failed, or a refresh failed less than cache.stale_failure_recheck_seconds ago.",
         ),
     ):
         yield _counter(f"schooldns_cache_{name}", text, getattr(s, f"cache_{name}"))

@@ -127,12 +127,21 @@ def test_a_failed_refresh_holds_its_question_stale_for_the_recheck_timer():
     answers = cache.AnswerCache(10, stale_seconds=3600, failure_recheck_seconds=30)
     answers.store(query.key, answer, 0.0)
     answers.refresh_failed(query.key, 200.0)
-    assert answers.rechecking(query.key, 200.0) and answers.rechecking(query.key, 229.9)
+    assert answers.rechecking(query.key, 200.0) == answers.rechecking(query.key, 229.9) == 230.0
     assert not answers.rechecking(query.key, 230.0)  # the timer ended: ask upstream again
     answers.refresh_failed(query.key, 300.0)
     answers.store(query.key, answer, 301.0)  # refreshed after all
     assert not answers.rechecking(query.key, 302.0)
     assert not answers._failed
+
+
+def test_the_recheck_timer_ends_with_the_stale_window():
+    query, answer = make_answer(ttl=100)
+    answers = cache.AnswerCache(10, stale_seconds=120, failure_recheck_seconds=30)
+    answers.store(query.key, answer, 0.0)
+    answers.refresh_failed(query.key, 200.0)
+    assert answers.rechecking(query.key, 210.0) == 220.0  # expired at 100, stale until 220
+    assert not answers.rechecking(query.key, 220.0)
 
 
 def test_recheck_marks_are_only_kept_for_cached_answers():

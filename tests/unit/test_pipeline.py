@@ -719,3 +719,32 @@ def test_an_unknown_client_is_sent_a_refusal_within_its_networks_budget_and_noth
     assert counters.dropped == {"unknown_client_rate_limit": 1}
     assert counters.queries == {("unknown", "udp", "refused"): 3, ("unknown", "tcp", "refused"): 1}
     assert counters.malformed == 6
+
+
+def test_a_stale_answer_at_once_is_kept_as_a_repeat_until_the_failure_recheck_ends(stale_site):
+    pipe, forwarder, _, counters, now = stale_site
+    _start(pipe)
+    forwarder.answer_held(fail=True)  # the refresh failed at 400 s: stale at once until 430 s
+    first = pipe.handle(_query(Row("", "www.example.com"), 11), SCHOOL_A, "udp")
+    now[0] += 29.0
+    again = pipe.handle(_query(Row("", "www.example.com"), 12), SCHOOL_A, "udp")
+    assert isinstance(first, bytes) and isinstance(again, bytes) and first[2:] == again[2:]
+    assert len(pipe.repeats) == 1 and counters.queries[("school-a", "udp", "stale")] == 2
+    assert pipe.cache.stale_served == 3  # the failed question's, the one at once, its repeat
+    now[0] += 1.0
+    assert isinstance(pipe.handle(_query(Row("", "www.example.com"), 13), SCHOOL_A, "udp"), pipeline.Pending)
+
+
+def test_a_refresh_that_comes_in_the_failure_recheck_ends_its_repeats(stale_site):
+    pipe, forwarder, timers, _, _ = stale_site
+    _start(pipe)
+    _start(pipe, edns=False)
+    timers.advance(1.8)  # both answered stale; their questions go on
+    (_, late), (_, failing) = forwarder.held
+    failing(None, upstream.AllUpstreamsFailed("every upstream failed: timeout", wire.EDE_NO_REACHABLE_AUTHORITY))
+    stale = pipe.handle(_query(Row("", "www.example.com"), 11), SCHOOL_A, "udp")
+    assert isinstance(stale, bytes) and len(pipe.repeats) == 1
+    forwarder.address = "192.0.2.99"
+    late(forwarder.answer(forwarder.held[0][0]), None)  # the other question's answer, in the recheck
+    fresh = pipe.handle(_query(Row("", "www.example.com"), 11), SCHOOL_A, "udp")
+    assert isinstance(fresh, bytes) and dns.message.from_wire(fresh).answer[0][0].to_text() == "192.0.2.99"
