@@ -125,7 +125,8 @@ fuzz: $(STAMP)
 # The soak test (not part of `make test`): the real server (a hub and an instance syncing from it,
 # `workers: 2`) at half its measured capacity for SOAK_SECONDS (default 600), with a list change, a
 # policy write and a sync every minute and the upstream silent for 30 s in the middle; fails on a
-# lost or wrong answer or 5% RSS growth after the first minute (tests/perf/soak.py, docs/reliability.md).
+# lost or wrong answer or 5% RSS growth in the steady state: the cache full, a round past the outage
+# (tests/perf/soak.py, docs/reliability.md).
 SOAK_SECONDS ?= 600
 soak: $(STAMP) bytecode
 	$(PY) tests/perf/soak.py --seconds $(SOAK_SECONDS) --output tests/perf/out/soak.json
