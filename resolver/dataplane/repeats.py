@@ -5,11 +5,11 @@ it the kept answer with its own ID, without parse, decision or replay, and count
 answer it repeats (a repeat of a cache hit is a cache hit, of a stale answer a stale answer
 served). A query that differs only in the letter case of its name (DNS 0x20) is a repeat too:
 answers are kept under the bytes with the name in lower case, and such a repeat gets the
-question back in its own letter case. So is a query
-whose OPT record's only option is a client COOKIE (RFC 7873): schooldns sends no server cookie and
-answers the query as if the option were not there, so it is kept under the bytes without it. A kept
-answer holds while its decision does (the school's schedule segment it was made in) and until
-`drop_all` (a new snapshot); a replayed cache entry is re-aged in the kept bytes until the
+question back in its own letter case. So is a query whose OPT record's only option is a client
+COOKIE (RFC 7873): schooldns sends no server cookie and answers the query as if the option were
+not there, so it is kept under the bytes without it. A kept answer holds while its decision does
+(the school's schedule segment it was made in) and until `drop_all` (a new snapshot, or a late
+refresh of a name in its failure recheck); a replayed cache entry is re-aged in the kept bytes until the
 cached answer expires, a blocked or stale answer until the `until` it was kept with (see
 docs/architecture.md, "Repeats patch two bytes").
 """
@@ -206,7 +206,7 @@ class Repeats:
         self._keep(school, data, segment, reply, "stale", None, STALE, until, None)
 
     def drop_all(self) -> None:
-        """Forget every kept answer (a new snapshot was installed)."""
+        """Forget every kept answer (a new snapshot was installed, or a refresh outdated stale ones)."""
         self._tables = {}
         self._previous = {}
         self._verdicts = {}
