@@ -27,7 +27,7 @@ during it, every round's writes, publishes, sync and probes succeeded, no worker
 no process's RSS grew by 5% or more from its steady state to the end. The steady state begins
 once the cache is at its bound and the outage is a round past: the memory a worker took for the
 outage's misses and for a snapshot built beside the one serving stays with the process (the
-allocators keep their high-water mark), and is no leak (docs/reliability.md, "Figures"). The
+allocators keep their high-water mark), and is no leak (docs/reliability.md, "Memory"). The
 growth from the end of the first minute is printed beside it. Prints a table; exit status 1 if
 anything failed. Shorter runs (--seconds, SOAK_SECONDS in `make soak`) shrink the round, the
 outage and the warm-up with it.
