@@ -219,6 +219,11 @@ class AnswerCache:
         self._failed.clear()
         self.bytes = 0
 
+    def touch(self, key: bytes) -> None:
+        """Make the entry of `key`, if cached, the most recently used (its answer was repeated: see repeats)."""
+        if key in self._entries:
+            self._entries.move_to_end(key)
+
     def renewal(self, stored: bytes) -> tuple[float, float, tuple[int, ...]]:
         """(stored_at, expires_at, TTL offsets) of what the cache kept for an entry (CacheEntry.stored)."""
         stored_at, expires_at, _, _, count, _ = _HEAD.unpack_from(stored)

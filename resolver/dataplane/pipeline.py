@@ -357,7 +357,7 @@ class Pipeline:
             reply = wire.replay(entry.message, entry.question_length, query, limit)
             self.counters.count(school.id, transport, "cached")
             if transport == "udp":
-                self.repeats.keep_replayed(school.id, data, segment, reply, "cached", entry)
+                self.repeats.keep_replayed(school.id, data, segment, reply, "cached", entry, key)
             return reply
 
         # 6.-8. Forward upstream, then cache, inspect and count (_forwarded): the only stage that waits.
@@ -568,7 +568,7 @@ class Pipeline:
             reply = wire.replay(entry.message, entry.question_length, query, limit)
             self.counters.count(school.id, transport, "rewritten")
             if transport == "udp":
-                self.repeats.keep_replayed(school.id, data, segment, reply, "rewritten", entry)
+                self.repeats.keep_replayed(school.id, data, segment, reply, "rewritten", entry, key)
             return reply
         target_query = wire.make_synthetic_query(target, query.qtype, query.do)
         return Pending(self, query, school, snapshot, transport, limit, now, target_query, key)

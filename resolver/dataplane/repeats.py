@@ -38,7 +38,7 @@ BLOCKED_REPEAT_SECONDS = 60.0  # a blocked answer decided now is kept for this l
 # Inside this room only, a repeat is a plain tuple of atomic values, so the garbage collector stops
 # tracking it and a full table adds nothing to its pauses (a NamedTuple or a dataclass would stay
 # tracked):
-#   (tail, until, verdict, aged_for, stored)
+#   (tail, until, verdict, aged_for, stored, cache_key)
 # tail: the answer without its 2-byte ID; until: clock() time when the tail stops holding;
 # verdict: (segment, counted, blocked, from_cache), one tuple shared by every repeat with the same:
 #   segment: the school's schedule segment of the decision; counted / blocked: Counters keys;
@@ -47,10 +47,12 @@ BLOCKED_REPEAT_SECONDS = 60.0  # a blocked answer decided now is kept for this l
 # aged_for, stored: for a replayed cache entry, the seconds of age the tail's TTLs were reduced by
 # and what the cache kept for the entry (CacheEntry.stored: the same bytes object, so a repeat
 # holds no times of its own), from which the tail is re-aged at `until`; else 0 and None: the
-# repeat ends there.
+# repeat ends there. cache_key: the entry's key in the cache, made recent there at each re-aging (a
+# name answered from repeats only would otherwise grow old in the cache's LRU order and be evicted
+# first, and then have no stale answer to give in an upstream outage); else None.
 _Verdict = tuple[int, tuple[str, str, str], tuple[str, str, str] | None, int]
 FROM_CACHE, STALE = 1, 2
-_Repeat = tuple[bytes, float, _Verdict, int, bytes | None]
+_Repeat = tuple[bytes, float, _Verdict, int, bytes | None, bytes | None]
 _Tables = dict[str, dict[bytes, _Repeat]]  # school id -> query bytes after the ID -> repeat
 
 # The last 14 bytes of a query whose OPT record (its last record) holds a client cookie alone:
@@ -152,7 +154,7 @@ class Repeats:
                     return None
                 self._previous_count -= 1
                 table = self._put(school, key, repeat)
-        tail, until, verdict, _, _ = repeat
+        tail, until, verdict, _, _, _ = repeat
         kept_segment, counted, blocked, from_cache = verdict
         if kept_segment != segment:
             return None
@@ -188,9 +190,16 @@ class Repeats:
         self._keep(school, data, segment, reply, "blocked", blocked, FROM_CACHE if from_cache else 0, until, None)
 
     def keep_replayed(
-        self, school: str, data: bytes, segment: int, reply: bytes, result: str, entry: cache.CacheEntry
+        self,
+        school: str,
+        data: bytes,
+        segment: int,
+        reply: bytes,
+        result: str,
+        entry: cache.CacheEntry,
+        cache_key: bytes,
     ) -> None:
-        """Keep a cache entry replayed for a UDP query (result: its counting label); re-aged with the entry.
+        """Keep a cache entry (`cache_key` in the cache) replayed for a UDP query (result: its label); re-aged with it.
 
         A truncated replay (TC set, or without its additional records) is not re-aged: it holds
         until the entry's next second of age.
@@ -199,7 +208,7 @@ class Repeats:
         # TTLs elsewhere than the entry's offsets say: like a truncated one, it is not re-aged.
         whole = reply[10] << 8 | reply[11] == (entry.message[10] << 8 | entry.message[11]) + (data[10] | data[11] > 0)
         renewal = entry if whole and not reply[2] & 0x02 else None
-        self._keep(school, data, segment, reply, result, None, FROM_CACHE, entry.exact_until, renewal)
+        self._keep(school, data, segment, reply, result, None, FROM_CACHE, entry.exact_until, renewal, cache_key)
 
     def keep_stale(self, school: str, data: bytes, segment: int, reply: bytes, until: float) -> None:
         """Keep a stale answer (TTL 30, EDE 3) to a UDP query until `until`, the end of its failure recheck."""
@@ -223,6 +232,7 @@ class Repeats:
         from_cache: int,
         until: float,
         renewal: cache.CacheEntry | None,
+        cache_key: bytes | None = None,
     ) -> None:
         if not self.enabled:
             return
@@ -240,9 +250,9 @@ class Repeats:
         verdict = (segment, (school, "udp", result), blocked, from_cache)
         verdict = self._verdicts.setdefault(verdict, verdict)
         if renewal is None:
-            self._put(school, key, (tail, until, verdict, 0, None))
+            self._put(school, key, (tail, until, verdict, 0, None, None))
         else:
-            self._put(school, key, (tail, until, verdict, renewal.aged_for, renewal.stored))
+            self._put(school, key, (tail, until, verdict, renewal.aged_for, renewal.stored, cache_key))
 
     def _put(self, school: str, key: bytes, repeat: _Repeat) -> dict[bytes, _Repeat]:
         """Keep a repeat in the current generation, the generations moved on first if it is full; its table."""
@@ -264,12 +274,14 @@ class Repeats:
 
     def _renew(self, table: dict[bytes, _Repeat], key: bytes, repeat: _Repeat, now: float) -> bytes | None:
         """A repeat's tail past `until`, its TTLs aged to `now` and ahead, while its cached answer lives; else None."""
-        tail, _, verdict, aged_for, stored = repeat
-        if stored is None:
+        tail, _, verdict, aged_for, stored, cache_key = repeat
+        if stored is None or cache_key is None:
             return None  # a blocked answer
-        stored_at, expires_at, offsets = self._answers.renewal(stored)
+        answers = self._answers
+        stored_at, expires_at, offsets = answers.renewal(stored)
         if now >= expires_at:
             return None  # its cached answer expired
+        answers.touch(cache_key)
         age = int(now - stored_at)
         ahead = int(expires_at - now) >> 4  # at most 1/16 of the shortest TTL left
         if ahead > REPEAT_AGE_AHEAD_SECONDS:
@@ -279,5 +291,5 @@ class Repeats:
         until = stored_at + age + 1
         if until > expires_at:  # not min(): a call costs more than the comparison
             until = expires_at
-        table[key] = (tail, until, verdict, age, stored)
+        table[key] = (tail, until, verdict, age, stored, cache_key)
         return tail

@@ -72,7 +72,7 @@ TTL, TTL_MAX = 10, 25
 # Room for the stores of twice the longest TTL: a name answered from repeats is made recent in the
 # cache only when stored again, once a TTL, and one evicted has no stale answer in the outage (with
 # 12,000 at 14,500 qps, one worker taking more of the load's sockets, hundreds of names were).
-CACHE_ENTRIES = 24000
+CACHE_ENTRIES = int(os.environ.get("SOAK_CACHE_ENTRIES", 24000))
 CHURN_BASE, CHURN_ROUND = 1000, 50  # names of `games` that stay, and that change each round
 FLIP_LIST = "flip-list.soak.example"  # in `games` (blocked for school A) in odd rounds
 FLIP_POLICY = "flip-policy.soak.example"  # denied by school A's policy in odd rounds

@@ -129,6 +129,26 @@ async def test_repeat_ttl_is_never_above_the_exact_ttl_and_at_most_a_sixteenth_b
     assert forwarder.asked == ["www.example.com"]
 
 
+async def test_a_name_answered_from_repeats_stays_recent_in_the_cache(tmp_path):
+    """One-off names churn a small cache while a hot name is answered from the repeats only: its
+    cached answer, made recent at each re-aging, is never the one evicted (its stale answer is what
+    an upstream outage would serve)."""
+    pipe, clocks, forwarder, _counters, answers, _ = make_site(tmp_path)
+    answers.max_entries = 10
+    hot = "hot.example.com"
+    await answer(pipe, query(hot, 1))
+    await answer(pipe, query(hot, 2))  # a cache hit, kept as a repeat
+    hits = pipe.repeats.hits
+    hot_key = wire.parse_query(query(hot, 3)).key
+    for number in range(40):
+        clocks.advance(1.1)  # past each repeat's second: the next repeat is re-aged
+        await answer(pipe, query(f"once{number}.example.com", 10 + number))
+        assert (await answer(pipe, query(hot, 3))).answer[0].ttl <= 300
+        assert hot_key in answers._entries  # still cached (lookup would make it recent itself)
+    assert pipe.repeats.hits - hits == 40 and forwarder.asked.count(hot) == 1
+    assert answers.evictions == 31  # 41 names through a cache of 10: only one-off names went
+
+
 async def test_repeat_ends_when_its_cached_answer_expires(site):
     pipe, clocks, forwarder, *_ = site
     await answer(pipe, query("www.example.com", 1))
