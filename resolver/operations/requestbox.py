@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from resolver.control import config
-from resolver.operations import shedding
+from resolver.operations import shedding, sqlitetx
 
 REQUESTS_FILE = "requests.sqlite"  # in state_dir
 MAX_OPEN_PER_SCHOOL = 500  # open requests one school may have waiting; more are not taken
@@ -253,14 +253,8 @@ class RequestBox:
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[sqlite3.Connection]:
-        with self._connection() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+        with self._connection() as db, sqlitetx.immediate(db):
+            yield db
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:

@@ -27,6 +27,7 @@ from pathlib import Path
 from resolver.dataplane import metrics, workerstate
 from resolver.errors import ResolverError
 from resolver.filtering import policyfile
+from resolver.operations import sqlitetx
 
 log = logging.getLogger(__name__)
 
@@ -245,13 +246,8 @@ class RollupStore:
             with contextlib.closing(self._connect(str(self.path))) as db:
                 db.execute("PRAGMA synchronous = FULL")
                 self._check_version(db, writing=True)
-                db.execute("BEGIN IMMEDIATE")
-                try:
+                with sqlitetx.immediate(db):
                     yield db
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-                db.execute("COMMIT")
         except (sqlite3.Error, OSError) as exc:
             raise RollupError(f"{self.path}: cannot write the rollups: {exc}") from None
 
