@@ -27,7 +27,7 @@ from collections.abc import Callable, Sized
 from pathlib import Path
 from typing import Protocol
 
-from resolver.dataplane import ednsopt, frontends, metrics, proxyv2, server, wire
+from resolver.dataplane import ednsopt, frontends, metrics, proxyv2, server, tlsstream
 from resolver.errors import ResolverError
 
 log = logging.getLogger(__name__)
@@ -211,6 +211,8 @@ class TlsListener:
         conn.setblocking(False)
         client: str | bytes = peer
         front_end = False  # a trusted front-end's without a PROXY header before TLS: one inside, or Client Subnets
+        session: tlsstream.TlsSession | None = None
+        started = False
         try:
             async with asyncio.timeout(HANDSHAKE_SECONDS):
                 if self.front_ends is not None and self.front_ends.trusted(peer):
@@ -219,17 +221,24 @@ class TlsListener:
                         front_end = True
                     elif header.client is not None:  # (a LOCAL header leaves the front-end's own address)
                         client = header.client
-                await self.loop.connect_accepted_socket(
+                session = tlsstream.TlsSession(
+                    self.certificates.context(),
                     functools.partial(self.make_protocol, client, front_end),
-                    conn,
-                    ssl=self.certificates.context(),
-                    ssl_handshake_timeout=HANDSHAKE_SECONDS,
+                    self.loop.create_future(),
                 )
+                await self.loop.connect_accepted_socket(lambda: session, conn)
+                await session.handshaken
+                started = True
         except proxyv2.ProxyError:  # counted by stream_header
-            conn.close()
+            pass
         except (OSError, EOFError):  # ssl.SSLError, resets, TimeoutError: a handshake that did not end well
             self.counters.rejected[(self.kind, "tls_handshake")] += 1
-            conn.close()
+        finally:
+            if not started:  # (cancelled too: the listener closing)
+                if session is not None and session.tcp is not None:
+                    session.give_up()
+                else:
+                    conn.close()
 
     async def _proxy_header(self, conn: socket.socket, front_ends: frontends.FrontEnds) -> proxyv2.Header | None:
         """The PROXY header at the start of a trusted front-end's connection, taken off it; None when
@@ -268,10 +277,10 @@ class DotConnection(server.TcpConnection):
     """One DNS-over-TLS connection (RFC 7858): the TCP listener's, over TLS, its answers padded (RFC 8467).
 
     The answers made in one turn of the event loop (those to the queries of one read, mostly) go
-    out with one system call, each answer in a TLS record of its own: a client that reads one
-    message per wake-up of its event loop (getdns, and so stubby) leaves the rest of a record
-    holding several unread, since its socket is not readable again, and its later queries wait
-    until the connection closes.
+    out with one system call, each answer in a TLS record of its own (tlsstream.TlsSession): a
+    client that reads one message per wake-up of its event loop (getdns, and so stubby) leaves the
+    rest of a record holding several unread, since its socket is not readable again, and its later
+    queries wait until the connection closes.
     """
 
     label = "dot"
@@ -279,15 +288,6 @@ class DotConnection(server.TcpConnection):
     def __init__(self, shared: server.TcpConnections, client: str | bytes = "", front_end: bool = False):
         super().__init__(shared, client)
         self.front_end = self.awaiting_header = front_end
-        self.unsent: list[bytes] = []
 
     def _write(self, reply: bytes) -> None:
-        if not self.unsent:
-            asyncio.get_running_loop().call_soon(self._send)
-        self.unsent.append(wire.frame(ednsopt.pad(reply)))
-
-    def _send(self) -> None:
-        answers, self.unsent = self.unsent, []
-        if self.transport is not None and not self.transport.is_closing():
-            # asyncio's TLS transport makes a record of each item, then writes them all at once.
-            self.transport.writelines(answers)
+        super()._write(ednsopt.pad(reply))  # the TLS transport (tlsstream.TlsSession) batches the records
