@@ -15,6 +15,7 @@ COMPILABLE = (
     "resolver.filtering.schools",
     "resolver.dataplane.metrics",
     "resolver.dataplane.pipeline",
+    "resolver.dataplane.headerblock",
 )
 
 

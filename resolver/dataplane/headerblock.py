@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from resolver.errors import ResolverError
+
 STATIC: Final = (
     (b":authority", b""),
     (b":method", b"GET"),
@@ -83,7 +85,7 @@ _LENGTHS: Final = (
 _EOS: Final = 256
 
 
-class HeaderBlockError(Exception):
+class HeaderBlockError(ResolverError):
     """A header block that does not decode: the connection cannot go on (COMPRESSION_ERROR, RFC 9113 4.3)."""
 
 

@@ -70,6 +70,8 @@ class TlsSession(asyncio.Transport, asyncio.BufferedProtocol):
                     ended = True  # close_notify
                     break
                 pos += size
+                if not self.incoming.pending and not self.tls.pending():
+                    break  # all read (asking once more would raise SSLWantReadError, which costs more)
                 if pos > READ_SIZE - RECORD:  # full: what it holds goes now
                     self._deliver(pos)
                     pos = 0

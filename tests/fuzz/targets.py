@@ -23,9 +23,10 @@ from typing import Any
 
 import dns.message
 import dns.rrset
+import hpack
 
 from resolver.control import config, snapshots
-from resolver.dataplane import cache, doh, metrics, pipeline, proxyv2, server, upstream, wire
+from resolver.dataplane import cache, doh, headerblock, metrics, pipeline, proxyv2, server, upstream, wire
 from resolver.errors import ResolverError
 from resolver.filtering import listformats, policy, policyfile
 from resolver.operations import admin, policyedit
@@ -437,6 +438,29 @@ def _doh_http1_seeds() -> list[bytes]:
     return [b"\x05" + get + post + close, b"\x0c" + post + get, b"\x00" + get * 3]
 
 
+def hpack_blocks(data: bytes) -> None:
+    """data: one byte (where the first block ends), then HTTP/2 header blocks a client sends on one connection."""
+    if not data:
+        return
+    decoder = headerblock.Decoder(doh.MAX_HEAD * 2)
+    cut = 1 + data[0] % max(len(data), 1)
+    for block in (data[1:cut], data[cut:]):
+        headers = decoder.decode(block)
+        assert sum(32 + len(name) + len(value) for name, value in headers) <= decoder.max_header_list_size
+        assert decoder.size == sum(32 + len(n) + len(v) for n, v in decoder.entries) <= decoder.table_size <= 4096
+
+
+def _hpack_seeds() -> list[bytes]:
+    encoder = hpack.Encoder()
+    path = b"/dns-query?dns=" + base64.urlsafe_b64encode(dns.message.make_query("example.com", "A").to_wire())
+    request = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"doh.example"), (b":path", path)]
+    first = encoder.encode([*request, (b"user-agent", b"fuzz")], huffman=True)
+    second = encoder.encode([*request[:3], (b":path", path[:-4])], huffman=True)
+    encoder.header_table_size = 256
+    third = encoder.encode([(b":method", b"POST"), (b"content-type", b"application/dns-message")], huffman=False)
+    return [bytes([len(first)]) + first + second, bytes([len(second)]) + second + third]
+
+
 TARGETS: dict[str, Target] = {
     target.name: target
     for target in (
@@ -449,6 +473,7 @@ TARGETS: dict[str, Target] = {
         Target("proxy_v2", proxy_v2, (proxyv2.ProxyError,), _proxy_seeds),
         Target("doh_request", doh_request, (), _doh_request_seeds),
         Target("doh_http1", doh_http1, (), _doh_http1_seeds),
+        Target("hpack_blocks", hpack_blocks, (headerblock.HeaderBlockError,), _hpack_seeds),
     )
 }
 

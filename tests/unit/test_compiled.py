@@ -33,6 +33,7 @@ def test_the_build_compiles_the_modules_the_package_names():
         "resolver/filtering/schools.py",
         "resolver/dataplane/metrics.py",
         "resolver/dataplane/pipeline.py",
+        "resolver/dataplane/headerblock.py",
     ]
     assert all((ROOT / path).is_file() for path in setup["compilable"]())
 
