@@ -6,7 +6,8 @@ from typing import Final
 
 from resolver.errors import ResolverError
 
-STATIC: Final = (
+# Not Final: mypyc would build a Final tuple anew where it is used.
+STATIC: tuple[tuple[bytes, bytes], ...] = (
     (b":authority", b""),
     (b":method", b"GET"),
     (b":method", b"POST"),

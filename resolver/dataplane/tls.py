@@ -3,7 +3,8 @@
 A listener accepts on its own socket, and for each connection: turns it away past
 `limits.tcp_max_connections` open (or as many handshakes under way), reads the PROXY v2 header a
 trusted front-end sends before TLS (peeked, so a connection without one starts TLS with its
-first byte), then runs the handshake with the certificate of the moment, bounded in time. A
+first byte), then runs the handshake with the certificate of the moment, bounded in time, on a
+TLS transport of the package's own (tlsstream.TlsSession, not asyncio's, whose layers cost more). A
 failed or timed-out handshake is counted, never logged above DEBUG. The connection then
 belongs to its protocol, told its client and whether it is a trusted front-end's without a
 PROXY header before TLS: such a connection may begin with one inside TLS (dnsdist sends it so to
