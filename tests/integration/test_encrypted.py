@@ -371,3 +371,81 @@ async def test_a_doh_query_over_its_schools_rate_cap_gets_429_and_is_counted(tmp
         statuses = out.split()
         assert code == 0 and set(statuses) == {"200", "429"} and statuses.count("200") >= 2, out
         assert resolver.worker.counters.dropped["school_rate_limit"] == statuses.count("429")
+
+
+class RawTls:
+    """A DoT client that makes its own TLS records (ssl.SSLObject over a plain connection)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ca: CertificateAuthority):
+        self.reader, self.writer = reader, writer
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = tls_client(ca).wrap_bio(self.incoming, self.outgoing, server_hostname=SERVER_NAME)
+
+    async def start(self) -> None:
+        while True:
+            try:
+                self.tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self.send()
+                assert await self.receive()
+        self.send()
+
+    def send(self, *records: bytes) -> None:
+        """Each piece a TLS record of its own, all in one write."""
+        for record in records:
+            self.tls.write(record)
+        self.writer.write(self.outgoing.read())
+
+    async def receive(self) -> bool:
+        data = await asyncio.wait_for(self.reader.read(65536), 5)
+        self.incoming.write(data) if data else self.incoming.write_eof()
+        return bool(data)
+
+    async def answers(self, count: int) -> list[dns.message.Message]:
+        stream = b""
+        while True:
+            with contextlib.suppress(ssl.SSLWantReadError):
+                while chunk := self.tls.read(65536):
+                    stream += chunk
+            messages, rest = [], stream
+            while len(rest) >= 2 and len(rest) >= 2 + int.from_bytes(rest[:2]):
+                messages.append(dns.message.from_wire(rest[2 : 2 + int.from_bytes(rest[:2])]))
+                rest = rest[2 + int.from_bytes(rest[:2]) :]
+            if len(messages) >= count:
+                return messages
+            assert await self.receive()
+
+
+async def test_queries_in_records_of_any_shape_are_answered_and_both_ends_close_cleanly(tmp_path):
+    async with encrypted(tmp_path, "limits: {tcp_idle_timeout_seconds: 0.5}\n") as (resolver, ca, _):
+        client = RawTls(*await asyncio.open_connection("127.0.0.1", dot_port(resolver)), ca)
+        await client.start()
+        framed = [
+            len(q).to_bytes(2) + q
+            for q in (wire_query("www.example.com", query_id=n) for n in range(1, 5))  # 4 queries
+        ]
+        # Two records of a query each; then one cut across two records; then half of one, the rest later.
+        client.send(framed[0], framed[1], framed[2][:1], framed[2][1:], framed[3][:7])
+        await asyncio.sleep(0)
+        client.send(framed[3][7:])
+        answers = await client.answers(4)
+        assert sorted(a.id for a in answers) == [1, 2, 3, 4]
+        assert all(a.rcode() == dns.rcode.NOERROR and a.answer for a in answers)
+
+        # The client's close_notify gets the server's, and the connection closes.
+        with contextlib.suppress(ssl.SSLWantReadError):
+            client.tls.unwrap()
+        client.send()
+        while await client.receive():
+            pass
+        client.tls.unwrap()  # the server's close_notify came: no error
+        client.writer.close()
+
+        # An idle connection is closed with a close_notify, not cut off.
+        idle = RawTls(*await asyncio.open_connection("127.0.0.1", dot_port(resolver)), ca)
+        await idle.start()
+        while await idle.receive():
+            pass
+        assert idle.tls.read(1) == b""  # a close_notify (a TCP end without one raises SSLEOFError)
+        idle.writer.close()
