@@ -16,6 +16,7 @@ COMPILABLE = (
     "resolver.dataplane.metrics",
     "resolver.dataplane.pipeline",
     "resolver.dataplane.headerblock",
+    "resolver.dataplane.doh",
 )
 
 

@@ -107,15 +107,16 @@ def min_ttl(answer: bytes) -> int:
         pos = 12
         for _ in range(qdcount):
             pos = wire.skip_name(answer, pos, size) + 4
-        smallest = math.inf
+        smallest = -1  # none yet
         for _ in range(ancount + nscount):
             pos = wire.skip_name(answer, pos, size)
             _type, _class, ttl, rdlength = _RR_FIXED.unpack_from(answer, pos)
-            smallest = min(smallest, ttl)
+            if smallest < 0 or ttl < smallest:
+                smallest = ttl
             pos += 10 + rdlength
     except (struct.error, wire.WireError):
         return 0
-    return 0 if smallest is math.inf else int(smallest)
+    return max(smallest, 0)
 
 
 def _dns_parameter(query: bytes) -> bytes | None:

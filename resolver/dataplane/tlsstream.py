@@ -38,6 +38,8 @@ class TlsSession(asyncio.Transport, asyncio.BufferedProtocol):
         self.incoming = ssl.MemoryBIO()
         self.outgoing = ssl.MemoryBIO()
         self.tls = context.wrap_bio(self.incoming, self.outgoing, server_side=True)
+        # Given a buffer, read() returns how many bytes it put there (typeshed says bytes).
+        self.read_into: Callable[[int, memoryview], int] = self.tls.read  # type: ignore[assignment]
         self.make_protocol = make_protocol
         self.handshaken = handshaken
         self.tcp: asyncio.Transport | None = None
@@ -61,11 +63,10 @@ class TlsSession(asyncio.Transport, asyncio.BufferedProtocol):
         if self.app is None and not self._handshake():
             return
         ended = False
-        size: int = 0
-        pos = 0
+        size = pos = 0
         try:
             while True:
-                size = self.tls.read(READ_SIZE - pos, _plain[pos:])  # type: ignore[assignment]  # (an int, given a buffer)
+                size = self.read_into(READ_SIZE - pos, _plain[pos:])
                 if not size:
                     ended = True  # close_notify
                     break

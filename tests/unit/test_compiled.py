@@ -34,6 +34,7 @@ def test_the_build_compiles_the_modules_the_package_names():
         "resolver/dataplane/metrics.py",
         "resolver/dataplane/pipeline.py",
         "resolver/dataplane/headerblock.py",
+        "resolver/dataplane/doh.py",
     ]
     assert all((ROOT / path).is_file() for path in setup["compilable"]())
 
@@ -69,5 +70,5 @@ def test_version_says_which_modules_are_compiled():
     )
     expected = "schooldns 0.1.0"
     if resolver.compiled_modules():
-        expected += " (compiled: wire, cache, repeats, domains, policy, schools, metrics, pipeline)"
+        expected += " (compiled: wire, cache, repeats, domains, policy, schools, metrics, pipeline, headerblock, doh)"
     assert (version.returncode, version.stdout, version.stderr) == (0, expected + "\n", "")
