@@ -9,6 +9,7 @@ from typing import Any
 
 READ_SIZE = 65536  # bytes received, and plaintext given to the application protocol, at once at most
 RECORD = 16384  # the most plaintext one TLS record holds
+SHUTDOWN_SECONDS = 5.0  # after close(): the peer's end of its stream is waited for this long, then it is cut
 # Every connection of a worker receives into this one buffer and decrypts into the other: the bytes
 # received go into the connection's TLS object, and its plaintext to its protocol (as bytes of their
 # own), before the event loop turns to anything else. (asyncio's own TLS keeps 256 KiB a connection.)
@@ -25,7 +26,8 @@ class TlsSession(asyncio.Transport, asyncio.BufferedProtocol):
     during that call, or in one turn of the event loop, leave in one write to the socket.
     `make_protocol` makes the application protocol once the handshake has ended, and `handshaken`
     says how the handshake ended. A peer's close_notify, or its end of the TCP stream, closes the
-    connection; close() sends a close_notify and does not wait for the peer's.
+    connection; close() sends a close_notify and the end of the stream, then waits for the peer to
+    end its side (at most SHUTDOWN_SECONDS), reading and dropping what it still sends.
     """
 
     def __init__(
@@ -47,6 +49,7 @@ class TlsSession(asyncio.Transport, asyncio.BufferedProtocol):
         self.closing = False
         self.reading = False  # in the application's data_received: its writes leave when it returns
         self.flushing = False  # a write to the socket is due in this turn of the event loop
+        self.shutdown_timer: asyncio.TimerHandle | None = None  # closed: how long the peer has to end its side
 
     # The TCP transport's side.
 
@@ -124,6 +127,8 @@ class TlsSession(asyncio.Transport, asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
+        if self.shutdown_timer is not None:
+            self.shutdown_timer.cancel()
         if not self.handshaken.done():
             self.handshaken.set_exception(exc or ConnectionResetError("closed during the TLS handshake"))
         if self.app is not None:
@@ -179,14 +184,24 @@ class TlsSession(asyncio.Transport, asyncio.BufferedProtocol):
         if self.closing:
             return
         self.closing = True
-        if self.app is not None:
-            try:
-                self.tls.unwrap()  # its close_notify
-            except (ssl.SSLError, OSError):  # SSLWantReadError: the peer's is not waited for
-                pass
-            self._flush()
-        if self.tcp is not None:
-            self.tcp.close()
+        tcp = self.tcp
+        if tcp is None:
+            return
+        if self.app is None:
+            tcp.close()
+            return
+        try:
+            self.tls.unwrap()  # its close_notify
+        except (ssl.SSLError, OSError):  # SSLWantReadError: the peer's is not waited for
+            pass
+        self._flush()
+        # The end of this side's stream goes after the close_notify, and what the peer still sends is
+        # read and dropped until it ends its own (or SHUTDOWN_SECONDS pass): a socket closed with bytes
+        # unread is reset, and the reset can beat the last answers to the peer (a request refused
+        # before its body had all come).
+        tcp.write_eof()
+        tcp.resume_reading()
+        self.shutdown_timer = asyncio.get_running_loop().call_later(SHUTDOWN_SECONDS, tcp.abort)
 
     def abort(self) -> None:
         self.closing = True
