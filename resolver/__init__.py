@@ -15,6 +15,10 @@ COMPILABLE = (
     "resolver.filtering.schools",
     "resolver.dataplane.metrics",
     "resolver.dataplane.pipeline",
+    "resolver.dataplane.udpbatch",
+    "resolver.dataplane.udplistener",
+    "resolver.dataplane.upstream",
+    "resolver.dataplane.upstreamtls",
 )
 
 

@@ -10,7 +10,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from resolver.dataplane import metrics, udpbatch, wire
 from resolver.errors import ResolverError
@@ -34,30 +34,39 @@ FORWARD_SOCKETS_PER_SERVER = 4
 
 
 class UpstreamError(ResolverError):
-    """Forwarding failed; `ede_code` says why for the Extended DNS Error in the SERVFAIL, `reason` in two words."""
+    """Forwarding failed; `ede_code` says why for the Extended DNS Error in the SERVFAIL, `reason` in two words.
 
-    ede_code = wire.EDE_NETWORK_ERROR
-    reason = "failed"
+    Each kind's defaults are class constants copied to the instance: compiled, an exception class
+    takes no default for an instance attribute from its class body.
+    """
+
+    EDE_CODE: ClassVar[int] = wire.EDE_NETWORK_ERROR
+    REASON: ClassVar[str] = "failed"
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.ede_code = self.EDE_CODE
+        self.reason = self.REASON
 
 
 class UpstreamTimeout(UpstreamError):
-    ede_code = wire.EDE_NO_REACHABLE_AUTHORITY
-    reason = "timed out"
+    EDE_CODE = wire.EDE_NO_REACHABLE_AUTHORITY
+    REASON = "timed out"
 
 
 class UpstreamNetworkError(UpstreamError):
-    ede_code = wire.EDE_NETWORK_ERROR
-    reason = "unreachable"
+    EDE_CODE = wire.EDE_NETWORK_ERROR
+    REASON = "unreachable"
 
 
 class UpstreamBadReply(UpstreamNetworkError):
-    reason = "bad reply"
+    REASON = "bad reply"
 
 
 class UpstreamTcpBusy(UpstreamNetworkError):
     """A truncated answer that could not be asked again over TCP: max_tcp_exchanges were running."""
 
-    reason = "TCP limit reached"
+    REASON = "TCP limit reached"
 
 
 class UpstreamRefused(UpstreamError):
@@ -66,7 +75,7 @@ class UpstreamRefused(UpstreamError):
     RFC 8914's No Reachable Authority covers servers that "refused to reply".
     """
 
-    ede_code = wire.EDE_NO_REACHABLE_AUTHORITY
+    EDE_CODE = wire.EDE_NO_REACHABLE_AUTHORITY
 
     def __init__(self, address: UpstreamAddress, rcode_name: str):
         super().__init__(f"{address} refused the query ({rcode_name})")

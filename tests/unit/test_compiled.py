@@ -33,6 +33,10 @@ def test_the_build_compiles_the_modules_the_package_names():
         "resolver/filtering/schools.py",
         "resolver/dataplane/metrics.py",
         "resolver/dataplane/pipeline.py",
+        "resolver/dataplane/udpbatch.py",
+        "resolver/dataplane/udplistener.py",
+        "resolver/dataplane/upstream.py",
+        "resolver/dataplane/upstreamtls.py",
     ]
     assert all((ROOT / path).is_file() for path in setup["compilable"]())
 
@@ -68,5 +72,8 @@ def test_version_says_which_modules_are_compiled():
     )
     expected = "schooldns 0.1.0"
     if resolver.compiled_modules():
-        expected += " (compiled: wire, cache, repeats, domains, policy, schools, metrics, pipeline)"
+        expected += (
+            " (compiled: wire, cache, repeats, domains, policy, schools, metrics, pipeline,"
+            " udpbatch, udplistener, upstream, upstreamtls)"
+        )
     assert (version.returncode, version.stdout, version.stderr) == (0, expected + "\n", "")
