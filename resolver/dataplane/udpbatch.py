@@ -33,6 +33,10 @@ _MSG_DONTWAIT: Final[int] = getattr(socket, "MSG_DONTWAIT", 0x40)
 # big-endian, is bytes 2-3 of both)
 _ADDRESS_SIZE = {socket.AF_INET: 16, socket.AF_INET6: 28}
 _IP_BYTES = {socket.AF_INET: (4, 8), socket.AF_INET6: (8, 24)}
+# A datagram received: its payload, its client for the pipeline (the IP packed, or as text where
+# read one per call) and its sender, handed back with the answer (the raw socket address, or the
+# address recvfrom gave). One type for both readers, so that a compiled listener unpacks it natively.
+Datagram = tuple[bytes, str | bytes, Any]
 
 
 class BatchedUdp:
@@ -64,7 +68,7 @@ class BatchedUdp:
         self._recvmmsg, self._sendmmsg = udpcalls.SYSTEM_CALLS
         self.oversized = 0  # datagrams longer than QUERY_MAX, dropped; the caller counts and resets
 
-    def receive(self) -> list[tuple[bytes, bytes, bytes]]:
+    def receive(self) -> list[Datagram]:
         """The waiting datagrams (up to BATCH) as (payload, client IP packed, sender); [] when none wait."""
         count: int = self._recvmmsg(self._fd, self._in_pointer, BATCH, _MSG_DONTWAIT, None)
         if count <= 0:
@@ -80,7 +84,7 @@ class BatchedUdp:
         address_size = self._address_size
         addresses = udpcalls.copy_out(self._in_addresses, count * address_size)
         ip_start, ip_end = self._ip_start, self._ip_end
-        received = []
+        received: list[Datagram] = []
         start = 0
         end = address_size
         for length in self._in_lengths[:count].tolist():
@@ -267,8 +271,8 @@ class PlainUdp:
         self.sock = sock
         self.oversized = 0
 
-    def receive(self) -> list[tuple[bytes, str, Any]]:
-        received = []
+    def receive(self) -> list[Datagram]:
+        received: list[Datagram] = []
         recvfrom = self.sock.recvfrom
         for _ in range(BATCH):
             try:
