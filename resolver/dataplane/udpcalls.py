@@ -59,36 +59,46 @@ def errno_now() -> int:
     return ctypes.get_errno()
 
 
-def copy_out(address: int, size: int) -> bytes:
-    """`size` bytes from memory at `address`: a ring's addresses, copied out once per call."""
-    return ctypes.string_at(address, size)
-
-
 class Ring:
-    """BATCH message headers, each with a fixed payload buffer and a fixed address buffer."""
+    """BATCH message headers, each with a fixed payload buffer and a fixed address buffer.
 
-    def __init__(self, payload_size: int, address_size: int):
-        self.payload_size, self.address_size = payload_size, address_size
-        self._payloads = ctypes.create_string_buffer(BATCH * payload_size)
+    With `head_size`, a message's payload is read into two buffers (two iovecs): its first
+    head_size bytes into `heads`, where the heads of all messages lie next to each other, the rest
+    into `payloads`. A query fits in its head, so the heads of a batch are copied out in one piece
+    and each query is a slice of that bytes object (see udpbatch.BatchedUdp.receive).
+    """
+
+    def __init__(self, payload_size: int, address_size: int, head_size: int = 0):
+        self.payload_size, self.address_size, self.head_size = payload_size, address_size, head_size
+        self.tail_size = tail_size = payload_size - head_size
+        vectors = 2 if head_size else 1
+        self._heads = ctypes.create_string_buffer(BATCH * head_size or 1)
+        self._payloads = ctypes.create_string_buffer(BATCH * tail_size)
         self._addresses = ctypes.create_string_buffer(BATCH * address_size)
-        self._iovecs = (IoVec * BATCH)()
+        self._iovecs = (IoVec * (BATCH * vectors))()
         self._headers = (MMsgHdr * BATCH)()
         self.pointer = ctypes.addressof(self._headers)
         self.address_pointer = ctypes.addressof(self._addresses)
+        self.head_pointer = ctypes.addressof(self._heads)
         payload_pointer = ctypes.addressof(self._payloads)
         for i in range(BATCH):
-            self._iovecs[i].base = payload_pointer + i * payload_size
-            self._iovecs[i].length = payload_size
+            first = self._iovecs[i * vectors]
+            if head_size:
+                first.base, first.length = self.head_pointer + i * head_size, head_size
+            tail = self._iovecs[i * vectors + vectors - 1]
+            tail.base, tail.length = payload_pointer + i * tail_size, tail_size
             header = self._headers[i].header
             if address_size:  # else a connected socket's: no address, NULL
                 header.name = self.address_pointer + i * address_size
                 header.namelen = address_size  # the kernel writes it back unchanged: one family per socket
-            header.iov = ctypes.pointer(self._iovecs[i])
-            header.iovlen = 1
+            header.iov = ctypes.pointer(first)
+            header.iovlen = vectors
+        self.heads = memoryview(self._heads).cast("B")
         self.payloads = memoryview(self._payloads).cast("B")
         self.addresses = memoryview(self._addresses).cast("B")
-        # The headers' `length` fields (bytes received) and the iovecs' lengths (bytes to send),
-        # as strided views: read or written without a ctypes attribute access per datagram.
+        # The headers' `length` fields (bytes received) and the iovecs' lengths (bytes to send,
+        # in a ring of one iovec a message), as strided views: read or written without a ctypes
+        # attribute access per datagram.
         unsigned = memoryview(self._headers).cast("B").cast("I")
         self.received_lengths = unsigned[MMsgHdr.length.offset // 4 :: HEADER_SIZE // 4]
         octets = memoryview(self._iovecs).cast("B")
