@@ -8,65 +8,82 @@ TTLs.  Safe-search rewrites are built here too: no DNS library is imported by th
 from __future__ import annotations
 
 import struct
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from resolver.errors import ResolverError
 
 # Header flag bits (RFC 1035 4.1.1, RFC 4035 for AD/CD).
-QR = 0x8000
-AA = 0x0400
-TC = 0x0200
-RD = 0x0100
-RA = 0x0080
-AD = 0x0020
-CD = 0x0010
-OPCODE_MASK = 0x7800
+QR: Final = 0x8000
+AA: Final = 0x0400
+TC: Final = 0x0200
+RD: Final = 0x0100
+RA: Final = 0x0080
+AD: Final = 0x0020
+CD: Final = 0x0010
+OPCODE_MASK: Final = 0x7800
 
 # Response codes.
-NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
-NOTAUTH = 9
-BADVERS = 16  # extended rcode carried in OPT (RFC 6891)
+NOERROR: Final = 0
+FORMERR: Final = 1
+SERVFAIL: Final = 2
+NXDOMAIN: Final = 3
+NOTIMP: Final = 4
+REFUSED: Final = 5
+NOTAUTH: Final = 9
+BADVERS: Final = 16  # extended rcode carried in OPT (RFC 6891)
 
-# Record types used here.
-TYPE_A, TYPE_NS, TYPE_CNAME, TYPE_SOA = 1, 2, 5, 6
-TYPE_PTR = 12
-TYPE_AAAA, TYPE_OPT, TYPE_SVCB, TYPE_HTTPS = 28, 41, 64, 65
-TYPE_IXFR, TYPE_AXFR, TYPE_ANY = 251, 252, 255  # zone transfers (RFC 1995, RFC 5936), ANY
-CLASS_IN, CLASS_CH = 1, 3
-CLASS_NONE, CLASS_ANY = 254, 255  # meta classes (RFC 2136, RFC 1035): no record is in them
+# Record types used here. Final, as every constant here: compiled, a name that is not is looked
+# up in the module's dictionary at each use.
+TYPE_A: Final = 1
+TYPE_NS: Final = 2
+TYPE_CNAME: Final = 5
+TYPE_SOA: Final = 6
+TYPE_PTR: Final = 12
+TYPE_AAAA: Final = 28
+TYPE_OPT: Final = 41
+TYPE_SVCB: Final = 64
+TYPE_HTTPS: Final = 65
+TYPE_IXFR: Final = 251  # zone transfers (RFC 1995, RFC 5936)
+TYPE_AXFR: Final = 252
+TYPE_ANY: Final = 255
+CLASS_IN: Final = 1
+CLASS_CH: Final = 3
+# Meta classes (RFC 2136, RFC 1035): no record is in them.
+CLASS_NONE: Final = 254
+CLASS_ANY: Final = 255
 
 # Extended DNS Error info codes (RFC 8914) that schooldns emits.
-EDE_STALE_ANSWER = 3
-EDE_BLOCKED = 15
-EDE_CENSORED = 16
-EDE_FILTERED = 17
-EDE_PROHIBITED = 18
-EDE_NOT_SUPPORTED = 21
-EDE_NO_REACHABLE_AUTHORITY = 22
-EDE_NETWORK_ERROR = 23
-OPTION_EDE = 15
+EDE_STALE_ANSWER: Final = 3
+EDE_BLOCKED: Final = 15
+EDE_CENSORED: Final = 16
+EDE_FILTERED: Final = 17
+EDE_PROHIBITED: Final = 18
+EDE_NOT_SUPPORTED: Final = 21
+EDE_NO_REACHABLE_AUTHORITY: Final = 22
+EDE_NETWORK_ERROR: Final = 23
+OPTION_EDE: Final = 15
 
 # Largest UDP answer we send, whatever the client advertises (DNS flag day 2020).
-MAX_UDP_PAYLOAD = 1232
-MIN_UDP_PAYLOAD = 512
+MAX_UDP_PAYLOAD: Final = 1232
+MIN_UDP_PAYLOAD: Final = 512
 # Largest UDP datagram. The upstream sockets are read with a buffer of this size (asyncio's
 # transports use 256 KiB): a 256 KiB buffer per datagram can make glibc mmap + munmap on every
 # read (measured: half the qps after a warm start, two page faults per query). The listeners read
 # into fixed buffers of 4 KiB per datagram (udpbatch.QUERY_MAX).
-MAX_DATAGRAM = 65535
+MAX_DATAGRAM: Final = 65535
 # Datagrams a UDP socket (listening or upstream) reads per wake-up of the event loop (a listener
 # with one recvmmsg call, see udpbatch). asyncio's
 # DatagramTransport reads one datagram per loop iteration (a select call, a callback and a recvfrom
 # for each); reading until the socket is empty, up to this many, measured 1.6x the datagrams per
 # second on one core, a little ahead of uvloop (docs/performance-history.md, "The hot path, profiled").
 # The bound keeps TCP and timers served under a flood.
-UDP_READ_BATCH = 64
+UDP_READ_BATCH: Final = 64
 
-_HEADER = struct.Struct("!HHHHHH")
-_U16 = struct.Struct("!H")
-_U16X2 = struct.Struct("!HH")
-_RR_FIXED = struct.Struct("!HHIH")  # type, class, ttl, rdlength
-_U32 = struct.Struct("!I")
+_HEADER: Final = struct.Struct("!HHHHHH")
+_U16: Final = struct.Struct("!H")
+_U16X2: Final = struct.Struct("!HH")
+_RR_FIXED: Final = struct.Struct("!HHIH")  # type, class, ttl, rdlength
+_U32: Final = struct.Struct("!I")
 
 
 class WireError(ResolverError):
@@ -334,14 +351,14 @@ def _labels_to_text(labels: list[bytes]) -> str:
     return ".".join("".join(chr(b) if b in _PLAIN_BYTES else f"\\{b:03d}" for b in label.lower()) for label in labels)
 
 
-_PLAIN_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789-_*")
-_PLAIN_WITH_DOT = b"abcdefghijklmnopqrstuvwxyz0123456789-_*."
+_PLAIN_BYTES: Final = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789-_*")
+_PLAIN_WITH_DOT: Final = b"abcdefghijklmnopqrstuvwxyz0123456789-_*."
 # Label lengths (1-63) that are also the code of a byte a plain name holds ('*', '-', digits): a
 # name with such a label is made text label by label.
-_LENGTHS_LIKE_LETTERS = frozenset(length for length in range(1, 64) if length in _PLAIN_BYTES)
+_LENGTHS_LIKE_LETTERS: Final = frozenset(length for length in range(1, 64) if length in _PLAIN_BYTES)
 # Every other byte below 64 becomes a dot: the label lengths inside a name, when none is one of those.
-_LENGTHS_TO_DOTS = bytes(46 if code < 64 and code not in _PLAIN_BYTES else code for code in range(256))
-_KEY_ENDS = ((b"\x00\x00", b"\x00\x01"), (b"\x01\x00", b"\x01\x01"))  # Query.key's DO and CD bytes
+_LENGTHS_TO_DOTS: Final = bytes(46 if code < 64 and code not in _PLAIN_BYTES else code for code in range(256))
+_KEY_ENDS: Final = ((b"\x00\x00", b"\x00\x01"), (b"\x01\x00", b"\x01\x01"))  # Query.key's DO and CD bytes
 
 
 def _name_text(wire_name: bytes, labels: int) -> str:
@@ -467,7 +484,7 @@ def make_error(query_id: int, flags: int, rcode: int, query: Query | Echo = NO_E
     return _HEADER.pack(query_id, out_flags, qdcount, 0, 0, 1) + question + opt
 
 
-_SOA_NAMES = encode_name("schooldns.invalid") + encode_name("hostmaster.schooldns.invalid")
+_SOA_NAMES: Final = encode_name("schooldns.invalid") + encode_name("hostmaster.schooldns.invalid")
 
 
 def _soa_rdata(negative_ttl: int) -> bytes:
@@ -508,7 +525,7 @@ def zone_soa_rdata(zone: str, minimum_ttl: int) -> bytes:
     return encode_name(zone) + _NOBODY + struct.pack("!IIIII", 1, 3600, 1200, 604800, minimum_ttl)
 
 
-_NOBODY = encode_name("nobody.invalid")
+_NOBODY: Final = encode_name("nobody.invalid")
 
 
 def make_zone_answer(query: Query, rcode: int, answers: list[tuple[int, bytes]], zone: str, ttl: int) -> bytes:
