@@ -106,7 +106,9 @@ def write_config(root: Path, upstream: str) -> Path:
 
 def test_the_installed_package_and_command_are_the_wheels(installed):
     version = installed.run("schooldns", "--version")
-    built = " (compiled: wire, cache, repeats, domains, policy, schools, metrics, pipeline)" if COMPILED else ""
+    compiled = "wire, cache, repeats, domains, policy, schools, metrics, pipeline, udpbatch, udplistener, upstream"
+    compiled += ", upstreamtls"
+    built = f" (compiled: {compiled})" if COMPILED else ""
     assert (version.returncode, version.stdout, version.stderr) == (0, f"schooldns 0.1.0{built}\n", "")
 
     code = "import json, sys, resolver; print(json.dumps([resolver.__file__, sys.path]))"
