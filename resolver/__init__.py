@@ -17,6 +17,10 @@ COMPILABLE = (
     "resolver.dataplane.pipeline",
     "resolver.dataplane.headerblock",
     "resolver.dataplane.doh",
+    "resolver.dataplane.udpbatch",
+    "resolver.dataplane.udplistener",
+    "resolver.dataplane.upstream",
+    "resolver.dataplane.upstreamtls",
 )
 
 

@@ -1,4 +1,4 @@
-"""DNS transports: UDP and TCP listeners that move bytes between sockets and the pipeline, with bounds."""
+"""DNS transports: the TCP listener and the listening sockets; the UDP listener is udplistener's, with bounds."""
 
 from __future__ import annotations
 
@@ -7,20 +7,19 @@ import contextlib
 import ctypes
 import dataclasses
 import errno
-import functools
 import ipaddress
 import logging
 import socket
 import struct
 import sys
-from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
-from resolver.dataplane import frontends, metrics, pipeline, proxyv2, udpbatch, upstream, wire
+from resolver.dataplane import frontends, pipeline, proxyv2, upstream, wire
+from resolver.dataplane.udplistener import InFlight as InFlight
+from resolver.dataplane.udplistener import UdpServer as UdpServer
 from resolver.errors import ListenError
 
 log = logging.getLogger(__name__)
-SCHOOL_IN_FLIGHT_LIMIT = "school_in_flight_limit"  # the dropped reason of a miss over its school's cap
 # A UDP listener's receive buffer: the queries that wait while the worker is busy (a reload, a
 # garbage collection, another process on its core). The kernel's default (net.core.rmem_default,
 # 208 KB on Linux) holds a few hundred datagrams, under 50 ms at 7,500 queries a second: past it the
@@ -40,141 +39,6 @@ class TcpLimits(Protocol):
     def tcp_idle_timeout_seconds(self) -> float: ...
     @property
     def tcp_max_pipelined(self) -> int: ...
-
-
-class InFlight:
-    """The capped count of one worker's cache misses waiting for their answers (for the bound and the drain).
-
-    Each school also has its own cap (`per_school`), so that one school's flood (a compromised lab
-    PC) fills its own share of the worker's places and the other schools keep theirs.
-    """
-
-    def __init__(self, limit: int, counters: metrics.Counters, per_school: int | None = None):
-        self.limit = limit
-        self.per_school = per_school or limit
-        self.counters = counters
-        self.count = 0
-        self.by_school: dict[str, int] = {}  # school id -> its misses waiting (only schools with some)
-        self._idle: asyncio.Event | None = None  # set when the count reaches 0, while draining
-
-    def start(
-        self,
-        miss: pipeline.Pending,
-        deliver: Callable[[bytes], None],
-        reason: str,
-        nothing: Callable[[], None] | None = None,
-    ) -> bool:
-        """Start a cache miss, whose answer goes to deliver() (or, when there is none to send, to
-        nothing(), if given: an HTTP request is answered all the same); False (the miss dropped) when full."""
-        if self.count >= self.limit:
-            self.counters.dropped[reason] += 1
-            return False
-        school = miss.school.id
-        held = self.by_school.get(school, 0)
-        if held >= self.per_school:
-            self.counters.dropped[SCHOOL_IN_FLIGHT_LIMIT] += 1
-            return False
-        self.by_school[school] = held + 1
-        self.count += 1
-        miss.deliver_to(functools.partial(self._finished, deliver, school, nothing))
-        return True
-
-    def _finished(
-        self, deliver: Callable[[bytes], None], school: str, nothing: Callable[[], None] | None, answer: bytes | None
-    ) -> None:
-        self.count -= 1
-        held = self.by_school.pop(school) - 1
-        if held:
-            self.by_school[school] = held
-        if not self.count and self._idle is not None:
-            self._idle.set()
-        if answer is not None:
-            deliver(answer)
-        elif nothing is not None:
-            nothing()
-
-    async def drain(self, timeout_seconds: float) -> None:
-        """Let queries in flight finish for up to timeout_seconds (the rest fail when the upstreams close)."""
-        if self.count:
-            self._idle = asyncio.Event()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), timeout_seconds)
-
-
-class UdpServer:
-    """One UDP listening socket, read in batches: each datagram is one query."""
-
-    def __init__(
-        self,
-        sock: socket.socket,
-        pipe: pipeline.Pipeline,
-        in_flight: InFlight,
-        front_ends: frontends.FrontEnds | None = None,
-    ):
-        self.sock = sock
-        self.batch = udpbatch.for_socket(sock)
-        self.pipeline = pipe
-        # Trusted front-ends' datagrams are answered for the client they name; without any, nothing
-        # stands between a datagram and the pipeline.
-        self.handle = pipe.handle if front_ends is None else front_ends.datagrams(pipe.handle)
-        self.in_flight = in_flight
-        self.loop = asyncio.get_running_loop()
-        self.reading = False
-        self.closed = False
-        self.later: list[tuple[bytes, Any]] = []  # answers of cache misses, sent once per loop turn
-
-    def start(self) -> None:
-        self.loop.add_reader(self.sock.fileno(), self._read_ready)
-        self.reading = True
-
-    def pause_reading(self) -> None:
-        """Stop taking queries; answers to the ones in flight can still be sent (the drain)."""
-        if self.reading:
-            self.loop.remove_reader(self.sock.fileno())
-            self.reading = False
-
-    def close(self) -> None:
-        self.pause_reading()
-        self._send_later()  # what the last queries in flight answered
-        self.closed = True
-        self.sock.close()
-
-    def _read_ready(self) -> None:
-        # Hot path: every waiting datagram in one system call; blocked names and cache hits are
-        # answered in one more, cache misses on their own when their answer arrives.
-        handle = self.handle
-        answers = []
-        for data, client, sender in self.batch.receive():
-            reply = handle(data, client, "udp")
-            if type(reply) is bytes:
-                answers.append((reply, sender))
-            elif isinstance(reply, pipeline.Pending):
-                self.in_flight.start(reply, functools.partial(self.send_to, sender), "udp_in_flight_limit")
-            # None: nothing to send
-        self._send(answers)
-        if self.batch.oversized:
-            self.in_flight.counters.dropped["udp_oversized"] += self.batch.oversized
-            self.batch.oversized = 0
-
-    def send_to(self, sender: Any, answer: bytes) -> None:
-        """Queue a cache miss's answer: the answers that arrive in one turn of the event loop go out together.
-
-        One sendmmsg per turn instead of one system call per answer, measured as CPU per miss. The
-        sender comes first, so that a miss's partial binds it by position (a keyword costs a dict
-        per call).
-        """
-        if not self.later:
-            self.loop.call_soon(self._send_later)
-        self.later.append((answer, sender))
-
-    def _send_later(self) -> None:
-        answers, self.later = self.later, []
-        self._send(answers)
-
-    def _send(self, answers: list[tuple[bytes, Any]]) -> None:
-        """Send now or drop: a full socket buffer means the clients will retry (as C servers do)."""
-        if answers and not self.closed and (dropped := self.batch.send(answers)):
-            self.in_flight.counters.dropped["udp_send_buffer_full"] += dropped
 
 
 class TcpConnections:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import logging
 import socket
-from typing import Any
+from typing import Any, Final
 
-from resolver.dataplane import wire
+from resolver.dataplane import udpcalls, wire
 
 log = logging.getLogger(__name__)
 
@@ -17,93 +16,31 @@ log = logging.getLogger(__name__)
 # sends the answers made from them in one. Measured under dnsperf on cache hits, old and new code
 # alternated four times: CPU per answered query 22-23 -> 15-17 us, and 38-49% more queries per
 # second in three of the four pairs (docs/performance-history.md, "UDP in batches"). Python's socket module has neither
-# call, so they are called through ctypes on fixed buffers made once per socket: no allocation
-# per call but the payload bytes handed to the pipeline. Where the C library lacks them (not
-# Linux), `PlainUdp` reads and writes one datagram per call, with the same interface.
+# call, so they are called through ctypes on fixed buffers made once per socket (udpcalls): no
+# allocation per call but the payload bytes handed to the pipeline. Where the C library lacks them
+# (not Linux), `PlainUdp` reads and writes one datagram per call, with the same interface. This
+# module's loops over the datagrams run compiled in the compiled build (resolver.COMPILABLE); the
+# ctypes structures cannot be, so they live in udpcalls.
 
-BATCH = wire.UDP_READ_BATCH
+BATCH: Final = wire.UDP_READ_BATCH
 # Bytes kept per received datagram. A DNS query is a few hundred bytes; one longer than this is
 # dropped and counted (`udp_oversized`), not answered from a truncated read.
-QUERY_MAX = 4096
-ANSWER_MAX = wire.MAX_UDP_PAYLOAD  # what the pipeline makes for UDP; a longer answer goes out by sendto
-_MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0x40)
+QUERY_MAX: Final = 4096
+_IN_SIZE: Final = QUERY_MAX + 1  # a received datagram's buffer: one byte more tells one too long
+# ... in two parts: the first bytes of every datagram of a batch lie next to each other, and are
+# copied out with one call; a query longer than this (rare: most are under 100 bytes) has the rest.
+_HEAD: Final = 512
+_TAIL: Final = _IN_SIZE - _HEAD
+ANSWER_MAX: Final = wire.MAX_UDP_PAYLOAD  # what the pipeline makes for UDP; a longer answer goes out by sendto
+_MSG_DONTWAIT: Final[int] = getattr(socket, "MSG_DONTWAIT", 0x40)
 # struct sockaddr_in / sockaddr_in6: their sizes, and where the address lies in them (the port,
 # big-endian, is bytes 2-3 of both)
 _ADDRESS_SIZE = {socket.AF_INET: 16, socket.AF_INET6: 28}
 _IP_BYTES = {socket.AF_INET: (4, 8), socket.AF_INET6: (8, 24)}
-
-
-# The C structures and the two system calls are public: tests/perf/loadgen.py sends its queries
-# with them too.
-class IoVec(ctypes.Structure):
-    _fields_ = [("base", ctypes.c_void_p), ("length", ctypes.c_size_t)]
-
-
-class MsgHdr(ctypes.Structure):
-    _fields_ = [
-        ("name", ctypes.c_void_p),
-        ("namelen", ctypes.c_uint32),
-        ("iov", ctypes.POINTER(IoVec)),
-        ("iovlen", ctypes.c_size_t),
-        ("control", ctypes.c_void_p),
-        ("controllen", ctypes.c_size_t),
-        ("flags", ctypes.c_int),
-    ]
-
-
-class MMsgHdr(ctypes.Structure):
-    _fields_ = [("header", MsgHdr), ("length", ctypes.c_uint)]
-
-
-def _system_calls() -> tuple[Any, Any] | None:
-    """recvmmsg and sendmmsg of the C library this interpreter runs on, or None if it has none."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)  # the process's own symbols, the C library's among them
-        recvmmsg, sendmmsg = libc.recvmmsg, libc.sendmmsg
-    except (OSError, AttributeError):
-        return None
-    recvmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
-    sendmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
-    recvmmsg.restype = sendmmsg.restype = ctypes.c_int
-    return recvmmsg, sendmmsg
-
-
-SYSTEM_CALLS = _system_calls()
-
-
-class _Ring:
-    """BATCH message headers, each with a fixed payload buffer and a fixed address buffer."""
-
-    def __init__(self, payload_size: int, address_size: int):
-        self.payload_size, self.address_size = payload_size, address_size
-        self._payloads = ctypes.create_string_buffer(BATCH * payload_size)
-        self._addresses = ctypes.create_string_buffer(BATCH * address_size)
-        self._iovecs = (IoVec * BATCH)()
-        self._headers = (MMsgHdr * BATCH)()
-        self.pointer = ctypes.addressof(self._headers)
-        self.address_pointer = ctypes.addressof(self._addresses)
-        payload_pointer = ctypes.addressof(self._payloads)
-        for i in range(BATCH):
-            self._iovecs[i].base = payload_pointer + i * payload_size
-            self._iovecs[i].length = payload_size
-            header = self._headers[i].header
-            if address_size:  # else a connected socket's: no address, NULL
-                header.name = self.address_pointer + i * address_size
-                header.namelen = address_size  # the kernel writes it back unchanged: one family per socket
-            header.iov = ctypes.pointer(self._iovecs[i])
-            header.iovlen = 1
-        self.payloads = memoryview(self._payloads).cast("B")
-        self.addresses = memoryview(self._addresses).cast("B")
-        # The headers' `length` fields (bytes received) and the iovecs' lengths (bytes to send),
-        # as strided views: read or written without a ctypes attribute access per datagram.
-        unsigned = memoryview(self._headers).cast("B").cast("I")
-        self.received_lengths = unsigned[MMsgHdr.length.offset // 4 :: ctypes.sizeof(MMsgHdr) // 4]
-        octets = memoryview(self._iovecs).cast("B")
-        words = octets.cast("Q") if ctypes.sizeof(ctypes.c_size_t) == 8 else octets.cast("I")
-        self.send_lengths = words[
-            IoVec.length.offset // ctypes.sizeof(ctypes.c_size_t) :: ctypes.sizeof(IoVec)
-            // ctypes.sizeof(ctypes.c_size_t)
-        ]
+# A datagram received: its payload, its client for the pipeline (the IP packed, or as text where
+# read one per call) and its sender, handed back with the answer (the raw socket address, or the
+# address recvfrom gave). One type for both readers, so that a compiled listener unpacks it natively.
+Datagram = tuple[bytes, str | bytes, Any]
 
 
 class BatchedUdp:
@@ -113,60 +50,83 @@ class BatchedUdp:
     """
 
     def __init__(self, sock: socket.socket):
-        assert SYSTEM_CALLS is not None
+        assert udpcalls.SYSTEM_CALLS is not None
         self.sock = sock
         self._fd = sock.fileno()
         self._family = sock.family
         size = _ADDRESS_SIZE[sock.family]
-        self._in = _Ring(QUERY_MAX + 1, size)  # + 1: a datagram that fills the buffer was too long
-        self._out = _Ring(ANSWER_MAX, size)
-        self._recvmmsg, self._sendmmsg = SYSTEM_CALLS
+        self._ip_start, self._ip_end = _IP_BYTES[sock.family]
+        # The rings' buffers and views, held here as well: read per call without a lookup in a
+        # ring (a Python object, also in the compiled build).
+        self._in = udpcalls.Ring(_IN_SIZE, size, _HEAD)
+        self._out = udpcalls.Ring(ANSWER_MAX, size)
+        self._in_pointer: int = self._in.pointer
+        self._in_addresses: memoryview = self._in.addresses
+        self._in_heads: memoryview = self._in.heads
+        self._in_tails: memoryview = self._in.payloads
+        self._in_lengths: memoryview = self._in.received_lengths
+        self._out_pointer: int = self._out.pointer
+        self._out_payloads: memoryview = self._out.payloads
+        self._out_addresses: memoryview = self._out.addresses
+        self._out_lengths: memoryview = self._out.send_lengths
+        self._address_size = size
+        self._recvmmsg, self._sendmmsg = udpcalls.SYSTEM_CALLS
         self.oversized = 0  # datagrams longer than QUERY_MAX, dropped; the caller counts and resets
 
-    def receive(self) -> list[tuple[bytes, bytes, bytes]]:
+    def receive(self) -> list[Datagram]:
         """The waiting datagrams (up to BATCH) as (payload, client IP packed, sender); [] when none wait."""
-        count = self._recvmmsg(self._fd, self._in.pointer, BATCH, _MSG_DONTWAIT, None)
+        count: int = self._recvmmsg(self._fd, self._in_pointer, BATCH, _MSG_DONTWAIT, None)
         if count <= 0:
             if count < 0:
-                code = ctypes.get_errno()
+                code = udpcalls.errno_now()
                 if code not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
                     log.debug("UDP receive error: %s", errno.errorcode.get(code, code))  # a queued ICMP error
             return []
-        # Per datagram: two slices of one bytes object for the sender and its IP (the addresses
-        # are copied out once per call), one copy of the payload. Measured in process: 2.1 us per
-        # datagram with a memoryview slice per address and inet_ntop, 1.1 us so.
-        payloads, payload_size = self._in.payloads, self._in.payload_size
-        address_size = self._in.address_size
-        addresses = ctypes.string_at(self._in.address_pointer, count * address_size)
-        ip_start, ip_end = _IP_BYTES[self._family]
-        received = []
-        for i, length in enumerate(self._in.received_lengths[:count].tolist()):
+        # Per datagram: three slices of bytes objects copied out once per call, the addresses and
+        # the payloads' heads (a query longer than its head has its tail added): the sender, its
+        # IP and the payload. Measured in process: 2.1 us per datagram with a memoryview slice per
+        # address and inet_ntop, 1.1 us with the addresses copied out once.
+        address_size = self._address_size
+        addresses = self._in_addresses[: count * address_size].tobytes()
+        heads = self._in_heads[: count * _HEAD].tobytes()
+        ip_start, ip_end = self._ip_start, self._ip_end
+        received: list[Datagram] = []
+        start = 0
+        end = address_size
+        for length in self._in_lengths[:count].tolist():
             if length > QUERY_MAX:
                 self.oversized += 1
-                continue
-            start = i * payload_size
-            sender = addresses[i * address_size : (i + 1) * address_size]
-            received.append((payloads[start : start + length].tobytes(), sender[ip_start:ip_end], sender))
+            else:
+                sender = addresses[end - address_size : end]
+                if length <= _HEAD:
+                    payload = heads[start : start + length]
+                else:
+                    tail = start // _HEAD * _TAIL
+                    payload = heads[start : start + _HEAD] + self._in_tails[tail : tail + length - _HEAD].tobytes()
+                received.append((payload, sender[ip_start:ip_end], sender))
+            start += _HEAD
+            end += address_size
         return received
 
     def send(self, answers: list[tuple[bytes, bytes]]) -> int:
         """Send (answer, sender) pairs; returns how many were dropped for a full send buffer."""
-        out = self._out
-        payloads, addresses, lengths = out.payloads, out.addresses, out.send_lengths
-        payload_size, address_size = out.payload_size, out.address_size
+        payloads, addresses, lengths = self._out_payloads, self._out_addresses, self._out_lengths
+        address_size = self._address_size
         count = 0
         dropped = 0
         for answer, sender in answers:
-            if len(answer) > ANSWER_MAX:  # not made for UDP by the pipeline; never batched
+            size = len(answer)
+            if size > ANSWER_MAX:  # not made for UDP by the pipeline; never batched
                 dropped += _sendto(self.sock, answer, self.address(sender))
                 continue
             if count == BATCH:
                 dropped += self._send_ring(count)
                 count = 0
-            start = count * payload_size
-            payloads[start : start + len(answer)] = answer
-            lengths[count] = len(answer)
-            addresses[count * address_size : (count + 1) * address_size] = sender
+            start = count * ANSWER_MAX
+            payloads[start : start + size] = answer
+            lengths[count] = size
+            start = count * address_size
+            addresses[start : start + address_size] = sender
             count += 1
         return dropped + self._send_ring(count)
 
@@ -174,13 +134,13 @@ class BatchedUdp:
         """sendmmsg the first `count` messages of the out ring; how many were dropped for a full buffer."""
         done = 0
         while done < count:
-            sent = self._sendmmsg(
-                self._fd, self._out.pointer + done * ctypes.sizeof(MMsgHdr), count - done, _MSG_DONTWAIT
+            sent: int = self._sendmmsg(
+                self._fd, self._out_pointer + done * udpcalls.HEADER_SIZE, count - done, _MSG_DONTWAIT
             )
             if sent > 0:
                 done += sent
                 continue
-            code = ctypes.get_errno()
+            code = udpcalls.errno_now()
             if code in (errno.EAGAIN, errno.EWOULDBLOCK):
                 return count - done  # dropped, as C servers do: the clients will retry
             if code != errno.EINTR:
@@ -195,8 +155,9 @@ class BatchedUdp:
 
 # An upstream reply is kept up to this size; a longer one (we ask with EDNS 1232) is taken as truncated,
 # so its question is asked again over TCP. Our own upstream queries are at most 282 bytes.
-REPLY_MAX = 4096
-_UPSTREAM_QUERY_MAX = 512
+REPLY_MAX: Final = 4096
+_REPLY_SIZE: Final = REPLY_MAX + 1  # a reply's buffer: one byte more tells one too long
+_UPSTREAM_QUERY_MAX: Final = 512
 
 
 class ConnectedBatch:
@@ -207,47 +168,59 @@ class ConnectedBatch:
     """
 
     def __init__(self) -> None:
-        assert SYSTEM_CALLS is not None
-        self._in = _Ring(REPLY_MAX + 1, 0)  # + 1: a datagram that fills the buffer was too long
-        self._out = _Ring(_UPSTREAM_QUERY_MAX, 0)
-        self._recvmmsg, self._sendmmsg = SYSTEM_CALLS
+        assert udpcalls.SYSTEM_CALLS is not None
+        self._in = udpcalls.Ring(_REPLY_SIZE, 0)
+        self._out = udpcalls.Ring(_UPSTREAM_QUERY_MAX, 0)
+        self._in_pointer: int = self._in.pointer
+        self._in_payloads: memoryview = self._in.payloads
+        self._in_lengths: memoryview = self._in.received_lengths
+        self._out_pointer: int = self._out.pointer
+        self._out_payloads: memoryview = self._out.payloads
+        self._out_lengths: memoryview = self._out.send_lengths
+        self._recvmmsg, self._sendmmsg = udpcalls.SYSTEM_CALLS
 
     def receive(self, sock: socket.socket) -> tuple[list[bytes], int]:
         """The waiting datagrams (up to BATCH), and the errno of a queued error (an ICMP one), 0 if none.
 
         A datagram longer than REPLY_MAX comes back cut to that size with TC set.
         """
-        count = self._recvmmsg(sock.fileno(), self._in.pointer, BATCH, _MSG_DONTWAIT, None)
+        count: int = self._recvmmsg(sock.fileno(), self._in_pointer, BATCH, _MSG_DONTWAIT, None)
         if count <= 0:
-            code = ctypes.get_errno() if count < 0 else 0
+            code = udpcalls.errno_now() if count < 0 else 0
             return [], 0 if code in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR) else code
-        payloads, size = self._in.payloads, self._in.payload_size
+        payloads = self._in_payloads
         received = []
-        for i, length in enumerate(self._in.received_lengths[:count].tolist()):
-            start = i * size
-            received.append(payloads[start : start + length].tobytes() if length < size else _cut(payloads, start))
+        start = 0
+        for length in self._in_lengths[:count].tolist():
+            received.append(
+                payloads[start : start + length].tobytes() if length < _REPLY_SIZE else _cut(payloads, start)
+            )
+            start += _REPLY_SIZE
         return received, 0
 
     def send(self, sock: socket.socket, messages: list[bytes]) -> list[tuple[int, int]]:
         """Send the messages in order; (index, errno) of each one that could not be sent."""
-        out = self._out
-        payloads, lengths, size = out.payloads, out.send_lengths, out.payload_size
+        payloads, lengths = self._out_payloads, self._out_lengths
         failed: list[tuple[int, int]] = []
+        fd = sock.fileno()
         for first in range(0, len(messages), BATCH):
             chunk = messages[first : first + BATCH]
+            start = 0
             for i, message in enumerate(chunk):
-                assert len(message) <= size  # wire.make_upstream_query's at most 282 bytes
-                payloads[i * size : i * size + len(message)] = message
-                lengths[i] = len(message)
+                size = len(message)
+                assert size <= _UPSTREAM_QUERY_MAX  # wire.make_upstream_query's at most 282 bytes
+                payloads[start : start + size] = message
+                lengths[i] = size
+                start += _UPSTREAM_QUERY_MAX
             done = 0
             while done < len(chunk):
-                sent = self._sendmmsg(
-                    sock.fileno(), out.pointer + done * ctypes.sizeof(MMsgHdr), len(chunk) - done, _MSG_DONTWAIT
+                sent: int = self._sendmmsg(
+                    fd, self._out_pointer + done * udpcalls.HEADER_SIZE, len(chunk) - done, _MSG_DONTWAIT
                 )
                 if sent > 0:
                     done += sent
                     continue
-                code = ctypes.get_errno()
+                code = udpcalls.errno_now()
                 if code == errno.EINTR:
                     continue
                 if code in (errno.EAGAIN, errno.EWOULDBLOCK):  # a full send buffer: none of the rest goes
@@ -298,7 +271,7 @@ def connected() -> ConnectedBatch | ConnectedPlain:
     """The process's reader and writer of connected UDP sockets (made at the first call)."""
     global _connected
     if _connected is None:
-        _connected = ConnectedBatch() if SYSTEM_CALLS is not None else ConnectedPlain()
+        _connected = ConnectedBatch() if udpcalls.SYSTEM_CALLS is not None else ConnectedPlain()
     return _connected
 
 
@@ -309,8 +282,8 @@ class PlainUdp:
         self.sock = sock
         self.oversized = 0
 
-    def receive(self) -> list[tuple[bytes, str, Any]]:
-        received = []
+    def receive(self) -> list[Datagram]:
+        received: list[Datagram] = []
         recvfrom = self.sock.recvfrom
         for _ in range(BATCH):
             try:
@@ -343,6 +316,6 @@ def _sendto(sock: socket.socket, answer: bytes, address: Any) -> int:
 
 def for_socket(sock: socket.socket) -> BatchedUdp | PlainUdp:
     """The batched reader/writer where the C library has recvmmsg and sendmmsg, else the plain one."""
-    if SYSTEM_CALLS is not None and sock.family in _ADDRESS_SIZE:
+    if udpcalls.SYSTEM_CALLS is not None and sock.family in _ADDRESS_SIZE:
         return BatchedUdp(sock)
     return PlainUdp(sock)

@@ -10,54 +10,63 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar, Final
 
 from resolver.dataplane import metrics, udpbatch, wire
 from resolver.errors import ResolverError
 
 log = logging.getLogger(__name__)
 
-DOWN_AFTER_FAILURES = 3  # consecutive failures before an upstream is tried last, and counts as failing
-DOWN_COOLDOWN_SECONDS = 5.0  # ... for this long after its latest failure
-TCP_MAX_MESSAGE = 65535
-ORDER_REFRESH_SECONDS = 0.1  # how long a computed upstream order is reused
-TIMEOUT_CHECK_SECONDS = 0.05  # how often waiting UDP queries are checked against their deadline
+DOWN_AFTER_FAILURES: Final = 3  # consecutive failures before an upstream is tried last, and counts as failing
+DOWN_COOLDOWN_SECONDS: Final = 5.0  # ... for this long after its latest failure
+TCP_MAX_MESSAGE: Final = 65535
+ORDER_REFRESH_SECONDS: Final = 0.1  # how long a computed upstream order is reused
+TIMEOUT_CHECK_SECONDS: Final = 0.05  # how often waiting UDP queries are checked against their deadline
 # A failing upstream that no query has tried for this long is asked the root's NS (a probe), so that
 # its recovery is seen without client traffic (a load balancer stops sending it while /readyz says
 # degraded).
-PROBE_SECONDS = 1.0
-NAMED_IN_ERROR = 3  # failing upstreams named in a SERVFAIL's Extended DNS Error text
+PROBE_SECONDS: Final = 1.0
+NAMED_IN_ERROR: Final = 3  # failing upstreams named in a SERVFAIL's Extended DNS Error text
 # Consecutive queries that share an upstream socket (see Upstream._socket).
-SOCKET_RUN = 8
+SOCKET_RUN: Final = 8
 # A forward zone's server (a school's own DNS server) serves one school's intranet: a few sockets do.
-FORWARD_SOCKETS_PER_SERVER = 4
+FORWARD_SOCKETS_PER_SERVER: Final = 4
 
 
 class UpstreamError(ResolverError):
-    """Forwarding failed; `ede_code` says why for the Extended DNS Error in the SERVFAIL, `reason` in two words."""
+    """Forwarding failed; `ede_code` says why for the Extended DNS Error in the SERVFAIL, `reason` in two words.
 
-    ede_code = wire.EDE_NETWORK_ERROR
-    reason = "failed"
+    Each kind's defaults are class constants copied to the instance: compiled, an exception class
+    takes no default for an instance attribute from its class body.
+    """
+
+    EDE_CODE: ClassVar[int] = wire.EDE_NETWORK_ERROR
+    REASON: ClassVar[str] = "failed"
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.ede_code = self.EDE_CODE
+        self.reason = self.REASON
 
 
 class UpstreamTimeout(UpstreamError):
-    ede_code = wire.EDE_NO_REACHABLE_AUTHORITY
-    reason = "timed out"
+    EDE_CODE = wire.EDE_NO_REACHABLE_AUTHORITY
+    REASON = "timed out"
 
 
 class UpstreamNetworkError(UpstreamError):
-    ede_code = wire.EDE_NETWORK_ERROR
-    reason = "unreachable"
+    EDE_CODE = wire.EDE_NETWORK_ERROR
+    REASON = "unreachable"
 
 
 class UpstreamBadReply(UpstreamNetworkError):
-    reason = "bad reply"
+    REASON = "bad reply"
 
 
 class UpstreamTcpBusy(UpstreamNetworkError):
     """A truncated answer that could not be asked again over TCP: max_tcp_exchanges were running."""
 
-    reason = "TCP limit reached"
+    REASON = "TCP limit reached"
 
 
 class UpstreamRefused(UpstreamError):
@@ -66,7 +75,7 @@ class UpstreamRefused(UpstreamError):
     RFC 8914's No Reachable Authority covers servers that "refused to reply".
     """
 
-    ede_code = wire.EDE_NO_REACHABLE_AUTHORITY
+    EDE_CODE = wire.EDE_NO_REACHABLE_AUTHORITY
 
     def __init__(self, address: UpstreamAddress, rcode_name: str):
         super().__init__(f"{address} refused the query ({rcode_name})")
@@ -172,7 +181,7 @@ class _RandomIds:
         return self._ids.pop()
 
 
-_random_ids = _RandomIds()
+_random_ids: Final = _RandomIds()
 # A forked process (a worker forked by resolver.processes.spawner) draws its own IDs, not its parent's next ones.
 os.register_at_fork(after_in_child=_random_ids.forget)
 
@@ -445,7 +454,7 @@ class Upstream:
         self._retired.clear()
 
 
-_PROBE = wire.make_synthetic_query("", wire.TYPE_NS)  # the root's NS: every recursive resolver answers it
+_PROBE: Final = wire.make_synthetic_query("", wire.TYPE_NS)  # the root's NS: every recursive resolver answers it
 
 
 class _Question:

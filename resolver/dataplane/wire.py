@@ -7,67 +7,83 @@ TTLs.  Safe-search rewrites are built here too: no DNS library is imported by th
 
 from __future__ import annotations
 
-import dataclasses
 import struct
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from resolver.errors import ResolverError
 
 # Header flag bits (RFC 1035 4.1.1, RFC 4035 for AD/CD).
-QR = 0x8000
-AA = 0x0400
-TC = 0x0200
-RD = 0x0100
-RA = 0x0080
-AD = 0x0020
-CD = 0x0010
-OPCODE_MASK = 0x7800
+QR: Final = 0x8000
+AA: Final = 0x0400
+TC: Final = 0x0200
+RD: Final = 0x0100
+RA: Final = 0x0080
+AD: Final = 0x0020
+CD: Final = 0x0010
+OPCODE_MASK: Final = 0x7800
 
 # Response codes.
-NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
-NOTAUTH = 9
-BADVERS = 16  # extended rcode carried in OPT (RFC 6891)
+NOERROR: Final = 0
+FORMERR: Final = 1
+SERVFAIL: Final = 2
+NXDOMAIN: Final = 3
+NOTIMP: Final = 4
+REFUSED: Final = 5
+NOTAUTH: Final = 9
+BADVERS: Final = 16  # extended rcode carried in OPT (RFC 6891)
 
-# Record types used here.
-TYPE_A, TYPE_NS, TYPE_CNAME, TYPE_SOA = 1, 2, 5, 6
-TYPE_PTR = 12
-TYPE_AAAA, TYPE_OPT, TYPE_SVCB, TYPE_HTTPS = 28, 41, 64, 65
-TYPE_IXFR, TYPE_AXFR, TYPE_ANY = 251, 252, 255  # zone transfers (RFC 1995, RFC 5936), ANY
-CLASS_IN, CLASS_CH = 1, 3
-CLASS_NONE, CLASS_ANY = 254, 255  # meta classes (RFC 2136, RFC 1035): no record is in them
+# Record types used here. Final, as every constant here: compiled, a name that is not is looked
+# up in the module's dictionary at each use.
+TYPE_A: Final = 1
+TYPE_NS: Final = 2
+TYPE_CNAME: Final = 5
+TYPE_SOA: Final = 6
+TYPE_PTR: Final = 12
+TYPE_AAAA: Final = 28
+TYPE_OPT: Final = 41
+TYPE_SVCB: Final = 64
+TYPE_HTTPS: Final = 65
+TYPE_IXFR: Final = 251  # zone transfers (RFC 1995, RFC 5936)
+TYPE_AXFR: Final = 252
+TYPE_ANY: Final = 255
+CLASS_IN: Final = 1
+CLASS_CH: Final = 3
+# Meta classes (RFC 2136, RFC 1035): no record is in them.
+CLASS_NONE: Final = 254
+CLASS_ANY: Final = 255
 
 # Extended DNS Error info codes (RFC 8914) that schooldns emits.
-EDE_STALE_ANSWER = 3
-EDE_BLOCKED = 15
-EDE_CENSORED = 16
-EDE_FILTERED = 17
-EDE_PROHIBITED = 18
-EDE_NOT_SUPPORTED = 21
-EDE_NO_REACHABLE_AUTHORITY = 22
-EDE_NETWORK_ERROR = 23
-OPTION_EDE = 15
+EDE_STALE_ANSWER: Final = 3
+EDE_BLOCKED: Final = 15
+EDE_CENSORED: Final = 16
+EDE_FILTERED: Final = 17
+EDE_PROHIBITED: Final = 18
+EDE_NOT_SUPPORTED: Final = 21
+EDE_NO_REACHABLE_AUTHORITY: Final = 22
+EDE_NETWORK_ERROR: Final = 23
+OPTION_EDE: Final = 15
 
 # Largest UDP answer we send, whatever the client advertises (DNS flag day 2020).
-MAX_UDP_PAYLOAD = 1232
-MIN_UDP_PAYLOAD = 512
+MAX_UDP_PAYLOAD: Final = 1232
+MIN_UDP_PAYLOAD: Final = 512
 # Largest UDP datagram. The upstream sockets are read with a buffer of this size (asyncio's
 # transports use 256 KiB): a 256 KiB buffer per datagram can make glibc mmap + munmap on every
 # read (measured: half the qps after a warm start, two page faults per query). The listeners read
 # into fixed buffers of 4 KiB per datagram (udpbatch.QUERY_MAX).
-MAX_DATAGRAM = 65535
+MAX_DATAGRAM: Final = 65535
 # Datagrams a UDP socket (listening or upstream) reads per wake-up of the event loop (a listener
 # with one recvmmsg call, see udpbatch). asyncio's
 # DatagramTransport reads one datagram per loop iteration (a select call, a callback and a recvfrom
 # for each); reading until the socket is empty, up to this many, measured 1.6x the datagrams per
 # second on one core, a little ahead of uvloop (docs/performance-history.md, "The hot path, profiled").
 # The bound keeps TCP and timers served under a flood.
-UDP_READ_BATCH = 64
+UDP_READ_BATCH: Final = 64
 
-_HEADER = struct.Struct("!HHHHHH")
-_U16 = struct.Struct("!H")
-_U16X2 = struct.Struct("!HH")
-_RR_FIXED = struct.Struct("!HHIH")  # type, class, ttl, rdlength
-_U32 = struct.Struct("!I")
+_HEADER: Final = struct.Struct("!HHHHHH")
+_U16: Final = struct.Struct("!H")
+_U16X2: Final = struct.Struct("!HH")
+_RR_FIXED: Final = struct.Struct("!HHIH")  # type, class, ttl, rdlength
+_U32: Final = struct.Struct("!I")
 
 
 class WireError(ResolverError):
@@ -124,25 +140,45 @@ class BadReply(WireError):
     """An upstream reply that is malformed or does not match the question we asked."""
 
 
-@dataclasses.dataclass(slots=True)  # not frozen: built per query, and frozen __init__ costs 1.2 us more (measured)
+# A plain class, not a dataclass: compiled, a dataclass keeps the __init__ that the dataclasses
+# module writes in Python (measured 2% of a miss's CPU), while this one runs compiled.
 class Query:
     """The client's view of one query, parsed once: everything later stages need, as values.
 
     Treat it as immutable: no stage assigns to a field.
     """
 
-    id: int
-    flags: int
-    question: bytes  # the question section exactly as the client sent it (case preserved)
-    name: str  # lower-case presentation form without the trailing dot ("" for the root)
-    qtype: int
-    qclass: int
-    edns: bool  # the client sent an OPT record
-    payload: int  # the UDP size we may answer with (512 without EDNS)
-    do: bool  # DNSSEC OK bit
-    # Cache and coalescing key: the question without case, then the bits that change the answer
-    # (see _key). Made once by the parser: a cache miss needs it, or its question part, 8 times.
-    key: bytes
+    __slots__ = ("do", "edns", "flags", "id", "key", "name", "payload", "qclass", "qtype", "question")
+
+    def __init__(
+        self,
+        id: int,
+        flags: int,
+        question: bytes,
+        name: str,
+        qtype: int,
+        qclass: int,
+        edns: bool,
+        payload: int,
+        do: bool,
+        key: bytes,
+    ):
+        self.id = id
+        self.flags = flags
+        self.question = question  # the question section exactly as the client sent it (case preserved)
+        self.name = name  # lower-case presentation form without the trailing dot ("" for the root)
+        self.qtype = qtype
+        self.qclass = qclass
+        self.edns = edns  # the client sent an OPT record
+        self.payload = payload  # the UDP size we may answer with (512 without EDNS)
+        self.do = do  # DNSSEC OK bit
+        # Cache and coalescing key: the question without case, then the bits that change the
+        # answer (see _key). Made once by the parser: a cache miss needs it, or its question part,
+        # 8 times.
+        self.key = key
+
+    def __repr__(self) -> str:
+        return f"Query(id={self.id}, name={self.name!r}, qtype={self.qtype}, qclass={self.qclass}, edns={self.edns})"
 
     @property
     def question_lower(self) -> bytes:
@@ -315,14 +351,14 @@ def _labels_to_text(labels: list[bytes]) -> str:
     return ".".join("".join(chr(b) if b in _PLAIN_BYTES else f"\\{b:03d}" for b in label.lower()) for label in labels)
 
 
-_PLAIN_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789-_*")
-_PLAIN_WITH_DOT = b"abcdefghijklmnopqrstuvwxyz0123456789-_*."
+_PLAIN_BYTES: Final = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789-_*")
+_PLAIN_WITH_DOT: Final = b"abcdefghijklmnopqrstuvwxyz0123456789-_*."
 # Label lengths (1-63) that are also the code of a byte a plain name holds ('*', '-', digits): a
 # name with such a label is made text label by label.
-_LENGTHS_LIKE_LETTERS = frozenset(length for length in range(1, 64) if length in _PLAIN_BYTES)
+_LENGTHS_LIKE_LETTERS: Final = frozenset(length for length in range(1, 64) if length in _PLAIN_BYTES)
 # Every other byte below 64 becomes a dot: the label lengths inside a name, when none is one of those.
-_LENGTHS_TO_DOTS = bytes(46 if code < 64 and code not in _PLAIN_BYTES else code for code in range(256))
-_KEY_ENDS = ((b"\x00\x00", b"\x00\x01"), (b"\x01\x00", b"\x01\x01"))  # Query.key's DO and CD bytes
+_LENGTHS_TO_DOTS: Final = bytes(46 if code < 64 and code not in _PLAIN_BYTES else code for code in range(256))
+_KEY_ENDS: Final = ((b"\x00\x00", b"\x00\x01"), (b"\x01\x00", b"\x01\x01"))  # Query.key's DO and CD bytes
 
 
 def _name_text(wire_name: bytes, labels: int) -> str:
@@ -448,7 +484,7 @@ def make_error(query_id: int, flags: int, rcode: int, query: Query | Echo = NO_E
     return _HEADER.pack(query_id, out_flags, qdcount, 0, 0, 1) + question + opt
 
 
-_SOA_NAMES = encode_name("schooldns.invalid") + encode_name("hostmaster.schooldns.invalid")
+_SOA_NAMES: Final = encode_name("schooldns.invalid") + encode_name("hostmaster.schooldns.invalid")
 
 
 def _soa_rdata(negative_ttl: int) -> bytes:
@@ -489,7 +525,7 @@ def zone_soa_rdata(zone: str, minimum_ttl: int) -> bytes:
     return encode_name(zone) + _NOBODY + struct.pack("!IIIII", 1, 3600, 1200, 604800, minimum_ttl)
 
 
-_NOBODY = encode_name("nobody.invalid")
+_NOBODY: Final = encode_name("nobody.invalid")
 
 
 def make_zone_answer(query: Query, rcode: int, answers: list[tuple[int, bytes]], zone: str, ttl: int) -> bytes:
@@ -550,19 +586,34 @@ def reply_rcode(reply: bytes) -> int:
     return reply[3] & 0x0F
 
 
-class Answer(NamedTuple):
+class Answer:
     """An upstream reply made ready to replay: no OPT, TTL offsets known, cache lifetime known.
 
     `message` still carries the upstream header and question; `replay()` patches the ID,
-    flags and question bytes for each client and appends that client's OPT record.
+    flags and question bytes for each client and appends that client's OPT record. A plain
+    class, as Query is: compiled, a NamedTuple is still made in Python (1.5% of a miss's CPU).
     """
 
-    message: bytes
-    question_length: int
-    ttl_offsets: tuple[int, ...]
-    rcode: int
-    ttl: int  # seconds this answer may be cached (0 = do not cache)
-    targets: tuple[str, ...]  # CNAME / SVCB / HTTPS target names in the answer section
+    __slots__ = ("message", "question_length", "rcode", "targets", "ttl", "ttl_offsets")
+
+    def __init__(
+        self,
+        message: bytes,
+        question_length: int,
+        ttl_offsets: tuple[int, ...],
+        rcode: int,
+        ttl: int,
+        targets: tuple[str, ...],
+    ):
+        self.message = message
+        self.question_length = question_length
+        self.ttl_offsets = ttl_offsets
+        self.rcode = rcode
+        self.ttl = ttl  # seconds this answer may be cached (0 = do not cache)
+        self.targets = targets  # CNAME / SVCB / HTTPS target names in the answer section
+
+    def __repr__(self) -> str:
+        return f"Answer(rcode={self.rcode}, ttl={self.ttl}, {len(self.message)} bytes, targets={self.targets})"
 
 
 def parse_upstream_answer(

@@ -501,10 +501,11 @@ async def test_truncated_answers_open_at_most_max_tcp_exchanges_connections(upst
 
 
 async def test_a_bug_in_handling_a_reply_ends_the_question_and_leaves_nothing_waiting(upstream):
-    # Limits of the wrong type make parsing every reply fail with a TypeError: a stand-in for a bug.
+    # A negative max TTL makes every record's TTL one that cannot be written back (struct.error):
+    # a stand-in for a bug in handling a reply, in the compiled build as well.
     pool = forwarding.UpstreamPool(
-        [forwarding.parse_address(upstream.address)], limits=forwarding.AnswerLimits(min_ttl=None)
-    )  # type: ignore[arg-type]
+        [forwarding.parse_address(upstream.address)], limits=forwarding.AnswerLimits(max_ttl=-1)
+    )
     try:
         first, second = _Outcomes(), _Outcomes()
         pool.ask(_question("www.example.com"), first)
@@ -512,7 +513,7 @@ async def test_a_bug_in_handling_a_reply_ends_the_question_and_leaves_nothing_wa
         await asyncio.wait_for(second.arrived.wait(), 2)
         for outcome in (first, second):
             [(answer, error)] = outcome.calls
-            assert answer is None and isinstance(error, TypeError)
+            assert answer is None and isinstance(error, struct.error)
         assert not pool.asking
         upstream.answer("other.example.com", "A", "192.0.2.4")
         pool.limits = forwarding.AnswerLimits()  # the pool goes on answering

@@ -74,6 +74,26 @@ def test_datagrams_come_in_batches_and_answers_reach_each_sender(implementation,
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_datagrams_of_every_length_a_query_may_have_arrive_whole(implementation):
+    # The batched reader keeps a datagram's first bytes apart from the rest: both sides of that
+    # boundary, and in one batch, so that each one's parts come from its own buffers.
+    server = _bound(socket.AF_INET, "127.0.0.1")
+    server.setblocking(False)
+    client = _bound(socket.AF_INET, "127.0.0.1")
+    try:
+        batch = implementation(server)
+        sizes = [1, 12, 511, 512, 513, 1000, 2048, udpbatch.QUERY_MAX - 1, udpbatch.QUERY_MAX, 40]
+        sent = [bytes((number + i) % 251 for i in range(size)) for number, size in enumerate(sizes)]
+        for payload in sent:
+            client.sendto(payload, server.getsockname())
+        received = [payload for call in _receive_all(batch, len(sent)) for payload, _, _ in call]
+        assert received == sent and batch.oversized == 0
+    finally:
+        server.close()
+        client.close()
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_a_datagram_longer_than_a_query_can_be_is_dropped_and_counted(implementation):
     server = _bound(socket.AF_INET, "127.0.0.1")
     server.setblocking(False)

@@ -8,7 +8,7 @@ CPU the workers do not get. dnsperf times and matches every query in two threads
 `--window` queries outstanding on each of `--sockets` connected sockets and only counts answers.
 Every query of the file is built once before the run, in one buffer with a message header each,
 so sending the next k queries is one sendmmsg and reading k answers one recvmmsg (through
-ctypes, with the structures of resolver/dataplane/udpbatch.py): no Python work per datagram. Its own CPU per
+ctypes, with the structures of resolver/dataplane/udpcalls.py): no Python work per datagram. Its own CPU per
 answer is in the output, so a report can say how much of the machine it took. One source port
 per socket spreads the queries over SO_REUSEPORT listeners as many clients do.
 
@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from resolver.dataplane import udpbatch
+from resolver.dataplane import udpbatch, udpcalls
 
 BATCH = udpbatch.BATCH  # datagrams per system call
 SLOT = 512  # bytes per query in the send buffer and per answer in the receive buffer
@@ -74,8 +74,8 @@ class _Messages:
     def __init__(self, count: int, lengths: list[int] | None = None):
         self.count = count
         self.buffer = ctypes.create_string_buffer(count * SLOT)
-        self._iovecs = (udpbatch.IoVec * count)()
-        self._headers = (udpbatch.MMsgHdr * count)()
+        self._iovecs = (udpcalls.IoVec * count)()
+        self._headers = (udpcalls.MMsgHdr * count)()
         base = ctypes.addressof(self.buffer)
         for i in range(count):
             self._iovecs[i].base = base + i * SLOT
@@ -85,11 +85,11 @@ class _Messages:
         self.pointer = ctypes.addressof(self._headers)
 
     def at(self, index: int) -> int:
-        return self.pointer + index * ctypes.sizeof(udpbatch.MMsgHdr)
+        return self.pointer + index * ctypes.sizeof(udpcalls.MMsgHdr)
 
 
 def run(host: str, port: int, queries: list[bytes], seconds: float, sockets: int, window: int) -> dict:
-    recvmmsg, sendmmsg = udpbatch.SYSTEM_CALLS
+    recvmmsg, sendmmsg = udpcalls.SYSTEM_CALLS
     outgoing = _Messages(len(queries), [len(query) for query in queries])
     for i, query in enumerate(queries):
         ctypes.memmove(ctypes.addressof(outgoing.buffer) + i * SLOT, query, len(query))
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=8, help="queries outstanding per socket")
     parser.add_argument("--seed", type=int, default=1, help="seeds the query IDs")
     args = parser.parse_args(argv)
-    if udpbatch.SYSTEM_CALLS is None:
+    if udpcalls.SYSTEM_CALLS is None:
         parser.error("needs recvmmsg and sendmmsg (Linux)")
     if args.sockets < 1 or args.window < 1 or args.seconds <= 0:
         parser.error("--sockets, --window and --seconds must be positive")

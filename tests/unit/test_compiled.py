@@ -35,6 +35,10 @@ def test_the_build_compiles_the_modules_the_package_names():
         "resolver/dataplane/pipeline.py",
         "resolver/dataplane/headerblock.py",
         "resolver/dataplane/doh.py",
+        "resolver/dataplane/udpbatch.py",
+        "resolver/dataplane/udplistener.py",
+        "resolver/dataplane/upstream.py",
+        "resolver/dataplane/upstreamtls.py",
     ]
     assert all((ROOT / path).is_file() for path in setup["compilable"]())
 
@@ -70,5 +74,8 @@ def test_version_says_which_modules_are_compiled():
     )
     expected = "schooldns 0.1.0"
     if resolver.compiled_modules():
-        expected += " (compiled: wire, cache, repeats, domains, policy, schools, metrics, pipeline, headerblock, doh)"
+        expected += (
+            " (compiled: wire, cache, repeats, domains, policy, schools, metrics, pipeline,"
+            " headerblock, doh, udpbatch, udplistener, upstream, upstreamtls)"
+        )
     assert (version.returncode, version.stdout, version.stderr) == (0, expected + "\n", "")
