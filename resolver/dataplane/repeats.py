@@ -243,9 +243,9 @@ class Repeats:
                 self._answers.hits += 1
             else:
                 self._answers.stale_served += 1
-        if with_opt:
+        if with_opt:  # (concatenation: compiled, it is quicker than b"".join)
             if name is None:
-                return b"".join((data[:2], tail[:8], _COUNTS[(tail[8] << 8 | tail[9]) + 1], tail[10:], _ANSWER_OPT))
+                return data[:2] + tail[:8] + _COUNTS[(tail[8] << 8 | tail[9]) + 1] + tail[10:] + _ANSWER_OPT
             tail = tail[:8] + _COUNTS[(tail[8] << 8 | tail[9]) + 1] + tail[10:] + _ANSWER_OPT
         if name is None:
             return data[:2] + tail
