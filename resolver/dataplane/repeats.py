@@ -122,16 +122,18 @@ def _both_forms(repeat: _Repeat | None) -> _Repeat | None:
 
 
 def _plain_form(key: bytes) -> bytes | None:
-    """The key (query bytes after the ID) without its OPT record, if it is a question and a plain OPT record; else None.
+    """The key (query bytes after the ID) without its OPT record, if it ends with a plain OPT record; else None.
 
     A plain OPT record: the root name, any payload, no extended RCODE, version 0, no flag (DNSSEC
-    OK) and no option. A repeat kept with edns_too under the key without it answers this query.
+    OK) and no option, after one question and nothing else. The name's labels are not walked
+    here: a repeat kept with edns_too is kept under a question without trailing bytes (_keep
+    walks it), so when this key finds one, the OPT record begins where the question ends.
     """
     # (Slices and indexes, not startswith(x, start): compiled, that one is a slow generic call.)
     opt = len(key) - _PLAIN_OPT_SIZE
     if opt < 15 or not key.endswith(_PLAIN_OPT_END) or key[2:10] != _ONE_QUESTION_AND_OPT:
         return None  # (a question is 5 bytes at least: the root name, type and class)
-    if key[opt] or key[opt + 1] or key[opt + 2] != wire.TYPE_OPT or _question_end(key, 10) != opt:
+    if key[opt] or key[opt + 1] or key[opt + 2] != wire.TYPE_OPT:
         return None
     return key[:8] + _NO_RECORD + key[10:opt]
 
@@ -327,10 +329,14 @@ class Repeats:
         edns_too = False
         if cache_suffix is not None:  # a whole replay of a cache entry: kept for both forms if it is short enough
             if key[2:10] == _ONE_QUESTION:
-                edns_too = len(tail) <= _EDNS_TOO_MAX
+                edns_too = len(tail) <= _EDNS_TOO_MAX and _question_end(key, 10) == len(key)
             elif key.endswith(_PLAIN_OPT_END) and tail.endswith(_ANSWER_OPT):
                 plain = _plain_form(key)
-                if plain is not None and len(tail) - _PLAIN_OPT_SIZE <= _EDNS_TOO_MAX:
+                if (
+                    plain is not None
+                    and len(tail) - _PLAIN_OPT_SIZE <= _EDNS_TOO_MAX
+                    and _question_end(plain, 10) == len(plain)
+                ):
                     key, edns_too = plain, True
                     tail = tail[:8] + _COUNTS[(tail[8] << 8 | tail[9]) - 1] + tail[10:-_PLAIN_OPT_SIZE]
         verdict: object = (segment, (school, "udp", result), blocked, from_cache, edns_too, cache_suffix)

@@ -421,3 +421,18 @@ async def test_a_repeat_is_not_re_aged_from_another_answer_or_after_its_eviction
     assert (await answer(pipe, query("www.example.com", 10))).answer[0].ttl == 100
     clocks.advance(1.0)
     assert (await answer(pipe, query("www.example.com", 11))).answer[0].ttl == 99 - 4
+
+
+async def test_a_question_with_bytes_after_it_is_not_kept_for_a_query_with_an_opt_record(site):
+    """A query without EDNS and a byte after its question is kept for itself only: a query whose
+    bytes without a plain OPT record are the same has that byte as the start of another record."""
+    pipe, *_ = site
+    junk = plain_query("www.example.com", 1) + b"\x00"
+    await answer(pipe, junk)
+    await answer(pipe, junk)  # a cache hit, kept under its bytes
+    head = plain_query("www.example.com", 2)
+    crafted = head[:11] + b"\x01" + head[12:] + b"\x00" + b"\x00\x00\x29\x04\xd0" + bytes(6)  # ARCOUNT 1
+    hits = pipe.repeats.hits
+    reply = pipe.handle(crafted, SCHOOL_A, "udp")
+    assert pipe.repeats.hits == hits and reply == pipe.handle(crafted, SCHOOL_A, "tcp")
+    assert dns.message.from_wire(reply).edns == -1  # its additional record is no OPT record
