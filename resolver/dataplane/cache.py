@@ -34,7 +34,6 @@ class CacheEntry(NamedTuple):
     stored_at: float
     expires_at: float
     aged_for: int
-    stored: bytes  # what the cache keeps for it (a repeat re-ages from it: see renewal())
 
     @property
     def exact_until(self) -> float:
@@ -128,7 +127,6 @@ class AnswerCache:
             stored_at,
             expires_at,
             aged_for,
-            stored,
         )
 
     def has_stale(self, key: bytes, now: float) -> bool:
@@ -181,7 +179,7 @@ class AnswerCache:
         for offset in offsets:
             buf[offset : offset + 4] = ttl
         targets = _targets(stored, body_at - text_length, body_at)
-        return CacheEntry(bytes(buf), question_length, offsets, targets, stored_at, expires_at, aged_for, stored)
+        return CacheEntry(bytes(buf), question_length, offsets, targets, stored_at, expires_at, aged_for)
 
     def store(self, key: bytes, answer: wire.Answer, now: float) -> None:
         """Keep an answer for its TTL; answers with TTL 0 (errors, truncated) are not kept."""
@@ -219,15 +217,17 @@ class AnswerCache:
         self._failed.clear()
         self.bytes = 0
 
-    def touch(self, key: bytes) -> None:
-        """Make the entry of `key`, if cached, the most recently used (its answer was repeated: see repeats)."""
-        if key in self._entries:
-            self._entries.move_to_end(key)
-
-    def renewal(self, stored: bytes) -> tuple[float, float, tuple[int, ...]]:
-        """(stored_at, expires_at, TTL offsets) of what the cache kept for an entry (CacheEntry.stored)."""
-        stored_at, expires_at, _, _, count, _ = _HEAD.unpack_from(stored)
-        return stored_at, expires_at, self._offsets(stored, count)
+    def renewal(self, key: bytes, stored_at: float) -> tuple[float, tuple[int, ...]] | None:
+        """(expires_at, TTL offsets) of the entry of `key` if it is still the answer stored at `stored_at`
+        (CacheEntry.stored_at), made the most recently used (its answer was repeated: see repeats); else None."""
+        stored = self._entries.get(key)
+        if stored is None:
+            return None
+        at, expires_at, _, _, count, _ = _HEAD.unpack_from(stored)
+        if at != stored_at:
+            return None  # another answer since
+        self._entries.move_to_end(key)
+        return expires_at, self._offsets(stored, count)
 
     def _offsets(self, stored: bytes, count: int) -> tuple[int, ...]:
         """The TTL offsets of a stored answer, as one tuple shared by every answer of the same shape."""

@@ -13,6 +13,8 @@ another process sharing the core does not count, as it would in wall-clock time)
 per second of CPU that makes, by kind:
 
 - cached: cache hits asked again byte for byte (repeats, while their kept bytes hold);
+- plain: the same names asked without EDNS, as the query files of `make bench` ask them (the
+  answer kept once for both forms is kept without the OPT record: see repeats);
 - renewed: the same 5 s later each round, so every repeat has its TTLs re-aged (wire.reduce_ttls,
   see repeats.REPEAT_AGE_AHEAD_SECONDS);
 - blocked: blocked names asked again;
@@ -74,10 +76,13 @@ class AnsweringForwarder:
         done(wire.parse_upstream_answer(reply, len(query.question), 0, 86400, 3600), None)
 
 
-def query_bytes(name: str, rng: random.Random, cookie: bytes | None = None) -> bytes:
+def query_bytes(name: str, rng: random.Random, cookie: bytes | None = None, edns: bool = True) -> bytes:
     """An A query for `name` (its letter case kept) with a random ID and EDNS (payload 1232),
-    as dnspython makes it; with a COOKIE option carrying `cookie` (8 bytes: a client cookie)."""
+    as dnspython makes it; with a COOKIE option carrying `cookie` (8 bytes: a client cookie);
+    without EDNS (as dnsperf sends a line of its text input) when `edns` is False."""
     qname = b"".join(bytes([len(label)]) + label.encode("ascii") for label in name.split(".")) + b"\0"
+    if not edns:
+        return struct.pack("!HHHHHH", rng.randrange(65536), 0x0100, 1, 0, 0, 0) + qname + struct.pack("!HH", 1, 1)
     options = b"" if cookie is None else struct.pack("!HH", _OPTION_COOKIE, len(cookie)) + cookie
     opt = b"\0" + struct.pack("!HHIH", 41, 1232, 0, len(options)) + options
     return struct.pack("!HHHHHH", rng.randrange(65536), 0x0100, 1, 0, 0, 1) + qname + struct.pack("!HH", 1, 1) + opt
@@ -193,8 +198,10 @@ def main() -> None:
         return [query_bytes(f"miss{round_}-{number}.example-{number % 983}.org", rng) for number in range(args.names)]
 
     cookie_mask = [rng.random() < MIX_COOKIES for _ in allowed]
+    fixed["plain"] = [query_bytes(name, rng, edns=False) for name in allowed]
     kinds: dict[str, Callable[[int], list[bytes]]] = {
         "cached": same_bytes("cached", allowed),
+        "plain": lambda round_: fixed["plain"],
         "renewed": lambda round_: fixed["cached"],
         "blocked": same_bytes("blocked", blocked),
         "0x20": cased,

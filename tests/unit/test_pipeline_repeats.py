@@ -6,6 +6,8 @@ import asyncio
 import datetime
 import zoneinfo
 
+import dns.edns
+import dns.flags
 import dns.message
 import dns.rcode
 import dns.rrset
@@ -37,13 +39,16 @@ class CountingForwarder:
     def __init__(self) -> None:
         self.asked: list[str] = []
         self.ttls: dict[str, int] = {}
+        self.addresses: dict[str, int] = {}  # how many A records a name has (1 unless said)
 
     def ask(self, query: wire.Query, done) -> None:
         self.asked.append(query.name)
         request = dns.message.make_query(query.name + ".", query.qtype)
         response = dns.message.make_response(request)
         ttl = self.ttls.get(query.name, 300)
-        response.answer.append(dns.rrset.from_text(query.name + ".", ttl, "IN", "A", "192.0.2.10"))
+        count = self.addresses.get(query.name, 1)
+        addresses = ["192.0.2.10"] if count == 1 else [f"192.0.{n // 250}.{n % 250 + 1}" for n in range(count)]
+        response.answer.append(dns.rrset.from_text_list(query.name + ".", ttl, "IN", "A", addresses))
         done(wire.parse_upstream_answer(response.to_wire(), len(query.question), 0, 86400, 3600), None)
 
 
@@ -321,3 +326,113 @@ async def test_answers_asked_for_again_outlive_a_flood_of_answers_asked_for_once
         assert len(pipe.repeats) <= 8
     assert pipe.repeats.hits == 20  # every later one was a repeat, from either generation
     assert pipe.repeats.schools() == 1
+
+
+def plain_query(name: str, query_id: int, want_dnssec: bool = False) -> bytes:
+    """A query without EDNS (or, with want_dnssec, with an OPT record with the DO bit)."""
+    message = dns.message.make_query(name, "A", use_edns=0 if want_dnssec else False, want_dnssec=want_dnssec)
+    message.id = query_id
+    return message.to_wire()
+
+
+async def test_one_repeat_answers_a_question_with_and_without_edns(site):
+    """A cached answer asked without EDNS, with a plain OPT record and with a lone cookie is kept once."""
+    pipe, clocks, forwarder, counters, answers, _ = site
+    await answer(pipe, plain_query("www.example.com", 1))  # forwarded
+    await answer(pipe, plain_query("www.example.com", 2))  # a cache hit, kept without the OPT record
+    assert len(pipe.repeats) == 1
+    asked = [
+        query("www.example.com", 3),
+        cookie_query("WWW.example.com", 4, b"\x04" * 8),
+        plain_query("www.EXAMPLE.com", 5),
+        query("www.example.com", 6),
+    ]
+    for data in asked:
+        reply = pipe.handle(data, SCHOOL_A, "udp")
+        assert reply == pipe.handle(data, SCHOOL_A, "tcp")  # byte for byte what a parsed query gets
+    assert pipe.repeats.hits == 4 and len(pipe.repeats) == 1
+    clocks.advance(2.5)  # re-aged once, then answered with and without an OPT record again
+    for data in asked:
+        reply = dns.message.from_wire(pipe.handle(data, SCHOOL_A, "udp"))
+        parsed = dns.message.from_wire(pipe.handle(data, SCHOOL_A, "tcp"))
+        assert reply.answer[0].ttl == 298 - 4 and parsed.answer[0].ttl == 298  # 4 s ahead, as any repeat
+        reply.answer[0].ttl = 298
+        assert reply == parsed and reply.edns == parsed.edns and reply.question == parsed.question
+    assert pipe.repeats.hits == 8 and len(pipe.repeats) == 1 and forwarder.asked == ["www.example.com"]
+    assert counters.queries[("school-a", "udp", "cached")] == 9 and answers.hits == 9 + 8
+
+
+async def test_a_repeat_kept_from_a_query_with_a_plain_opt_answers_one_without(site):
+    pipe, _, forwarder, *_ = site
+    await answer(pipe, query("www.example.com", 1))
+    await answer(pipe, query("www.example.com", 2))  # kept without its OPT record
+    data = plain_query("www.example.com", 3)
+    reply = pipe.handle(data, SCHOOL_A, "udp")
+    assert reply == pipe.handle(data, SCHOOL_A, "tcp") and dns.message.from_wire(reply).edns == -1
+    assert pipe.repeats.hits == 1 and len(pipe.repeats) == 1 and forwarder.asked == ["www.example.com"]
+
+
+async def test_answers_that_differ_with_edns_are_kept_apart(site):
+    """DNSSEC OK asks another cache entry; a blocked answer has an EDE option; an answer longer than
+    512 bytes with its OPT record is cut without EDNS: each form is kept under its own bytes."""
+    pipe, _, forwarder, *_ = site
+    forwarder.addresses["many.example.com"] = 40  # 40 A records: about 680 bytes
+    await answer(pipe, plain_query("games.example.com", 1))  # blocked for this school, kept
+    assert len(pipe.repeats) == 1
+    asked = [
+        plain_query("www.example.com", 2, want_dnssec=True),
+        query("games.example.com", 3),
+        query("many.example.com", 4),
+        plain_query("many.example.com", 5),
+    ]
+    for data in asked:
+        await answer(pipe, data)
+        await answer(pipe, data)  # answered, then kept (a cache hit, or the blocked answer at once)
+        hits = pipe.repeats.hits
+        reply = pipe.handle(data, SCHOOL_A, "udp")
+        assert pipe.repeats.hits == hits + 1  # a repeat of its own form
+        parsed = dns.message.from_wire(reply)
+        if data[-4:] != b"\x00\x01\x00\x01":  # with an OPT record
+            assert parsed.edns == 0 and reply == pipe.handle(data, SCHOOL_A, "tcp")
+        else:  # without: many's 40 records do not fit 512 bytes
+            assert parsed.edns == -1 and parsed.flags & dns.flags.TC and not parsed.answer
+    assert dns.message.from_wire(pipe.handle(asked[1], SCHOOL_A, "udp")).options[0].otype == dns.edns.EDE
+    assert len(pipe.repeats) == 1 + 4
+
+
+async def test_a_repeat_is_not_re_aged_from_another_answer_or_after_its_eviction(tmp_path):
+    """A repeat re-ages from the cached answer it was made from only: once that answer is evicted or
+    replaced, the query goes the whole way again (the repeat keeps no evicted answer alive)."""
+    pipe, clocks, forwarder, _counters, answers, _ = make_site(tmp_path)
+    answers.max_entries = 2
+    await answer(pipe, query("www.example.com", 1))
+    await answer(pipe, query("www.example.com", 2))  # kept as a repeat
+    await answer(pipe, query("one.example.com", 3))
+    await answer(pipe, query("two.example.com", 4))  # www's answer evicted
+    hits = pipe.repeats.hits
+    assert (await answer(pipe, query("www.example.com", 5))).answer[0].ttl == 300  # the repeat, until its second
+    clocks.advance(1.0)
+    assert (await answer(pipe, query("www.example.com", 6))).answer[0].ttl == 300  # asked again: a new answer
+    assert pipe.repeats.hits == hits + 1 and forwarder.asked.count("www.example.com") == 2
+    forwarder.ttls["www.example.com"] = 100
+    await answer(pipe, query("one.example.com", 7))
+    await answer(pipe, query("two.example.com", 8))  # evicted again
+    await answer(pipe, query("www.example.com", 9))  # stored anew (TTL 100), and kept as a repeat of it
+    assert (await answer(pipe, query("www.example.com", 10))).answer[0].ttl == 100
+    clocks.advance(1.0)
+    assert (await answer(pipe, query("www.example.com", 11))).answer[0].ttl == 99 - 4
+
+
+async def test_a_question_with_bytes_after_it_is_not_kept_for_a_query_with_an_opt_record(site):
+    """A query without EDNS and a byte after its question is kept for itself only: a query whose
+    bytes without a plain OPT record are the same has that byte as the start of another record."""
+    pipe, *_ = site
+    junk = plain_query("www.example.com", 1) + b"\x00"
+    await answer(pipe, junk)
+    await answer(pipe, junk)  # a cache hit, kept under its bytes
+    head = plain_query("www.example.com", 2)
+    crafted = head[:11] + b"\x01" + head[12:] + b"\x00" + b"\x00\x00\x29\x04\xd0" + bytes(6)  # ARCOUNT 1
+    hits = pipe.repeats.hits
+    reply = pipe.handle(crafted, SCHOOL_A, "udp")
+    assert pipe.repeats.hits == hits and reply == pipe.handle(crafted, SCHOOL_A, "tcp")
+    assert dns.message.from_wire(reply).edns == -1  # its additional record is no OPT record
