@@ -5,19 +5,19 @@ from __future__ import annotations
 import array
 import collections
 import struct
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from resolver.dataplane import wire
 
-STALE_ANSWER_TTL = 30  # RFC 8767 4: TTL of a stale answer served when every upstream fails
+STALE_ANSWER_TTL: Final = 30  # RFC 8767 4: TTL of a stale answer served when every upstream fails
 # RFC 8767 5's failure recheck timer: once a refresh of an expired answer failed, its question is
 # answered stale at once, without asking upstream, for this long (the RFC suggests 30 s). The
 # config's cache.stale_failure_recheck_seconds sets it.
 FAILURE_RECHECK_SECONDS = 30.0
 # Memory of one cached answer beyond its key and stored bytes: the LRU dict's share, its node and
 # allocation rounding (tracemalloc on 100,000 answers: ~105; rounded up for dict growth).
-ENTRY_OVERHEAD_BYTES = 130
-_SHAPES_MAX = 4096  # distinct TTL-offset tuples shared between the entries handed out (see _offsets)
+ENTRY_OVERHEAD_BYTES: Final = 130
+_SHAPES_MAX: Final = 4096  # distinct TTL-offset tuples shared between the entries handed out (see _offsets)
 
 
 class CacheEntry(NamedTuple):
@@ -53,9 +53,9 @@ class CacheEntry(NamedTuple):
 #   `question length` bytes (every key begins with the lower-cased question), so it is not kept twice.
 # Only the aged message is kept: aging it further from the last whole second gives the same TTLs as
 # aging the original (TTLs stop at zero either way).
-_HEAD = struct.Struct("=ddIHHI")
-_HEAD_SIZE = _HEAD.size
-_OFFSET = struct.Struct("=H")  # the one TTL offset of most answers (array("H") packs the same way)
+_HEAD: Final = struct.Struct("=ddIHHI")
+_HEAD_SIZE: Final = _HEAD.size
+_OFFSET: Final = struct.Struct("=H")  # the one TTL offset of most answers (array("H") packs the same way)
 
 
 class AnswerCache:

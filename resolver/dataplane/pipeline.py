@@ -31,7 +31,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Final, Protocol
 
 from resolver.dataplane import cache, metrics, ratelimit, repeats, upstream, wire
 from resolver.dataplane.streams import Stream as Stream  # handle() returns it: pipeline.Stream too
@@ -48,8 +48,9 @@ _EDE_BY_AUTHORITY = {"province": wire.EDE_CENSORED, "school": wire.EDE_FILTERED,
 # answer refreshes the cache. 1.8 s is the RFC's suggestion: under the 2 s after which common stub
 # resolvers ask again. The config's cache.stale_wait_seconds sets it.
 STALE_WAIT_SECONDS = 1.8
-_LATE_TEXT = "upstreams did not answer in time"  # a stale answer's EDE text: the timer fired, or upstreams failed
-_RECHECK_TEXT = "upstreams failed to refresh it recently"  # ... or within the failure recheck timer
+# A stale answer's EDE text: the timer fired, or upstreams failed
+_LATE_TEXT: Final = "upstreams did not answer in time"
+_RECHECK_TEXT: Final = "upstreams failed to refresh it recently"  # ... or within the failure recheck timer
 # Answers (REFUSED) a second to a client network (/24, /56) outside every school, over UDP. The
 # config's limits.unknown_client_refusals_per_second sets it.
 UNKNOWN_CLIENT_REFUSALS_PER_SECOND = 10
@@ -58,7 +59,7 @@ _CLASS_NAMES = {wire.CLASS_CH: "CH", 4: "HS", wire.CLASS_NONE: "NONE", wire.CLAS
 _ZONE_QTYPES = frozenset({wire.TYPE_SOA, wire.TYPE_AXFR, wire.TYPE_IXFR})  # what `Zones` may answer
 # TTL of locally served answers (localhost's addresses, the empty zones' SOA): short enough that a
 # school that starts forwarding such a zone is not kept from its names for long by clients' caches.
-LOCAL_TTL_SECONDS = 300
+LOCAL_TTL_SECONDS: Final = 300
 _LOCALHOST_ADDRESSES = {wire.TYPE_A: socket.inet_pton(socket.AF_INET, "127.0.0.1"), wire.TYPE_AAAA: bytes(15) + b"\x01"}
 _LOCALHOST_PTR = wire.encode_name("localhost")
 

@@ -39,8 +39,8 @@ REPEAT_OVERHEAD_BYTES = (
 # 1/16 of the shortest TTL left, so that its bytes hold for up to 5 s instead of 1: a TTL served
 # is never above the exact one, and at most that much below. Re-aging was every query's cost when a
 # name is asked about once a second (measured: docs/performance-history.md, "Repeats re-aged ahead").
-REPEAT_AGE_AHEAD_SECONDS = 4
-BLOCKED_REPEAT_SECONDS = 60.0  # a blocked answer decided now is kept for this long
+REPEAT_AGE_AHEAD_SECONDS: Final = 4
+BLOCKED_REPEAT_SECONDS: Final = 60.0  # a blocked answer decided now is kept for this long
 
 # Inside this room only, a repeat is a plain tuple of atomic values, so the garbage collector stops
 # tracking it and a full table adds nothing to its pauses (a NamedTuple or a dataclass would stay

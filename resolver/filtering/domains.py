@@ -13,7 +13,7 @@ from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain, filterfalse
-from typing import cast
+from typing import Final, cast
 
 from resolver import durable
 from resolver.errors import ResolverError
@@ -91,14 +91,14 @@ _HEADER = struct.Struct("<8sIIIIIIII24x")
 _HEADER_SIZE = _HEADER.size  # 64
 _CRC_AT = 36  # offset of the crc field in the header
 _FLAG_SINGLE_LABELS = 1  # some listed name is a single label (lists never produce one; tests may)
-_FIELD_SHIFT = 48  # slot bits 48..63: mask-set number << 1 | has-descendants bit
-_FINGERPRINT_MASK = 2**40 - 1  # slot bits 8..47
-_FINGERPRINT_BITS = _FINGERPRINT_MASK << 8  # the same bits in place, in the slot and in a digest's first 8 bytes
+_FIELD_SHIFT: Final = 48  # slot bits 48..63: mask-set number << 1 | has-descendants bit
+_FINGERPRINT_MASK: Final = 2**40 - 1  # slot bits 8..47
+_FINGERPRINT_BITS: Final = _FINGERPRINT_MASK << 8  # the same bits in place, in the slot and in a digest's first 8 bytes
 _DIGESTS_PER_PASS = 65536  # names hashed per joined batch of digests (bounds the temporary bytes)
-_DESCENDANTS_BIT = 1 << _FIELD_SHIFT  # the field's has-descendants bit, in place
-_ANCESTOR = _DESCENDANTS_BIT  # an unlisted ancestor's slot, before its check byte
-_KEY_BITS = _FINGERPRINT_BITS | 0xFF  # what tells listed names apart: fingerprint and check byte
-_DESCENDANTS_AND_KEY_BITS = _DESCENDANTS_BIT | _KEY_BITS
+_DESCENDANTS_BIT: Final = 1 << _FIELD_SHIFT  # the field's has-descendants bit, in place
+_ANCESTOR: Final = _DESCENDANTS_BIT  # an unlisted ancestor's slot, before its check byte
+_KEY_BITS: Final = _FINGERPRINT_BITS | 0xFF  # what tells listed names apart: fingerprint and check byte
+_DESCENDANTS_AND_KEY_BITS: Final = _DESCENDANTS_BIT | _KEY_BITS
 _MAX_MASKSETS = 2**15  # mask-set numbers fit the 16-bit field with the descendants bit
 # At least 1.5 slots per node, rounded up to a power of two: the table is 1/3 to 2/3 full (nodes
 # are counted before placing them, a little over: listed parents twice, see _build_image). At 1/3
@@ -116,7 +116,7 @@ _COLUMNS = {
     ("allow", "subtree"): (2, 3),
     ("allow", "below"): (3,),
 }
-_MASK64 = 2**64 - 1
+_MASK64: Final = 2**64 - 1
 # While building, a name's four masks are packed into one int (column c in bits 64c..64c+63).
 
 # In names joined by "\0\n" (and ending with it): the parent + NUL of every name with at least

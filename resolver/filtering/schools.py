@@ -6,7 +6,7 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Iterable
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 from resolver.errors import ResolverError
 
@@ -17,7 +17,7 @@ T = TypeVar("T")
 #: Distinct client addresses remembered by lookup(); the memo is cleared when full.
 MEMO_MAX_ENTRIES = 65_536
 
-MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"  # ::ffff:0:0/96, IPv4-mapped IPv6
+MAPPED_PREFIX: Final = b"\x00" * 10 + b"\xff\xff"  # ::ffff:0:0/96, IPv4-mapped IPv6
 _MISSING: Any = object()
 
 NetworkLike = str | ipaddress.IPv4Network | ipaddress.IPv6Network
