@@ -244,7 +244,12 @@ class Pipeline:
         self.counters = counters
         self.clock = clock
         self.wall_clock = wall_clock
-        self.repeats = repeats.Repeats(counters, answers, keep_repeats)
+        self.repeats = repeats.Repeats(counters, answers, keep_repeats)  # UDP's
+        # TCP's, DoT's and DoH's: each held to a quarter of UDP's bounds (most queries come by UDP).
+        self.stream_repeats = {
+            transport: repeats.Repeats(counters, answers, keep_repeats, transport, share=4)
+            for transport in ("tcp", "dot", "doh")
+        }
         self._segments: dict[str, tuple[float, float, int]] = {}  # school id -> (minute start, end, segment)
         self.stale_wait_seconds = stale_wait_seconds
         self._timers = timers
@@ -260,7 +265,7 @@ class Pipeline:
     def install(self, snapshot: Snapshot) -> None:
         """Swap in a new snapshot (control plane); answers made with the old one are dropped."""
         self._segments = {}
-        self.repeats.drop_all()
+        self._drop_repeats()
         if self.school_rates is not None:
             self.school_rates.forget()
         self.snapshot = snapshot
@@ -285,6 +290,7 @@ class Pipeline:
             school = snapshot.policies.school(school_id)
         wall = self.wall_clock()
         now = self.clock()
+        kept = None
         if school is not None:
             # The school's rate cap, before anything else is spent on the query (repeats included:
             # a flood of one repeated name takes the worker's reading as well). Off: one test.
@@ -297,10 +303,11 @@ class Pipeline:
                 if known is None or not known[0] <= wall < known[1]:
                     known = self._segment(school, wall)
                 segment = known[2]
-            # 2. Repeat: a UDP query whose bytes after the ID equal an earlier one's from the same
-            #    school gets that answer with its own ID, while it holds.
-            if transport == "udp":
-                reply = self.repeats.answer(school.id, data, segment, now)
+            # 2. Repeat: a query whose bytes after the ID equal an earlier one's from the same
+            #    school by the same transport gets that answer with its own ID, while it holds.
+            kept = self.repeats if transport == "udp" else self.stream_repeats.get(transport)  # inline: per query
+            if kept is not None:
+                reply = kept.answer(school.id, data, segment, now)
                 if reply is not None:
                     return reply
 
@@ -328,9 +335,9 @@ class Pipeline:
             if isinstance(decision, policy.Block):
                 reply = self._blocked(query, decision, snapshot)
                 self.counters.count_block(school.id, transport, decision.category, decision.authority)
-                if transport == "udp":
+                if kept is not None:
                     until = now + repeats.BLOCKED_REPEAT_SECONDS
-                    self.repeats.keep_blocked(school.id, data, segment, reply, decision, until, from_cache=False)
+                    kept.keep_blocked(school.id, data, segment, reply, decision, until, from_cache=False)
                 return reply
             if isinstance(decision, policy.Rewrite) and query.qclass == wire.CLASS_IN:
                 return self._rewrite(data, query, decision.target, school, segment, snapshot, transport, limit, now)
@@ -350,15 +357,13 @@ class Pipeline:
                 if block is not None:
                     reply = self._blocked(query, block, snapshot)
                     self.counters.count_block(school.id, transport, block.category, block.authority)
-                    if transport == "udp":
-                        self.repeats.keep_blocked(
-                            school.id, data, segment, reply, block, entry.expires_at, from_cache=True
-                        )
+                    if kept is not None:
+                        kept.keep_blocked(school.id, data, segment, reply, block, entry.expires_at, from_cache=True)
                     return reply
             reply = wire.replay(entry.message, entry.question_length, query, limit)
             self.counters.count(school.id, transport, "cached")
-            if transport == "udp":
-                self.repeats.keep_replayed(school.id, data, segment, reply, "cached", entry, key)
+            if kept is not None:
+                kept.keep_replayed(school.id, data, segment, reply, "cached", entry, key)
             return reply
 
         # 6.-8. Forward upstream, then cache, inspect and count (_forwarded): the only stage that waits.
@@ -382,7 +387,7 @@ class Pipeline:
         # cost more than the repeats it replaced: the workers fell behind at half their capacity).
         recheck_until = self.cache.rechecking(key, now)
         if recheck_until:
-            keep = (data, segment, recheck_until) if transport == "udp" else None
+            keep = (data, segment, recheck_until) if kept is not None else None
             reply = self._stale(miss, _RECHECK_TEXT, keep)
             if reply is not None:
                 return reply
@@ -438,15 +443,29 @@ class Pipeline:
         ede = wire.ede_option(wire.EDE_STALE_ANSWER, why) if query.edns else b""
         reply = wire.replay(entry.message, entry.question_length, query, miss.limit, ede)
         if keep is not None:
-            self.repeats.keep_stale(school.id, keep[0], keep[1], reply, keep[2])
+            kept = self._repeats_for(transport)
+            if kept is not None:
+                kept.keep_stale(school.id, keep[0], keep[1], reply, keep[2])
         return reply
 
     def _store(self, key: bytes, answer: wire.Answer, now: float) -> None:
         """Cache an upstream answer. Rare: if it refreshes one in its failure recheck (asked before
         the recheck began, it came late), the stale answers kept as repeats would outlive it: they go."""
         if self.cache.rechecking(key, now):
-            self.repeats.drop_all()
+            self._drop_repeats()
         self.cache.store(key, answer, now)
+
+    def _repeats_for(self, transport: str) -> repeats.Repeats | None:
+        """The repeats of a transport's queries (None: a transport that keeps none)."""
+        return self.repeats if transport == "udp" else self.stream_repeats.get(transport)
+
+    def _drop_repeats(self) -> None:
+        for kept in (self.repeats, *self.stream_repeats.values()):
+            kept.drop_all()
+
+    def repeats_discarded(self) -> int:
+        """Answers forgotten with a previous generation at its bound, by every transport's repeats."""
+        return self.repeats.discarded + sum(kept.discarded for kept in self.stream_repeats.values())
 
     def _wait_for_stale(self, miss: Pending) -> None:
         """Answer the miss stale when the client response timer fires, unless upstream answers first."""
@@ -568,8 +587,9 @@ class Pipeline:
         if entry is not None:
             reply = wire.replay(entry.message, entry.question_length, query, limit)
             self.counters.count(school.id, transport, "rewritten")
-            if transport == "udp":
-                self.repeats.keep_replayed(school.id, data, segment, reply, "rewritten", entry, key)
+            kept = self._repeats_for(transport)
+            if kept is not None:
+                kept.keep_replayed(school.id, data, segment, reply, "rewritten", entry, key)
             return reply
         target_query = wire.make_synthetic_query(target, query.qtype, query.do)
         return Pending(self, query, school, snapshot, transport, limit, now, target_query, key)

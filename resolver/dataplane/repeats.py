@@ -1,4 +1,4 @@
-"""Repeats: answers made at once for UDP queries, kept per school under the query bytes after the ID.
+"""Repeats: answers made at once for repeated queries, kept per transport and school under the query bytes after the ID.
 
 A client asks the same question again, byte for byte apart from the ID. `Repeats.answer` gives
 it the kept answer with its own ID, without parse, decision or replay, and counts it like the
@@ -139,9 +139,12 @@ def _plain_form(key: bytes) -> bytes | None:
 
 
 class Repeats:
-    """The answers kept for repeats of one worker: two generations, each bounded by REPEAT_MAX and REPEAT_MAX_BYTES.
+    """The answers kept for repeats of one worker's queries by one transport: two generations, each bounded by
+    REPEAT_MAX and REPEAT_MAX_BYTES, divided by `share`.
 
-    `enabled=False` keeps nothing (for measurements of what repeats are worth; not a setting).
+    A transport's answers are its own (over UDP they may be cut to the client's size; over a
+    stream never), and a repeat is counted under its `transport`. `enabled=False` keeps nothing
+    (for measurements of what repeats are worth; not a setting).
     """
 
     __slots__ = (
@@ -151,17 +154,28 @@ class Repeats:
         "_counters",
         "_previous",
         "_previous_count",
+        "_share",
         "_tables",
         "_verdicts",
         "discarded",
         "enabled",
         "hits",
+        "transport",
     )
 
-    def __init__(self, counters: metrics.Counters, answers: cache.AnswerCache, enabled: bool = True):
+    def __init__(
+        self,
+        counters: metrics.Counters,
+        answers: cache.AnswerCache,
+        enabled: bool = True,
+        transport: str = "udp",
+        share: int = 1,
+    ):
         self._counters = counters
         self._answers = answers  # a repeat of a cache hit adds to its hits
         self.enabled = enabled
+        self.transport = transport  # the transport its queries came by: what a repeat is counted under
+        self._share = share  # held to 1/share of REPEAT_MAX and REPEAT_MAX_BYTES
         self._tables: _Tables = {}  # the current generation
         self._previous: _Tables = {}  # the previous generation, read until the current one is full
         self._verdicts: dict[object, object] = {}
@@ -178,7 +192,7 @@ class Repeats:
         return len(self._tables.keys() | self._previous.keys())
 
     def answer(self, school: str, data: bytes, segment: int, now: float) -> bytes | None:
-        """The kept answer to this UDP query with its ID and its letter case, counted; None when none holds.
+        """The kept answer to this query with its ID and its letter case, counted; None when none holds.
 
         `segment` is the school's schedule segment now, `now` the pipeline's clock.
         """
@@ -264,7 +278,7 @@ class Repeats:
         *,
         from_cache: bool,
     ) -> None:
-        """Keep a blocked answer to a UDP query until `until`; from_cache: it came from a cached answer's chain."""
+        """Keep a blocked answer to a query until `until`; from_cache: it came from a cached answer's chain."""
         blocked = (school, block.category, block.authority)
         self._keep(school, data, segment, reply, "blocked", blocked, FROM_CACHE if from_cache else 0, until)
 
@@ -278,7 +292,7 @@ class Repeats:
         entry: cache.CacheEntry,
         cache_key: bytes,
     ) -> None:
-        """Keep a cache entry (`cache_key` in the cache) replayed for a UDP query (result: its label); re-aged with it.
+        """Keep a cache entry (`cache_key` in the cache) replayed for a query (result: its label); re-aged with it.
 
         A truncated replay (TC set, or without its additional records) is not re-aged: it holds
         until the entry's next second of age.
@@ -290,7 +304,7 @@ class Repeats:
         self._keep(school, data, segment, reply, result, None, FROM_CACHE, entry.exact_until, entry.stored_at, suffix)
 
     def keep_stale(self, school: str, data: bytes, segment: int, reply: bytes, until: float) -> None:
-        """Keep a stale answer (TTL 30, EDE 3) to a UDP query until `until`, the end of its failure recheck."""
+        """Keep a stale answer (TTL 30, EDE 3) to a query until `until`, the end of its failure recheck."""
         self._keep(school, data, segment, reply, "stale", None, STALE, until)
 
     def drop_all(self) -> None:
@@ -339,7 +353,7 @@ class Repeats:
                 ):
                     key, edns_too = plain, True
                     tail = tail[:8] + _COUNTS[(tail[8] << 8 | tail[9]) - 1] + tail[10:-_PLAIN_OPT_SIZE]
-        verdict: object = (segment, (school, "udp", result), blocked, from_cache, edns_too, cache_suffix)
+        verdict: object = (segment, (school, self.transport, result), blocked, from_cache, edns_too, cache_suffix)
         verdict = self._verdicts.setdefault(verdict, verdict)
         self._put(school, key, (tail, until, verdict, stored_at))
 
@@ -347,7 +361,7 @@ class Repeats:
         """Keep a repeat in the current generation, the generations moved on first if it is full; its table."""
         table = self._tables.get(school)
         if table is None or key not in table:
-            if self._count >= REPEAT_MAX or self._bytes >= REPEAT_MAX_BYTES:
+            if self._count >= REPEAT_MAX // self._share or self._bytes >= REPEAT_MAX_BYTES // self._share:
                 self.discarded += self._previous_count
                 self._previous, self._previous_count = self._tables, self._count
                 self._tables = {}

@@ -220,7 +220,7 @@ class Worker:
             cache_misses=self.cache.misses,
             cache_evictions=self.cache.evictions,
             cache_stale_served=self.cache.stale_served,
-            repeats_discarded=self.pipeline.repeats.discarded,
+            repeats_discarded=self.pipeline.repeats_discarded(),
             coalesced=self.pool.coalesced,
             upstreams=tuple(
                 workerstate.UpstreamState(

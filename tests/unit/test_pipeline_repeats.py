@@ -310,7 +310,7 @@ async def test_a_repeat_with_another_client_cookie_is_answered_without_one(site)
         assert parsed_reply.edns == 0 and parsed_reply.options == ()  # no cookie echoed: schooldns has none
         assert parsed_reply.answer[0][0].to_text() == "192.0.2.10" and parsed_reply.answer[0].ttl == 300
         assert reply == pipe.handle(data, SCHOOL_A, "tcp")  # byte for byte what a parsed query gets
-    assert pipe.repeats.hits == 3  # every cookie over UDP was a repeat; over TCP the same were parsed
+    assert pipe.repeats.hits == 3  # every cookie over UDP was a repeat (TCP's repeats are its own)
     assert forwarder.asked == ["www.example.com"]
     assert counters.queries[("school-a", "udp", "cached")] == 4 and answers.hits == 4 + 3
 
@@ -338,6 +338,7 @@ def plain_query(name: str, query_id: int, want_dnssec: bool = False) -> bytes:
 async def test_one_repeat_answers_a_question_with_and_without_edns(site):
     """A cached answer asked without EDNS, with a plain OPT record and with a lone cookie is kept once."""
     pipe, clocks, forwarder, counters, answers, _ = site
+    pipe.stream_repeats["tcp"].enabled = False  # TCP keeps no repeats here: what a parsed query gets
     await answer(pipe, plain_query("www.example.com", 1))  # forwarded
     await answer(pipe, plain_query("www.example.com", 2))  # a cache hit, kept without the OPT record
     assert len(pipe.repeats) == 1
@@ -436,3 +437,30 @@ async def test_a_question_with_bytes_after_it_is_not_kept_for_a_query_with_an_op
     reply = pipe.handle(crafted, SCHOOL_A, "udp")
     assert pipe.repeats.hits == hits and reply == pipe.handle(crafted, SCHOOL_A, "tcp")
     assert dns.message.from_wire(reply).edns == -1  # its additional record is no OPT record
+
+
+@pytest.mark.parametrize("transport", ["tcp", "dot", "doh"])
+async def test_stream_transports_keep_repeats_of_their_own_counted_under_them(site, transport):
+    """TCP, DoT and DoH repeat like UDP, each from its own table: a UDP answer cut to 512 bytes is
+    never a stream's, and a repeat is counted under the transport it came by."""
+    pipe, _, forwarder, counters, answers, _ = site
+    forwarder.addresses["many.example.com"] = 40  # about 680 bytes: cut without EDNS over UDP
+    many = plain_query("many.example.com", 1)
+    await answer(pipe, many)  # forwarded (over UDP: truncated)
+    await answer(pipe, many)  # a cache hit over UDP, cut and kept as UDP's repeat
+    assert dns.message.from_wire(pipe.handle(many, SCHOOL_A, "udp")).flags & dns.flags.TC
+    streams = pipe.stream_repeats[transport]
+    whole = pipe.handle(many, SCHOOL_A, transport)  # not UDP's repeat: parsed, from the cache, kept
+    assert len(dns.message.from_wire(whole).answer[0]) == 40 and streams.hits == 0 and len(streams) == 1
+    for query_id in (7, 8):
+        again = bytes([0, query_id]) + many[2:]
+        assert pipe.handle(again, SCHOOL_A, transport) == again[:2] + whole[2:]
+    blocked = query("games.example.com", 9)
+    first = pipe.handle(blocked, SCHOOL_A, transport)
+    assert pipe.handle(blocked, SCHOOL_A, transport) == first and dns.message.from_wire(first).rcode() == 3
+    assert streams.hits == 3 and pipe.repeats.hits == 1
+    assert counters.queries[("school-a", transport, "cached")] == 3 and answers.hits == 2 + 3
+    assert counters.queries[("school-a", transport, "blocked")] == 2
+    assert counters.queries[("school-a", "udp", "cached")] == 2
+    pipe.install(pipe.snapshot)  # a new snapshot: every transport's repeats go
+    assert len(streams) == 0 and len(pipe.repeats) == 0
