@@ -387,7 +387,7 @@ class Pipeline:
         # cost more than the repeats it replaced: the workers fell behind at half their capacity).
         recheck_until = self.cache.rechecking(key, now)
         if recheck_until:
-            keep = (data, segment, recheck_until) if kept is not None else None
+            keep = (kept, data, segment, recheck_until) if kept is not None else None
             reply = self._stale(miss, _RECHECK_TEXT, keep)
             if reply is not None:
                 return reply
@@ -422,12 +422,15 @@ class Pipeline:
         return wire.replay(answer.message, answer.question_length, query, miss.limit)
 
     def _stale(
-        self, miss: Pending, why: str = _LATE_TEXT, keep: tuple[bytes, int, float] | None = None
+        self,
+        miss: Pending,
+        why: str = _LATE_TEXT,
+        keep: tuple[repeats.Repeats, bytes, int, float] | None = None,
     ) -> bytes | None:
         """The expired answer to a miss (TTL 30, EDE 3 Stale Answer; RFC 8767), its chain inspected; None if none.
 
-        keep: (the UDP query's bytes, its schedule segment, until when): the stale answer (not a
-        block of its chain) is kept as a repeat until then.
+        keep: (its transport's repeats, the query's bytes, its schedule segment, until when): the
+        stale answer (not a block of its chain) is kept there as a repeat until then.
         """
         query, school, transport = miss.query, miss.school, miss.transport
         entry = self.cache.lookup_stale(miss.key, self.clock())
@@ -443,9 +446,7 @@ class Pipeline:
         ede = wire.ede_option(wire.EDE_STALE_ANSWER, why) if query.edns else b""
         reply = wire.replay(entry.message, entry.question_length, query, miss.limit, ede)
         if keep is not None:
-            kept = self._repeats_for(transport)
-            if kept is not None:
-                kept.keep_stale(school.id, keep[0], keep[1], reply, keep[2])
+            keep[0].keep_stale(school.id, keep[1], keep[2], reply, keep[3])
         return reply
 
     def _store(self, key: bytes, answer: wire.Answer, now: float) -> None:
