@@ -612,15 +612,15 @@ class Http2:
     A request opened by one HEADERS frame (END_HEADERS, no padding) on a new stream takes a short
     path: its frames are split off here, its header block decoded by the HPACK decoder h2 uses too
     (headerblock's, so both paths share one dynamic table), a POST's DATA read here (padding, 413,
-    the windows given back),
-    and the answer framed here, HEADERS and DATA, within the client's flow-control windows (h2's
-    connection window debited). h2 is told each such stream's ID, so every later frame is judged
-    by it as before. Every other frame (the preface, SETTINGS, PING, GOAWAY, PRIORITY, CONTINUATION,
-    a padded HEADERS, unknown types) goes to h2, in order, and so do all frames while h2 is in the
-    middle of a header block. The concurrent-stream bound counts both paths' streams. Under dnsperf
-    -m doh the short path took a request's CPU time from about 250 us to 120 us, and headerblock's
-    decoder (compiled) to about 55 us, from hpack's. What a connection writes in one read, or in one
-    turn of the event loop, leaves in one system call, each answer in a TLS record of its own.
+    the windows given back), and the answer framed here, HEADERS and DATA, within the client's
+    flow-control windows (h2's connection window debited). h2 is told each such stream's ID, so
+    every later frame is judged by it as before. Every other frame (the preface, SETTINGS, PING,
+    GOAWAY, PRIORITY, CONTINUATION, a padded HEADERS, unknown types) goes to h2, in order, and so do
+    all frames while h2 is in the middle of a header block. The concurrent-stream bound counts both
+    paths' streams. Under dnsperf -m doh the short path took a request's CPU time from about 250 us
+    to 120 us, and headerblock's decoder (compiled) to about 55 us, from hpack's. What a connection
+    writes in one read, or in one turn of the event loop, leaves in one system call, each answer in
+    a TLS record of its own.
     """
 
     def __init__(self, connection: DohConnection):
