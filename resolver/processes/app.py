@@ -20,7 +20,7 @@ from resolver.dataplane import pipeline, server, upstream, workerstate
 from resolver.errors import ResolverError
 from resolver.filtering import policyfile
 from resolver.operations import rollups, shedding, tlscert
-from resolver.processes import sdnotify, spawner, worker
+from resolver.processes import heap, sdnotify, spawner, worker
 
 if TYPE_CHECKING:  # imported at run time only once DNS serves (start_admin), or with sync/publish/rpz
     from aiohttp import web
@@ -285,6 +285,7 @@ async def run_single(cfg: config.Config, ready: Callable[[worker.Worker], object
         sheds,
     )
     blockpage = await start_blockpage(blockpage_sockets, cfg, installed, sheds)
+    heap.trim()  # what the imports and the first snapshot's build freed
     # systemd's Type=notify: the first snapshot serves, and so do the admin API and the block page
     sdnotify.notify("READY=1")
     if ready is not None:
@@ -461,6 +462,7 @@ class Supervisor:
                 sheds,
             )
             blockpage = await start_blockpage(blockpage_sockets, self.config, self.snapshot, sheds)
+            heap.trim()
             sdnotify.notify("READY=1")  # every worker serves the first snapshot; the admin API and block page are up
             if ready is not None:
                 ready(self)
@@ -567,6 +569,7 @@ class Supervisor:
                 self.reload_failures += 1
                 return False
             self._snapshot = (files, snapshot)
+            heap.trim()  # the snapshot it replaces, and its build
             self._collect()
             before = {
                 index: (self.processes[index], state)
@@ -616,6 +619,7 @@ class Supervisor:
                         raise
                     built = self._snapshot[1]
                 self._snapshot = (files, built)
+                heap.trim()
             return dataclasses.replace(self._snapshot[1], generation=self.state().generation)
 
     async def rpz_zones(self) -> rpzzones.Version | None:

@@ -131,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "serve":
+            from resolver.processes import heap
+
+            heap.tune()  # before the config, the snapshot and the imports allocate
             cfg = config.load_config(args.config)
             forker = None
             if cfg.workers > 1:

@@ -15,7 +15,7 @@ import socket
 import sys
 from collections.abc import Callable
 
-from resolver.processes import worker
+from resolver.processes import heap, worker
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,7 @@ class Spawner:
 def main(argv: list[str]) -> None:
     """A replacement spawner started as a new interpreter: `main([CHANNEL_FD, LOG_LEVEL])`."""
     logging.basicConfig(level=int(argv[1]), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    heap.tune()  # as `schooldns serve` did for the spawner forked from it, and so for every worker
     _exit_after(lambda: _serve_requests(socket.socket(fileno=int(argv[0]))))
 
 

@@ -20,6 +20,7 @@ from resolver.control import config, snapshots
 from resolver.dataplane import cache, frontends, metrics, pipeline, server, tls, upstream, upstreamtls, workerstate
 from resolver.errors import ListenError, ResolverError
 from resolver.filtering import policy
+from resolver.processes import heap
 
 if TYPE_CHECKING:  # imported at run time only with an `rpz:` section (Worker.__init__)
     from resolver.operations import rpzfeed, rpzzones
@@ -169,6 +170,7 @@ class Worker:
                 log.error("reload rejected, still serving generation %d:\n%s", self.pipeline.snapshot.generation, exc)
                 return False
             self.pipeline.install(snapshot)
+            heap.trim()  # the replaced snapshot and its repeats, and the new one's build
             for certificates in self.certificates.values():
                 certificates.reload()
             if self.feed is not None and zones is not None:
@@ -424,6 +426,7 @@ async def _spawned_async(cfg: config.Config, args: SpawnArgs, conn: multiprocess
     # No local name for the first snapshot: it would outlive the first list swap (see app.run_single).
     worker = Worker(cfg, await asyncio.to_thread(snapshots.start_snapshot, cfg, 1), args.index)
     await worker.start(bind_all(cfg, reuse_port=True))
+    heap.trim()
     ports = tuple(port for _, port in worker.addresses)
     conn.send(workerstate.Report(worker.state(), ports).to_wire())
     stop = asyncio.Event()
