@@ -8,7 +8,6 @@ import datetime
 import gc
 import importlib
 import logging
-import multiprocessing.connection
 import signal
 import socket
 import time
@@ -20,13 +19,16 @@ from resolver.dataplane import pipeline, server, upstream, workerstate
 from resolver.errors import ResolverError
 from resolver.filtering import policyfile
 from resolver.operations import rollups, shedding, tlscert
-from resolver.processes import heap, sdnotify, spawner, worker
+from resolver.processes import heap, sdnotify, worker
 
-if TYPE_CHECKING:  # imported at run time only once DNS serves (start_admin), or with sync/publish/rpz
+if TYPE_CHECKING:  # imported at run time once DNS serves (start_admin), with sync/publish/rpz, or `workers: N`
+    import multiprocessing.connection
+
     from aiohttp import web
 
     from resolver.control import bundle, sync, syncstate
     from resolver.operations import rpzfeed, rpzzones
+    from resolver.processes import spawner
 
 log = logging.getLogger(__name__)
 
@@ -659,5 +661,9 @@ def serve(cfg: config.Config, forker: Forker | None = None) -> None:
     """`schooldns serve`: one process, or a supervisor of cfg.workers processes forked by `forker`."""
     if cfg.workers == 1:
         asyncio.run(run_single(cfg))
-    else:
-        asyncio.run(Supervisor(cfg, forker or spawner.Spawner.fork()).run())
+        return
+    if forker is None:
+        from resolver.processes import spawner
+
+        forker = spawner.Spawner.fork()
+    asyncio.run(Supervisor(cfg, forker).run())

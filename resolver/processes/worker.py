@@ -8,7 +8,6 @@ import dataclasses
 import gc
 import importlib
 import logging
-import multiprocessing.connection
 import signal
 import socket
 import time
@@ -22,8 +21,10 @@ from resolver.errors import ListenError, ResolverError
 from resolver.filtering import policy
 from resolver.processes import heap
 
-if TYPE_CHECKING:  # imported at run time only with an `rpz:` section (Worker.__init__)
-    from resolver.operations import rpzfeed, rpzzones
+if TYPE_CHECKING:
+    import multiprocessing.connection  # at run time by spawned_main: a process of `workers: 1` goes without
+
+    from resolver.operations import rpzfeed, rpzzones  # at run time only with an `rpz:` section (Worker.__init__)
 
 log = logging.getLogger(__name__)
 
@@ -398,6 +399,8 @@ def spawned_main(args: SpawnArgs, fd: int) -> int:
 
     Returns the exit status: 1 when the worker could not start, which its log says in one line.
     """
+    import multiprocessing.connection
+
     conn = multiprocessing.connection.Connection(fd)
     logging.basicConfig(
         level=args.log_level,

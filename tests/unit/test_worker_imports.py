@@ -58,6 +58,14 @@ def test_the_serving_process_imports_the_admin_api_only_after_dns_serves():
     assert not [name for name in (*ADMIN_ONLY, *SYNC_ONLY) if name in loaded and name != "resolver.processes.app"]
 
 
+# Only the supervisor of `workers: N` and its workers talk over multiprocessing's connections
+# (`schooldns serve` imports the spawner before it forks it, so the workers share those pages).
+def test_one_serving_process_of_workers_1_loads_no_multiprocessing():
+    loaded = _modules_after_import("resolver.processes.cli", "resolver.processes.app", "resolver.operations.admin")
+    assert not [name for name in loaded if name.partition(".")[0] == "multiprocessing"]
+    assert "multiprocessing.connection" in _modules_after_import("resolver.processes.spawner")
+
+
 def test_the_check_sees_what_the_admin_api_loads():
     loaded = _modules_after_import("resolver.operations.admin")
     assert {"aiohttp", "prometheus_client", "resolver.operations.exposition"} <= loaded
