@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import logging
-
-log = logging.getLogger(__name__)
 
 # From glibc's malloc.h.
 M_MMAP_THRESHOLD = -3
