@@ -208,12 +208,13 @@ class Distribution:
         elif cfg.publish is not None:
             importlib.import_module("resolver.control.bundle")
 
-    def start(self, files: tuple[object, ...]) -> list[asyncio.Task[None]]:
-        """The tasks that keep the lists and policies current (cancel them at shutdown)."""
+    def start(self, seen: Callable[[], tuple[object, ...]]) -> list[asyncio.Task[None]]:
+        """The tasks that keep the lists and policies current (cancel them at shutdown); `seen()`: the
+        signature of the files the last reload read (see worker.watch_files)."""
         loop = asyncio.get_running_loop()
         if self.syncer is not None:
             return [loop.create_task(self.syncer.run())]  # the local files are not served: not watched
-        tasks = [loop.create_task(worker.watch_files(self.config, self.reload, files))]
+        tasks = [loop.create_task(worker.watch_files(self.config, self.reload, seen))]
         if self.publisher is not None:
             tasks.append(loop.create_task(self.publisher.run()))
         return tasks
@@ -256,6 +257,7 @@ async def run_single(cfg: config.Config, ready: Callable[[worker.Worker], object
         # No local name for the first snapshot: this frame lives until shutdown, and would keep it
         # (and its memory-mapped index) alive after the first list swap.
         dns_worker = worker.Worker(cfg, await asyncio.to_thread(snapshots.start_snapshot, cfg, 1))
+        dns_worker.files = files
         await dns_worker.start(worker.bind_all(cfg, reuse_port=False))
     except BaseException:
         if admin_sock is not None:
@@ -294,7 +296,7 @@ async def run_single(cfg: config.Config, ready: Callable[[worker.Worker], object
         ready(dns_worker)
     daily = recorder(cfg, dns_worker.state)
     tasks = [
-        *distribution.start(files),
+        *distribution.start(lambda: dns_worker.files),
         loop.create_task(watch_state(dns_worker.state, STATE_TICK_SECONDS)),
         loop.create_task(daily.run()),
     ]
@@ -366,6 +368,7 @@ class Supervisor:
         self._snapshotting = asyncio.Lock()
         # The files' signature and the snapshot built from them here: what explain and the schools list read.
         self._snapshot: tuple[tuple[object, ...], pipeline.Snapshot] | None = None
+        self.files: tuple[object, ...] = ()  # the files' signature the last reload read (see worker.watch_files)
         self.distribution: Distribution | None = None  # its syncer or publisher, once run() serves
         self.feed: rpzfeed.Feed | None = None  # the RPZ feed's zones for GET /v1/rpz (the workers serve DNS)
         self._feed_lock = asyncio.Lock()
@@ -437,7 +440,7 @@ class Supervisor:
             admin_sock = bind_admin(self.config)
             blockpage_sockets = bind_blockpage(self.config)
             await Distribution.before_serving(self.config)
-            files = snapshots.files_signature(self.config)
+            self.files = snapshots.files_signature(self.config)
             # Worker 0 first: with port 0 it picks the ports the others then share.
             for index in range(self.config.workers):
                 process, conn = self._spawn(index)
@@ -471,7 +474,7 @@ class Supervisor:
             daily = recorder(self.config, self.state)
             watchers = [
                 loop.create_task(self._watch()),
-                *self.distribution.start(files),
+                *self.distribution.start(lambda: self.files),
                 # The workers' reports come every second (worker.COUNTERS_PUBLISH_SECONDS).
                 loop.create_task(watch_state(self.state, worker.COUNTERS_PUBLISH_SECONDS)),
                 loop.create_task(daily.run()),
@@ -563,7 +566,7 @@ class Supervisor:
         reload), so that what the admin API says next is what the workers serve.
         """
         async with self._reloading:
-            files = await asyncio.to_thread(snapshots.files_signature, self.config)
+            files = self.files = await asyncio.to_thread(snapshots.files_signature, self.config)
             try:
                 snapshot = await asyncio.to_thread(snapshots.build_serving_snapshot, self.config, 0, reload=True)
             except Exception as exc:

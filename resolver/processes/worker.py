@@ -102,6 +102,10 @@ class Worker:
         self._tcp_servers: list[asyncio.Server] = []
         self.addresses: list[tuple[str, int]] = []
         self._reloading: asyncio.Lock | None = None
+        # The signature of the policy and list files the last reload read (its caller sets the first
+        # one's: see watch_files): a reload from SIGHUP or the admin API sets it, so the watcher does
+        # not build the same files a second time.
+        self.files: tuple[object, ...] = ()
 
     async def start(self, sockets: list[tuple[socket.socket, socket.socket]]) -> None:
         # What was built so far (modules, the first snapshot) lives as long as the process: keep it
@@ -159,6 +163,7 @@ class Worker:
             self._reloading = asyncio.Lock()
         async with self._reloading:
             generation = self.pipeline.snapshot.generation + 1
+            self.files = await asyncio.to_thread(snapshots.files_signature, self.config)
             try:
                 snapshot = await asyncio.to_thread(
                     snapshots.build_serving_snapshot, self.config, generation, reload=True
@@ -272,11 +277,15 @@ class SignalTasks:
         task.add_done_callback(self.running.discard)
 
 
-async def watch_files(cfg: config.Config, reload: Callable[[], Awaitable[bool]], seen: tuple[object, ...]) -> None:
+async def watch_files(
+    cfg: config.Config, reload: Callable[[], Awaitable[bool]], seen: Callable[[], tuple[object, ...]]
+) -> None:
     """Reload when a policy or list file changes (polling: works on every filesystem, bounded cost).
 
-    `seen` is the signature taken before the running snapshot was built, so a change made
-    while it was being built is not missed.
+    `seen()` is the signature of the files the running snapshot was built from, taken before it
+    was built (so a change made while it was being built is not missed), by whichever reload
+    built it: files that SIGHUP or the admin API already reloaded are not built again, and files
+    that failed to build are tried again only once they change.
     """
     interval = cfg.reload.watch_interval_seconds
     if interval <= 0:
@@ -284,8 +293,7 @@ async def watch_files(cfg: config.Config, reload: Callable[[], Awaitable[bool]],
     while True:
         await asyncio.sleep(interval)
         current = await asyncio.to_thread(snapshots.files_signature, cfg)
-        if current != seen:
-            seen = current
+        if current != seen():
             log.info("policy or list files changed; reloading")
             await reload()
 

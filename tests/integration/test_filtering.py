@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import zoneinfo
 
@@ -14,6 +15,7 @@ import dns.rdatatype
 import pytest
 
 from resolver.dataplane import cache
+from resolver.processes import worker
 from tests.support import harness
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.harness import running_resolver
@@ -252,6 +254,35 @@ async def test_changed_file_is_picked_up_without_a_signal(tmp_path, upstream):
         assert (await resolver.udp("www.example.com")).rcode() == dns.rcode.NXDOMAIN
 
 
+async def test_the_watcher_does_not_build_again_files_a_reload_already_read(tmp_path, upstream):
+    """SIGHUP and the admin API reload at once; the file watcher, polling after them, builds nothing more."""
+    async with running_resolver(tmp_path, [upstream.address], "reload: {watch_interval_seconds: 0}\n") as resolver:
+        (resolver.root / "blocklists/adult.txt").write_text("adult.example.com\nwww.example.com\n")
+        assert await resolver.worker.reload()  # as SIGHUP or a policy written through the admin API does
+        assert resolver.worker.pipeline.snapshot.generation == 2
+        polls: list[tuple[object, ...]] = []
+
+        def seen() -> tuple[object, ...]:  # what the watcher compares with at each poll
+            polls.append(resolver.worker.files)
+            return resolver.worker.files
+
+        polling = dataclasses.replace(resolver.config.reload, watch_interval_seconds=0.01)
+        cfg = dataclasses.replace(resolver.config, reload=polling)
+        watcher = asyncio.create_task(worker.watch_files(cfg, resolver.worker.reload, seen))
+        try:
+            await _until(lambda: len(polls) >= 3)
+            assert resolver.worker.pipeline.snapshot.generation == 2
+            # A change that only the watcher sees is built, once.
+            (resolver.root / "blocklists/adult.txt").write_text("adult.example.com\n")
+            await _until(lambda: resolver.worker.pipeline.snapshot.generation == 3)
+            polled = len(polls)
+            await _until(lambda: len(polls) >= polled + 3)
+            assert resolver.worker.pipeline.snapshot.generation == 3
+            assert (await resolver.udp("www.example.com")).rcode() == dns.rcode.NOERROR
+        finally:
+            watcher.cancel()
+
+
 async def test_reload_under_load_answers_every_query(resolver):
     names = [f"n{i}.example.com" for i in range(40)]
 
@@ -275,7 +306,8 @@ async def test_reload_under_load_answers_every_query(resolver):
     assert results[0] == 3
     rcodes = [rcode for batch in results[1:] for rcode in batch]
     assert len(rcodes) == 480 and set(rcodes) == {dns.rcode.NXDOMAIN}  # the fake upstream's answer
-    # The file watcher (running, as in `schooldns serve`) may install one more of the same files.
+    # The file watcher (running, as in `schooldns serve`) may install one more of the same files, if
+    # it polled between a write and the reload that read it.
     assert resolver.worker.pipeline.snapshot.generation >= 4
     assert resolver.worker.pipeline.snapshot.entry_counts["adult"] == 20001
 

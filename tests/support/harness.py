@@ -189,6 +189,7 @@ async def running_resolver(
         install_as_synced(root, cfg.state_dir)
     signature = snapshots.files_signature(cfg)
     dns_worker = worker.Worker(cfg, snapshots.build_snapshot(cfg, 1))
+    dns_worker.files = signature
     await dns_worker.start(worker.bind_all(cfg, reuse_port=False))
     admin_sock = app.bind_admin(cfg)
 
@@ -211,7 +212,9 @@ async def running_resolver(
         running.blockpage_port = blockpage_sockets.http[0].getsockname()[1]
         if blockpage_sockets.https:
             running.blockpage_tls_port = blockpage_sockets.https[0].getsockname()[1]
-    watcher = asyncio.create_task(worker.watch_files(cfg, dns_worker.reload, signature))  # as `schooldns serve` does
+    watcher = asyncio.create_task(
+        worker.watch_files(cfg, dns_worker.reload, lambda: dns_worker.files)
+    )  # as `schooldns serve` does
     try:
         yield running
     finally:
