@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import array
 import struct
+import sys
 from typing import Final, NamedTuple
 
 from resolver.dataplane import wire
@@ -14,10 +15,12 @@ STALE_ANSWER_TTL: Final = 30  # RFC 8767 4: TTL of a stale answer served when ev
 # config's cache.stale_failure_recheck_seconds sets it.
 FAILURE_RECHECK_SECONDS = 30.0
 # Memory of one cached answer beyond the length of its key and stored bytes: the two objects' own
-# (~70), the dict's share and a CLOCK ring slot (~10). Tracemalloc with 100,000 answers: 128 once
-# filled (the dict's table sized for 174,000), 181 once it has evicted as many as it holds (a dict
-# that deletes as much as it adds regrows to three times its entries: here sized for 350,000).
-ENTRY_OVERHEAD_BYTES: Final = 180
+# (~70), the dict's share (~52 with 100,000 answers: a table for 174,000, kept so by _compact) and
+# a CLOCK ring slot (~10). Tracemalloc with 100,000 answers: 128, filled and after 200,000 more.
+ENTRY_OVERHEAD_BYTES: Final = 130
+# Every this many new answers, the dict is copied into a compact one if it has grown since the last
+# copy and evicted half its entries since (see AnswerCache._compact).
+_COMPACT_EVERY: Final = 4096
 _SHAPES_MAX: Final = 4096  # distinct TTL-offset tuples shared between the entries handed out (see _offsets)
 
 
@@ -96,6 +99,8 @@ class AnswerCache:
         self._used = bytearray()
         self._free: list[int] = []
         self._hand = 0
+        self._added = 0  # new keys stored: every _COMPACT_EVERY, _compact
+        self._compacted_size = self._compacted_evictions = 0  # sys.getsizeof of the dict after _compact, evictions then
         # key -> until when its refresh is not tried again (it failed): only keys of _entries, so
         # it never holds more than the cache does; a new answer or the entry's eviction removes it.
         self._failed: dict[bytes, float] = {}
@@ -208,13 +213,18 @@ class AnswerCache:
             if self._failed:
                 self._failed.pop(key, None)  # refreshed
             slot: int = _HEAD.unpack_from(old)[6]
-        elif self._free:
-            slot = self._free.pop()
-            self._ring[slot] = key
         else:
-            slot = len(self._ring)
-            self._ring.append(key)
-            used.append(0)
+            self._added += 1
+            if self._added % _COMPACT_EVERY == 0:
+                self._compact()
+                entries = self._entries
+            if self._free:
+                slot = self._free.pop()
+                self._ring[slot] = key
+            else:
+                slot = len(self._ring)
+                self._ring.append(key)
+                used.append(0)
         offsets = answer.ttl_offsets
         text = "".join([target + "\x00" for target in answer.targets]).encode()
         message, question_length = answer.message, answer.question_length
@@ -233,6 +243,26 @@ class AnswerCache:
             self._evict(slot)  # (never the answer stored now)
         if self.bytes > self.max_bytes:  # it alone is over the bound
             self._remove(slot)
+
+    def _compact(self) -> None:
+        """Copy the dict into a new one sized for its entries, if it has grown since the last copy
+        after as many evictions as half its entries.
+
+        A dict that deletes as much as it adds fills its table with deleted slots, and then
+        regrows it to three times its entries (CPython's rule): a cache of 100,000 answers that
+        has evicted 75,000 holds a table for 350,000 (~104 bytes an answer, 10 MB), where a copy
+        needs one for 175,000 (~52 bytes). The copy takes ~5-7 ms for 100,000 answers, about as
+        long as the dict's own regrowth, and comes at most once per half a cache of new answers.
+        """
+        entries = self._entries
+        if (
+            sys.getsizeof(entries) > self._compacted_size
+            and self.evictions - self._compacted_evictions >= len(entries) // 2
+        ):
+            compact: dict[bytes, bytes] = {}
+            compact.update(entries)  # (not dict.copy(), nor dict() compiled: they keep the table's size)
+            self._entries = entries = compact
+            self._compacted_size, self._compacted_evictions = sys.getsizeof(entries), self.evictions
 
     def _evict(self, keep: int) -> None:
         """Evict the entry at the hand whose "used" byte is clear, clearing those set on the way (CLOCK);
@@ -269,6 +299,7 @@ class AnswerCache:
         self._used = bytearray()
         self._free = []
         self._hand = 0
+        self._compacted_size, self._compacted_evictions = 0, self.evictions
         self.bytes = 0
 
     def renewal(self, key: bytes, stored_at: float) -> tuple[float, tuple[int, ...]] | None:

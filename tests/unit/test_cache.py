@@ -1,6 +1,7 @@
 """cache: LRU bounded by entries and by bytes, TTL expiry and aging, negative answers, serve-stale."""
 
 import gc
+import sys
 
 import dns.message
 import dns.rrset
@@ -220,3 +221,15 @@ def test_both_bounds_hold_and_the_tally_is_exact_whatever_is_stored_and_asked(ma
 
 # Answers of 1 to 4 records for 16 names, made once for the property test.
 ANSWERS = [[make_answer(f"name{number}.example.com", records=1 + extra) for extra in range(4)] for number in range(16)]
+
+
+def test_a_cache_that_evicts_as_much_as_it_adds_keeps_a_compact_table():
+    # A dict that deletes as much as it adds regrows its table to three times its entries; the
+    # cache copies it into a compact one (for 6,000 entries: a table of 16,384 slots, not 32,768).
+    base, answer = make_answer("n00000.example.com")
+    answers = cache.AnswerCache(6000)
+    for number in range(12 * 4096):
+        answers.store(base.key.replace(b"n00000", b"n%05d" % number), answer, 0)
+    assert len(answers) == 6000 and answers.evictions == 12 * 4096 - 6000
+    assert sys.getsizeof(answers._entries) == sys.getsizeof(dict(answers._entries))
+    assert all(answers.lookup(key, 1) is not None for key in list(answers._entries))  # the ring still finds them
