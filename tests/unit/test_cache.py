@@ -1,4 +1,4 @@
-"""cache: LRU bounded by entries and by bytes, TTL expiry and aging, negative answers, serve-stale."""
+"""cache: CLOCK eviction bounded by entries and by bytes, TTL expiry and aging, negative answers, serve-stale."""
 
 import gc
 import sys
