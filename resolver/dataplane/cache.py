@@ -238,7 +238,7 @@ class AnswerCache:
             )
         )
         self.bytes += len(key) + len(stored) + ENTRY_OVERHEAD_BYTES
-        used[slot] = old is not None  # a new answer is not used yet: the first to go if never asked for again
+        used[slot] = 0 if old is None else 1  # a new answer is not used yet: the first to go if never asked again
         while len(entries) > 1 and (len(entries) > self.max_entries or self.bytes > self.max_bytes):
             self._evict(slot)  # (never the answer stored now)
         if self.bytes > self.max_bytes:  # it alone is over the bound
@@ -251,7 +251,7 @@ class AnswerCache:
         A dict that deletes as much as it adds fills its table with deleted slots, and then
         regrows it to three times its entries (CPython's rule): a cache of 100,000 answers that
         has evicted 75,000 holds a table for 350,000 (~104 bytes an answer, 10 MB), where a copy
-        needs one for 175,000 (~52 bytes). The copy takes ~5-7 ms for 100,000 answers, about as
+        needs one for 175,000 (~52 bytes). The copy takes 5-17 ms for 100,000 answers, about as
         long as the dict's own regrowth, and comes at most once per half a cache of new answers.
         """
         entries = self._entries
