@@ -1,17 +1,21 @@
-"""cache: LRU bounded by entries and by bytes, TTL expiry and aging, negative answers, serve-stale."""
+"""cache: CLOCK eviction bounded by entries and by bytes, TTL expiry and aging, negative answers, serve-stale."""
 
 import gc
+import sys
 
 import dns.message
 import dns.rrset
+import hypothesis
+from hypothesis import strategies as st
 
 from resolver.dataplane import cache, wire
 
 
-def make_answer(name="www.example.com", ttl=100):
+def make_answer(name="www.example.com", ttl=100, records=1):
     query = wire.parse_query(dns.message.make_query(name, "A").to_wire())
     response = dns.message.make_response(dns.message.from_wire(wire.make_upstream_query(query, 1)))
-    response.answer.append(dns.rrset.from_text(name + ".", ttl, "IN", "A", "192.0.2.1"))
+    addresses = [f"192.0.2.{number}" for number in range(1, records + 1)]
+    response.answer.append(dns.rrset.from_text(name + ".", ttl, "IN", "A", *addresses))
     return query, wire.parse_upstream_answer(response.to_wire(), len(query.question), 0, 86400, 3600)
 
 
@@ -177,3 +181,55 @@ def test_a_chain_comes_back_whole_with_its_targets_in_the_askers_entry():
     assert entry.targets == tuple(targets) and entry.question_length == len(query.question)
     assert entry.message == wire.reduce_ttls(answer.message, answer.ttl_offsets, 10)  # question included
     assert answers.lookup_stale(query.key, 10.5).targets == tuple(targets)
+
+
+def test_an_answer_asked_again_stays_while_answers_asked_once_go_in_their_order():
+    answers = cache.AnswerCache(10)
+    hot, hot_answer = make_answer("hot.example.com")
+    answers.store(hot.key, hot_answer, 0)
+    once = [make_answer(f"n{i}.example.com") for i in range(40)]
+    for number, (query, answer) in enumerate(once):
+        answers.store(query.key, answer, 0)
+        assert answers.lookup(hot.key, 1) is not None  # a second chance each time the hand passes it
+        kept = [query.key in answers._entries for query, _ in once[: number + 1]]  # (a lookup would mark them used)
+        assert kept == [False] * (number + 1 - 9) + [True] * min(9, number + 1)  # those asked once go oldest first
+    assert len(answers) == 10 and answers.evictions == 31
+
+
+@hypothesis.settings(max_examples=200, deadline=None)
+@hypothesis.given(
+    max_entries=st.integers(1, 8),
+    max_bytes=st.sampled_from([float("inf"), 700, 2000]),
+    steps=st.lists(st.tuples(st.integers(0, 15), st.booleans(), st.integers(0, 3)), max_size=80),
+)
+def test_both_bounds_hold_and_the_tally_is_exact_whatever_is_stored_and_asked(max_entries, max_bytes, steps):
+    answers = cache.AnswerCache(max_entries, max_bytes=max_bytes)
+    for number, store, extra in steps:
+        query, answer = ANSWERS[number][extra]
+        if store:
+            answers.store(query.key, answer, 0)
+            assert answers.lookup(query.key, 1) is not None  # the newest answer is never the one evicted for it
+        else:
+            answers.lookup(query.key, 1)
+        assert len(answers) <= max_entries and answers.bytes <= max_bytes
+        assert answers.bytes == sum(
+            len(key) + len(stored) + cache.ENTRY_OVERHEAD_BYTES for key, stored in answers._entries.items()
+        )
+    answers.clear()
+    assert answers.bytes == 0 and len(answers) == 0
+
+
+# Answers of 1 to 4 records for 16 names, made once for the property test.
+ANSWERS = [[make_answer(f"name{number}.example.com", records=1 + extra) for extra in range(4)] for number in range(16)]
+
+
+def test_a_cache_that_evicts_as_much_as_it_adds_keeps_a_compact_table():
+    # A dict that deletes as much as it adds regrows its table to three times its entries; the
+    # cache copies it into a compact one (for 6,000 entries: a table of 16,384 slots, not 32,768).
+    base, answer = make_answer("n00000.example.com")
+    answers = cache.AnswerCache(6000)
+    for number in range(12 * 4096):
+        answers.store(base.key.replace(b"n00000", b"n%05d" % number), answer, 0)
+    assert len(answers) == 6000 and answers.evictions == 12 * 4096 - 6000
+    assert sys.getsizeof(answers._entries) == sys.getsizeof(dict(answers._entries))
+    assert all(answers.lookup(key, 1) is not None for key in list(answers._entries))  # the ring still finds them
