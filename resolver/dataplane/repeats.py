@@ -246,8 +246,10 @@ class Repeats:
                 self._previous_count -= 1
                 table = self._put(school, key, repeat)
         tail, until, kept, _ = repeat
-        verdict = cast(_Verdict, kept)
-        if verdict[0] != segment:
+        # Read as a tuple of objects: compiled, a _Verdict would be unpacked into a C struct, and
+        # its counters' keys packed again into new tuples for the counters' dicts.
+        verdict = cast(tuple[object, ...], kept)
+        if cast(int, verdict[0]) != segment:
             return None
         if now >= until:
             renewed = self._renew(table, key, repeat, now)  # type: ignore[arg-type]
@@ -256,7 +258,7 @@ class Repeats:
             tail = renewed
         self._counters.recount(verdict[1], verdict[2])
         self.hits += 1
-        from_cache = verdict[3]
+        from_cache = cast(int, verdict[3])
         if from_cache:
             if from_cache == FROM_CACHE:
                 self._answers.hits += 1
