@@ -19,7 +19,7 @@ bytes").
 
 from __future__ import annotations
 
-from typing import Final, cast
+from typing import Any, Final, cast
 
 from resolver.dataplane import cache, metrics, wire
 from resolver.filtering import policy
@@ -247,9 +247,11 @@ class Repeats:
                 table = self._put(school, key, repeat)
         tail, until, kept, _ = repeat
         # Read as a tuple of objects: compiled, a _Verdict would be unpacked into a C struct, and
-        # its counters' keys packed again into new tuples for the counters' dicts.
-        verdict = cast(tuple[object, ...], kept)
-        if cast(int, verdict[0]) != segment:
+        # its counters' keys packed again into new tuples for the counters' dicts. (Declared, not
+        # cast(): uncompiled, each cast() is a call.)
+        verdict: tuple[Any, ...] = kept  # type: ignore[assignment]
+        kept_segment: int = verdict[0]
+        if kept_segment != segment:
             return None
         if now >= until:
             renewed = self._renew(table, key, repeat, now)  # type: ignore[arg-type]
@@ -258,7 +260,7 @@ class Repeats:
             tail = renewed
         self._counters.recount(verdict[1], verdict[2])
         self.hits += 1
-        from_cache = cast(int, verdict[3])
+        from_cache: int = verdict[3]
         if from_cache:
             if from_cache == FROM_CACHE:
                 self._answers.hits += 1
