@@ -129,11 +129,17 @@ class Counters:
         self.queries[(school, transport, "blocked")] += 1
         self.blocked[(school, category, authority)] += 1
 
-    def recount(self, query_key: tuple[str, str, str], blocked_key: tuple[str, str, str] | None) -> None:
-        """count() / count_block() with label tuples made earlier (a repeated answer)."""
-        self.queries[query_key] += 1
+    def recount(self, query_key: object, blocked_key: object) -> None:
+        """count() / count_block() with label tuples made earlier (a repeated answer; blocked_key None if not blocked).
+
+        Taken as objects, so that the tuples made earlier are used as they are: compiled, a
+        tuple[str, str, str] parameter is a C struct, packed into a new tuple for each dict operation.
+        """
+        queries: dict[Any, int] = self.queries
+        queries[query_key] += 1
         if blocked_key is not None:
-            self.blocked[blocked_key] += 1
+            blocked: dict[Any, int] = self.blocked
+            blocked[blocked_key] += 1
 
     def merge(self, other: Counters) -> None:
         """Add another worker's counters (the supervisor sums its workers for one scrape)."""

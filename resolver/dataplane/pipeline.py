@@ -283,13 +283,14 @@ class Pipeline:
         snapshot = self.snapshot
         # 1. Identify the school by client address (first, because a repeat is per school), and
         #    the moment of this query for its policy: decisions and repeats made in the same
-        #    schedule segment hold (see _segment). Both clocks read once, so every stage agrees.
+        #    schedule segment hold (see _segment). Both clocks read once, so every stage agrees; the
+        #    wall clock only when first needed (a repeat for a school without schedules needs none).
         if school_id is None:
             school = snapshot.directory.lookup(client) or snapshot.default_school
         else:
             school = snapshot.policies.school(school_id)
-        wall = self.wall_clock()
         now = self.clock()
+        wall = -1.0
         kept = None
         if school is not None:
             # The school's rate cap, before anything else is spent on the query (repeats included:
@@ -299,6 +300,7 @@ class Pipeline:
                 return SHED
             segment = 0
             if school.schedules:  # the memo read here, not in a call: a call per query costs ~0.1 us
+                wall = self.wall_clock()
                 known = self._segments.get(school.id)
                 if known is None or not known[0] <= wall < known[1]:
                     known = self._segment(school, wall)
@@ -328,6 +330,8 @@ class Pipeline:
         if school is None:
             return self._unknown_client(query, client, transport, now)
         limit = query.payload if transport == "udp" else 65535
+        if wall < 0:
+            wall = self.wall_clock()
 
         # 4. Decide: policy x domain index.
         decision = self._decide(snapshot, school, query.name, wall)

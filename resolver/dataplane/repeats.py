@@ -19,7 +19,7 @@ bytes").
 
 from __future__ import annotations
 
-from typing import Final, cast
+from typing import Any, Final, cast
 
 from resolver.dataplane import cache, metrics, wire
 from resolver.filtering import policy
@@ -86,6 +86,8 @@ _NO_RECORD: Final = b"\x00\x00"  # an ARCOUNT of 0
 # An answer kept for both forms is at most this long without its OPT record and ID: with both it
 # fits the 512 bytes of a query without EDNS, so neither form is ever cut to fit.
 _EDNS_TOO_MAX: Final = wire.MIN_UDP_PAYLOAD - 2 - _PLAIN_OPT_SIZE
+# bytes.lower() as a table (compiled, translate() is a native call, lower() a generic one): A-Z to a-z
+_LOWER: Final = bytes(range(65)) + bytes(range(97, 123)) + bytes(range(91, 256))
 _COUNTS: Final = tuple(count.to_bytes(2, "big") for count in range(64))  # an ARCOUNT of such an answer, and one more
 
 
@@ -202,11 +204,12 @@ class Repeats:
         name = None
         with_opt = False  # the answer is the kept one with an OPT record added
         if repeat is None:  # not byte for byte: kept in lower case, without a lone cookie or an OPT, or earlier?
-            if not key.islower():  # a capital letter somewhere: the same question in other letter case (DNS 0x20)?
-                end = key.find(b"\x00", 10)
-                if end > 0:
+            lowered = key.translate(_LOWER)
+            if lowered != key:  # a capital letter somewhere: the same question in other letter case (DNS 0x20)?
+                end = _question_end(key, 10) - 5  # where its name ends (compiled, find() is a slow generic call)
+                if end > 10:
                     name = key[10:end]
-                    folded = name.lower()
+                    folded = lowered[10:end]
                     if folded == name:  # the capital was elsewhere
                         name = None
                     else:
@@ -243,8 +246,12 @@ class Repeats:
                 self._previous_count -= 1
                 table = self._put(school, key, repeat)
         tail, until, kept, _ = repeat
-        verdict = cast(_Verdict, kept)
-        if verdict[0] != segment:
+        # Read as a tuple of objects: compiled, a _Verdict would be unpacked into a C struct, and
+        # its counters' keys packed again into new tuples for the counters' dicts. (Declared, not
+        # cast(): uncompiled, each cast() is a call.)
+        verdict: tuple[Any, ...] = kept  # type: ignore[assignment]
+        kept_segment: int = verdict[0]
+        if kept_segment != segment:
             return None
         if now >= until:
             renewed = self._renew(table, key, repeat, now)  # type: ignore[arg-type]
@@ -253,7 +260,7 @@ class Repeats:
             tail = renewed
         self._counters.recount(verdict[1], verdict[2])
         self.hits += 1
-        from_cache = verdict[3]
+        from_cache: int = verdict[3]
         if from_cache:
             if from_cache == FROM_CACHE:
                 self._answers.hits += 1
@@ -333,13 +340,13 @@ class Repeats:
         tail = reply[2:]
         if data[-14:-8] == _LONE_COOKIE and _lone_cookie(data):
             key = key[:-14] + b"\x00\x00"
-        if not key.islower():  # a capital letter somewhere: kept with the name in lower case
-            end = key.find(b"\x00", 10)  # the end of the question's name (or of a label holding a 0 byte)
-            name = key[10:end]
-            if end > 0 and not name.islower():
-                folded = name.lower()
+        lowered = key.translate(_LOWER)
+        if lowered != key:  # a capital letter somewhere: kept with the name in lower case
+            end = _question_end(key, 10) - 5  # (the name's labels walked: as answer() finds them)
+            if end > 10:
+                folded = lowered[10:end]
                 key = key[:10] + folded + key[end:]
-                tail = tail[:10] + folded + tail[10 + len(folded) :]
+                tail = tail[:10] + folded + tail[end:]
         edns_too = False
         if cache_suffix is not None:  # a whole replay of a cache entry: kept for both forms if it is short enough
             if key[2:10] == _ONE_QUESTION:

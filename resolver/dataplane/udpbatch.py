@@ -37,10 +37,11 @@ _MSG_DONTWAIT: Final[int] = getattr(socket, "MSG_DONTWAIT", 0x40)
 # big-endian, is bytes 2-3 of both)
 _ADDRESS_SIZE = {socket.AF_INET: 16, socket.AF_INET6: 28}
 _IP_BYTES = {socket.AF_INET: (4, 8), socket.AF_INET6: (8, 24)}
-# A datagram received: its payload, its client for the pipeline (the IP packed, or as text where
-# read one per call) and its sender, handed back with the answer (the raw socket address, or the
-# address recvfrom gave). One type for both readers, so that a compiled listener unpacks it natively.
-Datagram = tuple[bytes, str | bytes, Any]
+# The datagrams of one read, in three lists of the same length (no tuple per datagram): their
+# payloads, their clients for the pipeline (the IP packed, or as text where read one per call)
+# and their senders, each handed back with its answer (the raw socket address, or the address
+# recvfrom gave). One type for both readers, so that a compiled listener unpacks it natively.
+Received = tuple[list[bytes], list[str | bytes], list[Any]]
 
 
 class BatchedUdp:
@@ -66,22 +67,27 @@ class BatchedUdp:
         self._in_tails: memoryview = self._in.payloads
         self._in_lengths: memoryview = self._in.received_lengths
         self._out_pointer: int = self._out.pointer
+        self._out_payload_pointer: int = self._out.payload_pointer
         self._out_payloads: memoryview = self._out.payloads
         self._out_addresses: memoryview = self._out.addresses
         self._out_lengths: memoryview = self._out.send_lengths
+        self._out_bases: memoryview = self._out.send_bases
         self._address_size = size
         self._recvmmsg, self._sendmmsg = udpcalls.SYSTEM_CALLS
         self.oversized = 0  # datagrams longer than QUERY_MAX, dropped; the caller counts and resets
 
-    def receive(self) -> list[Datagram]:
-        """The waiting datagrams (up to BATCH) as (payload, client IP packed, sender); [] when none wait."""
+    def receive(self) -> Received:
+        """The waiting datagrams (up to BATCH): payloads, client IPs packed, senders; empty lists when none wait."""
+        payloads: list[bytes] = []
+        clients: list[str | bytes] = []
+        senders: list[Any] = []
         count: int = self._recvmmsg(self._fd, self._in_pointer, BATCH, _MSG_DONTWAIT, None)
         if count <= 0:
             if count < 0:
                 code = udpcalls.errno_now()
                 if code not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
                     log.debug("UDP receive error: %s", errno.errorcode.get(code, code))  # a queued ICMP error
-            return []
+            return payloads, clients, senders
         # Per datagram: three slices of bytes objects copied out once per call, the addresses and
         # the payloads' heads (a query longer than its head has its tail added): the sender, its
         # IP and the payload. Measured in process: 2.1 us per datagram with a memoryview slice per
@@ -90,7 +96,6 @@ class BatchedUdp:
         addresses = self._in_addresses[: count * address_size].tobytes()
         heads = self._in_heads[: count * _HEAD].tobytes()
         ip_start, ip_end = self._ip_start, self._ip_end
-        received: list[Datagram] = []
         start = 0
         end = address_size
         for length in self._in_lengths[:count].tolist():
@@ -99,39 +104,58 @@ class BatchedUdp:
             else:
                 sender = addresses[end - address_size : end]
                 if length <= _HEAD:
-                    payload = heads[start : start + length]
+                    payloads.append(heads[start : start + length])
                 else:
                     tail = start // _HEAD * _TAIL
-                    payload = heads[start : start + _HEAD] + self._in_tails[tail : tail + length - _HEAD].tobytes()
-                received.append((payload, sender[ip_start:ip_end], sender))
+                    payloads.append(
+                        heads[start : start + _HEAD] + self._in_tails[tail : tail + length - _HEAD].tobytes()
+                    )
+                clients.append(sender[ip_start:ip_end])
+                senders.append(sender)
             start += _HEAD
             end += address_size
-        return received
+        return payloads, clients, senders
 
-    def send(self, answers: list[tuple[bytes, bytes]]) -> int:
-        """Send (answer, sender) pairs; returns how many were dropped for a full send buffer."""
-        payloads, addresses, lengths = self._out_payloads, self._out_addresses, self._out_lengths
-        address_size = self._address_size
-        count = 0
+    def send(self, answers: list[bytes], senders: list[Any]) -> int:
+        """Send each answer to the sender at its index; returns how many were dropped for a full send buffer.
+
+        The answers of one system call lie next to each other in the ring's payload buffer, each
+        message's iovec pointing at its own: copied in with one slice assignment, as the senders
+        are into the ring's addresses, not one (a generic memoryview operation) per answer.
+        """
+        bases, lengths = self._out_bases, self._out_lengths
+        pointer = self._out_payload_pointer
+        ring: list[bytes] = []  # the answers in the ring, and their senders
+        to: list[bytes] = []
+        offset = 0
         dropped = 0
-        for answer, sender in answers:
+        for i in range(len(answers)):
+            answer = answers[i]
             size = len(answer)
             if size > ANSWER_MAX:  # not made for UDP by the pipeline; never batched
-                dropped += _sendto(self.sock, answer, self.address(sender))
+                dropped += _sendto(self.sock, answer, self.address(senders[i]))
                 continue
+            count = len(ring)
             if count == BATCH:
-                dropped += self._send_ring(count)
-                count = 0
-            start = count * ANSWER_MAX
-            payloads[start : start + size] = answer
+                dropped += self._send_ring(ring, to)
+                ring, to, offset, count = [], [], 0, 0
+            bases[count] = pointer + offset
             lengths[count] = size
-            start = count * address_size
-            addresses[start : start + address_size] = sender
-            count += 1
-        return dropped + self._send_ring(count)
+            offset += size
+            ring.append(answer)
+            to.append(senders[i])
+        return dropped + self._send_ring(ring, to)
 
-    def _send_ring(self, count: int) -> int:
-        """sendmmsg the first `count` messages of the out ring; how many were dropped for a full buffer."""
+    def _send_ring(self, answers: list[bytes], senders: list[bytes]) -> int:
+        """sendmmsg the answers whose iovecs are set (the first messages of the out ring); how many
+        were dropped for a full buffer."""
+        count = len(answers)
+        if not count:
+            return 0
+        payload = b"".join(answers)
+        self._out_payloads[: len(payload)] = payload
+        addresses = b"".join(senders)
+        self._out_addresses[: len(addresses)] = addresses
         done = 0
         while done < count:
             sent: int = self._sendmmsg(
@@ -282,8 +306,8 @@ class PlainUdp:
         self.sock = sock
         self.oversized = 0
 
-    def receive(self) -> list[Datagram]:
-        received: list[Datagram] = []
+    def receive(self) -> Received:
+        received: Received = ([], [], [])
         recvfrom = self.sock.recvfrom
         for _ in range(BATCH):
             try:
@@ -296,11 +320,13 @@ class PlainUdp:
             if len(payload) > QUERY_MAX:
                 self.oversized += 1
                 continue
-            received.append((payload, sender[0], sender))
+            received[0].append(payload)
+            received[1].append(sender[0])
+            received[2].append(sender)
         return received
 
-    def send(self, answers: list[tuple[bytes, Any]]) -> int:
-        return sum(_sendto(self.sock, answer, sender) for answer, sender in answers)
+    def send(self, answers: list[bytes], senders: list[Any]) -> int:
+        return sum(_sendto(self.sock, answer, sender) for answer, sender in zip(answers, senders, strict=True))
 
 
 def _sendto(sock: socket.socket, answer: bytes, address: Any) -> int:

@@ -80,7 +80,7 @@ class Ring:
         self.pointer = ctypes.addressof(self._headers)
         self.address_pointer = ctypes.addressof(self._addresses)
         self.head_pointer = ctypes.addressof(self._heads)
-        payload_pointer = ctypes.addressof(self._payloads)
+        self.payload_pointer = payload_pointer = ctypes.addressof(self._payloads)
         for i in range(BATCH):
             first = self._iovecs[i * vectors]
             if head_size:
@@ -96,14 +96,13 @@ class Ring:
         self.heads = memoryview(self._heads).cast("B")
         self.payloads = memoryview(self._payloads).cast("B")
         self.addresses = memoryview(self._addresses).cast("B")
-        # The headers' `length` fields (bytes received) and the iovecs' lengths (bytes to send,
-        # in a ring of one iovec a message), as strided views: read or written without a ctypes
-        # attribute access per datagram.
+        # The headers' `length` fields (bytes received), and the iovecs' lengths and bases (what
+        # to send, in a ring of one iovec a message), as strided views: read or written without a
+        # ctypes attribute access per datagram.
         unsigned = memoryview(self._headers).cast("B").cast("I")
         self.received_lengths = unsigned[MMsgHdr.length.offset // 4 :: HEADER_SIZE // 4]
         octets = memoryview(self._iovecs).cast("B")
-        words = octets.cast("Q") if ctypes.sizeof(ctypes.c_size_t) == 8 else octets.cast("I")
-        self.send_lengths = words[
-            IoVec.length.offset // ctypes.sizeof(ctypes.c_size_t) :: ctypes.sizeof(IoVec)
-            // ctypes.sizeof(ctypes.c_size_t)
-        ]
+        word = ctypes.sizeof(ctypes.c_size_t)  # a pointer's size as well, where Python runs
+        words = octets.cast("Q") if word == 8 else octets.cast("I")
+        self.send_lengths = words[IoVec.length.offset // word :: ctypes.sizeof(IoVec) // word]
+        self.send_bases = words[IoVec.base.offset // word :: ctypes.sizeof(IoVec) // word]

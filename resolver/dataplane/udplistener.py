@@ -110,7 +110,9 @@ class UdpServer:
         self.loop = asyncio.get_running_loop()
         self.reading = False
         self.closed = False
-        self.later: list[tuple[bytes, Any]] = []  # answers of cache misses, sent once per loop turn
+        # Answers of cache misses and their senders, sent once per loop turn
+        self.later: list[bytes] = []
+        self.later_to: list[Any] = []
 
     def start(self) -> None:
         self.loop.add_reader(self.sock.fileno(), self._read_ready)
@@ -131,16 +133,21 @@ class UdpServer:
     def _read_ready(self) -> None:
         # Hot path: every waiting datagram in one system call; blocked names and cache hits are
         # answered in one more, cache misses on their own when their answer arrives.
+        # (Lists side by side, not a tuple per datagram or answer: measured as CPU per answer.)
         pipe, handle = self.pipeline, self.handle
-        answers = []
-        for data, client, sender in self.batch.receive():
+        payloads, clients, senders = self.batch.receive()
+        answers: list[bytes] = []
+        to: list[Any] = []
+        for i in range(len(payloads)):
+            data, client = payloads[i], clients[i]
             reply = pipe.handle(data, client, "udp") if handle is None else handle(data, client, "udp")
             if isinstance(reply, bytes):
-                answers.append((reply, sender))
+                answers.append(reply)
+                to.append(senders[i])
             elif isinstance(reply, pipeline.Pending):
-                self.in_flight.start(reply, functools.partial(self.send_to, sender), "udp_in_flight_limit")
+                self.in_flight.start(reply, functools.partial(self.send_to, senders[i]), "udp_in_flight_limit")
             # None: nothing to send
-        self._send(answers)
+        self._send(answers, to)
         if self.batch.oversized:
             self.in_flight.counters.dropped["udp_oversized"] += self.batch.oversized
             self.batch.oversized = 0
@@ -154,13 +161,15 @@ class UdpServer:
         """
         if not self.later:
             self.loop.call_soon(self._send_later)
-        self.later.append((answer, sender))
+        self.later.append(answer)
+        self.later_to.append(sender)
 
     def _send_later(self) -> None:
-        answers, self.later = self.later, []
-        self._send(answers)
+        answers, to = self.later, self.later_to
+        self.later, self.later_to = [], []
+        self._send(answers, to)
 
-    def _send(self, answers: list[tuple[bytes, Any]]) -> None:
+    def _send(self, answers: list[bytes], to: list[Any]) -> None:
         """Send now or drop: a full socket buffer means the clients will retry (as C servers do)."""
-        if answers and not self.closed and (dropped := self.batch.send(answers)):
+        if answers and not self.closed and (dropped := self.batch.send(answers, to)):
             self.in_flight.counters.dropped["udp_send_buffer_full"] += dropped

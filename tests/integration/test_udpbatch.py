@@ -22,13 +22,15 @@ def _bound(family: int, host: str) -> socket.socket:
 
 
 def _receive_all(batch, expected: int, timeout: float = 3.0) -> list[list[tuple[bytes, str, object]]]:
-    """receive() until `expected` datagrams came; one list per call that returned some."""
+    """receive() until `expected` datagrams came; one list of (payload, client, sender) per call that returned some."""
     calls, total = [], 0
     deadline = time.monotonic() + timeout
     while total < expected and time.monotonic() < deadline:
-        if received := batch.receive():
-            calls.append(received)
-            total += len(received)
+        payloads, clients, senders = batch.receive()
+        assert len(payloads) == len(clients) == len(senders)
+        if payloads:
+            calls.append(list(zip(payloads, clients, senders, strict=True)))
+            total += len(payloads)
     return calls
 
 
@@ -46,7 +48,7 @@ def test_datagrams_come_in_batches_and_answers_reach_each_sender(implementation,
     clients = [_bound(family, host) for _ in range(3)]
     try:
         batch = implementation(server)
-        assert batch.receive() == []  # nothing waits
+        assert batch.receive() == ([], [], [])  # nothing waits
         sent = {}
         for number in range(100):  # more than one batch
             client = clients[number % 3]
@@ -59,7 +61,7 @@ def test_datagrams_come_in_batches_and_answers_reach_each_sender(implementation,
         assert sorted(payload for payload, _, _ in received) == sorted(sent)
         assert {ipaddress.ip_address(client) for _, client, _ in received} == {ipaddress.ip_address(host)}
 
-        assert batch.send([(b"answer to " + payload, sender) for payload, _, sender in received]) == 0
+        assert batch.send([b"answer to " + payload for payload, _, _ in received], [s for _, _, s in received]) == 0
         for client in clients:
             client.settimeout(3)
             for _ in range(len([p for p, port in sent.items() if port == client.getsockname()[1]])):
@@ -104,7 +106,7 @@ def test_a_datagram_longer_than_a_query_can_be_is_dropped_and_counted(implementa
             client.sendto(b"x" * size, server.getsockname())
         received = [item for call in _receive_all(batch, 1) for item in call]
         time.sleep(0.05)  # the 60,000-byte one may trail on loopback; nothing else to wait for
-        received += batch.receive()
+        received += zip(*batch.receive(), strict=True)
         assert [len(payload) for payload, _, _ in received] == [udpbatch.QUERY_MAX]
         assert batch.oversized == 2
     finally:
@@ -128,7 +130,7 @@ def test_an_answer_that_cannot_be_sent_does_not_stop_the_others(implementation):
             nowhere = senders[0][:2] + b"\x00\x00" + senders[0][4:]
         else:
             nowhere = (senders[0][0], 0)
-        assert batch.send([(b"one", senders[0]), (b"lost", nowhere), (b"two", senders[1])]) == 0
+        assert batch.send([b"one", b"lost", b"two"], [senders[0], nowhere, senders[1]]) == 0
         answers = set()
         for client in clients:
             client.settimeout(3)

@@ -10,6 +10,7 @@ import dns.edns
 import dns.flags
 import dns.message
 import dns.rcode
+import dns.rdatatype
 import dns.rrset
 import pytest
 
@@ -256,6 +257,29 @@ async def test_a_repeat_in_other_letter_case_is_answered_in_its_own_case(site):
     assert pipe.repeats.hits == 4 and len(pipe.repeats) == 1  # one kept answer serves every letter case
     assert forwarder.asked == ["www.example.com"]
     assert counters.queries[("school-a", "udp", "cached")] == 5 and answers.hits == 5
+
+
+async def test_only_the_name_is_taken_in_any_letter_case(site):
+    # The type of an HTTPS question (65) is the byte of a capital "A", that of TYPE97 of an "a".
+    pipe, _, forwarder, *_ = site
+    records = {dns.rdatatype.HTTPS: "1 .", 97: r"\# 1 01"}
+
+    def ask(query: wire.Query, done) -> None:
+        forwarder.asked.append(query.name)
+        response = dns.message.make_response(dns.message.make_query(query.name + ".", query.qtype))
+        response.answer.append(dns.rrset.from_text(query.name + ".", 300, "IN", query.qtype, records[query.qtype]))
+        done(wire.parse_upstream_answer(response.to_wire(), len(query.question), 0, 86400, 3600), None)
+
+    forwarder.ask = ask
+    asked = [("www.Example.com", "HTTPS"), ("WWW.example.com", "HTTPS"), ("www.example.COM", "TYPE97")]
+    for query_id, (name, rdtype) in enumerate(asked * 2, 1):
+        message = dns.message.make_query(name, rdtype)
+        message.id = query_id
+        reply = await answer(pipe, message.to_wire())
+        assert reply.id == query_id and reply.question[0].rdtype == dns.rdatatype.from_text(rdtype)
+        assert str(reply.question[0].name) == name + "."
+    assert forwarder.asked == ["www.example.com", "www.example.com"]  # once per type
+    assert pipe.repeats.hits == 2 and len(pipe.repeats) == 2  # the HTTPS questions asked again
 
 
 async def test_a_blocked_repeat_in_other_letter_case_is_answered_in_its_own_case(site):
