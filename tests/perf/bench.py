@@ -1710,7 +1710,8 @@ def scaling_paragraph(scaling: Scaling, args: argparse.Namespace) -> str:
     text = [
         f"schooldns worker processes, one worker on one core against two workers on two cores. There is no "
         f"third core: the load generator (tests/perf/loadgen.py, 16 sockets, the best of "
-        f"{', '.join(map(str, LIGHT_WINDOWS[:-1]))} and {LIGHT_WINDOWS[-1]} queries outstanding per socket) shares core {SERVER_CORE} with "
+        f"{', '.join(map(str, LIGHT_WINDOWS[:-1]))} and {LIGHT_WINDOWS[-1]} queries outstanding per socket) "
+        f"shares core {SERVER_CORE} with "
         f"the one worker and cores {SERVER_CORE},{LOAD_CORE} with the two. Median of {args.runs}: "
         f"{light['1']:,.0f} qps with `workers: 1`, {light['2']:,.0f} qps with `workers: 2`: "
         f"**{scaling.ratio('2'):.2f}x**. loadgen itself took {light_cpu['1'] * 1e6:.1f} us of CPU per answer "
