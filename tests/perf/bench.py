@@ -1201,8 +1201,8 @@ def generators(cores: str) -> int:
     return len(cores.split(","))
 
 
-def loadgen(port: int, data_file: Path, seconds: float, window: int, cores: str, generators: int = 1) -> dict:
-    """One max-rate run of `generators` tests/perf/loadgen.py processes at once (16 sockets x `window` each).
+def loadgen(port: int, data_file: Path, seconds: float, window: int, cores: str, processes: int = 1) -> dict:
+    """One max-rate run of `processes` tests/perf/loadgen.py processes at once (16 sockets x `window` each).
 
     Their JSON outputs added up: answered, sent, qps, cpu_seconds and refills summed, seconds the longest.
     """
@@ -1227,19 +1227,23 @@ def loadgen(port: int, data_file: Path, seconds: float, window: int, cores: str,
         subprocess.Popen(
             [*command, "--seed", str(number + 1)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
-        for number in range(generators)
+        for number in range(processes)
     ]
     runs = []
-    for process in started:
-        try:
-            out, err = process.communicate(timeout=seconds + 60)
-        except subprocess.TimeoutExpired:
-            for other in started:
-                other.kill()
-            raise BenchError(f"loadgen did not finish within {seconds + 60:.0f}s: {shlex.join(command)}") from None
-        if process.returncode != 0:
-            raise BenchError(f"loadgen failed ({process.returncode}): {shlex.join(command)}\n{err[-2000:]}")
-        runs.append(json.loads(out.splitlines()[-1]))
+    try:
+        for process in started:
+            try:
+                out, err = process.communicate(timeout=seconds + 60)
+            except subprocess.TimeoutExpired:
+                raise BenchError(f"loadgen did not finish within {seconds + 60:.0f}s: {shlex.join(command)}") from None
+            if process.returncode != 0:
+                raise BenchError(f"loadgen failed ({process.returncode}): {shlex.join(command)}\n{err[-2000:]}")
+            runs.append(json.loads(out.splitlines()[-1]))
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
     run = {key: sum(one[key] for one in runs) for key in ("answered", "sent", "qps", "cpu_seconds", "refills")}
     run["seconds"] = max(one["seconds"] for one in runs)
     if not run["answered"]:
