@@ -1053,7 +1053,9 @@ def worker_scaling(
 
     There is no third core for the load generator, so it shares the cores the way the workers
     get them: with `workers: 1` the server and the generator are pinned to core 0, with `workers:
-    2` all of them may run on cores 0 and 1. Two workers run twice, with `worker_spread: client`
+    2` all of them may run on cores 0 and 1. The generator is one loadgen process per core a run
+    may use (generators), and a server of two workers gets one loadgen pass before the runs, so
+    that each worker's own cache holds every name. Two workers run twice, with `worker_spread: client`
     (the default) and `random`. Then once more, one worker against two, with each worker held to
     half of a core of its own by a CPU quota (HeldWorkers) and the generator on both cores: it
     has the other halves, so it takes no time from the workers, as on a machine with a core for
